@@ -1,0 +1,252 @@
+"""The connector contract: what the engine and the connectors exchange.
+
+Connectors never touch the store. A source turns a cursor (plain JSON the
+engine keeps for it) into a planned call, performs it and hands back records
+plus the cursor that follows them; the engine journals both in one
+transaction. A target receives deliveries and answers one outcome per
+delivery; the engine records them. Everything here is plain data so both
+sides can be tested alone.
+"""
+
+from __future__ import annotations
+
+import builtins
+import enum
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+JSON = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    """One deleted record as a source reported it.
+
+    `key` identifies the record within its stream; the journal de-duplicates
+    on (pipeline, stream, key), so a source may hand the same record twice.
+    """
+
+    stream: str
+    key: str
+    fields: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class InFlightCall:
+    """A call the engine recorded as started but whose answer was never journaled."""
+
+    started_at: datetime
+    params: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class SourceCall:
+    """One planned request to a source, described before it is sent.
+
+    `params` are recorded in the store as the in-flight marker and shown in
+    logs and `status`, so they must never hold a secret. `recovery` says that
+    this call re-reads a window after an interrupted call.
+    """
+
+    stream: str
+    params: Mapping[str, Any]
+    started_at: datetime
+    recovery: bool = False
+
+
+@dataclass(frozen=True)
+class SourcePage:
+    """What one call produced: the records and the cursor that follows them.
+
+    `more` asks the engine to call again in the same run (a recovery read is
+    followed by a return to the server-side cursor, or a source pages).
+    """
+
+    records: Sequence[SourceRecord]
+    cursor: JSON
+    more: bool = False
+
+
+@runtime_checkable
+class Source(Protocol):
+    """A source of deletions, split into streams (a Goose table, a task...)."""
+
+    def streams(self) -> Sequence[str]: ...
+
+    def plan(
+        self,
+        stream: str,
+        cursor: JSON | None,
+        interrupted: InFlightCall | None,
+        now: datetime,
+    ) -> SourceCall:
+        """Decide the next call from the durable cursor; pure, no I/O."""
+        ...
+
+    async def fetch(self, call: SourceCall) -> SourcePage:
+        """Perform the call. Raises a `ConnectorError` subclass on failure."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class OutcomeKind(enum.StrEnum):
+    DONE = "done"
+    RETRY = "retry"
+    DEAD = "dead"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One deletion to propagate to one target, as handed to the target."""
+
+    delivery_id: int
+    stream: str
+    key: str
+    fields: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A target's verdict on one delivery.
+
+    DONE also covers "already absent in the target": deleting what is gone
+    is success. RETRY carries an optional server-given wait (Retry-After).
+    DEAD is for what no retry can fix (no key could be mapped, ambiguous
+    match); the reason is kept for the operator.
+    """
+
+    delivery_id: int
+    kind: OutcomeKind
+    reason: str = ""
+    retry_after: float | None = None
+    detail: str = ""
+
+    @classmethod
+    def done(cls, delivery_id: int, detail: str = "") -> Outcome:
+        return cls(delivery_id, OutcomeKind.DONE, detail=detail)
+
+    @classmethod
+    def retry(
+        cls, delivery_id: int, reason: str, retry_after: float | None = None
+    ) -> Outcome:
+        return cls(delivery_id, OutcomeKind.RETRY, reason=reason, retry_after=retry_after)
+
+    @classmethod
+    def dead(cls, delivery_id: int, reason: str) -> Outcome:
+        return cls(delivery_id, OutcomeKind.DEAD, reason=reason)
+
+
+@runtime_checkable
+class Target(Protocol):
+    """A target of deletions. `send` answers exactly one outcome per delivery."""
+
+    batch_size: int
+
+    async def send(self, batch: Sequence[Delivery]) -> list[Outcome]: ...
+
+    async def aclose(self) -> None: ...
+
+
+# --- errors, grouped by what the caller should do -------------------------
+
+
+class ConnectorError(Exception):
+    """Base of every error a connector raises; the message is safe to show."""
+
+    def __init__(self, message: str, *, connection: str = "") -> None:
+        super().__init__(message)
+        self.connection = connection
+
+
+class FatalError(ConnectorError):
+    """Configuration or credentials are wrong: stop the pipeline, tell the operator."""
+
+
+class RetriableError(ConnectorError):
+    """Transient (rate limit, 5xx, timeout) and the request was not applied."""
+
+    def __init__(
+        self, message: str, *, connection: str = "", retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, connection=connection)
+        self.retry_after = retry_after
+
+
+class AmbiguousError(RetriableError):
+    """The request may or may not have been applied (timeout after sending, 5xx,
+    truncated answer). Never blindly re-send a non-idempotent call after this."""
+
+
+class RemoteError(ConnectorError):
+    """The API answered with an error about this request (unknown table, SQL error)."""
+
+    def __init__(self, message: str, *, connection: str = "", code: str = "") -> None:
+        super().__init__(message, connection=connection)
+        self.code = code
+
+
+# --- registry ---------------------------------------------------------------
+
+
+SourceFactory = Callable[[str, Any, Any], Source]
+"""(connection name, connection settings, source settings) -> Source"""
+TargetFactory = Callable[[str, Any, Any], Target]
+"""(connection name, connection settings, target settings) -> Target"""
+
+
+@dataclass(frozen=True)
+class ConnectorInfo:
+    """What a connection `type` offers: its settings models and factories.
+
+    `connection_settings` validates the entry under `connections:`;
+    `source_settings` / `target_settings` validate the `source:` / target
+    blocks of a pipeline that uses a connection of this type.
+    """
+
+    name: str
+    connection_settings: builtins.type[Any]
+    source_settings: builtins.type[Any] | None = None
+    target_settings: builtins.type[Any] | None = None
+    build_source: SourceFactory | None = None
+    build_target: TargetFactory | None = None
+
+
+class UnknownConnectorType(KeyError):
+    def __init__(self, name: str, known: Sequence[str]) -> None:
+        super().__init__(name)
+        self.name = name
+        self.known = sorted(known)
+
+    def __str__(self) -> str:
+        return f"unknown connection type {self.name!r}; known types: {', '.join(self.known)}"
+
+
+class Registry:
+    """Name -> connector. The error on a miss lists the valid names."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, ConnectorInfo] = {}
+
+    def register(self, info: ConnectorInfo) -> None:
+        if info.name in self._items:
+            raise ValueError(f"connector type {info.name!r} registered twice")
+        self._items[info.name] = info
+
+    def get(self, name: str) -> ConnectorInfo:
+        try:
+            return self._items[name]
+        except KeyError:
+            raise UnknownConnectorType(name, list(self._items)) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+
+registry = Registry()
+"""The process-wide registry; each connector package registers itself on import."""

@@ -1,0 +1,257 @@
+"""What every sandbox emulator shares: fault knobs, a request log, a loopback server.
+
+Faults are injected around the vendor routes only (never `/_admin/...`), so
+tests can break the API while still reading the emulator's ground truth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+ADMIN_PREFIX = "/_admin"
+MUTATING_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+@dataclass
+class Faults:
+    """Knobs, each a fraction of vendor requests (0..1) or a duration in seconds.
+
+    error_rate: answered 500 before anything is applied.
+    throttle_rate: answered 429 with `Retry-After: retry_after`.
+    timeout_rate: held for `hang_seconds` (past the client's timeout), not applied.
+    drop_after_apply_rate: applied, then answered 500 (the answer is lost).
+    """
+
+    latency: float = 0.0
+    error_rate: float = 0.0
+    throttle_rate: float = 0.0
+    retry_after: float = 1.0
+    timeout_rate: float = 0.0
+    hang_seconds: float = 10.0
+    drop_after_apply_rate: float = 0.0
+    seed: int | None = None
+
+    def update(self, values: dict[str, Any]) -> None:
+        known = {f.name for f in fields(self)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown fault knobs: {sorted(unknown)}; known: {sorted(known)}")
+        for name, value in values.items():
+            setattr(self, name, value)
+
+
+@dataclass
+class LoggedRequest:
+    method: str
+    path: str
+    status: int
+    mutating: bool
+    fault: str = ""
+
+
+@dataclass
+class RequestLog:
+    entries: list[LoggedRequest] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, entry: LoggedRequest) -> None:
+        with self.lock:
+            self.entries.append(entry)
+
+    def as_json(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [asdict(e) for e in self.entries]
+
+    def clear(self) -> None:
+        with self.lock:
+            self.entries.clear()
+
+
+class FaultMiddleware:
+    """ASGI middleware applying `Faults` to vendor routes and logging every request.
+
+    `is_mutating(method, path)` lets an emulator say which of its routes change
+    data (Goose's reads are POSTs), so tests can count mutating calls.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        faults: Faults,
+        log: RequestLog,
+        is_mutating: Callable[[str, str], bool],
+    ) -> None:
+        self.app = app
+        self.faults = faults
+        self.log = log
+        self.is_mutating = is_mutating
+        self._random = random.Random(faults.seed)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(ADMIN_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        method, path = scope["method"], scope["path"]
+        mutating = self.is_mutating(method, path)
+        f = self.faults
+        if f.latency:
+            await asyncio.sleep(f.latency)
+        roll = self._random.random()
+        edge = 0.0
+        for name, rate in (
+            ("error", f.error_rate),
+            ("throttle", f.throttle_rate),
+            ("timeout", f.timeout_rate),
+            ("drop_after_apply", f.drop_after_apply_rate),
+        ):
+            edge += rate
+            if roll < edge:
+                await self._fault(name, scope, receive, send, method, path, mutating)
+                return
+        status = await self._forward(scope, receive, send)
+        self.log.add(LoggedRequest(method, path, status, mutating))
+
+    async def _forward(self, scope: Scope, receive: Receive, send: Send) -> int:
+        seen = {"status": 0}
+
+        async def capture(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                seen["status"] = message["status"]
+            await send(message)
+
+        await self.app(scope, receive, capture)
+        return seen["status"]
+
+    async def _fault(
+        self,
+        name: str,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        method: str,
+        path: str,
+        mutating: bool,
+    ) -> None:
+        f = self.faults
+        if name == "error":
+            response: Response = JSONResponse({"error": "injected server error"}, status_code=500)
+        elif name == "throttle":
+            response = JSONResponse(
+                {"error": "Too many requests, please try later"},
+                status_code=429,
+                headers={"Retry-After": f"{f.retry_after:g}"},
+            )
+        elif name == "timeout":
+            await asyncio.sleep(f.hang_seconds)
+            response = JSONResponse({"error": "injected timeout"}, status_code=504)
+        else:
+
+            async def discard(message: MutableMapping[str, Any]) -> None:
+                return None
+
+            await self.app(scope, receive, discard)
+            response = JSONResponse({"error": "injected: applied, answer lost"}, status_code=500)
+        self.log.add(LoggedRequest(method, path, response.status_code, mutating, fault=name))
+        await response(scope, receive, send)
+
+
+def admin_routes(faults: Faults, log: RequestLog) -> list[BaseRoute]:
+    """`/_admin/faults` (GET, PUT) and `/_admin/requests` (GET, DELETE)."""
+
+    async def get_faults(request: Request) -> Response:
+        return JSONResponse(asdict(faults))
+
+    async def put_faults(request: Request) -> Response:
+        try:
+            faults.update(await request.json())
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse(asdict(faults))
+
+    async def get_requests(request: Request) -> Response:
+        return JSONResponse(log.as_json())
+
+    async def clear_requests(request: Request) -> Response:
+        log.clear()
+        return JSONResponse({"cleared": True})
+
+    return [
+        Route(f"{ADMIN_PREFIX}/faults", get_faults, methods=["GET"]),
+        Route(f"{ADMIN_PREFIX}/faults", put_faults, methods=["PUT"]),
+        Route(f"{ADMIN_PREFIX}/requests", get_requests, methods=["GET"]),
+        Route(f"{ADMIN_PREFIX}/requests", clear_requests, methods=["DELETE"]),
+    ]
+
+
+def build_app(
+    routes: list[BaseRoute],
+    faults: Faults,
+    log: RequestLog,
+    is_mutating: Callable[[str, str], bool] = lambda method, path: method in MUTATING_METHODS,
+) -> ASGIApp:
+    app = Starlette(routes=[*routes, *admin_routes(faults, log)])
+    return FaultMiddleware(app, faults, log, is_mutating)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RunningServer:
+    """A uvicorn server on loopback in a background thread."""
+
+    def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        config = uvicorn.Config(
+            app, host=host, port=self.port, log_level="warning", access_log=False, lifespan="off"
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> RunningServer:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"emulator did not start on {self.url}")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def serve(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> Iterator[RunningServer]:
+    server = RunningServer(app, host, port).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+AsyncHandler = Callable[[Request], Awaitable[Response]]

@@ -1,0 +1,275 @@
+"""One HTTP client per connection: timeouts, classified retries, a rate limit.
+
+The client returns responses or raises a classified `ConnectorError`; it
+never logs or prints a body. Error messages carry the method, the path
+(never the query string, which may hold credentials) and a truncated body
+from which every known secret value has been scrubbed.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+from aiolimiter import AsyncLimiter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+from connectors.contract import AmbiguousError, RetriableError
+
+BODY_EXCERPT = 300
+REDACTED = "***"
+
+
+class Action(enum.Enum):
+    OK = "ok"
+    RETRY = "retry"
+    AMBIGUOUS = "ambiguous"
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """A response classified: what the retry loop should do with it."""
+
+    action: Action
+    reason: str = ""
+    retry_after: float | None = None
+
+
+Classifier = Callable[[httpx.Response], Resolution | None]
+"""Connector-specific classification; None falls back to the default table."""
+
+Observer = Callable[[str, str, int, float], None]
+"""(connection, method, status or 0 for a transport error, seconds) for metrics."""
+
+# Statuses whose request was certainly not applied.
+_NOT_APPLIED = {408, 425, 429}
+# Statuses where the server may have applied the request before failing.
+_MAYBE_APPLIED = {500, 502, 503, 504}
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    current = datetime.now(UTC).timestamp() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+def default_classify(response: httpx.Response) -> Resolution:
+    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    if response.status_code in _NOT_APPLIED:
+        return Resolution(Action.RETRY, f"HTTP {response.status_code}", retry_after)
+    if response.status_code in _MAYBE_APPLIED:
+        return Resolution(Action.AMBIGUOUS, f"HTTP {response.status_code}", retry_after)
+    return Resolution(Action.OK)
+
+
+def scrub(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def excerpt(text: str, secrets: Sequence[str], limit: int = BODY_EXCERPT) -> str:
+    """A body trimmed for an error message, with every secret scrubbed first."""
+    cleaned = scrub(text, secrets)
+    return cleaned if len(cleaned) <= limit else cleaned[:limit] + "..."
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter, capped, honouring Retry-After.
+
+    A server that asks for a wait longer than `max_retry_after` is not
+    obeyed in-line: the error is raised with its retry_after so the engine
+    can reschedule the work instead of blocking a run.
+    """
+
+    max_attempts: int = 5
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+    max_retry_after: float = 120.0
+
+    def backoff(self, attempt: int) -> float:
+        ceiling = min(self.max_delay, self.base_delay * (2 ** max(0, attempt - 1)))
+        return random.uniform(0, ceiling)
+
+    def wait(self, attempt: int, retry_after: float | None) -> float:
+        delay = self.backoff(attempt)
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        return delay
+
+
+class _Retry(Exception):
+    def __init__(self, error: RetriableError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class HttpClient:
+    """An httpx.AsyncClient with one retry loop and one rate limit.
+
+    `idempotent=False` requests are re-sent only when the failure proves the
+    server did not apply them (connection refused, 429, 408); an ambiguous
+    failure is raised as `AmbiguousError` for the caller to resolve.
+    """
+
+    def __init__(
+        self,
+        *,
+        connection: str,
+        base_url: str = "",
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        calls_per_second: float | None = None,
+        secrets: Sequence[str] = (),
+        classify: Classifier | None = None,
+        observer: Observer | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Callable[[float], Any] | None = None,
+    ) -> None:
+        self.connection = connection
+        self.retry = retry or RetryPolicy()
+        self.secrets = [s for s in secrets if s]
+        self._classify = classify
+        self._observer = observer
+        self._limiter = (
+            AsyncLimiter(max(1.0, calls_per_second), 1.0)
+            if calls_per_second and calls_per_second >= 1
+            else (AsyncLimiter(1, 1.0 / calls_per_second) if calls_per_second else None)
+        )
+        self._client = httpx.AsyncClient(
+            base_url=base_url,
+            timeout=httpx.Timeout(timeout),
+            follow_redirects=False,
+            transport=transport,
+        )
+        self._sleep = sleep
+
+    def add_secret(self, value: str) -> None:
+        """Register a value obtained at run time (a token) for scrubbing."""
+        if value and value not in self.secrets:
+            self.secrets.append(value)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def describe(self, method: str, url: str) -> str:
+        path = httpx.URL(url).path if "://" in url else url.split("?", 1)[0]
+        return f"{method} {path}"
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        idempotent: bool,
+        json: Any = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | None = None,
+    ) -> httpx.Response:
+        what = self.describe(method, url)
+
+        def should_retry(exc: BaseException) -> bool:
+            if not isinstance(exc, _Retry):
+                return False
+            if isinstance(exc.error, AmbiguousError) and not idempotent:
+                return False
+            ra = exc.error.retry_after
+            return ra is None or ra <= self.retry.max_retry_after
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            ra = exc.error.retry_after if isinstance(exc, _Retry) else None
+            return self.retry.wait(state.attempt_number, ra)
+
+        kwargs: dict[str, Any] = {"stop": stop_after_attempt(self.retry.max_attempts)}
+        if self._sleep is not None:
+            kwargs["sleep"] = self._sleep
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(should_retry), wait=wait, reraise=True, **kwargs
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._once(
+                        method, url, what, json=json, params=params, headers=headers,
+                        content=content,
+                    )
+        except _Retry as exc:
+            raise exc.error from None
+        raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+    async def _once(
+        self,
+        method: str,
+        url: str,
+        what: str,
+        *,
+        json: Any,
+        params: Mapping[str, Any] | None,
+        headers: Mapping[str, str] | None,
+        content: bytes | None,
+    ) -> httpx.Response:
+        if self._limiter is not None:
+            await self._limiter.acquire()
+        started = time.monotonic()
+        try:
+            response = await self._client.request(
+                method, url, json=json, params=params, headers=headers, content=content
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            self._observe(method, 0, started)
+            raise _Retry(
+                RetriableError(
+                    f"{self.connection}: {what}: cannot connect ({type(exc).__name__})",
+                    connection=self.connection,
+                )
+            ) from None
+        except (httpx.TimeoutException, httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            self._observe(method, 0, started)
+            raise _Retry(
+                AmbiguousError(
+                    f"{self.connection}: {what}: no complete answer ({type(exc).__name__})",
+                    connection=self.connection,
+                )
+            ) from None
+        self._observe(method, response.status_code, started)
+        resolution = (self._classify(response) if self._classify else None) or default_classify(
+            response
+        )
+        if resolution.action is Action.OK:
+            return response
+        message = (
+            f"{self.connection}: {what}: {resolution.reason or response.status_code}: "
+            f"{excerpt(response.text, self.secrets)}"
+        )
+        error_type = RetriableError if resolution.action is Action.RETRY else AmbiguousError
+        raise _Retry(
+            error_type(message, connection=self.connection, retry_after=resolution.retry_after)
+        )
+
+    def _observe(self, method: str, status: int, started: float) -> None:
+        if self._observer is not None:
+            self._observer(self.connection, method, status, time.monotonic() - started)
