@@ -1,0 +1,32 @@
+"""The durable store: SQLModel tables and the only code that writes them."""
+
+from __future__ import annotations
+
+from state.db import StoreError
+from state.models import DeliveryStatus, RunOutcome
+from state.store import (
+    ClaimedDelivery,
+    CursorState,
+    JournalResult,
+    NewRecord,
+    OutcomeCounts,
+    OutcomeRecord,
+    RetryRule,
+    Store,
+    TargetCounts,
+)
+
+__all__ = [
+    "ClaimedDelivery",
+    "CursorState",
+    "DeliveryStatus",
+    "JournalResult",
+    "NewRecord",
+    "OutcomeCounts",
+    "OutcomeRecord",
+    "RetryRule",
+    "RunOutcome",
+    "Store",
+    "StoreError",
+    "TargetCounts",
+]

@@ -1,0 +1,143 @@
+"""The durable model: deletions journaled, deliveries per target, cursors, runs, locks.
+
+Times are stored as naive UTC and handed out as aware UTC (`UTCDateTime`),
+so SQLite and PostgreSQL compare them the same way.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Index, Text, UniqueConstraint
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; pass an aware UTC time")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class DeliveryStatus(enum.StrEnum):
+    PENDING = "pending"
+    IN_FLIGHT = "in_flight"
+    DONE = "done"
+    FAILED = "failed"
+    HELD = "held"
+    DEAD = "dead"
+
+
+class RunOutcome(enum.StrEnum):
+    RUNNING = "running"
+    OK = "ok"
+    PARTIAL = "partial"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+
+class Deletion(SQLModel, table=True):
+    """One record deleted in a source; unique per (pipeline, stream, key)."""
+
+    __tablename__ = "deletion"
+    __table_args__ = (UniqueConstraint("pipeline", "stream", "record_key", name="uq_deletion"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    pipeline: str = Field(index=True)
+    stream: str
+    record_key: str
+    fields: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    seen_at: datetime = Field(sa_type=UTCDateTime)
+    run_id: int | None = None
+
+
+class Delivery(SQLModel, table=True):
+    """One deletion for one target, and where it stands."""
+
+    __tablename__ = "delivery"
+    __table_args__ = (
+        UniqueConstraint("deletion_id", "target", name="uq_delivery"),
+        Index("ix_delivery_queue", "pipeline", "target", "status", "next_attempt_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    deletion_id: int = Field(foreign_key="deletion.id")
+    pipeline: str
+    target: str
+    status: str = DeliveryStatus.PENDING
+    attempts: int = 0
+    next_attempt_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_error: str = Field(default="", sa_type=Text)
+    detail: str = ""
+    claim: str | None = None
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    updated_at: datetime = Field(sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class Cursor(SQLModel, table=True):
+    """What to ask a source stream for next, and the call currently in flight.
+
+    `in_flight` is set durably before a call and cleared in the transaction
+    that journals its answer; finding it set means the answer was lost.
+    """
+
+    __tablename__ = "cursor"
+
+    pipeline: str = Field(primary_key=True)
+    stream: str = Field(primary_key=True)
+    value: dict[str, Any] | None = Field(default=None, sa_type=JSON)
+    in_flight: dict[str, Any] | None = Field(default=None, sa_type=JSON)
+    in_flight_since: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    updated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    recoveries: int = 0
+    last_recovery_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_recovery: dict[str, Any] | None = Field(default=None, sa_type=JSON)
+    consecutive_errors: int = 0
+    last_error: str = Field(default="", sa_type=Text)
+    last_success_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class Run(SQLModel, table=True):
+    """One pull/push cycle of a pipeline with its counts and outcome."""
+
+    __tablename__ = "run"
+
+    id: int | None = Field(default=None, primary_key=True)
+    pipeline: str = Field(index=True)
+    kind: str = "run"
+    started_at: datetime = Field(sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    outcome: str = RunOutcome.RUNNING
+    pulled: int = 0
+    duplicates: int = 0
+    delivered: int = 0
+    retried: int = 0
+    dead: int = 0
+    error: str = Field(default="", sa_type=Text)
+
+
+class PipelineLock(SQLModel, table=True):
+    """A lease so that one pipeline never runs twice at once, across processes."""
+
+    __tablename__ = "pipeline_lock"
+
+    pipeline: str = Field(primary_key=True)
+    owner: str
+    expires_at: datetime = Field(sa_type=UTCDateTime)

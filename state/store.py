@@ -1,0 +1,515 @@
+"""The only code that writes the durable state.
+
+Every method is one short transaction. The order of writes is what keeps the
+invariants: a source call is marked in flight before it is sent; its records,
+their deliveries and the next cursor are committed together; a delivery is
+claimed before its send and its outcome recorded after.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
+from sqlmodel import Session, col, select
+
+from state.db import StoreError, make_engine, upgrade
+from state.models import (
+    Cursor,
+    Deletion,
+    Delivery,
+    DeliveryStatus,
+    PipelineLock,
+    Run,
+    RunOutcome,
+    utcnow,
+)
+
+
+@dataclass(frozen=True)
+class NewRecord:
+    """A record to journal (the store's own shape: it does not import connectors)."""
+
+    key: str
+    fields: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class CursorState:
+    value: dict[str, Any] | None
+    in_flight: dict[str, Any] | None
+    in_flight_since: datetime | None
+
+
+@dataclass(frozen=True)
+class JournalResult:
+    new: int
+    duplicates: int
+
+
+@dataclass(frozen=True)
+class ClaimedDelivery:
+    id: int
+    attempts: int
+    stream: str
+    key: str
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RetryRule:
+    """How a target's failed deliveries are retried before they are dead."""
+
+    max_attempts: int = 10
+    base_delay: float = 30.0
+    max_delay: float = 3600.0
+
+    def next_attempt(self, now: datetime, attempts: int, retry_after: float | None) -> datetime:
+        ceiling = min(self.max_delay, self.base_delay * (2 ** max(0, attempts - 1)))
+        delay = random.uniform(ceiling / 2, ceiling)
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        return now + timedelta(seconds=delay)
+
+
+@dataclass(frozen=True)
+class OutcomeRecord:
+    """A target's verdict in the store's own terms: done, retry or dead."""
+
+    delivery_id: int
+    kind: str
+    reason: str = ""
+    retry_after: float | None = None
+    detail: str = ""
+
+
+@dataclass
+class OutcomeCounts:
+    done: int = 0
+    retried: int = 0
+    dead: int = 0
+
+
+@dataclass(frozen=True)
+class TargetCounts:
+    pipeline: str
+    target: str
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+class Store:
+    """The durable state behind one SQLAlchemy URL."""
+
+    def __init__(self, url: str, *, engine: Engine | None = None) -> None:
+        self.url = url
+        self.engine = engine or make_engine(url)
+        self._dialect = self.engine.dialect.name
+
+    @classmethod
+    def open(cls, url: str) -> Store:
+        store = cls(url)
+        try:
+            upgrade(store.engine)
+        except OperationalError as exc:
+            raise StoreError(f"state.url: cannot open the store: {exc.orig}") from None
+        return store
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    # --- locks ------------------------------------------------------------
+
+    def acquire_lock(
+        self, pipeline: str, owner: str, ttl: float, now: datetime | None = None
+    ) -> bool:
+        """Take or renew the pipeline's lease; False while another owner holds it."""
+        now = now or utcnow()
+        expires = now + timedelta(seconds=ttl)
+        with self._tx() as s:
+            lock = s.get(PipelineLock, pipeline, with_for_update=self._dialect != "sqlite")
+            if lock is None:
+                s.add(PipelineLock(pipeline=pipeline, owner=owner, expires_at=expires))
+                return True
+            if lock.owner != owner and lock.expires_at > now:
+                return False
+            lock.owner = owner
+            lock.expires_at = expires
+            return True
+
+    def release_lock(self, pipeline: str, owner: str) -> None:
+        with self._tx() as s:
+            lock = s.get(PipelineLock, pipeline)
+            if lock is not None and lock.owner == owner:
+                s.delete(lock)
+
+    def lock_holder(self, pipeline: str, now: datetime | None = None) -> str | None:
+        now = now or utcnow()
+        with Session(self.engine) as s:
+            lock = s.get(PipelineLock, pipeline)
+            return lock.owner if lock is not None and lock.expires_at > now else None
+
+    # --- runs -------------------------------------------------------------
+
+    def start_run(self, pipeline: str, kind: str = "run") -> int:
+        with self._tx() as s:
+            run = Run(pipeline=pipeline, kind=kind, started_at=utcnow())
+            s.add(run)
+            s.flush()
+            assert run.id is not None
+            return run.id
+
+    def finish_run(
+        self,
+        run_id: int,
+        outcome: RunOutcome,
+        *,
+        pulled: int = 0,
+        duplicates: int = 0,
+        delivered: int = 0,
+        retried: int = 0,
+        dead: int = 0,
+        error: str = "",
+    ) -> None:
+        with self._tx() as s:
+            run = s.get(Run, run_id)
+            if run is None:
+                return
+            run.finished_at = utcnow()
+            run.outcome = outcome
+            run.pulled, run.duplicates = pulled, duplicates
+            run.delivered, run.retried, run.dead = delivered, retried, dead
+            run.error = error
+
+    def close_abandoned_runs(self, pipeline: str) -> int:
+        """Runs left `running` by a crashed process; called while holding the lock."""
+        with self._tx() as s:
+            result = s.execute(
+                update(Run)
+                .where(and_(col(Run.pipeline) == pipeline, col(Run.outcome) == RunOutcome.RUNNING))
+                .values(outcome=RunOutcome.INTERRUPTED, finished_at=utcnow())
+            )
+            return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    # --- cursors and journal ----------------------------------------------
+
+    def cursor(self, pipeline: str, stream: str) -> CursorState:
+        with Session(self.engine) as s:
+            row = s.get(Cursor, (pipeline, stream))
+            if row is None:
+                return CursorState(None, None, None)
+            return CursorState(row.value, row.in_flight, row.in_flight_since)
+
+    def mark_in_flight(
+        self, pipeline: str, stream: str, params: Mapping[str, Any], started_at: datetime
+    ) -> None:
+        """Durably note a call before sending it. An earlier marker is kept:
+        the window to recover starts at the last journaled call, not this one."""
+        with self._tx() as s:
+            row = s.get(Cursor, (pipeline, stream))
+            if row is None:
+                row = Cursor(pipeline=pipeline, stream=stream)
+                s.add(row)
+            marker = {"params": dict(params), "started_at": started_at.isoformat()}
+            if row.in_flight is None:
+                row.in_flight_since = started_at
+            row.in_flight = marker
+
+    def journal(
+        self,
+        pipeline: str,
+        stream: str,
+        records: Sequence[NewRecord],
+        *,
+        cursor: dict[str, Any] | None,
+        targets: Sequence[str],
+        run_id: int | None,
+        recovered: Mapping[str, Any] | None = None,
+        advance_cursor: bool = True,
+    ) -> JournalResult:
+        """Journal a call's answer: deletions, their deliveries, the next cursor and
+        the cleared in-flight marker, in one transaction."""
+        now = utcnow()
+        with self._tx() as s:
+            new_ids = self._insert_deletions(s, pipeline, stream, records, run_id, now)
+            if new_ids and targets:
+                s.add_all(
+                    Delivery(
+                        deletion_id=deletion_id,
+                        pipeline=pipeline,
+                        target=target,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                    for deletion_id in new_ids
+                    for target in targets
+                )
+            if advance_cursor:
+                row = s.get(Cursor, (pipeline, stream))
+                if row is None:
+                    row = Cursor(pipeline=pipeline, stream=stream)
+                    s.add(row)
+                row.value = cursor
+                row.in_flight = None
+                row.in_flight_since = None
+                row.updated_at = now
+                row.last_success_at = now
+                row.consecutive_errors = 0
+                row.last_error = ""
+                if recovered is not None:
+                    row.recoveries += 1
+                    row.last_recovery_at = now
+                    row.last_recovery = dict(recovered)
+            return JournalResult(new=len(new_ids), duplicates=len(records) - len(new_ids))
+
+    def _insert_deletions(
+        self,
+        s: Session,
+        pipeline: str,
+        stream: str,
+        records: Sequence[NewRecord],
+        run_id: int | None,
+        now: datetime,
+    ) -> list[int]:
+        unique: dict[str, NewRecord] = {}
+        for record in records:
+            unique.setdefault(record.key, record)
+        if not unique:
+            return []
+        insert = pg_insert if self._dialect == "postgresql" else sqlite_insert
+        new_ids: list[int] = []
+        keys = list(unique)
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            statement = (
+                insert(Deletion)
+                .values(
+                    [
+                        {
+                            "pipeline": pipeline,
+                            "stream": stream,
+                            "record_key": key,
+                            "fields": dict(unique[key].fields),
+                            "seen_at": now,
+                            "run_id": run_id,
+                        }
+                        for key in chunk
+                    ]
+                )
+                .on_conflict_do_nothing(index_elements=["pipeline", "stream", "record_key"])
+                .returning(col(Deletion.id))
+            )
+            new_ids.extend(int(row[0]) for row in s.execute(statement))
+        return new_ids
+
+    def record_stream_error(self, pipeline: str, stream: str, error: str) -> int:
+        """Count consecutive failures of a stream; the cursor itself does not move."""
+        with self._tx() as s:
+            row = s.get(Cursor, (pipeline, stream))
+            if row is None:
+                row = Cursor(pipeline=pipeline, stream=stream)
+                s.add(row)
+            row.consecutive_errors += 1
+            row.last_error = error
+            return row.consecutive_errors
+
+    # --- deliveries -------------------------------------------------------
+
+    def release_orphans(self, pipeline: str, target: str) -> int:
+        """Deliveries left in flight by a crashed run go back to pending.
+
+        Called under the pipeline lock, so no live run owns them. Re-sending is
+        safe: deleting what is already gone counts as done.
+        """
+        with self._tx() as s:
+            result = s.execute(
+                update(Delivery)
+                .where(
+                    and_(
+                        col(Delivery.pipeline) == pipeline,
+                        col(Delivery.target) == target,
+                        col(Delivery.status) == DeliveryStatus.IN_FLIGHT,
+                    )
+                )
+                .values(status=DeliveryStatus.PENDING, claim=None, updated_at=utcnow())
+            )
+            return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    def claim(
+        self, pipeline: str, target: str, limit: int, claim: str, now: datetime | None = None
+    ) -> list[ClaimedDelivery]:
+        """Move up to `limit` due deliveries to in flight, oldest first."""
+        now = now or utcnow()
+        with self._tx() as s:
+            query = (
+                select(Delivery, Deletion)
+                .join(Deletion, col(Deletion.id) == col(Delivery.deletion_id))
+                .where(
+                    col(Delivery.pipeline) == pipeline,
+                    col(Delivery.target) == target,
+                    or_(
+                        col(Delivery.status) == DeliveryStatus.PENDING,
+                        and_(
+                            col(Delivery.status) == DeliveryStatus.FAILED,
+                            col(Delivery.next_attempt_at) <= now,
+                        ),
+                    ),
+                )
+                .order_by(col(Delivery.id))
+                .limit(limit)
+            )
+            if self._dialect == "postgresql":
+                query = query.with_for_update(skip_locked=True, of=Delivery)
+            claimed: list[ClaimedDelivery] = []
+            for delivery, deletion in s.exec(query).all():
+                delivery.status = DeliveryStatus.IN_FLIGHT
+                delivery.claim = claim
+                delivery.updated_at = now
+                assert delivery.id is not None
+                claimed.append(
+                    ClaimedDelivery(
+                        id=delivery.id,
+                        attempts=delivery.attempts,
+                        stream=deletion.stream,
+                        key=deletion.record_key,
+                        fields=dict(deletion.fields),
+                    )
+                )
+            return claimed
+
+    def record_outcomes(
+        self, outcomes: Iterable[OutcomeRecord], rule: RetryRule, now: datetime | None = None
+    ) -> OutcomeCounts:
+        now = now or utcnow()
+        counts = OutcomeCounts()
+        by_id = {o.delivery_id: o for o in outcomes}
+        if not by_id:
+            return counts
+        with self._tx() as s:
+            rows = s.exec(select(Delivery).where(col(Delivery.id).in_(list(by_id)))).all()
+            for delivery in rows:
+                assert delivery.id is not None
+                outcome = by_id[delivery.id]
+                delivery.updated_at = now
+                delivery.claim = None
+                if outcome.kind == "done":
+                    delivery.attempts += 1
+                    delivery.status = DeliveryStatus.DONE
+                    delivery.detail = outcome.detail
+                    delivery.finished_at = now
+                    delivery.next_attempt_at = None
+                    counts.done += 1
+                elif outcome.kind == "dead":
+                    delivery.attempts += 1
+                    delivery.status = DeliveryStatus.DEAD
+                    delivery.last_error = outcome.reason
+                    delivery.finished_at = now
+                    counts.dead += 1
+                else:
+                    delivery.attempts += 1
+                    delivery.last_error = outcome.reason
+                    if delivery.attempts >= rule.max_attempts:
+                        delivery.status = DeliveryStatus.DEAD
+                        delivery.last_error = (
+                            f"gave up after {delivery.attempts} attempts: {outcome.reason}"
+                        )
+                        delivery.finished_at = now
+                        counts.dead += 1
+                    else:
+                        delivery.status = DeliveryStatus.FAILED
+                        delivery.next_attempt_at = rule.next_attempt(
+                            now, delivery.attempts, outcome.retry_after
+                        )
+                        counts.retried += 1
+        return counts
+
+    def release(self, delivery_ids: Sequence[int], reason: str = "") -> None:
+        """Return claimed deliveries to pending without counting an attempt
+        (the run stopped before sending them, or the target's credentials failed)."""
+        if not delivery_ids:
+            return
+        with self._tx() as s:
+            s.execute(
+                update(Delivery)
+                .where(
+                    and_(
+                        col(Delivery.id).in_(list(delivery_ids)),
+                        col(Delivery.status) == DeliveryStatus.IN_FLIGHT,
+                    )
+                )
+                .values(
+                    status=DeliveryStatus.PENDING,
+                    claim=None,
+                    updated_at=utcnow(),
+                    last_error=reason,
+                )
+            )
+
+    # --- reading ----------------------------------------------------------
+
+    def delivery_counts(self, pipeline: str | None = None) -> list[TargetCounts]:
+        with Session(self.engine) as s:
+            query = select(
+                col(Delivery.pipeline), col(Delivery.target), col(Delivery.status), func.count()
+            ).group_by(col(Delivery.pipeline), col(Delivery.target), col(Delivery.status))
+            if pipeline is not None:
+                query = query.where(col(Delivery.pipeline) == pipeline)
+            grouped: dict[tuple[str, str], dict[str, int]] = {}
+            for pipe, target, status, count in s.exec(query).all():
+                grouped.setdefault((pipe, target), {})[status] = int(count)
+            return [TargetCounts(p, t, c) for (p, t), c in sorted(grouped.items())]
+
+    def cursors(self, pipeline: str | None = None) -> list[Cursor]:
+        with Session(self.engine) as s:
+            query = select(Cursor).order_by(col(Cursor.pipeline), col(Cursor.stream))
+            if pipeline is not None:
+                query = query.where(col(Cursor.pipeline) == pipeline)
+            return list(s.exec(query).all())
+
+    def last_run(self, pipeline: str, kind: str | None = None) -> Run | None:
+        with Session(self.engine) as s:
+            query = select(Run).where(col(Run.pipeline) == pipeline)
+            if kind is not None:
+                query = query.where(col(Run.kind) == kind)
+            return s.exec(query.order_by(col(Run.id).desc()).limit(1)).first()
+
+    def deliveries(
+        self,
+        *,
+        pipeline: str | None = None,
+        target: str | None = None,
+        status: str | None = None,
+        limit: int = 1000,
+    ) -> list[tuple[Delivery, Deletion]]:
+        with Session(self.engine) as s:
+            query = select(Delivery, Deletion).join(
+                Deletion, col(Deletion.id) == col(Delivery.deletion_id)
+            )
+            if pipeline is not None:
+                query = query.where(col(Delivery.pipeline) == pipeline)
+            if target is not None:
+                query = query.where(col(Delivery.target) == target)
+            if status is not None:
+                query = query.where(col(Delivery.status) == status)
+            rows = s.exec(query.order_by(col(Delivery.id)).limit(limit)).all()
+            return [(d, e) for d, e in rows]
+
+    def deletion_count(self, pipeline: str | None = None) -> int:
+        with Session(self.engine) as s:
+            query = select(func.count()).select_from(Deletion)
+            if pipeline is not None:
+                query = query.where(col(Deletion.pipeline) == pipeline)
+            return int(s.exec(query).one())
