@@ -27,6 +27,11 @@ BODY_EXCERPT = 300
 REDACTED = "***"
 
 
+secret_listeners: list[Callable[[str], None]] = []
+"""Called with every secret a client learns (configured or obtained at run time),
+so the process's log redaction knows values it was never configured with."""
+
+
 class Action(enum.Enum):
     OK = "ok"
     RETRY = "retry"
@@ -150,7 +155,9 @@ class HttpClient:
     ) -> None:
         self.connection = connection
         self.retry = retry or RetryPolicy()
-        self.secrets = [s for s in secrets if s]
+        self.secrets: list[str] = []
+        for secret in secrets:
+            self.add_secret(secret)
         self._classify = classify
         self._observer = observer
         self._limiter = (
@@ -170,6 +177,8 @@ class HttpClient:
         """Register a value obtained at run time (a token) for scrubbing."""
         if value and value not in self.secrets:
             self.secrets.append(value)
+            for listener in secret_listeners:
+                listener(value)
 
     async def aclose(self) -> None:
         await self._client.aclose()

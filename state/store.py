@@ -349,10 +349,25 @@ class Store:
             return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
     def claim(
-        self, pipeline: str, target: str, limit: int, claim: str, now: datetime | None = None
+        self,
+        pipeline: str,
+        target: str,
+        limit: int,
+        claim: str,
+        now: datetime | None = None,
+        fresh_before: datetime | None = None,
     ) -> list[ClaimedDelivery]:
-        """Move up to `limit` due deliveries to in flight, oldest first."""
+        """Move up to `limit` due deliveries to in flight, oldest first.
+
+        `fresh_before` keeps a run from retrying, in a loop, what failed
+        during that same run: failed deliveries updated since then wait.
+        """
         now = now or utcnow()
+        due_failed = and_(
+            col(Delivery.status) == DeliveryStatus.FAILED, col(Delivery.next_attempt_at) <= now
+        )
+        if fresh_before is not None:
+            due_failed = and_(due_failed, col(Delivery.updated_at) < fresh_before)
         with self._tx() as s:
             query = (
                 select(Delivery, Deletion)
@@ -360,13 +375,7 @@ class Store:
                 .where(
                     col(Delivery.pipeline) == pipeline,
                     col(Delivery.target) == target,
-                    or_(
-                        col(Delivery.status) == DeliveryStatus.PENDING,
-                        and_(
-                            col(Delivery.status) == DeliveryStatus.FAILED,
-                            col(Delivery.next_attempt_at) <= now,
-                        ),
-                    ),
+                    or_(col(Delivery.status) == DeliveryStatus.PENDING, due_failed),
                 )
                 .order_by(col(Delivery.id))
                 .limit(limit)

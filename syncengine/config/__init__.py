@@ -1,0 +1,26 @@
+"""Configuration: one YAML file, validated into typed models before anything runs."""
+
+from __future__ import annotations
+
+from syncengine.config.loader import ConfigError, ConfigIssue, load_config, parse_config
+from syncengine.config.models import (
+    Config,
+    DeliveryRetry,
+    PipelineConfig,
+    Schedule,
+    SourceConfig,
+    TargetConfig,
+)
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "ConfigIssue",
+    "DeliveryRetry",
+    "PipelineConfig",
+    "Schedule",
+    "SourceConfig",
+    "TargetConfig",
+    "load_config",
+    "parse_config",
+]

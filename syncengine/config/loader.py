@@ -1,0 +1,321 @@
+"""Read a YAML file into a validated `Config`, or fail with every problem at once.
+
+Each problem names the file, the line when known, the YAML path and what to
+do about it, so an integrator can fix a file without reading code.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path as FsPath
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, SecretStr, ValidationError
+
+from connectors import load_registry
+from connectors.contract import UnknownConnectorType
+from syncengine.config.interpolate import Path, interpolate
+from syncengine.config.models import (
+    ENGINE_SOURCE_KEYS,
+    ENGINE_TARGET_KEYS,
+    NAME_PATTERN,
+    Config,
+    PipelineConfig,
+    RawConfig,
+    SourceConfig,
+    TargetConfig,
+)
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    path: Path
+    message: str
+    line: int | None = None
+
+    def render(self, file: str) -> str:
+        where = f"{file}:{self.line}" if self.line else file
+        dotted = format_path(self.path) or "(top level)"
+        return f"{where}: {dotted}: {self.message}"
+
+
+class ConfigError(Exception):
+    def __init__(self, file: str, issues: Sequence[ConfigIssue]) -> None:
+        self.file = file
+        self.issues = list(issues)
+        super().__init__("\n".join(issue.render(file) for issue in self.issues))
+
+
+def format_path(path: Path) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _line_map(text: str) -> dict[Path, int]:
+    """YAML path -> 1-based line, from the composed node tree."""
+    lines: dict[Path, int] = {}
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return lines
+
+    def walk(node: yaml.Node, path: Path) -> None:
+        lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                name = str(key.value)
+                lines[(*path, name)] = key.start_mark.line + 1
+                walk(value, (*path, name))
+                lines[(*path, name)] = key.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode):
+            for index, value in enumerate(node.value):
+                walk(value, (*path, index))
+
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _line_for(lines: Mapping[Path, int], path: Path) -> int | None:
+    for size in range(len(path), -1, -1):
+        if path[:size] in lines:
+            return lines[path[:size]]
+    return None
+
+
+def _pydantic_issues(
+    error: ValidationError, prefix: Path, model: type[BaseModel] | None = None
+) -> list[ConfigIssue]:
+    issues = []
+    for item in error.errors(include_url=False):
+        loc: Path = tuple(p for p in item["loc"] if not str(p).startswith("function-after"))
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = f"unknown key {loc[-1]!r}"
+            if model is not None and len(loc) == 1:
+                known = sorted((f.alias or name) for name, f in model.model_fields.items())
+                message += f"; valid keys here: {', '.join(known)}"
+        elif item["type"] == "missing":
+            message = "required key is missing"
+        elif message.startswith("Value error, "):
+            message = message.removeprefix("Value error, ")
+        issues.append(ConfigIssue((*prefix, *loc), message))
+    return issues
+
+
+def collect_secrets(models: Sequence[Any]) -> tuple[str, ...]:
+    found: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, SecretStr):
+            secret = value.get_secret_value()
+            if secret:
+                found.append(secret)
+        elif isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                walk(getattr(value, name))
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                walk(item)
+
+    for model in models:
+        walk(model)
+    return tuple(dict.fromkeys(found))
+
+
+def load_config(file: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    name = str(file)
+    try:
+        text = FsPath(file).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            name, [ConfigIssue((), "file not found; pass -c PATH to your YAML")]
+        ) from None
+    except OSError as exc:
+        raise ConfigError(name, [ConfigIssue((), f"cannot read: {exc.strerror}")]) from None
+    return parse_config(text, name, os.environ if env is None else env)
+
+
+def parse_config(text: str, name: str, env: Mapping[str, str]) -> Config:
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(name, [ConfigIssue((), f"not valid YAML: {problem}", line)]) from None
+    if not isinstance(tree, dict):
+        raise ConfigError(
+            name, [ConfigIssue((), "the file must be a mapping with connections and pipelines")]
+        )
+    lines = _line_map(text)
+    tree, missing = interpolate(tree, env)
+    issues = [
+        ConfigIssue(
+            m.path,
+            f"bad variable syntax ${{{m.name}}}; write ${{NAME}} or ${{NAME:-default}}"
+            if m.bad_syntax
+            else f"environment variable {m.name} is not set; "
+            f"export it or write ${{{m.name}:-default}}",
+        )
+        for m in missing
+    ]
+    config: Config | None = None
+    try:
+        raw = RawConfig.model_validate(tree)
+    except ValidationError as exc:
+        issues.extend(_pydantic_issues(exc, (), RawConfig))
+    else:
+        config, more = _second_pass(raw, name)
+        issues.extend(more)
+    if issues:
+        raise ConfigError(
+            name,
+            [ConfigIssue(i.path, i.message, i.line or _line_for(lines, i.path)) for i in issues],
+        )
+    assert config is not None
+    return config
+
+
+def _second_pass(raw: RawConfig, name: str) -> tuple[Config | None, list[ConfigIssue]]:
+    registry = load_registry()
+    issues: list[ConfigIssue] = []
+    connections: dict[str, Any] = {}
+    for conn_name, block in raw.connections.items():
+        where: Path = ("connections", conn_name)
+        if not re.match(NAME_PATTERN, conn_name):
+            issues.append(ConfigIssue(where, "connection name: use letters, digits, _ . -"))
+            continue
+        kind = block.get("type")
+        if not isinstance(kind, str):
+            issues.append(
+                ConfigIssue((*where, "type"), f"required; one of: {', '.join(registry.names())}")
+            )
+            continue
+        try:
+            info = registry.get(kind)
+        except UnknownConnectorType as exc:
+            issues.append(ConfigIssue((*where, "type"), str(exc)))
+            continue
+        try:
+            connections[conn_name] = info.connection_settings.model_validate(block)
+        except ValidationError as exc:
+            issues.extend(_pydantic_issues(exc, where, info.connection_settings))
+
+    pipelines: dict[str, PipelineConfig] = {}
+    for pipe_name, pipe in raw.pipelines.items():
+        where = ("pipelines", pipe_name)
+        if not re.match(NAME_PATTERN, pipe_name):
+            issues.append(ConfigIssue(where, "pipeline name: use letters, digits, _ . -"))
+            continue
+        source = _block(
+            connections,
+            raw.connections,
+            pipe.source.connection,
+            pipe.source.model_extra or {},
+            (*where, "source"),
+            "source",
+            issues,
+        )
+        targets: dict[str, TargetConfig] = {}
+        for target_name, target in pipe.targets.items():
+            built = _block(
+                connections,
+                raw.connections,
+                target.connection,
+                target.model_extra or {},
+                (*where, "targets", target_name),
+                "target",
+                issues,
+            )
+            if built is not None:
+                targets[target_name] = TargetConfig(
+                    name=target_name,
+                    connection=target.connection,
+                    connection_type=built[0],
+                    retry=target.retry,
+                    settings=built[1],
+                )
+        if source is not None and len(targets) == len(pipe.targets):
+            pipelines[pipe_name] = PipelineConfig(
+                name=pipe_name,
+                schedule=pipe.schedule,
+                enabled=pipe.enabled,
+                source=SourceConfig(
+                    connection=pipe.source.connection, connection_type=source[0], settings=source[1]
+                ),
+                targets=targets,
+            )
+    if issues:
+        return None, issues
+    config = Config(
+        path=name,
+        state=raw.state,
+        logging=raw.logging,
+        connections=connections,
+        pipelines=pipelines,
+        secrets=collect_secrets(list(connections.values())),
+    )
+    return config, []
+
+
+def _block(
+    connections: Mapping[str, Any],
+    raw_connections: Mapping[str, Any],
+    connection: str,
+    extra: Mapping[str, Any],
+    where: Path,
+    role: str,
+    issues: list[ConfigIssue],
+) -> tuple[str, Any] | None:
+    """Validate a pipeline's source or target block against its connector's model."""
+    if connection not in raw_connections:
+        known = ", ".join(sorted(raw_connections)) or "none"
+        issues.append(
+            ConfigIssue(
+                (*where, "connection"), f"unknown connection {connection!r}; defined: {known}"
+            )
+        )
+        return None
+    settings_owner = connections.get(connection)
+    if settings_owner is None:
+        return None  # the connection itself is invalid and already reported
+    registry = load_registry()
+    kind = str(settings_owner.type)
+    info = registry.get(kind)
+    model = info.source_settings if role == "source" else info.target_settings
+    if model is None:
+        can = [
+            n
+            for n in registry.names()
+            if (
+                registry.get(n).source_settings
+                if role == "source"
+                else registry.get(n).target_settings
+            )
+        ]
+        issues.append(
+            ConfigIssue(
+                (*where, "connection"),
+                f"connection {connection!r} is of type {kind}, which cannot be a {role}; "
+                f"{role} types: {', '.join(can)}",
+            )
+        )
+        return None
+    reserved = ENGINE_SOURCE_KEYS if role == "source" else ENGINE_TARGET_KEYS
+    block = {k: v for k, v in extra.items() if k not in reserved}
+    try:
+        settings = model.model_validate(block, context={"connection": settings_owner})
+    except ValidationError as exc:
+        issues.extend(_pydantic_issues(exc, where, model))
+        return None
+    return kind, settings

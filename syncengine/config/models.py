@@ -1,0 +1,138 @@
+"""The configuration as validated types.
+
+The YAML is checked in two passes: first the shape the engine owns (state,
+logging, schedules, pipeline wiring), then each connection, source and
+target block against the settings model of its connector `type`. Runtime
+objects are built from these models afterwards, never from raw dicts.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from apscheduler.triggers.cron import CronTrigger
+from pydantic import Field, field_validator, model_validator
+
+from connectors.settings import Seconds, StrictModel
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class StateSettings(StrictModel):
+    url: str = Field(
+        "sqlite:///data/syncengine.db",
+        description="SQLAlchemy URL; sqlite:///path or postgresql://user@host/db",
+    )
+
+
+class LoggingSettings(StrictModel):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = Field(
+        "auto", description="auto: readable on a terminal, JSON otherwise"
+    )
+
+
+class Schedule(StrictModel):
+    every: Seconds | None = Field(None, gt=0)
+    cron: str | None = None
+
+    @field_validator("cron")
+    @classmethod
+    def _cron_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                CronTrigger.from_crontab(value)
+            except ValueError as exc:
+                raise ValueError(f"bad cron expression {value!r}: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Schedule:
+        if (self.every is None) == (self.cron is None):
+            raise ValueError("set exactly one of 'every' (e.g. 60s) or 'cron' (e.g. '*/5 * * * *')")
+        return self
+
+    def describe(self) -> str:
+        return f"every {self.every:g}s" if self.every is not None else f"cron {self.cron}"
+
+
+class DeliveryRetry(StrictModel):
+    """Retries of one delivery across runs, before it is declared dead."""
+
+    max_attempts: int = Field(10, ge=1, le=1000)
+    backoff: Seconds = Field(30.0, ge=0, description="first wait; doubles per attempt, jittered")
+    max_backoff: Seconds = Field(3600.0, ge=0)
+
+
+ENGINE_TARGET_KEYS = {"connection", "retry"}
+ENGINE_SOURCE_KEYS = {"connection"}
+
+
+class RawTarget(StrictModel):
+    model_config = StrictModel.model_config | {"extra": "allow"}
+
+    connection: str
+    retry: DeliveryRetry = DeliveryRetry()
+
+
+class RawSource(StrictModel):
+    model_config = StrictModel.model_config | {"extra": "allow"}
+
+    connection: str
+
+
+class RawPipeline(StrictModel):
+    schedule: Schedule
+    source: RawSource
+    targets: dict[str, RawTarget] = Field(min_length=1)
+    enabled: bool = True
+
+    @field_validator("targets")
+    @classmethod
+    def _target_names(cls, value: dict[str, RawTarget]) -> dict[str, RawTarget]:
+        import re
+
+        for name in value:
+            if not re.match(NAME_PATTERN, name):
+                raise ValueError(f"target name {name!r}: use letters, digits, _ . -")
+        return value
+
+
+class RawConfig(StrictModel):
+    state: StateSettings = StateSettings()
+    logging: LoggingSettings = LoggingSettings()
+    connections: dict[str, dict[str, Any]] = Field(min_length=1)
+    pipelines: dict[str, RawPipeline] = Field(min_length=1)
+
+
+class TargetConfig(StrictModel):
+    name: str
+    connection: str
+    connection_type: str
+    retry: DeliveryRetry
+    settings: Any
+
+
+class SourceConfig(StrictModel):
+    connection: str
+    connection_type: str
+    settings: Any
+
+
+class PipelineConfig(StrictModel):
+    name: str
+    schedule: Schedule
+    enabled: bool
+    source: SourceConfig
+    targets: dict[str, TargetConfig]
+
+
+class Config(StrictModel):
+    """The whole file, validated; connection and block settings are connector models."""
+
+    path: str
+    state: StateSettings
+    logging: LoggingSettings
+    connections: dict[str, Any]
+    pipelines: dict[str, PipelineConfig]
+    secrets: tuple[str, ...] = ()

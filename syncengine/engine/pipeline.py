@@ -1,0 +1,120 @@
+"""One cycle of one pipeline: lock, pull, push to every target, record the run."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+
+from connectors.contract import FatalError
+from state import RunOutcome, Store
+from state.models import utcnow
+from syncengine.engine.pull import PullReport, pull
+from syncengine.engine.push import PushReport, push
+from syncengine.engine.runtime import PipelineRuntime
+from syncengine.engine.stop import StopToken
+from syncengine.logs import get_logger
+
+LOCK_TTL = 120.0
+OWNER = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class RunReport:
+    pipeline: str
+    outcome: RunOutcome
+    run_id: int | None = None
+    pull: PullReport = field(default_factory=PullReport)
+    targets: dict[str, PushReport] = field(default_factory=dict)
+    error: str = ""
+    fatal: bool = False
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome in (RunOutcome.FAILED, RunOutcome.PARTIAL)
+
+
+async def _keep_lease(store: Store, pipeline: str, lost: StopToken) -> None:
+    while True:
+        await asyncio.sleep(LOCK_TTL / 3)
+        if not store.acquire_lock(pipeline, OWNER, LOCK_TTL):
+            lost.request("pipeline lock taken over by another process")
+            return
+
+
+async def run_pipeline(store: Store, pipe: PipelineRuntime, stop: StopToken) -> RunReport:
+    log = get_logger(pipeline=pipe.name)
+    if not store.acquire_lock(pipe.name, OWNER, LOCK_TTL):
+        holder = store.lock_holder(pipe.name)
+        log.info("run_skipped", reason="another process is running this pipeline", holder=holder)
+        return RunReport(pipe.name, RunOutcome.INTERRUPTED, error=f"locked by {holder}")
+    lease = asyncio.create_task(_keep_lease(store, pipe.name, stop))
+    try:
+        abandoned = store.close_abandoned_runs(pipe.name)
+        if abandoned:
+            log.warning("abandoned_runs_closed", count=abandoned)
+        return await _run(store, pipe, stop)
+    finally:
+        lease.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await lease
+        store.release_lock(pipe.name, OWNER)
+
+
+async def _run(store: Store, pipe: PipelineRuntime, stop: StopToken) -> RunReport:
+    run_id = store.start_run(pipe.name)
+    started = utcnow()
+    log = get_logger(pipeline=pipe.name, run=run_id)
+    log.info("run_started")
+    report = RunReport(pipe.name, RunOutcome.RUNNING, run_id=run_id)
+    try:
+        report.pull = await pull(store, pipe, run_id, stop, targets=list(pipe.targets))
+        for name, target in pipe.targets.items():
+            report.targets[name] = await push(store, pipe, target, run_id, started, stop)
+    except FatalError as exc:
+        report.outcome, report.error, report.fatal = RunOutcome.FAILED, str(exc), True
+        log.error("pipeline_fatal", error=str(exc))
+    except asyncio.CancelledError:
+        _finish(store, report, RunOutcome.INTERRUPTED, "cancelled")
+        raise
+    except Exception as exc:
+        report.outcome, report.error = RunOutcome.FAILED, f"{type(exc).__name__}: {exc}"
+        log.exception("run_crashed")
+    else:
+        if report.pull.errors and len(report.pull.errors) >= report.pull.streams:
+            report.outcome = RunOutcome.FAILED
+        elif report.pull.errors:
+            report.outcome = RunOutcome.PARTIAL
+        elif stop.is_set():
+            report.outcome = RunOutcome.INTERRUPTED
+        else:
+            report.outcome = RunOutcome.OK
+        report.error = "; ".join(f"{s}: {e}" for s, e in report.pull.errors.items())
+    _finish(store, report, report.outcome, report.error)
+    log.info(
+        "run_finished",
+        outcome=report.outcome.value,
+        pulled=report.pull.pulled,
+        duplicates=report.pull.duplicates,
+        delivered=sum(t.done for t in report.targets.values()),
+        retried=sum(t.retried for t in report.targets.values()),
+        dead=sum(t.dead for t in report.targets.values()),
+    )
+    return report
+
+
+def _finish(store: Store, report: RunReport, outcome: RunOutcome, error: str) -> None:
+    assert report.run_id is not None
+    store.finish_run(
+        report.run_id,
+        outcome,
+        pulled=report.pull.pulled,
+        duplicates=report.pull.duplicates,
+        delivered=sum(t.done for t in report.targets.values()),
+        retried=sum(t.retried for t in report.targets.values()),
+        dead=sum(t.dead for t in report.targets.values()),
+        error=error,
+    )

@@ -1,0 +1,132 @@
+"""Pull: source -> journal, one stream at a time, never asking for more before
+the previous answer and its cursor are committed.
+
+Every call is marked in flight before it is sent. If its answer is lost
+(timeout, 5xx, truncated body, crash), the marker stays and the next plan is
+a recovery read decided by the source from the last journaled call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from connectors.contract import (
+    AmbiguousError,
+    FatalError,
+    InFlightCall,
+    RemoteError,
+    RetriableError,
+)
+from state import NewRecord, Store
+from state.models import utcnow
+from syncengine.engine.runtime import PipelineRuntime
+from syncengine.engine.stop import StopToken
+from syncengine.logs import get_logger
+
+MAX_CALLS_PER_STREAM = 100
+MAX_LOST_ANSWERS_PER_STREAM = 3
+
+
+@dataclass
+class PullReport:
+    pulled: int = 0
+    duplicates: int = 0
+    recoveries: int = 0
+    errors: dict[str, str] = field(default_factory=dict)
+    streams: int = 0
+
+
+def _interrupted(in_flight: dict[str, object] | None) -> InFlightCall | None:
+    if not in_flight:
+        return None
+    started = in_flight.get("started_at")
+    params = in_flight.get("params")
+    return InFlightCall(
+        started_at=datetime.fromisoformat(str(started)),
+        params=params if isinstance(params, dict) else {},
+    )
+
+
+async def pull(
+    store: Store, pipe: PipelineRuntime, run_id: int, stop: StopToken, *, targets: list[str]
+) -> PullReport:
+    report = PullReport()
+    log = get_logger(pipeline=pipe.name, run=run_id)
+    for stream in pipe.source.streams():
+        if stop.is_set():
+            break
+        report.streams += 1
+        try:
+            await _pull_stream(store, pipe, stream, run_id, stop, targets, report)
+        except FatalError:
+            raise
+        except (RemoteError, RetriableError) as exc:
+            streak = store.record_stream_error(pipe.name, stream, str(exc))
+            report.errors[stream] = str(exc)
+            log.warning("source_error", stream=stream, error=str(exc), consecutive=streak)
+    return report
+
+
+async def _pull_stream(
+    store: Store,
+    pipe: PipelineRuntime,
+    stream: str,
+    run_id: int,
+    stop: StopToken,
+    targets: list[str],
+    report: PullReport,
+) -> None:
+    log = get_logger(pipeline=pipe.name, run=run_id, stream=stream)
+    lost = 0
+    for _ in range(MAX_CALLS_PER_STREAM):
+        state = store.cursor(pipe.name, stream)
+        interrupted = _interrupted(state.in_flight)
+        call = pipe.source.plan(stream, state.value, interrupted, utcnow())
+        if call.recovery:
+            log.warning(
+                "recovery_read",
+                reason="a call's answer was never journaled; re-reading its window",
+                interrupted_call_started_at=interrupted.started_at.isoformat()
+                if interrupted
+                else None,
+                params=dict(call.params),
+            )
+        store.mark_in_flight(pipe.name, stream, call.params, call.started_at)
+        try:
+            page = await pipe.source.fetch(call)
+        except AmbiguousError as exc:
+            lost += 1
+            log.warning("source_answer_lost", error=str(exc), attempt=lost)
+            if lost >= MAX_LOST_ANSWERS_PER_STREAM or stop.is_set():
+                raise
+            continue
+        recovered = (
+            {
+                "params": dict(call.params),
+                "interrupted_call_started_at": interrupted.started_at.isoformat()
+                if interrupted
+                else None,
+            }
+            if call.recovery
+            else None
+        )
+        result = store.journal(
+            pipe.name,
+            stream,
+            [NewRecord(r.key, r.fields) for r in page.records],
+            cursor=page.cursor,
+            targets=targets,
+            run_id=run_id,
+            recovered=recovered,
+        )
+        report.pulled += result.new
+        report.duplicates += result.duplicates
+        if call.recovery:
+            report.recoveries += 1
+            log.warning("recovery_done", new=result.new, duplicates=result.duplicates)
+        log.info(
+            "journaled", new=result.new, duplicates=result.duplicates, params=dict(call.params)
+        )
+        if not page.more or stop.is_set():
+            return

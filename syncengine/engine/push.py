@@ -1,0 +1,98 @@
+"""Push: claim due deliveries, send a batch, record every outcome.
+
+A claimed batch is either answered (each delivery done, retried later or
+dead) or released back to pending; an exception never strands it in flight
+beyond the next run, which releases orphans under the pipeline lock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from connectors.contract import ConnectorError, Delivery, FatalError, Outcome, RetriableError
+from state import OutcomeRecord, Store
+from syncengine.engine.runtime import PipelineRuntime, TargetRuntime
+from syncengine.engine.stop import StopToken
+from syncengine.logs import get_logger
+
+
+@dataclass
+class PushReport:
+    done: int = 0
+    retried: int = 0
+    dead: int = 0
+    batches: int = 0
+    released: int = 0
+
+
+def _complete(batch: list[Delivery], outcomes: list[Outcome]) -> list[OutcomeRecord]:
+    """Exactly one outcome per delivery: a missing one is retried, never assumed done."""
+    by_id = {o.delivery_id: o for o in outcomes if o.delivery_id in {d.delivery_id for d in batch}}
+    records = []
+    for delivery in batch:
+        outcome = by_id.get(delivery.delivery_id)
+        if outcome is None:
+            records.append(
+                OutcomeRecord(delivery.delivery_id, "retry", reason="target returned no outcome")
+            )
+        else:
+            records.append(
+                OutcomeRecord(
+                    delivery.delivery_id,
+                    outcome.kind.value,
+                    reason=outcome.reason,
+                    retry_after=outcome.retry_after,
+                    detail=outcome.detail,
+                )
+            )
+    return records
+
+
+async def push(
+    store: Store,
+    pipe: PipelineRuntime,
+    target: TargetRuntime,
+    run_id: int,
+    run_started: datetime,
+    stop: StopToken,
+) -> PushReport:
+    report = PushReport()
+    log = get_logger(pipeline=pipe.name, run=run_id, target=target.name)
+    report.released = store.release_orphans(pipe.name, target.name)
+    if report.released:
+        log.warning("released_orphans", count=report.released, reason="left in flight by a crash")
+    claim = f"run-{run_id}"
+    while not stop.is_set():
+        claimed = store.claim(
+            pipe.name, target.name, target.target.batch_size, claim, fresh_before=run_started
+        )
+        if not claimed:
+            break
+        batch = [Delivery(c.id, c.stream, c.key, c.fields) for c in claimed]
+        ids = [d.delivery_id for d in batch]
+        try:
+            outcomes = await target.target.send(batch)
+        except FatalError:
+            store.release(ids, reason="target credentials or configuration rejected")
+            raise
+        except RetriableError as exc:
+            outcomes = [Outcome.retry(i, str(exc), exc.retry_after) for i in ids]
+        except ConnectorError as exc:
+            outcomes = [Outcome.retry(i, str(exc)) for i in ids]
+        except BaseException:
+            store.release(ids, reason="run interrupted")
+            raise
+        counts = store.record_outcomes(_complete(batch, outcomes), target.rule)
+        report.batches += 1
+        report.done += counts.done
+        report.retried += counts.retried
+        report.dead += counts.dead
+        log.info(
+            "batch_sent",
+            size=len(batch),
+            done=counts.done,
+            retried=counts.retried,
+            dead=counts.dead,
+        )
+    return report

@@ -1,0 +1,74 @@
+"""Runtime objects built from a validated `Config`: the store, sources and targets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from connectors import load_registry
+from connectors.contract import Source, Target
+from state import RetryRule, Store
+from syncengine.config import Config, PipelineConfig
+
+
+@dataclass
+class TargetRuntime:
+    name: str
+    connection: str
+    target: Target
+    rule: RetryRule
+
+
+@dataclass
+class PipelineRuntime:
+    name: str
+    config: PipelineConfig
+    source: Source
+    targets: dict[str, TargetRuntime] = field(default_factory=dict)
+
+
+@dataclass
+class Runtime:
+    config: Config
+    store: Store
+    pipelines: dict[str, PipelineRuntime]
+
+    async def aclose(self) -> None:
+        for pipe in self.pipelines.values():
+            await pipe.source.aclose()
+            for target in pipe.targets.values():
+                await target.target.aclose()
+        self.store.close()
+
+
+def build_pipeline(config: Config, pipeline: PipelineConfig) -> PipelineRuntime:
+    registry = load_registry()
+    src = pipeline.source
+    src_info = registry.get(src.connection_type)
+    assert src_info.build_source is not None, "validated config guarantees a source type"
+    source = src_info.build_source(src.connection, config.connections[src.connection], src.settings)
+    targets: dict[str, TargetRuntime] = {}
+    for name, spec in pipeline.targets.items():
+        info = registry.get(spec.connection_type)
+        assert info.build_target is not None, "validated config guarantees a target type"
+        targets[name] = TargetRuntime(
+            name=name,
+            connection=spec.connection,
+            target=info.build_target(
+                spec.connection, config.connections[spec.connection], spec.settings
+            ),
+            rule=RetryRule(
+                max_attempts=spec.retry.max_attempts,
+                base_delay=spec.retry.backoff,
+                max_delay=spec.retry.max_backoff,
+            ),
+        )
+    return PipelineRuntime(name=pipeline.name, config=pipeline, source=source, targets=targets)
+
+
+def build_runtime(config: Config, store: Store, only: str | None = None) -> Runtime:
+    pipelines = {
+        name: build_pipeline(config, pipe)
+        for name, pipe in config.pipelines.items()
+        if (only is None and pipe.enabled) or name == only
+    }
+    return Runtime(config=config, store=store, pipelines=pipelines)
