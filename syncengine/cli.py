@@ -1,0 +1,201 @@
+"""The `syncengine` command.
+
+Exit codes: 0 success; 1 a pipeline run failed (or was stopped by a fatal
+error); 2 a problem the user can fix (configuration, store URL, ports).
+User errors end in one message naming the place and the fix, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from connectors.http import secret_listeners
+from state import Store, StoreError
+from syncengine.config import Config, ConfigError, load_config
+from syncengine.engine import RunReport, Runtime, StopToken, build_runtime, run_pipeline
+from syncengine.logs import SECRETS, configure
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Keep deletions consistent across business systems.",
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path, typer.Option("--config", "-c", help="the YAML file", show_default=True)
+]
+PipelineOption = Annotated[str | None, typer.Option("--pipeline", "-p", help="only this pipeline")]
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def load(path: Path) -> Config:
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            err.print(
+                f"[red]error:[/red] {issue.render(exc.file)}", highlight=False, soft_wrap=True
+            )
+        raise typer.Exit(2) from None
+    SECRETS.add_all(config.secrets)
+    if SECRETS.add not in secret_listeners:
+        secret_listeners.append(SECRETS.add)
+    return config
+
+
+def open_store(config: Config) -> Store:
+    try:
+        return Store.open(config.state.url)
+    except StoreError as exc:
+        raise fail(f"{config.path}: {exc}") from None
+
+
+def check_pipeline(config: Config, pipeline: str | None) -> None:
+    if pipeline is not None and pipeline not in config.pipelines:
+        known = ", ".join(config.pipelines)
+        raise fail(f"{config.path}: no pipeline named {pipeline!r}; defined: {known}")
+
+
+@app.command()
+def validate(config: ConfigOption = Path("config.yaml")) -> None:
+    """Check a configuration file; exit 2 with every problem if it is wrong."""
+    cfg = load(config)
+    out.print(f"{config}: OK")
+    for name, pipe in cfg.pipelines.items():
+        targets = ", ".join(f"{t} ({spec.connection})" for t, spec in pipe.targets.items())
+        state = "" if pipe.enabled else " [disabled]"
+        out.print(
+            f"  pipeline {name}{state}: {pipe.source.connection} -> {targets}; "
+            f"{pipe.schedule.describe()}",
+            highlight=False,
+        )
+
+
+async def run_once(runtime: Runtime, stop: StopToken | None = None) -> list[RunReport]:
+    stop = stop or StopToken()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.request, f"{signal.Signals(sig).name} received")
+    try:
+        reports = []
+        for pipe in runtime.pipelines.values():
+            if stop.is_set():
+                break
+            reports.append(await run_pipeline(runtime.store, pipe, stop))
+        return reports
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+@app.command()
+def run(
+    config: ConfigOption = Path("config.yaml"),
+    once: Annotated[
+        bool, typer.Option("--once", help="one cycle of every pipeline, then exit")
+    ] = False,
+    pipeline: PipelineOption = None,
+) -> None:
+    """Run the daemon (every pipeline on its schedule), or one cycle with --once."""
+    from syncengine.daemon import Daemon
+    from syncengine.status import render_summary
+
+    cfg = load(config)
+    check_pipeline(cfg, pipeline)
+    configure(cfg.logging.level, cfg.logging.format)
+    store = open_store(cfg)
+    runtime = build_runtime(cfg, store, only=pipeline)
+
+    async def main() -> int:
+        try:
+            if once:
+                reports = await run_once(runtime)
+                render_summary(reports, store, out)
+                return 1 if any(r.failed for r in reports) else 0
+            return await Daemon(runtime).serve()
+        finally:
+            await runtime.aclose()
+
+    code = asyncio.run(main())
+    raise typer.Exit(code)
+
+
+@app.command()
+def status(
+    config: ConfigOption = Path("config.yaml"),
+    pipeline: PipelineOption = None,
+    output: Annotated[str, typer.Option("--output", "-o", help="text or json")] = "text",
+) -> None:
+    """Per pipeline and target: cursors, recoveries, pending/done/failed/dead, last run."""
+    from syncengine.status import collect_status, render_status
+
+    cfg = load(config)
+    check_pipeline(cfg, pipeline)
+    if output not in ("text", "json"):
+        raise fail(f"--output {output!r}: use text or json")
+    store = open_store(cfg)
+    try:
+        data = collect_status(store, cfg, pipeline)
+    finally:
+        store.close()
+    if output == "json":
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    else:
+        render_status(data, out)
+
+
+@app.command()
+def sandbox(
+    goose_port: Annotated[int, typer.Option(help="Goose emulator port")] = 8701,
+    mongoose_port: Annotated[int, typer.Option(help="Mongoose emulator port")] = 8702,
+) -> None:
+    """Start the emulators with demo data in the foreground; Ctrl-C stops them."""
+    from syncengine.sandbox import Sandbox, SandboxError
+
+    try:
+        with Sandbox(goose_port=goose_port, mongoose_port=mongoose_port) as box:
+            for line in box.describe():
+                out.print(line, highlight=False)
+            out.print("Ctrl-C to stop.")
+            box.wait()
+    except SandboxError as exc:
+        raise fail(str(exc)) from None
+
+
+@app.command()
+def demo(config: ConfigOption = Path("config.yaml")) -> None:
+    """Start the sandbox, delete some records in Goose, run every pipeline once,
+    show what reached the targets, stop the sandbox."""
+    from syncengine.sandbox import SandboxError, run_demo
+
+    cfg = load(config)
+    configure(cfg.logging.level, cfg.logging.format)
+    try:
+        code = run_demo(cfg, out, run_once_fn=run_once)
+    except SandboxError as exc:
+        raise fail(str(exc)) from None
+    raise typer.Exit(code)
+
+
+def main(argv: list[str] | None = None) -> Any:
+    return app(args=argv)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,110 @@
+"""The long-lived daemon: each pipeline on its schedule, one run of it at a time.
+
+Schedules are rebuilt from the YAML at every start (APScheduler's memory
+job store; all durable state lives in our own tables). SIGTERM/SIGINT ask
+running pipelines to stop after their current batch; a second signal
+cancels them (claimed deliveries are released, nothing is lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from state.models import utcnow
+from syncengine.config import Schedule
+from syncengine.engine import RunReport, Runtime, StopToken, run_pipeline
+from syncengine.logs import get_logger
+
+
+def trigger_for(schedule: Schedule) -> IntervalTrigger | CronTrigger:
+    if schedule.every is not None:
+        return IntervalTrigger(seconds=schedule.every)
+    assert schedule.cron is not None
+    return CronTrigger.from_crontab(schedule.cron)
+
+
+class Daemon:
+    def __init__(
+        self, runtime: Runtime, on_report: Callable[[RunReport], None] | None = None
+    ) -> None:
+        self.runtime = runtime
+        self.stop = StopToken()
+        self.on_report = on_report
+        self._running: set[asyncio.Task[RunReport]] = set()
+        self._stopped_pipelines: dict[str, str] = {}
+        self._signals = 0
+        self.log = get_logger("syncengine.daemon")
+
+    async def _job(self, name: str) -> None:
+        if self.stop.is_set() or name in self._stopped_pipelines:
+            return
+        pipe = self.runtime.pipelines[name]
+        task = asyncio.create_task(run_pipeline(self.runtime.store, pipe, self.stop))
+        self._running.add(task)
+        try:
+            report = await task
+        finally:
+            self._running.discard(task)
+        if self.on_report is not None:
+            self.on_report(report)
+        if report.fatal:
+            self._stopped_pipelines[name] = report.error
+            self.log.error(
+                "pipeline_stopped",
+                pipeline=name,
+                error=report.error,
+                hint="fix the configuration or credentials, then restart the daemon",
+            )
+            if self._scheduler.get_job(name) is not None:
+                self._scheduler.remove_job(name)
+            if len(self._stopped_pipelines) == len(self.runtime.pipelines):
+                self.stop.request("every pipeline stopped on a fatal error")
+
+    def _on_signal(self, signum: int) -> None:
+        self._signals += 1
+        name = signal.Signals(signum).name
+        if self._signals == 1:
+            self.log.info("shutdown_requested", signal=name, running=len(self._running))
+            self.stop.request(f"{name} received")
+        else:
+            self.log.warning("shutdown_forced", signal=name, cancelling=len(self._running))
+            for task in self._running:
+                task.cancel()
+
+    async def serve(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        self._scheduler = AsyncIOScheduler(timezone="UTC")
+        for name, pipe in self.runtime.pipelines.items():
+            self._scheduler.add_job(
+                self._job,
+                trigger_for(pipe.config.schedule),
+                args=[name],
+                id=name,
+                name=name,
+                replace_existing=True,
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=None,
+                next_run_time=utcnow(),
+            )
+            self.log.info(
+                "pipeline_scheduled", pipeline=name, schedule=pipe.config.schedule.describe()
+            )
+        self._scheduler.start()
+        self.log.info("daemon_started", pipelines=len(self.runtime.pipelines))
+        await self.stop.wait()
+        self._scheduler.shutdown(wait=False)
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        self.log.info("daemon_stopped", reason=self.stop.reason)
+        return 1 if self._stopped_pipelines else 0

@@ -1,0 +1,166 @@
+"""What `status` and the run summary show, as plain data first, rendered second.
+
+Only the store is read; nothing here holds or prints a secret (cursor
+markers hold call parameters, which connectors keep free of credentials).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from state import Store
+from state.models import DeliveryStatus, utcnow
+from syncengine.config import Config
+from syncengine.engine import RunReport
+
+STATUSES = [s.value for s in DeliveryStatus]
+
+
+def _age(when: datetime | None, now: datetime) -> str:
+    if when is None:
+        return "-"
+    seconds = int((now - when).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def collect_status(store: Store, config: Config, pipeline: str | None = None) -> dict[str, Any]:
+    now = utcnow()
+    counts = {(c.pipeline, c.target): c.counts for c in store.delivery_counts(pipeline)}
+    pipelines = []
+    for name, pipe in config.pipelines.items():
+        if pipeline is not None and name != pipeline:
+            continue
+        last = store.last_run(name)
+        streams = [
+            {
+                "stream": c.stream,
+                "cursor": c.value,
+                "in_flight_since": c.in_flight_since.isoformat() if c.in_flight_since else None,
+                "last_success_at": c.last_success_at.isoformat() if c.last_success_at else None,
+                "recoveries": c.recoveries,
+                "last_recovery_at": c.last_recovery_at.isoformat() if c.last_recovery_at else None,
+                "last_recovery": c.last_recovery,
+                "consecutive_errors": c.consecutive_errors,
+                "last_error": c.last_error,
+            }
+            for c in store.cursors(name)
+        ]
+        targets = [
+            {"target": t, **{s: counts.get((name, t), {}).get(s, 0) for s in STATUSES}}
+            for t in pipe.targets
+        ]
+        pipelines.append(
+            {
+                "pipeline": name,
+                "enabled": pipe.enabled,
+                "schedule": pipe.schedule.describe(),
+                "deletions": store.deletion_count(name),
+                "streams": streams,
+                "targets": targets,
+                "last_run": None
+                if last is None
+                else {
+                    "id": last.id,
+                    "kind": last.kind,
+                    "started_at": last.started_at.isoformat(),
+                    "finished_at": last.finished_at.isoformat() if last.finished_at else None,
+                    "age": _age(last.started_at, now),
+                    "outcome": last.outcome,
+                    "pulled": last.pulled,
+                    "delivered": last.delivered,
+                    "retried": last.retried,
+                    "dead": last.dead,
+                    "error": last.error,
+                },
+            }
+        )
+    return {"generated_at": now.isoformat(), "pipelines": pipelines}
+
+
+def render_status(data: dict[str, Any], console: Console) -> None:
+    now = utcnow()
+    for pipe in data["pipelines"]:
+        last = pipe["last_run"]
+        headline = f"[bold]{pipe['pipeline']}[/bold]  {pipe['schedule']}"
+        if not pipe["enabled"]:
+            headline += "  (disabled)"
+        if last is None:
+            headline += "  never run"
+        else:
+            headline += f"  last run #{last['id']} {last['age']}: {last['outcome']}"
+            if last["error"]:
+                headline += f" ({last['error']})"
+        console.print(headline)
+        streams = Table("stream", "cursor", "in flight", "last success", "recoveries", "errors")
+        for s in pipe["streams"]:
+            since = datetime.fromisoformat(s["in_flight_since"]) if s["in_flight_since"] else None
+            ok = datetime.fromisoformat(s["last_success_at"]) if s["last_success_at"] else None
+            rec = str(s["recoveries"])
+            if s["last_recovery_at"]:
+                rec += f" (last {_age(datetime.fromisoformat(s['last_recovery_at']), now)})"
+            streams.add_row(
+                s["stream"],
+                ", ".join(f"{k}={v}" for k, v in (s["cursor"] or {}).items()) or "-",
+                f"since {_age(since, now)}" if since else "-",
+                _age(ok, now),
+                rec,
+                f"{s['consecutive_errors']}: {s['last_error']}" if s["consecutive_errors"] else "-",
+            )
+        if pipe["streams"]:
+            console.print(streams)
+        targets = Table("target", *STATUSES)
+        for t in pipe["targets"]:
+            targets.add_row(t["target"], *(str(t[s]) for s in STATUSES))
+        console.print(targets)
+
+
+def render_summary(reports: list[RunReport], store: Store, console: Console) -> None:
+    """The end-of-run table: what each pipeline pulled and each target received."""
+    table = Table(title="syncengine run summary")
+    for column in (
+        "pipeline",
+        "target",
+        "outcome",
+        "pulled",
+        "duplicates",
+        "delivered",
+        "retry later",
+        "dead",
+        "pending now",
+    ):
+        table.add_column(
+            column, justify="left" if column in ("pipeline", "target", "outcome") else "right"
+        )
+    counts = {(c.pipeline, c.target): c.counts for c in store.delivery_counts()}
+    for report in reports:
+        first = True
+        for target, push in report.targets.items() or {"-": None}.items():
+            waiting = counts.get((report.pipeline, target), {})
+            table.add_row(
+                report.pipeline if first else "",
+                target,
+                report.outcome.value if first else "",
+                str(report.pull.pulled) if first else "",
+                str(report.pull.duplicates) if first else "",
+                str(push.done) if push else "-",
+                str(push.retried) if push else "-",
+                str(push.dead) if push else "-",
+                str(sum(waiting.get(s, 0) for s in ("pending", "failed", "in_flight", "held"))),
+            )
+            first = False
+    console.print(table)
+    for report in reports:
+        if report.error:
+            console.print(f"[red]{report.pipeline}[/red]: {report.error}")
+        if report.pull.recoveries:
+            console.print(
+                f"{report.pipeline}: recovered {report.pull.recoveries} interrupted source call(s) "
+                "by re-reading their window"
+            )

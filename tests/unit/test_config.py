@@ -1,0 +1,146 @@
+"""Valid and invalid configurations, each with the message an integrator sees."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from syncengine.config import ConfigError, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+VALID = textwrap.dedent(
+    """
+    state: {url: "sqlite:///tmp/x.db"}
+    connections:
+      goose: {type: goose, url: "http://127.0.0.1:8701/deleted/", code: DEV001,
+              key: "${GOOSE_KEY}", timezone: Europe/Rome}
+      erp: {type: mongoose, url: "http://127.0.0.1:8702/IDORequestService/MGRESTService.svc",
+            config: DEMO, user: sync, password: "${MONGOOSE_PASSWORD:-fallback-pw}"}
+    pipelines:
+      contacts:
+        schedule: {every: 60s}
+        source: {connection: goose, tables: [CON_TRO], from: latest, imc: false}
+        targets:
+          erp_users: {connection: erp, ido: UserNames, key: "{SYKEY}",
+                      lookup: {property: Username}, batch_size: 100}
+    """
+)
+ENV = {"GOOSE_KEY": "goose-secret-key-123"}
+
+
+def issues_of(text: str, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "my.yaml", ENV if env is None else env)
+    return [issue.render("my.yaml") for issue in info.value.issues]
+
+
+def test_valid_config_builds_typed_models() -> None:
+    config = parse_config(VALID, "my.yaml", ENV)
+    pipe = config.pipelines["contacts"]
+    assert pipe.schedule.every == 60
+    assert pipe.source.connection_type == "goose"
+    assert pipe.source.settings.tables == ["CON_TRO"]
+    target = pipe.targets["erp_users"]
+    assert target.connection_type == "mongoose"
+    assert target.settings.batch_size == 100
+    assert target.retry.max_attempts == 10
+    goose = config.connections["goose"]
+    assert goose.key.get_secret_value() == "goose-secret-key-123"
+    assert "goose-secret-key-123" not in repr(goose)
+    assert set(config.secrets) == {"goose-secret-key-123", "fallback-pw"}
+
+
+def test_shipped_config_is_valid() -> None:
+    config = load_config(ROOT / "config.yaml", env={})
+    assert set(config.pipelines) == {"contacts", "employees"}
+
+
+INVALID = [
+    (
+        "unknown connection",
+        VALID.replace("connection: erp,", "connection: erpp,"),
+        "pipelines.contacts.targets.erp_users.connection: unknown connection 'erpp'; defined: erp, goose",
+    ),
+    (
+        "unknown type",
+        VALID.replace("type: mongoose", "type: mongo"),
+        "connections.erp.type: unknown connection type 'mongo'; known types: goose, mongoose",
+    ),
+    (
+        "wrong role",
+        VALID.replace("source: {connection: goose,", "source: {connection: erp,"),
+        "connection 'erp' is of type mongoose, which cannot be a source",
+    ),
+    (
+        "misspelt key",
+        VALID.replace("imc: false", "imcc: false"),
+        "pipelines.contacts.source.imcc: unknown key 'imcc'",
+    ),
+    (
+        "bad schedule",
+        VALID.replace("{every: 60s}", "{cron: '61 * * * *'}"),
+        "pipelines.contacts.schedule.cron: bad cron expression",
+    ),
+    (
+        "no schedule kind",
+        VALID.replace("{every: 60s}", "{}"),
+        "set exactly one of 'every'",
+    ),
+    (
+        "bad duration",
+        VALID.replace("{every: 60s}", "{every: soon}"),
+        "'soon' is not a duration",
+    ),
+    (
+        "wrong value type",
+        VALID.replace("batch_size: 100", "batch_size: many"),
+        "pipelines.contacts.targets.erp_users.batch_size:",
+    ),
+    (
+        "no targets",
+        VALID.split("    targets:")[0] + "    targets: {}\n",
+        "pipelines.contacts.targets:",
+    ),
+    ("not a mapping", "- a\n- b\n", "must be a mapping"),
+    ("not yaml", "connections: [unclosed\n", "not valid YAML"),
+]
+
+
+@pytest.mark.parametrize(("case", "text", "expected"), INVALID, ids=[c[0] for c in INVALID])
+def test_invalid_configs_name_the_path(case: str, text: str, expected: str) -> None:
+    messages = issues_of(text)
+    assert any(expected in m for m in messages), messages
+    assert all(m.startswith("my.yaml") for m in messages)
+
+
+def test_missing_variable_is_named_with_its_path_and_line() -> None:
+    messages = issues_of(VALID, env={})
+    assert len(messages) == 1
+    assert "connections.goose.key" in messages[0]
+    assert "GOOSE_KEY is not set" in messages[0]
+    assert messages[0].startswith("my.yaml:4:")
+
+
+def test_default_applies_when_variable_missing() -> None:
+    config = parse_config(VALID, "my.yaml", ENV)
+    assert config.connections["erp"].password.get_secret_value() == "fallback-pw"
+
+
+def test_variable_value_cannot_change_structure() -> None:
+    sneaky = {"GOOSE_KEY": "x\nstate: {url: 'sqlite:///evil.db'}"}
+    config = parse_config(VALID, "my.yaml", sneaky)
+    assert config.state.url == "sqlite:///tmp/x.db"
+    assert config.connections["goose"].key.get_secret_value() == sneaky["GOOSE_KEY"]
+
+
+def test_dollar_escape() -> None:
+    config = parse_config(VALID.replace("${GOOSE_KEY}", "a$$b"), "my.yaml", {})
+    assert config.connections["goose"].key.get_secret_value() == "a$b"
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "nope.yaml")

@@ -1,0 +1,112 @@
+"""The shared HTTP client: what it retries, what it refuses to re-send, what it scrubs."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from connectors.contract import AmbiguousError, RetriableError
+from connectors.http import HttpClient, RetryPolicy, parse_retry_after
+
+FAST = RetryPolicy(max_attempts=4, base_delay=0, max_delay=0, max_retry_after=5)
+
+
+class Script:
+    """Answers from a list, recording each request."""
+
+    def __init__(self, *answers: httpx.Response | Exception) -> None:
+        self.answers = list(answers)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def client(script: Script, **kwargs: object) -> HttpClient:
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    c = HttpClient(
+        connection="conn",
+        base_url="http://127.0.0.1:1",
+        retry=FAST,
+        transport=httpx.MockTransport(script),
+        sleep=sleep,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    c.waits = waits  # type: ignore[attr-defined]
+    return c
+
+
+async def test_429_is_retried_honouring_retry_after() -> None:
+    script = Script(httpx.Response(429, headers={"Retry-After": "3"}), httpx.Response(200, json={}))
+    c = client(script)
+    response = await c.request("POST", "/x", idempotent=False)
+    assert response.status_code == 200
+    assert len(script.requests) == 2
+    assert c.waits == [3.0]  # type: ignore[attr-defined]
+
+
+async def test_absurd_retry_after_is_not_obeyed_inline() -> None:
+    script = Script(httpx.Response(429, headers={"Retry-After": "3600"}))
+    with pytest.raises(RetriableError) as info:
+        await client(script).request("GET", "/x", idempotent=True)
+    assert info.value.retry_after == 3600
+    assert len(script.requests) == 1
+
+
+async def test_500_is_ambiguous_and_not_resent_when_not_idempotent() -> None:
+    script = Script(httpx.Response(500, text="boom"), httpx.Response(200))
+    with pytest.raises(AmbiguousError):
+        await client(script).request("POST", "/x", idempotent=False)
+    assert len(script.requests) == 1
+
+
+async def test_500_is_retried_when_idempotent() -> None:
+    script = Script(httpx.Response(503), httpx.Response(502), httpx.Response(200))
+    response = await client(script).request("GET", "/x", idempotent=True)
+    assert response.status_code == 200 and len(script.requests) == 3
+
+
+async def test_read_timeout_is_ambiguous_connect_error_is_safe_to_retry() -> None:
+    script = Script(httpx.ConnectError("refused"), httpx.Response(200))
+    assert (await client(script).request("POST", "/x", idempotent=False)).status_code == 200
+    script = Script(httpx.ReadTimeout("slow"))
+    with pytest.raises(AmbiguousError, match="no complete answer"):
+        await client(script).request("POST", "/x", idempotent=False)
+
+
+async def test_gives_up_after_max_attempts() -> None:
+    script = Script(*[httpx.Response(429) for _ in range(4)])
+    with pytest.raises(RetriableError, match="HTTP 429"):
+        await client(script).request("GET", "/x", idempotent=True)
+    assert len(script.requests) == 4
+
+
+async def test_errors_scrub_secrets_and_leave_out_query_strings() -> None:
+    script = Script(httpx.Response(503, text="bad key s3cr3t-value in body"))
+    c = client(script, secrets=["s3cr3t-value"])
+    with pytest.raises(AmbiguousError) as info:
+        await c.request("POST", "/deleted/?key=s3cr3t-value", idempotent=False)
+    message = str(info.value)
+    assert "s3cr3t-value" not in message
+    assert "***" in message and "POST /deleted/" in message
+
+
+async def test_redirects_are_not_followed() -> None:
+    script = Script(httpx.Response(302, headers={"Location": "http://127.0.0.1:2/elsewhere"}))
+    response = await client(script).request("POST", "/x", idempotent=False, json={"key": "k"})
+    assert response.status_code == 302 and len(script.requests) == 1
+
+
+def test_retry_after_parses_seconds_and_dates() -> None:
+    assert parse_retry_after("7") == 7
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
+    assert parse_retry_after("soon") is None
