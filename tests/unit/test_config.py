@@ -62,7 +62,8 @@ INVALID = [
     (
         "unknown connection",
         VALID.replace("connection: erp,", "connection: erpp,"),
-        "pipelines.contacts.targets.erp_users.connection: unknown connection 'erpp'; defined: erp, goose",
+        "pipelines.contacts.targets.erp_users.connection: "
+        "unknown connection 'erpp'; defined: erp, goose",
     ),
     (
         "unknown type",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -118,7 +117,7 @@ def test_sqlite_files_are_private(tmp_path: Path) -> None:
     files = sorted(p.name for p in (tmp_path / "sub").iterdir())
     assert "state.db" in files and "state.db-wal" in files
     for name in files:
-        mode = stat.S_IMODE(os.stat(tmp_path / "sub" / name).st_mode)
+        mode = stat.S_IMODE((tmp_path / "sub" / name).stat().st_mode)
         assert mode & 0o077 == 0, f"{name} is readable by others: {oct(mode)}"
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
