@@ -15,7 +15,10 @@ import enum
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from connectors.jobs import AsyncTarget
 
 JSON = dict[str, Any]
 
@@ -193,8 +196,8 @@ class RemoteError(ConnectorError):
 
 SourceFactory = Callable[[str, Any, Any], Source]
 """(connection name, connection settings, source settings) -> Source"""
-TargetFactory = Callable[[str, Any, Any], Target]
-"""(connection name, connection settings, target settings) -> Target"""
+TargetFactory = Callable[[str, Any, Any], "Target | AsyncTarget"]
+"""(connection name, connection settings, target settings) -> Target or AsyncTarget"""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,98 @@
+"""The contract for asynchronous targets: submit a fixed batch as a job, poll it.
+
+The engine writes a job row (with its batch and a client-chosen id) before
+calling `submit`, so a crash at any point leaves a row to resume from. After
+an interrupted submission the engine calls `find` first: a target whose API
+lets it recognise its own job (ADT by operation-id, Reltio by the task's
+parameters) adopts it instead of starting a second one.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from connectors.contract import Delivery, Outcome
+
+
+class JobState(enum.StrEnum):
+    """A small set every API's statuses map onto; `terminal` says polling ends."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+def map_status(
+    raw: str, table: Mapping[str, JobState], default: JobState = JobState.RUNNING
+) -> JobState:
+    """Map an API's status string; unknown strings are treated as still running
+    (never as success), so a new vendor status can only delay, not lose."""
+    return table.get(raw.strip().upper(), default)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """The job as recorded before submission: its id, the client-chosen id and the
+    batch it carries. The batch never changes once the row is written."""
+
+    job_id: int
+    client_id: str
+    items: Sequence[Delivery]
+
+
+@dataclass(frozen=True)
+class JobHandle:
+    """What identifies the remote job once it exists."""
+
+    remote_id: str
+    state: JobState = JobState.QUEUED
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """One poll. `outcomes` is set once the job is terminal: one per item."""
+
+    state: JobState
+    outcomes: Sequence[Outcome] = ()
+    detail: Mapping[str, Any] = field(default_factory=dict)
+    poll_after: float | None = None
+    message: str = ""
+    artifacts: Mapping[str, bytes] = field(default_factory=dict)
+    """Files worth keeping with the job (a DMM log zip); the engine stores them
+    beside the state and records a pointer, connectors never write files."""
+
+
+class CannotCancel(Exception):
+    """The API offers no way to cancel this kind of job; the message says why."""
+
+
+@runtime_checkable
+class AsyncTarget(Protocol):
+    batch_size: int
+    kind: str
+
+    async def submit(self, job: JobSpec) -> JobHandle:
+        """Start the remote job. Raises AmbiguousError when the answer was lost."""
+        ...
+
+    async def find(self, job: JobSpec) -> JobHandle | None:
+        """After an interrupted submit: the remote job this spec started, if any."""
+        ...
+
+    async def poll(self, job: JobSpec, handle: JobHandle) -> JobProgress: ...
+
+    async def cancel(self, handle: JobHandle) -> None:
+        """Ask the API to stop the job, or raise CannotCancel."""
+        ...
+
+    async def aclose(self) -> None: ...
