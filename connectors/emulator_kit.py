@@ -46,6 +46,9 @@ class Faults:
     drop_after_apply_rate: float = 0.0
     seed: int | None = None
 
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
     def update(self, values: dict[str, Any]) -> None:
         known = {f.name for f in fields(self)}
         unknown = set(values) - known
@@ -53,6 +56,8 @@ class Faults:
             raise ValueError(f"unknown fault knobs: {sorted(unknown)}; known: {sorted(known)}")
         for name, value in values.items():
             setattr(self, name, value)
+        if "seed" in values:
+            self.rng = random.Random(self.seed)
 
 
 @dataclass
@@ -100,7 +105,6 @@ class FaultMiddleware:
         self.faults = faults
         self.log = log
         self.is_mutating = is_mutating
-        self._random = random.Random(faults.seed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"].startswith(ADMIN_PREFIX):
@@ -111,7 +115,7 @@ class FaultMiddleware:
         f = self.faults
         if f.latency:
             await asyncio.sleep(f.latency)
-        roll = self._random.random()
+        roll = f.rng.random()
         edge = 0.0
         for name, rate in (
             ("error", f.error_rate),
@@ -123,19 +127,19 @@ class FaultMiddleware:
             if roll < edge:
                 await self._fault(name, scope, receive, send, method, path, mutating)
                 return
-        status = await self._forward(scope, receive, send)
-        self.log.add(LoggedRequest(method, path, status, mutating))
+        await self._forward(scope, receive, send, method, path, mutating)
 
-    async def _forward(self, scope: Scope, receive: Receive, send: Send) -> int:
-        seen = {"status": 0}
+    async def _forward(
+        self, scope: Scope, receive: Receive, send: Send, method: str, path: str, mutating: bool
+    ) -> None:
+        """Log as the answer starts, so a client that has its answer finds it logged."""
 
         async def capture(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
-                seen["status"] = message["status"]
+                self.log.add(LoggedRequest(method, path, message["status"], mutating))
             await send(message)
 
         await self.app(scope, receive, capture)
-        return seen["status"]
 
     async def _fault(
         self,

@@ -134,9 +134,18 @@ class Store:
     # --- locks ------------------------------------------------------------
 
     def acquire_lock(
-        self, pipeline: str, owner: str, ttl: float, now: datetime | None = None
+        self,
+        pipeline: str,
+        owner: str,
+        ttl: float,
+        now: datetime | None = None,
+        replace: str | None = None,
     ) -> bool:
-        """Take or renew the pipeline's lease; False while another owner holds it."""
+        """Take or renew the pipeline's lease; False while another owner holds it.
+
+        `replace` names a holder known to be dead (the engine checks its pid),
+        whose unexpired lease may be taken over.
+        """
         now = now or utcnow()
         expires = now + timedelta(seconds=ttl)
         with self._tx() as s:
@@ -144,7 +153,7 @@ class Store:
             if lock is None:
                 s.add(PipelineLock(pipeline=pipeline, owner=owner, expires_at=expires))
                 return True
-            if lock.owner != owner and lock.expires_at > now:
+            if lock.owner not in (owner, replace) and lock.expires_at > now:
                 return False
             lock.owner = owner
             lock.expires_at = expires

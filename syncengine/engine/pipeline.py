@@ -19,7 +19,29 @@ from syncengine.engine.stop import StopToken
 from syncengine.logs import get_logger
 
 LOCK_TTL = 120.0
-OWNER = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+HOST = socket.gethostname()
+OWNER = f"{HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _dead_local_holder(holder: str | None) -> bool:
+    """A lease held by a process of this host that no longer exists (SIGKILL, OOM):
+    waiting for its expiry would only delay recovery."""
+    if holder is None:
+        return False
+    host, _, rest = holder.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != HOST or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 @dataclass
@@ -49,8 +71,15 @@ async def run_pipeline(store: Store, pipe: PipelineRuntime, stop: StopToken) -> 
     log = get_logger(pipeline=pipe.name)
     if not store.acquire_lock(pipe.name, OWNER, LOCK_TTL):
         holder = store.lock_holder(pipe.name)
-        log.info("run_skipped", reason="another process is running this pipeline", holder=holder)
-        return RunReport(pipe.name, RunOutcome.INTERRUPTED, error=f"locked by {holder}")
+        if not (
+            _dead_local_holder(holder)
+            and store.acquire_lock(pipe.name, OWNER, LOCK_TTL, replace=holder)
+        ):
+            log.info(
+                "run_skipped", reason="another process is running this pipeline", holder=holder
+            )
+            return RunReport(pipe.name, RunOutcome.INTERRUPTED, error=f"locked by {holder}")
+        log.warning("lock_taken_over", previous_holder=holder, reason="its process is gone")
     lease = asyncio.create_task(_keep_lease(store, pipe.name, stop))
     try:
         abandoned = store.close_abandoned_runs(pipe.name)

@@ -20,6 +20,7 @@ from connectors.contract import (
 )
 from state import NewRecord, Store
 from state.models import utcnow
+from syncengine import failpoints
 from syncengine.engine.runtime import PipelineRuntime
 from syncengine.engine.stop import StopToken
 from syncengine.logs import get_logger
@@ -93,6 +94,7 @@ async def _pull_stream(
                 params=dict(call.params),
             )
         store.mark_in_flight(pipe.name, stream, call.params, call.started_at)
+        failpoints.hit("after_mark_in_flight")
         try:
             page = await pipe.source.fetch(call)
         except AmbiguousError as exc:
@@ -101,6 +103,7 @@ async def _pull_stream(
             if lost >= MAX_LOST_ANSWERS_PER_STREAM or stop.is_set():
                 raise
             continue
+        failpoints.hit("after_fetch")
         recovered = (
             {
                 "params": dict(call.params),

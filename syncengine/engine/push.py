@@ -10,8 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from connectors.contract import ConnectorError, Delivery, FatalError, Outcome, RetriableError
+from connectors.contract import (
+    ConnectorError,
+    Delivery,
+    FatalError,
+    Outcome,
+    RetriableError,
+    Target,
+)
 from state import OutcomeRecord, Store
+from syncengine import failpoints
 from syncengine.engine.runtime import PipelineRuntime, TargetRuntime
 from syncengine.engine.stop import StopToken
 from syncengine.logs import get_logger
@@ -58,6 +66,8 @@ async def push(
     stop: StopToken,
 ) -> PushReport:
     report = PushReport()
+    sender = target.target
+    assert isinstance(sender, Target), "asynchronous targets go through the job runner"
     log = get_logger(pipeline=pipe.name, run=run_id, target=target.name)
     report.released = store.release_orphans(pipe.name, target.name)
     if report.released:
@@ -65,14 +75,15 @@ async def push(
     claim = f"run-{run_id}"
     while not stop.is_set():
         claimed = store.claim(
-            pipe.name, target.name, target.target.batch_size, claim, fresh_before=run_started
+            pipe.name, target.name, sender.batch_size, claim, fresh_before=run_started
         )
         if not claimed:
             break
         batch = [Delivery(c.id, c.stream, c.key, c.fields) for c in claimed]
         ids = [d.delivery_id for d in batch]
+        failpoints.hit("after_claim")
         try:
-            outcomes = await target.target.send(batch)
+            outcomes = await sender.send(batch)
         except FatalError:
             store.release(ids, reason="target credentials or configuration rejected")
             raise
@@ -83,6 +94,7 @@ async def push(
         except BaseException:
             store.release(ids, reason="run interrupted")
             raise
+        failpoints.hit("after_send")
         counts = store.record_outcomes(_complete(batch, outcomes), target.rule)
         report.batches += 1
         report.done += counts.done

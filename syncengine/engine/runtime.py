@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from connectors import load_registry
 from connectors.contract import Source, Target
+from connectors.jobs import AsyncTarget
 from state import RetryRule, Store
 from syncengine.config import Config, PipelineConfig
 
@@ -14,7 +15,7 @@ from syncengine.config import Config, PipelineConfig
 class TargetRuntime:
     name: str
     connection: str
-    target: Target
+    target: Target | AsyncTarget
     rule: RetryRule
 
 

@@ -1,0 +1,31 @@
+"""Infor Mongoose (CloudSuite Industrial) IDO REST API: a deletion target."""
+
+from __future__ import annotations
+
+from connectors.contract import ConnectorInfo, registry
+from connectors.mongoose.settings import LookupSettings, MongooseConnection, MongooseTargetSettings
+from connectors.mongoose.target import MongooseTarget
+
+
+def build_target(
+    name: str, connection: MongooseConnection, settings: MongooseTargetSettings
+) -> MongooseTarget:
+    return MongooseTarget(name, connection, settings)
+
+
+registry.register(
+    ConnectorInfo(
+        name="mongoose",
+        connection_settings=MongooseConnection,
+        target_settings=MongooseTargetSettings,
+        build_target=build_target,
+    )
+)
+
+__all__ = [
+    "LookupSettings",
+    "MongooseConnection",
+    "MongooseTarget",
+    "MongooseTargetSettings",
+    "build_target",
+]

@@ -1,0 +1,521 @@
+"""A stateful emulator of the Infor Mongoose IDO REST API v1 (MGRESTService.svc).
+
+Emulated: GetSecurityToken (`GET {base}/{json|xml|js}/token/{config}` with
+`userid`/`password` headers), ION API bearer tokens (`Authorization: Bearer`
+plus `X-Infor-MongooseConfig`), LoadCollection advanced
+(`GET {base}/json/{ido}/adv?props=&filter=&recordcap=`, positional Items) and
+DeleteItems (`DELETE` or `POST {base}/json/{ido}/deleteitems`; the doc lists
+DELETE, its sample code posts).
+
+Each row carries `RowPointer` (a uuid4) and `RecordDate`, from which its
+ItemId is built as in the vendor doc:
+`PBT=[<ido>] <ido>.DT=[<RecordDate>] <ido>.ID=[<RowPointer>]`. Modifying a
+row (`/_admin/touch`) moves RecordDate, so an ItemId read before is stale.
+Text compares as SQL Server's default collation does: case-insensitive,
+trailing spaces ignored.
+
+No public list of Mongoose error MessageCodes exists (apis.md 3.3), so the
+emulator uses these, always with HTTP 200 unless said otherwise:
+
+| situation                                        | HTTP | MessageCode |
+|--------------------------------------------------|------|-------------|
+| LoadCollection success (`Message` null)          | 200  | 0           |
+| DeleteItems success ("Delete successful.")       | 200  | 202         |
+| bad credentials or unknown config on token call  | 401  | 401         |
+| missing, invalid or expired token                | 401  | 401         |
+| body is not a JSON array                         | 400  | 400         |
+| an item has no ItemId or an Action other than 4  | 200  | 400         |
+| unknown IDO                                      | 200  | 404 (delete), 500 (load) |
+| "Delete failed: item <ItemId> not found"         | 200  | 404         |
+| "Delete failed: the row has been modified by     | 200  | 409         |
+|  another user (<ItemId>)"                        |      |             |
+| IllegalFilterException, unknown property, bad    | 200  | 500         |
+|  recordcap (LoadCollection; `Items` null)        |      |             |
+
+DeleteItems is all-or-nothing: one unknown or stale ItemId fails the request
+and deletes nothing. Ground truth and the admin routes are never faulted:
+
+    POST /_admin/seed     {"<ido>": [{...row...}, ...]}  adds rows, answers them with ItemIds
+    GET  /_admin/rows/<ido>                              the rows, with `_ItemId`
+    GET  /_admin/deleted                                 [{ido, item_id, properties, at}, ...]
+    GET  /_admin/attempts                                {ItemId: deleteitems attempts}
+    POST /_admin/touch    {"ido": .., "match": {..}}     modify rows: new RecordDate, new ItemId
+    POST /_admin/expire_tokens                           every security token stops working
+    POST /_admin/reset                                   rows, tokens and ground truth cleared
+    GET|PUT /_admin/faults, GET|DELETE /_admin/requests  (emulator_kit)
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import re
+import secrets
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp
+
+from connectors.emulator_kit import ADMIN_PREFIX, Faults, RequestLog, build_app
+
+DEFAULT_BASE_PATH = "/IDORequestService/MGRESTService.svc"
+DEFAULT_RECORDCAP = 200
+ITEM_ID = re.compile(
+    r"^PBT=\[(?P<table>[^\]]*)\] \S+\.DT=\[(?P<dt>[^\]]*)\] \S+\.ID=\[(?P<row>[^\]]*)\]$"
+)
+_TOKEN = re.compile(
+    r"\s*(?:(?P<str>'(?:[^']|'')*')|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<sym>[=(),]))"
+)
+
+DEMO_USERS: tuple[tuple[str, str], ...] = (
+    ("jrossi", "Giulia Rossi"),
+    ("mbianchi", "Marco Bianchi"),
+    ("lverdi", "Luca Verdi"),
+    ("fromano", "Francesca Romano"),
+    ("acolombo", "Andrea Colombo"),
+    ("sricci", "Sara Ricci"),
+    ("mmarino", "Matteo Marino"),
+    ("cgreco", "Chiara Greco"),
+    ("abruno", "Alessandro Bruno"),
+    ("egallo", "Elena Gallo"),
+    ("dconti", "Davide Conti"),
+    ("vdeluca", "Valentina De Luca"),
+    ("smancini", "Simone Mancini"),
+    ("acosta", "Alessia Costa"),
+    ("pgiordano", "Paolo Giordano"),
+)
+"""The demo UserNames. Goose's demo CON_TRO table reports the first twelve as
+deleted (SYKEY = Username); the last three must survive a demo run."""
+
+
+def demo_rows() -> dict[str, list[dict[str, Any]]]:
+    """A realistic `UserNames` seed, for `seed()` or `POST /_admin/seed`."""
+    return {
+        "UserNames": [
+            {"UserId": str(101 + i), "Username": username, "UserDesc": desc}
+            for i, (username, desc) in enumerate(DEMO_USERS)
+        ]
+    }
+
+
+class IllegalFilter(ValueError):
+    """A filter outside what the emulator understands: `P = 'v'`, `P IN (...)`, OR."""
+
+
+def parse_filter(text: str) -> list[tuple[str, list[str]]]:
+    """`Username IN ('a','b') OR UserId = '7'` -> [(property, values), ...] (ORed)."""
+    tokens = _tokenize(text)
+    clauses: list[tuple[str, list[str]]] = []
+    pos = 0
+
+    def take(kind: str, word: str | None = None) -> str:
+        nonlocal pos
+        if pos >= len(tokens):
+            raise IllegalFilter(f"unexpected end of filter {text!r}")
+        got_kind, value = tokens[pos]
+        if got_kind != kind or (word is not None and value.upper() != word):
+            raise IllegalFilter(f"unexpected {value!r} in filter {text!r}")
+        pos += 1
+        return value
+
+    while True:
+        prop = take("name")
+        if prop.upper() in ("IN", "OR"):
+            raise IllegalFilter(f"unexpected {prop!r} in filter {text!r}")
+        if pos < len(tokens) and tokens[pos] == ("sym", "="):
+            pos += 1
+            values = [_unquote(take("str"))]
+        else:
+            take("name", "IN")
+            take("sym", "(")
+            values = [_unquote(take("str"))]
+            while pos < len(tokens) and tokens[pos] == ("sym", ","):
+                pos += 1
+                values.append(_unquote(take("str")))
+            take("sym", ")")
+        clauses.append((prop, values))
+        if pos == len(tokens):
+            return clauses
+        take("name", "OR")
+
+
+def _tokenize(text: str) -> list[tuple[str, str]]:
+    tokens: list[tuple[str, str]] = []
+    pos = 0
+    while pos < len(text):
+        if not text[pos:].strip():
+            break
+        match = _TOKEN.match(text, pos)
+        if match is None:
+            raise IllegalFilter(f"cannot parse filter {text!r} at {text[pos:].strip()[:20]!r}")
+        kind = match.lastgroup
+        assert kind is not None
+        tokens.append((kind, match.group(kind)))
+        pos = match.end()
+    return tokens
+
+
+def _unquote(literal: str) -> str:
+    return literal[1:-1].replace("''", "'")
+
+
+def collate(value: Any) -> str:
+    """SQL Server's default collation: case-insensitive, trailing spaces ignored."""
+    return str(value).rstrip(" ").casefold()
+
+
+@dataclass(frozen=True)
+class DeletedRow:
+    ido: str
+    item_id: str
+    properties: dict[str, Any]
+    at: str
+
+
+class MongooseError(Exception):
+    def __init__(self, message: str, code: int, status: int = 200) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.status = status
+
+
+class MongooseEmulator:
+    """In-memory IDO collections behind the v1 REST routes, safe across threads."""
+
+    def __init__(
+        self,
+        config: str = "DEMO",
+        users: Mapping[str, str] | None = None,
+        bearer_tokens: Sequence[str] = (),
+        base_path: str = DEFAULT_BASE_PATH,
+        faults: Faults | None = None,
+    ) -> None:
+        self.config = config
+        self.users = dict(users if users is not None else {"sync": "password"})
+        self.bearer_tokens = set(bearer_tokens)
+        self.base_path = base_path.rstrip("/")
+        self.faults = faults or Faults()
+        self.log = RequestLog()
+        self._lock = threading.Lock()
+        self._rows: dict[str, list[dict[str, Any]]] = {}
+        self._props: dict[str, set[str]] = {}
+        self._tokens: set[str] = set()
+        self._deleted: list[DeletedRow] = []
+        self._attempts: Counter[str] = Counter()
+        self._last_dt = datetime.min
+        self._app = build_app(
+            self._vendor_routes() + self._admin_routes(),
+            self.faults,
+            self.log,
+            is_mutating=lambda method, path: path.endswith("/deleteitems"),
+        )
+
+    @property
+    def app(self) -> ASGIApp:
+        return self._app
+
+    # -- ground truth and admin helpers (also served under /_admin) ----------
+
+    def seed(self, collections: Mapping[str, Iterable[Mapping[str, Any]]]) -> dict[str, Any]:
+        """Add rows (creating each IDO named); each gets a RowPointer and a RecordDate."""
+        added: dict[str, list[dict[str, Any]]] = {}
+        with self._lock:
+            for ido, rows in collections.items():
+                table = self._rows.setdefault(ido, [])
+                props = self._props.setdefault(ido, {"_ItemId", "RowPointer", "RecordDate"})
+                added[ido] = []
+                for given in rows:
+                    row = {k: v for k, v in given.items() if k != "_ItemId"}
+                    row.setdefault("RowPointer", str(uuid.uuid4()))
+                    row.setdefault("RecordDate", self._next_dt())
+                    props.update(row)
+                    table.append(row)
+                    added[ido].append(self._public(ido, row))
+        return added
+
+    def rows(self, ido: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [self._public(ido, row) for row in self._rows.get(ido, [])]
+
+    def deleted(self) -> list[DeletedRow]:
+        with self._lock:
+            return list(self._deleted)
+
+    def attempts(self) -> dict[str, int]:
+        """deleteitems attempts per ItemId, failed requests included."""
+        with self._lock:
+            return dict(self._attempts)
+
+    def touch(self, ido: str, match: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Modify the matching rows as another user would: their ItemIds go stale."""
+        touched = []
+        with self._lock:
+            for row in self._rows.get(ido, []):
+                if all(collate(row.get(k)) == collate(v) for k, v in match.items()):
+                    row["RecordDate"] = self._next_dt()
+                    touched.append(self._public(ido, row))
+        return touched
+
+    def expire_tokens(self) -> int:
+        with self._lock:
+            count = len(self._tokens)
+            self._tokens.clear()
+            return count
+
+    def reset(self) -> None:
+        with self._lock:
+            self._rows.clear()
+            self._props.clear()
+            self._tokens.clear()
+            self._deleted.clear()
+            self._attempts.clear()
+        self.log.clear()
+
+    def item_id(self, ido: str, row: Mapping[str, Any]) -> str:
+        return f"PBT=[{ido}] {ido}.DT=[{row['RecordDate']}] {ido}.ID=[{row['RowPointer']}]"
+
+    def _public(self, ido: str, row: Mapping[str, Any]) -> dict[str, Any]:
+        return {**row, "_ItemId": self.item_id(ido, row)}
+
+    def _next_dt(self) -> str:
+        """Now, at millisecond precision, strictly after the last one handed out."""
+        now = datetime.now(UTC).replace(tzinfo=None)
+        now = now.replace(microsecond=now.microsecond // 1000 * 1000)
+        if now <= self._last_dt:
+            now = self._last_dt + timedelta(milliseconds=1)
+        self._last_dt = now
+        return now.strftime("%Y-%m-%d %H:%M:%S.") + f"{now.microsecond // 1000:03d}"
+
+    # -- vendor routes ---------------------------------------------------------------
+
+    def _vendor_routes(self) -> list[BaseRoute]:
+        base = self.base_path
+        return [
+            Route(f"{base}/{{rt}}/token/{{config}}", self._token, methods=["GET"]),
+            Route(f"{base}/json/{{ido}}/adv", self._load, methods=["GET"]),
+            Route(f"{base}/json/{{ido}}/deleteitems", self._delete, methods=["DELETE", "POST"]),
+        ]
+
+    async def _token(self, request: Request) -> Response:
+        rt, config = request.path_params["rt"], request.path_params["config"]
+        if rt not in ("json", "xml", "js"):
+            return PlainTextResponse("Not Found", status_code=404)
+        user = request.headers.get("userid", "")
+        password = request.headers.get("password")
+        if config != self.config:
+            return _error(f"Configuration {config} not found", 401, 401)
+        if user not in self.users or self.users[user] != password:
+            return _error("Invalid user name or password", 401, 401)
+        token = base64.b64encode(secrets.token_bytes(48)).decode("ascii")
+        with self._lock:
+            self._tokens.add(token)
+        if rt == "js":
+            return PlainTextResponse(token)
+        if rt == "xml":
+            return Response(
+                '<MGRestTokenResponse xmlns="http://schemas.datacontract.org/2004/07/" '
+                'xmlns:i="http://www.w3.org/2001/XMLSchema-instance">'
+                f"<Message>Success</Message><Token>{token}</Token></MGRestTokenResponse>",
+                media_type="application/xml",
+            )
+        return JSONResponse({"Message": "Success", "Token": token})
+
+    def _authorized(self, request: Request) -> bool:
+        auth = request.headers.get("authorization", "")
+        if auth.startswith("Bearer "):
+            return (
+                auth.removeprefix("Bearer ") in self.bearer_tokens
+                and request.headers.get("x-infor-mongooseconfig") == self.config
+            )
+        with self._lock:
+            return bool(auth) and auth in self._tokens
+
+    async def _load(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return _unauthorized()
+        ido = request.path_params["ido"]
+        query = request.query_params
+        try:
+            items = self._select(ido, query.get("props", ""), query.get("filter", ""), query)
+        except MongooseError as exc:
+            return JSONResponse({"Items": None, "Message": exc.message, "MessageCode": exc.code})
+        return JSONResponse({"Items": items, "Message": None, "MessageCode": 0})
+
+    def _select(
+        self, ido: str, props_text: str, filter_text: str, query: Mapping[str, str]
+    ) -> list[list[Any]]:
+        cap = _recordcap(query.get("recordcap", "-1"))
+        try:
+            clauses = parse_filter(filter_text) if filter_text.strip() else []
+        except IllegalFilter as exc:
+            raise MongooseError(f"IllegalFilterException: {exc}", 500) from None
+        with self._lock:
+            if ido not in self._rows:
+                raise MongooseError(f"IDO {ido} not found", 500)
+            rows, known = self._rows[ido], self._props[ido]
+            props = [p.strip() for p in props_text.split(",") if p.strip()]
+            if not props:
+                raise MongooseError("props is required", 500)
+            for name in [*props, *(prop for prop, _ in clauses)]:
+                if name not in known:
+                    raise MongooseError(f"Property {name} not found in IDO {ido}", 500)
+            wanted = [(prop, {collate(v) for v in values}) for prop, values in clauses]
+            items: list[list[Any]] = []
+            for row in rows:
+                public = self._public(ido, row)
+                if wanted and not any(
+                    public.get(prop) is not None and collate(public[prop]) in values
+                    for prop, values in wanted
+                ):
+                    continue
+                items.append([public.get(p) for p in props])
+                if cap and len(items) >= cap:
+                    break
+            return items
+
+    async def _delete(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return _unauthorized()
+        ido = request.path_params["ido"]
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, list):
+            return _error("Request body is not a JSON array of IDOUpdateItem", 400, 400)
+        try:
+            self._delete_all(ido, body)
+        except MongooseError as exc:
+            return _error(exc.message, exc.code, exc.status)
+        return JSONResponse({"Message": "Delete successful.", "MessageCode": 202})
+
+    def _delete_all(self, ido: str, items: list[Any]) -> None:
+        """All or nothing, as one database transaction would be."""
+        item_ids: list[str] = []
+        for item in items:
+            if not isinstance(item, dict) or item.get("Action") not in (4, "Delete"):
+                raise MongooseError("Delete failed: every item needs Action 4 (Delete)", 400)
+            item_id = item.get("ItemId")
+            if not isinstance(item_id, str) or not item_id:
+                raise MongooseError("Delete failed: an item has no ItemId", 400)
+            item_ids.append(item_id)
+        with self._lock:
+            self._attempts.update(item_ids)
+            if ido not in self._rows:
+                raise MongooseError(f"Delete failed: IDO {ido} not found", 404)
+            table = self._rows[ido]
+            doomed: dict[int, dict[str, Any]] = {}
+            for item_id in item_ids:
+                index = self._find(ido, table, item_id)
+                if index in doomed:
+                    raise MongooseError(f"Delete failed: item {item_id} not found", 404)
+                doomed[index] = table[index]
+            at = datetime.now(UTC).isoformat()
+            for row in doomed.values():
+                self._deleted.append(DeletedRow(ido, self.item_id(ido, row), dict(row), at))
+            self._rows[ido] = [row for i, row in enumerate(table) if i not in doomed]
+
+    def _find(self, ido: str, table: list[dict[str, Any]], item_id: str) -> int:
+        parsed = ITEM_ID.match(item_id)
+        if parsed is not None and parsed["table"] == ido:
+            for index, row in enumerate(table):
+                if str(row["RowPointer"]).casefold() == parsed["row"].casefold():
+                    if row["RecordDate"] != parsed["dt"]:
+                        raise MongooseError(
+                            f"Delete failed: the row has been modified by another user ({item_id})",
+                            409,
+                        )
+                    return index
+        raise MongooseError(f"Delete failed: item {item_id} not found", 404)
+
+    # -- admin routes -----------------------------------------------------------------
+
+    def _admin_routes(self) -> list[BaseRoute]:
+        async def seed(request: Request) -> Response:
+            body = await request.json()
+            if not isinstance(body, dict) or not all(isinstance(v, list) for v in body.values()):
+                return JSONResponse({"error": 'send {"<ido>": [{...row...}, ...]}'}, 400)
+            return JSONResponse(self.seed(body))
+
+        async def rows(request: Request) -> Response:
+            ido = request.path_params["ido"]
+            with self._lock:
+                known = ido in self._rows
+            if not known:
+                return JSONResponse({"error": f"unknown IDO {ido}"}, 404)
+            return JSONResponse(self.rows(ido))
+
+        async def deleted(request: Request) -> Response:
+            return JSONResponse([asdict(d) for d in self.deleted()])
+
+        async def attempts(request: Request) -> Response:
+            return JSONResponse(self.attempts())
+
+        async def touch(request: Request) -> Response:
+            body = await request.json()
+            if not isinstance(body, dict) or not isinstance(body.get("match"), dict):
+                return JSONResponse({"error": 'send {"ido": "...", "match": {...}}'}, 400)
+            return JSONResponse({"touched": self.touch(str(body.get("ido")), body["match"])})
+
+        async def expire(request: Request) -> Response:
+            return JSONResponse({"expired": self.expire_tokens()})
+
+        async def reset(request: Request) -> Response:
+            self.reset()
+            return JSONResponse({"reset": True})
+
+        return [
+            Route(f"{ADMIN_PREFIX}/seed", seed, methods=["POST"]),
+            Route(f"{ADMIN_PREFIX}/rows/{{ido}}", rows, methods=["GET"]),
+            Route(f"{ADMIN_PREFIX}/deleted", deleted, methods=["GET"]),
+            Route(f"{ADMIN_PREFIX}/attempts", attempts, methods=["GET"]),
+            Route(f"{ADMIN_PREFIX}/touch", touch, methods=["POST"]),
+            Route(f"{ADMIN_PREFIX}/expire_tokens", expire, methods=["POST"]),
+            Route(f"{ADMIN_PREFIX}/reset", reset, methods=["POST"]),
+        ]
+
+
+def _recordcap(text: str) -> int:
+    """0 = every row, -1 = the default 200, n = at most n."""
+    try:
+        cap = int(text)
+    except ValueError:
+        raise MongooseError(f"recordcap {text!r} is not a number", 500) from None
+    if cap < -1:
+        raise MongooseError(f"recordcap {cap} is out of range", 500)
+    return DEFAULT_RECORDCAP if cap == -1 else cap
+
+
+def _error(message: str, code: int, status: int = 200) -> Response:
+    return JSONResponse({"Message": message, "MessageCode": code}, status_code=status)
+
+
+def _unauthorized() -> Response:
+    return _error("Unauthorized: missing, invalid or expired token", 401, 401)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m connectors.mongoose.emulator`: the sandbox server with the demo rows."""
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--port", type=int, default=8702)
+    parser.add_argument("--empty", action="store_true", help="do not seed the demo rows")
+    args = parser.parse_args(argv)
+    emulator = MongooseEmulator()
+    if not args.empty:
+        emulator.seed(demo_rows())
+    uvicorn.run(emulator.app, host="127.0.0.1", port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

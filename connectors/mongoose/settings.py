@@ -1,0 +1,98 @@
+"""Settings of a Mongoose connection and of a Mongoose target block."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from connectors.keys import KeyTemplate
+from connectors.settings import ConnectionBase, StrictModel
+
+# IDO and property names go into URL paths and filter expressions unquoted,
+# so they must be plain identifiers.
+IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class MongooseConnection(ConnectionBase):
+    """A Mongoose IDO REST v1 endpoint and how to authenticate to it.
+
+    Either `user` + `password` (a Mongoose security token is fetched and
+    renewed as needed) or `token` (an ION API OAuth2 bearer token, sent with
+    `X-Infor-MongooseConfig`).
+    """
+
+    type: Literal["mongoose"]
+    url: str = Field(
+        description="base URL, e.g. https://host/IDORequestService/MGRESTService.svc",
+    )
+    config: str = Field(min_length=1, description="Mongoose configuration name")
+    user: str | None = Field(None, min_length=1)
+    password: SecretStr | None = None
+    token: SecretStr | None = Field(None, description="ION API bearer token")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        scheme, sep, rest = value.partition("://")
+        if not sep or scheme.lower() not in ("http", "https") or not rest:
+            raise ValueError(
+                f"{value!r} is not an http(s) URL; write e.g. "
+                "https://host/IDORequestService/MGRESTService.svc"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_auth_mode(self) -> MongooseConnection:
+        direct = self.user is not None or self.password is not None
+        if direct and self.token is not None:
+            raise ValueError(
+                "set either 'user' and 'password' (Mongoose security token) or 'token' "
+                "(ION API bearer token), not both"
+            )
+        if self.token is None and (self.user is None or self.password is None):
+            raise ValueError(
+                "set 'user' and 'password' (Mongoose security token) or 'token' "
+                "(ION API bearer token)"
+            )
+        if self.token is not None and not self.token.get_secret_value():
+            raise ValueError("'token' is empty")
+        return self
+
+    def secret_values(self) -> list[str]:
+        return [
+            s.get_secret_value()
+            for s in (self.password, self.token)
+            if s is not None and s.get_secret_value()
+        ]
+
+
+class LookupSettings(StrictModel):
+    """Find the ItemId by a natural-key property (an ItemId carries a row
+    timestamp no source knows)."""
+
+    property: str = Field(pattern=IDENTIFIER, description="e.g. Username")
+
+
+class MongooseTargetSettings(StrictModel):
+    ido: str = Field(pattern=IDENTIFIER, description="IDO collection, e.g. UserNames")
+    key: str = Field(description="key template over the deletion's fields, e.g. '{SYKEY}'")
+    lookup: LookupSettings | None = Field(
+        None,
+        description="without it, the rendered key must be the ItemId itself "
+        "(and the IDO must expose RowPointer, used to re-check failures)",
+    )
+    batch_size: int = Field(100, ge=1, le=1000)
+    delete_method: Literal["DELETE", "POST"] = Field(
+        "DELETE", description="the doc lists DELETE; its sample code posts"
+    )
+
+    @field_validator("key")
+    @classmethod
+    def _key_parses(cls, value: str) -> str:
+        KeyTemplate(value)
+        return value
+
+    def key_template(self) -> KeyTemplate:
+        return KeyTemplate(self.key)

@@ -1,0 +1,569 @@
+"""Delete rows of a Mongoose IDO collection through the IDO REST API v1.
+
+An ItemId carries the row's last-modified timestamp, which no source knows,
+so by default the target first finds ItemIds by a natural key
+(LoadCollection), then deletes them in one `deleteitems` call. That call is
+all-or-nothing and its error codes are undocumented, so the target never
+interprets them: on any failure it deletes the items one at a time and, for
+each that still fails, looks again at what the collection now holds. A row
+that is gone counts as deleted, which also makes re-sending after a lost
+answer safe.
+
+Without `lookup` the rendered key is the ItemId itself. The re-check then
+finds the row by the RowPointer inside that ItemId (`...ID=[<RowPointer>]`;
+CSI IDOs expose it as the `RowPointer` property): gone is done, a row
+modified since the source saw it is dead, since no retry can make the
+template produce its new ItemId.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import httpx
+
+from connectors.contract import (
+    ConnectorError,
+    Delivery,
+    FatalError,
+    Outcome,
+    RemoteError,
+    RetriableError,
+)
+from connectors.http import HttpClient, excerpt
+from connectors.keys import UnmappedKey
+from connectors.mongoose.settings import MongooseConnection, MongooseTargetSettings
+
+DELETE_SUCCESSFUL = 202
+ROW_POINTER = "RowPointer"
+# IIS rejects query strings over 2048 bytes by default (maxQueryString), so
+# one LoadCollection filter carries at most this many URL-encoded characters.
+MAX_FILTER_CHARS = 1500
+_ITEM_ID = re.compile(r"PBT=\[[^\]]*\]\s+\S+\.DT=\[[^\]]*\]\s+\S+\.ID=\[(?P<row>[^\]]+)\]")
+
+
+def quote_literal(value: str) -> str:
+    """A SQL string literal for a Mongoose filter: the only escape is a doubled quote."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def in_filter(prop: str, values: Sequence[str]) -> str:
+    return f"{prop} IN ({','.join(quote_literal(v) for v in values)})"
+
+
+def filter_chunks(prop: str, values: Sequence[str]) -> Iterator[list[str]]:
+    """Split values so each IN filter stays under MAX_FILTER_CHARS once URL-encoded."""
+    chunk: list[str] = []
+    for value in values:
+        if chunk and len(quote(in_filter(prop, [*chunk, value]), safe="")) > MAX_FILTER_CHARS:
+            yield chunk
+            chunk = []
+        chunk.append(value)
+    if chunk:
+        yield chunk
+
+
+def row_pointer(item_id: str) -> str | None:
+    match = _ITEM_ID.search(item_id)
+    return match.group("row") if match else None
+
+
+def _fold(value: str) -> str:
+    """How SQL Server's default collation compares text: case-insensitive,
+    trailing spaces ignored."""
+    return value.rstrip(" ").casefold()
+
+
+def match_rows(keys: Sequence[str], rows: Sequence[Sequence[Any]]) -> dict[str, list[str]]:
+    """key -> ItemIds of the returned rows that have it.
+
+    The server matched the filter with its own collation, so a row may come
+    back for 'JRossi' holding 'jrossi'. Exact matches win; otherwise a key
+    takes the rows equal to it under the default collation. Every row used
+    was selected by the server for some key of the batch.
+    """
+    exact: dict[str, list[str]] = defaultdict(list)
+    loose: dict[str, list[str]] = defaultdict(list)
+    for item_id, value in rows:
+        if value is None:
+            continue
+        exact[str(value)].append(item_id)
+        loose[_fold(str(value))].append(item_id)
+    return {key: list(dict.fromkeys(exact.get(key) or loose.get(_fold(key), []))) for key in keys}
+
+
+# --- authentication ------------------------------------------------------------
+
+
+class _Auth(Protocol):
+    async def headers(self) -> dict[str, str]: ...
+
+    async def rejected(self, what: str, used: Mapping[str, str]) -> None:
+        """A call answered 401 with `used`: renew, or raise FatalError."""
+        ...
+
+    def fatal(self, what: str) -> FatalError: ...
+
+
+class _SecurityToken:
+    """GetSecurityToken v1, cached; sent raw as Authorization (no "Bearer")."""
+
+    def __init__(self, name: str, connection: MongooseConnection, http: HttpClient) -> None:
+        assert connection.user is not None and connection.password is not None
+        self._name = name
+        self._user = connection.user
+        self._password = connection.password
+        self._path = f"/json/token/{quote(connection.config, safe='')}"
+        self._http = http
+        self._token: str | None = None
+        self._lock = asyncio.Lock()
+
+    def fatal(self, what: str) -> FatalError:
+        return FatalError(
+            f"mongoose connection {self._name!r}: credentials rejected ({what}); "
+            f"check connections.{self._name}.user/password and "
+            f"connections.{self._name}.config",
+            connection=self._name,
+        )
+
+    async def headers(self) -> dict[str, str]:
+        async with self._lock:
+            if self._token is None:
+                self._token = await self._fetch()
+            return {"Authorization": self._token}
+
+    async def rejected(self, what: str, used: Mapping[str, str]) -> None:
+        async with self._lock:
+            if self._token == used.get("Authorization"):
+                self._token = None
+
+    async def _fetch(self) -> str:
+        what = f"GET {self._path}"
+        response = await self._http.request(
+            "GET",
+            self._path,
+            idempotent=True,
+            headers={"userid": self._user, "password": self._password.get_secret_value()},
+        )
+        if response.status_code in (401, 403):
+            raise self.fatal(f"HTTP {response.status_code} from {what}")
+        if response.status_code == 404:
+            raise FatalError(
+                f"mongoose connection {self._name!r}: {what} answered 404; check "
+                f"connections.{self._name}.url (it ends with /MGRESTService.svc)",
+                connection=self._name,
+            )
+        body = _json_object(response)
+        token = body.get("Token") if body is not None else None
+        if not response.is_success or not isinstance(token, str) or not token:
+            message = excerpt(response.text, self._http.secrets)
+            if response.is_success:
+                raise self.fatal(f"{what} gave no token: {message}")
+            raise RemoteError(
+                f"{self._name}: {what}: HTTP {response.status_code}: {message}",
+                connection=self._name,
+                code=str(response.status_code),
+            )
+        self._http.add_secret(token)
+        return token
+
+
+class _BearerToken:
+    """An ION API OAuth2 token: the configuration travels in a header."""
+
+    def __init__(self, name: str, connection: MongooseConnection) -> None:
+        assert connection.token is not None
+        self._name = name
+        self._headers = {
+            "Authorization": f"Bearer {connection.token.get_secret_value()}",
+            "X-Infor-MongooseConfig": connection.config,
+        }
+
+    def fatal(self, what: str) -> FatalError:
+        return FatalError(
+            f"mongoose connection {self._name!r}: the ION API bearer token was rejected "
+            f"({what}); check connections.{self._name}.token and "
+            f"connections.{self._name}.config",
+            connection=self._name,
+        )
+
+    async def headers(self) -> dict[str, str]:
+        return dict(self._headers)
+
+    async def rejected(self, what: str, used: Mapping[str, str]) -> None:
+        raise self.fatal(f"HTTP 401 from {what}")
+
+
+# --- the API -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeleteAnswer:
+    ok: bool
+    message: str = ""
+
+
+class MongooseApi:
+    """The two v1 calls the target makes, authenticated, with one renewal on 401."""
+
+    def __init__(self, name: str, connection: MongooseConnection, http: HttpClient) -> None:
+        self.name = name
+        self.http = http
+        self._auth: _Auth = (
+            _BearerToken(name, connection)
+            if connection.token is not None
+            else _SecurityToken(name, connection, http)
+        )
+
+    async def load(self, ido: str, props: Sequence[str], where: str) -> list[list[Any]]:
+        """LoadCollection v1 advanced; rows as positional lists in `props` order."""
+        path = f"/json/{ido}/adv"
+        params = {"props": ",".join(props), "filter": where, "recordcap": "0"}
+        response = await self._call("GET", path, idempotent=True, params=params)
+        what = f"GET {path}"
+        body = _json_object(response)
+        if not response.is_success or body is None:
+            raise self._remote(what, response)
+        items, code = body.get("Items"), body.get("MessageCode")
+        if not isinstance(items, list) or code not in (0, None):
+            raise RemoteError(
+                f"{self.name}: {what}: {self._message(body)}",
+                connection=self.name,
+                code=str(code),
+            )
+        rows: list[list[Any]] = []
+        for row in items:
+            if not isinstance(row, list) or len(row) != len(props) or not _is_text(row[0]):
+                raise RemoteError(
+                    f"{self.name}: {what}: unexpected row shape (want {len(props)} values "
+                    f"in order {','.join(props)})",
+                    connection=self.name,
+                )
+            rows.append(row)
+        return rows
+
+    async def delete_items(self, ido: str, item_ids: Sequence[str], method: str) -> DeleteAnswer:
+        """DeleteItems v1. An error answer is returned, not raised: the caller re-checks.
+
+        Sent as idempotent: after a lost answer the re-send either deletes or
+        fails on rows already gone, which the caller's re-check resolves.
+        """
+        path = f"/json/{ido}/deleteitems"
+        body = [
+            {
+                "Action": 4,
+                "ItemId": item_id,
+                "Properties": [
+                    {"IsNull": False, "Modified": False, "Name": "_ItemId", "Value": None}
+                ],
+            }
+            for item_id in item_ids
+        ]
+        response = await self._call(method, path, idempotent=True, json=body)
+        if response.status_code == 405:
+            raise FatalError(
+                f"mongoose connection {self.name!r}: {method} {path} is not allowed (HTTP 405); "
+                "set the target's delete_method to the other verb (DELETE or POST)",
+                connection=self.name,
+            )
+        answer = _json_object(response)
+        if not response.is_success or answer is None:
+            return DeleteAnswer(False, str(self._remote(f"{method} {path}", response)))
+        if answer.get("MessageCode") == DELETE_SUCCESSFUL:
+            return DeleteAnswer(True)
+        return DeleteAnswer(False, self._message(answer))
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        idempotent: bool,
+        params: Mapping[str, str] | None = None,
+        json: Any = None,
+    ) -> httpx.Response:
+        what = f"{method} {path}"
+        headers = await self._auth.headers()
+        response = await self.http.request(
+            method, path, idempotent=idempotent, params=params, json=json, headers=headers
+        )
+        if response.status_code != 401:
+            return response
+        await self._auth.rejected(what, headers)
+        headers = await self._auth.headers()
+        response = await self.http.request(
+            method, path, idempotent=idempotent, params=params, json=json, headers=headers
+        )
+        if response.status_code == 401:
+            raise self._auth.fatal(f"HTTP 401 from {what} even with a fresh token")
+        return response
+
+    def _message(self, body: Mapping[str, Any]) -> str:
+        text = f"{body.get('Message')} (MessageCode {body.get('MessageCode')})"
+        return excerpt(text, self.http.secrets)
+
+    def _remote(self, what: str, response: httpx.Response) -> RemoteError:
+        return RemoteError(
+            f"{self.name}: {what}: HTTP {response.status_code}: "
+            f"{excerpt(response.text, self.http.secrets)}",
+            connection=self.name,
+            code=str(response.status_code),
+        )
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any] | None:
+    try:
+        body = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+# --- the target -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Pending:
+    index: int
+    delivery: Delivery
+    key: str
+
+
+class _Verdicts:
+    """One outcome per delivery position, filled in as the batch is worked through."""
+
+    def __init__(self, batch: Sequence[Delivery]) -> None:
+        self._batch = batch
+        self._outcomes: list[Outcome | None] = [None] * len(batch)
+
+    def done(self, items: Sequence[_Pending], detail: str) -> None:
+        for p in items:
+            self._outcomes[p.index] = Outcome.done(p.delivery.delivery_id, detail)
+
+    def retry(self, items: Sequence[_Pending], reason: str, after: float | None = None) -> None:
+        for p in items:
+            self._outcomes[p.index] = Outcome.retry(p.delivery.delivery_id, reason, after)
+
+    def dead(self, items: Sequence[_Pending], reason: str) -> None:
+        for p in items:
+            self._outcomes[p.index] = Outcome.dead(p.delivery.delivery_id, reason)
+
+    def failed(self, items: Sequence[_Pending], error: ConnectorError) -> None:
+        after = error.retry_after if isinstance(error, RetriableError) else None
+        self.retry(items, str(error), after)
+
+    def result(self) -> list[Outcome]:
+        missing = [
+            d.delivery_id for d, o in zip(self._batch, self._outcomes, strict=True) if o is None
+        ]
+        if missing:
+            raise AssertionError(f"no outcome for deliveries {missing}")
+        return [o for o in self._outcomes if o is not None]
+
+
+def _by_key(items: Sequence[_Pending]) -> dict[str, list[_Pending]]:
+    groups: dict[str, list[_Pending]] = defaultdict(list)
+    for p in items:
+        groups[p.key].append(p)
+    return groups
+
+
+class MongooseTarget:
+    """Deletes the rows of one IDO that deliveries name, by natural key or ItemId."""
+
+    def __init__(
+        self,
+        name: str,
+        connection: MongooseConnection,
+        settings: MongooseTargetSettings,
+        *,
+        http: HttpClient | None = None,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.batch_size = settings.batch_size
+        self._template = settings.key_template()
+        self._http = http or connection.http_client(
+            name, base_url=connection.url, secrets=connection.secret_values()
+        )
+        self.api = MongooseApi(name, connection, self._http)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def send(self, batch: Sequence[Delivery]) -> list[Outcome]:
+        verdicts = _Verdicts(batch)
+        keyed: list[_Pending] = []
+        for index, delivery in enumerate(batch):
+            try:
+                keyed.append(_Pending(index, delivery, self._template.render(delivery.fields)))
+            except UnmappedKey as exc:
+                verdicts.dead([_Pending(index, delivery, "")], f"no key: {exc.reason}")
+        if self.settings.lookup is None:
+            plan = self._plan_item_ids(keyed, verdicts)
+        else:
+            plan = await self._plan_lookup(self.settings.lookup.property, keyed, verdicts)
+        await self._delete(plan, verdicts)
+        return verdicts.result()
+
+    # -- planning: which ItemId each delivery deletes
+
+    def _plan_item_ids(
+        self, keyed: Sequence[_Pending], verdicts: _Verdicts
+    ) -> dict[str, list[_Pending]]:
+        plan: dict[str, list[_Pending]] = defaultdict(list)
+        for p in keyed:
+            if row_pointer(p.key) is None:
+                verdicts.dead(
+                    [p],
+                    f"no key: {p.key!r} is not a Mongoose ItemId (PBT=[..] ..DT=[..] ..ID=[..]); "
+                    "to delete by a natural key set the target's lookup.property",
+                )
+            else:
+                plan[p.key].append(p)
+        return plan
+
+    async def _plan_lookup(
+        self, prop: str, keyed: Sequence[_Pending], verdicts: _Verdicts
+    ) -> dict[str, list[_Pending]]:
+        plan: dict[str, list[_Pending]] = defaultdict(list)
+        groups = _by_key(keyed)
+        for chunk in filter_chunks(prop, list(groups)):
+            try:
+                found = await self._find(prop, chunk)
+            except (RetriableError, RemoteError) as exc:
+                verdicts.failed([p for key in chunk for p in groups[key]], exc)
+                continue
+            for key in chunk:
+                item_ids = found[key]
+                if not item_ids:
+                    verdicts.done(groups[key], "absent")
+                elif len(item_ids) > 1:
+                    verdicts.dead(groups[key], self._ambiguous(prop, key, len(item_ids)))
+                else:
+                    plan[item_ids[0]].extend(groups[key])
+        return plan
+
+    async def _find(self, prop: str, keys: Sequence[str]) -> dict[str, list[str]]:
+        rows = await self.api.load(self.settings.ido, ["_ItemId", prop], in_filter(prop, keys))
+        return match_rows(keys, rows)
+
+    def _ambiguous(self, prop: str, key: str, count: int) -> str:
+        return (
+            f"ambiguous: {count} rows of {self.settings.ido} have {prop}={quote_literal(key)}; "
+            "nothing deleted"
+        )
+
+    # -- deleting
+
+    async def _delete(self, plan: Mapping[str, list[_Pending]], verdicts: _Verdicts) -> None:
+        if not plan:
+            return
+        try:
+            answer = await self._delete_items(list(plan))
+        except (RetriableError, RemoteError) as exc:
+            verdicts.failed([p for items in plan.values() for p in items], exc)
+            return
+        if answer.ok:
+            verdicts.done([p for items in plan.values() for p in items], "deleted")
+            return
+        for item_id, items in plan.items():
+            await self._delete_alone(item_id, items, answer if len(plan) == 1 else None, verdicts)
+
+    async def _delete_items(self, item_ids: Sequence[str]) -> DeleteAnswer:
+        return await self.api.delete_items(self.settings.ido, item_ids, self.settings.delete_method)
+
+    async def _delete_alone(
+        self,
+        item_id: str,
+        items: Sequence[_Pending],
+        failure: DeleteAnswer | None,
+        verdicts: _Verdicts,
+    ) -> None:
+        if failure is None:
+            try:
+                failure = await self._delete_items([item_id])
+            except (RetriableError, RemoteError) as exc:
+                verdicts.failed(items, exc)
+                return
+            if failure.ok:
+                verdicts.done(items, "deleted")
+                return
+        if self.settings.lookup is None:
+            await self._recheck_item_id(item_id, items, failure.message, verdicts)
+        else:
+            prop = self.settings.lookup.property
+            for key, group in _by_key(items).items():
+                await self._recheck_key(prop, key, item_id, group, failure.message, verdicts)
+
+    async def _recheck_key(
+        self,
+        prop: str,
+        key: str,
+        item_id: str,
+        items: Sequence[_Pending],
+        message: str,
+        verdicts: _Verdicts,
+    ) -> None:
+        """Look the key up again: gone is done, a fresh ItemId is tried once."""
+        try:
+            now = (await self._find(prop, [key]))[key]
+        except (RetriableError, RemoteError) as exc:
+            verdicts.retry(items, f"{message}; re-check failed: {exc}")
+            return
+        if not now:
+            verdicts.done(items, "absent")
+        elif len(now) > 1:
+            verdicts.dead(items, self._ambiguous(prop, key, len(now)))
+        elif now[0] == item_id:
+            verdicts.retry(items, message)
+        else:
+            try:
+                again = await self._delete_items(now)
+            except (RetriableError, RemoteError) as exc:
+                verdicts.failed(items, exc)
+                return
+            if again.ok:
+                verdicts.done(items, "deleted (ItemId refreshed)")
+            else:
+                verdicts.retry(items, again.message)
+
+    async def _recheck_item_id(
+        self, item_id: str, items: Sequence[_Pending], message: str, verdicts: _Verdicts
+    ) -> None:
+        """Find the row by the RowPointer inside the ItemId: gone is done; a row
+        modified since the source saw it cannot be fixed by retrying."""
+        pointer = row_pointer(item_id)
+        assert pointer is not None
+        try:
+            rows = await self.api.load(
+                self.settings.ido, ["_ItemId"], f"{ROW_POINTER} = {quote_literal(pointer)}"
+            )
+        except (RetriableError, RemoteError) as exc:
+            verdicts.retry(items, f"{message}; re-check failed: {exc}")
+            return
+        current = [row[0] for row in rows]
+        if not current:
+            verdicts.done(items, "absent")
+        elif current == [item_id]:
+            verdicts.retry(items, message)
+        elif len(current) == 1:
+            verdicts.dead(
+                items,
+                f"stale ItemId: the {self.settings.ido} row was modified after the source "
+                f"recorded {item_id!r} (now {current[0]!r}), so the key template cannot "
+                f"name it; {message}",
+            )
+        else:
+            verdicts.retry(items, f"{message}; re-check found {len(current)} rows")

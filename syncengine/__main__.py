@@ -1,0 +1,3 @@
+from syncengine.cli import main
+
+main()

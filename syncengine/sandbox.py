@@ -1,0 +1,293 @@
+"""The sandbox: the emulators on loopback with demo data, and the demo that uses them.
+
+The demo drives the emulators only through their admin endpoints, as a
+user would, and refuses any configuration whose connections leave the
+sandbox: a demo must never touch a real system.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from rich.console import Console
+
+from connectors.emulator_kit import RunningServer
+from connectors.goose.emulator import GooseEmulator
+from connectors.mongoose.emulator import MongooseEmulator
+from state import Store
+from state.db import sqlite_path
+from syncengine.config import Config
+from syncengine.engine import RunReport, Runtime, build_runtime
+
+HOST = "127.0.0.1"
+GOOSE_CODE = "DEV001"
+GOOSE_ENGINE_KEY = "sbx-engine-4f1c9a7e2b"
+GOOSE_USER_KEY = "sbx-user-93b7d0c6a1"
+MONGOOSE_CONFIG = "DEMO"
+MONGOOSE_USER = "sync"
+MONGOOSE_PASSWORD = "sbx-mongoose-8d2e"
+MONGOOSE_BASE = "/IDORequestService/MGRESTService.svc"
+
+PEOPLE = [
+    ("jrossi", "Giulia Rossi"),
+    ("mbianchi", "Marco Bianchi"),
+    ("lverdi", "Luca Verdi"),
+    ("fromano", "Francesca Romano"),
+    ("acolombo", "Andrea Colombo"),
+    ("sricci", "Sara Ricci"),
+    ("mmarino", "Matteo Marino"),
+    ("cgreco", "Chiara Greco"),
+    ("abruno", "Alessandro Bruno"),
+    ("egallo", "Elena Gallo"),
+    ("dconti", "Davide Conti"),
+    ("vdeluca", "Valentina De Luca"),
+    ("smancini", "Simone Mancini"),
+    ("acosta", "Alessia Costa"),
+    ("pgiordano", "Paolo Giordano"),
+]
+EMPLOYEES = [(f"E{n:04d}", name) for n, (_, name) in enumerate(PEOPLE[:8], start=101)]
+
+
+def goose_seed() -> dict[str, Any]:
+    contacts = [
+        {"RECORD_ID": f"0-{i}", "SYKEY": user, "CORAS": name}
+        for i, (user, name) in enumerate(PEOPLE[:12], start=1)
+    ]
+    contacts.append({"RECORD_ID": "0-13", "SYKEY": "exemployee", "CORAS": "Former Employee"})
+    employees = [
+        {"RECORD_ID": f"1-{i}", "SYKEY": emp, "CORAS": name}
+        for i, (emp, name) in enumerate(EMPLOYEES, start=1)
+    ]
+    return {
+        "companies": {GOOSE_CODE: [GOOSE_ENGINE_KEY, GOOSE_USER_KEY]},
+        "tables": {"CON_TRO": contacts, "ANA_DIP": employees},
+    }
+
+
+def mongoose_seed() -> dict[str, Any]:
+    return {
+        "UserNames": [{"Username": user, "UserDesc": name} for user, name in PEOPLE],
+        "SLEmployees": [{"EmpNum": emp, "Name": name} for emp, name in EMPLOYEES],
+    }
+
+
+class SandboxError(Exception):
+    """The sandbox cannot start, or a config is not safe to demo."""
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+        return True
+
+
+class Sandbox:
+    def __init__(self, goose_port: int = 8701, mongoose_port: int = 8702) -> None:
+        self.goose_port = goose_port
+        self.mongoose_port = mongoose_port
+        self.goose = GooseEmulator(timezone="Europe/Rome")
+        self.mongoose = MongooseEmulator(
+            config=MONGOOSE_CONFIG, users={MONGOOSE_USER: MONGOOSE_PASSWORD}
+        )
+        self._servers: list[RunningServer] = []
+        self._stop = threading.Event()
+
+    @property
+    def goose_url(self) -> str:
+        return f"http://{HOST}:{self.goose_port}"
+
+    @property
+    def mongoose_url(self) -> str:
+        return f"http://{HOST}:{self.mongoose_port}"
+
+    def __enter__(self) -> Sandbox:
+        for name, port, flag in (
+            ("Goose", self.goose_port, "--goose-port"),
+            ("Mongoose", self.mongoose_port, "--mongoose-port"),
+        ):
+            if not _port_free(port):
+                raise SandboxError(
+                    f"{name} emulator: port {port} on {HOST} is in use (another sandbox?); "
+                    f"stop it, or pass {flag} and change the URLs in your config"
+                )
+        for app, port in (
+            (self.goose.app, self.goose_port),
+            (self.mongoose.app, self.mongoose_port),
+        ):
+            self._servers.append(RunningServer(app, HOST, port).start())
+        with httpx.Client(timeout=10) as client:
+            client.post(f"{self.goose_url}/_admin/seed", json=goose_seed()).raise_for_status()
+            client.post(f"{self.mongoose_url}/_admin/seed", json=mongoose_seed()).raise_for_status()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for server in self._servers:
+            server.stop()
+        self._servers.clear()
+
+    def describe(self) -> list[str]:
+        return [
+            "syncengine sandbox (emulators on loopback, data in memory):",
+            f"  Goose DELETED service  {self.goose_url}/deleted/",
+            f"    code {GOOSE_CODE}; engine key {GOOSE_ENGINE_KEY}; user key {GOOSE_USER_KEY}",
+            f"    tables CON_TRO (13 contacts), ANA_DIP ({len(EMPLOYEES)} employees)",
+            f"    delete as a user: curl -X POST {self.goose_url}/_admin/delete "
+            """-H 'content-type: application/json' -d '{"table":"CON_TRO","ids":["0-1"]}'""",
+            f"  Mongoose IDO REST      {self.mongoose_url}{MONGOOSE_BASE}",
+            f"    config {MONGOOSE_CONFIG}; user {MONGOOSE_USER}; password {MONGOOSE_PASSWORD}",
+            f"    IDOs UserNames ({len(PEOPLE)} rows), SLEmployees ({len(EMPLOYEES)} rows); "
+            f"rows: {self.mongoose_url}/_admin/rows/UserNames",
+        ]
+
+    def wait(self) -> None:
+        def handler(signum: int, frame: FrameType | None) -> None:
+            self._stop.set()
+
+        previous = signal.signal(signal.SIGTERM, handler)
+        try:
+            while not self._stop.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    # --- helpers the demo and tests use -------------------------------------
+
+    def delete_in_goose(self, table: str, ids: list[str], by_key: str | None = None) -> None:
+        with httpx.Client(timeout=10) as client:
+            client.post(
+                f"{self.goose_url}/_admin/delete",
+                json={"table": table, "ids": ids, "by_key": by_key},
+            ).raise_for_status()
+
+    def mongoose_rows(self, ido: str) -> list[dict[str, Any]]:
+        with httpx.Client(timeout=10) as client:
+            response = client.get(f"{self.mongoose_url}/_admin/rows/{ido}")
+            response.raise_for_status()
+            rows: list[dict[str, Any]] = response.json()
+            return rows
+
+
+def check_demo_safe(config: Config, sandbox: Sandbox) -> None:
+    """Refuse to demo against anything but the sandbox and a local SQLite file."""
+    allowed = {(HOST, sandbox.goose_port), (HOST, sandbox.mongoose_port)}
+    for name, connection in config.connections.items():
+        url = urlsplit(str(getattr(connection, "url", "")))
+        if (url.hostname, url.port) not in allowed:
+            raise SandboxError(
+                f"{config.path}: connections.{name}.url {url.geturl()!r} is not a sandbox emulator; "
+                "the demo only runs against the sandbox (use the shipped config.yaml)"
+            )
+    from sqlalchemy.engine import make_url
+
+    if sqlite_path(make_url(config.state.url)) is None:
+        raise SandboxError(
+            f"{config.path}: state.url must be a SQLite file for the demo (it is reset each time)"
+        )
+
+
+@contextmanager
+def _fresh_state(config: Config) -> Iterator[Path]:
+    from sqlalchemy.engine import make_url
+
+    path = sqlite_path(make_url(config.state.url))
+    assert path is not None
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    yield path
+
+
+RunOnce = Callable[[Runtime], Awaitable[list[RunReport]]]
+
+
+def run_demo(config: Config, console: Console, run_once_fn: RunOnce) -> int:
+    with Sandbox() as box:
+        check_demo_safe(config, box)
+        with _fresh_state(config) as db:
+            console.print(f"Sandbox started: Goose {box.goose_url}, Mongoose {box.mongoose_url}")
+            console.print(f"State: {db} (reset: the sandbox starts empty every time)\n")
+            before = {u["Username"] for u in box.mongoose_rows("UserNames")}
+            before_emp = {e["EmpNum"] for e in box.mongoose_rows("SLEmployees")}
+
+            console.print(
+                "[bold]Round 1[/bold]: in Goose, a user deletes 5 contacts, 1 contact that "
+                "has no ERP user, and 2 employees;"
+            )
+            console.print(
+                "         the engine's own key deletes 1 contact (imc: false keeps it out)."
+            )
+            box.delete_in_goose("CON_TRO", ["0-1", "0-2", "0-3", "0-4", "0-5", "0-13"])
+            box.delete_in_goose("CON_TRO", ["0-12"], by_key=GOOSE_ENGINE_KEY)
+            box.delete_in_goose("ANA_DIP", ["1-1", "1-2"])
+            reports = _run(config, run_once_fn, console)
+
+            console.print(
+                "\n[bold]Round 2[/bold]: a user deletes 2 more contacts; only those travel."
+            )
+            box.delete_in_goose("CON_TRO", ["0-6", "0-7"])
+            reports2 = _run(config, run_once_fn, console)
+
+            after = {u["Username"] for u in box.mongoose_rows("UserNames")}
+            after_emp = {e["EmpNum"] for e in box.mongoose_rows("SLEmployees")}
+            expected_gone = {p[0] for p in PEOPLE[:7]}
+            expected_emp_gone = {EMPLOYEES[0][0], EMPLOYEES[1][0]}
+            console.print("\n[bold]In the Mongoose emulator now[/bold]")
+            console.print(
+                f"  UserNames: {len(before)} rows before, {len(after)} after; "
+                f"deleted: {', '.join(sorted(before - after))}"
+            )
+            console.print(
+                f"  SLEmployees: {len(before_emp)} rows before, {len(after_emp)} after; "
+                f"deleted: {', '.join(sorted(before_emp - after_emp))}"
+            )
+            console.print(
+                f"  kept: {PEOPLE[11][0]} (deleted in Goose by the engine's own key, imc: false)"
+            )
+            ok = (
+                before - after == expected_gone
+                and before_emp - after_emp == expected_emp_gone
+                and not any(r.failed for r in reports + reports2)
+            )
+            console.print(
+                "\n[green]Demo OK[/green]: every deletion made in Goose reached Mongoose, and nothing else."
+                if ok
+                else "\n[red]Demo FAILED[/red]: the targets do not match what Goose reported."
+            )
+            console.print(f"Inspect it: syncengine status -c {config.path}")
+    console.print("Sandbox stopped.")
+    return 0 if ok else 1
+
+
+def _run(config: Config, run_once_fn: RunOnce, console: Console) -> list[RunReport]:
+    from syncengine.status import render_summary
+
+    async def main() -> list[RunReport]:
+        store = Store.open(config.state.url)
+        runtime = build_runtime(config, store)
+        try:
+            reports = await run_once_fn(runtime)
+            render_summary(reports, store, console)
+            return reports
+        finally:
+            await runtime.aclose()
+
+    return asyncio.run(main())

@@ -1,0 +1,153 @@
+"""End-to-end harness: the sandbox on free loopback ports, the real CLI as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from connectors.emulator_kit import free_port
+from syncengine.sandbox import (
+    GOOSE_CODE,
+    GOOSE_ENGINE_KEY,
+    MONGOOSE_CONFIG,
+    MONGOOSE_PASSWORD,
+    MONGOOSE_USER,
+    Sandbox,
+)
+
+
+@dataclass
+class Env:
+    box: Sandbox
+    tmp: Path
+    config: Path
+
+    def write_config(self, **overrides: Any) -> Path:
+        options = {
+            "mode": "latest",
+            "imc": "false",
+            "level": "info",
+            "timeout": "5",
+            "attempts": 5,
+            "every": "1s",
+            "max_attempts": 50,
+            "backoff": "0.2s",
+            "max_backoff": "1s",
+            "goose_cps": 50,
+        }
+        options.update(overrides)
+        text = textwrap.dedent(
+            f"""
+            state: {{url: "sqlite:///{self.tmp / 'state.db'}"}}
+            logging: {{level: {options['level']}, format: json}}
+            connections:
+              goose:
+                type: goose
+                url: "{self.box.goose_url}/deleted/"
+                code: {GOOSE_CODE}
+                key: "${{TEST_GOOSE_KEY}}"
+                timezone: Europe/Rome
+                timeout: {options['timeout']}
+                calls_per_second: {options['goose_cps']}
+                retry: {{max_attempts: {options['attempts']}, base_delay: 0.05, max_delay: 0.2}}
+              erp:
+                type: mongoose
+                url: "{self.box.mongoose_url}/IDORequestService/MGRESTService.svc"
+                config: {MONGOOSE_CONFIG}
+                user: {MONGOOSE_USER}
+                password: "${{TEST_MONGOOSE_PASSWORD}}"
+                timeout: {options['timeout']}
+                retry: {{max_attempts: {options['attempts']}, base_delay: 0.05, max_delay: 0.2}}
+            pipelines:
+              contacts:
+                schedule: {{every: {options['every']}}}
+                source: {{connection: goose, tables: [CON_TRO], from: {options['mode']},
+                          imc: {options['imc']}, overlap: 5s}}
+                targets:
+                  erp_users:
+                    connection: erp
+                    ido: UserNames
+                    key: "{{SYKEY}}"
+                    lookup: {{property: Username}}
+                    batch_size: 3
+                    retry: {{max_attempts: {options['max_attempts']},
+                             backoff: {options['backoff']}, max_backoff: {options['max_backoff']}}}
+            """
+        )
+        self.config.write_text(text)
+        return self.config
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCENGINE_")}
+        env["TEST_GOOSE_KEY"] = GOOSE_ENGINE_KEY
+        env["TEST_MONGOOSE_PASSWORD"] = MONGOOSE_PASSWORD
+        return env
+
+    def cli(
+        self, *args: str, failpoints: str = "", timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        env = self.env()
+        if failpoints:
+            env["SYNCENGINE_FAILPOINTS"] = failpoints
+        return subprocess.run(
+            [sys.executable, "-m", "syncengine", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+            check=False,
+        )
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "syncengine", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.env(),
+        )
+
+    def status(self) -> dict[str, Any]:
+        result = self.cli("status", "-c", str(self.config), "-o", "json")
+        assert result.returncode == 0, result.stderr
+        data: dict[str, Any] = json.loads(result.stdout)
+        return data
+
+    def target_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = self.status()["pipelines"][0]["targets"][0]
+        return counts
+
+    def users(self) -> set[str]:
+        return {row["Username"] for row in self.box.mongoose_rows("UserNames")}
+
+    def mongoose_deleted(self) -> list[dict[str, Any]]:
+        response = httpx.get(f"{self.box.mongoose_url}/_admin/deleted", timeout=10)
+        response.raise_for_status()
+        deleted: list[dict[str, Any]] = response.json()
+        return deleted
+
+    def faults(self, url: str, **knobs: Any) -> None:
+        httpx.put(f"{url}/_admin/faults", json=knobs, timeout=10).raise_for_status()
+
+    def drop_next_goose_answers(self, count: int) -> None:
+        httpx.post(
+            f"{self.box.goose_url}/_admin/drop_next", json={"count": count}, timeout=10
+        ).raise_for_status()
+
+
+@pytest.fixture
+def e2e(tmp_path: Path) -> Iterator[Env]:
+    with Sandbox(goose_port=free_port(), mongoose_port=free_port()) as box:
+        env = Env(box=box, tmp=tmp_path, config=tmp_path / "config.yaml")
+        env.write_config()
+        yield env
