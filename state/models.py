@@ -86,6 +86,7 @@ class Delivery(SQLModel, table=True):
     last_error: str = Field(default="", sa_type=Text)
     detail: str = ""
     claim: str | None = None
+    job_id: int | None = Field(default=None, foreign_key="job.id", index=True)
     created_at: datetime = Field(sa_type=UTCDateTime)
     updated_at: datetime = Field(sa_type=UTCDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
@@ -141,3 +142,50 @@ class PipelineLock(SQLModel, table=True):
     pipeline: str = Field(primary_key=True)
     owner: str
     expires_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class JobPhase(enum.StrEnum):
+    """Where a job stands on our side; the remote status is kept in `state`.
+
+    created: the row and its batch exist, nothing was sent. submitting: the
+    request may have been sent (a crash here means: look for the remote job
+    before sending again). open: the remote job exists and is polled.
+    """
+
+    CREATED = "created"
+    SUBMITTING = "submitting"
+    OPEN = "open"
+    FINISHED = "finished"
+    STUCK = "stuck"
+    CANCELLED = "cancelled"
+
+
+OPEN_PHASES = (JobPhase.CREATED, JobPhase.SUBMITTING, JobPhase.OPEN)
+
+
+class Job(SQLModel, table=True):
+    """An asynchronous operation on a target and the fixed batch it carries."""
+
+    __tablename__ = "job"
+    __table_args__ = (Index("ix_job_open", "pipeline", "target", "phase", "next_poll_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    pipeline: str
+    target: str
+    kind: str
+    client_id: str = Field(unique=True)
+    remote_id: str | None = None
+    phase: str = JobPhase.CREATED
+    state: str = ""
+    items: int = 0
+    next_poll_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    submit_attempts: int = 0
+    polls: int = 0
+    error: str = Field(default="", sa_type=Text)
+    handle: dict[str, Any] | None = Field(default=None, sa_type=JSON)
+    detail: dict[str, Any] | None = Field(default=None, sa_type=JSON)
+    cancel_requested: bool = False
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    updated_at: datetime = Field(sa_type=UTCDateTime)
+    submitted_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

@@ -9,6 +9,7 @@ claimed before its send and its outcome recorded after.
 from __future__ import annotations
 
 import random
+import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,10 +25,13 @@ from sqlmodel import Session, col, select
 
 from state.db import StoreError, make_engine, upgrade
 from state.models import (
+    OPEN_PHASES,
     Cursor,
     Deletion,
     Delivery,
     DeliveryStatus,
+    Job,
+    JobPhase,
     PipelineLock,
     Run,
     RunOutcome,
@@ -104,6 +108,66 @@ class TargetCounts:
     pipeline: str
     target: str
     counts: dict[str, int] = field(default_factory=dict)
+
+
+def _apply_outcomes(
+    s: Session, outcomes: Iterable[OutcomeRecord], rule: RetryRule, now: datetime
+) -> OutcomeCounts:
+    counts = OutcomeCounts()
+    by_id = {o.delivery_id: o for o in outcomes}
+    if not by_id:
+        return counts
+    rows = s.exec(select(Delivery).where(col(Delivery.id).in_(list(by_id)))).all()
+    for delivery in rows:
+        assert delivery.id is not None
+        outcome = by_id[delivery.id]
+        delivery.updated_at = now
+        delivery.claim = None
+        delivery.attempts += 1
+        if outcome.kind == "done":
+            delivery.status = DeliveryStatus.DONE
+            delivery.detail = outcome.detail
+            delivery.finished_at = now
+            delivery.next_attempt_at = None
+            counts.done += 1
+        elif outcome.kind == "dead":
+            delivery.status = DeliveryStatus.DEAD
+            delivery.last_error = outcome.reason
+            delivery.finished_at = now
+            counts.dead += 1
+        elif delivery.attempts >= rule.max_attempts:
+            delivery.status = DeliveryStatus.DEAD
+            delivery.last_error = f"gave up after {delivery.attempts} attempts: {outcome.reason}"
+            delivery.finished_at = now
+            counts.dead += 1
+        else:
+            delivery.status = DeliveryStatus.FAILED
+            delivery.last_error = outcome.reason
+            delivery.next_attempt_at = rule.next_attempt(
+                now, delivery.attempts, outcome.retry_after
+            )
+            counts.retried += 1
+    return counts
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A job row with the batch it carries, as the engine drives it."""
+
+    id: int
+    pipeline: str
+    target: str
+    kind: str
+    client_id: str
+    phase: str
+    remote_id: str | None
+    state: str
+    handle: dict[str, Any] | None
+    items: list[ClaimedDelivery]
+    created_at: datetime
+    next_poll_at: datetime | None
+    cancel_requested: bool
+    submit_attempts: int
 
 
 class Store:
@@ -351,6 +415,7 @@ class Store:
                         col(Delivery.pipeline) == pipeline,
                         col(Delivery.target) == target,
                         col(Delivery.status) == DeliveryStatus.IN_FLIGHT,
+                        col(Delivery.job_id).is_(None),
                     )
                 )
                 .values(status=DeliveryStatus.PENDING, claim=None, updated_at=utcnow())
@@ -371,88 +436,59 @@ class Store:
         `fresh_before` keeps a run from retrying, in a loop, what failed
         during that same run: failed deliveries updated since then wait.
         """
-        now = now or utcnow()
+        with self._tx() as s:
+            return self._claim(s, pipeline, target, limit, claim, now or utcnow(), fresh_before)
+
+    def _claim(
+        self,
+        s: Session,
+        pipeline: str,
+        target: str,
+        limit: int,
+        claim: str,
+        now: datetime,
+        fresh_before: datetime | None,
+    ) -> list[ClaimedDelivery]:
         due_failed = and_(
             col(Delivery.status) == DeliveryStatus.FAILED, col(Delivery.next_attempt_at) <= now
         )
         if fresh_before is not None:
             due_failed = and_(due_failed, col(Delivery.updated_at) < fresh_before)
-        with self._tx() as s:
-            query = (
-                select(Delivery, Deletion)
-                .join(Deletion, col(Deletion.id) == col(Delivery.deletion_id))
-                .where(
-                    col(Delivery.pipeline) == pipeline,
-                    col(Delivery.target) == target,
-                    or_(col(Delivery.status) == DeliveryStatus.PENDING, due_failed),
-                )
-                .order_by(col(Delivery.id))
-                .limit(limit)
+        query = (
+            select(Delivery, Deletion)
+            .join(Deletion, col(Deletion.id) == col(Delivery.deletion_id))
+            .where(
+                col(Delivery.pipeline) == pipeline,
+                col(Delivery.target) == target,
+                or_(col(Delivery.status) == DeliveryStatus.PENDING, due_failed),
             )
-            if self._dialect == "postgresql":
-                query = query.with_for_update(skip_locked=True, of=Delivery)
-            claimed: list[ClaimedDelivery] = []
-            for delivery, deletion in s.exec(query).all():
-                delivery.status = DeliveryStatus.IN_FLIGHT
-                delivery.claim = claim
-                delivery.updated_at = now
-                assert delivery.id is not None
-                claimed.append(
-                    ClaimedDelivery(
-                        id=delivery.id,
-                        attempts=delivery.attempts,
-                        stream=deletion.stream,
-                        key=deletion.record_key,
-                        fields=dict(deletion.fields),
-                    )
+            .order_by(col(Delivery.id))
+            .limit(limit)
+        )
+        if self._dialect == "postgresql":
+            query = query.with_for_update(skip_locked=True, of=Delivery)
+        claimed: list[ClaimedDelivery] = []
+        for delivery, deletion in s.exec(query).all():
+            delivery.status = DeliveryStatus.IN_FLIGHT
+            delivery.claim = claim
+            delivery.updated_at = now
+            assert delivery.id is not None
+            claimed.append(
+                ClaimedDelivery(
+                    id=delivery.id,
+                    attempts=delivery.attempts,
+                    stream=deletion.stream,
+                    key=deletion.record_key,
+                    fields=dict(deletion.fields),
                 )
-            return claimed
+            )
+        return claimed
 
     def record_outcomes(
         self, outcomes: Iterable[OutcomeRecord], rule: RetryRule, now: datetime | None = None
     ) -> OutcomeCounts:
-        now = now or utcnow()
-        counts = OutcomeCounts()
-        by_id = {o.delivery_id: o for o in outcomes}
-        if not by_id:
-            return counts
         with self._tx() as s:
-            rows = s.exec(select(Delivery).where(col(Delivery.id).in_(list(by_id)))).all()
-            for delivery in rows:
-                assert delivery.id is not None
-                outcome = by_id[delivery.id]
-                delivery.updated_at = now
-                delivery.claim = None
-                if outcome.kind == "done":
-                    delivery.attempts += 1
-                    delivery.status = DeliveryStatus.DONE
-                    delivery.detail = outcome.detail
-                    delivery.finished_at = now
-                    delivery.next_attempt_at = None
-                    counts.done += 1
-                elif outcome.kind == "dead":
-                    delivery.attempts += 1
-                    delivery.status = DeliveryStatus.DEAD
-                    delivery.last_error = outcome.reason
-                    delivery.finished_at = now
-                    counts.dead += 1
-                else:
-                    delivery.attempts += 1
-                    delivery.last_error = outcome.reason
-                    if delivery.attempts >= rule.max_attempts:
-                        delivery.status = DeliveryStatus.DEAD
-                        delivery.last_error = (
-                            f"gave up after {delivery.attempts} attempts: {outcome.reason}"
-                        )
-                        delivery.finished_at = now
-                        counts.dead += 1
-                    else:
-                        delivery.status = DeliveryStatus.FAILED
-                        delivery.next_attempt_at = rule.next_attempt(
-                            now, delivery.attempts, outcome.retry_after
-                        )
-                        counts.retried += 1
-        return counts
+            return _apply_outcomes(s, outcomes, rule, now or utcnow())
 
     def release(self, delivery_ids: Sequence[int], reason: str = "") -> None:
         """Return claimed deliveries to pending without counting an attempt
@@ -531,3 +567,212 @@ class Store:
             if pipeline is not None:
                 query = query.where(col(Deletion.pipeline) == pipeline)
             return int(s.exec(query).one())
+
+    # --- asynchronous jobs --------------------------------------------------
+
+    def claim_into_job(
+        self,
+        pipeline: str,
+        target: str,
+        kind: str,
+        limit: int,
+        now: datetime | None = None,
+        fresh_before: datetime | None = None,
+    ) -> JobRecord | None:
+        """Claim due deliveries and fix them as one job's batch, in one transaction.
+
+        The client-chosen id carries a random part, so a job of a reset or
+        another store can never be mistaken for this one.
+        """
+        now = now or utcnow()
+        with self._tx() as s:
+            claimed = self._claim(s, pipeline, target, limit, "job", now, fresh_before)
+            if not claimed:
+                return None
+            job = Job(
+                pipeline=pipeline,
+                target=target,
+                kind=kind,
+                client_id=f"syncengine-{uuid.uuid4().hex}",
+                items=len(claimed),
+                created_at=now,
+                updated_at=now,
+            )
+            s.add(job)
+            s.flush()
+            assert job.id is not None
+            s.execute(
+                update(Delivery)
+                .where(col(Delivery.id).in_([c.id for c in claimed]))
+                .values(job_id=job.id, claim=f"job-{job.id}")
+            )
+            return self._job_record(s, job)
+
+    def _job_record(self, s: Session, job: Job) -> JobRecord:
+        assert job.id is not None
+        rows = s.exec(
+            select(Delivery, Deletion)
+            .join(Deletion, col(Deletion.id) == col(Delivery.deletion_id))
+            .where(col(Delivery.job_id) == job.id)
+            .order_by(col(Delivery.id))
+        ).all()
+        items = [
+            ClaimedDelivery(d.id or 0, d.attempts, e.stream, e.record_key, dict(e.fields))
+            for d, e in rows
+            if d.status == DeliveryStatus.IN_FLIGHT
+        ]
+        return JobRecord(
+            id=job.id,
+            pipeline=job.pipeline,
+            target=job.target,
+            kind=job.kind,
+            client_id=job.client_id,
+            phase=job.phase,
+            remote_id=job.remote_id,
+            state=job.state,
+            handle=job.handle,
+            items=items,
+            created_at=job.created_at,
+            next_poll_at=job.next_poll_at,
+            cancel_requested=job.cancel_requested,
+            submit_attempts=job.submit_attempts,
+        )
+
+    def open_jobs(self, pipeline: str, target: str) -> list[JobRecord]:
+        with self._tx() as s:
+            jobs = s.exec(
+                select(Job)
+                .where(
+                    col(Job.pipeline) == pipeline,
+                    col(Job.target) == target,
+                    col(Job.phase).in_(list(OPEN_PHASES)),
+                )
+                .order_by(col(Job.id))
+            ).all()
+            return [self._job_record(s, job) for job in jobs]
+
+    def job(self, job_id: int) -> JobRecord | None:
+        with self._tx() as s:
+            job = s.get(Job, job_id)
+            return None if job is None else self._job_record(s, job)
+
+    def _update_job(self, job_id: int, **values: Any) -> None:
+        with self._tx() as s:
+            s.execute(
+                update(Job).where(col(Job.id) == job_id).values(updated_at=utcnow(), **values)
+            )
+
+    def mark_submitting(self, job_id: int) -> None:
+        """Before the request: from now on a crash means "look before re-sending"."""
+        with self._tx() as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            job.phase = JobPhase.SUBMITTING
+            job.submit_attempts += 1
+            job.updated_at = utcnow()
+
+    def record_submitted(
+        self,
+        job_id: int,
+        remote_id: str,
+        state: str,
+        handle: dict[str, Any],
+        next_poll_at: datetime,
+    ) -> None:
+        now = utcnow()
+        self._update_job(
+            job_id,
+            phase=JobPhase.OPEN,
+            remote_id=remote_id,
+            state=state,
+            handle=handle,
+            next_poll_at=next_poll_at,
+            submitted_at=now,
+            error="",
+        )
+
+    def record_not_submitted(self, job_id: int, error: str, retry_at: datetime) -> None:
+        """The request was certainly not applied: back to created, try again later."""
+        self._update_job(job_id, phase=JobPhase.CREATED, error=error, next_poll_at=retry_at)
+
+    def record_poll(
+        self, job_id: int, state: str, next_poll_at: datetime, detail: dict[str, Any] | None = None
+    ) -> None:
+        with self._tx() as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            job.state = state
+            job.polls += 1
+            job.next_poll_at = next_poll_at
+            job.updated_at = utcnow()
+            if detail is not None:
+                job.detail = detail
+
+    def finish_job(
+        self,
+        job_id: int,
+        state: str,
+        outcomes: Sequence[OutcomeRecord],
+        rule: RetryRule,
+        *,
+        detail: dict[str, Any] | None = None,
+        error: str = "",
+        phase: JobPhase = JobPhase.FINISHED,
+    ) -> OutcomeCounts:
+        """Close the job and record its items' outcomes together."""
+        now = utcnow()
+        with self._tx() as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            job.phase = phase
+            job.state = state
+            job.polls += 1
+            job.finished_at = now
+            job.updated_at = now
+            job.next_poll_at = None
+            job.error = error
+            if detail is not None:
+                job.detail = detail
+            return _apply_outcomes(s, outcomes, rule, now)
+
+    def release_job(self, job_id: int, *, to_dead: bool, reason: str, phase: JobPhase) -> int:
+        """A stuck or cancelled job lets go of its items: back to pending, or dead."""
+        now = utcnow()
+        with self._tx() as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            job.phase = phase
+            job.error = reason
+            job.finished_at = now
+            job.updated_at = now
+            job.next_poll_at = None
+            values: dict[str, Any] = {"claim": None, "updated_at": now, "last_error": reason}
+            if to_dead:
+                values.update(status=DeliveryStatus.DEAD, finished_at=now)
+            else:
+                values.update(status=DeliveryStatus.PENDING, job_id=None)
+            result = s.execute(
+                update(Delivery)
+                .where(
+                    and_(
+                        col(Delivery.job_id) == job_id,
+                        col(Delivery.status) == DeliveryStatus.IN_FLIGHT,
+                    )
+                )
+                .values(**values)
+            )
+            return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    def request_cancel(self, job_id: int) -> None:
+        self._update_job(job_id, cancel_requested=True)
+
+    def jobs(
+        self, *, pipeline: str | None = None, open_only: bool = False, limit: int = 200
+    ) -> list[Job]:
+        with Session(self.engine) as s:
+            query = select(Job)
+            if pipeline is not None:
+                query = query.where(col(Job.pipeline) == pipeline)
+            if open_only:
+                query = query.where(col(Job.phase).in_(list(OPEN_PHASES)))
+            return list(s.exec(query.order_by(col(Job.id).desc()).limit(limit)).all())

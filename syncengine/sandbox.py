@@ -19,10 +19,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from connectors.goose.emulator import GooseEmulator
 from rich.console import Console
 
 from connectors.emulator_kit import RunningServer
-from connectors.goose.emulator import GooseEmulator
 from connectors.mongoose.emulator import MongooseEmulator
 from state import Store
 from state.db import sqlite_path
@@ -35,7 +35,7 @@ GOOSE_ENGINE_KEY = "sbx-engine-4f1c9a7e2b"
 GOOSE_USER_KEY = "sbx-user-93b7d0c6a1"
 MONGOOSE_CONFIG = "DEMO"
 MONGOOSE_USER = "sync"
-MONGOOSE_PASSWORD = "sbx-mongoose-8d2e"
+MONGOOSE_PASSWORD = "sbx-mongoose-8d2e"  # noqa: S105  (the sandbox's published demo password)
 MONGOOSE_BASE = "/IDORequestService/MGRESTService.svc"
 
 PEOPLE = [
@@ -194,8 +194,8 @@ def check_demo_safe(config: Config, sandbox: Sandbox) -> None:
         url = urlsplit(str(getattr(connection, "url", "")))
         if (url.hostname, url.port) not in allowed:
             raise SandboxError(
-                f"{config.path}: connections.{name}.url {url.geturl()!r} is not a sandbox emulator; "
-                "the demo only runs against the sandbox (use the shipped config.yaml)"
+                f"{config.path}: connections.{name}.url {url.geturl()!r} is not a sandbox "
+                "emulator; the demo only runs against the sandbox (use the shipped config.yaml)"
             )
     from sqlalchemy.engine import make_url
 
@@ -268,7 +268,8 @@ def run_demo(config: Config, console: Console, run_once_fn: RunOnce) -> int:
                 and not any(r.failed for r in reports + reports2)
             )
             console.print(
-                "\n[green]Demo OK[/green]: every deletion made in Goose reached Mongoose, and nothing else."
+                "\n[green]Demo OK[/green]: every deletion made in Goose reached Mongoose, "
+                "and nothing else."
                 if ok
                 else "\n[red]Demo FAILED[/red]: the targets do not match what Goose reported."
             )

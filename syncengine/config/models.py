@@ -23,6 +23,9 @@ class StateSettings(StrictModel):
         "sqlite:///data/syncengine.db",
         description="SQLAlchemy URL; sqlite:///path or postgresql://user@host/db",
     )
+    artifacts: str = Field(
+        "data/artifacts", description="folder for files asynchronous jobs return (DMM log zips)"
+    )
 
 
 class LoggingSettings(StrictModel):
@@ -64,7 +67,16 @@ class DeliveryRetry(StrictModel):
     max_backoff: Seconds = Field(3600.0, ge=0)
 
 
-ENGINE_TARGET_KEYS = {"connection", "retry"}
+class JobSettings(StrictModel):
+    """How the engine follows an asynchronous target's jobs."""
+
+    stuck_after: Seconds = Field(86400.0, gt=0, description="a job open longer is stuck")
+    on_stuck: Literal["pending", "dead"] = Field(
+        "pending", description="what a stuck job's deliveries become"
+    )
+
+
+ENGINE_TARGET_KEYS = {"connection", "retry", "jobs"}
 ENGINE_SOURCE_KEYS = {"connection"}
 
 
@@ -73,6 +85,7 @@ class RawTarget(StrictModel):
 
     connection: str
     retry: DeliveryRetry = DeliveryRetry()
+    jobs: JobSettings = JobSettings()
 
 
 class RawSource(StrictModel):
@@ -110,6 +123,7 @@ class TargetConfig(StrictModel):
     connection: str
     connection_type: str
     retry: DeliveryRetry
+    jobs: JobSettings
     settings: Any
 
 

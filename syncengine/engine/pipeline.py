@@ -8,10 +8,13 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from connectors.contract import FatalError
+from connectors.jobs import AsyncTarget
 from state import RunOutcome, Store
 from state.models import utcnow
+from syncengine.engine.jobs import JobPolicy, run_jobs
 from syncengine.engine.pull import PullReport, pull
 from syncengine.engine.push import PushReport, push
 from syncengine.engine.runtime import PipelineRuntime
@@ -67,7 +70,14 @@ async def _keep_lease(store: Store, pipeline: str, lost: StopToken) -> None:
             return
 
 
-async def run_pipeline(store: Store, pipe: PipelineRuntime, stop: StopToken) -> RunReport:
+async def run_pipeline(
+    store: Store,
+    pipe: PipelineRuntime,
+    stop: StopToken,
+    *,
+    job_wait: float = 0.0,
+    artifacts_dir: str = "data/artifacts",
+) -> RunReport:
     log = get_logger(pipeline=pipe.name)
     if not store.acquire_lock(pipe.name, OWNER, LOCK_TTL):
         holder = store.lock_holder(pipe.name)
@@ -85,7 +95,7 @@ async def run_pipeline(store: Store, pipe: PipelineRuntime, stop: StopToken) -> 
         abandoned = store.close_abandoned_runs(pipe.name)
         if abandoned:
             log.warning("abandoned_runs_closed", count=abandoned)
-        return await _run(store, pipe, stop)
+        return await _run(store, pipe, stop, job_wait, artifacts_dir)
     finally:
         lease.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -93,7 +103,9 @@ async def run_pipeline(store: Store, pipe: PipelineRuntime, stop: StopToken) -> 
         store.release_lock(pipe.name, OWNER)
 
 
-async def _run(store: Store, pipe: PipelineRuntime, stop: StopToken) -> RunReport:
+async def _run(
+    store: Store, pipe: PipelineRuntime, stop: StopToken, job_wait: float, artifacts_dir: str
+) -> RunReport:
     run_id = store.start_run(pipe.name)
     started = utcnow()
     log = get_logger(pipeline=pipe.name, run=run_id)
@@ -102,7 +114,18 @@ async def _run(store: Store, pipe: PipelineRuntime, stop: StopToken) -> RunRepor
     try:
         report.pull = await pull(store, pipe, run_id, stop, targets=list(pipe.targets))
         for name, target in pipe.targets.items():
-            report.targets[name] = await push(store, pipe, target, run_id, started, stop)
+            if isinstance(target.target, AsyncTarget):
+                policy = JobPolicy(
+                    stuck_after=target.config.jobs.stuck_after,
+                    on_stuck=target.config.jobs.on_stuck,
+                    wait=job_wait,
+                    artifacts_dir=Path(artifacts_dir),
+                )
+                report.targets[name] = await run_jobs(
+                    store, pipe, target, run_id, started, stop, policy
+                )
+            else:
+                report.targets[name] = await push(store, pipe, target, run_id, started, stop)
     except FatalError as exc:
         report.outcome, report.error, report.fatal = RunOutcome.FAILED, str(exc), True
         log.error("pipeline_fatal", error=str(exc))

@@ -34,7 +34,7 @@ class PushReport:
     released: int = 0
 
 
-def _complete(batch: list[Delivery], outcomes: list[Outcome]) -> list[OutcomeRecord]:
+def complete_outcomes(batch: list[Delivery], outcomes: list[Outcome]) -> list[OutcomeRecord]:
     """Exactly one outcome per delivery: a missing one is retried, never assumed done."""
     by_id = {o.delivery_id: o for o in outcomes if o.delivery_id in {d.delivery_id for d in batch}}
     records = []
@@ -95,7 +95,7 @@ async def push(
             store.release(ids, reason="run interrupted")
             raise
         failpoints.hit("after_send")
-        counts = store.record_outcomes(_complete(batch, outcomes), target.rule)
+        counts = store.record_outcomes(complete_outcomes(batch, outcomes), target.rule)
         report.batches += 1
         report.done += counts.done
         report.retried += counts.retried

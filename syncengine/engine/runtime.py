@@ -8,7 +8,7 @@ from connectors import load_registry
 from connectors.contract import Source, Target
 from connectors.jobs import AsyncTarget
 from state import RetryRule, Store
-from syncengine.config import Config, PipelineConfig
+from syncengine.config import Config, PipelineConfig, TargetConfig
 
 
 @dataclass
@@ -17,6 +17,7 @@ class TargetRuntime:
     connection: str
     target: Target | AsyncTarget
     rule: RetryRule
+    config: TargetConfig
 
 
 @dataclass
@@ -62,6 +63,7 @@ def build_pipeline(config: Config, pipeline: PipelineConfig) -> PipelineRuntime:
                 base_delay=spec.retry.backoff,
                 max_delay=spec.retry.max_backoff,
             ),
+            config=spec,
         )
     return PipelineRuntime(name=pipeline.name, config=pipeline, source=source, targets=targets)
 

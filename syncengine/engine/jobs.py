@@ -1,0 +1,271 @@
+"""Asynchronous targets: jobs recorded before they are submitted, polled from the store.
+
+Order of a run for such a target: resume every open job first (a job that
+may have been sent is looked for before anything is sent again), then fix
+new batches into job rows and submit them, then poll what is due. Polling
+sleeps between store reads, never inside a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from connectors.contract import AmbiguousError, Delivery, FatalError, RemoteError, RetriableError
+from connectors.jobs import AsyncTarget, JobHandle, JobProgress, JobSpec, JobState
+from state import OutcomeRecord, Store
+from state.models import JobPhase, utcnow
+from state.store import JobRecord
+from syncengine import failpoints
+from syncengine.engine.push import PushReport, complete_outcomes
+from syncengine.engine.runtime import PipelineRuntime, TargetRuntime
+from syncengine.engine.stop import StopToken
+from syncengine.logs import get_logger
+
+DEFAULT_POLL = 5.0
+RETRY_SUBMIT_AFTER = 30.0
+
+
+@dataclass(frozen=True)
+class JobPolicy:
+    stuck_after: float = 86400.0
+    on_stuck: str = "pending"
+    wait: float = 0.0
+    artifacts_dir: Path = Path("data/artifacts")
+
+
+def _spec(job: JobRecord) -> JobSpec:
+    return JobSpec(
+        job_id=job.id,
+        client_id=job.client_id,
+        items=[Delivery(i.id, i.stream, i.key, i.fields) for i in job.items],
+    )
+
+
+def _handle(job: JobRecord) -> JobHandle:
+    stored = job.handle or {}
+    state = JobState(job.state) if job.state in JobState._value2member_map_ else JobState.QUEUED
+    return JobHandle(remote_id=job.remote_id or "", state=state, detail=stored.get("detail", {}))
+
+
+def _later(seconds: float | None, default: float = DEFAULT_POLL) -> datetime:
+    return utcnow() + timedelta(seconds=seconds if seconds is not None else default)
+
+
+class JobRunner:
+    def __init__(
+        self,
+        store: Store,
+        pipe: PipelineRuntime,
+        target: TargetRuntime,
+        run_id: int,
+        stop: StopToken,
+        policy: JobPolicy,
+    ) -> None:
+        assert isinstance(target.target, AsyncTarget)
+        self.store = store
+        self.pipe = pipe
+        self.target = target
+        self.api: AsyncTarget = target.target
+        self.stop = stop
+        self.policy = policy
+        self.report = PushReport()
+        self.log = get_logger(pipeline=pipe.name, run=run_id, target=target.name)
+
+    async def run(self, run_started: datetime) -> PushReport:
+        for job in self.store.open_jobs(self.pipe.name, self.target.name):
+            if job.phase != JobPhase.OPEN:
+                self.log.info("job_resumed", job=job.id, phase=job.phase, remote_id=job.remote_id)
+            await self._drive(job, force=job.phase == JobPhase.SUBMITTING)
+        while not self.stop.is_set():
+            new = self.store.claim_into_job(
+                self.pipe.name,
+                self.target.name,
+                self.api.kind,
+                self.api.batch_size,
+                fresh_before=run_started,
+            )
+            if new is None:
+                break
+            self.log.info("job_created", job=new.id, client_id=new.client_id, items=len(new.items))
+            await self._submit(new)
+        await self._poll_until_settled()
+        return self.report
+
+    async def _poll_until_settled(self) -> None:
+        deadline = time.monotonic() + self.policy.wait
+        while True:
+            jobs = self.store.open_jobs(self.pipe.name, self.target.name)
+            for job in jobs:
+                if self.stop.is_set():
+                    return
+                await self._drive(job)
+            jobs = self.store.open_jobs(self.pipe.name, self.target.name)
+            remaining = deadline - time.monotonic()
+            if not jobs or self.stop.is_set() or remaining <= 0:
+                return
+            now = utcnow()
+            due = [j.next_poll_at for j in jobs if j.next_poll_at is not None]
+            pause = min([(d - now).total_seconds() for d in due] or [DEFAULT_POLL])
+            await asyncio.sleep(max(0.05, min(pause, remaining, DEFAULT_POLL)))
+
+    async def _drive(self, job: JobRecord, force: bool = False) -> None:
+        now = utcnow()
+        if (now - job.created_at).total_seconds() > self.policy.stuck_after:
+            self._stuck(job)
+            return
+        if not force and job.next_poll_at is not None and job.next_poll_at > now:
+            return
+        if job.phase == JobPhase.CREATED:
+            await self._submit(job)
+        elif job.phase == JobPhase.SUBMITTING:
+            await self._find_or_resubmit(job)
+        elif job.phase == JobPhase.OPEN:
+            await self._poll(job)
+
+    def _stuck(self, job: JobRecord) -> None:
+        to_dead = self.policy.on_stuck == "dead"
+        reason = (
+            f"job stuck: open for more than {self.policy.stuck_after:g}s (remote {job.remote_id})"
+        )
+        released = self.store.release_job(
+            job.id, to_dead=to_dead, reason=reason, phase=JobPhase.STUCK
+        )
+        self.log.error(
+            "job_stuck",
+            job=job.id,
+            remote_id=job.remote_id,
+            released=released,
+            items_now="dead" if to_dead else "pending",
+        )
+
+    async def _find_or_resubmit(self, job: JobRecord) -> None:
+        """The request may have reached the API: adopt the job it started, if any."""
+        try:
+            handle = await self.api.find(_spec(job))
+        except RetriableError as exc:
+            self.store.record_poll(job.id, job.state, _later(exc.retry_after))
+            return
+        if handle is not None:
+            self.log.warning("job_adopted", job=job.id, remote_id=handle.remote_id)
+            self._record_submitted(job, handle)
+            return
+        self.log.info("job_not_found_resubmitting", job=job.id, client_id=job.client_id)
+        await self._submit(job)
+
+    def _record_submitted(self, job: JobRecord, handle: JobHandle) -> None:
+        self.store.record_submitted(
+            job.id,
+            handle.remote_id,
+            handle.state.value,
+            {"detail": dict(handle.detail)},
+            next_poll_at=utcnow(),
+        )
+
+    async def _submit(self, job: JobRecord) -> None:
+        self.store.mark_submitting(job.id)
+        failpoints.hit("before_submit")
+        try:
+            handle = await self.api.submit(_spec(job))
+        except FatalError:
+            self.store.record_not_submitted(
+                job.id, "credentials or configuration rejected", utcnow()
+            )
+            raise
+        except AmbiguousError as exc:
+            self.log.warning("job_submit_answer_lost", job=job.id, error=str(exc))
+            return
+        except RetriableError as exc:
+            self.store.record_not_submitted(
+                job.id, str(exc), _later(exc.retry_after, RETRY_SUBMIT_AFTER)
+            )
+            self.log.warning("job_submit_refused_retry_later", job=job.id, error=str(exc))
+            return
+        except RemoteError as exc:
+            self._finish(job, JobProgress(JobState.FAILED, message=str(exc)), retry_all=str(exc))
+            return
+        failpoints.hit("after_submit")
+        self._record_submitted(job, handle)
+        self.log.info(
+            "job_submitted", job=job.id, remote_id=handle.remote_id, state=handle.state.value
+        )
+        if handle.state.terminal:
+            refreshed = self.store.job(job.id)
+            if refreshed is not None:
+                await self._poll(refreshed)
+
+    async def _poll(self, job: JobRecord) -> None:
+        try:
+            progress = await self.api.poll(_spec(job), _handle(job))
+        except RetriableError as exc:
+            self.store.record_poll(job.id, job.state, _later(exc.retry_after))
+            return
+        except RemoteError as exc:
+            self.log.warning("job_poll_error", job=job.id, error=str(exc))
+            self.store.record_poll(job.id, job.state, _later(None, RETRY_SUBMIT_AFTER))
+            return
+        failpoints.hit("after_poll")
+        if not progress.state.terminal:
+            self.store.record_poll(
+                job.id, progress.state.value, _later(progress.poll_after), dict(progress.detail)
+            )
+            return
+        self._finish(job, progress)
+
+    def _finish(self, job: JobRecord, progress: JobProgress, retry_all: str = "") -> None:
+        detail: dict[str, Any] = dict(progress.detail)
+        if progress.artifacts:
+            detail["artifacts"] = self._save_artifacts(job, progress.artifacts)
+        spec = _spec(job)
+        if retry_all:
+            records = [OutcomeRecord(d.delivery_id, "retry", reason=retry_all) for d in spec.items]
+        else:
+            records = complete_outcomes(list(spec.items), list(progress.outcomes))
+        counts = self.store.finish_job(
+            job.id,
+            progress.state.value,
+            records,
+            self.target.rule,
+            detail=detail,
+            error=progress.message or retry_all,
+        )
+        self.report.batches += 1
+        self.report.done += counts.done
+        self.report.retried += counts.retried
+        self.report.dead += counts.dead
+        self.log.info(
+            "job_finished",
+            job=job.id,
+            remote_id=job.remote_id,
+            state=progress.state.value,
+            done=counts.done,
+            retried=counts.retried,
+            dead=counts.dead,
+        )
+
+    def _save_artifacts(self, job: JobRecord, artifacts: dict[str, bytes] | Any) -> list[str]:
+        folder = self.policy.artifacts_dir / f"job-{job.id}"
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        saved = []
+        for name, content in artifacts.items():
+            path = folder / Path(name).name
+            path.write_bytes(content)
+            path.chmod(0o600)
+            saved.append(str(path))
+        return saved
+
+
+async def run_jobs(
+    store: Store,
+    pipe: PipelineRuntime,
+    target: TargetRuntime,
+    run_id: int,
+    run_started: datetime,
+    stop: StopToken,
+    policy: JobPolicy,
+) -> PushReport:
+    return await JobRunner(store, pipe, target, run_id, stop, policy).run(run_started)
