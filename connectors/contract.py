@@ -132,9 +132,7 @@ class Outcome:
         return cls(delivery_id, OutcomeKind.DONE, detail=detail)
 
     @classmethod
-    def retry(
-        cls, delivery_id: int, reason: str, retry_after: float | None = None
-    ) -> Outcome:
+    def retry(cls, delivery_id: int, reason: str, retry_after: float | None = None) -> Outcome:
         return cls(delivery_id, OutcomeKind.RETRY, reason=reason, retry_after=retry_after)
 
     @classmethod

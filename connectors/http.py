@@ -223,7 +223,12 @@ class HttpClient:
             async for attempt in retrying:
                 with attempt:
                     return await self._once(
-                        method, url, what, json=json, params=params, headers=headers,
+                        method,
+                        url,
+                        what,
+                        json=json,
+                        params=params,
+                        headers=headers,
                         content=content,
                     )
         except _Retry as exc:
