@@ -12,7 +12,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -203,7 +203,7 @@ def admin_routes(faults: Faults, log: RequestLog) -> list[BaseRoute]:
 
 
 def build_app(
-    routes: list[BaseRoute],
+    routes: Sequence[BaseRoute],
     faults: Faults,
     log: RequestLog,
     is_mutating: Callable[[str, str], bool] = lambda method, path: method in MUTATING_METHODS,

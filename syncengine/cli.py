@@ -30,8 +30,9 @@ app = typer.Typer(
     help="Keep deletions consistent across business systems.",
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
+PIPE_WIDTH = 120  # rich would squeeze tables to 80 columns when output is piped
+out = Console(width=None if sys.stdout.isatty() else PIPE_WIDTH)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else PIPE_WIDTH)
 
 ConfigOption = Annotated[
     Path, typer.Option("--config", "-c", help="the YAML file", show_default=True)

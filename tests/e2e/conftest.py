@@ -48,8 +48,8 @@ class Env:
         options.update(overrides)
         text = textwrap.dedent(
             f"""
-            state: {{url: "sqlite:///{self.tmp / 'state.db'}"}}
-            logging: {{level: {options['level']}, format: json}}
+            state: {{url: "sqlite:///{self.tmp / "state.db"}"}}
+            logging: {{level: {options["level"]}, format: json}}
             connections:
               goose:
                 type: goose
@@ -57,22 +57,22 @@ class Env:
                 code: {GOOSE_CODE}
                 key: "${{TEST_GOOSE_KEY}}"
                 timezone: Europe/Rome
-                timeout: {options['timeout']}
-                calls_per_second: {options['goose_cps']}
-                retry: {{max_attempts: {options['attempts']}, base_delay: 0.05, max_delay: 0.2}}
+                timeout: {options["timeout"]}
+                calls_per_second: {options["goose_cps"]}
+                retry: {{max_attempts: {options["attempts"]}, base_delay: 0.05, max_delay: 0.2}}
               erp:
                 type: mongoose
                 url: "{self.box.mongoose_url}/IDORequestService/MGRESTService.svc"
                 config: {MONGOOSE_CONFIG}
                 user: {MONGOOSE_USER}
                 password: "${{TEST_MONGOOSE_PASSWORD}}"
-                timeout: {options['timeout']}
-                retry: {{max_attempts: {options['attempts']}, base_delay: 0.05, max_delay: 0.2}}
+                timeout: {options["timeout"]}
+                retry: {{max_attempts: {options["attempts"]}, base_delay: 0.05, max_delay: 0.2}}
             pipelines:
               contacts:
-                schedule: {{every: {options['every']}}}
-                source: {{connection: goose, tables: [CON_TRO], from: {options['mode']},
-                          imc: {options['imc']}, overlap: 5s}}
+                schedule: {{every: {options["every"]}}}
+                source: {{connection: goose, tables: [CON_TRO], from: {options["mode"]},
+                          imc: {options["imc"]}, overlap: 5s}}
                 targets:
                   erp_users:
                     connection: erp
@@ -80,8 +80,8 @@ class Env:
                     key: "{{SYKEY}}"
                     lookup: {{property: Username}}
                     batch_size: 3
-                    retry: {{max_attempts: {options['max_attempts']},
-                             backoff: {options['backoff']}, max_backoff: {options['max_backoff']}}}
+                    retry: {{max_attempts: {options["max_attempts"]},
+                             backoff: {options["backoff"]}, max_backoff: {options["max_backoff"]}}}
             """
         )
         self.config.write_text(text)

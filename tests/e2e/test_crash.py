@@ -33,7 +33,7 @@ def kill_loop(e2e: Env, cycles: int, seed: int) -> None:
         daemon = e2e.popen("run", "-c", str(e2e.config))
         time.sleep(rng.uniform(0.3, 1.6))
         daemon.send_signal(signal.SIGKILL)
-        daemon.wait(timeout=10)
+        daemon.communicate(timeout=10)
         assert daemon.returncode == -signal.SIGKILL, f"cycle {cycle}: daemon ended by itself"
     e2e.box.delete_in_goose("CON_TRO", contacts)
 

@@ -61,10 +61,12 @@ def test_recovery_window_starts_at_the_last_journaled_call(e2e: Env) -> None:
     e2e.box.delete_in_goose("CON_TRO", ["0-1"])
     assert e2e.cli("run", "--once", "-c", str(e2e.config)).returncode == 0
     e2e.box.delete_in_goose("CON_TRO", ["0-2"])  # between the good call and the lost one
-    e2e.drop_next_goose_answers(3)  # every try in this run loses its answer
+    e2e.drop_next_goose_answers(100)  # every try in this run loses its answer
     failed = e2e.cli("run", "--once", "-c", str(e2e.config))
     assert failed.returncode == 1
+    assert "source_answer_lost" in failed.stderr
     assert "mbianchi" in e2e.users()
+    e2e.drop_next_goose_answers(0)
     e2e.box.delete_in_goose("CON_TRO", ["0-3"])
     assert e2e.cli("run", "--once", "-c", str(e2e.config)).returncode == 0
     assert {"jrossi", "mbianchi", "lverdi"}.isdisjoint(e2e.users())

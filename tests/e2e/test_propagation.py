@@ -96,4 +96,6 @@ def test_wrong_credentials_stop_with_a_clear_message(e2e: Env) -> None:
     assert "Traceback" not in result.stderr
     assert "jrossi" in e2e.users()
     counts = e2e.target_counts()
-    assert counts["pending"] == 1 and counts["dead"] == 0, "nothing lost while credentials are wrong"
+    assert counts["pending"] == 1 and counts["dead"] == 0, (
+        "nothing lost while credentials are wrong"
+    )

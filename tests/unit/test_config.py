@@ -122,7 +122,7 @@ def test_missing_variable_is_named_with_its_path_and_line() -> None:
     assert len(messages) == 1
     assert "connections.goose.key" in messages[0]
     assert "GOOSE_KEY is not set" in messages[0]
-    assert messages[0].startswith("my.yaml:4:")
+    assert messages[0].startswith("my.yaml:5:"), "the line of the key"
 
 
 def test_default_applies_when_variable_missing() -> None:
