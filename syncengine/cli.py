@@ -186,7 +186,8 @@ def demo(config: ConfigOption = Path("config.yaml")) -> None:
     from syncengine.sandbox import SandboxError, run_demo
 
     cfg = load(config)
-    configure(cfg.logging.level, cfg.logging.format)
+    # The demo tells its own story on stdout; only warnings and errors are logged.
+    configure("warning", cfg.logging.format)
     try:
         code = run_demo(cfg, out, run_once_fn=run_once)
     except SandboxError as exc:

@@ -37,7 +37,15 @@ SECRET_KEY_NAMES = {
     "userid_password",
 }
 SECRET_SUFFIXES = ("_password", "_secret", "_token", "-token")
-NOISY_LOGGERS = ("httpx", "httpcore", "hpack", "apscheduler.executors", "uvicorn.access")
+NOISY_LOGGERS = (
+    "httpx",
+    "httpcore",
+    "hpack",
+    "alembic",
+    "apscheduler.executors",
+    "apscheduler.scheduler",
+    "uvicorn.access",
+)
 
 
 class SecretValues:

@@ -133,7 +133,7 @@ def render_summary(reports: list[RunReport], store: Store, console: Console) -> 
         "delivered",
         "retry later",
         "dead",
-        "pending now",
+        "waiting",
     ):
         table.add_column(
             column, justify="left" if column in ("pipeline", "target", "outcome") else "right"
