@@ -19,10 +19,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from connectors.goose.emulator import GooseEmulator
 from rich.console import Console
 
 from connectors.emulator_kit import RunningServer
+from connectors.goose.emulator import GooseEmulator
 from connectors.mongoose.emulator import MongooseEmulator
 from state import Store
 from state.db import sqlite_path
