@@ -10,7 +10,7 @@ import importlib
 
 from connectors.contract import Registry, registry
 
-BUILTIN = ("goose", "mongoose")
+BUILTIN = ("goose", "mongoose", "adt")
 
 
 def load_registry() -> Registry:

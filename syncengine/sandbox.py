@@ -273,7 +273,7 @@ def run_demo(config: Config, console: Console, run_once_fn: RunOnce) -> int:
                 if ok
                 else "\n[red]Demo FAILED[/red]: the targets do not match what Goose reported."
             )
-            console.print(f"Inspect it: syncengine status -c {config.path}")
+            console.print(f"Inspect it: .venv/bin/syncengine status -c {config.path}")
     console.print("Sandbox stopped.")
     return 0 if ok else 1
 

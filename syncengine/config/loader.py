@@ -315,7 +315,9 @@ def _block(
     reserved = ENGINE_SOURCE_KEYS if role == "source" else ENGINE_TARGET_KEYS
     block = {k: v for k, v in extra.items() if k not in reserved}
     try:
-        settings = model.model_validate(block, context={"connection": settings_owner})
+        settings = model.model_validate(
+            block, context={"connection": settings_owner, "connection_name": connection}
+        )
     except ValidationError as exc:
         issues.extend(_pydantic_issues(exc, where, model))
         return None

@@ -68,7 +68,7 @@ INVALID = [
     (
         "unknown type",
         VALID.replace("type: mongoose", "type: mongo"),
-        "connections.erp.type: unknown connection type 'mongo'; known types: goose, mongoose",
+        "connections.erp.type: unknown connection type 'mongo'; known types: adt, goose,",
     ),
     (
         "wrong role",
