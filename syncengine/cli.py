@@ -88,7 +88,12 @@ def validate(config: ConfigOption = Path("config.yaml")) -> None:
         )
 
 
-async def run_once(runtime: Runtime, stop: StopToken | None = None) -> list[RunReport]:
+DEFAULT_JOB_WAIT = 120.0
+
+
+async def run_once(
+    runtime: Runtime, stop: StopToken | None = None, job_wait: float = DEFAULT_JOB_WAIT
+) -> list[RunReport]:
     stop = stop or StopToken()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -98,7 +103,15 @@ async def run_once(runtime: Runtime, stop: StopToken | None = None) -> list[RunR
         for pipe in runtime.pipelines.values():
             if stop.is_set():
                 break
-            reports.append(await run_pipeline(runtime.store, pipe, stop))
+            reports.append(
+                await run_pipeline(
+                    runtime.store,
+                    pipe,
+                    stop,
+                    job_wait=job_wait,
+                    artifacts_dir=runtime.config.state.artifacts,
+                )
+            )
         return reports
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -112,6 +125,10 @@ def run(
         bool, typer.Option("--once", help="one cycle of every pipeline, then exit")
     ] = False,
     pipeline: PipelineOption = None,
+    job_wait: Annotated[
+        float,
+        typer.Option(help="with --once: seconds to follow asynchronous jobs before exiting"),
+    ] = DEFAULT_JOB_WAIT,
 ) -> None:
     """Run the daemon (every pipeline on its schedule), or one cycle with --once."""
     from syncengine.daemon import Daemon
@@ -126,7 +143,7 @@ def run(
     async def main() -> int:
         try:
             if once:
-                reports = await run_once(runtime)
+                reports = await run_once(runtime, job_wait=job_wait)
                 render_summary(reports, store, out)
                 return 1 if any(r.failed for r in reports) else 0
             return await Daemon(runtime).serve()
@@ -165,12 +182,13 @@ def status(
 def sandbox(
     goose_port: Annotated[int, typer.Option(help="Goose emulator port")] = 8701,
     mongoose_port: Annotated[int, typer.Option(help="Mongoose emulator port")] = 8702,
+    adt_port: Annotated[int, typer.Option(help="Azure Digital Twins emulator port")] = 8704,
 ) -> None:
     """Start the emulators with demo data in the foreground; Ctrl-C stops them."""
     from syncengine.sandbox import Sandbox, SandboxError
 
     try:
-        with Sandbox(goose_port=goose_port, mongoose_port=mongoose_port) as box:
+        with Sandbox(goose_port=goose_port, mongoose_port=mongoose_port, adt_port=adt_port) as box:
             for line in box.describe():
                 out.print(line, highlight=False)
             out.print("Ctrl-C to stop.")

@@ -45,7 +45,14 @@ class Daemon:
         if self.stop.is_set() or name in self._stopped_pipelines:
             return
         pipe = self.runtime.pipelines[name]
-        task = asyncio.create_task(run_pipeline(self.runtime.store, pipe, self.stop))
+        task = asyncio.create_task(
+            run_pipeline(
+                self.runtime.store,
+                pipe,
+                self.stop,
+                artifacts_dir=self.runtime.config.state.artifacts,
+            )
+        )
         self._running.add(task)
         try:
             report = await task

@@ -13,6 +13,7 @@ import socket
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
@@ -20,7 +21,9 @@ from urllib.parse import urlsplit
 
 import httpx
 from rich.console import Console
+from starlette.types import ASGIApp
 
+from connectors.adt.emulator import AdtEmulator, demo_graph
 from connectors.emulator_kit import RunningServer
 from connectors.goose.emulator import GooseEmulator
 from connectors.mongoose.emulator import MongooseEmulator
@@ -37,6 +40,7 @@ MONGOOSE_CONFIG = "DEMO"
 MONGOOSE_USER = "sync"
 MONGOOSE_PASSWORD = "sbx-mongoose-8d2e"  # noqa: S105  (the sandbox's published demo password)
 MONGOOSE_BASE = "/IDORequestService/MGRESTService.svc"
+ADT_TOKEN = "sbx-adt-token-51c0"  # noqa: S105  (the sandbox's published demo token)
 
 PEOPLE = [
     ("jrossi", "Giulia Rossi"),
@@ -64,13 +68,18 @@ def goose_seed() -> dict[str, Any]:
         for i, (user, name) in enumerate(PEOPLE[:12], start=1)
     ]
     contacts.append({"RECORD_ID": "0-13", "SYKEY": "exemployee", "CORAS": "Former Employee"})
+    contacts.append({"RECORD_ID": "0-14", "SYKEY": "", "CORAS": "Contact without a user name"})
+    sites = [
+        {"RECORD_ID": "SITE-HQ", "SYKEY": "hq", "CORAS": "Head office, Milano"},
+        {"RECORD_ID": "SITE-LAB", "SYKEY": "lab", "CORAS": "Laboratory, Torino"},
+    ]
     employees = [
         {"RECORD_ID": f"1-{i}", "SYKEY": emp, "CORAS": name}
         for i, (emp, name) in enumerate(EMPLOYEES, start=1)
     ]
     return {
         "companies": {GOOSE_CODE: [GOOSE_ENGINE_KEY, GOOSE_USER_KEY]},
-        "tables": {"CON_TRO": contacts, "ANA_DIP": employees},
+        "tables": {"CON_TRO": contacts, "ANA_DIP": employees, "ANA_SED": sites},
     }
 
 
@@ -94,43 +103,76 @@ def _port_free(port: int) -> bool:
         return True
 
 
+@dataclass
+class Emulated:
+    """One emulator of the sandbox: where it listens and what it is seeded with."""
+
+    name: str
+    flag: str
+    app: ASGIApp
+    port: int
+    seed: dict[str, Any]
+    server: RunningServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+
 class Sandbox:
-    def __init__(self, goose_port: int = 8701, mongoose_port: int = 8702) -> None:
-        self.goose_port = goose_port
-        self.mongoose_port = mongoose_port
+    def __init__(
+        self,
+        goose_port: int = 8701,
+        mongoose_port: int = 8702,
+        adt_port: int = 8704,
+        step_seconds: float = 0.2,
+    ) -> None:
         self.goose = GooseEmulator(timezone="Europe/Rome")
         self.mongoose = MongooseEmulator(
             config=MONGOOSE_CONFIG, users={MONGOOSE_USER: MONGOOSE_PASSWORD}
         )
-        self._servers: list[RunningServer] = []
+        self.adt = AdtEmulator(tokens=(ADT_TOKEN,), step_seconds=step_seconds)
+        self.emulators = {
+            "goose": Emulated("Goose", "--goose-port", self.goose.app, goose_port, goose_seed()),
+            "mongoose": Emulated(
+                "Mongoose", "--mongoose-port", self.mongoose.app, mongoose_port, mongoose_seed()
+            ),
+            "adt": Emulated(
+                "Azure Digital Twins", "--adt-port", self.adt.app, adt_port, demo_graph()
+            ),
+        }
         self._stop = threading.Event()
+
+    def url(self, name: str) -> str:
+        return self.emulators[name].url
 
     @property
     def goose_url(self) -> str:
-        return f"http://{HOST}:{self.goose_port}"
+        return self.url("goose")
 
     @property
     def mongoose_url(self) -> str:
-        return f"http://{HOST}:{self.mongoose_port}"
+        return self.url("mongoose")
+
+    @property
+    def adt_url(self) -> str:
+        return self.url("adt")
 
     def __enter__(self) -> Sandbox:
-        for name, port, flag in (
-            ("Goose", self.goose_port, "--goose-port"),
-            ("Mongoose", self.mongoose_port, "--mongoose-port"),
-        ):
-            if not _port_free(port):
+        for emu in self.emulators.values():
+            if not _port_free(emu.port):
                 raise SandboxError(
-                    f"{name} emulator: port {port} on {HOST} is in use (another sandbox?); "
-                    f"stop it, or pass {flag} and change the URLs in your config"
+                    f"{emu.name} emulator: port {emu.port} on {HOST} is in use (another "
+                    f"sandbox?); stop it, or pass {emu.flag} and change the URLs in your config"
                 )
-        for app, port in (
-            (self.goose.app, self.goose_port),
-            (self.mongoose.app, self.mongoose_port),
-        ):
-            self._servers.append(RunningServer(app, HOST, port).start())
-        with httpx.Client(timeout=10) as client:
-            client.post(f"{self.goose_url}/_admin/seed", json=goose_seed()).raise_for_status()
-            client.post(f"{self.mongoose_url}/_admin/seed", json=mongoose_seed()).raise_for_status()
+        try:
+            with httpx.Client(timeout=10) as client:
+                for emu in self.emulators.values():
+                    emu.server = RunningServer(emu.app, HOST, emu.port).start()
+                    client.post(f"{emu.url}/_admin/seed", json=emu.seed).raise_for_status()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
         return self
 
     def __exit__(
@@ -139,22 +181,26 @@ class Sandbox:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        for server in self._servers:
-            server.stop()
-        self._servers.clear()
+        for emu in self.emulators.values():
+            if emu.server is not None:
+                emu.server.stop()
+                emu.server = None
 
     def describe(self) -> list[str]:
         return [
             "syncengine sandbox (emulators on loopback, data in memory):",
             f"  Goose DELETED service  {self.goose_url}/deleted/",
             f"    code {GOOSE_CODE}; engine key {GOOSE_ENGINE_KEY}; user key {GOOSE_USER_KEY}",
-            f"    tables CON_TRO (13 contacts), ANA_DIP ({len(EMPLOYEES)} employees)",
+            f"    tables CON_TRO (14 contacts), ANA_DIP ({len(EMPLOYEES)} employees), "
+            "ANA_SED (2 sites)",
             f"    delete as a user: curl -X POST {self.goose_url}/_admin/delete "
             """-H 'content-type: application/json' -d '{"table":"CON_TRO","ids":["0-1"]}'""",
             f"  Mongoose IDO REST      {self.mongoose_url}{MONGOOSE_BASE}",
             f"    config {MONGOOSE_CONFIG}; user {MONGOOSE_USER}; password {MONGOOSE_PASSWORD}",
             f"    IDOs UserNames ({len(PEOPLE)} rows), SLEmployees ({len(EMPLOYEES)} rows); "
             f"rows: {self.mongoose_url}/_admin/rows/UserNames",
+            f"  Azure Digital Twins    {self.adt_url}  (api-version 2023-10-31)",
+            f"    bearer token {ADT_TOKEN}; twins: {self.adt_url}/_admin/twins",
         ]
 
     def wait(self) -> None:
@@ -179,17 +225,20 @@ class Sandbox:
                 json={"table": table, "ids": ids, "by_key": by_key},
             ).raise_for_status()
 
-    def mongoose_rows(self, ido: str) -> list[dict[str, Any]]:
+    def admin_get(self, emulator: str, path: str) -> list[dict[str, Any]]:
         with httpx.Client(timeout=10) as client:
-            response = client.get(f"{self.mongoose_url}/_admin/rows/{ido}")
+            response = client.get(f"{self.url(emulator)}{path}")
             response.raise_for_status()
             rows: list[dict[str, Any]] = response.json()
             return rows
 
+    def mongoose_rows(self, ido: str) -> list[dict[str, Any]]:
+        return self.admin_get("mongoose", f"/_admin/rows/{ido}")
+
 
 def check_demo_safe(config: Config, sandbox: Sandbox) -> None:
     """Refuse to demo against anything but the sandbox and a local SQLite file."""
-    allowed = {(HOST, sandbox.goose_port), (HOST, sandbox.mongoose_port)}
+    allowed = {(HOST, emu.port) for emu in sandbox.emulators.values()}
     for name, connection in config.connections.items():
         url = urlsplit(str(getattr(connection, "url", "")))
         if (url.hostname, url.port) not in allowed:
@@ -223,14 +272,18 @@ def run_demo(config: Config, console: Console, run_once_fn: RunOnce) -> int:
     with Sandbox() as box:
         check_demo_safe(config, box)
         with _fresh_state(config) as db:
-            console.print(f"Sandbox started: Goose {box.goose_url}, Mongoose {box.mongoose_url}")
+            console.print(
+                f"Sandbox started: Goose {box.goose_url}, Mongoose {box.mongoose_url}, "
+                f"Azure Digital Twins {box.adt_url}"
+            )
             console.print(f"State: {db} (reset: the sandbox starts empty every time)\n")
             before = {u["Username"] for u in box.mongoose_rows("UserNames")}
             before_emp = {e["EmpNum"] for e in box.mongoose_rows("SLEmployees")}
+            twins_before = box.admin_get("adt", "/_admin/twins")
 
             console.print(
-                "[bold]Round 1[/bold]: in Goose, a user deletes 5 contacts, 1 contact that "
-                "has no ERP user, and 2 employees;"
+                "[bold]Round 1[/bold]: in Goose, a user deletes 5 contacts, 1 contact that has "
+                "no ERP user, and 2 employees;"
             )
             console.print(
                 "         the engine's own key deletes 1 contact (imc: false keeps it out)."
@@ -239,36 +292,58 @@ def run_demo(config: Config, console: Console, run_once_fn: RunOnce) -> int:
             box.delete_in_goose("CON_TRO", ["0-12"], by_key=GOOSE_ENGINE_KEY)
             box.delete_in_goose("ANA_DIP", ["1-1", "1-2"])
             reports = _run(config, run_once_fn, console)
+            twins_mid = {t["$dtId"] for t in box.admin_get("adt", "/_admin/twins")}
 
             console.print(
-                "\n[bold]Round 2[/bold]: a user deletes 2 more contacts; only those travel."
+                "\n[bold]Round 2[/bold]: a user deletes 2 more contacts, and the whole head-office "
+                "site (SITE-HQ),"
+            )
+            console.print(
+                "         which is the configured trigger for purging the twin instance "
+                "(one ADT delete job)."
             )
             box.delete_in_goose("CON_TRO", ["0-6", "0-7"])
+            box.delete_in_goose("ANA_SED", ["SITE-HQ"])
             reports2 = _run(config, run_once_fn, console)
 
             after = {u["Username"] for u in box.mongoose_rows("UserNames")}
             after_emp = {e["EmpNum"] for e in box.mongoose_rows("SLEmployees")}
+            twins_after = box.admin_get("adt", "/_admin/twins")
+            adt_jobs = box.admin_get("adt", "/_admin/jobs")
             expected_gone = {p[0] for p in PEOPLE[:7]}
             expected_emp_gone = {EMPLOYEES[0][0], EMPLOYEES[1][0]}
-            console.print("\n[bold]In the Mongoose emulator now[/bold]")
+            removed_round1 = {t["$dtId"] for t in twins_before} - twins_mid
+            console.print("\n[bold]In the emulators now[/bold]")
             console.print(
-                f"  UserNames: {len(before)} rows before, {len(after)} after; "
+                f"  Mongoose UserNames: {len(before)} rows before, {len(after)} after; "
                 f"deleted: {', '.join(sorted(before - after))}"
             )
             console.print(
-                f"  SLEmployees: {len(before_emp)} rows before, {len(after_emp)} after; "
+                f"  Mongoose SLEmployees: {len(before_emp)} rows before, {len(after_emp)} after; "
                 f"deleted: {', '.join(sorted(before_emp - after_emp))}"
             )
             console.print(
                 f"  kept: {PEOPLE[11][0]} (deleted in Goose by the engine's own key, imc: false)"
             )
+            console.print(
+                f"  ADT round 1: twins removed one by one: {', '.join(sorted(removed_round1))}"
+            )
+            jobs_text = ", ".join(f"{j['id']} {j['status']}" for j in adt_jobs)
+            console.print(
+                f"  ADT round 2: delete jobs {jobs_text}; "
+                f"twins left: {len(twins_after)} of {len(twins_before)}"
+            )
             ok = (
                 before - after == expected_gone
                 and before_emp - after_emp == expected_emp_gone
+                and removed_round1 == {"0-1", "0-2", "0-3", "0-4", "0-5"}
+                and len(adt_jobs) == 1
+                and adt_jobs[0]["status"] == "succeeded"
+                and not twins_after
                 and not any(r.failed for r in reports + reports2)
             )
             console.print(
-                "\n[green]Demo OK[/green]: every deletion made in Goose reached Mongoose, "
+                "\n[green]Demo OK[/green]: every deletion made in Goose reached its targets, "
                 "and nothing else."
                 if ok
                 else "\n[red]Demo FAILED[/red]: the targets do not match what Goose reported."

@@ -159,6 +159,19 @@ def render_summary(reports: list[RunReport], store: Store, console: Console) -> 
     for report in reports:
         if report.error:
             console.print(f"[red]{report.pipeline}[/red]: {report.error}")
+        for target, push in report.targets.items():
+            if push.jobs:
+                console.print(f"{report.pipeline} -> {target}: jobs {'; '.join(push.jobs)}")
+            open_jobs = [
+                j
+                for j in store.jobs(pipeline=report.pipeline, open_only=True)
+                if j.target == target
+            ]
+            for job in open_jobs:
+                console.print(
+                    f"{report.pipeline} -> {target}: job #{job.id} {job.remote_id or ''} still "
+                    f"{job.state or job.phase}; followed by the next run"
+                )
         if report.pull.recoveries:
             console.print(
                 f"{report.pipeline}: recovered {report.pull.recoveries} interrupted source call(s) "

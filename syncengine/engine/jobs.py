@@ -234,6 +234,7 @@ class JobRunner:
             error=progress.message or retry_all,
         )
         self.report.batches += 1
+        self.report.jobs.append(f"#{job.id} {job.remote_id or '(none)'} {progress.state.value}")
         self.report.done += counts.done
         self.report.retried += counts.retried
         self.report.dead += counts.dead

@@ -7,7 +7,7 @@ beyond the next run, which releases orphans under the pipeline lock.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from connectors.contract import (
@@ -32,6 +32,8 @@ class PushReport:
     dead: int = 0
     batches: int = 0
     released: int = 0
+    jobs: list[str] = field(default_factory=list)
+    """One line per job that ended in this run: `#id remote-id state`."""
 
 
 def complete_outcomes(batch: list[Delivery], outcomes: list[Outcome]) -> list[OutcomeRecord]:

@@ -1,0 +1,52 @@
+"""Azure Digital Twins data plane: a twin-by-twin target and a whole-instance purge.
+
+One connection type, `adt`; its target block picks `kind: twins` (delete the
+twins deliveries name) or `kind: purge` (a delete job, only on a trigger and
+only with `confirm_purge` repeating the instance host).
+"""
+
+from __future__ import annotations
+
+from connectors.adt.purge import AdtPurgeTarget
+from connectors.adt.settings import (
+    AdtConnection,
+    AdtPurgeSettings,
+    AdtTargetSettings,
+    AdtTwinsSettings,
+    check_purge_confirmation,
+)
+from connectors.adt.twins import AdtTwinsTarget
+from connectors.contract import ConnectorInfo, registry
+
+
+def build_target(
+    name: str,
+    connection: AdtConnection,
+    settings: AdtTargetSettings | AdtTwinsSettings | AdtPurgeSettings,
+) -> AdtTwinsTarget | AdtPurgeTarget:
+    """Raises FatalError for a purge whose confirm_purge does not name the connection's host."""
+    block = settings.root if isinstance(settings, AdtTargetSettings) else settings
+    if isinstance(block, AdtPurgeSettings):
+        return AdtPurgeTarget(name, connection, block)
+    return AdtTwinsTarget(name, connection, block)
+
+
+registry.register(
+    ConnectorInfo(
+        name="adt",
+        connection_settings=AdtConnection,
+        target_settings=AdtTargetSettings,
+        build_target=build_target,
+    )
+)
+
+__all__ = [
+    "AdtConnection",
+    "AdtPurgeSettings",
+    "AdtPurgeTarget",
+    "AdtTargetSettings",
+    "AdtTwinsSettings",
+    "AdtTwinsTarget",
+    "build_target",
+    "check_purge_confirmation",
+]

@@ -1,0 +1,262 @@
+"""Bearer tokens for the ADT data plane, and the one authenticated call path.
+
+A client-credentials token is fetched on first use, cached until shortly
+before it expires and registered with the HTTP client as a secret, so it is
+scrubbed from every message. A data call answered 401 renews the token once
+(it may have been revoked early); a second 401 is a credentials problem no
+retry fixes. A static token cannot be renewed, so its first 401 is fatal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlencode
+
+import httpx
+
+from connectors.adt.settings import AdtConnection
+from connectors.contract import FatalError, RemoteError
+from connectors.http import Action, HttpClient, Resolution, excerpt
+
+RENEW_BEFORE = 300.0
+"""Seconds before expiry at which a cached token is renewed (capped at half its life)."""
+
+
+class TokenSource(Protocol):
+    async def token(self) -> str: ...
+
+    async def rejected(self, used: str, what: str) -> None:
+        """A data call answered 401 with `used`: forget it, or raise FatalError."""
+        ...
+
+
+class StaticToken:
+    def __init__(self, name: str, token: str) -> None:
+        self._name = name
+        self._token = token
+
+    async def token(self) -> str:
+        return self._token
+
+    async def rejected(self, used: str, what: str) -> None:
+        raise FatalError(
+            f"adt connection {self._name!r}: the bearer token was rejected (HTTP 401 from "
+            f"{what}); check connections.{self._name}.token",
+            connection=self._name,
+        )
+
+
+class ClientCredentials:
+    """The OAuth2 client-credentials grant against a Microsoft Entra token endpoint."""
+
+    def __init__(
+        self,
+        name: str,
+        connection: AdtConnection,
+        http: HttpClient,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        assert connection.token_url is not None
+        assert connection.client_id is not None and connection.client_secret is not None
+        self._name = name
+        self._url = connection.token_url
+        self._form = {
+            "grant_type": "client_credentials",
+            "client_id": connection.client_id,
+            "client_secret": connection.client_secret.get_secret_value(),
+            "scope": connection.scope,
+        }
+        self._http = http
+        self._clock = clock
+        self._token: str | None = None
+        self._renew_at = 0.0
+        self._lock = asyncio.Lock()
+
+    async def token(self) -> str:
+        async with self._lock:
+            if self._token is None or self._clock() >= self._renew_at:
+                self._token = await self._fetch()
+            return self._token
+
+    async def rejected(self, used: str, what: str) -> None:
+        async with self._lock:
+            if self._token == used:
+                self._token = None
+
+    async def _fetch(self) -> str:
+        what = f"POST {httpx.URL(self._url).path}"
+        started = self._clock()
+        response = await self._http.request(
+            "POST",
+            self._url,
+            idempotent=True,
+            content=urlencode(self._form).encode("ascii"),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        body = json_object(response)
+        if response.status_code in (400, 401, 403):
+            code = body.get("error") if body else None
+            raise FatalError(
+                f"adt connection {self._name!r}: the token endpoint refused the client "
+                f"credentials (HTTP {response.status_code}"
+                + (f" {code}" if isinstance(code, str) else "")
+                + f" from {what}); check connections.{self._name}.token_url, client_id, "
+                "client_secret and scope",
+                connection=self._name,
+            )
+        token = body.get("access_token") if body else None
+        if not response.is_success or not isinstance(token, str) or not token:
+            raise RemoteError(
+                f"{self._name}: {what}: HTTP {response.status_code}, no access_token: "
+                f"{excerpt(response.text, self._http.secrets)}",
+                connection=self._name,
+                code=str(response.status_code),
+            )
+        self._http.add_secret(token)
+        lifetime = _seconds(body.get("expires_in") if body else None)
+        self._renew_at = started + max(0.0, lifetime - min(RENEW_BEFORE, lifetime / 2))
+        return token
+
+
+def _seconds(value: Any) -> float:
+    """Entra answers expires_in as a number, its v1 endpoint as a string."""
+    try:
+        return max(0.0, float(value))
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def token_source(name: str, connection: AdtConnection, http: HttpClient) -> TokenSource:
+    if connection.token is not None:
+        return StaticToken(name, connection.token.get_secret_value())
+    return ClientCredentials(name, connection, http)
+
+
+def classify(response: httpx.Response) -> Resolution | None:
+    """ADT may give the wait in milliseconds instead of Retry-After."""
+    if response.status_code != 429 or "retry-after" in response.headers:
+        return None
+    for header in ("retry-after-ms", "x-ms-retry-after-ms"):
+        try:
+            wait = float(response.headers[header]) / 1000
+        except (KeyError, ValueError):
+            continue
+        return Resolution(Action.RETRY, "HTTP 429", max(0.0, wait))
+    return None
+
+
+def json_object(response: httpx.Response) -> dict[str, Any] | None:
+    try:
+        body = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def error_code(response: httpx.Response) -> str:
+    """The service's error code: the x-ms-error-code header, else the ErrorResponse body."""
+    header = str(response.headers.get("x-ms-error-code", "")).strip()
+    if header:
+        return header
+    body = json_object(response)
+    error = body.get("error") if body else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else ""
+
+
+class AdtClient:
+    """Authenticated data-plane calls: bearer token, api-version, one renewal on 401.
+
+    Also turns the answers no retry can fix (403, an unknown sub-domain) into
+    FatalError; everything else is returned for the caller to interpret.
+    """
+
+    def __init__(self, name: str, connection: AdtConnection, http: HttpClient) -> None:
+        self.name = name
+        self.http = http
+        self.api_version = connection.api_version
+        self._tokens = token_source(name, connection, http)
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        idempotent: bool,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        path, _, given = path.partition("?")
+        what = f"{method} {path}"
+        # httpx replaces a URL's query when params are passed, so a nextLink's own
+        # query (its continuation) is carried over explicitly.
+        query = {
+            **dict(parse_qsl(given, keep_blank_values=True)),
+            "api-version": self.api_version,
+            **(params or {}),
+        }
+        used = await self._tokens.token()
+        response = await self._send(method, path, used, idempotent, query, headers)
+        if response.status_code == 401:
+            await self._tokens.rejected(used, what)
+            used = await self._tokens.token()
+            response = await self._send(method, path, used, idempotent, query, headers)
+            if response.status_code == 401:
+                raise FatalError(
+                    f"adt connection {self.name!r}: HTTP 401 from {what} even with a fresh "
+                    f"token; check connections.{self.name} credentials",
+                    connection=self.name,
+                )
+        if response.status_code == 403:
+            raise FatalError(
+                f"adt connection {self.name!r}: HTTP 403 from {what}; the identity needs a "
+                "data-plane role on the instance (e.g. Azure Digital Twins Data Owner)",
+                connection=self.name,
+            )
+        if response.status_code == 404 and not error_code(response):
+            body = json_object(response) or {}
+            if "sub-domain not found" in str(body.get("message", "")).lower():
+                raise FatalError(
+                    f"adt connection {self.name!r}: {what}: Sub-domain not found; check "
+                    f"connections.{self.name}.url and that the token is for the instance's "
+                    "tenant",
+                    connection=self.name,
+                )
+        return response
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        token: str,
+        idempotent: bool,
+        params: Mapping[str, str],
+        headers: Mapping[str, str] | None,
+    ) -> httpx.Response:
+        return await self.http.request(
+            method,
+            path,
+            idempotent=idempotent,
+            params=params,
+            headers={**(headers or {}), "Authorization": f"Bearer {token}"},
+        )
+
+    def remote(self, what: str, response: httpx.Response) -> RemoteError:
+        code = error_code(response)
+        return RemoteError(
+            f"{self.name}: {what}: HTTP {response.status_code}"
+            + (f" {code}" if code else "")
+            + f": {self.message(response)}",
+            connection=self.name,
+            code=code or str(response.status_code),
+        )
+
+    def message(self, response: httpx.Response) -> str:
+        body = json_object(response)
+        error = body.get("error") if body else None
+        text = error.get("message") if isinstance(error, dict) else None
+        return excerpt(text if isinstance(text, str) else response.text, self.http.secrets)
