@@ -178,6 +178,70 @@ def status(
         render_status(data, out)
 
 
+jobs_app = typer.Typer(help="Asynchronous jobs on targets (Reltio tasks, ADT and DMM jobs).")
+app.add_typer(jobs_app, name="jobs")
+
+
+@jobs_app.command("list")
+def jobs_list(
+    config: ConfigOption = Path("config.yaml"),
+    all_jobs: Annotated[bool, typer.Option("--all", help="finished jobs too")] = False,
+) -> None:
+    """Jobs the engine follows (open ones by default)."""
+    from syncengine.status import collect_jobs, render_jobs
+
+    cfg = load(config)
+    store = open_store(cfg)
+    try:
+        render_jobs(collect_jobs(store, open_only=not all_jobs), out, "jobs")
+    finally:
+        store.close()
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(
+    job_id: Annotated[int, typer.Argument(help="the job number shown by status")],
+    config: ConfigOption = Path("config.yaml"),
+) -> None:
+    """Ask the target's API to stop a job, where the API can (DMM StopExecution)."""
+    from connectors.jobs import AsyncTarget, CannotCancel, JobHandle
+    from state.models import OPEN_PHASES
+    from syncengine.engine.runtime import build_pipeline
+
+    cfg = load(config)
+    configure(cfg.logging.level, cfg.logging.format)
+    store = open_store(cfg)
+    job = store.job(job_id)
+    if job is None:
+        raise fail(f"no job #{job_id}; see: syncengine jobs list -c {config}")
+    if job.phase not in OPEN_PHASES:
+        raise fail(f"job #{job_id} is {job.phase} already; nothing to cancel")
+    if job.pipeline not in cfg.pipelines or job.target not in cfg.pipelines[job.pipeline].targets:
+        raise fail(f"job #{job_id} belongs to {job.pipeline}/{job.target}, not in {config}")
+    pipe = build_pipeline(cfg, cfg.pipelines[job.pipeline])
+    target = pipe.targets[job.target].target
+    if not isinstance(target, AsyncTarget) or not job.remote_id:
+        raise fail(f"job #{job_id} has no remote job to cancel yet")
+
+    async def cancel() -> None:
+        try:
+            await target.cancel(JobHandle(remote_id=job.remote_id or ""))
+        finally:
+            await pipe.source.aclose()
+            for t in pipe.targets.values():
+                await t.target.aclose()
+
+    try:
+        asyncio.run(cancel())
+    except CannotCancel as exc:
+        raise fail(f"job #{job_id} ({job.kind} {job.remote_id}): {exc}") from None
+    store.request_cancel(job_id)
+    out.print(
+        f"job #{job_id} ({job.kind} {job.remote_id}): cancel requested; "
+        "the next run records what it had deleted"
+    )
+
+
 @app.command()
 def sandbox(
     goose_port: Annotated[int, typer.Option(help="Goose emulator port")] = 8701,

@@ -81,7 +81,52 @@ def collect_status(store: Store, config: Config, pipeline: str | None = None) ->
                 },
             }
         )
-    return {"generated_at": now.isoformat(), "pipelines": pipelines}
+    return {
+        "generated_at": now.isoformat(),
+        "pipelines": pipelines,
+        "jobs": collect_jobs(store, pipeline=pipeline, open_only=True),
+    }
+
+
+def collect_jobs(
+    store: Store, *, pipeline: str | None = None, open_only: bool = True
+) -> list[dict[str, Any]]:
+    now = utcnow()
+    return [
+        {
+            "id": job.id,
+            "pipeline": job.pipeline,
+            "target": job.target,
+            "kind": job.kind,
+            "remote_id": job.remote_id,
+            "phase": job.phase,
+            "state": job.state,
+            "items": job.items,
+            "created_at": job.created_at.isoformat(),
+            "age": _age(job.created_at, now),
+            "next_poll_at": job.next_poll_at.isoformat() if job.next_poll_at else None,
+            "error": job.error,
+        }
+        for job in store.jobs(pipeline=pipeline, open_only=open_only)
+    ]
+
+
+def render_jobs(jobs: list[dict[str, Any]], console: Console, title: str) -> None:
+    table = Table(
+        "job", "pipeline", "target", "kind", "remote id", "status", "age", "items", title=title
+    )
+    for job in jobs:
+        table.add_row(
+            f"#{job['id']}",
+            job["pipeline"],
+            job["target"],
+            job["kind"],
+            job["remote_id"] or "-",
+            job["state"] or job["phase"],
+            job["age"],
+            str(job["items"]),
+        )
+    console.print(table)
 
 
 def render_status(data: dict[str, Any], console: Console) -> None:
@@ -119,6 +164,8 @@ def render_status(data: dict[str, Any], console: Console) -> None:
         for t in pipe["targets"]:
             targets.add_row(t["target"], *(str(t[s]) for s in STATUSES))
         console.print(targets)
+    if data["jobs"]:
+        render_jobs(data["jobs"], console, "open jobs")
 
 
 def render_summary(reports: list[RunReport], store: Store, console: Console) -> None:
