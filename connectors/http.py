@@ -160,11 +160,9 @@ class HttpClient:
             self.add_secret(secret)
         self._classify = classify
         self._observer = observer
-        self._limiter = (
-            AsyncLimiter(max(1.0, calls_per_second), 1.0)
-            if calls_per_second and calls_per_second >= 1
-            else (AsyncLimiter(1, 1.0 / calls_per_second) if calls_per_second else None)
-        )
+        # Evenly spaced calls: a bucket of `calls_per_second` would let a burst
+        # through at once and trip a server counting calls per second.
+        self._limiter = AsyncLimiter(1, 1.0 / calls_per_second) if calls_per_second else None
         self._client = httpx.AsyncClient(
             base_url=base_url,
             timeout=httpx.Timeout(timeout),

@@ -2,15 +2,22 @@
 
 What it models (seed 003 and apis.md section 5): authentication by `code`
 and `key` in the JSON body; deletions attributed to the key that made them
-(`imc: false` leaves out the caller's own); `from` as a timestamp compared
-in the emulator's time zone, or `latest`, remembered per (code, key, table)
-and advanced only when a call succeeds; error answers as HTTP 200 with
-`{"status": "error", "error": {"code", "description"}}`.
+(`imc: false` leaves out the caller's own); `from` as a timestamp, or
+`latest`, remembered per (code, key, table) and advanced only when a call
+succeeds on the server; error answers as HTTP 200 with
+`{"status": "error", "error": {"code", "description"}}`; error 120's
+description as the docs print it, stray quote included.
 
 Assumed where the docs are silent (apis.md ASSUME lines): the success
 envelope `{"status":"OK","result":{"total","data"}}` with TABLE, RECORD_ID
 and SYKEY per row; the first `latest` call returns everything; error codes
-are numbers unless `codes_as_strings` is set.
+are numbers unless `codes_as_strings` is set; `from` is compared with the
+deletion's local wall-clock time at second resolution, as a DATETIME column
+in the emulator's zone would be (so the repeated hour when clocks go back
+is compared by wall time, not by instant); the daily limit resets at local
+midnight.
+
+Time comes from one place, `now()`: a replaceable `clock` plus an offset.
 """
 
 from __future__ import annotations
@@ -19,8 +26,8 @@ import json
 import threading
 from collections import defaultdict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from dataclasses import asdict, dataclass
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -32,10 +39,13 @@ from starlette.types import ASGIApp
 from connectors.emulator_kit import Faults, RequestLog, build_app
 from connectors.goose.settings import TIMESTAMP_FORMAT, parse_goose_time
 
+Clock = Callable[[], datetime]
+
 
 @dataclass
 class DeletedRecord:
     seq: int
+    code: str
     table: str
     record_id: str
     fields: dict[str, Any]
@@ -50,7 +60,59 @@ class GooseError(Exception):
         self.description = description
 
 
+def _limit(value: Any) -> bool:
+    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0)
+
+
+_KNOBS: dict[str, Callable[[Any], bool]] = {
+    "codes_as_strings": lambda value: isinstance(value, bool),
+    "rate_limit_per_second": _limit,
+    "daily_limit": _limit,
+    "allowed_ips": lambda value: (
+        value is None or (isinstance(value, list) and all(isinstance(ip, str) for ip in value))
+    ),
+}
+"""What `/_admin/config` may change, each with its check."""
+
+
+def _system_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+def demo_data(
+    engine_key: str = "demo-engine-key-4f1c9a", user_key: str = "demo-user-key-93b7d0"
+) -> dict[str, Any]:
+    """A small realistic seed (the `/_admin/seed` body): company DEV001, a key for the
+    engine and one for a user, and contacts whose SYKEY is an ERP user name."""
+    people = [
+        ("jrossi", "Giulia Rossi"),
+        ("mbianchi", "Marco Bianchi"),
+        ("lverdi", "Luca Verdi"),
+        ("fromano", "Francesca Romano"),
+        ("acolombo", "Andrea Colombo"),
+        ("sricci", "Sara Ricci"),
+        ("mmarino", "Matteo Marino"),
+        ("cgreco", "Chiara Greco"),
+        ("abruno", "Alessandro Bruno"),
+        ("egallo", "Elena Gallo"),
+        ("dconti", "Davide Conti"),
+        ("vdeluca", "Valentina De Luca"),
+    ]
+    contacts = [
+        {"RECORD_ID": f"0-{n}", "SYKEY": user, "CORAS": name}
+        for n, (user, name) in enumerate(people, start=1)
+    ]
+    return {"companies": {"DEV001": [engine_key, user_key]}, "tables": {"CON_TRO": contacts}}
+
+
 class GooseEmulator:
+    """Goose's DELETED and OPERATION services over an in-memory, thread-safe state.
+
+    The Python helpers (`seed`, `delete`, `deletions`, `records`, `drop_next`)
+    mirror the `/_admin/...` endpoints, so in-process tests and the sandbox
+    drive the same state.
+    """
+
     def __init__(
         self,
         timezone: str = "Europe/Rome",
@@ -58,35 +120,63 @@ class GooseEmulator:
         daily_limit: int | None = None,
         allowed_ips: list[str] | None = None,
         codes_as_strings: bool = False,
-        clock: Callable[[], datetime] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.zone = ZoneInfo(timezone)
-        self.rate_limit_per_second = rate_limit_per_second
-        self.daily_limit = daily_limit
-        self.allowed_ips = allowed_ips
-        self.codes_as_strings = codes_as_strings
-        self.clock_offset = timedelta()
-        self._clock = clock or (lambda: datetime.now(UTC))
+        self._initial: dict[str, Any] = {
+            "rate_limit_per_second": rate_limit_per_second,
+            "daily_limit": daily_limit,
+            "allowed_ips": allowed_ips,
+            "codes_as_strings": codes_as_strings,
+        }
+        self._initial_clock: Clock = clock or _system_clock
         self.faults = Faults()
         self.log = RequestLog()
         self._lock = threading.RLock()
-        self._keys: dict[str, str] = {}
-        self._tables: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
-        self._deleted: list[DeletedRecord] = []
-        self._latest: dict[tuple[str, str, str], int] = {}
-        self._calls: dict[str, deque[float]] = defaultdict(deque)
-        self._daily: dict[str, int] = defaultdict(int)
-        self._drop_next = 0
         self._app: ASGIApp | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to the state just after construction: no data, the constructor's
+        knobs and clock, no faults, an empty request log."""
+        with self._lock:
+            self.rate_limit_per_second: int | None = self._initial["rate_limit_per_second"]
+            self.daily_limit: int | None = self._initial["daily_limit"]
+            allowed = self._initial["allowed_ips"]
+            self.allowed_ips: list[str] | None = None if allowed is None else list(allowed)
+            self.codes_as_strings: bool = self._initial["codes_as_strings"]
+            self.clock: Clock = self._initial_clock
+            self.clock_offset = timedelta()
+            self._keys: dict[str, str] = {}
+            self._tables: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+            self._deleted: list[DeletedRecord] = []
+            self._latest: dict[tuple[str, str, str], int] = {}
+            self._calls: dict[str, deque[float]] = defaultdict(deque)
+            self._daily: dict[tuple[str, date], int] = defaultdict(int)
+            self._drop_next = 0
+            self.faults.update(asdict(Faults()))
+            self.log.clear()
 
     def now(self) -> datetime:
-        return self._clock() + self.clock_offset
+        """The emulator's one source of time, always aware."""
+        current = self.clock()
+        if current.tzinfo is None:
+            current = current.replace(tzinfo=UTC)
+        return current + self.clock_offset
 
-    # --- state, also used in-process by tests ----------------------------
+    def wall_time(self, instant: datetime) -> datetime:
+        """The naive local time Goose stores, at second resolution."""
+        return instant.astimezone(self.zone).replace(tzinfo=None, microsecond=0)
+
+    # --- state, shared by the Python helpers and the admin endpoints ---------
 
     def seed(
         self, companies: dict[str, list[str]], tables: dict[str, list[dict[str, Any]]]
     ) -> None:
+        """Add companies with their keys; every company listed gets the tables.
+
+        Records are merged by RECORD_ID, so seeding twice adds rather than resets.
+        """
         with self._lock:
             for code, keys in companies.items():
                 for key in keys:
@@ -97,7 +187,7 @@ class GooseEmulator:
                         rows[str(record["RECORD_ID"])] = dict(record)
 
     def _code_of_table(self, table: str) -> str:
-        codes = [code for (code, name) in self._tables if name == table]
+        codes = sorted(code for (code, name) in self._tables if name == table)
         if not codes:
             raise KeyError(table)
         return codes[0]
@@ -105,7 +195,11 @@ class GooseEmulator:
     def delete(
         self, table: str, ids: list[str], by_key: str | None = None, code: str | None = None
     ) -> int:
-        """Delete records as a user (`by_key=None`) or through the API with a key."""
+        """Delete records as a user (`by_key=None`) or as the API with a key.
+
+        Unknown ids are skipped; the count of deleted records is returned.
+        Raises KeyError for an unknown table.
+        """
         with self._lock:
             code = code or self._code_of_table(table)
             rows = self._tables[(code, table)]
@@ -117,6 +211,7 @@ class GooseEmulator:
                 self._deleted.append(
                     DeletedRecord(
                         seq=len(self._deleted) + 1,
+                        code=code,
                         table=table,
                         record_id=str(record_id),
                         fields=record,
@@ -128,12 +223,15 @@ class GooseEmulator:
             return deleted
 
     def deletions(self) -> list[dict[str, Any]]:
+        """Ground truth: every deletion, with its aware local time and who made it."""
         with self._lock:
             return [
                 {
                     "seq": d.seq,
+                    "code": d.code,
                     "table": d.table,
                     "RECORD_ID": d.record_id,
+                    "SYKEY": d.fields.get("SYKEY", ""),
                     "deleted_at": d.deleted_at.astimezone(self.zone).isoformat(),
                     "by_key": d.by_key,
                 }
@@ -141,25 +239,65 @@ class GooseEmulator:
             ]
 
     def records(self, table: str) -> list[dict[str, Any]]:
+        """The records of `table` not deleted yet, across companies."""
         with self._lock:
             rows: list[dict[str, Any]] = []
-            for (_, name), records in self._tables.items():
+            for (_, name), records in sorted(self._tables.items()):
                 if name == table:
-                    rows.extend(records.values())
+                    rows.extend(dict(r) for r in records.values())
             return rows
 
     def drop_next(self, count: int) -> None:
-        """The next `count` DELETED calls are applied, then answered 500 (0 clears)."""
+        """The next `count` DELETED calls are applied (cursor advanced), then answered
+        HTTP 500: the answer lost after the server moved on. 0 clears."""
         with self._lock:
-            self._drop_next = count
+            self._drop_next = max(0, count)
 
-    # --- the services ------------------------------------------------------
+    def pending_drops(self) -> int:
+        with self._lock:
+            return self._drop_next
+
+    def configure(self, values: dict[str, Any]) -> None:
+        """Change the behaviour knobs at run time (the `/_admin/config` body)."""
+        unknown = set(values) - set(_KNOBS)
+        if unknown:
+            raise ValueError(f"unknown settings: {sorted(unknown)}; known: {sorted(_KNOBS)}")
+        for name, value in values.items():
+            if not _KNOBS[name](value):
+                raise ValueError(f"{name}: {value!r} is not valid here")
+        with self._lock:
+            for name, value in values.items():
+                setattr(self, name, value)
+
+    def settings(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "timezone": str(self.zone),
+                "codes_as_strings": self.codes_as_strings,
+                "rate_limit_per_second": self.rate_limit_per_second,
+                "daily_limit": self.daily_limit,
+                "allowed_ips": self.allowed_ips,
+                "now": self.wall_time(self.now()).strftime(TIMESTAMP_FORMAT),
+            }
+
+    # --- the vendor services -----------------------------------------------
 
     def _error(self, code: int, description: str) -> JSONResponse:
         value: int | str = str(code) if self.codes_as_strings else code
         return JSONResponse(
             {"status": "error", "error": {"code": value, "description": description}}
         )
+
+    @staticmethod
+    async def _body(request: Request) -> dict[str, Any]:
+        """The docs show JS-object notation; the service wants real JSON (error 99)."""
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            raise GooseError(99, "JSON format not valid") from None
+        if not isinstance(body, dict):
+            raise GooseError(99, "JSON format not valid")
+        return body
 
     def _authenticate(self, body: dict[str, Any], client_ip: str) -> tuple[str, str]:
         code, key = body.get("code"), body.get("key")
@@ -175,36 +313,31 @@ class GooseEmulator:
         return code, key
 
     def _count_call(self, key: str) -> None:
-        now = self.now().timestamp()
-        if self.rate_limit_per_second is not None:
-            window = self._calls[key]
-            while window and window[0] <= now - 1:
-                window.popleft()
-            if len(window) >= self.rate_limit_per_second:
-                raise GooseError(
-                    50, f"Limit API calls exceeded: max {self.rate_limit_per_second} per second"
-                )
-            window.append(now)
-        if self.daily_limit is not None:
-            if self._daily[key] >= self.daily_limit:
-                raise GooseError(51, f"Limit API calls exceeded: max {self.daily_limit} per day")
-            self._daily[key] += 1
+        """Every authenticated call counts, whether or not a limit is set right now;
+        a refused call does not."""
+        now = self.now()
+        moment = now.timestamp()
+        window = self._calls[key]
+        while window and window[0] <= moment - 1:
+            window.popleft()
+        limit = self.rate_limit_per_second
+        if limit is not None and len(window) >= limit:
+            raise GooseError(50, f"Limit API calls exceeded: max {limit} per second")
+        today = (key, now.astimezone(self.zone).date())
+        if self.daily_limit is not None and self._daily[today] >= self.daily_limit:
+            raise GooseError(51, f"Limit API calls exceeded: max {self.daily_limit} per day")
+        window.append(moment)
+        self._daily[today] += 1
 
-    async def _body(self, request: Request) -> dict[str, Any]:
-        try:
-            body = json.loads(await request.body())
-        except ValueError:
-            raise GooseError(99, "JSON format not valid") from None
-        if not isinstance(body, dict):
-            raise GooseError(99, "JSON format not valid")
-        return body
+    @staticmethod
+    def _client_ip(request: Request) -> str:
+        return request.client.host if request.client else ""
 
     async def deleted_service(self, request: Request) -> Response:
-        client_ip = request.client.host if request.client else ""
         try:
+            body = await self._body(request)
             with self._lock:
-                body = await self._body(request)
-                code, key = self._authenticate(body, client_ip)
+                code, key = self._authenticate(body, self._client_ip(request))
                 rows = self._select_deleted(code, key, body)
                 dropped = self._drop_next > 0
                 if dropped:
@@ -212,20 +345,26 @@ class GooseEmulator:
         except GooseError as exc:
             return self._error(exc.code, exc.description)
         if dropped:
-            return JSONResponse({"error": "injected: answer lost after the cursor moved"}, 500)
+            return JSONResponse(
+                {"error": "injected: answer lost after the cursor moved"}, status_code=500
+            )
         return JSONResponse({"status": "OK", "result": {"total": len(rows), "data": rows}})
 
-    def _select_deleted(self, code: str, key: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    def _table(self, code: str, body: dict[str, Any]) -> str:
         table = body.get("table")
         if not isinstance(table, str) or not 0 < len(table) <= 7:
             raise GooseError(103, "Format field 'table' not valid")
         if (code, table) not in self._tables:
             raise GooseError(120, f"Table 'client_goose_{code}.{table}' doesn't exist'")
+        return table
+
+    def _select_deleted(self, code: str, key: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+        table = self._table(code, body)
         since = body.get("from")
         imc = body.get("imc", False)
         if not isinstance(imc, bool):
             raise GooseError(108, "Format field 'imc' not valid")
-        mine = [d for d in self._deleted if d.table == table]
+        mine = [d for d in self._deleted if d.code == code and d.table == table]
         if since is None:
             chosen = mine
         elif since == "latest":
@@ -236,14 +375,10 @@ class GooseEmulator:
             if not isinstance(since, str):
                 raise GooseError(107, "Format field 'from' not valid")
             try:
-                threshold = parse_goose_time(since).replace(tzinfo=self.zone)
+                threshold = parse_goose_time(since)
             except ValueError:
                 raise GooseError(107, "Format field 'from' not valid") from None
-            chosen = [
-                d
-                for d in mine
-                if d.deleted_at.astimezone(self.zone).replace(microsecond=0) >= threshold
-            ]
+            chosen = [d for d in mine if self.wall_time(d.deleted_at) >= threshold]
         if since is not None and not imc:
             chosen = [d for d in chosen if d.by_key != key]
         return [
@@ -252,19 +387,18 @@ class GooseEmulator:
         ]
 
     async def operation_service(self, request: Request) -> Response:
-        client_ip = request.client.host if request.client else ""
+        """Only DELETE is modelled; the deletion is attributed to the calling key."""
         try:
+            body = await self._body(request)
             with self._lock:
-                body = await self._body(request)
-                code, key = self._authenticate(body, client_ip)
+                code, key = self._authenticate(body, self._client_ip(request))
                 if body.get("operation") != "DELETE":
                     raise GooseError(100, "Format field 'operation' not valid")
-                table, record_id = body.get("table"), body.get("id")
-                if not isinstance(table, str) or (code, table) not in self._tables:
-                    raise GooseError(120, f"Table 'client_goose_{code}.{table}' doesn't exist'")
+                table = self._table(code, body)
+                record_id = body.get("id")
                 if not isinstance(record_id, str) or not 0 < len(record_id) <= 25:
                     raise GooseError(104, "Format field 'id' not valid")
-                if record_id not in self._tables[(code, table)]:
+                if not self.delete(table, [record_id], by_key=key, code=code):
                     return JSONResponse(
                         {
                             "status": "error",
@@ -276,27 +410,47 @@ class GooseEmulator:
                             },
                         }
                     )
-                self.delete(table, [record_id], by_key=key, code=code)
         except GooseError as exc:
             return self._error(exc.code, exc.description)
         return JSONResponse(
             {"status": "OK", "result": {"operation": "DELETE", "table": table, "id": record_id}}
         )
 
-    # --- admin -------------------------------------------------------------
+    # --- admin (never faulted) ---------------------------------------------
 
-    async def admin_seed(self, request: Request) -> Response:
-        body = await request.json()
-        self.seed(body.get("companies", {}), body.get("tables", {}))
+    @staticmethod
+    async def _admin_body(request: Request) -> dict[str, Any]:
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise ValueError("the body must be a JSON object")
+        return body
+
+    async def _admin(self, request: Request, action: Callable[[dict[str, Any]], Any]) -> Response:
+        try:
+            result = action(await self._admin_body(request))
+        except (KeyError, TypeError, ValueError) as exc:
+            return JSONResponse({"error": f"{type(exc).__name__}: {exc}"}, status_code=400)
+        return JSONResponse(result)
+
+    async def admin_reset(self, request: Request) -> Response:
+        self.reset()
         return JSONResponse({"ok": True})
 
+    async def admin_seed(self, request: Request) -> Response:
+        def action(body: dict[str, Any]) -> Any:
+            self.seed(body.get("companies", {}), body.get("tables", {}))
+            return {"ok": True}
+
+        return await self._admin(request, action)
+
     async def admin_delete(self, request: Request) -> Response:
-        body = await request.json()
-        try:
-            count = self.delete(body["table"], list(body["ids"]), body.get("by_key"))
-        except KeyError as exc:
-            return JSONResponse({"error": f"unknown table {exc}"}, status_code=404)
-        return JSONResponse({"deleted": count})
+        def action(body: dict[str, Any]) -> Any:
+            return {"deleted": self.delete(body["table"], list(body["ids"]), body.get("by_key"))}
+
+        return await self._admin(request, action)
 
     async def admin_deletions(self, request: Request) -> Response:
         return JSONResponse(self.deletions())
@@ -305,14 +459,29 @@ class GooseEmulator:
         return JSONResponse(self.records(request.path_params["table"]))
 
     async def admin_drop_next(self, request: Request) -> Response:
-        body = await request.json()
-        self.drop_next(int(body.get("count", 1)))
-        return JSONResponse({"drop_next": self._drop_next})
+        def action(body: dict[str, Any]) -> Any:
+            self.drop_next(int(body.get("count", 1)))
+            return {"drop_next": self.pending_drops()}
+
+        return await self._admin(request, action)
 
     async def admin_clock(self, request: Request) -> Response:
-        body = await request.json()
-        self.clock_offset = timedelta(seconds=float(body.get("offset_seconds", 0)))
-        return JSONResponse({"now": self.now().astimezone(self.zone).strftime(TIMESTAMP_FORMAT)})
+        def action(body: dict[str, Any]) -> Any:
+            with self._lock:
+                self.clock_offset = timedelta(seconds=float(body.get("offset_seconds", 0)))
+            return {"now": self.wall_time(self.now()).strftime(TIMESTAMP_FORMAT)}
+
+        return await self._admin(request, action)
+
+    async def admin_get_config(self, request: Request) -> Response:
+        return JSONResponse(self.settings())
+
+    async def admin_put_config(self, request: Request) -> Response:
+        def action(body: dict[str, Any]) -> Any:
+            self.configure(body)
+            return self.settings()
+
+        return await self._admin(request, action)
 
     @property
     def app(self) -> ASGIApp:
@@ -322,12 +491,15 @@ class GooseEmulator:
                 Route("/deleted", self.deleted_service, methods=["POST"]),
                 Route("/operation/", self.operation_service, methods=["POST"]),
                 Route("/operation", self.operation_service, methods=["POST"]),
+                Route("/_admin/reset", self.admin_reset, methods=["POST"]),
                 Route("/_admin/seed", self.admin_seed, methods=["POST"]),
                 Route("/_admin/delete", self.admin_delete, methods=["POST"]),
                 Route("/_admin/deletions", self.admin_deletions, methods=["GET"]),
                 Route("/_admin/tables/{table}", self.admin_records, methods=["GET"]),
                 Route("/_admin/drop_next", self.admin_drop_next, methods=["POST"]),
                 Route("/_admin/clock", self.admin_clock, methods=["POST"]),
+                Route("/_admin/config", self.admin_get_config, methods=["GET"]),
+                Route("/_admin/config", self.admin_put_config, methods=["PUT"]),
             ]
             self._app = build_app(
                 routes,

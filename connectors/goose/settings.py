@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import ConfigDict, Field, SecretStr, field_validator
+from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from connectors.settings import ConnectionBase, Seconds, StrictModel
 
 TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
 DOCUMENTED_CALLS_PER_SECOND = 5.0
+"""Goose's error 50 reads "Limit API calls exceeded: max 5 per second"."""
+
 _TABLE = re.compile(r"^[A-Za-z0-9_]{1,7}$")
+_LAST_SEGMENT_DELETED = re.compile(r"(^|/)deleted(/?)$")
 
 
 def parse_goose_time(text: str) -> datetime:
@@ -21,22 +25,59 @@ def parse_goose_time(text: str) -> datetime:
     return datetime.strptime(text, TIMESTAMP_FORMAT)
 
 
+def operation_url_for(deleted_url: str) -> str | None:
+    """The OPERATION service next to a DELETED url, or None when the url does not
+    end in a `deleted` segment and so gives no safe guess."""
+    parts = urlsplit(deleted_url)
+    if not _LAST_SEGMENT_DELETED.search(parts.path):
+        return None
+    path = _LAST_SEGMENT_DELETED.sub(r"\1operation\2", parts.path)
+    return urlunsplit(parts._replace(path=path))
+
+
+def _check_http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or any(c.isspace() for c in value):
+        raise ValueError(f"{value!r} is not an http(s) URL")
+    return value
+
+
 class GooseConnection(ConnectionBase):
+    """Goose authenticates by company code and API key, both sent in the JSON body.
+
+    Without `calls_per_second` the client keeps to Goose's documented
+    5 calls per second (the source passes it as the default).
+    """
+
     type: Literal["goose"]
     url: str = Field(description="the DELETED service, e.g. https://api.gooseapp.com/deleted/")
     code: str = Field(min_length=1, max_length=6, description="company code")
-    key: SecretStr = Field(description="API key; travels in the JSON body")
-    timezone: str = Field("UTC", description="the zone Goose compares `from` timestamps in")
+    key: SecretStr = Field(min_length=1, max_length=200, description="API key, sent in the body")
+    timezone: str = Field("UTC", description="the zone Goose reads `from` timestamps in")
     operation_url: str | None = Field(
-        None, description="the OPERATION service; defaults to the DELETED url's sibling"
+        None,
+        description="the OPERATION service (kept for a Goose target); "
+        "by default the url with its last segment `deleted` replaced by `operation`",
     )
 
-    @field_validator("url", "operation_url")
+    @model_validator(mode="before")
     @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError(f"{value!r} is not an http(s) URL")
-        return value
+    def _default_operation_url(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("operation_url"):
+            url = data.get("url")
+            if isinstance(url, str):
+                return {**data, "operation_url": operation_url_for(url)}
+        return data
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return _check_http_url(value)
+
+    @field_validator("operation_url")
+    @classmethod
+    def _operation_url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_http_url(value)
 
     @field_validator("timezone")
     @classmethod
@@ -53,13 +94,14 @@ class GooseConnection(ConnectionBase):
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
 
-    def resolved_operation_url(self) -> str:
-        if self.operation_url:
-            return self.operation_url
-        return re.sub(r"deleted/?$", "operation/", self.url)
-
 
 class GooseSourceSettings(StrictModel):
+    """The `source:` block of a pipeline reading Goose deletions.
+
+    `from` is a Python keyword, so the mode is the field `mode` with the alias
+    `from`, the name the Goose documentation and the YAML use.
+    """
+
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     tables: list[str] = Field(min_length=1, description="one stream per table")
@@ -73,15 +115,21 @@ class GooseSourceSettings(StrictModel):
         None, description='first timestamp read, "yyyy-mm-dd hh:mm:ss" in the connection zone'
     )
     overlap: Seconds = Field(120.0, ge=0, description="re-read margin for timestamp reads")
+    max_calls_per_run: int = Field(
+        10, ge=1, le=1000, description="bound on calls per stream in one run"
+    )
 
     @field_validator("tables")
     @classmethod
     def _tables(cls, value: list[str]) -> list[str]:
         for table in value:
             if not _TABLE.match(table):
-                raise ValueError(f"table {table!r}: Goose table names are 1 to 7 letters or digits")
+                raise ValueError(
+                    f"table {table!r}: Goose table names are 1 to 7 letters, digits or underscores"
+                )
         if len(set(value)) != len(value):
-            raise ValueError("a table is listed twice")
+            twice = sorted({t for t in value if value.count(t) > 1})
+            raise ValueError(f"tables listed more than once: {', '.join(twice)}")
         return value
 
     @field_validator("start")

@@ -2,10 +2,12 @@
 
 `from: latest` makes Goose remember, per key and table, what it already
 sent: once a call succeeds on its side, those deletions are never sent
-again. So a `latest` call is never blindly re-sent. When the engine finds a
-call whose answer was never journaled, `plan` turns the next call into a
-timestamp read from the start of the last journaled call (minus the
-overlap), and the journal drops the duplicates.
+again, even if the answer never reaches us. So a `latest` call is never
+blindly re-sent. When the engine finds a call whose answer was never
+journaled, `plan` turns the next call into a timestamp read from the start
+of the last journaled call minus the overlap (not from the start of the
+lost call: deletions made between the two would be lost), and the journal
+drops the duplicates.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 
@@ -33,32 +36,63 @@ from connectors.goose.settings import (
     TIMESTAMP_FORMAT,
     GooseConnection,
     GooseSourceSettings,
-    parse_goose_time,
 )
-from connectors.http import Action, HttpClient, Resolution
+from connectors.http import Action, HttpClient, Resolution, excerpt, scrub
 
 EPOCH = "1970-01-01 00:00:00"
+LATEST = "latest"
 RATE_LIMIT_PER_SECOND = "50"
 RATE_LIMIT_PER_DAY = "51"
-KEY_REJECTED = {"110", "111"}
+SQL_ERROR = "120"
+RATE_LIMIT_WAIT = 1.0
+"""Seconds to wait after error 50: Goose counts calls per second."""
+_DST_LOOKAHEAD = timedelta(hours=3)
 
 
 def error_code(body: Any) -> str:
-    """Goose sends error codes as numbers or as strings ("120" and 120)."""
+    """Goose sends error codes as numbers or as strings (120 and "120")."""
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         return str(body["error"].get("code", "")).strip()
     return ""
 
 
 def classify(response: httpx.Response) -> Resolution | None:
-    """Code 50 (too many calls this second) was not applied: back off and retry."""
+    """Error 50 (too many calls this second) was not applied: back off and retry in-line.
+
+    Goose answers errors with HTTP 200, so the shared client would take them
+    for successes; every other Goose error is left to `fetch`.
+    """
     try:
         body = response.json()
     except ValueError:
         return None
     if error_code(body) == RATE_LIMIT_PER_SECOND:
-        return Resolution(Action.RETRY, "Goose error 50 (max calls per second)", 1.0)
+        return Resolution(Action.RETRY, "Goose error 50 (max calls per second)", RATE_LIMIT_WAIT)
     return None
+
+
+def goose_time(instant: datetime, zone: ZoneInfo) -> str:
+    """The wall-clock time Goose compares `from` with, never later than `instant`'s.
+
+    Goose compares local wall-clock times. When the clocks go back soon after
+    `instant`, deletions made in the repeated hour carry earlier wall times
+    than `instant`'s, so the read starts at the wall time of the smaller
+    offset: a few duplicates instead of silent misses.
+    """
+    instant = instant.astimezone(UTC)
+    offsets = [
+        offset
+        for when in (instant, instant + _DST_LOOKAHEAD)
+        if (offset := when.astimezone(zone).utcoffset()) is not None
+    ]
+    wall = instant.replace(tzinfo=None) + min(offsets, default=timedelta())
+    return wall.strftime(TIMESTAMP_FORMAT)
+
+
+def _as_utc(text: str) -> datetime:
+    """An ISO timestamp from the cursor; one written without an offset is UTC."""
+    when = datetime.fromisoformat(text)
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
 class GooseSource:
@@ -85,19 +119,18 @@ class GooseSource:
     def streams(self) -> Sequence[str]:
         return list(self.settings.tables)
 
-    def _goose_time(self, when: datetime) -> str:
-        return when.astimezone(self.connection.zone).strftime(TIMESTAMP_FORMAT)
-
-    def _from_cursor(self, cursor: JSON | None) -> str:
-        """The timestamp to read from: the last journaled call's start minus the overlap.
+    def window_start(self, cursor: JSON | None) -> str:
+        """The `from` of a timestamp read: the last journaled call's start minus the overlap.
 
         With no journaled call yet: the configured start, else the epoch. A
-        timestamp is always sent because Goose ignores `imc` without `from`.
+        timestamp is sent even then, rather than leaving `from` out, because
+        Goose ignores `imc` without `from` and would hand back the deletions
+        made with our own key.
         """
         last = (cursor or {}).get("last_ok_started_at")
         if last:
-            started = datetime.fromisoformat(str(last))
-            return self._goose_time(started - timedelta(seconds=self.settings.overlap))
+            since = _as_utc(str(last)) - timedelta(seconds=self.settings.overlap)
+            return goose_time(since, self.connection.zone)
         return self.settings.start or EPOCH
 
     def plan(
@@ -108,60 +141,96 @@ class GooseSource:
         now: datetime,
     ) -> SourceCall:
         started = now.astimezone(UTC)
-        if self.settings.mode == "latest" and interrupted is None:
-            params = {"table": stream, "from": "latest", "imc": self.settings.imc}
-            return SourceCall(stream=stream, params=params, started_at=started)
-        params = {"table": stream, "from": self._from_cursor(cursor), "imc": self.settings.imc}
+        latest = self.settings.mode == "latest" and interrupted is None
+        since = LATEST if latest else self.window_start(cursor)
         return SourceCall(
-            stream=stream, params=params, started_at=started, recovery=interrupted is not None
+            stream=stream,
+            params={"table": stream, "from": since, "imc": self.settings.imc},
+            started_at=started,
+            recovery=interrupted is not None,
         )
 
     async def fetch(self, call: SourceCall) -> SourcePage:
         body = {"code": self.connection.code, "key": self._key, **call.params}
-        timestamp_read = call.params.get("from") != "latest"
+        # A timestamp read can be re-sent freely; a lost `latest` answer is gone for good.
+        timestamp_read = call.params.get("from") != LATEST
         response = await self.http.request(
             "POST", self.connection.url, json=body, idempotent=timestamp_read
         )
         where = f"{self.name}: table {call.stream}"
+        answer = self._answer(where, response)
+        if str(answer.get("status", "")).upper() != "OK":
+            raise self._error(where, call.stream, answer)
+        records = self._records(where, call.stream, answer.get("result"))
+        return SourcePage(
+            records=records,
+            cursor={"last_ok_started_at": call.started_at.astimezone(UTC).isoformat()},
+            more=self._more(call),
+        )
+
+    def _more(self, call: SourceCall) -> bool:
+        """After a recovery read in latest mode, go back to `latest` in the same run,
+        unless one call per run is all the pipeline allows."""
+        return (
+            call.recovery and self.settings.mode == "latest" and self.settings.max_calls_per_run > 1
+        )
+
+    def _answer(self, where: str, response: httpx.Response) -> dict[str, Any]:
+        status = response.status_code
+        conn = f"connections.{self.name}"
+        if 300 <= status < 400 or status in (401, 403, 404, 405):
+            raise FatalError(
+                f"{where}: HTTP {status} from {self.http.describe('POST', self.connection.url)}; "
+                f"check {conn}.url (the DELETED service, e.g. https://api.gooseapp.com/deleted/)",
+                connection=self.name,
+            )
+        if status >= 400:
+            raise RemoteError(
+                f"{where}: HTTP {status}: {excerpt(response.text, self._secrets())}",
+                connection=self.name,
+                code=str(status),
+            )
         try:
             answer = json.loads(response.text)
         except ValueError:
             raise AmbiguousError(
-                f"{where}: the answer is not complete JSON (HTTP {response.status_code})",
+                f"{where}: the answer is not complete JSON ({len(response.content)} bytes); "
+                "Goose may have advanced its cursor",
                 connection=self.name,
             ) from None
-        if response.status_code >= 400 or not isinstance(answer, dict):
-            raise AmbiguousError(
-                f"{where}: unexpected answer HTTP {response.status_code}", connection=self.name
-            )
-        status = str(answer.get("status", "")).upper()
-        if status != "OK":
-            raise self._error(where, answer)
-        result = answer.get("result")
+        if not isinstance(answer, dict):
+            raise AmbiguousError(f"{where}: the answer is not a JSON object", connection=self.name)
+        return answer
+
+    def _records(self, where: str, stream: str, result: Any) -> list[SourceRecord]:
         data = result.get("data") if isinstance(result, dict) else None
         total = result.get("total") if isinstance(result, dict) else None
-        if not isinstance(data, list) or (total is not None and int(total) != len(data)):
+        if not isinstance(data, list) or not _same_count(total, len(data)):
+            listed = len(data) if isinstance(data, list) else "no"
             raise AmbiguousError(
-                f"{where}: the answer lists {len(data) if isinstance(data, list) else 'no'} "
-                f"records but says total={total}; treating it as truncated",
+                f"{where}: the answer lists {listed} records but says total={total!r}; "
+                "treating it as truncated",
                 connection=self.name,
             )
         records = []
         for row in data:
             if not isinstance(row, dict) or row.get("RECORD_ID") in (None, ""):
                 raise RemoteError(f"{where}: a record without RECORD_ID", connection=self.name)
-            records.append(SourceRecord(stream=call.stream, key=str(row["RECORD_ID"]), fields=row))
-        return SourcePage(
-            records=records,
-            cursor={"last_ok_started_at": call.started_at.astimezone(UTC).isoformat()},
-            more=call.recovery and self.settings.mode == "latest",
-        )
+            records.append(SourceRecord(stream=stream, key=str(row["RECORD_ID"]), fields=row))
+        return records
 
-    def _error(self, where: str, answer: dict[str, Any]) -> Exception:
+    def _secrets(self) -> list[str]:
+        return [self._key, *self.http.secrets]
+
+    def _clean(self, text: str) -> str:
+        return scrub(text, self._secrets())
+
+    def _error(self, where: str, table: str, answer: dict[str, Any]) -> Exception:
         code = error_code(answer)
         error = answer.get("error")
-        description = str(error.get("description", "")) if isinstance(error, dict) else ""
-        description = description.replace(self._key, "***")
+        description = (
+            self._clean(str(error.get("description", ""))) if isinstance(error, dict) else ""
+        )
         conn = f"connections.{self.name}"
         if code == "110":
             return FatalError(
@@ -173,28 +242,29 @@ class GooseSource:
             return FatalError(
                 f"{where}: Goose rejected this machine's IP or the key "
                 f"(111 {description or 'IP or Key not authorized'}); ask Goose to allow this "
-                f"machine's IP, and check {conn}.key",
+                f"machine's IP address, and check {conn}.key and {conn}.code",
                 connection=self.name,
             )
         if code == RATE_LIMIT_PER_SECOND:
             return RetriableError(
                 f"{where}: Goose rate limit (50 {description})",
                 connection=self.name,
-                retry_after=1.0,
+                retry_after=RATE_LIMIT_WAIT,
             )
         if code == RATE_LIMIT_PER_DAY:
             return RetriableError(
                 f"{where}: Goose daily call limit reached (51 {description}); retrying next run",
                 connection=self.name,
             )
-        if code == "120":
+        if code == SQL_ERROR:
             return RemoteError(
-                f"{where}: Goose SQL error or unknown table (120 {description})",
+                f"{where}: Goose SQL error (120 {description}); check that table {table} "
+                f"exists for company {self.connection.code} (the pipeline's source.tables)",
                 connection=self.name,
                 code=code,
             )
         return RemoteError(
-            f"{where}: Goose error {code or '?'} {description}".rstrip(),
+            f"{where}: Goose error {code or '(no code)'} {description}".rstrip(),
             connection=self.name,
             code=code,
         )
@@ -203,9 +273,23 @@ class GooseSource:
         await self.http.aclose()
 
 
+def _same_count(total: Any, listed: int) -> bool:
+    """`total` must be present and agree with the rows: a cut answer is not trusted."""
+    if isinstance(total, bool):
+        return False
+    try:
+        return int(total) == listed
+    except (TypeError, ValueError):
+        return False
+
+
 def build_source(name: str, connection: Any, settings: Any) -> GooseSource:
-    assert isinstance(connection, GooseConnection) and isinstance(settings, GooseSourceSettings)
+    if not isinstance(connection, GooseConnection) or not isinstance(settings, GooseSourceSettings):
+        raise TypeError(
+            f"{name}: a Goose source needs GooseConnection and GooseSourceSettings, "
+            f"got {type(connection).__name__} and {type(settings).__name__}"
+        )
     return GooseSource(name, connection, settings)
 
 
-__all__ = ["GooseSource", "build_source", "classify", "error_code", "parse_goose_time"]
+__all__ = ["GooseSource", "build_source", "classify", "error_code", "goose_time"]

@@ -6,6 +6,7 @@ from syncengine.config.loader import ConfigError, ConfigIssue, load_config, pars
 from syncengine.config.models import (
     Config,
     DeliveryRetry,
+    JobSettings,
     PipelineConfig,
     Schedule,
     SourceConfig,
@@ -17,6 +18,7 @@ __all__ = [
     "ConfigError",
     "ConfigIssue",
     "DeliveryRetry",
+    "JobSettings",
     "PipelineConfig",
     "Schedule",
     "SourceConfig",

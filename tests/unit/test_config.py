@@ -55,7 +55,7 @@ def test_valid_config_builds_typed_models() -> None:
 
 def test_shipped_config_is_valid() -> None:
     config = load_config(ROOT / "config.yaml", env={})
-    assert set(config.pipelines) == {"contacts", "employees"}
+    assert set(config.pipelines) == {"contacts", "employees", "sites"}
 
 
 INVALID = [
