@@ -178,6 +178,9 @@ def parse_config(text: str, name: str, env: Mapping[str, str]) -> Config:
         config, more = _second_pass(raw, name)
         issues.extend(more)
     if issues:
+        # A missing variable already explains any complaint about the value it left empty.
+        unset = {m.path for m in missing}
+        issues = [i for n, i in enumerate(issues) if n < len(missing) or i.path not in unset]
         raise ConfigError(
             name,
             [ConfigIssue(i.path, i.message, i.line or _line_for(lines, i.path)) for i in issues],
