@@ -24,6 +24,27 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 ADMIN_PREFIX = "/_admin"
+
+DEMO_PEOPLE: tuple[tuple[str, str], ...] = (
+    ("jrossi", "Giulia Rossi"),
+    ("mbianchi", "Marco Bianchi"),
+    ("lverdi", "Luca Verdi"),
+    ("fromano", "Francesca Romano"),
+    ("acolombo", "Andrea Colombo"),
+    ("sricci", "Sara Ricci"),
+    ("mmarino", "Matteo Marino"),
+    ("cgreco", "Chiara Greco"),
+    ("abruno", "Alessandro Bruno"),
+    ("egallo", "Elena Gallo"),
+    ("dconti", "Davide Conti"),
+    ("vdeluca", "Valentina De Luca"),
+    ("smancini", "Simone Mancini"),
+    ("acosta", "Alessia Costa"),
+    ("pgiordano", "Paolo Giordano"),
+)
+"""One cast for every emulator's demo data (user name, full name): Goose's
+contacts carry the user names that Mongoose's UserNames hold, so a demo's
+deletions line up across systems."""
 MUTATING_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
 

@@ -24,7 +24,7 @@ from rich.console import Console
 from starlette.types import ASGIApp
 
 from connectors.adt.emulator import AdtEmulator, demo_graph
-from connectors.emulator_kit import RunningServer
+from connectors.emulator_kit import DEMO_PEOPLE, RunningServer
 from connectors.goose.emulator import GooseEmulator
 from connectors.mongoose.emulator import MongooseEmulator
 from state import Store
@@ -42,23 +42,7 @@ MONGOOSE_PASSWORD = "sbx-mongoose-8d2e"  # noqa: S105  (the sandbox's published 
 MONGOOSE_BASE = "/IDORequestService/MGRESTService.svc"
 ADT_TOKEN = "sbx-adt-token-51c0"  # noqa: S105  (the sandbox's published demo token)
 
-PEOPLE = [
-    ("jrossi", "Giulia Rossi"),
-    ("mbianchi", "Marco Bianchi"),
-    ("lverdi", "Luca Verdi"),
-    ("fromano", "Francesca Romano"),
-    ("acolombo", "Andrea Colombo"),
-    ("sricci", "Sara Ricci"),
-    ("mmarino", "Matteo Marino"),
-    ("cgreco", "Chiara Greco"),
-    ("abruno", "Alessandro Bruno"),
-    ("egallo", "Elena Gallo"),
-    ("dconti", "Davide Conti"),
-    ("vdeluca", "Valentina De Luca"),
-    ("smancini", "Simone Mancini"),
-    ("acosta", "Alessia Costa"),
-    ("pgiordano", "Paolo Giordano"),
-]
+PEOPLE = list(DEMO_PEOPLE)
 EMPLOYEES = [(f"E{n:04d}", name) for n, (_, name) in enumerate(PEOPLE[:8], start=101)]
 
 

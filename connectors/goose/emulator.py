@@ -36,7 +36,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from connectors.emulator_kit import Faults, RequestLog, build_app
+from connectors.emulator_kit import DEMO_PEOPLE, Faults, RequestLog, build_app
 from connectors.goose.settings import TIMESTAMP_FORMAT, parse_goose_time
 
 Clock = Callable[[], datetime]
@@ -84,20 +84,7 @@ def demo_data(
 ) -> dict[str, Any]:
     """A small realistic seed (the `/_admin/seed` body): company DEV001, a key for the
     engine and one for a user, and contacts whose SYKEY is an ERP user name."""
-    people = [
-        ("jrossi", "Giulia Rossi"),
-        ("mbianchi", "Marco Bianchi"),
-        ("lverdi", "Luca Verdi"),
-        ("fromano", "Francesca Romano"),
-        ("acolombo", "Andrea Colombo"),
-        ("sricci", "Sara Ricci"),
-        ("mmarino", "Matteo Marino"),
-        ("cgreco", "Chiara Greco"),
-        ("abruno", "Alessandro Bruno"),
-        ("egallo", "Elena Gallo"),
-        ("dconti", "Davide Conti"),
-        ("vdeluca", "Valentina De Luca"),
-    ]
+    people = DEMO_PEOPLE[:12]
     contacts = [
         {"RECORD_ID": f"0-{n}", "SYKEY": user, "CORAS": name}
         for n, (user, name) in enumerate(people, start=1)

@@ -64,7 +64,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
-from connectors.emulator_kit import ADMIN_PREFIX, Faults, RequestLog, build_app
+from connectors.emulator_kit import ADMIN_PREFIX, DEMO_PEOPLE, Faults, RequestLog, build_app
 
 DEFAULT_BASE_PATH = "/IDORequestService/MGRESTService.svc"
 DEFAULT_RECORDCAP = 200
@@ -75,23 +75,7 @@ _TOKEN = re.compile(
     r"\s*(?:(?P<str>'(?:[^']|'')*')|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<sym>[=(),]))"
 )
 
-DEMO_USERS: tuple[tuple[str, str], ...] = (
-    ("jrossi", "Giulia Rossi"),
-    ("mbianchi", "Marco Bianchi"),
-    ("lverdi", "Luca Verdi"),
-    ("fromano", "Francesca Romano"),
-    ("acolombo", "Andrea Colombo"),
-    ("sricci", "Sara Ricci"),
-    ("mmarino", "Matteo Marino"),
-    ("cgreco", "Chiara Greco"),
-    ("abruno", "Alessandro Bruno"),
-    ("egallo", "Elena Gallo"),
-    ("dconti", "Davide Conti"),
-    ("vdeluca", "Valentina De Luca"),
-    ("smancini", "Simone Mancini"),
-    ("acosta", "Alessia Costa"),
-    ("pgiordano", "Paolo Giordano"),
-)
+DEMO_USERS = DEMO_PEOPLE
 """The demo UserNames. Goose's demo CON_TRO table reports the first twelve as
 deleted (SYKEY = Username); the last three must survive a demo run."""
 
