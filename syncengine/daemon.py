@@ -21,6 +21,16 @@ from syncengine.config import Schedule
 from syncengine.engine import RunReport, Runtime, StopToken, run_pipeline
 from syncengine.logs import get_logger
 
+CRON_JOB_WAIT = 60.0
+MAX_JOB_WAIT = 300.0
+
+
+def job_wait_for(schedule: Schedule) -> float:
+    """How long a daemon run follows its open jobs: half a period, so polling keeps
+    pace with the jobs' own poll intervals without delaying the next pull."""
+    period = schedule.every if schedule.every is not None else 2 * CRON_JOB_WAIT
+    return min(period / 2, MAX_JOB_WAIT)
+
 
 def trigger_for(schedule: Schedule) -> IntervalTrigger | CronTrigger:
     if schedule.every is not None:
@@ -50,6 +60,7 @@ class Daemon:
                 self.runtime.store,
                 pipe,
                 self.stop,
+                job_wait=job_wait_for(pipe.config.schedule),
                 artifacts_dir=self.runtime.config.state.artifacts,
             )
         )

@@ -3,7 +3,9 @@ restart, and find exactly one remote job per batch with every delivery settled."
 
 from __future__ import annotations
 
+import signal
 import textwrap
+import time
 from pathlib import Path
 
 import httpx
@@ -133,3 +135,17 @@ def test_status_lists_open_jobs_and_adt_jobs_cannot_be_cancelled(e2e: Env) -> No
     refused = e2e.cli("jobs", "cancel", str(jobs[0]["id"]), "-c", str(e2e.config))
     assert refused.returncode == 2
     assert "cannot be cancelled" in refused.stderr
+
+
+def test_the_daemon_follows_a_job_to_its_end(e2e: Env) -> None:
+    purge_config(e2e)
+    e2e.box.delete_in_goose("ANA_SED", ["SITE-HQ"])
+    daemon = e2e.popen("run", "-c", str(e2e.config))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and e2e.target_counts()["done"] < 1:
+        time.sleep(0.3)
+    daemon.send_signal(signal.SIGTERM)
+    _, stderr = daemon.communicate(timeout=30)
+    assert daemon.returncode == 0, stderr
+    assert e2e.target_counts()["done"] == 1
+    assert len(adt(e2e, "/_admin/jobs")) == 1
