@@ -90,12 +90,13 @@ async def run_pipeline(
             )
             return RunReport(pipe.name, RunOutcome.INTERRUPTED, error=f"locked by {holder}")
         log.warning("lock_taken_over", previous_holder=holder, reason="its process is gone")
-    lease = asyncio.create_task(_keep_lease(store, pipe.name, stop))
+    run_stop = stop.child()
+    lease = asyncio.create_task(_keep_lease(store, pipe.name, run_stop))
     try:
         abandoned = store.close_abandoned_runs(pipe.name)
         if abandoned:
             log.warning("abandoned_runs_closed", count=abandoned)
-        return await _run(store, pipe, stop, job_wait, artifacts_dir)
+        return await _run(store, pipe, run_stop, job_wait, artifacts_dir)
     finally:
         lease.cancel()
         with contextlib.suppress(asyncio.CancelledError):

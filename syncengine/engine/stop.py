@@ -6,9 +6,15 @@ import asyncio
 
 
 class StopToken:
-    def __init__(self) -> None:
+    def __init__(self, parent: StopToken | None = None) -> None:
         self._event = asyncio.Event()
+        self._parent = parent
         self.reason = ""
+
+    def child(self) -> StopToken:
+        """A token for one run: stopped with its parent, or on its own (a lost lease)
+        without stopping anything else."""
+        return StopToken(parent=self)
 
     def request(self, reason: str = "stop requested") -> None:
         if not self._event.is_set():
@@ -16,7 +22,7 @@ class StopToken:
             self._event.set()
 
     def is_set(self) -> bool:
-        return self._event.is_set()
+        return self._event.is_set() or (self._parent is not None and self._parent.is_set())
 
     async def wait(self) -> None:
         await self._event.wait()
