@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -248,7 +249,7 @@ class JobRunner:
             dead=counts.dead,
         )
 
-    def _save_artifacts(self, job: JobRecord, artifacts: dict[str, bytes] | Any) -> list[str]:
+    def _save_artifacts(self, job: JobRecord, artifacts: Mapping[str, bytes]) -> list[str]:
         folder = self.policy.artifacts_dir / f"job-{job.id}"
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         saved = []
