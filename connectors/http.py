@@ -53,6 +53,9 @@ Classifier = Callable[[httpx.Response], Resolution | None]
 Observer = Callable[[str, str, int, float], None]
 """(connection, method, status or 0 for a transport error, seconds) for metrics."""
 
+observers: list[Observer] = []
+"""Called after every request of every client (metrics), besides a client's own observer."""
+
 # Statuses whose request was certainly not applied.
 _NOT_APPLIED = {408, 425, 429}
 # Statuses where the server may have applied the request before failing.
@@ -283,5 +286,7 @@ class HttpClient:
         )
 
     def _observe(self, method: str, status: int, started: float) -> None:
-        if self._observer is not None:
-            self._observer(self.connection, method, status, time.monotonic() - started)
+        took = time.monotonic() - started
+        for observer in (self._observer, *observers):
+            if observer is not None:
+                observer(self.connection, method, status, took)

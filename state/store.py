@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, update
+from sqlalchemy import and_, delete, func, or_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
@@ -539,6 +539,25 @@ class Store:
             if kind is not None:
                 query = query.where(col(Run.kind) == kind)
             return s.exec(query.order_by(col(Run.id).desc()).limit(1)).first()
+
+    def last_good_run_at(self, pipeline: str) -> datetime | None:
+        """When the pipeline last finished a run that was ok (for /healthz)."""
+        with Session(self.engine) as s:
+            run = s.exec(
+                select(Run)
+                .where(col(Run.pipeline) == pipeline, col(Run.outcome) == RunOutcome.OK)
+                .order_by(col(Run.id).desc())
+                .limit(1)
+            ).first()
+            return None if run is None else run.finished_at
+
+    def check_writable(self) -> None:
+        """Commit a real (net-zero) write, so a read-only or full store is noticed."""
+        with self._tx() as s:
+            probe = PipelineLock(pipeline="__healthz__", owner="healthz", expires_at=utcnow())
+            s.merge(probe)
+            s.flush()
+            s.execute(delete(PipelineLock).where(col(PipelineLock.pipeline) == "__healthz__"))
 
     def deliveries(
         self,

@@ -132,6 +132,7 @@ def run(
 ) -> None:
     """Run the daemon (every pipeline on its schedule), or one cycle with --once."""
     from syncengine.daemon import Daemon
+    from syncengine.observe import ObservabilityError, serve_observability
     from syncengine.status import render_summary
 
     cfg = load(config)
@@ -146,11 +147,16 @@ def run(
                 reports = await run_once(runtime, job_wait=job_wait)
                 render_summary(reports, store, out)
                 return 1 if any(r.failed for r in reports) else 0
-            return await Daemon(runtime).serve()
+            with serve_observability(store, cfg) as metrics:
+                on_report = metrics.record_run if metrics is not None else None
+                return await Daemon(runtime, on_report=on_report).serve()
         finally:
             await runtime.aclose()
 
-    code = asyncio.run(main())
+    try:
+        code = asyncio.run(main())
+    except ObservabilityError as exc:
+        raise fail(str(exc)) from None
     raise typer.Exit(code)
 
 

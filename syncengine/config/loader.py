@@ -265,6 +265,7 @@ def _second_pass(raw: RawConfig, name: str) -> tuple[Config | None, list[ConfigI
         path=name,
         state=raw.state,
         logging=raw.logging,
+        metrics=raw.metrics,
         connections=connections,
         pipelines=pipelines,
         secrets=collect_secrets(list(connections.values())),

@@ -111,9 +111,22 @@ class RawPipeline(StrictModel):
         return value
 
 
+class MetricsSettings(StrictModel):
+    """The daemon's /metrics and /healthz endpoint (off unless configured)."""
+
+    host: str = Field("127.0.0.1", description="keep it on loopback unless a proxy guards it")
+    port: int = Field(9108, ge=1, le=65535)
+    stale_after_periods: float = Field(
+        3.0,
+        gt=0,
+        description="/healthz fails when a pipeline has no good run for this many periods",
+    )
+
+
 class RawConfig(StrictModel):
     state: StateSettings = StateSettings()
     logging: LoggingSettings = LoggingSettings()
+    metrics: MetricsSettings | None = None
     connections: dict[str, dict[str, Any]] = Field(min_length=1)
     pipelines: dict[str, RawPipeline] = Field(min_length=1)
 
@@ -147,6 +160,7 @@ class Config(StrictModel):
     path: str
     state: StateSettings
     logging: LoggingSettings
+    metrics: MetricsSettings | None = None
     connections: dict[str, Any]
     pipelines: dict[str, PipelineConfig]
     secrets: tuple[str, ...] = ()

@@ -1,0 +1,85 @@
+"""/metrics and /healthz of the daemon answer, and change as runs succeed and fail."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+
+import httpx
+
+from connectors.emulator_kit import free_port
+from tests.e2e.conftest import Env
+
+
+def start_daemon_with_metrics(e2e: Env, **options: object) -> tuple[object, str]:
+    e2e.write_config(**options)
+    port = free_port()
+    with e2e.config.open("a") as config:
+        config.write(f"metrics: {{host: 127.0.0.1, port: {port}, stale_after_periods: 2}}\n")
+    return e2e.popen("run", "-c", str(e2e.config)), f"http://127.0.0.1:{port}"
+
+
+def wait_for(check: Callable[[], bool], seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("condition not reached")
+
+
+def metric(base: str, line_start: str) -> float:
+    for line in httpx.get(f"{base}/metrics", timeout=5).text.splitlines():
+        if line.startswith(line_start):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def stop(daemon: object) -> None:
+    daemon.send_signal(signal.SIGTERM)  # type: ignore[attr-defined]
+    daemon.communicate(timeout=30)  # type: ignore[attr-defined]
+
+
+def test_metrics_and_health_follow_good_runs(e2e: Env) -> None:
+    daemon, base = start_daemon_with_metrics(e2e)
+    try:
+        wait_for(lambda: httpx.get(f"{base}/healthz", timeout=5).status_code == 200)
+        e2e.box.delete_in_goose("CON_TRO", ["0-1", "0-2"])
+        wait_for(
+            lambda: metric(base, 'syncengine_deletions_pulled_total{pipeline="contacts"}') == 2
+        )
+        wait_for(
+            lambda: (
+                metric(
+                    base,
+                    'syncengine_deliveries{pipeline="contacts",status="done",target="erp_users"}',
+                )
+                == 2
+            )
+        )
+        assert metric(base, 'syncengine_http_request_seconds_count{connection="goose"') > 0
+        assert (
+            metric(base, 'syncengine_cursor_age_seconds{pipeline="contacts",stream="CON_TRO"}') >= 0
+        )
+        assert httpx.get(f"{base}/healthz", timeout=5).json() == {"ok": True, "problems": []}
+    finally:
+        stop(daemon)
+
+
+def test_health_fails_when_a_pipeline_keeps_failing(e2e: Env) -> None:
+    daemon, base = start_daemon_with_metrics(e2e)
+    text = e2e.config.read_text().replace("tables: [CON_TRO]", "tables: [NOPE]")
+    e2e.config.write_text(text)
+    stop(daemon)
+    daemon = e2e.popen("run", "-c", str(e2e.config))
+    try:
+        wait_for(lambda: httpx.get(f"{base}/healthz", timeout=5).status_code == 503)
+        body = httpx.get(f"{base}/healthz", timeout=5).json()
+        assert "pipeline contacts: no good run" in body["problems"][0]
+        assert metric(base, 'syncengine_runs_total{outcome="failed",pipeline="contacts"}') >= 1
+    finally:
+        stop(daemon)
