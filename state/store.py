@@ -286,6 +286,11 @@ class Store:
                 return CursorState(None, None, None)
             return CursorState(row.value, row.in_flight, row.in_flight_since)
 
+    def cursor_last_success(self, pipeline: str, stream: str) -> datetime | None:
+        with Session(self.engine) as s:
+            row = s.get(Cursor, (pipeline, stream))
+            return None if row is None else row.last_success_at
+
     def mark_in_flight(
         self, pipeline: str, stream: str, params: Mapping[str, Any], started_at: datetime
     ) -> None:

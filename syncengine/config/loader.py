@@ -253,6 +253,7 @@ def _second_pass(raw: RawConfig, name: str) -> tuple[Config | None, list[ConfigI
             pipelines[pipe_name] = PipelineConfig(
                 name=pipe_name,
                 schedule=pipe.schedule,
+                alerts=pipe.alerts,
                 enabled=pipe.enabled,
                 source=SourceConfig(
                     connection=pipe.source.connection, connection_type=source[0], settings=source[1]

@@ -94,8 +94,20 @@ class RawSource(StrictModel):
     connection: str
 
 
+class AlertSettings(StrictModel):
+    """When the log raises an alert event (one event name each, for log-based alerting)."""
+
+    source_errors_in_a_row: int = Field(3, ge=1, description="alert_source_failing after this many")
+    cursor_retention: Seconds | None = Field(
+        None,
+        description="the source keeps deletions this long; alert_cursor_beyond_retention when a "
+        "stream's last good read is older (deletions may already be gone from the source)",
+    )
+
+
 class RawPipeline(StrictModel):
     schedule: Schedule
+    alerts: AlertSettings = AlertSettings()
     source: RawSource
     targets: dict[str, RawTarget] = Field(min_length=1)
     enabled: bool = True
@@ -149,6 +161,7 @@ class SourceConfig(StrictModel):
 class PipelineConfig(StrictModel):
     name: str
     schedule: Schedule
+    alerts: AlertSettings = AlertSettings()
     enabled: bool
     source: SourceConfig
     targets: dict[str, TargetConfig]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from connectors.contract import (
     AmbiguousError,
@@ -49,6 +50,22 @@ def _interrupted(in_flight: dict[str, object] | None) -> InFlightCall | None:
     )
 
 
+def _check_retention(store: Store, pipe: PipelineRuntime, stream: str, log: Any) -> None:
+    """A stream not read successfully for longer than the source keeps deletions
+    may already have lost some: say so loudly, before reading."""
+    horizon = pipe.config.alerts.cursor_retention
+    if horizon is None:
+        return
+    last = store.cursor_last_success(pipe.name, stream)
+    if last is not None and (utcnow() - last).total_seconds() > horizon:
+        log.error(
+            "alert_cursor_beyond_retention",
+            last_success_at=last.isoformat(),
+            retention_seconds=horizon,
+            hint="deletions older than the source's retention may be gone; consider a backfill",
+        )
+
+
 async def pull(
     store: Store, pipe: PipelineRuntime, run_id: int, stop: StopToken, *, targets: list[str]
 ) -> PullReport:
@@ -66,6 +83,8 @@ async def pull(
             streak = store.record_stream_error(pipe.name, stream, str(exc))
             report.errors[stream] = str(exc)
             log.warning("source_error", stream=stream, error=str(exc), consecutive=streak)
+            if streak >= pipe.config.alerts.source_errors_in_a_row:
+                log.error("alert_source_failing", stream=stream, consecutive=streak, error=str(exc))
     return report
 
 
@@ -79,6 +98,7 @@ async def _pull_stream(
     report: PullReport,
 ) -> None:
     log = get_logger(pipeline=pipe.name, run=run_id, stream=stream)
+    _check_retention(store, pipe, stream, log)
     lost = 0
     for _ in range(MAX_CALLS_PER_STREAM):
         state = store.cursor(pipe.name, stream)
