@@ -7,6 +7,7 @@ from state.models import DeliveryStatus, RunOutcome
 from state.store import (
     ClaimedDelivery,
     CursorState,
+    HeldCountMismatch,
     JournalResult,
     NewRecord,
     OutcomeCounts,
@@ -20,6 +21,7 @@ __all__ = [
     "ClaimedDelivery",
     "CursorState",
     "DeliveryStatus",
+    "HeldCountMismatch",
     "JournalResult",
     "NewRecord",
     "OutcomeCounts",

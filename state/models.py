@@ -87,6 +87,8 @@ class Delivery(SQLModel, table=True):
     detail: str = ""
     claim: str | None = None
     job_id: int | None = Field(default=None, foreign_key="job.id", index=True)
+    approved: bool = False
+    """Released by an operator from `held`: the mass-delete guard lets it pass."""
     created_at: datetime = Field(sa_type=UTCDateTime)
     updated_at: datetime = Field(sa_type=UTCDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

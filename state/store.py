@@ -150,6 +150,14 @@ def _apply_outcomes(
     return counts
 
 
+class HeldCountMismatch(Exception):
+    """An approval named a different number than the deliveries actually held."""
+
+    def __init__(self, held: int) -> None:
+        super().__init__(f"{held} deliveries are held")
+        self.held = held
+
+
 @dataclass(frozen=True)
 class JobRecord:
     """A job row with the batch it carries, as the engine drives it."""
@@ -800,3 +808,115 @@ class Store:
             if open_only:
                 query = query.where(col(Job.phase).in_(list(OPEN_PHASES)))
             return list(s.exec(query.order_by(col(Job.id).desc()).limit(limit)).all())
+
+    # --- guards: held deliveries and operator decisions ----------------------
+
+    def _due(self, pipeline: str, target: str, now: datetime) -> Any:
+        return and_(
+            col(Delivery.pipeline) == pipeline,
+            col(Delivery.target) == target,
+            or_(
+                col(Delivery.status) == DeliveryStatus.PENDING,
+                and_(
+                    col(Delivery.status) == DeliveryStatus.FAILED,
+                    col(Delivery.next_attempt_at) <= now,
+                ),
+            ),
+        )
+
+    def due_deliveries(
+        self, pipeline: str, target: str, now: datetime | None = None
+    ) -> list[ClaimedDelivery]:
+        """What the next claims would take (for checks made before any send)."""
+        with Session(self.engine) as s:
+            rows = s.exec(
+                select(Delivery, Deletion)
+                .join(Deletion, col(Deletion.id) == col(Delivery.deletion_id))
+                .where(self._due(pipeline, target, now or utcnow()))
+                .order_by(col(Delivery.id))
+            ).all()
+            return [
+                ClaimedDelivery(d.id or 0, d.attempts, e.stream, e.record_key, dict(e.fields))
+                for d, e in rows
+            ]
+
+    def count_due_unapproved(self, pipeline: str, target: str, now: datetime | None = None) -> int:
+        with Session(self.engine) as s:
+            query = (
+                select(func.count())
+                .select_from(Delivery)
+                .where(
+                    self._due(pipeline, target, now or utcnow()), col(Delivery.approved).is_(False)
+                )
+            )
+            return int(s.exec(query).one())
+
+    def count_done_since(self, pipeline: str, target: str, since: datetime) -> int:
+        with Session(self.engine) as s:
+            query = (
+                select(func.count())
+                .select_from(Delivery)
+                .where(
+                    col(Delivery.pipeline) == pipeline,
+                    col(Delivery.target) == target,
+                    col(Delivery.status) == DeliveryStatus.DONE,
+                    col(Delivery.finished_at) >= since,
+                )
+            )
+            return int(s.exec(query).one())
+
+    def hold_due(self, pipeline: str, target: str, reason: str, now: datetime | None = None) -> int:
+        """Hold every due delivery not yet approved: not sent, not lost."""
+        now = now or utcnow()
+        with self._tx() as s:
+            result = s.execute(
+                update(Delivery)
+                .where(self._due(pipeline, target, now), col(Delivery.approved).is_(False))
+                .values(status=DeliveryStatus.HELD, last_error=reason, updated_at=now)
+            )
+            return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    def approve_held(self, pipeline: str, target: str, count: int) -> int:
+        """Release exactly `count` held deliveries; refused (0) unless that is how many are held."""
+        with self._tx() as s:
+            ids = list(
+                s.exec(
+                    select(col(Delivery.id)).where(
+                        col(Delivery.pipeline) == pipeline,
+                        col(Delivery.target) == target,
+                        col(Delivery.status) == DeliveryStatus.HELD,
+                    )
+                ).all()
+            )
+            if len(ids) != count:
+                raise HeldCountMismatch(len(ids))
+            s.execute(
+                update(Delivery)
+                .where(col(Delivery.id).in_(ids))
+                .values(
+                    status=DeliveryStatus.PENDING,
+                    approved=True,
+                    last_error="",
+                    updated_at=utcnow(),
+                )
+            )
+            return len(ids)
+
+    def reject_held(self, pipeline: str, target: str, reason: str) -> int:
+        now = utcnow()
+        with self._tx() as s:
+            result = s.execute(
+                update(Delivery)
+                .where(
+                    col(Delivery.pipeline) == pipeline,
+                    col(Delivery.target) == target,
+                    col(Delivery.status) == DeliveryStatus.HELD,
+                )
+                .values(
+                    status=DeliveryStatus.DEAD,
+                    last_error=f"rejected by an operator: {reason}",
+                    finished_at=now,
+                    updated_at=now,
+                )
+            )
+            return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -184,6 +184,87 @@ def status(
         render_status(data, out)
 
 
+TargetOption = Annotated[str, typer.Option("--target", "-t", help="the target's name")]
+RequiredPipeline = Annotated[str, typer.Option("--pipeline", "-p", help="the pipeline's name")]
+
+
+def check_target(config: Config, pipeline: str, target: str) -> None:
+    check_pipeline(config, pipeline)
+    targets = config.pipelines[pipeline].targets
+    if target not in targets:
+        raise fail(
+            f"{config.path}: pipeline {pipeline} has no target {target!r}; "
+            f"its targets: {', '.join(targets)}"
+        )
+
+
+@app.command()
+def held(
+    config: ConfigOption = Path("config.yaml"),
+    pipeline: PipelineOption = None,
+    output: Annotated[str, typer.Option("--output", "-o", help="text or json")] = "text",
+) -> None:
+    """Deliveries a guard held back: not sent, not lost, waiting for approve or reject."""
+    from syncengine.status import collect_deliveries, render_deliveries
+
+    cfg = load(config)
+    check_pipeline(cfg, pipeline)
+    store = open_store(cfg)
+    try:
+        rows = collect_deliveries(store, pipeline=pipeline, status="held")
+    finally:
+        store.close()
+    if output == "json":
+        sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
+    else:
+        render_deliveries(rows, out, "held deliveries")
+
+
+@app.command()
+def approve(
+    pipeline: RequiredPipeline,
+    target: TargetOption,
+    count: Annotated[int, typer.Option("--count", "-n", help="how many are held: must match")],
+    config: ConfigOption = Path("config.yaml"),
+) -> None:
+    """Release exactly COUNT held deliveries of a target (refused if the number differs)."""
+    from state import HeldCountMismatch
+
+    cfg = load(config)
+    check_target(cfg, pipeline, target)
+    store = open_store(cfg)
+    try:
+        released = store.approve_held(pipeline, target, count)
+    except HeldCountMismatch as exc:
+        raise fail(
+            f"refused: {exc.held} deliveries are held for {pipeline}/{target}, not {count}; "
+            f"look at them with `syncengine held -c {config}` and approve that number"
+        ) from None
+    finally:
+        store.close()
+    out.print(
+        f"approved {released} held deliveries of {pipeline}/{target}; the next run sends them"
+    )
+
+
+@app.command()
+def reject(
+    pipeline: RequiredPipeline,
+    target: TargetOption,
+    reason: Annotated[str, typer.Option("--reason", "-r", help="kept with each delivery")],
+    config: ConfigOption = Path("config.yaml"),
+) -> None:
+    """Mark every held delivery of a target dead, with the operator's reason."""
+    cfg = load(config)
+    check_target(cfg, pipeline, target)
+    store = open_store(cfg)
+    try:
+        rejected = store.reject_held(pipeline, target, reason)
+    finally:
+        store.close()
+    out.print(f"rejected {rejected} held deliveries of {pipeline}/{target}: now dead ({reason})")
+
+
 jobs_app = typer.Typer(help="Asynchronous jobs on targets (Reltio tasks, ADT and DMM jobs).")
 app.add_typer(jobs_app, name="jobs")
 

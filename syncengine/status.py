@@ -111,6 +111,47 @@ def collect_jobs(
     ]
 
 
+def collect_deliveries(
+    store: Store,
+    *,
+    pipeline: str | None = None,
+    target: str | None = None,
+    status: str | None = None,
+    limit: int = 1000,
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": d.id,
+            "pipeline": d.pipeline,
+            "target": d.target,
+            "stream": e.stream,
+            "key": e.record_key,
+            "status": d.status,
+            "attempts": d.attempts,
+            "reason": d.last_error,
+            "updated_at": d.updated_at.isoformat(),
+            "fields": e.fields,
+        }
+        for d, e in store.deliveries(pipeline=pipeline, target=target, status=status, limit=limit)
+    ]
+
+
+def render_deliveries(rows: list[dict[str, Any]], console: Console, title: str) -> None:
+    table = Table("id", "pipeline", "target", "stream", "key", "attempts", "reason", title=title)
+    for row in rows:
+        table.add_row(
+            str(row["id"]),
+            row["pipeline"],
+            row["target"],
+            row["stream"],
+            row["key"],
+            str(row["attempts"]),
+            row["reason"],
+        )
+    console.print(table)
+    console.print(f"{len(rows)} deliveries")
+
+
 def render_jobs(jobs: list[dict[str, Any]], console: Console, title: str) -> None:
     table = Table(
         "job", "pipeline", "target", "kind", "remote id", "status", "age", "items", title=title
@@ -180,6 +221,7 @@ def render_summary(reports: list[RunReport], store: Store, console: Console) -> 
         "delivered",
         "retry later",
         "dead",
+        "held",
         "waiting",
     ):
         table.add_column(
@@ -199,7 +241,8 @@ def render_summary(reports: list[RunReport], store: Store, console: Console) -> 
                 str(push.done) if push else "-",
                 str(push.retried) if push else "-",
                 str(push.dead) if push else "-",
-                str(sum(waiting.get(s, 0) for s in ("pending", "failed", "in_flight", "held"))),
+                str(waiting.get("held", 0)),
+                str(sum(waiting.get(s, 0) for s in ("pending", "failed", "in_flight"))),
             )
             first = False
     console.print(table)

@@ -402,6 +402,14 @@ class MongooseTarget:
     async def aclose(self) -> None:
         await self._http.aclose()
 
+    async def population(self) -> int:
+        """How many rows the IDO holds, for the mass-delete guard's max_fraction.
+
+        LoadCollection has no count, so this loads the ItemIds alone: one read
+        per guarded run, worth it to stop a mass deletion before it starts.
+        """
+        return len(await self.api.load(self.settings.ido, ["_ItemId"], ""))
+
     async def send(self, batch: Sequence[Delivery]) -> list[Outcome]:
         verdicts = _Verdicts(batch)
         keyed: list[_Pending] = []

@@ -247,6 +247,7 @@ def _second_pass(raw: RawConfig, name: str) -> tuple[Config | None, list[ConfigI
                     connection_type=built[0],
                     retry=target.retry,
                     jobs=target.jobs,
+                    guard=target.guard,
                     settings=built[1],
                 )
         if source is not None and len(targets) == len(pipe.targets):

@@ -76,7 +76,33 @@ class JobSettings(StrictModel):
     )
 
 
-ENGINE_TARGET_KEYS = {"connection", "retry", "jobs"}
+class LegalHold(StrictModel):
+    """Keys that must never be deleted in this target, whatever the source says."""
+
+    key: str = Field(description="template over the deletion's fields, e.g. {SYKEY}")
+    patterns: list[str] = Field(min_length=1, description="exact keys or glob patterns (admin*)")
+
+    @field_validator("key")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        from connectors.keys import KeyTemplate
+
+        KeyTemplate(value)
+        return value
+
+
+class GuardSettings(StrictModel):
+    """Stops a mass deletion nobody intended: over a limit, deliveries are held."""
+
+    max_per_run: int | None = Field(None, ge=1, description="due deliveries in one run")
+    max_per_hour: int | None = Field(None, ge=1, description="done in the last hour plus due")
+    max_fraction: float | None = Field(
+        None, gt=0, le=1, description="due / the target's population, where it can count it"
+    )
+    legal_hold: LegalHold | None = None
+
+
+ENGINE_TARGET_KEYS = {"connection", "retry", "jobs", "guard"}
 ENGINE_SOURCE_KEYS = {"connection"}
 
 
@@ -86,6 +112,7 @@ class RawTarget(StrictModel):
     connection: str
     retry: DeliveryRetry = DeliveryRetry()
     jobs: JobSettings = JobSettings()
+    guard: GuardSettings = GuardSettings()
 
 
 class RawSource(StrictModel):
@@ -149,6 +176,7 @@ class TargetConfig(StrictModel):
     connection_type: str
     retry: DeliveryRetry
     jobs: JobSettings
+    guard: GuardSettings = GuardSettings()
     settings: Any
 
 

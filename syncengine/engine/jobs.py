@@ -22,6 +22,7 @@ from state import OutcomeRecord, Store
 from state.models import JobPhase, utcnow
 from state.store import JobRecord
 from syncengine import failpoints
+from syncengine.engine.guard import review
 from syncengine.engine.push import PushReport, complete_outcomes
 from syncengine.engine.runtime import PipelineRuntime, TargetRuntime
 from syncengine.engine.stop import StopToken
@@ -82,6 +83,9 @@ class JobRunner:
             if job.phase != JobPhase.OPEN:
                 self.log.info("job_resumed", job=job.id, phase=job.phase, remote_id=job.remote_id)
             await self._drive(job, force=job.phase == JobPhase.SUBMITTING)
+        guard = await review(self.store, self.pipe, self.target, self.log)
+        self.report.dead += guard.protected
+        self.report.held += guard.held
         while not self.stop.is_set():
             new = self.store.claim_into_job(
                 self.pipe.name,

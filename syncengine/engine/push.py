@@ -20,6 +20,7 @@ from connectors.contract import (
 )
 from state import OutcomeRecord, Store
 from syncengine import failpoints
+from syncengine.engine.guard import review
 from syncengine.engine.runtime import PipelineRuntime, TargetRuntime
 from syncengine.engine.stop import StopToken
 from syncengine.logs import get_logger
@@ -32,6 +33,7 @@ class PushReport:
     dead: int = 0
     batches: int = 0
     released: int = 0
+    held: int = 0
     jobs: list[str] = field(default_factory=list)
     """One line per job that ended in this run: `#id remote-id state`."""
 
@@ -74,6 +76,9 @@ async def push(
     report.released = store.release_orphans(pipe.name, target.name)
     if report.released:
         log.warning("released_orphans", count=report.released, reason="left in flight by a crash")
+    guard = await review(store, pipe, target, log)
+    report.dead += guard.protected
+    report.held += guard.held
     claim = f"run-{run_id}"
     while not stop.is_set():
         claimed = store.claim(
