@@ -42,6 +42,8 @@ class DeliveryStatus(enum.StrEnum):
     FAILED = "failed"
     HELD = "held"
     DEAD = "dead"
+    DROPPED = "dropped"
+    """A dead delivery an operator acknowledged: kept for the record, never retried."""
 
 
 class RunOutcome(enum.StrEnum):

@@ -920,3 +920,44 @@ class Store:
                 )
             )
             return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    # --- dead letters ------------------------------------------------------
+
+    def dead_letters(
+        self,
+        *,
+        pipeline: str | None = None,
+        target: str | None = None,
+        error: str | None = None,
+        limit: int = 10_000,
+    ) -> list[tuple[Delivery, Deletion]]:
+        rows = self.deliveries(
+            pipeline=pipeline, target=target, status=DeliveryStatus.DEAD, limit=limit
+        )
+        if error:
+            needle = error.lower()
+            rows = [(d, e) for d, e in rows if needle in d.last_error.lower()]
+        return rows
+
+    def retry_dead(self, delivery_ids: Sequence[int]) -> int:
+        """Dead -> pending with a fresh attempt count; guards and legal hold apply again."""
+        return self._from_dead(
+            delivery_ids, status=DeliveryStatus.PENDING, attempts=0, finished_at=None
+        )
+
+    def drop_dead(self, delivery_ids: Sequence[int]) -> int:
+        return self._from_dead(delivery_ids, status=DeliveryStatus.DROPPED)
+
+    def _from_dead(self, delivery_ids: Sequence[int], **values: Any) -> int:
+        if not delivery_ids:
+            return 0
+        with self._tx() as s:
+            result = s.execute(
+                update(Delivery)
+                .where(
+                    col(Delivery.id).in_(list(delivery_ids)),
+                    col(Delivery.status) == DeliveryStatus.DEAD,
+                )
+                .values(updated_at=utcnow(), **values)
+            )
+            return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -265,6 +265,87 @@ def reject(
     out.print(f"rejected {rejected} held deliveries of {pipeline}/{target}: now dead ({reason})")
 
 
+dlq_app = typer.Typer(help="Dead letters: deliveries that gave up, kept with their reason.")
+app.add_typer(dlq_app, name="dlq")
+ErrorFilter = Annotated[
+    str | None, typer.Option("--error", "-e", help="only those whose reason contains this")
+]
+TargetFilter = Annotated[str | None, typer.Option("--target", "-t", help="only this target")]
+OutputOption = Annotated[str, typer.Option("--output", "-o", help="text or json")]
+
+
+def _dead_letters(
+    config: Path, pipeline: str | None, target: str | None, error: str | None
+) -> tuple[Store, list[dict[str, Any]]]:
+    from syncengine.status import delivery_rows
+
+    cfg = load(config)
+    check_pipeline(cfg, pipeline)
+    store = open_store(cfg)
+    rows = delivery_rows(store.dead_letters(pipeline=pipeline, target=target, error=error))
+    return store, rows
+
+
+def _show(rows: list[dict[str, Any]], output: str, title: str) -> None:
+    from syncengine.status import render_deliveries
+
+    if output == "json":
+        sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
+    else:
+        render_deliveries(rows, out, title)
+
+
+@dlq_app.command("list")
+def dlq_list(
+    config: ConfigOption = Path("config.yaml"),
+    pipeline: PipelineOption = None,
+    target: TargetFilter = None,
+    error: ErrorFilter = None,
+    output: OutputOption = "text",
+) -> None:
+    """Dead deliveries with their reasons."""
+    store, rows = _dead_letters(config, pipeline, target, error)
+    store.close()
+    _show(rows, output, "dead letters")
+
+
+@dlq_app.command("retry")
+def dlq_retry(
+    config: ConfigOption = Path("config.yaml"),
+    pipeline: PipelineOption = None,
+    target: TargetFilter = None,
+    error: ErrorFilter = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="show, change nothing")] = False,
+    output: OutputOption = "text",
+) -> None:
+    """Send matching dead deliveries again on the next run (guards apply again)."""
+    store, rows = _dead_letters(config, pipeline, target, error)
+    try:
+        if dry_run:
+            _show(rows, output, "would retry (dry run)")
+            return
+        count = store.retry_dead([row["id"] for row in rows])
+    finally:
+        store.close()
+    out.print(f"{count} dead deliveries back to pending; the next run sends them")
+
+
+@dlq_app.command("drop")
+def dlq_drop(
+    config: ConfigOption = Path("config.yaml"),
+    pipeline: PipelineOption = None,
+    target: TargetFilter = None,
+    error: ErrorFilter = None,
+) -> None:
+    """Acknowledge matching dead deliveries: kept as `dropped`, never retried."""
+    store, rows = _dead_letters(config, pipeline, target, error)
+    try:
+        count = store.drop_dead([row["id"] for row in rows])
+    finally:
+        store.close()
+    out.print(f"{count} dead deliveries dropped (kept for the record, never retried)")
+
+
 jobs_app = typer.Typer(help="Asynchronous jobs on targets (Reltio tasks, ADT and DMM jobs).")
 app.add_typer(jobs_app, name="jobs")
 

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from state import Store
-from state.models import DeliveryStatus, utcnow
+from state.models import Deletion, Delivery, DeliveryStatus, utcnow
 from syncengine.config import Config
 from syncengine.engine import RunReport
 
@@ -119,6 +119,12 @@ def collect_deliveries(
     status: str | None = None,
     limit: int = 1000,
 ) -> list[dict[str, Any]]:
+    return delivery_rows(
+        store.deliveries(pipeline=pipeline, target=target, status=status, limit=limit)
+    )
+
+
+def delivery_rows(rows: list[tuple[Delivery, Deletion]]) -> list[dict[str, Any]]:
     return [
         {
             "id": d.id,
@@ -132,7 +138,7 @@ def collect_deliveries(
             "updated_at": d.updated_at.isoformat(),
             "fields": e.fields,
         }
-        for d, e in store.deliveries(pipeline=pipeline, target=target, status=status, limit=limit)
+        for d, e in rows
     ]
 
 
