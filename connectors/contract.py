@@ -151,6 +151,18 @@ class Target(Protocol):
     async def aclose(self) -> None: ...
 
 
+@runtime_checkable
+class Previewable(Protocol):
+    """A target that can tell, read-only, what `send` would do (for plan and dry run).
+
+    Outcomes mean: DONE with detail "would delete <key in the target>" or
+    "absent"; DEAD with the reason nothing would be sent; RETRY when the
+    target could not be asked.
+    """
+
+    async def preview(self, batch: Sequence[Delivery]) -> list[Outcome]: ...
+
+
 # --- errors, grouped by what the caller should do -------------------------
 
 

@@ -299,6 +299,23 @@ class Store:
             row = s.get(Cursor, (pipeline, stream))
             return None if row is None else row.last_success_at
 
+    def known_keys(self, pipeline: str, stream: str, keys: Sequence[str]) -> set[str]:
+        """Which of these record keys the journal already holds for the stream."""
+        found: set[str] = set()
+        with Session(self.engine) as s:
+            for start in range(0, len(keys), 500):
+                chunk = list(keys[start : start + 500])
+                found.update(
+                    s.exec(
+                        select(col(Deletion.record_key)).where(
+                            col(Deletion.pipeline) == pipeline,
+                            col(Deletion.stream) == stream,
+                            col(Deletion.record_key).in_(chunk),
+                        )
+                    ).all()
+                )
+        return found
+
     def mark_in_flight(
         self, pipeline: str, stream: str, params: Mapping[str, Any], started_at: datetime
     ) -> None:

@@ -38,6 +38,7 @@ ConfigOption = Annotated[
     Path, typer.Option("--config", "-c", help="the YAML file", show_default=True)
 ]
 PipelineOption = Annotated[str | None, typer.Option("--pipeline", "-p", help="only this pipeline")]
+OutputOption = Annotated[str, typer.Option("--output", "-o", help="text or json")]
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -118,6 +119,41 @@ async def run_once(
             loop.remove_signal_handler(sig)
 
 
+def _plan(config: Path, pipeline: str | None, output: str) -> None:
+    from syncengine.engine.plan import plan_pipeline
+    from syncengine.status import render_plans
+
+    cfg = load(config)
+    check_pipeline(cfg, pipeline)
+    if output not in ("text", "json"):
+        raise fail(f"--output {output!r}: use text or json")
+    configure(cfg.logging.level, cfg.logging.format)
+    store = open_store(cfg)
+    runtime = build_runtime(cfg, store, only=pipeline)
+
+    async def main() -> list[Any]:
+        try:
+            return [await plan_pipeline(store, pipe) for pipe in runtime.pipelines.values()]
+        finally:
+            await runtime.aclose()
+
+    plans = asyncio.run(main())
+    if output == "json":
+        sys.stdout.write(json.dumps([p.as_json() for p in plans], indent=2, default=str) + "\n")
+    else:
+        render_plans(plans, out)
+
+
+@app.command()
+def plan(
+    config: ConfigOption = Path("config.yaml"),
+    pipeline: PipelineOption = None,
+    output: OutputOption = "text",
+) -> None:
+    """Show what a run would delete, per target, changing nothing anywhere."""
+    _plan(config, pipeline, output)
+
+
 @app.command()
 def run(
     config: ConfigOption = Path("config.yaml"),
@@ -129,8 +165,14 @@ def run(
         float,
         typer.Option(help="with --once: seconds to follow asynchronous jobs before exiting"),
     ] = DEFAULT_JOB_WAIT,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="show the plan; no mutating call, nothing journaled")
+    ] = False,
 ) -> None:
     """Run the daemon (every pipeline on its schedule), or one cycle with --once."""
+    if dry_run:
+        _plan(config, pipeline, "text")
+        return
     from syncengine.daemon import Daemon
     from syncengine.observe import ObservabilityError, serve_observability
     from syncengine.status import render_summary
@@ -271,7 +313,6 @@ ErrorFilter = Annotated[
     str | None, typer.Option("--error", "-e", help="only those whose reason contains this")
 ]
 TargetFilter = Annotated[str | None, typer.Option("--target", "-t", help="only this target")]
-OutputOption = Annotated[str, typer.Option("--output", "-o", help="text or json")]
 
 
 def _dead_letters(

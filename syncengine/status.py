@@ -16,6 +16,7 @@ from state import Store
 from state.models import Deletion, Delivery, DeliveryStatus, utcnow
 from syncengine.config import Config
 from syncengine.engine import RunReport
+from syncengine.engine.plan import PipelinePlan
 
 STATUSES = [s.value for s in DeliveryStatus]
 
@@ -273,3 +274,35 @@ def render_summary(reports: list[RunReport], store: Store, console: Console) -> 
                 f"{report.pipeline}: recovered {report.pull.recoveries} interrupted source call(s) "
                 "by re-reading their window"
             )
+
+
+def render_plans(plans: list[PipelinePlan], console: Console) -> None:
+    for plan in plans:
+        reads = "; ".join(", ".join(f"{k}={v}" for k, v in read.items()) for read in plan.reads)
+        console.print(
+            f"[bold]{plan.pipeline}[/bold]: read {reads}: {plan.new} new deletion(s), "
+            f"{plan.already_journaled} already journaled",
+            highlight=False,
+        )
+        for error in plan.errors:
+            console.print(f"  [red]error[/red]: {error}", highlight=False)
+        for target in plan.targets:
+            counts = ", ".join(
+                f"{target.count(a)} {a}"
+                for a in ("delete", "absent", "skip", "unmapped", "legal hold", "unknown")
+                if target.count(a)
+            )
+            table = Table(
+                "stream",
+                "key",
+                "action",
+                "detail",
+                title=f"-> {target.target}: {counts or 'nothing'}",
+            )
+            for item in target.items:
+                table.add_row(item.stream, item.key, item.action, item.detail)
+            if target.items:
+                console.print(table)
+            else:
+                console.print(f"  -> {target.target}: nothing to do")
+    console.print("Plan only: nothing was journaled, sent or moved.")

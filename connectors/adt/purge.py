@@ -79,6 +79,19 @@ class AdtPurgeTarget:
     def triggers(self, items: Sequence[Delivery]) -> list[Delivery]:
         return [d for d in items if self.settings.is_trigger(d.key)]
 
+    async def preview(self, batch: Sequence[Delivery]) -> list[Outcome]:
+        """Read-only: which deliveries would start the purge of the whole instance."""
+        return [
+            Outcome.done(
+                d.delivery_id,
+                f"would start a delete job wiping every model, twin and relationship of "
+                f"{self.settings.confirm_purge}",
+            )
+            if self.settings.is_trigger(d.key)
+            else Outcome.done(d.delivery_id, "not a purge trigger: nothing deleted")
+            for d in batch
+        ]
+
     async def submit(self, job: JobSpec) -> JobHandle:
         if not self.triggers(job.items):
             return self._no_job(job)

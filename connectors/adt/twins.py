@@ -68,6 +68,18 @@ class AdtTwinsTarget:
     async def aclose(self) -> None:
         await self._http.aclose()
 
+    async def preview(self, batch: Sequence[Delivery]) -> list[Outcome]:
+        """Read-only: the twin each delivery would delete (after its relationships)."""
+        outcomes = []
+        for delivery in batch:
+            try:
+                twin_id = self._template.render(delivery.fields)
+            except UnmappedKey as exc:
+                outcomes.append(Outcome.dead(delivery.delivery_id, f"no key: {exc.reason}"))
+            else:
+                outcomes.append(Outcome.done(delivery.delivery_id, f"would delete twin {twin_id}"))
+        return outcomes
+
     async def send(self, batch: Sequence[Delivery]) -> list[Outcome]:
         """One outcome per delivery; deliveries naming the same twin share one attempt.
 

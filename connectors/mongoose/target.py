@@ -412,6 +412,19 @@ class MongooseTarget:
 
     async def send(self, batch: Sequence[Delivery]) -> list[Outcome]:
         verdicts = _Verdicts(batch)
+        await self._delete(await self._plan(batch, verdicts), verdicts)
+        return verdicts.result()
+
+    async def preview(self, batch: Sequence[Delivery]) -> list[Outcome]:
+        """What `send` would do, read-only: "would delete <ItemId>", absent, or dead."""
+        verdicts = _Verdicts(batch)
+        for item_id, pending in (await self._plan(batch, verdicts)).items():
+            verdicts.done(pending, f"would delete {item_id}")
+        return verdicts.result()
+
+    async def _plan(
+        self, batch: Sequence[Delivery], verdicts: _Verdicts
+    ) -> dict[str, list[_Pending]]:
         keyed: list[_Pending] = []
         for index, delivery in enumerate(batch):
             try:
@@ -419,11 +432,8 @@ class MongooseTarget:
             except UnmappedKey as exc:
                 verdicts.dead([_Pending(index, delivery, "")], f"no key: {exc.reason}")
         if self.settings.lookup is None:
-            plan = self._plan_item_ids(keyed, verdicts)
-        else:
-            plan = await self._plan_lookup(self.settings.lookup.property, keyed, verdicts)
-        await self._delete(plan, verdicts)
-        return verdicts.result()
+            return self._plan_item_ids(keyed, verdicts)
+        return await self._plan_lookup(self.settings.lookup.property, keyed, verdicts)
 
     # -- planning: which ItemId each delivery deletes
 
