@@ -152,6 +152,17 @@ class Target(Protocol):
 
 
 @runtime_checkable
+class Backfillable(Protocol):
+    """A source that can re-read its history from a point in time (a backfill).
+
+    `since` is written in the source's own format and time zone; a bad one
+    raises ValueError with a message for the operator.
+    """
+
+    def plan_backfill(self, stream: str, since: str, now: datetime) -> SourceCall: ...
+
+
+@runtime_checkable
 class Previewable(Protocol):
     """A target that can tell, read-only, what `send` would do (for plan and dry run).
 

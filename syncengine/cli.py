@@ -20,6 +20,7 @@ from rich.console import Console
 
 from connectors.http import secret_listeners
 from state import Store, StoreError
+from state.models import utcnow
 from syncengine.config import Config, ConfigError, load_config
 from syncengine.engine import RunReport, Runtime, StopToken, build_runtime, run_pipeline
 from syncengine.logs import SECRETS, configure
@@ -39,6 +40,8 @@ ConfigOption = Annotated[
 ]
 PipelineOption = Annotated[str | None, typer.Option("--pipeline", "-p", help="only this pipeline")]
 OutputOption = Annotated[str, typer.Option("--output", "-o", help="text or json")]
+TargetOption = Annotated[str, typer.Option("--target", "-t", help="the target's name")]
+RequiredPipeline = Annotated[str, typer.Option("--pipeline", "-p", help="the pipeline's name")]
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -119,7 +122,7 @@ async def run_once(
             loop.remove_signal_handler(sig)
 
 
-def _plan(config: Path, pipeline: str | None, output: str) -> None:
+def _plan(config: Path, pipeline: str | None, output: str, since: str | None = None) -> None:
     from syncengine.engine.plan import plan_pipeline
     from syncengine.status import render_plans
 
@@ -133,7 +136,7 @@ def _plan(config: Path, pipeline: str | None, output: str) -> None:
 
     async def main() -> list[Any]:
         try:
-            return [await plan_pipeline(store, pipe) for pipe in runtime.pipelines.values()]
+            return [await plan_pipeline(store, pipe, since) for pipe in runtime.pipelines.values()]
         finally:
             await runtime.aclose()
 
@@ -142,6 +145,83 @@ def _plan(config: Path, pipeline: str | None, output: str) -> None:
         sys.stdout.write(json.dumps([p.as_json() for p in plans], indent=2, default=str) + "\n")
     else:
         render_plans(plans, out)
+
+
+@app.command()
+def backfill(
+    pipeline: RequiredPipeline,
+    since: Annotated[
+        str,
+        typer.Option("--from", help='"yyyy-mm-dd hh:mm:ss" in the source connection\'s time zone'),
+    ],
+    config: ConfigOption = Path("config.yaml"),
+    until: Annotated[
+        str | None, typer.Option("--to", help="end of the range, where the source can bound it")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="show the plan only")] = False,
+    wait: Annotated[
+        float, typer.Option(help="seconds to wait for a run of the pipeline in progress")
+    ] = 300.0,
+    job_wait: Annotated[float, typer.Option(help="seconds to follow asynchronous jobs")] = (
+        DEFAULT_JOB_WAIT
+    ),
+) -> None:
+    """Re-read a source from a time and propagate what it finds, without moving the
+    daemon's cursor. Safe while the daemon runs; run it again to resume."""
+    from connectors.contract import Backfillable
+    from syncengine.progress import BackfillProgress
+    from syncengine.status import render_summary
+
+    cfg = load(config)
+    check_pipeline(cfg, pipeline)
+    source_type = cfg.pipelines[pipeline].source.connection_type
+    if until is not None:
+        raise fail(
+            f"--to: the {source_type} source of pipeline {pipeline} reads from a time onward "
+            "and cannot stop at an end; leave --to out (what is already journaled is skipped)"
+        )
+    if dry_run:
+        _plan(config, pipeline, "text", since=since)
+        return
+    configure(cfg.logging.level, cfg.logging.format)
+    store = open_store(cfg)
+    runtime = build_runtime(cfg, store, only=pipeline)
+    pipe = runtime.pipelines[pipeline]
+    if not isinstance(pipe.source, Backfillable):
+        raise fail(f"the {source_type} source of pipeline {pipeline} cannot be backfilled")
+    try:
+        pipe.source.plan_backfill(pipe.source.streams()[0], since, utcnow())
+    except ValueError as exc:
+        raise fail(f"--from {exc}") from None
+
+    async def main() -> RunReport:
+        stop = StopToken()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.request, "interrupted")
+        deadline = loop.time() + wait
+        try:
+            with BackfillProgress(store, pipe, out):
+                while True:
+                    report = await run_pipeline(
+                        store,
+                        pipe,
+                        stop,
+                        job_wait=job_wait,
+                        artifacts_dir=cfg.state.artifacts,
+                        backfill_from=since,
+                    )
+                    if report.run_id is not None or loop.time() > deadline or stop.is_set():
+                        return report
+                    await asyncio.sleep(1.0)
+        finally:
+            await runtime.aclose()
+
+    report = asyncio.run(main())
+    render_summary([report], store, out)
+    if report.run_id is None:
+        raise fail(f"pipeline {pipeline} stayed busy for {wait:g}s ({report.error}); try again")
+    raise typer.Exit(1 if report.failed else 0)
 
 
 @app.command()
@@ -224,10 +304,6 @@ def status(
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
     else:
         render_status(data, out)
-
-
-TargetOption = Annotated[str, typer.Option("--target", "-t", help="the target's name")]
-RequiredPipeline = Annotated[str, typer.Option("--pipeline", "-p", help="the pipeline's name")]
 
 
 def check_target(config: Config, pipeline: str, target: str) -> None:

@@ -150,6 +150,19 @@ class GooseSource:
             recovery=interrupted is not None,
         )
 
+    def plan_backfill(self, stream: str, since: str, now: datetime) -> SourceCall:
+        """A timestamp read from `since` ("yyyy-mm-dd hh:mm:ss" in the connection's zone)
+        onward; Goose cannot bound a read at the end. Raises ValueError on a bad time."""
+        try:
+            datetime.strptime(since, TIMESTAMP_FORMAT)
+        except ValueError:
+            raise ValueError(f'{since!r}: write "yyyy-mm-dd hh:mm:ss"') from None
+        return SourceCall(
+            stream=stream,
+            params={"table": stream, "from": since, "imc": self.settings.imc},
+            started_at=now.astimezone(UTC),
+        )
+
     async def fetch(self, call: SourceCall) -> SourcePage:
         body = {"code": self.connection.code, "key": self._key, **call.params}
         # A timestamp read can be re-sent freely; a lost `latest` answer is gone for good.

@@ -15,7 +15,7 @@ from connectors.jobs import AsyncTarget
 from state import RunOutcome, Store
 from state.models import utcnow
 from syncengine.engine.jobs import JobPolicy, run_jobs
-from syncengine.engine.pull import PullReport, pull
+from syncengine.engine.pull import PullReport, pull, pull_backfill
 from syncengine.engine.push import PushReport, push
 from syncengine.engine.runtime import PipelineRuntime
 from syncengine.engine.stop import StopToken
@@ -77,7 +77,10 @@ async def run_pipeline(
     *,
     job_wait: float = 0.0,
     artifacts_dir: str = "data/artifacts",
+    backfill_from: str | None = None,
 ) -> RunReport:
+    """`backfill_from` makes this a backfill: the source is re-read from that time,
+    the daemon's cursor is left alone, and the run is recorded as kind backfill."""
     log = get_logger(pipeline=pipe.name)
     if not store.acquire_lock(pipe.name, OWNER, LOCK_TTL):
         holder = store.lock_holder(pipe.name)
@@ -96,7 +99,7 @@ async def run_pipeline(
         abandoned = store.close_abandoned_runs(pipe.name)
         if abandoned:
             log.warning("abandoned_runs_closed", count=abandoned)
-        return await _run(store, pipe, run_stop, job_wait, artifacts_dir)
+        return await _run(store, pipe, run_stop, job_wait, artifacts_dir, backfill_from)
     finally:
         lease.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -105,15 +108,25 @@ async def run_pipeline(
 
 
 async def _run(
-    store: Store, pipe: PipelineRuntime, stop: StopToken, job_wait: float, artifacts_dir: str
+    store: Store,
+    pipe: PipelineRuntime,
+    stop: StopToken,
+    job_wait: float,
+    artifacts_dir: str,
+    backfill_from: str | None,
 ) -> RunReport:
-    run_id = store.start_run(pipe.name)
+    run_id = store.start_run(pipe.name, kind="run" if backfill_from is None else "backfill")
     started = utcnow()
     log = get_logger(pipeline=pipe.name, run=run_id)
     log.info("run_started")
     report = RunReport(pipe.name, RunOutcome.RUNNING, run_id=run_id)
     try:
-        report.pull = await pull(store, pipe, run_id, stop, targets=list(pipe.targets))
+        if backfill_from is None:
+            report.pull = await pull(store, pipe, run_id, stop, targets=list(pipe.targets))
+        else:
+            report.pull = await pull_backfill(
+                store, pipe, run_id, stop, targets=list(pipe.targets), since=backfill_from
+            )
         for name, target in pipe.targets.items():
             if isinstance(target.target, AsyncTarget):
                 policy = JobPolicy(

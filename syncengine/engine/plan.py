@@ -13,7 +13,14 @@ from dataclasses import asdict, dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 
-from connectors.contract import ConnectorError, Delivery, InFlightCall, OutcomeKind, Previewable
+from connectors.contract import (
+    Backfillable,
+    ConnectorError,
+    Delivery,
+    InFlightCall,
+    OutcomeKind,
+    Previewable,
+)
 from connectors.keys import KeyTemplate, UnmappedKey
 from state import Store
 from state.models import utcnow
@@ -102,14 +109,20 @@ async def _preview(target: TargetRuntime, batch: list[Delivery]) -> list[Planned
     return items
 
 
-async def plan_pipeline(store: Store, pipe: PipelineRuntime) -> PipelinePlan:
+async def plan_pipeline(
+    store: Store, pipe: PipelineRuntime, since: str | None = None
+) -> PipelinePlan:
+    """`since` plans a backfill from that time instead of the next run."""
     plan = PipelinePlan(pipe.name)
     fresh: list[Delivery] = []
     next_id = -1
     for stream in pipe.source.streams():
         cursor = store.cursor(pipe.name, stream)
         now = utcnow()
-        call = pipe.source.plan(stream, cursor.value, InFlightCall(now, PLAN_MARKER), now)
+        if since is not None and isinstance(pipe.source, Backfillable):
+            call = pipe.source.plan_backfill(stream, since, now)
+        else:
+            call = pipe.source.plan(stream, cursor.value, InFlightCall(now, PLAN_MARKER), now)
         plan.reads.append({"stream": stream, **dict(call.params)})
         try:
             page = await pipe.source.fetch(call)

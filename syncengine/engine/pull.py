@@ -14,6 +14,7 @@ from typing import Any
 
 from connectors.contract import (
     AmbiguousError,
+    Backfillable,
     FatalError,
     InFlightCall,
     RemoteError,
@@ -153,3 +154,46 @@ async def _pull_stream(
         )
         if not page.more or stop.is_set():
             return
+
+
+async def pull_backfill(
+    store: Store,
+    pipe: PipelineRuntime,
+    run_id: int,
+    stop: StopToken,
+    *,
+    targets: list[str],
+    since: str,
+) -> PullReport:
+    """Re-read every stream from `since`: journaled like any run, de-duplicated against
+    what the journal holds, and without touching the daemon's cursor or its marker."""
+    source = pipe.source
+    assert isinstance(source, Backfillable), "checked by the caller"
+    report = PullReport()
+    log = get_logger(pipeline=pipe.name, run=run_id, backfill_from=since)
+    for stream in source.streams():
+        if stop.is_set():
+            break
+        report.streams += 1
+        call = source.plan_backfill(stream, since, utcnow())
+        try:
+            page = await source.fetch(call)
+        except FatalError:
+            raise
+        except (RemoteError, RetriableError) as exc:
+            report.errors[stream] = str(exc)
+            log.warning("backfill_source_error", stream=stream, error=str(exc))
+            continue
+        result = store.journal(
+            pipe.name,
+            stream,
+            [NewRecord(r.key, r.fields) for r in page.records],
+            cursor=None,
+            targets=targets,
+            run_id=run_id,
+            advance_cursor=False,
+        )
+        report.pulled += result.new
+        report.duplicates += result.duplicates
+        log.info("backfill_journaled", stream=stream, new=result.new, duplicates=result.duplicates)
+    return report
