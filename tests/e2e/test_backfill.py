@@ -3,6 +3,8 @@ had, leaves the daemon's cursor alone, and sends nothing the second time."""
 
 from __future__ import annotations
 
+import signal
+import time
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -66,3 +68,23 @@ def test_backfill_dry_run_and_bad_options(e2e: Env) -> None:
     assert bounded.returncode == 2 and "cannot stop at an end" in bounded.stderr
     garbled = e2e.cli("backfill", "-p", "contacts", "--from", "yesterday", "-c", str(e2e.config))
     assert garbled.returncode == 2 and "yyyy-mm-dd hh:mm:ss" in garbled.stderr
+
+
+def test_backfill_beside_a_running_daemon_sends_nothing_twice(e2e: Env) -> None:
+    e2e.write_config(every="0.5s")
+    for i in range(1, 7):
+        delete_at(e2e, f"0-{i}", 1)
+    daemon = e2e.popen("run", "-c", str(e2e.config))
+    try:
+        time.sleep(0.5)
+        result = e2e.cli("backfill", "-p", "contacts", "--from", rome(2), "-c", str(e2e.config))
+        assert result.returncode == 0, result.stderr
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and e2e.target_counts()["done"] < 6:
+            time.sleep(0.3)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.communicate(timeout=30)
+    deleted = sorted(r["properties"]["Username"] for r in e2e.mongoose_deleted())
+    assert deleted == sorted(["jrossi", "mbianchi", "lverdi", "fromano", "acolombo", "sricci"])
+    assert e2e.status()["pipelines"][0]["deletions"] == 6
