@@ -12,6 +12,8 @@ import asyncio
 import json
 import signal
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -69,6 +71,33 @@ def open_store(config: Config) -> Store:
         return Store.open(config.state.url)
     except StoreError as exc:
         raise fail(f"{config.path}: {exc}") from None
+
+
+@contextmanager
+def opened(
+    config: Path, pipeline: str | None = None, target: str | None = None
+) -> Iterator[tuple[Config, Store]]:
+    """The config, checked for the named pipeline and target, and its store, closed after."""
+    cfg = load(config)
+    if target is not None and pipeline is not None:
+        check_target(cfg, pipeline, target)
+    else:
+        check_pipeline(cfg, pipeline)
+    store = open_store(cfg)
+    try:
+        yield cfg, store
+    finally:
+        store.close()
+
+
+def emit(data: Any, output: str, render: Callable[[], None]) -> None:
+    """JSON for scripts, or the human rendering."""
+    if output == "json":
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    elif output == "text":
+        render()
+    else:
+        raise fail(f"--output {output!r}: use text or json")
 
 
 def check_pipeline(config: Config, pipeline: str | None) -> None:
@@ -291,19 +320,9 @@ def status(
     """Per pipeline and target: cursors, recoveries, pending/done/failed/dead, last run."""
     from syncengine.status import collect_status, render_status
 
-    cfg = load(config)
-    check_pipeline(cfg, pipeline)
-    if output not in ("text", "json"):
-        raise fail(f"--output {output!r}: use text or json")
-    store = open_store(cfg)
-    try:
+    with opened(config, pipeline) as (cfg, store):
         data = collect_status(store, cfg, pipeline)
-    finally:
-        store.close()
-    if output == "json":
-        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-    else:
-        render_status(data, out)
+    emit(data, output, lambda: render_status(data, out))
 
 
 def check_target(config: Config, pipeline: str, target: str) -> None:
@@ -325,17 +344,9 @@ def held(
     """Deliveries a guard held back: not sent, not lost, waiting for approve or reject."""
     from syncengine.status import collect_deliveries, render_deliveries
 
-    cfg = load(config)
-    check_pipeline(cfg, pipeline)
-    store = open_store(cfg)
-    try:
+    with opened(config, pipeline) as (_, store):
         rows = collect_deliveries(store, pipeline=pipeline, status="held")
-    finally:
-        store.close()
-    if output == "json":
-        sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
-    else:
-        render_deliveries(rows, out, "held deliveries")
+    emit(rows, output, lambda: render_deliveries(rows, out, "held deliveries"))
 
 
 @app.command()
@@ -348,18 +359,14 @@ def approve(
     """Release exactly COUNT held deliveries of a target (refused if the number differs)."""
     from state import HeldCountMismatch
 
-    cfg = load(config)
-    check_target(cfg, pipeline, target)
-    store = open_store(cfg)
-    try:
-        released = store.approve_held(pipeline, target, count)
-    except HeldCountMismatch as exc:
-        raise fail(
-            f"refused: {exc.held} deliveries are held for {pipeline}/{target}, not {count}; "
-            f"look at them with `syncengine held -c {config}` and approve that number"
-        ) from None
-    finally:
-        store.close()
+    with opened(config, pipeline, target) as (_, store):
+        try:
+            released = store.approve_held(pipeline, target, count)
+        except HeldCountMismatch as exc:
+            raise fail(
+                f"refused: {exc.held} deliveries are held for {pipeline}/{target}, not {count}; "
+                f"look at them with `syncengine held -c {config}` and approve that number"
+            ) from None
     out.print(
         f"approved {released} held deliveries of {pipeline}/{target}; the next run sends them"
     )
@@ -373,13 +380,8 @@ def reject(
     config: ConfigOption = Path("config.yaml"),
 ) -> None:
     """Mark every held delivery of a target dead, with the operator's reason."""
-    cfg = load(config)
-    check_target(cfg, pipeline, target)
-    store = open_store(cfg)
-    try:
+    with opened(config, pipeline, target) as (_, store):
         rejected = store.reject_held(pipeline, target, reason)
-    finally:
-        store.close()
     out.print(f"rejected {rejected} held deliveries of {pipeline}/{target}: now dead ({reason})")
 
 
@@ -391,25 +393,23 @@ ErrorFilter = Annotated[
 TargetFilter = Annotated[str | None, typer.Option("--target", "-t", help="only this target")]
 
 
+@contextmanager
 def _dead_letters(
     config: Path, pipeline: str | None, target: str | None, error: str | None
-) -> tuple[Store, list[dict[str, Any]]]:
+) -> Iterator[tuple[Store, list[dict[str, Any]]]]:
     from syncengine.status import delivery_rows
 
-    cfg = load(config)
-    check_pipeline(cfg, pipeline)
-    store = open_store(cfg)
-    rows = delivery_rows(store.dead_letters(pipeline=pipeline, target=target, error=error))
-    return store, rows
+    with opened(config, pipeline) as (_, store):
+        yield (
+            store,
+            delivery_rows(store.dead_letters(pipeline=pipeline, target=target, error=error)),
+        )
 
 
 def _show(rows: list[dict[str, Any]], output: str, title: str) -> None:
     from syncengine.status import render_deliveries
 
-    if output == "json":
-        sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
-    else:
-        render_deliveries(rows, out, title)
+    emit(rows, output, lambda: render_deliveries(rows, out, title))
 
 
 @dlq_app.command("list")
@@ -421,9 +421,8 @@ def dlq_list(
     output: OutputOption = "text",
 ) -> None:
     """Dead deliveries with their reasons."""
-    store, rows = _dead_letters(config, pipeline, target, error)
-    store.close()
-    _show(rows, output, "dead letters")
+    with _dead_letters(config, pipeline, target, error) as (_, rows):
+        _show(rows, output, "dead letters")
 
 
 @dlq_app.command("retry")
@@ -436,14 +435,11 @@ def dlq_retry(
     output: OutputOption = "text",
 ) -> None:
     """Send matching dead deliveries again on the next run (guards apply again)."""
-    store, rows = _dead_letters(config, pipeline, target, error)
-    try:
+    with _dead_letters(config, pipeline, target, error) as (store, rows):
         if dry_run:
             _show(rows, output, "would retry (dry run)")
             return
         count = store.retry_dead([row["id"] for row in rows])
-    finally:
-        store.close()
     out.print(f"{count} dead deliveries back to pending; the next run sends them")
 
 
@@ -455,11 +451,8 @@ def dlq_drop(
     error: ErrorFilter = None,
 ) -> None:
     """Acknowledge matching dead deliveries: kept as `dropped`, never retried."""
-    store, rows = _dead_letters(config, pipeline, target, error)
-    try:
+    with _dead_letters(config, pipeline, target, error) as (store, rows):
         count = store.drop_dead([row["id"] for row in rows])
-    finally:
-        store.close()
     out.print(f"{count} dead deliveries dropped (kept for the record, never retried)")
 
 
@@ -475,12 +468,8 @@ def jobs_list(
     """Jobs the engine follows (open ones by default)."""
     from syncengine.status import collect_jobs, render_jobs
 
-    cfg = load(config)
-    store = open_store(cfg)
-    try:
+    with opened(config) as (_, store):
         render_jobs(collect_jobs(store, open_only=not all_jobs), out, "jobs")
-    finally:
-        store.close()
 
 
 @jobs_app.command("cancel")
