@@ -1,0 +1,265 @@
+"""Reltio OAuth2 tokens and the one authenticated call path to a tenant.
+
+A token is fetched from the auth server with the client's Basic credentials
+(and a user's, for the password grant), cached until shortly before it
+expires and registered with the HTTP client as a secret, so it is scrubbed
+from every message. A data call answered `401 invalid_token` renews it once,
+as Reltio's own client does: tokens can be revoked early. Another 401, or a
+refusal at the token endpoint, is a credentials problem no retry fixes.
+
+Only a 404 carrying Reltio's OBJECT_NOT_FOUND code (errorCode 101) means an
+object is absent. A 404 without Reltio's error body comes from a wrong path
+(a mistyped tenant_url), and treating it as "absent" would report deletions
+that never happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+
+from connectors.contract import FatalError, RemoteError
+from connectors.http import Action, HttpClient, Resolution, excerpt
+from connectors.reltio.settings import ReltioConnection
+
+RENEW_BEFORE = 60.0
+"""Seconds before expiry at which a cached token is renewed (capped at half its life)."""
+OBJECT_NOT_FOUND = 101
+BACKPRESSURE = 2001
+INVALID_TOKEN = "invalid_token"  # noqa: S105 - an OAuth error code, not a secret
+
+
+def json_body(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def error_code(response: httpx.Response) -> int | None:
+    """`errorCode` of Reltio's APIErrorRepresentation, when the body is one."""
+    body = json_body(response)
+    code = body.get("errorCode") if isinstance(body, dict) else None
+    if isinstance(code, bool):
+        return None
+    if isinstance(code, int):
+        return code
+    if isinstance(code, str) and code.strip().isdigit():
+        return int(code)
+    return None
+
+
+def classify(response: httpx.Response) -> Resolution | None:
+    """Reltio's backpressure answer (503, errorCode 2001) refused the call unapplied,
+    so even a bulk delete may be sent again; other 503s stay ambiguous."""
+    if response.status_code == 503 and error_code(response) == BACKPRESSURE:
+        return Resolution(Action.RETRY, "HTTP 503 backpressure (errorCode 2001)")
+    return None
+
+
+class ReltioTokens:
+    """Access tokens from the auth server, one fetch at a time."""
+
+    def __init__(
+        self,
+        name: str,
+        connection: ReltioConnection,
+        http: HttpClient,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._name = name
+        self._url = connection.auth_url
+        pair = f"{connection.client_id}:{connection.client_secret.get_secret_value()}"
+        self._basic = base64.b64encode(pair.encode("utf-8")).decode("ascii")
+        http.add_secret(self._basic)
+        self._form: dict[str, str] = {"grant_type": connection.grant}
+        if connection.grant == "password":
+            assert connection.username is not None and connection.password is not None
+            self._form["username"] = connection.username
+            self._form["password"] = connection.password.get_secret_value()
+        self._http = http
+        self._clock = clock
+        self._token: str | None = None
+        self._renew_at = 0.0
+        self._lock = asyncio.Lock()
+
+    def fatal(self, what: str) -> FatalError:
+        settings = f"connections.{self._name}"
+        return FatalError(
+            f"reltio connection {self._name!r}: credentials rejected ({what}); check "
+            f"{settings}.auth_url, client_id and client_secret"
+            + (", username and password" if "username" in self._form else "")
+            + f" (grant: {self._form['grant_type']})",
+            connection=self._name,
+        )
+
+    async def token(self) -> str:
+        async with self._lock:
+            if self._token is None or self._clock() >= self._renew_at:
+                self._token = await self._fetch()
+            return self._token
+
+    async def rejected(self, used: str) -> None:
+        """A data call answered 401 invalid_token with `used`: the next call fetches anew."""
+        async with self._lock:
+            if self._token == used:
+                self._token = None
+
+    async def _fetch(self) -> str:
+        what = f"POST {httpx.URL(self._url).path}"
+        started = self._clock()
+        response = await self._http.request(
+            "POST",
+            self._url,
+            idempotent=True,
+            content=urlencode(self._form).encode("utf-8"),
+            headers={
+                "Authorization": f"Basic {self._basic}",
+                "Content-Type": "application/x-www-form-urlencoded",
+            },
+        )
+        body = json_body(response)
+        if response.status_code in (400, 401, 403):
+            code = body.get("error") if isinstance(body, dict) else None
+            raise self.fatal(
+                f"HTTP {response.status_code}"
+                + (f" {code}" if isinstance(code, str) else "")
+                + f" from {what}"
+            )
+        token = body.get("access_token") if isinstance(body, dict) else None
+        if not response.is_success or not isinstance(token, str) or not token:
+            raise RemoteError(
+                f"{self._name}: {what}: HTTP {response.status_code}, no access_token: "
+                f"{excerpt(response.text, self._http.secrets)}",
+                connection=self._name,
+                code=str(response.status_code),
+            )
+        self._http.add_secret(token)
+        refresh = body.get("refresh_token")
+        if isinstance(refresh, str):
+            self._http.add_secret(refresh)
+        lifetime = _seconds(body.get("expires_in"))
+        self._renew_at = started + max(0.0, lifetime - min(RENEW_BEFORE, lifetime / 2))
+        return token
+
+
+def _seconds(value: Any) -> float:
+    try:
+        return max(0.0, float(value))
+    except (TypeError, ValueError):
+        return 0.0
+
+
+class ReltioClient:
+    """Authenticated tenant calls: bearer token, one renewal on `401 invalid_token`.
+
+    Turns what no retry can fix into FatalError (401 after renewal, 403, a
+    404 that is not Reltio's); every other answer is returned for the
+    caller to interpret.
+    """
+
+    def __init__(self, name: str, connection: ReltioConnection, http: HttpClient) -> None:
+        self.name = name
+        self.http = http
+        self.tokens = ReltioTokens(name, connection, http)
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        idempotent: bool,
+        params: Mapping[str, str] | None = None,
+        json: Any = None,
+    ) -> httpx.Response:
+        what = f"{method} {path}"
+        used = await self.tokens.token()
+        response = await self._send(method, path, used, idempotent, params, json)
+        if response.status_code == 401 and _invalid_token(response):
+            await self.tokens.rejected(used)
+            used = await self.tokens.token()
+            response = await self._send(method, path, used, idempotent, params, json)
+            if response.status_code == 401:
+                raise self.tokens.fatal(f"HTTP 401 from {what} even with a fresh token")
+        if response.status_code == 401:
+            raise self.tokens.fatal(f"HTTP 401 from {what}: {self.message(response)}")
+        if response.status_code == 403:
+            raise FatalError(
+                f"reltio connection {self.name!r}: HTTP 403 from {what}: "
+                f"{self.message(response)}; the client needs the roles to read and delete "
+                f"entities and read tasks of this tenant (check connections.{self.name}"
+                ".client_id and tenant_url)",
+                connection=self.name,
+            )
+        if response.status_code == 404 and error_code(response) is None:
+            raise FatalError(
+                f"reltio connection {self.name!r}: {what} answered 404 without a Reltio "
+                f"error; check connections.{self.name}.tenant_url (it ends with "
+                "/reltio/api/<tenantId>)",
+                connection=self.name,
+            )
+        return response
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        token: str,
+        idempotent: bool,
+        params: Mapping[str, str] | None,
+        body: Any,
+    ) -> httpx.Response:
+        return await self.http.request(
+            method,
+            path,
+            idempotent=idempotent,
+            params=params,
+            json=body,
+            headers={"Authorization": f"Bearer {token}"},
+        )
+
+    def remote(self, what: str, response: httpx.Response) -> RemoteError:
+        code = error_code(response)
+        return RemoteError(
+            f"{self.name}: {what}: HTTP {response.status_code}"
+            + (f" errorCode {code}" if code is not None else "")
+            + f": {self.message(response)}",
+            connection=self.name,
+            code=str(code if code is not None else response.status_code),
+        )
+
+    def message(self, response: httpx.Response) -> str:
+        """Reltio's errorMessage (or an OAuth error_description), else the body, scrubbed."""
+        body = json_body(response)
+        text: Any = None
+        if isinstance(body, dict):
+            text = body.get("errorMessage") or body.get("error_description") or body.get("error")
+        return excerpt(text if isinstance(text, str) else response.text, self.http.secrets)
+
+
+def is_not_found(response: httpx.Response) -> bool:
+    return response.status_code == 404 and error_code(response) == OBJECT_NOT_FOUND
+
+
+def _invalid_token(response: httpx.Response) -> bool:
+    body = json_body(response)
+    if isinstance(body, dict) and body.get("error") == INVALID_TOKEN:
+        return True
+    return INVALID_TOKEN in response.text
+
+
+__all__ = [
+    "ReltioClient",
+    "ReltioTokens",
+    "classify",
+    "error_code",
+    "is_not_found",
+    "json_body",
+]

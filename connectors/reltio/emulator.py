@@ -1,0 +1,815 @@
+"""A stateful emulator of the Reltio tenant API calls a bulk delete needs.
+
+Emulated (apis.md section 2 and the OPS spec `Data Operation.json`):
+
+    POST /oauth/token                                  Basic client credentials;
+         grant_type (client_credentials | password | refresh_token) in the form
+         body or the query string, as Reltio's own client sends it
+    GET  /reltio/api/{tenant}/entities/{id}
+    GET  /reltio/api/{tenant}/entities/_byCrosswalk/{value}?type=<source type>
+         answers `[{"index": 0, "object": <entity>}]` as in the OPS spec, or the
+         bare entity (knob crosswalk_answer="entity"); 404 when none has it
+    POST /reltio/api/{tenant}/entities/_delete?mode=soft|hard&sendMail=
+         body {"objects": {"list" | "uriList" | "uris": [...]}} or
+         {"objects": {"filter": "equals(type,'configuration/entityTypes/X')",
+         "excludeList": [...]}}; schedules a DeleteEntitiesTask and answers it,
+         as a one-element array by default (older doc pages) or as the object
+    GET  /reltio/api/{tenant}/tasks?type=&status=&offset=&max=   newest first
+    GET  /reltio/api/{tenant}/tasks/{id}
+
+A task is SCHEDULED, PROCESSING after `step_seconds`, and COMPLETED (or
+COMPLETED_WITH_ERRORS) after twice that, computed lazily from the clock
+whenever the state is read; the deletions apply at that moment, tasks in the
+order they come due. An entity the task cannot delete (protected, or already
+absent) is counted in `objectsFailedToDeleteCount`; only the first 100 IDs are
+listed in `objectsFailedToDelete`, as the doc says, which is why a client must
+re-check entities itself when the count exceeds the list.
+
+Errors use Reltio's APIErrorRepresentation (`severity`, `errorMessage`,
+`errorCode`, `errorDetailMessage`); OAuth errors use `error` and
+`error_description`:
+
+| situation                                   | HTTP | body                      |
+|---------------------------------------------|------|---------------------------|
+| token: no or bad client credentials         | 401  | error unauthorized        |
+| token: bad username or password, bad        | 400  | error invalid_grant       |
+|  refresh token                              |      |                           |
+| token: missing or unknown grant_type        | 400  | error unsupported_grant_type |
+| data call without a bearer token            | 401  | error unauthorized        |
+| data call with an unknown or expired token  | 401  | error invalid_token       |
+| unknown tenant (ASSUME: no public example)  | 403  | errorCode 804             |
+| unknown entity, crosswalk or task           | 404  | errorCode 101             |
+| body is not JSON                            | 400  | errorCode 150             |
+| no `objects`, bad list, bad mode, a filter  | 400  | errorCode 100 (ASSUME)    |
+|  other than equals(type,'...')              |      |                           |
+| backpressure (knob backpressure_next)       | 503  | errorCode 2001            |
+| throttled (fault knob throttle_rate)        | 429  | no Retry-After (knob)     |
+
+Ground truth and the admin routes are never faulted:
+
+    POST /_admin/seed     {"entities": [{"id", "type", "attributes", "crosswalks"}]}
+    POST /_admin/protect  {"uris": [...]}  these entities refuse deletion
+    GET  /_admin/entities                  the entities still present
+    GET  /_admin/deleted                   [{uri, type, crosswalks, mode, task, at}], once each
+    GET  /_admin/tasks                     every task, newest first
+    POST /_admin/task_status {"id", "status"}  force a status (null: back to the clock)
+    POST /_admin/expire_tokens             every access token stops working
+    POST /_admin/step     {"seconds": x}   move the emulator's clock forward
+    GET|PUT /_admin/settings               the `Knobs` (task timing, answer shapes...)
+    POST /_admin/reset                     entities, tasks, tokens and ground truth cleared
+    GET|PUT /_admin/faults, GET|DELETE /_admin/requests  (emulator_kit)
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import json
+import random
+import re
+import secrets
+import string
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from typing import Any, Literal
+from urllib.parse import parse_qsl
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from connectors.emulator_kit import ADMIN_PREFIX, DEMO_PEOPLE, Faults, RequestLog, build_app
+
+DELETE_TASK_TYPE = "com.reltio.businesslogic.tasks.delete.DeleteEntitiesTask"
+FAILED_LIST_LIMIT = 100
+INDIVIDUAL = "configuration/entityTypes/Individual"
+GOOSE = "configuration/sources/GOOSE"
+ERP = "configuration/sources/ERP"
+BASE = "/reltio/api/{tenant}"
+TERMINAL = {"COMPLETED", "COMPLETED_WITH_ERRORS", "FAILED", "CANCELED", "PLATFORM_TASK_FAILED"}
+_TYPE_FILTER = re.compile(r"^\s*equals\(\s*type\s*,\s*'([^']+)'\s*\)\s*$")
+_ID_CHARS = string.ascii_letters + string.digits
+
+
+def _demo_ids(count: int) -> list[str]:
+    rng = random.Random(360)
+    return ["".join(rng.choice(_ID_CHARS) for _ in range(7)) for _ in range(count)]
+
+
+DEMO_IDS = tuple(_demo_ids(len(DEMO_PEOPLE)))
+"""Entity ids of the demo seed, fixed so a demo's output is the same every time."""
+
+
+def demo_entities() -> list[dict[str, Any]]:
+    """Individuals with a GOOSE crosswalk "0-1".."0-15" (Goose's demo RECORD_IDs; Goose
+    reports the first twelve as deleted) and an ERP crosswalk (the user name)."""
+    entities = []
+    for n, ((user, name), entity_id) in enumerate(zip(DEMO_PEOPLE, DEMO_IDS, strict=True), 1):
+        first, _, last = name.partition(" ")
+        entities.append(
+            {
+                "id": entity_id,
+                "type": INDIVIDUAL,
+                "attributes": {
+                    "FirstName": [{"value": first}],
+                    "LastName": [{"value": last}],
+                    "UserName": [{"value": user}],
+                },
+                "crosswalks": [{"type": GOOSE, "value": f"0-{n}"}, {"type": ERP, "value": user}],
+            }
+        )
+    return entities
+
+
+@dataclass
+class Knobs:
+    """Behaviour switches, changed in place by tests or `PUT /_admin/settings`."""
+
+    step_seconds: float = 0.5
+    answer_as_array: bool = True
+    task_params_field: Literal["parameters", "taskParams"] = "parameters"
+    """`parameters` as the doc examples; `taskParams` (string values) as PeriodicTaskTO."""
+    crosswalk_answer: Literal["entries", "entity"] = "entries"
+    token_lifetime: float = 3600.0
+    backpressure_next: int = 0
+    """The next this many data calls answer 503 errorCode 2001, unapplied."""
+    failure_fields: Literal["always", "when_failed"] = "always"
+    """`when_failed` leaves objectsFailedToDelete* out of a task without failures, as a
+    doc example of a finished DeleteEntitiesTask does."""
+    retry_after_header: bool = False
+    """The spec defines no Retry-After on 429; the fault kit sends one unless this is off."""
+
+    def update(self, values: Mapping[str, Any]) -> None:
+        known = {f.name: f for f in fields(self)}
+        unknown = set(values) - set(known)
+        if unknown:
+            raise ValueError(f"unknown settings: {sorted(unknown)}; known: {sorted(known)}")
+        checks: dict[str, Callable[[Any], bool]] = {
+            "step_seconds": lambda v: _number(v) and v >= 0,
+            "answer_as_array": lambda v: isinstance(v, bool),
+            "task_params_field": lambda v: v in ("parameters", "taskParams"),
+            "crosswalk_answer": lambda v: v in ("entries", "entity"),
+            "failure_fields": lambda v: v in ("always", "when_failed"),
+            "token_lifetime": lambda v: _number(v) and v > 0,
+            "backpressure_next": lambda v: isinstance(v, int) and not isinstance(v, bool),
+            "retry_after_header": lambda v: isinstance(v, bool),
+        }
+        for name, value in values.items():
+            if not checks[name](value):
+                raise ValueError(f"bad value for {name}: {value!r}")
+        for name, value in values.items():
+            setattr(self, name, value)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+@dataclass
+class Task:
+    id: str
+    created: float
+    step: float
+    mode: str
+    send_mail: bool
+    created_by: str
+    uris: list[str] | None = None
+    filter_type: str | None = None
+    filter: str = ""
+    exclude: list[str] = field(default_factory=list)
+    forced: str | None = None
+    applied_at: float | None = None
+    deleted: int = 0
+    failed: list[str] = field(default_factory=list)
+
+    @property
+    def due(self) -> float:
+        return self.created + 2 * self.step
+
+
+@dataclass(frozen=True)
+class DeletedEntity:
+    uri: str
+    type: str
+    crosswalks: list[dict[str, Any]]
+    mode: str
+    task: str
+    at: str
+
+
+@dataclass
+class _Token:
+    principal: str
+    expires: float
+
+
+class ReltioEmulator:
+    """One tenant's entities and delete tasks behind Reltio's routes, safe across threads.
+
+    `clock` gives seconds since the epoch; `step()` moves it forward, so tests
+    can walk a task through its states without sleeping.
+    """
+
+    def __init__(
+        self,
+        tenant: str = "TENANT",
+        clients: Mapping[str, str] | None = None,
+        users: Mapping[str, str] | None = None,
+        step_seconds: float = 0.5,
+        *,
+        faults: Faults | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.tenant = tenant
+        self.clients = dict(clients if clients is not None else {"syncengine": "secret"})
+        self.users = dict(users or {})
+        self.knobs = Knobs(step_seconds=step_seconds)
+        self.faults = faults or Faults()
+        self.log = RequestLog()
+        self.clock = clock
+        self._offset = 0.0
+        self._lock = threading.Lock()
+        self._entities: dict[str, dict[str, Any]] = {}
+        self._protected: set[str] = set()
+        self._deleted: list[DeletedEntity] = []
+        self._tasks: dict[str, Task] = {}
+        self._tokens: dict[str, _Token] = {}
+        self._refresh: dict[str, str] = {}
+        app = build_app(
+            self._vendor_routes() + self._admin_routes(),
+            self.faults,
+            self.log,
+            is_mutating=lambda method, path: (
+                method == "POST" and path.rstrip("/").endswith("/entities/_delete")
+            ),
+        )
+        self._app: ASGIApp = _RetryAfterFilter(app, self.knobs)
+
+    @property
+    def app(self) -> ASGIApp:
+        return self._app
+
+    def now(self) -> float:
+        return self.clock() + self._offset
+
+    # -- ground truth and admin helpers (also served under /_admin) ----------
+
+    def seed(self, entities: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Add entities: `id` (or `uri`), `type`, `attributes`, `crosswalks`."""
+        added = []
+        with self._lock:
+            for given in entities:
+                entity_id = str(given.get("id") or "").strip() or _new_id()
+                uri = str(given.get("uri") or f"entities/{entity_id}")
+                entity = {
+                    "uri": uri,
+                    "type": str(given.get("type") or INDIVIDUAL),
+                    "createdTime": int(self.now() * 1000),
+                    "attributes": dict(given.get("attributes") or {}),
+                    "crosswalks": [
+                        {"type": str(c["type"]), "value": str(c["value"])}
+                        for c in given.get("crosswalks") or []
+                    ],
+                }
+                self._entities[uri] = entity
+                added.append(json.loads(json.dumps(entity)))
+        return added
+
+    def protect(self, uris: Iterable[str]) -> int:
+        """These entities refuse deletion (a task lists them as failed)."""
+        with self._lock:
+            self._protected.update(uris)
+            return len(self._protected)
+
+    def entities(self) -> list[dict[str, Any]]:
+        with self._lock:
+            self._advance()
+            return [json.loads(json.dumps(e)) for e in self._entities.values()]
+
+    def deleted(self) -> list[DeletedEntity]:
+        with self._lock:
+            self._advance()
+            return list(self._deleted)
+
+    def tasks(self) -> list[dict[str, Any]]:
+        """Every task as the API shows it, newest first."""
+        with self._lock:
+            self._advance()
+            ordered = sorted(self._tasks.values(), key=lambda t: t.created, reverse=True)
+            return [self._task_json(t) for t in ordered]
+
+    def task(self, task_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            self._advance()
+            task = self._tasks.get(task_id)
+            return self._task_json(task) if task is not None else None
+
+    def force_status(self, task_id: str, status: str | None) -> dict[str, Any]:
+        """Show `status` from now on; COMPLETED applies the deletions first, FAILED and
+        CANCELED stop a task that has not applied them. None returns to the clock."""
+        with self._lock:
+            self._advance()
+            task = self._tasks[task_id]
+            completes = status is not None and status.upper().startswith("COMPLETED")
+            if completes and task.applied_at is None:
+                self._apply(task, self.now())
+            task.forced = status.upper() if status is not None else None
+            return self._task_json(task)
+
+    def expire_tokens(self) -> int:
+        with self._lock:
+            count = len(self._tokens)
+            self._tokens.clear()
+            self._refresh.clear()
+            return count
+
+    def step(self, seconds: float) -> float:
+        with self._lock:
+            self._offset += seconds
+            self._advance()
+            return self.now()
+
+    def reset(self) -> None:
+        with self._lock:
+            self._entities.clear()
+            self._protected.clear()
+            self._deleted.clear()
+            self._tasks.clear()
+            self._tokens.clear()
+            self._refresh.clear()
+            self._offset = 0.0
+        self.log.clear()
+
+    # -- task lifecycle (callers hold the lock) ---------------------------------------
+
+    def _advance(self) -> None:
+        now = self.now()
+        pending = [
+            t
+            for t in self._tasks.values()
+            if t.applied_at is None and t.forced is None and t.due <= now
+        ]
+        for task in sorted(pending, key=lambda t: (t.due, t.created)):
+            self._apply(task, task.due)
+
+    def _apply(self, task: Task, at: float) -> None:
+        if task.uris is not None:
+            targets = list(dict.fromkeys(task.uris))
+        else:
+            targets = [
+                uri
+                for uri, e in self._entities.items()
+                if e["type"] == task.filter_type and uri not in task.exclude
+            ]
+        when = datetime.fromtimestamp(at, UTC).isoformat()
+        for uri in targets:
+            entity = self._entities.get(uri)
+            if entity is None or uri in self._protected:
+                task.failed.append(uri.removeprefix("entities/"))
+                continue
+            del self._entities[uri]
+            task.deleted += 1
+            self._deleted.append(
+                DeletedEntity(uri, entity["type"], entity["crosswalks"], task.mode, task.id, when)
+            )
+        task.applied_at = at
+
+    def _status(self, task: Task) -> str:
+        if task.forced is not None:
+            return task.forced
+        if task.applied_at is not None:
+            return "COMPLETED_WITH_ERRORS" if task.failed else "COMPLETED"
+        if self.now() >= task.created + task.step:
+            return "PROCESSING"
+        return "SCHEDULED"
+
+    def _task_json(self, task: Task) -> dict[str, Any]:
+        status = self._status(task)
+        now = self.now()
+        started = task.created + task.step
+        ended = task.applied_at if status.startswith("COMPLETED") else None
+        if ended is None and status in TERMINAL:
+            ended = now
+        params: dict[str, Any] = {"tenantId": self.tenant, "mode": task.mode}
+        if task.send_mail:
+            params["sendMail"] = True
+        if task.uris is not None:
+            params["entityUriList"] = list(task.uris)
+            name = f"{task.mode.capitalize()} Delete Entities"
+        else:
+            params["entityType"] = (task.filter_type or "").rsplit("/", 1)[-1]
+            params["filter"] = task.filter
+            if task.exclude:
+                params["excludeList"] = list(task.exclude)
+            name = f"{task.mode.capitalize()} Delete Entities By Type: {task.filter_type}"
+        if self.knobs.task_params_field == "taskParams":
+            params = {k: v if isinstance(v, str) else json.dumps(v) for k, v in params.items()}
+        state: dict[str, Any] = {}
+        if task.applied_at is not None:
+            state = {
+                "numberOfProcessedObjects": task.deleted,
+                "objectsFailedToDeleteCount": len(task.failed),
+                "objectsFailedToDelete": task.failed[:FAILED_LIST_LIMIT],
+                "entityType": task.filter_type or "all types",
+                "numberOfFailedToPublishEvents": 0,
+                "status": "Completed",
+            }
+            if not task.failed and self.knobs.failure_fields == "when_failed":
+                del state["objectsFailedToDeleteCount"], state["objectsFailedToDelete"]
+        elif status == "PROCESSING":
+            state = {"numberOfProcessedObjects": 0, "status": "Processing"}
+        body: dict[str, Any] = {
+            "id": task.id,
+            "groupId": task.id,
+            "createdBy": task.created_by,
+            "createdTime": int(task.created * 1000),
+            "updatedBy": task.created_by,
+            "updatedTime": int(min(now, ended or now) * 1000),
+            "type": DELETE_TASK_TYPE,
+            "status": status,
+            "name": name,
+            "createdOnHost": "reltio-emulator",
+            "parallelExecution": False,
+            self.knobs.task_params_field: params,
+            "currentState": state,
+        }
+        if now >= started or ended is not None:
+            body["startTime"] = int(min(started, ended or started) * 1000)
+        if ended is not None:
+            body["endTime"] = int(ended * 1000)
+            took = max(0.0, ended - task.created)
+            body["duration"] = f"{took:.0f}s"
+            body["throughput"] = round(task.deleted / took, 6) if took else float(task.deleted)
+        return body
+
+    # -- vendor routes ---------------------------------------------------------------
+
+    def _vendor_routes(self) -> list[BaseRoute]:
+        return [
+            Route("/oauth/token", self._token, methods=["POST"]),
+            Route(
+                f"{BASE}/entities/_byCrosswalk/{{value:path}}", self._by_crosswalk, methods=["GET"]
+            ),
+            Route(f"{BASE}/entities/_delete", self._delete, methods=["POST"]),
+            Route(f"{BASE}/entities/{{id}}", self._entity, methods=["GET"]),
+            Route(f"{BASE}/tasks", self._list_tasks, methods=["GET"]),
+            Route(f"{BASE}/tasks/{{id}}", self._get_task, methods=["GET"]),
+        ]
+
+    async def _token(self, request: Request) -> Response:
+        client = _basic_client(request.headers.get("authorization", ""))
+        if client is None or self.clients.get(client[0]) != client[1]:
+            return _oauth_error(
+                401, "unauthorized", "Full authentication is required to access this resource"
+            )
+        form = dict(request.query_params)
+        form.update(parse_qsl((await request.body()).decode("utf-8", "replace")))
+        grant = form.get("grant_type", "")
+        with self._lock:
+            if grant == "client_credentials":
+                principal = client[0]
+            elif grant == "password":
+                username = form.get("username", "")
+                if username not in self.users or self.users[username] != form.get("password"):
+                    return _oauth_error(400, "invalid_grant", "Invalid Username or Password")
+                principal = username
+            elif grant == "refresh_token":
+                known = self._refresh.get(form.get("refresh_token", ""))
+                if known is None:
+                    return _oauth_error(400, "invalid_grant", "Invalid refresh token")
+                principal = known
+            else:
+                return _oauth_error(
+                    400, "unsupported_grant_type", f"Unsupported grant type: {grant}"
+                )
+            token, refresh = str(uuid.uuid4()), str(uuid.uuid4())
+            lifetime = self.knobs.token_lifetime
+            self._tokens[token] = _Token(principal, self.now() + lifetime)
+            self._refresh[refresh] = principal
+        return JSONResponse(
+            {
+                "access_token": token,
+                "token_type": "bearer",
+                "refresh_token": refresh,
+                "expires_in": int(lifetime),
+                "scope": "clients_api configuration_api entities_api",
+            }
+        )
+
+    def _authorize(self, request: Request) -> tuple[str, Response | None]:
+        """(principal, None) or ("", the error answer); holds no lock."""
+        auth = request.headers.get("authorization", "")
+        if not auth.startswith("Bearer "):
+            return "", _oauth_error(
+                401, "unauthorized", "Full authentication is required to access this resource"
+            )
+        token = auth.removeprefix("Bearer ").strip()
+        with self._lock:
+            known = self._tokens.get(token)
+            if known is not None and known.expires <= self.now():
+                del self._tokens[token]
+                known = None
+            backpressure = self.knobs.backpressure_next > 0
+            if known is not None and backpressure:
+                self.knobs.backpressure_next -= 1
+        if known is None:
+            return "", _oauth_error(401, "invalid_token", f"Token is invalid: {token}")
+        if request.path_params.get("tenant") != self.tenant:
+            return "", _error(
+                403, 804, "Security error. This endpoint is forbidden for current user."
+            )
+        if backpressure:
+            return "", _error(
+                503,
+                2001,
+                "Internal application error.",
+                "Too many requests in parallel: API backpressure",
+            )
+        return known.principal, None
+
+    async def _entity(self, request: Request) -> Response:
+        _, refused = self._authorize(request)
+        if refused is not None:
+            return refused
+        uri = f"entities/{request.path_params['id']}"
+        with self._lock:
+            self._advance()
+            entity = self._entities.get(uri)
+            answer = json.loads(json.dumps(entity)) if entity is not None else None
+        if answer is None:
+            return _not_found(uri)
+        return JSONResponse(answer)
+
+    async def _by_crosswalk(self, request: Request) -> Response:
+        _, refused = self._authorize(request)
+        if refused is not None:
+            return refused
+        value = request.path_params["value"]
+        source = request.query_params.get("type", "")
+        if not source:
+            return _error(400, 100, "Parameter 'type' is required")
+        if not source.startswith("configuration/sources/"):
+            source = f"configuration/sources/{source}"
+        with self._lock:
+            self._advance()
+            found = [
+                json.loads(json.dumps(e))
+                for e in self._entities.values()
+                if any(c["type"] == source and c["value"] == value for c in e["crosswalks"])
+            ]
+        if not found:
+            return _not_found(f"crosswalk {source}/{value}")
+        if self.knobs.crosswalk_answer == "entity":
+            return JSONResponse(found[0])
+        return JSONResponse([{"index": i, "object": e} for i, e in enumerate(found)])
+
+    async def _delete(self, request: Request) -> Response:
+        principal, refused = self._authorize(request)
+        if refused is not None:
+            return refused
+        mode = request.query_params.get("mode", "soft").lower()
+        if mode not in ("soft", "hard"):
+            return _error(400, 100, f"Invalid value of parameter mode: {mode}")
+        send_mail = request.query_params.get("sendMail", "false").lower() == "true"
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return _error(
+                400,
+                150,
+                "Failed to parse content as JSON",
+                "Expecting request content in JSON format, failed to parse.",
+            )
+        objects = body.get("objects") if isinstance(body, dict) else None
+        if not isinstance(objects, dict):
+            return _error(400, 100, "The request must have an 'objects' property")
+        listed = next((objects[k] for k in ("list", "uriList", "uris") if k in objects), None)
+        task = Task(
+            id=str(uuid.uuid4()),
+            created=0.0,
+            step=self.knobs.step_seconds,
+            mode=mode,
+            send_mail=send_mail,
+            created_by=principal,
+        )
+        if listed is not None:
+            if not isinstance(listed, list) or not all(isinstance(u, str) for u in listed):
+                return _error(400, 100, "objects.list must be an array of entity URIs")
+            if not listed:
+                return _error(400, 100, "objects.list is empty")
+            task.uris = list(listed)
+        else:
+            text = objects.get("filter")
+            exclude = objects.get("excludeList", [])
+            match = _TYPE_FILTER.match(text) if isinstance(text, str) else None
+            if match is None:
+                return _error(
+                    400,
+                    100,
+                    "The emulator supports objects.list or a filter equals(type,'...') only",
+                )
+            if not isinstance(exclude, list) or not all(isinstance(u, str) for u in exclude):
+                return _error(400, 100, "objects.excludeList must be an array of entity URIs")
+            task.filter, task.filter_type, task.exclude = str(text), match.group(1), exclude
+        with self._lock:
+            self._advance()
+            task.created = self.now()
+            self._tasks[task.id] = task
+            answer = self._task_json(task)
+        return JSONResponse([answer] if self.knobs.answer_as_array else answer)
+
+    async def _list_tasks(self, request: Request) -> Response:
+        _, refused = self._authorize(request)
+        if refused is not None:
+            return refused
+        query = request.query_params
+        try:
+            offset = int(query.get("offset", "0"))
+            limit = int(query.get("max", "50"))
+        except ValueError:
+            return _error(400, 100, "offset and max must be integers")
+        if offset < 0 or limit <= 0:
+            return _error(400, 2001, "Internal application error.", "'max' must be > 0")
+        wanted_type = query.get("type", "")
+        wanted_status = query.get("status", "").upper()
+        tasks = [
+            t
+            for t in self.tasks()
+            if (not wanted_type or wanted_type in (t["type"], t["type"].rsplit(".", 1)[-1]))
+            and (not wanted_status or t["status"] == wanted_status)
+        ]
+        return JSONResponse(tasks[offset : offset + limit])
+
+    async def _get_task(self, request: Request) -> Response:
+        _, refused = self._authorize(request)
+        if refused is not None:
+            return refused
+        task_id = request.path_params["id"]
+        task = self.task(task_id)
+        if task is None:
+            return _not_found(task_id)
+        return JSONResponse(task)
+
+    # -- admin routes -----------------------------------------------------------------
+
+    def _admin_routes(self) -> list[BaseRoute]:
+        async def seed(request: Request) -> Response:
+            body = await request.json()
+            entities = body.get("entities") if isinstance(body, dict) else None
+            if not isinstance(entities, list) or not all(isinstance(e, dict) for e in entities):
+                return JSONResponse({"error": 'send {"entities": [{...}, ...]}'}, 400)
+            return JSONResponse(self.seed(entities))
+
+        async def protect(request: Request) -> Response:
+            body = await request.json()
+            uris = body.get("uris") if isinstance(body, dict) else None
+            if not isinstance(uris, list) or not all(isinstance(u, str) for u in uris):
+                return JSONResponse({"error": 'send {"uris": ["entities/..", ...]}'}, 400)
+            return JSONResponse({"protected": self.protect(uris)})
+
+        async def entities(request: Request) -> Response:
+            return JSONResponse(self.entities())
+
+        async def deleted(request: Request) -> Response:
+            return JSONResponse([asdict(d) for d in self.deleted()])
+
+        async def tasks(request: Request) -> Response:
+            return JSONResponse(self.tasks())
+
+        async def task_status(request: Request) -> Response:
+            body = await request.json()
+            task_id = body.get("id") if isinstance(body, dict) else None
+            status = body.get("status") if isinstance(body, dict) else None
+            if not isinstance(task_id, str) or not (status is None or isinstance(status, str)):
+                return JSONResponse({"error": 'send {"id": "..", "status": "FAILED"}'}, 400)
+            try:
+                return JSONResponse(self.force_status(task_id, status))
+            except KeyError:
+                return JSONResponse({"error": f"unknown task {task_id}"}, 404)
+
+        async def expire(request: Request) -> Response:
+            return JSONResponse({"expired": self.expire_tokens()})
+
+        async def step(request: Request) -> Response:
+            body = await request.json()
+            seconds = body.get("seconds") if isinstance(body, dict) else None
+            if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds < 0:
+                return JSONResponse({"error": 'send {"seconds": <number >= 0>}'}, 400)
+            return JSONResponse({"now": self.step(float(seconds))})
+
+        async def get_settings(request: Request) -> Response:
+            return JSONResponse(asdict(self.knobs))
+
+        async def put_settings(request: Request) -> Response:
+            body = await request.json()
+            try:
+                if not isinstance(body, dict):
+                    raise ValueError("send an object of settings")
+                self.knobs.update(body)
+            except ValueError as exc:
+                return JSONResponse({"error": str(exc)}, 400)
+            return JSONResponse(asdict(self.knobs))
+
+        async def reset(request: Request) -> Response:
+            self.reset()
+            return JSONResponse({"reset": True})
+
+        return [
+            Route(f"{ADMIN_PREFIX}/seed", seed, methods=["POST"]),
+            Route(f"{ADMIN_PREFIX}/protect", protect, methods=["POST"]),
+            Route(f"{ADMIN_PREFIX}/entities", entities, methods=["GET"]),
+            Route(f"{ADMIN_PREFIX}/deleted", deleted, methods=["GET"]),
+            Route(f"{ADMIN_PREFIX}/tasks", tasks, methods=["GET"]),
+            Route(f"{ADMIN_PREFIX}/task_status", task_status, methods=["POST"]),
+            Route(f"{ADMIN_PREFIX}/expire_tokens", expire, methods=["POST"]),
+            Route(f"{ADMIN_PREFIX}/step", step, methods=["POST"]),
+            Route(f"{ADMIN_PREFIX}/settings", get_settings, methods=["GET"]),
+            Route(f"{ADMIN_PREFIX}/settings", put_settings, methods=["PUT"]),
+            Route(f"{ADMIN_PREFIX}/reset", reset, methods=["POST"]),
+        ]
+
+
+class _RetryAfterFilter:
+    """Drops Retry-After from 429 answers unless the knob keeps it: Reltio's spec
+    defines no headers on 429, so a client must back off on its own."""
+
+    def __init__(self, app: ASGIApp, knobs: Knobs) -> None:
+        self.app = app
+        self.knobs = knobs
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.knobs.retry_after_header:
+            await self.app(scope, receive, send)
+            return
+
+        async def strip(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 429:
+                message = dict(message)
+                message["headers"] = [
+                    (k, v) for k, v in message.get("headers", []) if k.lower() != b"retry-after"
+                ]
+            await send(message)
+
+        await self.app(scope, receive, strip)
+
+
+def _new_id() -> str:
+    return "".join(secrets.choice(_ID_CHARS) for _ in range(7))
+
+
+def _basic_client(header: str) -> tuple[str, str] | None:
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    client_id, sep, secret = decoded.partition(":")
+    return (client_id, secret) if sep else None
+
+
+def _oauth_error(status: int, error: str, description: str) -> Response:
+    return JSONResponse({"error": error, "error_description": description}, status_code=status)
+
+
+def _error(status: int, code: int, message: str, detail: str = "") -> Response:
+    return JSONResponse(
+        {
+            "severity": "Error",
+            "errorMessage": message,
+            "errorCode": code,
+            "errorDetailMessage": detail or message,
+        },
+        status_code=status,
+    )
+
+
+def _not_found(what: str) -> Response:
+    return _error(404, 101, f"Object with id={what} not found", "No object with specified id found")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m connectors.reltio.emulator`: the sandbox server with the demo entities."""
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--port", type=int, default=8703)
+    parser.add_argument("--tenant", default="TENANT")
+    parser.add_argument("--step-seconds", type=float, default=0.5)
+    parser.add_argument("--empty", action="store_true", help="do not seed the demo entities")
+    args = parser.parse_args(argv)
+    emulator = ReltioEmulator(tenant=args.tenant, step_seconds=args.step_seconds)
+    if not args.empty:
+        emulator.seed(demo_entities())
+    uvicorn.run(emulator.app, host="127.0.0.1", port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""Settings of a Reltio connection and of a Reltio bulk-delete target block."""
+
+from __future__ import annotations
+
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from connectors.keys import KeyTemplate
+from connectors.settings import ConnectionBase, Seconds, StrictModel
+
+DEFAULT_AUTH_URL = "https://auth.reltio.com/oauth/token"
+SOURCES_PREFIX = "configuration/sources/"
+
+
+def _http_url(value: str, example: str) -> str:
+    value = value.strip().rstrip("/")
+    parts = urlsplit(value)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{value!r} is not an http(s) URL; write e.g. {example}")
+    return value
+
+
+class ReltioConnection(ConnectionBase):
+    """A Reltio tenant and the OAuth2 client that gets tokens for it.
+
+    `grant: client_credentials` (the default) authenticates as the client
+    alone; `grant: password` also needs a Reltio `username` and `password`.
+    """
+
+    # A validation error must never echo the secret or password it was given.
+    model_config = ConnectionBase.model_config | {"hide_input_in_errors": True}
+
+    type: Literal["reltio"]
+    tenant_url: str = Field(description="e.g. https://eu-360.reltio.com/reltio/api/<tenantId>")
+    auth_url: str = Field(DEFAULT_AUTH_URL, description="the OAuth2 token endpoint")
+    client_id: str = Field(min_length=1)
+    client_secret: SecretStr
+    grant: Literal["client_credentials", "password"] = "client_credentials"
+    username: str | None = Field(None, min_length=1)
+    password: SecretStr | None = None
+
+    @field_validator("tenant_url")
+    @classmethod
+    def _tenant_url(cls, value: str) -> str:
+        return _http_url(value, "https://eu-360.reltio.com/reltio/api/<tenantId>")
+
+    @field_validator("auth_url")
+    @classmethod
+    def _auth_url(cls, value: str) -> str:
+        return _http_url(value, DEFAULT_AUTH_URL)
+
+    @model_validator(mode="after")
+    def _grant_fields(self) -> ReltioConnection:
+        if not self.client_secret.get_secret_value():
+            raise ValueError("'client_secret' is empty")
+        given = self.username is not None or self.password is not None
+        if self.grant == "password":
+            if self.username is None or self.password is None:
+                raise ValueError(
+                    "grant 'password' needs 'username' and 'password' (a Reltio user) "
+                    "besides client_id and client_secret"
+                )
+            if not self.password.get_secret_value():
+                raise ValueError("'password' is empty")
+        elif given:
+            raise ValueError(
+                "'username' and 'password' are only used with grant: password; set "
+                "grant: password or remove them"
+            )
+        return self
+
+    def secret_values(self) -> list[str]:
+        return [
+            s.get_secret_value()
+            for s in (self.client_secret, self.password)
+            if s is not None and s.get_secret_value()
+        ]
+
+
+class CrosswalkSettings(StrictModel):
+    """Find the entity by a crosswalk (the source system's own id for it)."""
+
+    type: str = Field(
+        min_length=1,
+        description="crosswalk source type, e.g. configuration/sources/GOOSE (or GOOSE)",
+    )
+    value: str = Field(description="key template giving the crosswalk value, e.g. '{RECORD_ID}'")
+
+    @field_validator("type")
+    @classmethod
+    def _source_type(cls, value: str) -> str:
+        value = value.strip()
+        if not value.startswith(SOURCES_PREFIX):
+            value = SOURCES_PREFIX + value
+        name = value.removeprefix(SOURCES_PREFIX)
+        if not name or any(ch in name for ch in "/?#& "):
+            raise ValueError(
+                f"{value!r} is not a crosswalk source type; write e.g. configuration/sources/GOOSE"
+            )
+        return value
+
+    @field_validator("value")
+    @classmethod
+    def _value_parses(cls, value: str) -> str:
+        KeyTemplate(value)
+        return value
+
+    def value_template(self) -> KeyTemplate:
+        return KeyTemplate(self.value)
+
+
+class ReltioTargetSettings(StrictModel):
+    """Which entities a delivery names, and how the bulk delete task runs.
+
+    Exactly one of `entity` (a template giving the entity URI or id) or
+    `crosswalk` (looked up before deleting).
+    """
+
+    mode: Literal["soft", "hard"] = Field(
+        "soft", description="soft flags entities as deleted; hard removes their data"
+    )
+    send_mail: bool = Field(False, description="Reltio mails the user when the task ends")
+    entity: str | None = Field(
+        None, description="key template of the entity URI or id, e.g. 'entities/{RELTIO_ID}'"
+    )
+    crosswalk: CrosswalkSettings | None = None
+    batch_size: int = Field(100, ge=1, le=1000, description="entities per delete task")
+    poll_interval: Seconds = Field(5.0, gt=0, description="wait between two task reads")
+
+    @field_validator("entity")
+    @classmethod
+    def _entity_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            KeyTemplate(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_key(self) -> ReltioTargetSettings:
+        if (self.entity is None) == (self.crosswalk is None):
+            raise ValueError(
+                "set exactly one of 'entity' (e.g. 'entities/{RELTIO_ID}') or 'crosswalk' "
+                "(type and value, e.g. {type: configuration/sources/GOOSE, value: '{RECORD_ID}'})"
+            )
+        return self
+
+    def entity_template(self) -> KeyTemplate | None:
+        return KeyTemplate(self.entity) if self.entity is not None else None

@@ -1,0 +1,603 @@
+"""Delete Reltio entities with the bulk delete API: one DeleteEntitiesTask per batch.
+
+Each delivery names an entity, by a URI template or by a crosswalk looked up
+first (`_byCrosswalk`); one that resolves to nothing is done ("absent") and
+never sent. The rest go into one `POST entities/_delete` whose answer is a
+task, polled until it ends.
+
+What "done" means: the task ended in success and did not name the entity as
+failed. Reltio lists at most 100 failed IDs, and counts an entity that was
+already gone as failed too, so the target never guesses from the counts: an
+entity the task names, every entity when the count exceeds the list or is
+missing, and every entity of a task that failed or was cancelled is read
+back one by one
+(gone = done, still there = retry).
+
+The API takes no client-chosen id, so after a lost answer the target
+recognises its own task among the tenant's delete tasks by the entity URIs
+it carries. With crosswalks, entities the task already deleted no longer
+resolve: the task must then hold every entity still present, and only
+entities now gone besides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+from connectors.contract import (
+    AmbiguousError,
+    Delivery,
+    FatalError,
+    Outcome,
+    OutcomeKind,
+    RemoteError,
+    RetriableError,
+)
+from connectors.http import HttpClient, excerpt
+from connectors.jobs import CannotCancel, JobHandle, JobProgress, JobSpec, JobState, map_status
+from connectors.keys import KeyTemplate, UnmappedKey
+from connectors.reltio.auth import ReltioClient, classify, is_not_found, json_body
+from connectors.reltio.settings import CrosswalkSettings, ReltioConnection, ReltioTargetSettings
+
+DELETE_TASK_TYPE = "com.reltio.businesslogic.tasks.delete.DeleteEntitiesTask"
+ENTITY_PREFIX = "entities/"
+CONCURRENCY = 8
+"""Lookups and re-checks in flight at once (each is one GET)."""
+TASK_PAGE = 100
+TASK_PAGES = 5
+"""find() reads at most this many pages of the tenant's delete tasks, newest first."""
+ABSENT = "absent"
+
+STATUS: dict[str, JobState] = {
+    "SCHEDULED": JobState.QUEUED,
+    "WAITING_FOR_QUEUE": JobState.QUEUED,
+    "WAITING_FOR_RESOURCE": JobState.QUEUED,
+    "THROTTLING": JobState.QUEUED,
+    "PAUSING": JobState.QUEUED,
+    "PAUSED": JobState.QUEUED,
+    "PROCESSING": JobState.RUNNING,
+    "COMPLETED": JobState.SUCCEEDED,
+    "COMPLETED_WITH_ERRORS": JobState.SUCCEEDED,
+    "FAILED": JobState.FAILED,
+    "PLATFORM_TASK_FAILED": JobState.FAILED,
+    "ERROR": JobState.FAILED,
+    "CANCELING": JobState.CANCELLED,
+    "CANCELED": JobState.CANCELLED,
+}
+"""Reltio task `status` -> JobState (OPS enum plus support.reltio.com's additions);
+anything else is still running. CANCELING is counted as ended: entities the
+task did not reach are read back and retried, never waited for."""
+
+T = TypeVar("T")
+
+
+def entity_uri(text: str) -> str | None:
+    """`entities/<id>` from a URI or a bare id; None when it is neither."""
+    text = text.strip()
+    entity_id = text.removeprefix(ENTITY_PREFIX)
+    if not entity_id or any(ch in entity_id for ch in "/?#") or any(c.isspace() for c in text):
+        return None
+    return ENTITY_PREFIX + entity_id
+
+
+def task_object(body: Any) -> dict[str, Any] | None:
+    """The task from a `_delete` or `tasks/{id}` answer: an object or a one-element array."""
+    if isinstance(body, list) and len(body) == 1:
+        body = body[0]
+    return body if isinstance(body, dict) and isinstance(body.get("id"), str) else None
+
+
+def task_uris(task: Mapping[str, Any]) -> set[str] | None:
+    """The entity URIs a DeleteEntitiesTask was given, or None for any other task.
+
+    Doc examples carry them in `parameters`, PeriodicTaskTO in `taskParams`
+    whose values are strings, so a list may arrive JSON-encoded.
+    """
+    kind = task.get("type")
+    if not isinstance(kind, str) or kind.rsplit(".", 1)[-1] != "DeleteEntitiesTask":
+        return None
+    params = task.get("parameters") or task.get("taskParams")
+    listed = params.get("entityUriList") if isinstance(params, dict) else None
+    if isinstance(listed, str):
+        try:
+            listed = json.loads(listed)
+        except ValueError:
+            listed = [part for part in listed.strip("[]").split(",") if part.strip()]
+    if not isinstance(listed, list):
+        return None
+    uris = {entity_uri(str(u).strip().strip('"')) for u in listed}
+    return {u for u in uris if u is not None}
+
+
+def current_state(task: Mapping[str, Any]) -> dict[str, Any]:
+    """A task's `currentState`: an object in every example, a JSON string in PeriodicTaskTO."""
+    state = task.get("currentState")
+    if isinstance(state, str):
+        try:
+            state = json.loads(state)
+        except ValueError:
+            return {}
+    return state if isinstance(state, dict) else {}
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Per delivery: the entity URI it deletes, or an outcome known before any task."""
+
+    uris: dict[int, str]
+    outcomes: dict[int, Outcome]
+    keyed: int
+    """Deliveries that produced a key (for crosswalks: whose lookup was attempted)."""
+
+    def uri_list(self) -> list[str]:
+        return list(dict.fromkeys(self.uris.values()))
+
+    def detail(self) -> dict[str, Any]:
+        """The plan as JSON for the job handle, which the engine stores and restores."""
+        return {
+            "uris": {str(k): v for k, v in self.uris.items()},
+            "outcomes": {str(k): _outcome_json(o) for k, o in self.outcomes.items()},
+        }
+
+
+def _outcome_json(outcome: Outcome) -> dict[str, Any]:
+    data: dict[str, Any] = {"kind": outcome.kind.value}
+    if outcome.reason:
+        data["reason"] = outcome.reason
+    if outcome.detail:
+        data["detail"] = outcome.detail
+    if outcome.retry_after is not None:
+        data["retry_after"] = outcome.retry_after
+    return data
+
+
+def _outcome_from_json(delivery_id: int, data: Any) -> Outcome:
+    if not isinstance(data, dict) or data.get("kind") not in {k.value for k in OutcomeKind}:
+        return Outcome.retry(delivery_id, f"unreadable outcome in the job handle: {data!r}")
+    retry_after = data.get("retry_after")
+    return Outcome(
+        delivery_id,
+        OutcomeKind(data["kind"]),
+        reason=str(data.get("reason", "")),
+        retry_after=float(retry_after) if isinstance(retry_after, int | float) else None,
+        detail=str(data.get("detail", "")),
+    )
+
+
+class ReltioDeleteTarget:
+    """Deletes the entities deliveries name, one bulk delete task per batch."""
+
+    kind = "reltio_delete"
+
+    def __init__(
+        self,
+        name: str,
+        connection: ReltioConnection,
+        settings: ReltioTargetSettings,
+        *,
+        http: HttpClient | None = None,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.batch_size = settings.batch_size
+        self._entity: KeyTemplate | None = settings.entity_template()
+        self._crosswalk: CrosswalkSettings | None = settings.crosswalk
+        self._http = http or connection.http_client(
+            name,
+            base_url=connection.tenant_url,
+            secrets=connection.secret_values(),
+            classify=classify,
+        )
+        self.api = ReltioClient(name, connection, self._http)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # -- the AsyncTarget contract ---------------------------------------------------
+
+    async def submit(self, job: JobSpec) -> JobHandle:
+        try:
+            plan = await self._plan(job.items, strict=False)
+        except AmbiguousError as exc:
+            # Only lookups (reads) were sent: nothing to find, the batch may simply be sent later.
+            raise RetriableError(
+                str(exc), connection=self.name, retry_after=exc.retry_after
+            ) from None
+        uris = plan.uri_list()
+        if not uris:
+            return JobHandle("", JobState.SUCCEEDED, {**plan.detail(), "task": None})
+        path = "/entities/_delete"
+        what = f"POST {path}"
+        response = await self.api.call(
+            "POST",
+            path,
+            idempotent=False,
+            params={
+                "mode": self.settings.mode,
+                "sendMail": "true" if self.settings.send_mail else "false",
+            },
+            json={"objects": {"list": uris}},
+        )
+        if not response.is_success:
+            raise self.api.remote(what, response)
+        task = task_object(json_body(response))
+        if task is None:
+            raise AmbiguousError(
+                f"{self.name}: {what}: HTTP {response.status_code} without a task (id, "
+                f"status): {excerpt(response.text, self._http.secrets)}; the task may exist",
+                connection=self.name,
+            )
+        raw = str(task.get("status") or "")
+        return JobHandle(
+            task["id"],
+            map_status(raw, STATUS),
+            {**plan.detail(), "task": task["id"], "status": raw, "mode": self.settings.mode},
+        )
+
+    async def find(self, job: JobSpec) -> JobHandle | None:
+        """The newest delete task carrying this job's entities. Errors are retriable here:
+        the engine must never resubmit on a guess."""
+        try:
+            return await self._find(job)
+        except RemoteError as exc:
+            raise RetriableError(
+                f"{exc}; cannot tell whether the delete task exists", connection=self.name
+            ) from None
+
+    async def _find(self, job: JobSpec) -> JobHandle | None:
+        plan = await self._plan(job.items, strict=True)
+        wanted = set(plan.uri_list())
+        if not wanted:
+            return None
+        for task in await self._delete_tasks():
+            carried = task_uris(task)
+            if carried is None or not await self._carries(carried, wanted, plan):
+                continue
+            raw = str(task.get("status") or "")
+            return JobHandle(
+                task["id"],
+                map_status(raw, STATUS),
+                {
+                    **plan.detail(),
+                    "task": task["id"],
+                    "status": raw,
+                    "mode": self.settings.mode,
+                    "adopted": True,
+                },
+            )
+        return None
+
+    async def _carries(self, carried: set[str], wanted: set[str], plan: Plan) -> bool:
+        if self._crosswalk is None:
+            return carried == wanted
+        if not wanted <= carried or len(carried) > plan.keyed:
+            return False
+        extra = sorted(carried - wanted)
+        present = await self._gather(extra, self._present)
+        return all(value is False for value in present.values())
+
+    async def _delete_tasks(self) -> list[dict[str, Any]]:
+        path = "/tasks"
+        tasks: list[dict[str, Any]] = []
+        for page in range(TASK_PAGES):
+            params = {
+                "type": DELETE_TASK_TYPE,
+                "offset": str(page * TASK_PAGE),
+                "max": str(TASK_PAGE),
+            }
+            response = await self.api.call("GET", path, idempotent=True, params=params)
+            body = json_body(response)
+            if not response.is_success or not isinstance(body, list):
+                raise self.api.remote(f"GET {path}", response)
+            tasks.extend(t for t in body if isinstance(t, dict) and isinstance(t.get("id"), str))
+            if len(body) < TASK_PAGE:
+                break
+        return sorted(tasks, key=lambda t: _int(t.get("createdTime")) or 0, reverse=True)
+
+    async def poll(self, job: JobSpec, handle: JobHandle) -> JobProgress:
+        known = handle.detail
+        if not handle.remote_id:
+            return JobProgress(
+                JobState.SUCCEEDED, outcomes=self._outcomes(job, known, {}), detail={"task": None}
+            )
+        path = f"/tasks/{quote(handle.remote_id, safe='')}"
+        what = f"GET {path}"
+        response = await self.api.call("GET", path, idempotent=True)
+        if is_not_found(response):
+            # Reltio may forget old tasks: what each entity became is read back instead.
+            gone = {"error": "Reltio does not know this task (HTTP 404)"}
+            return await self._settle(
+                job, known, handle.remote_id, gone, JobState.FAILED, "NOT_FOUND"
+            )
+        task = task_object(json_body(response)) if response.is_success else None
+        if task is None:
+            raise self.api.remote(what, response)
+        raw = task.get("status")
+        if not isinstance(raw, str) or not raw:
+            state_status = current_state(task).get("status")
+            raw = state_status if isinstance(state_status, str) and state_status else ""
+        if not raw:
+            raise RemoteError(f"{self.name}: {what}: a task without status", connection=self.name)
+        state = map_status(raw, STATUS)
+        if not state.terminal:
+            return JobProgress(
+                state,
+                detail=_task_detail(task, raw),
+                poll_after=self.settings.poll_interval,
+                message=raw,
+            )
+        return await self._settle(job, known, handle.remote_id, task, state, raw)
+
+    async def cancel(self, handle: JobHandle) -> None:
+        raise CannotCancel(
+            "Reltio's bulk delete (DeleteEntitiesTask) offers no cancel call the engine can "
+            "rely on; the task runs to its end, and entities it did not delete are retried"
+        )
+
+    async def preview(self, batch: Sequence[Delivery]) -> list[Outcome]:
+        """What `submit` would send, read-only: each entity looked up or read."""
+        try:
+            plan = await self._plan(batch, strict=False)
+            uris = plan.uri_list()
+            present: dict[str, bool | RemoteError] = (
+                dict.fromkeys(uris, True)
+                if self._crosswalk is not None
+                else await self._gather(uris, self._present)
+            )
+        except RetriableError as exc:
+            return [Outcome.retry(d.delivery_id, str(exc), exc.retry_after) for d in batch]
+        outcomes = []
+        for d in batch:
+            if d.delivery_id in plan.outcomes:
+                outcomes.append(plan.outcomes[d.delivery_id])
+                continue
+            uri = plan.uris[d.delivery_id]
+            found = present[uri]
+            if isinstance(found, RemoteError):
+                outcomes.append(Outcome.retry(d.delivery_id, str(found)))
+            elif found:
+                outcomes.append(Outcome.done(d.delivery_id, f"would delete {uri}"))
+            else:
+                outcomes.append(Outcome.done(d.delivery_id, ABSENT))
+        return outcomes
+
+    # -- planning: which entity each delivery deletes ------------------------------
+
+    async def _plan(self, items: Sequence[Delivery], *, strict: bool) -> Plan:
+        """`strict` (for find) turns a lookup's error into RetriableError instead of a
+        per-delivery retry, since a guessed URI set could adopt the wrong task."""
+        uris: dict[int, str] = {}
+        outcomes: dict[int, Outcome] = {}
+        keyed: list[tuple[Delivery, str]] = []
+        template = self._entity or (self._crosswalk.value_template() if self._crosswalk else None)
+        assert template is not None
+        for d in items:
+            try:
+                keyed.append((d, template.render(d.fields)))
+            except UnmappedKey as exc:
+                outcomes[d.delivery_id] = Outcome.dead(d.delivery_id, f"no key: {exc.reason}")
+        if self._crosswalk is None:
+            for d, key in keyed:
+                uri = entity_uri(key)
+                if uri is None:
+                    outcomes[d.delivery_id] = Outcome.dead(
+                        d.delivery_id,
+                        f"no key: {key!r} is not a Reltio entity URI or id (entities/<id>)",
+                    )
+                else:
+                    uris[d.delivery_id] = uri
+            return Plan(uris, outcomes, len(keyed))
+        found = await self._gather(list(dict.fromkeys(k for _, k in keyed)), self._lookup)
+        for d, key in keyed:
+            result = found[key]
+            if isinstance(result, RemoteError):
+                if strict:
+                    raise result
+                outcomes[d.delivery_id] = Outcome.retry(d.delivery_id, str(result))
+            elif not result:
+                outcomes[d.delivery_id] = Outcome.done(d.delivery_id, ABSENT)
+            elif len(result) > 1:
+                outcomes[d.delivery_id] = Outcome.dead(
+                    d.delivery_id,
+                    f"ambiguous: {len(result)} entities have crosswalk "
+                    f"{self._crosswalk.type} {key!r} ({', '.join(result)}); nothing deleted",
+                )
+            else:
+                uris[d.delivery_id] = result[0]
+        return Plan(uris, outcomes, len(keyed))
+
+    async def _lookup(self, value: str) -> list[str]:
+        """The URIs of the entities holding this crosswalk; [] when none does."""
+        assert self._crosswalk is not None
+        path = f"/entities/_byCrosswalk/{quote(value, safe='')}"
+        what = f"GET {path}"
+        response = await self.api.call(
+            "GET", path, idempotent=True, params={"type": self._crosswalk.type}
+        )
+        if is_not_found(response):
+            return []
+        body = json_body(response)
+        if not response.is_success:
+            raise self.api.remote(what, response)
+        entries = body if isinstance(body, list) else [body]
+        uris: list[str] = []
+        for entry in entries:
+            entity = entry.get("object", entry) if isinstance(entry, dict) else None
+            uri = entity_uri(str(entity.get("uri", ""))) if isinstance(entity, dict) else None
+            if uri is None:
+                raise RemoteError(
+                    f"{self.name}: {what}: an answer without an entity URI: "
+                    f"{excerpt(response.text, self._http.secrets)}",
+                    connection=self.name,
+                )
+            uris.append(uri)
+        return list(dict.fromkeys(uris))
+
+    async def _present(self, uri: str) -> bool:
+        path = f"/{quote(uri, safe='/')}"
+        response = await self.api.call("GET", path, idempotent=True)
+        if is_not_found(response):
+            return False
+        if not response.is_success:
+            raise self.api.remote(f"GET {path}", response)
+        return True
+
+    async def _gather(
+        self, keys: Sequence[str], work: Callable[[str], Awaitable[T]]
+    ) -> dict[str, T | RemoteError]:
+        """work(key) for every key, a few at a time. A RemoteError stays with its key;
+        the first FatalError or RetriableError stops new work and is raised."""
+        results: dict[str, T | RemoteError] = {}
+        stopped: list[FatalError | RetriableError] = []
+        slots = asyncio.Semaphore(CONCURRENCY)
+
+        async def one(key: str) -> None:
+            async with slots:
+                if stopped:
+                    return
+                try:
+                    results[key] = await work(key)
+                except RemoteError as exc:
+                    results[key] = exc
+                except (FatalError, RetriableError) as exc:
+                    stopped.append(exc)
+
+        await asyncio.gather(*(one(key) for key in keys))
+        if stopped:
+            raise next((e for e in stopped if isinstance(e, FatalError)), stopped[0])
+        return results
+
+    # -- settling a finished task ----------------------------------------------------
+
+    async def _settle(
+        self,
+        job: JobSpec,
+        known: Mapping[str, Any],
+        task_id: str,
+        task: Mapping[str, Any],
+        state: JobState,
+        raw: str,
+    ) -> JobProgress:
+        current = current_state(task)
+        listed_raw = current.get("objectsFailedToDelete")
+        listed = {
+            uri
+            for uri in (
+                entity_uri(str(u)) for u in (listed_raw if isinstance(listed_raw, list) else [])
+            )
+            if uri is not None
+        }
+        counted = _int(current.get("objectsFailedToDeleteCount"))
+        count = len(listed) if counted is None else counted
+        submitted = list(dict.fromkeys(str(u) for u in _uri_map(known).values()))
+        # A doc example of a finished DeleteEntitiesTask carries no failure fields at
+        # all: without a count, nothing says the task deleted everything.
+        trusted = state is JobState.SUCCEEDED and counted is not None and count <= len(listed)
+        to_check = [u for u in submitted if not trusted or u in listed]
+        present = await self._gather(to_check, self._present)
+        failure = self._failure(task, raw)
+        by_uri: dict[str, Outcome] = {}
+        for uri in submitted:
+            if uri not in present:
+                by_uri[uri] = Outcome.done(0, f"deleted by task {task_id}")
+                continue
+            found = present[uri]
+            if isinstance(found, RemoteError):
+                by_uri[uri] = Outcome.retry(0, f"task {task_id} {raw}; re-check failed: {found}")
+            elif not found:
+                by_uri[uri] = Outcome.done(
+                    0, ABSENT if uri in listed else f"absent after task {task_id}"
+                )
+            elif uri in listed:
+                by_uri[uri] = Outcome.retry(
+                    0,
+                    f"Reltio task {task_id} ({raw}) could not delete {uri}: listed in "
+                    f"objectsFailedToDelete ({count} failed in all)",
+                )
+            elif state is JobState.SUCCEEDED:
+                by_uri[uri] = Outcome.retry(
+                    0,
+                    f"{uri} still present after Reltio task {task_id} ({raw}; {count} failed, "
+                    f"{len(listed)} listed)",
+                )
+            else:
+                by_uri[uri] = Outcome.retry(
+                    0, f"{uri} still present after Reltio task {task_id} ended {failure}"
+                )
+        detail = {**_task_detail(task, raw), "task": task_id, "checked": len(present)}
+        return JobProgress(
+            state,
+            outcomes=self._outcomes(job, known, by_uri),
+            detail=detail,
+            message="" if state is JobState.SUCCEEDED else f"task {task_id} {failure}",
+        )
+
+    def _failure(self, task: Mapping[str, Any], raw: str) -> str:
+        error = task.get("error") or task.get("internalErrorDetails")
+        text = raw if not error else f"{raw}: {error}"
+        return excerpt(str(text), self._http.secrets)
+
+    def _outcomes(
+        self, job: JobSpec, known: Mapping[str, Any], by_uri: Mapping[str, Outcome]
+    ) -> list[Outcome]:
+        """One outcome per item: decided before the task, or by its entity's fate."""
+        settled = known.get("outcomes")
+        settled = settled if isinstance(settled, dict) else {}
+        uris = _uri_map(known)
+        outcomes = []
+        for d in job.items:
+            key = str(d.delivery_id)
+            if key in settled:
+                outcomes.append(_outcome_from_json(d.delivery_id, settled[key]))
+            elif key in uris and uris[key] in by_uri:
+                outcomes.append(replace(by_uri[uris[key]], delivery_id=d.delivery_id))
+            else:
+                outcomes.append(
+                    Outcome.retry(d.delivery_id, "the job handle has no entity for this delivery")
+                )
+        return outcomes
+
+
+def _uri_map(known: Mapping[str, Any]) -> dict[str, str]:
+    uris = known.get("uris")
+    return {str(k): str(v) for k, v in uris.items()} if isinstance(uris, dict) else {}
+
+
+def _task_detail(task: Mapping[str, Any], raw: str) -> dict[str, Any]:
+    current = current_state(task)
+    detail: dict[str, Any] = {"task": task.get("id"), "status": raw}
+    for key in ("numberOfProcessedObjects", "objectsFailedToDeleteCount"):
+        if _int(current.get(key)) is not None:
+            detail[key] = _int(current.get(key))
+    listed = current.get("objectsFailedToDelete")
+    if isinstance(listed, list):
+        detail["objectsFailedToDeleteListed"] = len(listed)
+    for key in ("createdTime", "startTime", "endTime", "duration"):
+        if task.get(key) is not None:
+            detail[key] = task[key]
+    return detail
+
+
+__all__ = [
+    "DELETE_TASK_TYPE",
+    "STATUS",
+    "ReltioDeleteTarget",
+    "current_state",
+    "entity_uri",
+    "task_uris",
+]
