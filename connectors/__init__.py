@@ -10,7 +10,7 @@ import importlib
 
 from connectors.contract import Registry, registry
 
-BUILTIN = ("goose", "mongoose", "adt")
+BUILTIN = ("goose", "mongoose", "adt", "reltio")
 
 
 def load_registry() -> Registry:

@@ -54,6 +54,18 @@ def _handle(job: JobRecord) -> JobHandle:
     return JobHandle(remote_id=job.remote_id or "", state=state, detail=stored.get("detail", {}))
 
 
+def _cancelled(record: OutcomeRecord) -> OutcomeRecord:
+    """An operator stopped the job: what it did not delete is not sent again on its own
+    (that would undo the cancel); it waits as dead, with the reason, for `dlq retry`."""
+    if record.kind != "retry":
+        return record
+    return OutcomeRecord(
+        record.delivery_id,
+        "dead",
+        reason=f"job cancelled by an operator before this was deleted ({record.reason})",
+    )
+
+
 def _later(seconds: float | None, default: float = DEFAULT_POLL) -> datetime:
     return utcnow() + timedelta(seconds=seconds if seconds is not None else default)
 
@@ -230,6 +242,10 @@ class JobRunner:
             records = [OutcomeRecord(d.delivery_id, "retry", reason=retry_all) for d in spec.items]
         else:
             records = complete_outcomes(list(spec.items), list(progress.outcomes))
+        phase = JobPhase.FINISHED
+        if job.cancel_requested:
+            records = [_cancelled(r) for r in records]
+            phase = JobPhase.CANCELLED
         counts = self.store.finish_job(
             job.id,
             progress.state.value,
@@ -237,6 +253,7 @@ class JobRunner:
             self.target.rule,
             detail=detail,
             error=progress.message or retry_all,
+            phase=phase,
         )
         self.report.batches += 1
         self.report.jobs.append(f"#{job.id} {job.remote_id or '(none)'} {progress.state.value}")

@@ -220,3 +220,28 @@ def test_drains_to_done_or_dead_once_the_api_behaves() -> None:
         machine.done_only_when_really_deleted()
     finally:
         machine.teardown()
+
+
+def test_a_cancelled_job_does_not_send_again_what_it_did_not_delete() -> None:
+    machine = JobLifecycle()
+    try:
+        machine.new_deletions(3)
+        machine._run()
+        [job] = machine.store.jobs(pipeline="p")
+        assert job.id is not None and job.remote_id
+        machine.store.request_cancel(job.id)
+        remote = next(iter(machine.api.jobs.values()))
+        remote.done = True
+        machine.api.deleted |= remote.items - remote.refused
+        machine._run()
+        [job] = machine.store.jobs(pipeline="p")
+        assert job.phase == "cancelled"
+        rows = machine.store.deliveries(pipeline="p")
+        done = {d.id for d, _ in rows if d.status == DeliveryStatus.DONE}
+        dead = {d.id: d.last_error for d, _ in rows if d.status == DeliveryStatus.DEAD}
+        assert done == set(remote.items - remote.refused)
+        assert set(dead) == set(remote.refused) and dead
+        assert all("cancelled by an operator" in reason for reason in dead.values())
+        assert len(machine.api.jobs) == 1, "nothing was submitted again"
+    finally:
+        machine.teardown()
