@@ -477,9 +477,15 @@ def jobs_cancel(
     job_id: Annotated[int, typer.Argument(help="the job number shown by status")],
     config: ConfigOption = Path("config.yaml"),
 ) -> None:
-    """Ask the target's API to stop a job, where the API can (DMM StopExecution)."""
+    """Ask the target's API to stop a job, where the API can (DMM StopExecution).
+
+    What the job did not delete is not sent again on its own: it ends dead, with
+    the reason, for `dlq retry`. A job not yet submitted is cancelled here alone.
+    """
+    from connectors.contract import ConnectorError
     from connectors.jobs import AsyncTarget, CannotCancel, JobHandle
-    from state.models import OPEN_PHASES
+    from state.models import OPEN_PHASES, JobPhase
+    from syncengine.engine.pipeline import LOCK_TTL, OWNER
     from syncengine.engine.runtime import build_pipeline
 
     cfg = load(config)
@@ -492,10 +498,35 @@ def jobs_cancel(
         raise fail(f"job #{job_id} is {job.phase} already; nothing to cancel")
     if job.pipeline not in cfg.pipelines or job.target not in cfg.pipelines[job.pipeline].targets:
         raise fail(f"job #{job_id} belongs to {job.pipeline}/{job.target}, not in {config}")
+    if job.phase == JobPhase.CREATED:
+        if not store.acquire_lock(job.pipeline, OWNER, LOCK_TTL):
+            raise fail(
+                f"job #{job_id}: pipeline {job.pipeline} is running right now and may be "
+                "submitting it; try again in a moment"
+            )
+        try:
+            released = store.release_job(
+                job_id,
+                to_dead=True,
+                reason="job cancelled by an operator before it was submitted",
+                phase=JobPhase.CANCELLED,
+            )
+        finally:
+            store.release_lock(job.pipeline, OWNER)
+        out.print(
+            f"job #{job_id} was never submitted: cancelled here; its {released} deliveries are "
+            f"dead (send them again with `syncengine dlq retry -c {config}`)"
+        )
+        return
+    if not job.remote_id:
+        raise fail(
+            f"job #{job_id} may have been submitted but its answer was lost; run the pipeline "
+            "once so the engine finds it, then cancel it"
+        )
     pipe = build_pipeline(cfg, cfg.pipelines[job.pipeline])
     target = pipe.targets[job.target].target
-    if not isinstance(target, AsyncTarget) or not job.remote_id:
-        raise fail(f"job #{job_id} has no remote job to cancel yet")
+    if not isinstance(target, AsyncTarget):
+        raise fail(f"job #{job_id}: target {job.target} does not run jobs")
 
     async def cancel() -> None:
         try:
@@ -509,10 +540,12 @@ def jobs_cancel(
         asyncio.run(cancel())
     except CannotCancel as exc:
         raise fail(f"job #{job_id} ({job.kind} {job.remote_id}): {exc}") from None
+    except ConnectorError as exc:
+        raise fail(f"job #{job_id} ({job.kind} {job.remote_id}): cancel failed: {exc}", 1) from None
     store.request_cancel(job_id)
     out.print(
-        f"job #{job_id} ({job.kind} {job.remote_id}): cancel requested; "
-        "the next run records what it had deleted"
+        f"job #{job_id} ({job.kind} {job.remote_id}): cancel requested; the next run records "
+        "what it had deleted, and what it had not is dead (dlq retry sends it again)"
     )
 
 
@@ -520,13 +553,19 @@ def jobs_cancel(
 def sandbox(
     goose_port: Annotated[int, typer.Option(help="Goose emulator port")] = 8701,
     mongoose_port: Annotated[int, typer.Option(help="Mongoose emulator port")] = 8702,
+    reltio_port: Annotated[int, typer.Option(help="Reltio emulator port")] = 8703,
     adt_port: Annotated[int, typer.Option(help="Azure Digital Twins emulator port")] = 8704,
 ) -> None:
     """Start the emulators with demo data in the foreground; Ctrl-C stops them."""
     from syncengine.sandbox import Sandbox, SandboxError
 
     try:
-        with Sandbox(goose_port=goose_port, mongoose_port=mongoose_port, adt_port=adt_port) as box:
+        with Sandbox(
+            goose_port=goose_port,
+            mongoose_port=mongoose_port,
+            reltio_port=reltio_port,
+            adt_port=adt_port,
+        ) as box:
             for line in box.describe():
                 out.print(line, highlight=False)
             out.print("Ctrl-C to stop.")
