@@ -27,6 +27,7 @@ from connectors.adt.emulator import AdtEmulator, demo_graph
 from connectors.emulator_kit import DEMO_PEOPLE, RunningServer
 from connectors.goose.emulator import GooseEmulator
 from connectors.mongoose.emulator import MongooseEmulator
+from connectors.reltio.emulator import ReltioEmulator, demo_entities
 from state import Store
 from state.db import sqlite_path
 from syncengine.config import Config
@@ -41,6 +42,9 @@ MONGOOSE_USER = "sync"
 MONGOOSE_PASSWORD = "sbx-mongoose-8d2e"  # noqa: S105  (the sandbox's published demo password)
 MONGOOSE_BASE = "/IDORequestService/MGRESTService.svc"
 ADT_TOKEN = "sbx-adt-token-51c0"  # noqa: S105  (the sandbox's published demo token)
+RELTIO_TENANT = "SBXTENANT"
+RELTIO_CLIENT = "syncengine"
+RELTIO_SECRET = "sbx-reltio-secret-7a2f"  # noqa: S105  (the sandbox's published demo secret)
 
 PEOPLE = list(DEMO_PEOPLE)
 EMPLOYEES = [(f"E{n:04d}", name) for n, (_, name) in enumerate(PEOPLE[:8], start=101)]
@@ -72,6 +76,10 @@ def mongoose_seed() -> dict[str, Any]:
         "UserNames": [{"Username": user, "UserDesc": name} for user, name in PEOPLE],
         "SLEmployees": [{"EmpNum": emp, "Name": name} for emp, name in EMPLOYEES],
     }
+
+
+def reltio_seed() -> dict[str, Any]:
+    return {"entities": demo_entities()}
 
 
 class SandboxError(Exception):
@@ -109,6 +117,7 @@ class Sandbox:
         goose_port: int = 8701,
         mongoose_port: int = 8702,
         adt_port: int = 8704,
+        reltio_port: int = 8703,
         step_seconds: float = 0.2,
     ) -> None:
         self.goose = GooseEmulator(timezone="Europe/Rome")
@@ -116,10 +125,16 @@ class Sandbox:
             config=MONGOOSE_CONFIG, users={MONGOOSE_USER: MONGOOSE_PASSWORD}
         )
         self.adt = AdtEmulator(tokens=(ADT_TOKEN,), step_seconds=step_seconds)
+        self.reltio = ReltioEmulator(
+            tenant=RELTIO_TENANT, clients={RELTIO_CLIENT: RELTIO_SECRET}, step_seconds=step_seconds
+        )
         self.emulators = {
             "goose": Emulated("Goose", "--goose-port", self.goose.app, goose_port, goose_seed()),
             "mongoose": Emulated(
                 "Mongoose", "--mongoose-port", self.mongoose.app, mongoose_port, mongoose_seed()
+            ),
+            "reltio": Emulated(
+                "Reltio", "--reltio-port", self.reltio.app, reltio_port, reltio_seed()
             ),
             "adt": Emulated(
                 "Azure Digital Twins", "--adt-port", self.adt.app, adt_port, demo_graph()
@@ -141,6 +156,14 @@ class Sandbox:
     @property
     def adt_url(self) -> str:
         return self.url("adt")
+
+    @property
+    def reltio_url(self) -> str:
+        return self.url("reltio")
+
+    @property
+    def reltio_tenant_url(self) -> str:
+        return f"{self.reltio_url}/reltio/api/{RELTIO_TENANT}"
 
     def __enter__(self) -> Sandbox:
         for emu in self.emulators.values():
@@ -183,6 +206,11 @@ class Sandbox:
             f"    config {MONGOOSE_CONFIG}; user {MONGOOSE_USER}; password {MONGOOSE_PASSWORD}",
             f"    IDOs UserNames ({len(PEOPLE)} rows), SLEmployees ({len(EMPLOYEES)} rows); "
             f"rows: {self.mongoose_url}/_admin/rows/UserNames",
+            f"  Reltio tenant          {self.reltio_tenant_url}",
+            f"    token URL {self.reltio_url}/oauth/token; client {RELTIO_CLIENT}; "
+            f"secret {RELTIO_SECRET}",
+            f"    {len(PEOPLE)} Individuals with GOOSE crosswalks 0-1..0-{len(PEOPLE)}; "
+            f"entities: {self.reltio_url}/_admin/entities",
             f"  Azure Digital Twins    {self.adt_url}  (api-version 2023-10-31)",
             f"    bearer token {ADT_TOKEN}; twins: {self.adt_url}/_admin/twins",
         ]
@@ -224,12 +252,17 @@ def check_demo_safe(config: Config, sandbox: Sandbox) -> None:
     """Refuse to demo against anything but the sandbox and a local SQLite file."""
     allowed = {(HOST, emu.port) for emu in sandbox.emulators.values()}
     for name, connection in config.connections.items():
-        url = urlsplit(str(getattr(connection, "url", "")))
-        if (url.hostname, url.port) not in allowed:
-            raise SandboxError(
-                f"{config.path}: connections.{name}.url {url.geturl()!r} is not a sandbox "
-                "emulator; the demo only runs against the sandbox (use the shipped config.yaml)"
-            )
+        for field in type(connection).model_fields:
+            value = getattr(connection, field)
+            if not field.endswith("url") or value is None:
+                continue
+            url = urlsplit(str(value))
+            if (url.hostname, url.port) not in allowed:
+                raise SandboxError(
+                    f"{config.path}: connections.{name}.{field} {url.geturl()!r} is not a "
+                    "sandbox emulator; the demo only runs against the sandbox (use the shipped "
+                    "config.yaml)"
+                )
     from sqlalchemy.engine import make_url
 
     if sqlite_path(make_url(config.state.url)) is None:
@@ -252,18 +285,23 @@ def _fresh_state(config: Config) -> Iterator[Path]:
 RunOnce = Callable[[Runtime], Awaitable[list[RunReport]]]
 
 
+def _crosswalk(entity: dict[str, Any], source: str = "configuration/sources/GOOSE") -> str:
+    return next((c["value"] for c in entity.get("crosswalks", []) if c["type"] == source), "?")
+
+
 def run_demo(config: Config, console: Console, run_once_fn: RunOnce) -> int:
     with Sandbox() as box:
         check_demo_safe(config, box)
         with _fresh_state(config) as db:
             console.print(
                 f"Sandbox started: Goose {box.goose_url}, Mongoose {box.mongoose_url}, "
-                f"Azure Digital Twins {box.adt_url}"
+                f"Reltio {box.reltio_url}, Azure Digital Twins {box.adt_url}"
             )
             console.print(f"State: {db} (reset: the sandbox starts empty every time)\n")
             before = {u["Username"] for u in box.mongoose_rows("UserNames")}
             before_emp = {e["EmpNum"] for e in box.mongoose_rows("SLEmployees")}
             twins_before = box.admin_get("adt", "/_admin/twins")
+            mdm_before = box.admin_get("reltio", "/_admin/entities")
 
             console.print(
                 "[bold]Round 1[/bold]: in Goose, a user deletes 5 contacts, 1 contact that has "
@@ -294,8 +332,12 @@ def run_demo(config: Config, console: Console, run_once_fn: RunOnce) -> int:
             after_emp = {e["EmpNum"] for e in box.mongoose_rows("SLEmployees")}
             twins_after = box.admin_get("adt", "/_admin/twins")
             adt_jobs = box.admin_get("adt", "/_admin/jobs")
+            mdm_after = box.admin_get("reltio", "/_admin/entities")
+            mdm_tasks = box.admin_get("reltio", "/_admin/tasks")
+            mdm_gone = {_crosswalk(e) for e in mdm_before} - {_crosswalk(e) for e in mdm_after}
             expected_gone = {p[0] for p in PEOPLE[:7]}
             expected_emp_gone = {EMPLOYEES[0][0], EMPLOYEES[1][0]}
+            expected_mdm_gone = {f"0-{n}" for n in (1, 2, 3, 4, 5, 6, 7, 13)}
             removed_round1 = {t["$dtId"] for t in twins_before} - twins_mid
             console.print("\n[bold]In the emulators now[/bold]")
             console.print(
@@ -309,6 +351,11 @@ def run_demo(config: Config, console: Console, run_once_fn: RunOnce) -> int:
             console.print(
                 f"  kept: {PEOPLE[11][0]} (deleted in Goose by the engine's own key, imc: false)"
             )
+            tasks_text = ", ".join(f"{t['id'][:8]} {t['status']}" for t in reversed(mdm_tasks))
+            console.print(
+                f"  Reltio: {len(mdm_before)} entities before, {len(mdm_after)} after; deleted "
+                f"(by GOOSE crosswalk): {', '.join(sorted(mdm_gone))}; tasks {tasks_text}"
+            )
             console.print(
                 f"  ADT round 1: twins removed one by one: {', '.join(sorted(removed_round1))}"
             )
@@ -320,6 +367,9 @@ def run_demo(config: Config, console: Console, run_once_fn: RunOnce) -> int:
             ok = (
                 before - after == expected_gone
                 and before_emp - after_emp == expected_emp_gone
+                and mdm_gone == expected_mdm_gone
+                and len(mdm_tasks) == 2
+                and all(t["status"] == "COMPLETED" for t in mdm_tasks)
                 and removed_round1 == {"0-1", "0-2", "0-3", "0-4", "0-5"}
                 and len(adt_jobs) == 1
                 and adt_jobs[0]["status"] == "succeeded"

@@ -147,7 +147,12 @@ class Env:
 
 @pytest.fixture
 def e2e(tmp_path: Path) -> Iterator[Env]:
-    with Sandbox(goose_port=free_port(), mongoose_port=free_port(), adt_port=free_port()) as box:
+    with Sandbox(
+        goose_port=free_port(),
+        mongoose_port=free_port(),
+        adt_port=free_port(),
+        reltio_port=free_port(),
+    ) as box:
         env = Env(box=box, tmp=tmp_path, config=tmp_path / "config.yaml")
         env.write_config()
         yield env
