@@ -80,9 +80,7 @@ def goose_ids_left(e2e: Env) -> set[str]:
 
 
 @pytest.mark.parametrize("point", ["before_submit", "after_submit", "after_poll"])
-def test_reltio_killed_around_a_task_resumes_it_and_never_starts_two(
-    e2e: Env, point: str
-) -> None:
+def test_reltio_killed_around_a_task_resumes_it_and_never_starts_two(e2e: Env, point: str) -> None:
     reltio_config(e2e)
     e2e.box.delete_in_goose("CON_TRO", CONTACTS)
     killed = e2e.cli("run", "--once", "-c", str(e2e.config), failpoints=point)
