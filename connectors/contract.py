@@ -34,6 +34,10 @@ class SourceRecord:
     stream: str
     key: str
     fields: Mapping[str, Any]
+    origin: str = ""
+    """The record's name in its own system, written exactly as a target deleting there
+    names its `Outcome.effect` (e.g. `goose:DEV001:CON_TRO:0-1`), so the journal can
+    recognise a deletion this engine itself caused and not propagate it again."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,10 @@ class SourcePage:
     records: Sequence[SourceRecord]
     cursor: JSON
     more: bool = False
+    problem: str = ""
+    """What this page could not tell, for the operator (an execution that ended in
+    error, a task that names no entities); the records still count and the cursor
+    still moves, the engine records the message on the stream and logs it."""
 
 
 @runtime_checkable
@@ -126,10 +134,14 @@ class Outcome:
     reason: str = ""
     retry_after: float | None = None
     detail: str = ""
+    effect: str = ""
+    """On DONE, the deleted (or absent) record's name in the target's system, in the
+    form a source reading that system gives as `SourceRecord.origin`; empty when no
+    source can observe the target."""
 
     @classmethod
-    def done(cls, delivery_id: int, detail: str = "") -> Outcome:
-        return cls(delivery_id, OutcomeKind.DONE, detail=detail)
+    def done(cls, delivery_id: int, detail: str = "", effect: str = "") -> Outcome:
+        return cls(delivery_id, OutcomeKind.DONE, detail=detail, effect=effect)
 
     @classmethod
     def retry(cls, delivery_id: int, reason: str, retry_after: float | None = None) -> Outcome:
@@ -160,6 +172,23 @@ class Backfillable(Protocol):
     """
 
     def plan_backfill(self, stream: str, since: str, now: datetime) -> SourceCall: ...
+
+
+@runtime_checkable
+class TaskSource(Protocol):
+    """A source whose streams are remote tasks that finish (a DMM delete execution, a
+    Reltio delete task), each read once it has ended.
+
+    Besides the tasks its settings list (`streams()`), the engine gives it tasks an
+    operator registers and tasks this engine's own targets started, by asking for
+    their stream name. `fetch` on a task still running returns no records and a
+    cursor for which `finished` is false; once `finished` is true the engine never
+    reads that stream again.
+    """
+
+    def task_stream(self, task_id: str) -> str: ...
+
+    def finished(self, cursor: JSON | None) -> bool: ...
 
 
 @runtime_checkable
@@ -236,6 +265,9 @@ class ConnectorInfo:
     target_settings: builtins.type[Any] | None = None
     build_source: SourceFactory | None = None
     build_target: TargetFactory | None = None
+    task_source: bool = False
+    """Its source is a `TaskSource` (streams are remote tasks), so a pipeline can make it
+    follow the jobs a target on the same connection started."""
 
 
 class UnknownConnectorType(KeyError):
