@@ -1,18 +1,34 @@
-"""Goose (gooseapp.com): the DELETED service as a source of deletions."""
+"""Goose (gooseapp.com): the DELETED service as a source of deletions, and the
+OPERATION service as a target deleting records by RECORD_ID."""
 
 from __future__ import annotations
 
 from connectors.contract import ConnectorInfo, registry
-from connectors.goose.settings import GooseConnection, GooseSourceSettings
+from connectors.goose.settings import (
+    GooseConnection,
+    GooseSourceSettings,
+    GooseTargetSettings,
+    record_name,
+)
 from connectors.goose.source import GooseSource, build_source
+from connectors.goose.target import GooseDeleteTarget, build_target
 
 registry.register(
     ConnectorInfo(
         name="goose",
         connection_settings=GooseConnection,
         source_settings=GooseSourceSettings,
+        target_settings=GooseTargetSettings,
         build_source=build_source,
+        build_target=build_target,
     )
 )
 
-__all__ = ["GooseConnection", "GooseSource", "GooseSourceSettings"]
+__all__ = [
+    "GooseConnection",
+    "GooseDeleteTarget",
+    "GooseSource",
+    "GooseSourceSettings",
+    "GooseTargetSettings",
+    "record_name",
+]

@@ -15,7 +15,9 @@ are numbers unless `codes_as_strings` is set; `from` is compared with the
 deletion's local wall-clock time at second resolution, as a DATETIME column
 in the emulator's zone would be (so the repeated hour when clocks go back
 is compared by wall time, not by instant); the daily limit resets at local
-midnight.
+midnight; OPERATION models DELETE only, and deleting a record that is not
+there answers error 120 "Record '<id>' not found" with the query, like any
+other SQL error of OPERATION.
 
 Time comes from one place, `now()`: a replaceable `clock` plus an offset.
 """
@@ -54,10 +56,18 @@ class DeletedRecord:
 
 
 class GooseError(Exception):
-    def __init__(self, code: int, description: str) -> None:
+    """An error answer; `query` is the SQL OPERATION tried, which its errors show."""
+
+    def __init__(self, code: int, description: str, query: str | None = None) -> None:
         super().__init__(description)
         self.code = code
         self.description = description
+        self.query = query
+
+
+def _missing_table(code: str, table: str) -> str:
+    """Error 120's description as the docs print it, stray quote included."""
+    return f"Table 'client_goose_{code}.{table}' doesn't exist'"
 
 
 def _limit(value: Any) -> bool:
@@ -269,11 +279,12 @@ class GooseEmulator:
 
     # --- the vendor services -----------------------------------------------
 
-    def _error(self, code: int, description: str) -> JSONResponse:
-        value: int | str = str(code) if self.codes_as_strings else code
-        return JSONResponse(
-            {"status": "error", "error": {"code": value, "description": description}}
-        )
+    def _error(self, exc: GooseError) -> JSONResponse:
+        value: int | str = str(exc.code) if self.codes_as_strings else exc.code
+        error: dict[str, Any] = {"code": value, "description": exc.description}
+        if exc.query is not None:
+            error["query"] = exc.query
+        return JSONResponse({"status": "error", "error": error})
 
     @staticmethod
     async def _body(request: Request) -> dict[str, Any]:
@@ -330,19 +341,24 @@ class GooseEmulator:
                 if dropped:
                     self._drop_next -= 1
         except GooseError as exc:
-            return self._error(exc.code, exc.description)
+            return self._error(exc)
         if dropped:
             return JSONResponse(
                 {"error": "injected: answer lost after the cursor moved"}, status_code=500
             )
         return JSONResponse({"status": "OK", "result": {"total": len(rows), "data": rows}})
 
-    def _table(self, code: str, body: dict[str, Any]) -> str:
+    @staticmethod
+    def _table_name(body: dict[str, Any]) -> str:
         table = body.get("table")
         if not isinstance(table, str) or not 0 < len(table) <= 7:
             raise GooseError(103, "Format field 'table' not valid")
+        return table
+
+    def _table(self, code: str, body: dict[str, Any]) -> str:
+        table = self._table_name(body)
         if (code, table) not in self._tables:
-            raise GooseError(120, f"Table 'client_goose_{code}.{table}' doesn't exist'")
+            raise GooseError(120, _missing_table(code, table))
         return table
 
     def _select_deleted(self, code: str, key: str, body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -374,31 +390,30 @@ class GooseEmulator:
         ]
 
     async def operation_service(self, request: Request) -> Response:
-        """Only DELETE is modelled; the deletion is attributed to the calling key."""
+        """Only DELETE is modelled; the deletion is attributed to the calling key.
+
+        Every field's format is checked before any SQL runs; a SQL failure
+        (an unknown table, no such record) carries the query in `error.query`,
+        which only OPERATION returns.
+        """
         try:
             body = await self._body(request)
             with self._lock:
                 code, key = self._authenticate(body, self._client_ip(request))
                 if body.get("operation") != "DELETE":
                     raise GooseError(100, "Format field 'operation' not valid")
-                table = self._table(code, body)
+                table = self._table_name(body)
                 record_id = body.get("id")
                 if not isinstance(record_id, str) or not 0 < len(record_id) <= 25:
                     raise GooseError(104, "Format field 'id' not valid")
+                quoted = record_id.replace("'", "''")
+                query = f"DELETE FROM client_goose_{code}.{table} WHERE RECORD_ID='{quoted}'"
+                if (code, table) not in self._tables:
+                    raise GooseError(120, _missing_table(code, table), query)
                 if not self.delete(table, [record_id], by_key=key, code=code):
-                    return JSONResponse(
-                        {
-                            "status": "error",
-                            "error": {
-                                "code": "120",
-                                "description": f"Record '{record_id}' not found",
-                                "query": f"DELETE FROM client_goose_{code}.{table} "
-                                f"WHERE RECORD_ID='{record_id}'",
-                            },
-                        }
-                    )
+                    raise GooseError(120, f"Record '{record_id}' not found", query)
         except GooseError as exc:
-            return self._error(exc.code, exc.description)
+            return self._error(exc)
         return JSONResponse(
             {"status": "OK", "result": {"operation": "DELETE", "table": table, "id": record_id}}
         )

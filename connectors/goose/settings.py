@@ -1,4 +1,5 @@
-"""Settings of a Goose connection and of a pipeline reading its DELETED service."""
+"""Settings of a Goose connection, of a pipeline reading its DELETED service and of a
+target deleting through its OPERATION service."""
 
 from __future__ import annotations
 
@@ -8,8 +9,16 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from connectors.keys import KeyTemplate
 from connectors.settings import ConnectionBase, Seconds, StrictModel
 
 TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -18,6 +27,21 @@ DOCUMENTED_CALLS_PER_SECOND = 5.0
 
 _TABLE = re.compile(r"^[A-Za-z0-9_]{1,7}$")
 _LAST_SEGMENT_DELETED = re.compile(r"(^|/)deleted(/?)$")
+
+
+def record_name(code: str, table: str, record_id: str) -> str:
+    """A Goose record's name across the engine: what the source gives as a record's
+    `origin` and the target as a deletion's `effect`. One function writes both, so
+    the engine can recognise a deletion it caused itself when the source reads it."""
+    return f"goose:{code}:{table}:{record_id}"
+
+
+def _check_table(table: str) -> str:
+    if not _TABLE.match(table):
+        raise ValueError(
+            f"table {table!r}: Goose table names are 1 to 7 letters, digits or underscores"
+        )
+    return table
 
 
 def parse_goose_time(text: str) -> datetime:
@@ -123,10 +147,7 @@ class GooseSourceSettings(StrictModel):
     @classmethod
     def _tables(cls, value: list[str]) -> list[str]:
         for table in value:
-            if not _TABLE.match(table):
-                raise ValueError(
-                    f"table {table!r}: Goose table names are 1 to 7 letters, digits or underscores"
-                )
+            _check_table(table)
         if len(set(value)) != len(value):
             twice = sorted({t for t in value if value.count(t) > 1})
             raise ValueError(f"tables listed more than once: {', '.join(twice)}")
@@ -141,3 +162,56 @@ class GooseSourceSettings(StrictModel):
             except ValueError:
                 raise ValueError(f'start {value!r}: write "yyyy-mm-dd hh:mm:ss"') from None
         return value
+
+
+def operation_url_problem(connection: GooseConnection, name: str | None = None) -> str | None:
+    """Why a Goose target cannot run on `connection`, or None when it can.
+
+    Without an OPERATION url there is nowhere safe to send deletions: a guess
+    from a DELETED url that does not end in `deleted` could post them anywhere.
+    """
+    if connection.operation_url is not None:
+        return None
+    where = f"connections.{name}" if name else "the connection"
+    return (
+        f"{where}.operation_url is not set and cannot be derived from {where}.url "
+        f"({connection.url!r} does not end in a `deleted` segment); set {where}.operation_url "
+        "to the OPERATION service, e.g. https://api.gooseapp.com/operation/"
+    )
+
+
+class GooseTargetSettings(StrictModel):
+    """The target block of a pipeline deleting Goose records through OPERATION.
+
+    `id` renders each deletion's fields into the RECORD_ID to delete. The
+    connection's `operation_url` is checked here when the config loader passes
+    the connection as context, so a missing one fails `syncengine check`, not a run.
+    """
+
+    table: str = Field(description="the Goose table records are deleted from, e.g. CON_TRO")
+    id: str = Field(description="key template giving the RECORD_ID, e.g. '{RECORD_ID}'")
+    batch_size: int = Field(20, ge=1, le=500, description="deliveries per send (one call each)")
+
+    @field_validator("table")
+    @classmethod
+    def _table(cls, value: str) -> str:
+        return _check_table(value)
+
+    @field_validator("id")
+    @classmethod
+    def _id_parses(cls, value: str) -> str:
+        KeyTemplate(value)
+        return value
+
+    @model_validator(mode="after")
+    def _operation_url_known(self, info: ValidationInfo) -> GooseTargetSettings:
+        context = info.context or {}
+        connection = context.get("connection")
+        if isinstance(connection, GooseConnection):
+            problem = operation_url_problem(connection, context.get("connection_name"))
+            if problem:
+                raise ValueError(problem)
+        return self
+
+    def key_template(self) -> KeyTemplate:
+        return KeyTemplate(self.id)

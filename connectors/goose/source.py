@@ -36,6 +36,7 @@ from connectors.goose.settings import (
     TIMESTAMP_FORMAT,
     GooseConnection,
     GooseSourceSettings,
+    record_name,
 )
 from connectors.http import Action, HttpClient, Resolution, excerpt, scrub
 
@@ -229,7 +230,9 @@ class GooseSource:
         for row in data:
             if not isinstance(row, dict) or row.get("RECORD_ID") in (None, ""):
                 raise RemoteError(f"{where}: a record without RECORD_ID", connection=self.name)
-            records.append(SourceRecord(stream=stream, key=str(row["RECORD_ID"]), fields=row))
+            key = str(row["RECORD_ID"])
+            origin = record_name(self.connection.code, stream, key)
+            records.append(SourceRecord(stream=stream, key=key, fields=row, origin=origin))
         return records
 
     def _secrets(self) -> list[str]:

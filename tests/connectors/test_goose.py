@@ -305,7 +305,7 @@ async def test_operation_service_deletes_as_the_calling_key(
                 "id": "0-4",
             },
         )
-        assert again.json()["error"]["code"] == "120"
+        assert again.json()["error"]["code"] == 120, "a number unless codes_as_strings"
         bad = await client.post(f"{server.url}/deleted/", content=b"{code: 'DEV001'}")
         assert bad.json()["error"]["code"] == 99
     assert emulator.deletions()[-1]["by_key"] == KEY

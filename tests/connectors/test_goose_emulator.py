@@ -247,10 +247,23 @@ def test_operation_deletes_as_the_calling_key(
     assert emulator.deletions()[-1]["by_key"] == ENGINE
     assert "0-4" not in {r["RECORD_ID"] for r in emulator.records("CON_TRO")}
     again = operation(operation="DELETE", table="CON_TRO", id="0-4")
-    assert again["error"]["code"] == "120" and "query" in again["error"]
+    assert again["error"] == {
+        "code": 120,
+        "description": "Record '0-4' not found",
+        "query": "DELETE FROM client_goose_DEV001.CON_TRO WHERE RECORD_ID='0-4'",
+    }
     assert operation(operation="UPDATE", table="CON_TRO", id="0-5")["error"]["code"] == 100
-    assert operation(operation="DELETE", table="NOPE", id="0-5")["error"]["code"] == 120
+    no_table = operation(operation="DELETE", table="NOPE", id="0-5")["error"]
+    assert no_table["code"] == 120 and "query" in no_table, "a SQL error shows its query"
     assert operation(operation="DELETE", table="CON_TRO")["error"]["code"] == 104
+    assert operation(operation="DELETE", table="CON_TRO", id="x" * 26)["error"]["code"] == 104
+    assert operation(operation="DELETE", table="TOOLONGX", id="0-5")["error"]["code"] == 103
+    assert "query" not in operation(operation="DELETE", table="CON_TRO")["error"], (
+        "a format error runs no query"
+    )
+    emulator.codes_as_strings = True
+    assert operation(operation="DELETE", table="CON_TRO", id="0-4")["error"]["code"] == "120"
+    emulator.codes_as_strings = False
     # the engine's own deletion is left out of its imc=false reads
     assert ids(deleted(client, **{"from": "latest"})) == []
     assert ids(deleted(client, key=USER, **{"from": "latest"})) == ["0-4"]

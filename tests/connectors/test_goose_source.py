@@ -221,6 +221,10 @@ async def test_latest_returns_each_deletion_once(
         "SYKEY": "user1",
     }
     assert first.records[0].stream == "CON_TRO"
+    assert [r.origin for r in first.records] == [
+        "goose:DEV001:CON_TRO:0-1",
+        "goose:DEV001:CON_TRO:0-2",
+    ], "named as a Goose target names what it deletes"
     assert datetime.fromisoformat(first.cursor["last_ok_started_at"]).utcoffset() == timedelta(0)
     assert first.more is False
     emulator.delete("CON_TRO", ["0-3"])
@@ -587,6 +591,7 @@ def test_registered_as_goose() -> None:
         "GooseSource",
         "GooseSourceSettings",
     }
+    assert connectors.goose.__all__ == sorted(connectors.goose.__all__)
     source = build_source("g", connection(), settings())
     assert isinstance(source, GooseSource)
     with pytest.raises(TypeError):
