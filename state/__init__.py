@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from state.db import StoreError
+from state.lineage import DeletionNode, DeliveryNode, Handover, Lineage
 from state.models import DeliveryStatus, RunOutcome
 from state.store import (
     ClaimedDelivery,
@@ -20,9 +21,13 @@ from state.store import (
 __all__ = [
     "ClaimedDelivery",
     "CursorState",
+    "DeletionNode",
+    "DeliveryNode",
     "DeliveryStatus",
+    "Handover",
     "HeldCountMismatch",
     "JournalResult",
+    "Lineage",
     "NewRecord",
     "OutcomeCounts",
     "OutcomeRecord",

@@ -10,7 +10,7 @@ import enum
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Index, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, DateTime, ForeignKey, Index, Integer, Text, UniqueConstraint
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -54,6 +54,14 @@ class RunOutcome(enum.StrEnum):
     INTERRUPTED = "interrupted"
 
 
+def _delivery_link(name: str) -> Column[Any]:
+    """A deletion pointing at a delivery, while each delivery points at its deletion: the
+    constraint is added after both tables exist (use_alter), which breaks the cycle."""
+    return Column(
+        Integer, ForeignKey("delivery.id", use_alter=True, name=name), index=True, nullable=True
+    )
+
+
 class Deletion(SQLModel, table=True):
     """One record deleted in a source; unique per (pipeline, stream, key)."""
 
@@ -67,6 +75,18 @@ class Deletion(SQLModel, table=True):
     fields: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     seen_at: datetime = Field(sa_type=UTCDateTime)
     run_id: int | None = None
+    origin: str | None = None
+    """The record's name in its source system (`goose:DEV001:CON_TRO:0-1`)."""
+    origin_delivery_id: int | None = Field(
+        default=None, sa_column=_delivery_link("fk_deletion_origin_delivery")
+    )
+    """The upstream delivery this deletion continues (a chained pipeline, or a source
+    following this engine's own jobs): the link `trace` follows."""
+    echo_of_delivery_id: int | None = Field(
+        default=None, sa_column=_delivery_link("fk_deletion_echo_of_delivery")
+    )
+    """Set when the source reported a deletion this engine itself made through that
+    delivery: journaled for the record, never propagated again."""
 
 
 class Delivery(SQLModel, table=True):
@@ -91,6 +111,9 @@ class Delivery(SQLModel, table=True):
     job_id: int | None = Field(default=None, foreign_key="job.id", index=True)
     approved: bool = False
     """Released by an operator from `held`: the mass-delete guard lets it pass."""
+    effect: str | None = Field(default=None, index=True)
+    """On done: the record's name in the target's system, as a source reading that
+    system would report it; how the journal recognises its own deletions coming back."""
     created_at: datetime = Field(sa_type=UTCDateTime)
     updated_at: datetime = Field(sa_type=UTCDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

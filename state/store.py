@@ -12,7 +12,7 @@ import random
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,6 +24,7 @@ from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, select
 
 from state.db import StoreError, make_engine, upgrade
+from state.lineage import Lineage
 from state.models import (
     OPEN_PHASES,
     Cursor,
@@ -41,10 +42,16 @@ from state.models import (
 
 @dataclass(frozen=True)
 class NewRecord:
-    """A record to journal (the store's own shape: it does not import connectors)."""
+    """A record to journal (the store's own shape: it does not import connectors).
+
+    `origin` names the record in its source system; `origin_delivery_id` links it
+    to the upstream delivery it continues (chained pipelines).
+    """
 
     key: str
     fields: Mapping[str, Any]
+    origin: str = ""
+    origin_delivery_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -55,9 +62,20 @@ class CursorState:
 
 
 @dataclass(frozen=True)
+class Cause:
+    """A done delivery of this engine, found by the effect a source reports."""
+
+    delivery_id: int
+    pipeline: str
+    target: str
+
+
+@dataclass(frozen=True)
 class JournalResult:
     new: int
     duplicates: int
+    echoes: int = 0
+    """New deletions this engine had caused itself: journaled, not propagated."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +112,7 @@ class OutcomeRecord:
     reason: str = ""
     retry_after: float | None = None
     detail: str = ""
+    effect: str = ""
 
 
 @dataclass
@@ -127,6 +146,7 @@ def _apply_outcomes(
         if outcome.kind == "done":
             delivery.status = DeliveryStatus.DONE
             delivery.detail = outcome.detail
+            delivery.effect = outcome.effect or None
             delivery.finished_at = now
             delivery.next_attempt_at = None
             counts.done += 1
@@ -185,6 +205,7 @@ class Store:
         self.url = url
         self.engine = engine or make_engine(url)
         self._dialect = self.engine.dialect.name
+        self.lineage = Lineage(self.engine)
 
     @classmethod
     def open(cls, url: str) -> Store:
@@ -316,6 +337,15 @@ class Store:
                 )
         return found
 
+    def register_stream(self, pipeline: str, stream: str) -> bool:
+        """Add a stream for the next runs to read (a task an operator asks to follow);
+        False when the pipeline already knows it."""
+        with self._tx() as s:
+            if s.get(Cursor, (pipeline, stream)) is not None:
+                return False
+            s.add(Cursor(pipeline=pipeline, stream=stream))
+            return True
+
     def mark_in_flight(
         self, pipeline: str, stream: str, params: Mapping[str, Any], started_at: datetime
     ) -> None:
@@ -342,12 +372,31 @@ class Store:
         run_id: int | None,
         recovered: Mapping[str, Any] | None = None,
         advance_cursor: bool = True,
+        own_effects: Sequence[tuple[str, str]] = (),
+        problem: str = "",
     ) -> JournalResult:
         """Journal a call's answer: deletions, their deliveries, the next cursor and
-        the cleared in-flight marker, in one transaction."""
+        the cleared in-flight marker, in one transaction.
+
+        A record whose origin names what one of this engine's deliveries deleted is
+        an echo: journaled with that link, given no deliveries, never propagated.
+        Except where the source follows that very target's jobs (`own_effects`
+        lists those (pipeline, target) pairs): there the match is the chain link.
+        """
         now = utcnow()
         with self._tx() as s:
-            new_ids = self._insert_deletions(s, pipeline, stream, records, run_id, now)
+            causes = self._caused_by_us(s, records)
+            prepared: list[NewRecord] = []
+            echo_of: dict[str, int] = {}
+            for record in records:
+                cause = causes.get(record.origin) if record.origin_delivery_id is None else None
+                if cause is not None and (cause.pipeline, cause.target) in own_effects:
+                    record = replace(record, origin_delivery_id=cause.delivery_id)
+                elif cause is not None:
+                    echo_of[record.key] = cause.delivery_id
+                prepared.append(record)
+            inserted = self._insert_deletions(s, pipeline, stream, prepared, run_id, now, echo_of)
+            new_ids = [i for i, key in inserted if key not in echo_of]
             if new_ids and targets:
                 s.add_all(
                     Delivery(
@@ -371,12 +420,39 @@ class Store:
                 row.updated_at = now
                 row.last_success_at = now
                 row.consecutive_errors = 0
-                row.last_error = ""
+                row.last_error = problem
                 if recovered is not None:
                     row.recoveries += 1
                     row.last_recovery_at = now
                     row.last_recovery = dict(recovered)
-            return JournalResult(new=len(new_ids), duplicates=len(records) - len(new_ids))
+            return JournalResult(
+                new=len(new_ids),
+                duplicates=len(records) - len(inserted),
+                echoes=len(inserted) - len(new_ids),
+            )
+
+    def _caused_by_us(self, s: Session, records: Sequence[NewRecord]) -> dict[str, Cause]:
+        """origin -> the done delivery of this engine whose effect it is."""
+        origins = sorted({r.origin for r in records if r.origin})
+        found: dict[str, Cause] = {}
+        for start in range(0, len(origins), 500):
+            rows = s.exec(
+                select(
+                    col(Delivery.effect),
+                    col(Delivery.id),
+                    col(Delivery.pipeline),
+                    col(Delivery.target),
+                )
+                .where(
+                    col(Delivery.effect).in_(origins[start : start + 500]),
+                    col(Delivery.status) == DeliveryStatus.DONE,
+                )
+                .order_by(col(Delivery.id))
+            ).all()
+            for effect, delivery_id, pipe, target in rows:
+                if effect is not None and delivery_id is not None:
+                    found.setdefault(effect, Cause(delivery_id, pipe, target))
+        return found
 
     def _insert_deletions(
         self,
@@ -386,14 +462,16 @@ class Store:
         records: Sequence[NewRecord],
         run_id: int | None,
         now: datetime,
-    ) -> list[int]:
+        echo_of: Mapping[str, int] | None = None,
+    ) -> list[tuple[int, str]]:
+        """(id, key) of each deletion that was new; duplicates are skipped."""
         unique: dict[str, NewRecord] = {}
         for record in records:
             unique.setdefault(record.key, record)
         if not unique:
             return []
         insert = pg_insert if self._dialect == "postgresql" else sqlite_insert
-        new_ids: list[int] = []
+        new_ids: list[tuple[int, str]] = []
         keys = list(unique)
         for start in range(0, len(keys), 500):
             chunk = keys[start : start + 500]
@@ -408,14 +486,17 @@ class Store:
                             "fields": dict(unique[key].fields),
                             "seen_at": now,
                             "run_id": run_id,
+                            "origin": unique[key].origin or None,
+                            "origin_delivery_id": unique[key].origin_delivery_id,
+                            "echo_of_delivery_id": (echo_of or {}).get(key),
                         }
                         for key in chunk
                     ]
                 )
                 .on_conflict_do_nothing(index_elements=["pipeline", "stream", "record_key"])
-                .returning(col(Deletion.id))
+                .returning(col(Deletion.id), col(Deletion.record_key))
             )
-            new_ids.extend(int(row[0]) for row in s.execute(statement))
+            new_ids.extend((int(row[0]), str(row[1])) for row in s.execute(statement))
         return new_ids
 
     def record_stream_error(self, pipeline: str, stream: str, error: str) -> int:
