@@ -20,6 +20,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from connectors.contract import TaskSource
 from connectors.http import secret_listeners
 from state import Store, StoreError
 from state.models import utcnow
@@ -115,7 +116,7 @@ def validate(config: ConfigOption = Path("config.yaml")) -> None:
         targets = ", ".join(f"{t} ({spec.connection})" for t, spec in pipe.targets.items())
         state = "" if pipe.enabled else " [disabled]"
         out.print(
-            f"  pipeline {name}{state}: {pipe.source.connection} -> {targets}; "
+            f"  pipeline {name}{state}: {pipe.source.describe()} -> {targets}; "
             f"{pipe.schedule.describe()}",
             highlight=False,
         )
@@ -456,6 +457,59 @@ def dlq_drop(
     out.print(f"{count} dead deliveries dropped (kept for the record, never retried)")
 
 
+@app.command()
+def follow(
+    pipeline: RequiredPipeline,
+    task_ids: Annotated[list[str], typer.Argument(help="task or execution ids to read")],
+    config: ConfigOption = Path("config.yaml"),
+) -> None:
+    """Have a task-output pipeline read these tasks (DMM executions, Reltio tasks) once
+    they finish, besides those its YAML lists and the jobs it follows."""
+    from syncengine.engine.runtime import build_source
+
+    with opened(config, pipeline) as (cfg, store):
+        pipe = cfg.pipelines[pipeline]
+        info_type = pipe.source.connection_type
+        source = build_source(cfg, pipe, store)
+        try:
+            if not isinstance(source, TaskSource):
+                raise fail(
+                    f"pipeline {pipeline} reads a {info_type} source, which has no tasks to "
+                    "follow; follow works for pipelines reading DMM executions or Reltio tasks"
+                )
+            added = []
+            for task_id in task_ids:
+                if not task_id.strip():
+                    raise fail("a task id is empty")
+                stream = source.task_stream(task_id.strip())
+                if store.register_stream(pipeline, stream):
+                    added.append(stream)
+                else:
+                    out.print(f"{pipeline} already reads {stream}", highlight=False)
+        finally:
+            asyncio.run(source.aclose())
+    for stream in added:
+        out.print(f"{pipeline} will read {stream} on its next run", highlight=False)
+
+
+@app.command()
+def trace(
+    key: Annotated[str, typer.Argument(help="a record key, or a record's origin name")],
+    config: ConfigOption = Path("config.yaml"),
+    pipeline: PipelineOption = None,
+    output: OutputOption = "text",
+) -> None:
+    """One record's whole path: where it was seen, what each target did with it, and
+    the chained pipelines that carried it on."""
+    from syncengine.status import collect_trace, render_trace
+
+    with opened(config, pipeline) as (_, store):
+        trees = collect_trace(store, key, pipeline)
+    if not trees:
+        raise fail(f"no deletion with key or origin {key!r} in the journal", 1)
+    emit([t.as_json() for t in trees], output, lambda: render_trace(trees, out))
+
+
 jobs_app = typer.Typer(help="Asynchronous jobs on targets (Reltio tasks, ADT and DMM jobs).")
 app.add_typer(jobs_app, name="jobs")
 
@@ -523,7 +577,7 @@ def jobs_cancel(
             f"job #{job_id} may have been submitted but its answer was lost; run the pipeline "
             "once so the engine finds it, then cancel it"
         )
-    pipe = build_pipeline(cfg, cfg.pipelines[job.pipeline])
+    pipe = build_pipeline(cfg, cfg.pipelines[job.pipeline], store)
     target = pipe.targets[job.target].target
     if not isinstance(target, AsyncTarget):
         raise fail(f"job #{job_id}: target {job.target} does not run jobs")

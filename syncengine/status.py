@@ -12,7 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from state import Store
+from state import DeletionNode, DeliveryNode, Store
 from state.models import Deletion, Delivery, DeliveryStatus, utcnow
 from syncengine.config import Config
 from syncengine.engine import RunReport
@@ -60,6 +60,7 @@ def collect_status(store: Store, config: Config, pipeline: str | None = None) ->
         pipelines.append(
             {
                 "pipeline": name,
+                "source": pipe.source.describe(),
                 "enabled": pipe.enabled,
                 "schedule": pipe.schedule.describe(),
                 "deletions": store.deletion_count(name),
@@ -181,7 +182,7 @@ def render_status(data: dict[str, Any], console: Console) -> None:
     now = utcnow()
     for pipe in data["pipelines"]:
         last = pipe["last_run"]
-        headline = f"[bold]{pipe['pipeline']}[/bold]  {pipe['schedule']}"
+        headline = f"[bold]{pipe['pipeline']}[/bold]  from {pipe['source']}  {pipe['schedule']}"
         if not pipe["enabled"]:
             headline += "  (disabled)"
         if last is None:
@@ -204,7 +205,9 @@ def render_status(data: dict[str, Any], console: Console) -> None:
                 f"since {_age(since, now)}" if since else "-",
                 _age(ok, now),
                 rec,
-                f"{s['consecutive_errors']}: {s['last_error']}" if s["consecutive_errors"] else "-",
+                f"{s['consecutive_errors']}: {s['last_error']}"
+                if s["consecutive_errors"]
+                else s["last_error"] or "-",
             )
         if pipe["streams"]:
             console.print(streams)
@@ -269,6 +272,13 @@ def render_summary(reports: list[RunReport], store: Store, console: Console) -> 
                     f"{report.pipeline} -> {target}: job #{job.id} {job.remote_id or ''} still "
                     f"{job.state or job.phase}; followed by the next run"
                 )
+        if report.pull.echoes:
+            console.print(
+                f"{report.pipeline}: {report.pull.echoes} deletion(s) reported back by the source "
+                "were made by this engine itself: journaled, not propagated again"
+            )
+        for stream, problem in report.pull.problems.items():
+            console.print(f"[yellow]{report.pipeline}[/yellow] {stream}: {problem}")
         if report.pull.recoveries:
             console.print(
                 f"{report.pipeline}: recovered {report.pull.recoveries} interrupted source call(s) "
@@ -306,3 +316,53 @@ def render_plans(plans: list[PipelinePlan], console: Console) -> None:
             else:
                 console.print(f"  -> {target.target}: nothing to do")
     console.print("Plan only: nothing was journaled, sent or moved.")
+
+
+def collect_trace(store: Store, key: str, pipeline: str | None = None) -> list[DeletionNode]:
+    """Every path the key is on, each from the deletion where it was first seen."""
+    roots = dict.fromkeys(store.lineage.root(i) for i in store.lineage.find(key, pipeline))
+    trees = [store.lineage.tree(root) for root in roots]
+    return [t for t in trees if t is not None]
+
+
+def _delivery_label(d: DeliveryNode) -> str:
+    what = d.detail if d.status == "done" else d.reason
+    label = f"-> [bold]{d.target}[/bold]: {d.status}" + (f", {what}" if what else "")
+    if d.job is not None:
+        label += (
+            f"  (job #{d.job['id']} {d.job['kind']} {d.job['remote_id'] or '-'} "
+            f"{d.job['state'] or d.job['phase']})"
+        )
+    return label
+
+
+def _deletion_label(node: DeletionNode, how: str) -> str:
+    origin = f" ({node.origin})" if node.origin else ""
+    return (
+        f"{how}[bold]{node.pipeline}[/bold] {node.stream} {node.key}{origin}, "
+        f"journaled {node.seen_at[:19].replace('T', ' ')}"
+    )
+
+
+def render_trace(trees: list[DeletionNode], console: Console) -> None:
+    from rich.tree import Tree
+
+    def grow(branch: Tree, node: DeletionNode) -> None:
+        for delivery in node.deliveries:
+            child = branch.add(_delivery_label(delivery), highlight=False)
+            for next_hop in delivery.continued:
+                grow(
+                    child.add(_deletion_label(next_hop, "carried on by "), highlight=False),
+                    next_hop,
+                )
+            for echo in delivery.echoes:
+                child.add(
+                    _deletion_label(echo, "reported back to ")
+                    + ": made by this engine, not propagated again",
+                    highlight=False,
+                )
+
+    for node in trees:
+        root = Tree(_deletion_label(node, "seen in "), highlight=False)
+        grow(root, node)
+        console.print(root)

@@ -11,6 +11,7 @@ from syncengine.config.models import (
     Schedule,
     SourceConfig,
     TargetConfig,
+    TargetRef,
 )
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "Schedule",
     "SourceConfig",
     "TargetConfig",
+    "TargetRef",
     "load_config",
     "parse_config",
 ]

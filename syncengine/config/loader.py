@@ -20,14 +20,18 @@ from connectors import load_registry
 from connectors.contract import UnknownConnectorType
 from syncengine.config.interpolate import Path, interpolate
 from syncengine.config.models import (
+    CHAIN,
     ENGINE_SOURCE_KEYS,
     ENGINE_TARGET_KEYS,
     NAME_PATTERN,
     Config,
     PipelineConfig,
     RawConfig,
+    RawPipeline,
+    RawSource,
     SourceConfig,
     TargetConfig,
+    TargetRef,
 )
 
 
@@ -220,15 +224,7 @@ def _second_pass(raw: RawConfig, name: str) -> tuple[Config | None, list[ConfigI
         if not re.match(NAME_PATTERN, pipe_name):
             issues.append(ConfigIssue(where, "pipeline name: use letters, digits, _ . -"))
             continue
-        source = _block(
-            connections,
-            raw.connections,
-            pipe.source.connection,
-            pipe.source.model_extra or {},
-            (*where, "source"),
-            "source",
-            issues,
-        )
+        source = _source(connections, raw, pipe_name, pipe.source, (*where, "source"), issues)
         targets: dict[str, TargetConfig] = {}
         for target_name, target in pipe.targets.items():
             built = _block(
@@ -256,11 +252,10 @@ def _second_pass(raw: RawConfig, name: str) -> tuple[Config | None, list[ConfigI
                 schedule=pipe.schedule,
                 alerts=pipe.alerts,
                 enabled=pipe.enabled,
-                source=SourceConfig(
-                    connection=pipe.source.connection, connection_type=source[0], settings=source[1]
-                ),
+                source=source,
                 targets=targets,
             )
+    issues.extend(_loops(pipelines))
     if issues:
         return None, issues
     config = Config(
@@ -273,6 +268,182 @@ def _second_pass(raw: RawConfig, name: str) -> tuple[Config | None, list[ConfigI
         secrets=collect_secrets(list(connections.values())),
     )
     return config, []
+
+
+def _source(
+    connections: Mapping[str, Any],
+    raw: RawConfig,
+    pipe_name: str,
+    source: RawSource,
+    where: Path,
+    issues: list[ConfigIssue],
+) -> SourceConfig | None:
+    """A connection's source block, or a chain: another pipeline's target."""
+    chained = source.pipeline is not None or source.target is not None
+    if chained:
+        if source.connection is not None or source.follow_jobs_of is not None:
+            key = "connection" if source.connection is not None else "follow_jobs_of"
+            issues.append(
+                ConfigIssue(
+                    (*where, key),
+                    "a chained source reads another pipeline's target; write either "
+                    "{pipeline: P, target: T} or {connection: C, ...}, not both",
+                )
+            )
+            return None
+        if source.model_extra:
+            extra = ", ".join(sorted(source.model_extra))
+            issues.append(
+                ConfigIssue(
+                    where,
+                    f"a chained source takes only 'pipeline' and 'target'; remove {extra}",
+                )
+            )
+            return None
+        ref = _target_ref(raw, pipe_name, source.pipeline, source.target, where, issues)
+        if ref is None:
+            return None
+        return SourceConfig(connection=None, connection_type=CHAIN, chain=ref)
+    if source.connection is None:
+        issues.append(
+            ConfigIssue(
+                (*where, "connection"),
+                "required: a connection to read deletions from, or pipeline and target to "
+                "chain on another pipeline's target",
+            )
+        )
+        return None
+    follow = source.follow_jobs_of
+    if follow is not None:
+        ref = _target_ref(
+            raw, pipe_name, follow.pipeline, follow.target, (*where, "follow_jobs_of"), issues
+        )
+        if ref is None:
+            return None
+        theirs = raw.pipelines[ref.pipeline].targets[ref.target].connection
+        if theirs != source.connection:
+            issues.append(
+                ConfigIssue(
+                    (*where, "follow_jobs_of"),
+                    f"{ref.describe()} deletes through connection {theirs!r}, but this source "
+                    f"reads {source.connection!r}; a source can only follow the jobs of a "
+                    "target on its own connection",
+                )
+            )
+            return None
+    block = _block(
+        connections,
+        raw.connections,
+        source.connection,
+        source.model_extra or {},
+        where,
+        "source",
+        issues,
+    )
+    if block is None:
+        return None
+    if follow is not None and not load_registry().get(block[0]).task_source:
+        issues.append(
+            ConfigIssue(
+                (*where, "follow_jobs_of"),
+                f"a {block[0]} source reads no tasks, so it cannot follow jobs; remove "
+                "follow_jobs_of (chain on the target with {pipeline: P, target: T} instead)",
+            )
+        )
+        return None
+    return SourceConfig(
+        connection=source.connection,
+        connection_type=block[0],
+        settings=block[1],
+        follow_jobs_of=follow,
+    )
+
+
+def _target_ref(
+    raw: RawConfig,
+    pipe_name: str,
+    pipeline: str | None,
+    target: str | None,
+    where: Path,
+    issues: list[ConfigIssue],
+) -> TargetRef | None:
+    if pipeline is None or target is None:
+        missing = "pipeline" if pipeline is None else "target"
+        issues.append(
+            ConfigIssue(
+                (*where, missing),
+                "required key is missing; write {pipeline: P, target: T} naming another "
+                "pipeline and one of its targets",
+            )
+        )
+        return None
+    if pipeline == pipe_name:
+        issues.append(ConfigIssue((*where, "pipeline"), "a pipeline cannot read its own target"))
+        return None
+    upstream: RawPipeline | None = raw.pipelines.get(pipeline)
+    if upstream is None:
+        known = ", ".join(sorted(p for p in raw.pipelines if p != pipe_name)) or "none"
+        issues.append(
+            ConfigIssue((*where, "pipeline"), f"no pipeline named {pipeline!r}; defined: {known}")
+        )
+        return None
+    if target not in upstream.targets:
+        issues.append(
+            ConfigIssue(
+                (*where, "target"),
+                f"pipeline {pipeline} has no target {target!r}; its targets: "
+                f"{', '.join(upstream.targets)}",
+            )
+        )
+        return None
+    return TargetRef(pipeline=pipeline, target=target)
+
+
+def _loops(pipelines: Mapping[str, PipelineConfig]) -> list[ConfigIssue]:
+    """Chained pipelines must form no loop: each hop's deletions would feed themselves."""
+    issues: list[ConfigIssue] = []
+    reported: set[frozenset[str]] = set()
+
+    def walk(name: str, path: list[str]) -> None:
+        pipe = pipelines.get(name)
+        if pipe is None:
+            return
+        for upstream in pipe.source.upstream():
+            if upstream in path:
+                loop = [*path[path.index(upstream) :], upstream]
+                if frozenset(loop) not in reported:
+                    reported.add(frozenset(loop))
+                    issues.append(
+                        ConfigIssue(
+                            ("pipelines", loop[0], "source"),
+                            "pipelines read each other in a loop: "
+                            + " -> ".join(reversed(loop))
+                            + "; break the chain at one of them",
+                        )
+                    )
+                continue
+            walk(upstream, [*path, upstream])
+
+    for name in pipelines:
+        walk(name, [name])
+    return issues
+
+
+def run_order(pipelines: Mapping[str, PipelineConfig]) -> list[str]:
+    """Pipeline names with every upstream before the pipelines reading it, otherwise in
+    the file's order, so one `run --once` carries a deletion through a whole chain."""
+    ordered: list[str] = []
+
+    def visit(name: str, seen: frozenset[str]) -> None:
+        if name in ordered or name in seen or name not in pipelines:
+            return
+        for upstream in pipelines[name].source.upstream():
+            visit(upstream, seen | {name})
+        ordered.append(name)
+
+    for name in pipelines:
+        visit(name, frozenset())
+    return ordered
 
 
 def _block(

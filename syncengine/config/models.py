@@ -103,7 +103,17 @@ class GuardSettings(StrictModel):
 
 
 ENGINE_TARGET_KEYS = {"connection", "retry", "jobs", "guard"}
-ENGINE_SOURCE_KEYS = {"connection"}
+ENGINE_SOURCE_KEYS = {"connection", "pipeline", "target", "follow_jobs_of"}
+
+
+class TargetRef(StrictModel):
+    """A target of another pipeline: `{pipeline: contacts, target: mdm_people}`."""
+
+    pipeline: str
+    target: str
+
+    def describe(self) -> str:
+        return f"{self.pipeline}/{self.target}"
 
 
 class RawTarget(StrictModel):
@@ -116,9 +126,17 @@ class RawTarget(StrictModel):
 
 
 class RawSource(StrictModel):
+    """Either a connection (and its connector's settings) or, for a chained pipeline,
+    another pipeline's target whose done deliveries become this pipeline's deletions."""
+
     model_config = StrictModel.model_config | {"extra": "allow"}
 
-    connection: str
+    connection: str | None = None
+    pipeline: str | None = None
+    target: str | None = None
+    follow_jobs_of: TargetRef | None = Field(
+        None, description="a task source also reads the jobs this target of ours started"
+    )
 
 
 class AlertSettings(StrictModel):
@@ -180,10 +198,26 @@ class TargetConfig(StrictModel):
     settings: Any
 
 
+CHAIN = "pipeline"
+"""The `connection_type` of a chained source: it reads the store, not a system."""
+
+
 class SourceConfig(StrictModel):
-    connection: str
+    connection: str | None
     connection_type: str
-    settings: Any
+    settings: Any = None
+    chain: TargetRef | None = None
+    follow_jobs_of: TargetRef | None = None
+
+    def describe(self) -> str:
+        if self.chain is not None:
+            return f"{self.chain.describe()} (chained)"
+        return str(self.connection)
+
+    def upstream(self) -> list[str]:
+        """Pipelines this source reads from, which must run first."""
+        refs = (self.chain, self.follow_jobs_of)
+        return [ref.pipeline for ref in refs if ref is not None]
 
 
 class PipelineConfig(StrictModel):

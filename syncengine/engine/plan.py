@@ -24,6 +24,7 @@ from connectors.contract import (
 from connectors.keys import KeyTemplate, UnmappedKey
 from state import Store
 from state.models import utcnow
+from syncengine.engine.pull import streams_to_read
 from syncengine.engine.runtime import PipelineRuntime, TargetRuntime
 
 PLAN_MARKER = {"purpose": "plan: a read that moves no cursor"}
@@ -116,7 +117,7 @@ async def plan_pipeline(
     plan = PipelinePlan(pipe.name)
     fresh: list[Delivery] = []
     next_id = -1
-    for stream in pipe.source.streams():
+    for stream in streams_to_read(store, pipe):
         cursor = store.cursor(pipe.name, stream)
         now = utcnow()
         if since is not None and isinstance(pipe.source, Backfillable):

@@ -8,6 +8,7 @@ a recovery read decided by the source from the last journaled call.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -19,10 +20,14 @@ from connectors.contract import (
     InFlightCall,
     RemoteError,
     RetriableError,
+    Source,
+    SourceRecord,
+    TaskSource,
 )
 from state import NewRecord, Store
 from state.models import utcnow
 from syncengine import failpoints
+from syncengine.engine.chain import ChainSource
 from syncengine.engine.runtime import PipelineRuntime
 from syncengine.engine.stop import StopToken
 from syncengine.logs import get_logger
@@ -36,8 +41,43 @@ class PullReport:
     pulled: int = 0
     duplicates: int = 0
     recoveries: int = 0
+    echoes: int = 0
+    """Deletions the source reported that this engine had made itself: not propagated."""
     errors: dict[str, str] = field(default_factory=dict)
+    problems: dict[str, str] = field(default_factory=dict)
+    """What a stream's source could not tell (a task in error, a filter-based task)."""
     streams: int = 0
+
+
+def streams_to_read(store: Store, pipe: PipelineRuntime) -> list[str]:
+    """The source's own streams and, for a task source, the tasks an operator registered
+    and the jobs of the target it follows; tasks already read completely are skipped."""
+    source = pipe.source
+    names = list(source.streams())
+    if not isinstance(source, TaskSource):
+        return names
+    cursors = {c.stream: c.value for c in store.cursors(pipe.name)}
+    names += list(cursors)
+    follow = pipe.config.source.follow_jobs_of
+    if follow is not None:
+        names += [
+            source.task_stream(remote_id)
+            for remote_id in store.lineage.job_remote_ids(follow.pipeline, follow.target)
+        ]
+    return [n for n in dict.fromkeys(names) if not source.finished(cursors.get(n))]
+
+
+def new_records(source: Source, records: Sequence[SourceRecord]) -> list[NewRecord]:
+    """Records in the store's terms, with the upstream delivery a chained record continues."""
+    link = source.link if isinstance(source, ChainSource) else (lambda record: None)
+    return [
+        NewRecord(r.key, r.fields, origin=r.origin, origin_delivery_id=link(r)) for r in records
+    ]
+
+
+def own_effects(pipe: PipelineRuntime) -> list[tuple[str, str]]:
+    follow = pipe.config.source.follow_jobs_of
+    return [] if follow is None else [(follow.pipeline, follow.target)]
 
 
 def _interrupted(in_flight: dict[str, object] | None) -> InFlightCall | None:
@@ -72,7 +112,7 @@ async def pull(
 ) -> PullReport:
     report = PullReport()
     log = get_logger(pipeline=pipe.name, run=run_id)
-    for stream in pipe.source.streams():
+    for stream in streams_to_read(store, pipe):
         if stop.is_set():
             break
         report.streams += 1
@@ -138,14 +178,26 @@ async def _pull_stream(
         result = store.journal(
             pipe.name,
             stream,
-            [NewRecord(r.key, r.fields) for r in page.records],
+            new_records(pipe.source, page.records),
             cursor=page.cursor,
             targets=targets,
             run_id=run_id,
             recovered=recovered,
+            own_effects=own_effects(pipe),
+            problem=page.problem,
         )
         report.pulled += result.new
         report.duplicates += result.duplicates
+        report.echoes += result.echoes
+        if result.echoes:
+            log.info(
+                "echoes_not_propagated",
+                count=result.echoes,
+                reason="the source reported deletions this engine made itself",
+            )
+        if page.problem:
+            report.problems[stream] = page.problem
+            log.warning("source_problem", problem=page.problem)
         if call.recovery:
             report.recoveries += 1
             log.warning("recovery_done", new=result.new, duplicates=result.duplicates)
@@ -187,13 +239,15 @@ async def pull_backfill(
         result = store.journal(
             pipe.name,
             stream,
-            [NewRecord(r.key, r.fields) for r in page.records],
+            new_records(source, page.records),
             cursor=None,
             targets=targets,
             run_id=run_id,
             advance_cursor=False,
+            own_effects=own_effects(pipe),
         )
         report.pulled += result.new
         report.duplicates += result.duplicates
+        report.echoes += result.echoes
         log.info("backfill_journaled", stream=stream, new=result.new, duplicates=result.duplicates)
     return report

@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from connectors import load_registry
-from connectors.contract import Source, Target
+from connectors.contract import FatalError, Source, Target, TaskSource
 from connectors.jobs import AsyncTarget
 from state import RetryRule, Store
 from syncengine.config import Config, PipelineConfig, TargetConfig
+from syncengine.config.loader import run_order
+from syncengine.engine.chain import ChainSource
 
 
 @dataclass
@@ -42,12 +44,26 @@ class Runtime:
         self.store.close()
 
 
-def build_pipeline(config: Config, pipeline: PipelineConfig) -> PipelineRuntime:
-    registry = load_registry()
+def build_source(config: Config, pipeline: PipelineConfig, store: Store) -> Source:
     src = pipeline.source
-    src_info = registry.get(src.connection_type)
-    assert src_info.build_source is not None, "validated config guarantees a source type"
-    source = src_info.build_source(src.connection, config.connections[src.connection], src.settings)
+    if src.chain is not None:
+        return ChainSource(pipeline.name, src.chain, store)
+    assert src.connection is not None, "validated config: a chain or a connection"
+    info = load_registry().get(src.connection_type)
+    assert info.build_source is not None, "validated config guarantees a source type"
+    source = info.build_source(src.connection, config.connections[src.connection], src.settings)
+    if src.follow_jobs_of is not None and not isinstance(source, TaskSource):
+        raise FatalError(
+            f"{config.path}: pipelines.{pipeline.name}.source.follow_jobs_of: a "
+            f"{src.connection_type} source reads no tasks, so it cannot follow jobs; remove it",
+            connection=src.connection,
+        )
+    return source
+
+
+def build_pipeline(config: Config, pipeline: PipelineConfig, store: Store) -> PipelineRuntime:
+    registry = load_registry()
+    source = build_source(config, pipeline, store)
     targets: dict[str, TargetRuntime] = {}
     for name, spec in pipeline.targets.items():
         info = registry.get(spec.connection_type)
@@ -70,8 +86,8 @@ def build_pipeline(config: Config, pipeline: PipelineConfig) -> PipelineRuntime:
 
 def build_runtime(config: Config, store: Store, only: str | None = None) -> Runtime:
     pipelines = {
-        name: build_pipeline(config, pipe)
-        for name, pipe in config.pipelines.items()
-        if (only is None and pipe.enabled) or name == only
+        name: build_pipeline(config, config.pipelines[name], store)
+        for name in run_order(config.pipelines)
+        if (only is None and config.pipelines[name].enabled) or name == only
     }
     return Runtime(config=config, store=store, pipelines=pipelines)

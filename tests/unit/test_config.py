@@ -145,3 +145,109 @@ def test_dollar_escape() -> None:
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="file not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+CHAINED = VALID + textwrap.indent(
+    textwrap.dedent(
+        """
+        downstream:
+          schedule: {every: 60s}
+          source: {pipeline: contacts, target: erp_users}
+          targets:
+            erp_again: {connection: erp, ido: SLEmployees, key: "{SYKEY}"}
+        third:
+          schedule: {every: 60s}
+          source: {pipeline: downstream, target: erp_again}
+          targets:
+            erp_more: {connection: erp, ido: Other, key: "{SYKEY}"}
+        """
+    ),
+    "  ",
+)
+
+
+def test_a_chained_source_reads_another_pipelines_target() -> None:
+    from syncengine.config.loader import run_order
+
+    config = parse_config(CHAINED, "my.yaml", ENV)
+    source = config.pipelines["downstream"].source
+    assert source.chain is not None and source.chain.describe() == "contacts/erp_users"
+    assert source.connection is None and source.describe() == "contacts/erp_users (chained)"
+    reordered = {"third": config.pipelines["third"], **config.pipelines}
+    assert run_order(reordered) == ["contacts", "downstream", "third"]
+
+
+CHAIN_INVALID = [
+    (
+        "unknown upstream pipeline",
+        CHAINED.replace("{pipeline: contacts,", "{pipeline: contactz,"),
+        "pipelines.downstream.source.pipeline: no pipeline named 'contactz'; defined: contacts,",
+    ),
+    (
+        "unknown upstream target",
+        CHAINED.replace("target: erp_users}", "target: erp_userz}"),
+        "pipelines.downstream.source.target: pipeline contacts has no target 'erp_userz'; "
+        "its targets: erp_users",
+    ),
+    (
+        "chain and connection",
+        CHAINED.replace("{pipeline: contacts,", "{connection: goose, pipeline: contacts,"),
+        "pipelines.downstream.source.connection: a chained source reads another pipeline's",
+    ),
+    (
+        "chain with settings",
+        CHAINED.replace("target: erp_users}", "target: erp_users, tables: [X]}"),
+        "a chained source takes only 'pipeline' and 'target'; remove tables",
+    ),
+    (
+        "chain without target",
+        CHAINED.replace("{pipeline: contacts, target: erp_users}", "{pipeline: contacts}"),
+        "pipelines.downstream.source.target: required key is missing",
+    ),
+    (
+        "own target",
+        CHAINED.replace("{pipeline: downstream, target: erp_again}", "{pipeline: third, "
+                        "target: erp_more}"),
+        "pipelines.third.source.pipeline: a pipeline cannot read its own target",
+    ),
+    (
+        "loop",
+        CHAINED.replace("{pipeline: contacts, target: erp_users}", "{pipeline: third, "
+                        "target: erp_more}"),
+        "pipelines read each other in a loop: ",
+    ),
+    (
+        "neither",
+        VALID.replace("source: {connection: goose, tables: [CON_TRO], from: latest, imc: false}",
+                      "source: {tables: [CON_TRO]}"),
+        "pipelines.contacts.source.connection: required: a connection to read deletions from",
+    ),
+    (
+        "following its own target",
+        VALID.replace("imc: false}", "imc: false, follow_jobs_of: {pipeline: contacts, "
+                      "target: erp_users}}"),
+        "pipelines.contacts.source.follow_jobs_of.pipeline: a pipeline cannot read its own",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case", "text", "expected"), CHAIN_INVALID, ids=[c[0] for c in CHAIN_INVALID]
+)
+def test_invalid_chains_name_the_path(case: str, text: str, expected: str) -> None:
+    messages = issues_of(text)
+    assert any(expected in m for m in messages), messages
+
+
+def test_following_jobs_needs_a_task_source_on_the_same_connection() -> None:
+    text = CHAINED.replace(
+        "source: {pipeline: contacts, target: erp_users}",
+        "source: {connection: goose, tables: [X], follow_jobs_of: {pipeline: contacts, "
+        "target: erp_users}}",
+    )
+    messages = issues_of(text)
+    assert any(
+        "follow_jobs_of: contacts/erp_users deletes through connection 'erp', but this source "
+        "reads 'goose'" in m
+        for m in messages
+    ), messages
