@@ -1,0 +1,144 @@
+"""The one authenticated call path to the DMM API.
+
+ASSUMED shapes (apis.md section 4: the vendor publishes neither the HTTP
+methods nor the error codes): every operation is a JSON POST to
+`url + paths.<operation>`; the API key goes in X-DMM-Token on every request
+and X-DMM-Token-OTP is added on StartExecution. Errors come back as HTTP 200
+with `Success: false` and an `ErrorMessage`, which this client returns for the
+caller to judge; a bad key or OTP answers 401/403.
+
+What no retry can fix becomes FatalError pointing at the YAML setting: 401
+(the key), 403 (the OTP on StartExecution, the key's rights elsewhere), and a
+404 that does not carry a DMM body, which comes from a wrong `url` or path
+and must never be read as "not found". 429 and 5xx are classified by the
+shared HttpClient.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import httpx
+
+from connectors.contract import AmbiguousError, FatalError, RemoteError
+from connectors.dmm.settings import DmmConnection
+from connectors.http import HttpClient, excerpt
+
+Operation = Literal["start", "stop", "status", "outputs"]
+
+TOKEN_HEADER = "X-DMM-Token"  # noqa: S105 - a header name, not a secret
+OTP_HEADER = "X-DMM-Token-OTP"
+
+
+def json_object(response: httpx.Response) -> dict[str, Any] | None:
+    try:
+        body = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def is_dmm_body(body: Mapping[str, Any] | None) -> bool:
+    """Every DMM answer carries `Success`; OutSystems' own errors and proxies do not."""
+    return body is not None and "Success" in body
+
+
+class DmmClient:
+    """Sends one operation and returns DMM's answer object, `Success: false` included."""
+
+    def __init__(self, name: str, connection: DmmConnection, http: HttpClient) -> None:
+        self.name = name
+        self.http = http
+        self.paths = connection.paths
+        self._token = connection.token.get_secret_value()
+        self._otp = connection.otp.get_secret_value()
+        for secret in connection.secret_values():
+            http.add_secret(secret)
+
+    def path(self, operation: Operation) -> str:
+        path: str = getattr(self.paths, operation)
+        return path
+
+    async def call(
+        self, operation: Operation, body: Mapping[str, Any], *, idempotent: bool
+    ) -> dict[str, Any]:
+        path = self.path(operation)
+        what = f"POST {path}"
+        headers = {TOKEN_HEADER: self._token}
+        if operation == "start":
+            headers[OTP_HEADER] = self._otp
+        response = await self.http.request(
+            "POST", path, idempotent=idempotent, json=dict(body), headers=headers
+        )
+        answer = json_object(response)
+        if response.status_code == 401:
+            raise FatalError(
+                f"dmm connection {self.name!r}: HTTP 401 from {what}: {self.message(response)}; "
+                f"check connections.{self.name}.token (the DMM REST API key, Management > "
+                "Settings > REST API KEY)",
+                connection=self.name,
+            )
+        if response.status_code == 403:
+            if operation == "start":
+                hint = (
+                    f"check connections.{self.name}.otp (from the Authentication Token page of "
+                    "the environment that runs the delete; if that environment's OTPs are "
+                    "single-use, each start needs a new one)"
+                )
+            else:
+                hint = (
+                    f"check connections.{self.name}.token and that its user has the "
+                    "DMMAPIOperator role"
+                )
+            raise FatalError(
+                f"dmm connection {self.name!r}: HTTP 403 from {what}: {self.message(response)}; "
+                + hint,
+                connection=self.name,
+            )
+        if response.status_code == 404 and not is_dmm_body(answer):
+            raise FatalError(
+                f"dmm connection {self.name!r}: {what} answered 404 without a DMM answer; "
+                f"check connections.{self.name}.url (e.g. https://<env>/DMM_API/rest/DMMAPI) "
+                f"and connections.{self.name}.paths.{operation}",
+                connection=self.name,
+            )
+        if answer is None:
+            text = (
+                f"{self.name}: {what}: HTTP {response.status_code}, an answer that is not a "
+                f"JSON object: {excerpt(response.text, self.http.secrets)}"
+            )
+            if response.is_success and not idempotent:
+                # A 2xx whose body is unreadable may well have started the execution.
+                raise AmbiguousError(text, connection=self.name)
+            raise RemoteError(text, connection=self.name, code=str(response.status_code))
+        if not response.is_success and not is_dmm_body(answer):
+            raise RemoteError(
+                f"{self.name}: {what}: HTTP {response.status_code}: {self.message(response)}",
+                connection=self.name,
+                code=str(response.status_code),
+            )
+        return answer
+
+    def message(self, response: httpx.Response) -> str:
+        """DMM's ErrorMessage, else the body; scrubbed and trimmed."""
+        body = json_object(response)
+        text = body.get("ErrorMessage") if body is not None else None
+        return excerpt(text if isinstance(text, str) and text else response.text, self.secrets)
+
+    def error_message(self, answer: Mapping[str, Any]) -> str:
+        text = answer.get("ErrorMessage")
+        return excerpt(str(text), self.secrets) if text else ""
+
+    @property
+    def secrets(self) -> list[str]:
+        return self.http.secrets
+
+
+def succeeded(answer: Mapping[str, Any]) -> bool:
+    """Only a literal `true` counts: a missing or odd `Success` is not a success."""
+    return answer.get("Success") is True
+
+
+__all__ = ["OTP_HEADER", "TOKEN_HEADER", "DmmClient", "Operation", "is_dmm_body", "succeeded"]

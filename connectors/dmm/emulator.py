@@ -1,0 +1,1080 @@
+"""A stateful emulator of an OutSystems environment running the DMM API (delete executions).
+
+Emulated (apis.md section 4 and seeds/000_c84072574b739cf7.txt); every
+operation is a JSON POST under `/DMM_API/rest/DMMAPI` (ASSUMED, as the
+vendor publishes neither the paths nor the methods):
+
+    StartExecution      X-DMM-Token and X-DMM-Token-OTP; {"Type": "Delete",
+                        "Configuration": {DestinationDBConnection, EntitiesToDelete:
+                        [{OSEntityName, OSEntitySSKey, ESpaceSsKey, WhereClause}],
+                        ApplicationDeletionMode, ApplicationsToDelete, FilterTenants,
+                        TenantsList, IncludeProtectedApplications}}
+                        -> {"Success": true, "MainExecutionTrackerId": <auto-number>}
+    StopExecution       {MainExecutionTrackerId}: no more chunks are deleted; what was
+                        deleted stays deleted; the execution ends InError
+    GetExecutionStatus  {MainExecutionTrackerId, IncludeReports, IncludeLogs,
+                        LogRecords (default 10), LogPage (1-based)} -> Status (Queued |
+                        InProgress | Complete | InError | NotFound), Result, Success,
+                        ErrorMessage, Logs (base64 of the page's lines), LogNumPages, Report
+    GetExecutionOutputs {MainExecutionTrackerId, IncludeLogs, IncludeReports,
+                        IncludeErrorReport, IncludeFiles}; only once Complete or InError:
+                        Logs (base64 zip of .log files, `log_file_lines` lines each),
+                        Report, ErrorReport (base64 JSON array), ZipFile (null: exports only)
+
+An execution is Queued, InProgress after `step_seconds` (its WhereClauses are
+evaluated then), deletes `chunk_size` rows per further `step_seconds`, and
+ends Complete, or InError when a row could not be deleted (protected rows
+fail as a foreign key REFERENCE would), a WhereClause is not valid SQL for
+the emulator, or it was stopped. The state is computed lazily from the clock
+whenever it is read, executions interleaving in time order.
+
+A null or blank WhereClause deletes every row of the entity: that is DMM's
+semantics, kept so tests can prove a client never sends one. The evaluator
+understands `[Attr] IN (lit, ...)`, `Attr = lit`, `"Attr"`, OR and
+parentheses, with literals 'text' ('' escapes a quote), N'text' and integers;
+anything else ends the execution InError with an SQL Server-like message.
+Text compares exactly (a case-sensitive collation).
+
+Answers (ASSUMED: apis.md says errors are HTTP 200 with Success false):
+
+| situation                                          | HTTP | body                      |
+|----------------------------------------------------|------|---------------------------|
+| missing or unknown X-DMM-Token                     | 401  | Success false             |
+| StartExecution: missing or unknown OTP, or an OTP  | 403  | Success false             |
+|  already used (knob otp_single_use)                |      |                           |
+| body is not a JSON object                          | 400  | OutSystems {Errors, StatusCode} |
+| unknown entity or connection, unsupported Type or  | 200  | Success false             |
+|  mode, another execution running (one_at_a_time)   |      |                           |
+| unknown tracker id                                 | 200  | Status NotFound, Success false |
+
+The log lines follow connectors/dmm/logs.py. Ground truth and the admin
+routes are never faulted:
+
+    POST /_admin/seed      {"<Entity>": {"key": "<attribute>", "rows": [{...}]}}
+    POST /_admin/protect   {"entity": "...", "keys": [...]}  these rows refuse deletion
+    GET  /_admin/rows/{entity}                 the rows still present
+    GET  /_admin/deleted                       [{entity, key, row, execution, at}], once each
+    GET  /_admin/executions                    each with its configuration as received
+    POST /_admin/step      {"seconds": x}      move the emulator's clock forward
+    GET|PUT /_admin/settings                   the `Knobs`
+    POST /_admin/reset                         rows, executions and ground truth cleared
+    GET|PUT /_admin/faults, GET|DELETE /_admin/requests  (emulator_kit)
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import copy
+import io
+import json
+import math
+import re
+import threading
+import time
+import unicodedata
+import zipfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp
+
+from connectors.dmm.logs import format_deleted, format_failed, format_line
+from connectors.emulator_kit import ADMIN_PREFIX, DEMO_PEOPLE, Faults, RequestLog, build_app
+
+BASE_PATH = "/DMM_API/rest/DMMAPI"
+RUNTIME_CONNECTION = "Runtime Connection"
+DEMO_TOKEN = "dmm-sandbox-token"  # noqa: S105 - the sandbox's well-known demo key
+DEMO_OTP = "dmm-sandbox-otp"
+STOPPED = "Execution stopped by the user"
+ALREADY_RUNNING = "There is already an execution running"
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+OTHER_TYPES = {"Migration", "Export", "Import", "Scramble"}
+REFERENCE_TIP = (
+    "Delete the records that reference these first, or change the Delete Rule of the "
+    "referencing attribute"
+)
+WHERE_TIP = "Check the WhereClause of the entity in the configuration"
+
+
+# --- demo data ---------------------------------------------------------------------------
+
+
+def demo_entities() -> dict[str, dict[str, Any]]:
+    """`Customer` keyed by `ExternalId` "0-1".."0-15" (Goose's demo RECORD_IDs, so a
+    pipeline maps `{RECORD_ID}` onto it) and `Employee` keyed by `EmployeeNumber`
+    "E0101".."E0108"."""
+    customers = [
+        {"Id": n, "ExternalId": f"0-{n}", "UserName": user, "Name": name}
+        for n, (user, name) in enumerate(DEMO_PEOPLE, 1)
+    ]
+    employees = [
+        {"Id": n, "EmployeeNumber": f"E{100 + n:04d}", "Name": name}
+        for n, (_, name) in enumerate(DEMO_PEOPLE[:8], 1)
+    ]
+    return {
+        "Customer": {"key": "ExternalId", "rows": customers},
+        "Employee": {"key": "EmployeeNumber", "rows": employees},
+    }
+
+
+# --- the WhereClause evaluator -----------------------------------------------------------
+
+
+class SqlError(Exception):
+    """What SQL Server would answer to a WhereClause the emulator cannot run."""
+
+
+Key = int | str
+Row = Mapping[str, Any]
+Predicate = Callable[[Row], bool]
+
+_TOKEN = re.compile(
+    r"""\s*(?:
+        (?P<bracket>\[(?:[^\]]|\]\])+\])
+      | (?P<quoted>"(?:[^"]|"")+")
+      | (?P<string>[Nn]?'(?:[^']|'')*')
+      | (?P<int>-?[0-9]+(?![A-Za-z0-9_.]))
+      | (?P<word>[A-Za-z_][A-Za-z0-9_]*)
+      | (?P<op>[(),=])
+    )""",
+    re.VERBOSE,
+)
+
+
+def _tokens(text: str) -> list[tuple[str, Any, str]]:
+    """(kind, value, source text) for each token; SqlError at the first unknown one."""
+    out: list[tuple[str, Any, str]] = []
+    pos = 0
+    while pos < len(text):
+        if not text[pos:].strip():
+            break
+        match = _TOKEN.match(text, pos)
+        if match is None:
+            near = text[pos:].strip()[:20]
+            raise SqlError(f"Incorrect syntax near '{near}'.")
+        kind = match.lastgroup or ""
+        source = match.group(kind)
+        value: Any = source
+        if kind == "bracket":
+            kind, value = "ident", source[1:-1].replace("]]", "]")
+        elif kind == "quoted":
+            kind, value = "ident", source[1:-1].replace('""', '"')
+        elif kind == "string":
+            value = source[source.index("'") + 1 : -1].replace("''", "'")
+        elif kind == "int":
+            value = int(source)
+        elif kind == "word":
+            upper = source.upper()
+            kind, value = ("keyword", upper) if upper in ("IN", "OR") else ("ident", source)
+            if upper in ("AND", "NOT", "LIKE", "IS", "NULL", "SELECT", "BETWEEN", "EXISTS"):
+                raise SqlError(f"Incorrect syntax near '{source}' (not supported by the emulator).")
+        out.append((kind, value, source))
+        pos = match.end()
+    return out
+
+
+class _Parser:
+    """clause := term (OR term)* ; term := '(' clause ')' | ident IN '(' lits ')' | ident = lit"""
+
+    def __init__(self, text: str, columns: Sequence[str]) -> None:
+        self.tokens = _tokens(text)
+        self.pos = 0
+        self.columns = {c.casefold(): c for c in columns}
+
+    def parse(self) -> Predicate:
+        if not self.tokens:
+            raise SqlError("Incorrect syntax near the end of the WhereClause.")
+        predicate = self._clause()
+        if self.pos != len(self.tokens):
+            raise SqlError(f"Incorrect syntax near '{self.tokens[self.pos][2]}'.")
+        return predicate
+
+    def _peek(self) -> tuple[str, Any, str] | None:
+        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
+
+    def _take(self, kind: str, value: Any = None) -> tuple[str, Any, str]:
+        token = self._peek()
+        if token is None:
+            raise SqlError("Incorrect syntax near the end of the WhereClause.")
+        if token[0] != kind or (value is not None and token[1] != value):
+            raise SqlError(f"Incorrect syntax near '{token[2]}'.")
+        self.pos += 1
+        return token
+
+    def _clause(self) -> Predicate:
+        terms = [self._term()]
+        while (token := self._peek()) is not None and token[:2] == ("keyword", "OR"):
+            self.pos += 1
+            terms.append(self._term())
+        if len(terms) == 1:
+            return terms[0]
+        return lambda row: any(term(row) for term in terms)
+
+    def _term(self) -> Predicate:
+        token = self._peek()
+        if token is not None and token[:2] == ("op", "("):
+            self.pos += 1
+            inner = self._clause()
+            self._take("op", ")")
+            return inner
+        name = self._take("ident")[1]
+        column = self.columns.get(str(name).casefold())
+        if column is None:
+            raise SqlError(f"Invalid column name '{name}'.")
+        token = self._peek()
+        if token is not None and token[:2] == ("keyword", "IN"):
+            self.pos += 1
+            self._take("op", "(")
+            values = [self._literal()]
+            while (nxt := self._peek()) is not None and nxt[:2] == ("op", ","):
+                self.pos += 1
+                values.append(self._literal())
+            self._take("op", ")")
+            return lambda row: any(_equal(row.get(column), v) for v in values)
+        self._take("op", "=")
+        value = self._literal()
+        return lambda row: _equal(row.get(column), value)
+
+    def _literal(self) -> Key:
+        token = self._peek()
+        if token is None or token[0] not in ("string", "int"):
+            raise SqlError(
+                f"Incorrect syntax near '{token[2] if token else 'the end of the WhereClause'}'."
+            )
+        self.pos += 1
+        value: Key = token[1]
+        return value
+
+
+def _equal(cell: Any, literal: Key) -> bool:
+    """SQL Server's comparison: text to a number converts the text, or fails."""
+    if cell is None:
+        return False
+    if isinstance(cell, int) and isinstance(literal, str):
+        return cell == _to_int(literal)
+    if isinstance(cell, str) and isinstance(literal, int):
+        return _to_int(cell) == literal
+    return bool(cell == literal)
+
+
+def _to_int(text: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise SqlError(
+            f"Conversion failed when converting the nvarchar value '{text}' to data type int."
+        ) from None
+
+
+def compile_where(where: str | None, columns: Sequence[str]) -> Predicate:
+    """The rows a WhereClause selects; null or blank selects every row, as in DMM."""
+    if where is None or not where.strip():
+        return lambda row: True
+    return _Parser(where, columns).parse()
+
+
+# --- state -------------------------------------------------------------------------------
+
+
+@dataclass
+class Knobs:
+    """Behaviour switches, changed in place by tests or `PUT /_admin/settings`; timing and
+    chunking apply to executions started afterwards."""
+
+    step_seconds: float = 0.5
+    chunk_size: int = 50
+    log_file_lines: int = 50
+    """Lines per .log file in the outputs zip; more lines make more files."""
+    one_at_a_time: bool = False
+    """Refuse StartExecution while another execution is Queued or InProgress."""
+    otp_single_use: bool = False
+    """Refuse an OTP that already started an execution (apis.md: ASSUME one-time)."""
+
+    def update(self, values: Mapping[str, Any]) -> None:
+        known = {f.name for f in fields(self)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown settings: {sorted(unknown)}; known: {sorted(known)}")
+        checks: dict[str, Callable[[Any], bool]] = {
+            "step_seconds": lambda v: _number(v) and v >= 0,
+            "chunk_size": lambda v: _integer(v) and v >= 1,
+            "log_file_lines": lambda v: _integer(v) and v >= 1,
+            "one_at_a_time": lambda v: isinstance(v, bool),
+            "otp_single_use": lambda v: isinstance(v, bool),
+        }
+        for name, value in values.items():
+            if not checks[name](value):
+                raise ValueError(f"bad value for {name}: {value!r}")
+        for name, value in values.items():
+            setattr(self, name, value)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass
+class Table:
+    key: str
+    rows: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    ss_key: str | None = None
+    espace_ss_key: str | None = None
+
+    def columns(self) -> list[str]:
+        names = dict.fromkeys([self.key])
+        for row in self.rows.values():
+            names.update(dict.fromkeys(row))
+        return list(names)
+
+
+@dataclass
+class Failure:
+    entity: str
+    key: Key | None
+    error: str
+    tip: str
+    at: float
+
+
+@dataclass
+class Execution:
+    id: int
+    created: float
+    step: float
+    chunk_size: int
+    configuration: dict[str, Any]
+    entities: list[tuple[str, str | None]]
+    started: float | None = None
+    ended: float | None = None
+    chunks: list[tuple[str, list[Key]]] = field(default_factory=list)
+    done_chunks: int = 0
+    total_records: int = 0
+    deleted: list[tuple[str, Key]] = field(default_factory=list)
+    volume: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    error: str = ""
+    stopped: bool = False
+    log: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        if self.ended is not None:
+            return "InError" if self.error else "Complete"
+        return "InProgress" if self.started is not None else "Queued"
+
+    def next_due(self) -> float | None:
+        if self.ended is not None:
+            return None
+        if self.started is None:
+            return self.created + self.step
+        return self.started + (self.done_chunks + 1) * self.step
+
+
+@dataclass(frozen=True)
+class DeletedRow:
+    entity: str
+    key: Key
+    row: dict[str, Any]
+    execution: int
+    at: str
+
+
+class DmmEmulator:
+    """An environment's entities and DMM delete executions behind DMM's routes.
+
+    `clock` gives seconds since the epoch; `step()` moves it forward, so tests
+    walk an execution through its states without sleeping.
+    """
+
+    def __init__(
+        self,
+        tokens: Iterable[str] = (DEMO_TOKEN,),
+        otps: Iterable[str] = (DEMO_OTP,),
+        step_seconds: float = 0.5,
+        chunk_size: int = 50,
+        *,
+        connections: Iterable[str] = (),
+        base_path: str = BASE_PATH,
+        faults: Faults | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.tokens = set(tokens)
+        self.otps = set(otps)
+        self.connections = {RUNTIME_CONNECTION, *connections}
+        self.base_path = base_path.rstrip("/")
+        self.knobs = Knobs(step_seconds=step_seconds, chunk_size=chunk_size)
+        self.faults = faults or Faults()
+        self.log = RequestLog()
+        self.clock = clock
+        self._offset = 0.0
+        self._lock = threading.Lock()
+        self._tables: dict[str, Table] = {}
+        self._protected: set[tuple[str, Key]] = set()
+        self._deleted: list[DeletedRow] = []
+        self._executions: dict[int, Execution] = {}
+        self._used_otps: set[str] = set()
+        self._next_id = 1
+        mutating = (f"{self.base_path}/StartExecution", f"{self.base_path}/StopExecution")
+        self._app: ASGIApp = build_app(
+            self._vendor_routes() + self._admin_routes(),
+            self.faults,
+            self.log,
+            is_mutating=lambda method, path: method == "POST" and path.rstrip("/") in mutating,
+        )
+
+    @property
+    def app(self) -> ASGIApp:
+        return self._app
+
+    def now(self) -> float:
+        return self.clock() + self._offset
+
+    # -- ground truth and admin helpers (also served under /_admin) ----------------------
+
+    def seed(self, entities: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
+        """Add entities and rows: {name: {"key": attribute, "rows": [...], "ss_key",
+        "espace_ss_key"}}. A row whose key exists replaces it. ValueError on bad input."""
+        with self._lock:
+            staged = {name: copy.deepcopy(t) for name, t in self._tables.items()}
+            for name, spec in entities.items():
+                if not isinstance(name, str) or not name or not isinstance(spec, Mapping):
+                    raise ValueError(f"entity {name!r}: send {{'key': ..., 'rows': [...]}}")
+                key = spec.get("key")
+                rows = spec.get("rows", [])
+                if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+                    raise ValueError(f"entity {name!r}: 'key' must be an attribute name")
+                if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+                    raise ValueError(f"entity {name!r}: 'rows' must be a list of objects")
+                table = staged.get(name)
+                if table is None:
+                    table = staged[name] = Table(key)
+                elif table.key != key:
+                    raise ValueError(f"entity {name!r} is keyed by {table.key!r}, not {key!r}")
+                for extra in ("ss_key", "espace_ss_key"):
+                    if spec.get(extra) is not None:
+                        setattr(table, extra, str(spec[extra]))
+                for row in rows:
+                    value = row.get(key)
+                    if isinstance(value, bool) or not isinstance(value, int | str):
+                        raise ValueError(f"entity {name!r}: a row has no text or integer {key!r}")
+                    if isinstance(value, str) and any(
+                        unicodedata.category(ch) in ("Cc", "Cs") for ch in value
+                    ):
+                        raise ValueError(
+                            f"entity {name!r}: key {value!r} holds a control character, "
+                            "which a log line cannot carry"
+                        )
+                    for column, cell in row.items():
+                        if cell is not None and (
+                            isinstance(cell, bool) or not isinstance(cell, int | str)
+                        ):
+                            raise ValueError(
+                                f"entity {name!r}: column {column!r} must be text, an "
+                                "integer or null"
+                            )
+                    table.rows[value] = dict(row)
+            self._tables = staged
+            return {name: len(t.rows) for name, t in self._tables.items()}
+
+    def protect(self, entity: str, keys: Iterable[Key]) -> int:
+        """These rows refuse deletion, as a foreign key REFERENCE to them would."""
+        with self._lock:
+            if entity not in self._tables:
+                raise KeyError(entity)
+            self._protected.update((entity, k) for k in keys)
+            return len(self._protected)
+
+    def rows(self, entity: str) -> list[dict[str, Any]]:
+        with self._lock:
+            self._advance()
+            return [dict(r) for r in self._tables[entity].rows.values()]
+
+    def deleted(self) -> list[DeletedRow]:
+        with self._lock:
+            self._advance()
+            return list(self._deleted)
+
+    def executions(self) -> list[dict[str, Any]]:
+        with self._lock:
+            self._advance()
+            return [self._execution_json(e) for e in self._executions.values()]
+
+    def step(self, seconds: float) -> float:
+        with self._lock:
+            self._offset += seconds
+            self._advance()
+            return self.now()
+
+    def reset(self) -> None:
+        with self._lock:
+            self._tables.clear()
+            self._protected.clear()
+            self._deleted.clear()
+            self._executions.clear()
+            self._used_otps.clear()
+            self._next_id = 1
+            self._offset = 0.0
+        self.log.clear()
+
+    # -- execution lifecycle (callers hold the lock) ------------------------------------------
+
+    def _advance(self) -> None:
+        now = self.now()
+        while True:
+            due = [
+                (when, e.id)
+                for e in self._executions.values()
+                if (when := e.next_due()) is not None and when <= now
+            ]
+            if not due:
+                return
+            when, ident = min(due)
+            self._fire(self._executions[ident], when)
+
+    def _fire(self, execution: Execution, at: float) -> None:
+        if execution.started is None:
+            self._start(execution, at)
+            return
+        if execution.done_chunks < len(execution.chunks):
+            self._chunk(execution, at)
+            execution.done_chunks += 1
+        if execution.done_chunks >= len(execution.chunks):
+            self._end(execution, at)
+
+    def _start(self, execution: Execution, at: float) -> None:
+        execution.started = at
+        self._note(execution, at, "INFO", "-", f"Execution {execution.id} started (Delete)")
+        chunks: list[tuple[str, list[Key]]] = []
+        for entity, where in execution.entities:
+            table = self._tables[entity]
+            try:
+                predicate = compile_where(where, table.columns())
+                keys = [k for k, row in table.rows.items() if predicate(row)]
+            except SqlError as exc:
+                failure = Failure(entity, None, str(exc), WHERE_TIP, at)
+                execution.failures.append(failure)
+                self._note(execution, at, "ERROR", entity, f"Could not run the WhereClause: {exc}")
+                execution.error = f"Error deleting {entity}: {exc}"
+                self._end(execution, at)
+                return
+            execution.total_records += len(keys)
+            size = execution.chunk_size
+            chunks.extend((entity, keys[i : i + size]) for i in range(0, len(keys), size))
+        execution.chunks = chunks
+
+    def _chunk(self, execution: Execution, at: float) -> None:
+        entity, keys = execution.chunks[execution.done_chunks]
+        table = self._tables[entity]
+        number, total = execution.done_chunks + 1, len(execution.chunks)
+        self._note(
+            execution,
+            at,
+            "INFO",
+            entity,
+            f"Deleting chunk {number} of {total} ({len(keys)} records)",
+        )
+        when = _moment(at)
+        for key in keys:
+            row = table.rows.get(key)
+            if row is None:
+                continue
+            if (entity, key) in self._protected:
+                reason = (
+                    "The DELETE statement conflicted with the REFERENCE constraint "
+                    f'"OSFRK_OSUSR_DMM_REF_{entity.upper()}_{table.key.upper()}". The conflict '
+                    f'occurred in database "outsystems", table "dbo.OSUSR_DMM_{entity.upper()}".'
+                )
+                execution.failures.append(Failure(entity, key, reason, REFERENCE_TIP, at))
+                execution.log.append(format_failed(_datetime(at), entity, table.key, key, reason))
+                continue
+            del table.rows[key]
+            execution.deleted.append((entity, key))
+            execution.volume += len(json.dumps(row))
+            self._deleted.append(DeletedRow(entity, key, row, execution.id, when))
+            execution.log.append(format_deleted(_datetime(at), entity, table.key, key))
+
+    def _end(self, execution: Execution, at: float) -> None:
+        execution.ended = at
+        failed = [f for f in execution.failures if f.key is not None]
+        if failed and not execution.error:
+            execution.error = f"{len(failed)} records could not be deleted"
+        self._note(
+            execution,
+            at,
+            "ERROR" if execution.error else "INFO",
+            "-",
+            f"Execution {execution.id} finished: {execution.status} ({len(execution.deleted)} "
+            f"records deleted, {len(failed)} failed)",
+        )
+
+    def _stop(self, execution: Execution) -> None:
+        at = self.now()
+        execution.stopped = True
+        execution.error = STOPPED
+        self._note(execution, at, "WARN", "-", STOPPED)
+        self._end(execution, at)
+
+    def _note(self, execution: Execution, at: float, level: str, entity: str, text: str) -> None:
+        execution.log.append(format_line(_datetime(at), level, entity, text))
+
+    # -- answers (callers hold the lock) --------------------------------------------------------
+
+    def _execution_json(self, execution: Execution) -> dict[str, Any]:
+        return {
+            "id": execution.id,
+            "status": execution.status,
+            "configuration": copy.deepcopy(execution.configuration),
+            "created": _moment(execution.created),
+            "started": _moment(execution.started) if execution.started is not None else None,
+            "ended": _moment(execution.ended) if execution.ended is not None else None,
+            "error": execution.error,
+            "stopped": execution.stopped,
+            "deleted": [{"entity": e, "key": k} for e, k in execution.deleted],
+            "failed": [
+                {"entity": f.entity, "key": f.key, "error": f.error} for f in execution.failures
+            ],
+        }
+
+    def _status_report(self, execution: Execution) -> dict[str, Any]:
+        now = self.now()
+        started = execution.started
+        elapsed = ((execution.ended or now) - started) if started is not None else 0.0
+        status = execution.status
+        message_type = {"Complete": "Success", "InError": "Error"}.get(status, "Info")
+        text = {
+            "Queued": "The execution is queued",
+            "InProgress": f"Deleting: {len(execution.deleted)} of {execution.total_records} "
+            "records",
+            "Complete": "The execution finished successfully",
+        }.get(status, execution.error)
+        return {
+            "ElapsedTime": _duration(elapsed),
+            "StartedAt": _moment(started) if started is not None else "",
+            "EndedAt": _moment(execution.ended) if execution.ended is not None else "",
+            "TotalDuration": round(elapsed),
+            "CompletedBPTRecords": 0,
+            "CompletedBPTVolume": 0,
+            "CompletedInstructions": execution.done_chunks,
+            "CompletedRecords": len(execution.deleted),
+            "TotalBPTRecords": 0,
+            "TotalBPTVolume": 0,
+            "TotalInstructions": len(execution.chunks),
+            "TotalRecords": execution.total_records,
+            "TotalVolumeKBs": round(execution.volume / 1024, 2),
+            "Message": {"MessageText": text, "MessageType": message_type},
+        }
+
+    def _outputs_report(self, execution: Execution) -> dict[str, Any]:
+        started = execution.started if execution.started is not None else execution.created
+        return {
+            "ConfigurationType": "Delete",
+            "ExecutionDate": _moment(started),
+            "ExecutionDuration": _duration((execution.ended or started) - started),
+            "BPTDataVolume": 0,
+            "DataVolume": round(execution.volume / 1024, 2),
+            "NBPTRecords": 0,
+            "NInstructions": execution.done_chunks,
+            "NRecords": len(execution.deleted),
+            "NErrors": len(execution.failures),
+        }
+
+    def _error_report(self, execution: Execution) -> list[dict[str, Any]]:
+        grouped: dict[tuple[str, str], dict[str, Any]] = {}
+        for failure in execution.failures:
+            entry = grouped.setdefault(
+                (failure.entity, failure.error),
+                {
+                    "FinalReportEntity": failure.entity,
+                    "FinalReportError": failure.error,
+                    "FinalReportStacktrace": f"at DMM.Delete.{failure.entity}",
+                    "FinalReportTip": failure.tip,
+                    "FinalReportMoment": _moment(failure.at),
+                    "Count": 0,
+                },
+            )
+            entry["Count"] += 1
+        return list(grouped.values())
+
+    def _log_zip(self, execution: Execution) -> bytes:
+        per_file = self.knobs.log_file_lines
+        lines = execution.log
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            for number, start in enumerate(range(0, max(len(lines), 1), per_file), 1):
+                info = zipfile.ZipInfo(
+                    f"DMM_Execution_{execution.id}_{number}.log", date_time=(2000, 1, 1, 0, 0, 0)
+                )
+                info.compress_type = zipfile.ZIP_DEFLATED
+                body = "".join(line + "\n" for line in lines[start : start + per_file])
+                archive.writestr(info, body.encode())
+        return buffer.getvalue()
+
+    # -- vendor routes ------------------------------------------------------------------------
+
+    def _vendor_routes(self) -> list[BaseRoute]:
+        base = self.base_path
+        return [
+            Route(f"{base}/StartExecution", self._start_execution, methods=["POST"]),
+            Route(f"{base}/StopExecution", self._stop_execution, methods=["POST"]),
+            Route(f"{base}/GetExecutionStatus", self._get_status, methods=["POST"]),
+            Route(f"{base}/GetExecutionOutputs", self._get_outputs, methods=["POST"]),
+        ]
+
+    def _authorize(self, request: Request, start: bool) -> tuple[str, Response | None]:
+        """("", None) or (the OTP to spend, None) when allowed; else ("", the refusal)."""
+        if request.headers.get("X-DMM-Token", "") not in self.tokens:
+            return "", _failure("Invalid X-DMM-Token", 401)
+        if not start:
+            return "", None
+        otp = request.headers.get("X-DMM-Token-OTP", "")
+        if otp not in self.otps:
+            return "", _failure("Invalid X-DMM-Token-OTP", 403)
+        with self._lock:
+            if self.knobs.otp_single_use and otp in self._used_otps:
+                return "", _failure("The X-DMM-Token-OTP was already used", 403)
+        return otp, None
+
+    async def _start_execution(self, request: Request) -> Response:
+        otp, refused = self._authorize(request, start=True)
+        if refused is not None:
+            return refused
+        body = await _json_object(request)
+        if body is None:
+            return _unparsable()
+        kind = body.get("Type")
+        if kind != "Delete":
+            if kind in OTHER_TYPES:
+                return _failure(f"The emulator runs executions of Type Delete only, not {kind}")
+            return _failure(
+                f"Invalid Type {kind!r}: use Migration, Export, Import, Delete or Scramble"
+            )
+        config = body.get("Configuration")
+        if not isinstance(config, dict):
+            return _failure("Configuration must be a JSON object")
+        problem, entities = self._check_configuration(config)
+        if problem:
+            return _failure(problem)
+        with self._lock:
+            self._advance()
+            busy = any(e.status in ("Queued", "InProgress") for e in self._executions.values())
+            if self.knobs.one_at_a_time and busy:
+                return _failure(ALREADY_RUNNING)
+            if self.knobs.otp_single_use and otp in self._used_otps:
+                return _failure("The X-DMM-Token-OTP was already used", 403)
+            self._used_otps.add(otp)
+            execution = Execution(
+                id=self._next_id,
+                created=self.now(),
+                step=self.knobs.step_seconds,
+                chunk_size=self.knobs.chunk_size,
+                configuration=copy.deepcopy(body),
+                entities=entities,
+            )
+            self._next_id += 1
+            self._executions[execution.id] = execution
+            self._note(
+                execution, execution.created, "INFO", "-", f"Execution {execution.id} queued"
+            )
+        return JSONResponse(
+            {"Success": True, "ErrorMessage": "", "MainExecutionTrackerId": execution.id}
+        )
+
+    def _check_configuration(
+        self, config: Mapping[str, Any]
+    ) -> tuple[str, list[tuple[str, str | None]]]:
+        """("", the entities and their WhereClauses) or (why the start is refused, [])."""
+        if config.get("ApplicationDeletionMode") is True:
+            return "ApplicationDeletionMode is not supported by the emulator", []
+        if config.get("FilterTenants") is True:
+            return "FilterTenants is not supported by the emulator", []
+        destination = config.get("DestinationDBConnection")
+        if destination not in (None, "") and destination not in self.connections:
+            return f"Connection not found: {destination}", []
+        listed = config.get("EntitiesToDelete")
+        if not isinstance(listed, list) or not listed:
+            return "EntitiesToDelete must list at least one entity", []
+        entities: list[tuple[str, str | None]] = []
+        with self._lock:
+            for entry in listed:
+                if not isinstance(entry, dict):
+                    return "each EntitiesToDelete entry must be a JSON object", []
+                name = entry.get("OSEntityName")
+                table = self._tables.get(name) if isinstance(name, str) else None
+                if (
+                    table is None
+                    or not _same_key(entry.get("OSEntitySSKey"), table.ss_key)
+                    or (not _same_key(entry.get("ESpaceSsKey"), table.espace_ss_key))
+                ):
+                    return f"Entity not found: {name}", []
+                where = entry.get("WhereClause")
+                if where is not None and not isinstance(where, str):
+                    return f"WhereClause of {name} must be text or null", []
+                entities.append((str(name), where))
+        return "", entities
+
+    def _tracker(self, body: Mapping[str, Any]) -> int | None:
+        value = body.get("MainExecutionTrackerId")
+        if isinstance(value, bool):
+            return None
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str) and value.strip().isdigit():
+            return int(value)
+        return None
+
+    async def _stop_execution(self, request: Request) -> Response:
+        _, refused = self._authorize(request, start=False)
+        if refused is not None:
+            return refused
+        body = await _json_object(request)
+        if body is None:
+            return _unparsable()
+        tracker = self._tracker(body)
+        with self._lock:
+            self._advance()
+            execution = self._executions.get(tracker) if tracker is not None else None
+            if execution is None:
+                return _failure(f"Execution not found: {body.get('MainExecutionTrackerId')!r}")
+            if execution.ended is not None:
+                return _failure(f"The execution is not running (status {execution.status})")
+            self._stop(execution)
+        return JSONResponse({"Success": True, "ErrorMessage": ""})
+
+    async def _get_status(self, request: Request) -> Response:
+        _, refused = self._authorize(request, start=False)
+        if refused is not None:
+            return refused
+        body = await _json_object(request)
+        if body is None:
+            return _unparsable()
+        records, page = body.get("LogRecords", 10), body.get("LogPage", 1)
+        if not _integer(records) or records < 1 or not _integer(page) or page < 1:
+            return _failure("LogRecords and LogPage must be integers of at least 1")
+        tracker = self._tracker(body)
+        with self._lock:
+            self._advance()
+            execution = self._executions.get(tracker) if tracker is not None else None
+            if execution is None:
+                return _not_found()
+            answer: dict[str, Any] = {
+                "Status": execution.status,
+                "Result": "ERROR" if execution.status == "InError" else "OK",
+                "Success": True,
+                "ErrorMessage": execution.error,
+                "Logs": "",
+                "LogNumPages": math.ceil(len(execution.log) / records),
+            }
+            if body.get("IncludeLogs") is True:
+                lines = execution.log[(page - 1) * records : page * records]
+                answer["Logs"] = _b64("".join(line + "\n" for line in lines).encode())
+            if body.get("IncludeReports") is True:
+                answer["Report"] = self._status_report(execution)
+        return JSONResponse(answer)
+
+    async def _get_outputs(self, request: Request) -> Response:
+        _, refused = self._authorize(request, start=False)
+        if refused is not None:
+            return refused
+        body = await _json_object(request)
+        if body is None:
+            return _unparsable()
+        tracker = self._tracker(body)
+        with self._lock:
+            self._advance()
+            execution = self._executions.get(tracker) if tracker is not None else None
+            if execution is None:
+                return _not_found()
+            status = execution.status
+            result = "ERROR" if status == "InError" else "OK"
+            if execution.ended is None:
+                return JSONResponse(
+                    {
+                        "Status": status,
+                        "Result": result,
+                        "Success": False,
+                        "ErrorMessage": f"The execution has not finished yet (status {status}); "
+                        "outputs exist once it is Complete or InError",
+                    }
+                )
+            answer: dict[str, Any] = {
+                "Status": status,
+                "Result": result,
+                "Success": True,
+                "ErrorMessage": execution.error,
+                "Logs": None,
+                "ZipFile": None,
+                "Report": None,
+                "ErrorReport": None,
+            }
+            if body.get("IncludeLogs") is True:
+                answer["Logs"] = _b64(self._log_zip(execution))
+            if body.get("IncludeReports") is True:
+                answer["Report"] = self._outputs_report(execution)
+            errors = self._error_report(execution)
+            if body.get("IncludeErrorReport") is True and errors:
+                answer["ErrorReport"] = _b64(json.dumps(errors).encode())
+        return JSONResponse(answer)
+
+    # -- admin routes -------------------------------------------------------------------------
+
+    def _admin_routes(self) -> list[BaseRoute]:
+        async def seed(request: Request) -> Response:
+            body = await _json_object(request)
+            if body is None:
+                return JSONResponse({"error": 'send {"<Entity>": {"key": .., "rows": []}}'}, 400)
+            try:
+                return JSONResponse(self.seed(body))
+            except ValueError as exc:
+                return JSONResponse({"error": str(exc)}, 400)
+
+        async def protect(request: Request) -> Response:
+            body = await _json_object(request) or {}
+            entity, keys = body.get("entity"), body.get("keys")
+            if not isinstance(entity, str) or not isinstance(keys, list):
+                return JSONResponse({"error": 'send {"entity": "..", "keys": [..]}'}, 400)
+            if not all(isinstance(k, int | str) and not isinstance(k, bool) for k in keys):
+                return JSONResponse({"error": "keys are text or integers"}, 400)
+            try:
+                return JSONResponse({"protected": self.protect(entity, keys)})
+            except KeyError:
+                return JSONResponse({"error": f"unknown entity {entity}"}, 404)
+
+        async def rows(request: Request) -> Response:
+            try:
+                return JSONResponse(self.rows(request.path_params["entity"]))
+            except KeyError:
+                return JSONResponse({"error": "unknown entity"}, 404)
+
+        async def deleted(request: Request) -> Response:
+            return JSONResponse([asdict(d) for d in self.deleted()])
+
+        async def executions(request: Request) -> Response:
+            return JSONResponse(self.executions())
+
+        async def step(request: Request) -> Response:
+            body = await _json_object(request) or {}
+            seconds = body.get("seconds")
+            if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds < 0:
+                return JSONResponse({"error": 'send {"seconds": <number >= 0>}'}, 400)
+            return JSONResponse({"now": self.step(float(seconds))})
+
+        async def get_settings(request: Request) -> Response:
+            return JSONResponse(asdict(self.knobs))
+
+        async def put_settings(request: Request) -> Response:
+            body = await _json_object(request)
+            try:
+                if body is None:
+                    raise ValueError("send an object of settings")
+                self.knobs.update(body)
+            except ValueError as exc:
+                return JSONResponse({"error": str(exc)}, 400)
+            return JSONResponse(asdict(self.knobs))
+
+        async def reset(request: Request) -> Response:
+            self.reset()
+            return JSONResponse({"reset": True})
+
+        return [
+            Route(f"{ADMIN_PREFIX}/seed", seed, methods=["POST"]),
+            Route(f"{ADMIN_PREFIX}/protect", protect, methods=["POST"]),
+            Route(f"{ADMIN_PREFIX}/rows/{{entity}}", rows, methods=["GET"]),
+            Route(f"{ADMIN_PREFIX}/deleted", deleted, methods=["GET"]),
+            Route(f"{ADMIN_PREFIX}/executions", executions, methods=["GET"]),
+            Route(f"{ADMIN_PREFIX}/step", step, methods=["POST"]),
+            Route(f"{ADMIN_PREFIX}/settings", get_settings, methods=["GET"]),
+            Route(f"{ADMIN_PREFIX}/settings", put_settings, methods=["PUT"]),
+            Route(f"{ADMIN_PREFIX}/reset", reset, methods=["POST"]),
+        ]
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _same_key(given: Any, known: str | None) -> bool:
+    """An SS key narrows the entity only when both sides have one."""
+    return given in (None, "") or known is None or given == known
+
+
+async def _json_object(request: Request) -> dict[str, Any] | None:
+    try:
+        body = json.loads(await request.body())
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _failure(message: str, status: int = 200) -> Response:
+    return JSONResponse({"Success": False, "ErrorMessage": message}, status_code=status)
+
+
+def _not_found() -> Response:
+    return JSONResponse(
+        {
+            "Status": "NotFound",
+            "Result": "ERROR",
+            "Success": False,
+            "ErrorMessage": "Execution not found",
+        }
+    )
+
+
+def _unparsable() -> Response:
+    """OutSystems' own answer to a REST body it cannot read; DMM never sees the call."""
+    return JSONResponse(
+        {"Errors": ["Failed to parse JSON request content."], "StatusCode": 400}, status_code=400
+    )
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _datetime(at: float) -> datetime:
+    return datetime.fromtimestamp(at, UTC)
+
+
+def _moment(at: float) -> str:
+    return _datetime(at).strftime(TIME_FORMAT)
+
+
+def _duration(seconds: float) -> str:
+    whole = max(0, round(seconds))
+    return f"{whole // 3600:02d}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m connectors.dmm.emulator`: the sandbox server with the demo entities."""
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--port", type=int, default=8705)
+    parser.add_argument("--token", default=DEMO_TOKEN, help="accepted X-DMM-Token")
+    parser.add_argument("--otp", default=DEMO_OTP, help="accepted X-DMM-Token-OTP")
+    parser.add_argument("--step-seconds", type=float, default=0.5)
+    parser.add_argument("--chunk-size", type=int, default=5)
+    parser.add_argument("--empty", action="store_true", help="do not seed the demo entities")
+    args = parser.parse_args(argv)
+    emulator = DmmEmulator(
+        tokens=[args.token],
+        otps=[args.otp],
+        step_seconds=args.step_seconds,
+        chunk_size=args.chunk_size,
+    )
+    if not args.empty:
+        emulator.seed(demo_entities())
+    uvicorn.run(emulator.app, host="127.0.0.1", port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
