@@ -1,9 +1,17 @@
-"""Reltio: a deletion target using the bulk delete API (DeleteEntitiesTask)."""
+"""Reltio: a deletion target using the bulk delete API (DeleteEntitiesTask), and a
+source reading which entities such tasks deleted."""
 
 from __future__ import annotations
 
 from connectors.contract import ConnectorInfo, registry
-from connectors.reltio.settings import CrosswalkSettings, ReltioConnection, ReltioTargetSettings
+from connectors.reltio.settings import (
+    CrosswalkSettings,
+    ReltioConnection,
+    ReltioSourceSettings,
+    ReltioTargetSettings,
+    entity_name,
+)
+from connectors.reltio.source import ReltioTaskSource
 from connectors.reltio.target import ReltioDeleteTarget
 
 
@@ -13,11 +21,19 @@ def build_target(
     return ReltioDeleteTarget(name, connection, settings)
 
 
+def build_source(
+    name: str, connection: ReltioConnection, settings: ReltioSourceSettings
+) -> ReltioTaskSource:
+    return ReltioTaskSource(name, connection, settings)
+
+
 registry.register(
     ConnectorInfo(
         name="reltio",
         connection_settings=ReltioConnection,
+        source_settings=ReltioSourceSettings,
         target_settings=ReltioTargetSettings,
+        build_source=build_source,
         build_target=build_target,
     )
 )
@@ -26,6 +42,10 @@ __all__ = [
     "CrosswalkSettings",
     "ReltioConnection",
     "ReltioDeleteTarget",
+    "ReltioSourceSettings",
     "ReltioTargetSettings",
+    "ReltioTaskSource",
+    "build_source",
     "build_target",
+    "entity_name",
 ]

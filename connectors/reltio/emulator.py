@@ -23,7 +23,10 @@ whenever the state is read; the deletions apply at that moment, tasks in the
 order they come due. An entity the task cannot delete (protected, or already
 absent) is counted in `objectsFailedToDeleteCount`; only the first 100 IDs are
 listed in `objectsFailedToDelete`, as the doc says, which is why a client must
-re-check entities itself when the count exceeds the list.
+re-check entities itself when the count exceeds the list. A task shows what it
+was asked in `parameters` (or `taskParams`): `entityUriList`, or `filter` and
+`excludeList`, so a reader of the task alone can tell which entities it
+concerned.
 
 Errors use Reltio's APIErrorRepresentation (`severity`, `errorMessage`,
 `errorCode`, `errorDetailMessage`); OAuth errors use `error` and
@@ -43,6 +46,7 @@ Errors use Reltio's APIErrorRepresentation (`severity`, `errorMessage`,
 | no `objects`, bad list, bad mode, a filter  | 400  | errorCode 100 (ASSUME)    |
 |  other than equals(type,'...')              |      |                           |
 | backpressure (knob backpressure_next)       | 503  | errorCode 2001            |
+| entity read broken (knob read_errors)       | any  | errorCode 0 (ASSUME)      |
 | throttled (fault knob throttle_rate)        | 429  | no Retry-After (knob)     |
 
 Ground truth and the admin routes are never faulted:
@@ -52,7 +56,15 @@ Ground truth and the admin routes are never faulted:
     GET  /_admin/entities                  the entities still present
     GET  /_admin/deleted                   [{uri, type, crosswalks, mode, task, at}], once each
     GET  /_admin/tasks                     every task, newest first
-    POST /_admin/task_status {"id", "status"}  force a status (null: back to the clock)
+    POST /_admin/task_status {"id", "status", "error"?, "processed"?}  force a status
+                                           (null: back to the clock); `error` is the
+                                           task's error text, `processed` the number of
+                                           its entities a FAILED or CANCELED task reached
+    POST /_admin/delete_task  {"uris": [...]} or {"filter": "equals(type,'..')",
+                              "excludeList": [...]}, optional "mode", "created_by":
+                                           start a DeleteEntitiesTask as an operator
+                                           would, without a token (a task the engine
+                                           did not start, for a task source to read)
     POST /_admin/expire_tokens             every access token stops working
     POST /_admin/step     {"seconds": x}   move the emulator's clock forward
     GET|PUT /_admin/settings               the `Knobs` (task timing, answer shapes...)
@@ -144,6 +156,9 @@ class Knobs:
     doc example of a finished DeleteEntitiesTask does."""
     retry_after_header: bool = False
     """The spec defines no Retry-After on 429; the fault kit sends one unless this is off."""
+    read_errors: dict[str, int] = field(default_factory=dict)
+    """Entity URI -> HTTP status (400..599) its `GET` answers: an entity that cannot be
+    read back while the rest of the tenant answers."""
 
     def update(self, values: Mapping[str, Any]) -> None:
         known = {f.name: f for f in fields(self)}
@@ -159,6 +174,7 @@ class Knobs:
             "token_lifetime": lambda v: _number(v) and v > 0,
             "backpressure_next": lambda v: isinstance(v, int) and not isinstance(v, bool),
             "retry_after_header": lambda v: isinstance(v, bool),
+            "read_errors": _read_errors,
         }
         for name, value in values.items():
             if not checks[name](value):
@@ -169,6 +185,17 @@ class Knobs:
 
 def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _read_errors(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and 400 <= v <= 599
+        for k, v in value.items()
+    )
+
+
+class BadTaskRequest(ValueError):
+    """A delete request the emulator refuses (HTTP 400 errorCode 100 on the vendor route)."""
 
 
 @dataclass
@@ -184,6 +211,7 @@ class Task:
     filter: str = ""
     exclude: list[str] = field(default_factory=list)
     forced: str | None = None
+    error: str | None = None
     applied_at: float | None = None
     deleted: int = 0
     failed: list[str] = field(default_factory=list)
@@ -310,16 +338,100 @@ class ReltioEmulator:
             task = self._tasks.get(task_id)
             return self._task_json(task) if task is not None else None
 
-    def force_status(self, task_id: str, status: str | None) -> dict[str, Any]:
+    def force_status(
+        self,
+        task_id: str,
+        status: str | None,
+        *,
+        error: str | None = None,
+        processed: int | None = None,
+    ) -> dict[str, Any]:
         """Show `status` from now on; COMPLETED applies the deletions first, FAILED and
-        CANCELED stop a task that has not applied them. None returns to the clock."""
+        CANCELED stop a task that has not applied them, after its first `processed`
+        entities when given (a task that failed half-way). None returns to the clock.
+
+        `error` is shown as the task's `error` (PeriodicTaskTO) while it has ended.
+        """
+        upper = status.upper() if status is not None else None
+        stops = upper in TERMINAL and not (upper or "").startswith("COMPLETED")
+        if processed is not None and (not stops or processed < 0):
+            raise BadTaskRequest(
+                "processed (>= 0) goes with a status that ends a task unfinished, "
+                f"e.g. FAILED or CANCELED, not {status!r}"
+            )
         with self._lock:
             self._advance()
             task = self._tasks[task_id]
-            completes = status is not None and status.upper().startswith("COMPLETED")
+            completes = upper is not None and upper.startswith("COMPLETED")
             if completes and task.applied_at is None:
                 self._apply(task, self.now())
-            task.forced = status.upper() if status is not None else None
+            elif processed is not None and task.applied_at is None:
+                self._apply(task, self.now(), limit=processed)
+            task.forced = upper
+            if upper is None:
+                task.error = None
+            elif error is not None:
+                task.error = error
+            return self._task_json(task)
+
+    def create_task(
+        self,
+        *,
+        uris: Sequence[str] | None = None,
+        filter_text: str | None = None,
+        exclude: Sequence[str] = (),
+        mode: str = "soft",
+        created_by: str = "operator",
+    ) -> dict[str, Any]:
+        """Start a DeleteEntitiesTask as an operator would (the engine did not start it):
+        `uris`, or `filter_text` equals(type,'...') with `exclude`. Raises BadTaskRequest."""
+        objects: dict[str, Any] = (
+            {"list": list(uris)}
+            if uris is not None
+            else {"filter": filter_text, "excludeList": list(exclude)}
+        )
+        task = self._new_task(objects, mode, False, created_by)
+        return self._schedule(task)
+
+    def _new_task(self, objects: Any, mode: str, send_mail: bool, created_by: str) -> Task:
+        """The task a `_delete` body asks for; BadTaskRequest says what is wrong."""
+        if mode not in ("soft", "hard"):
+            raise BadTaskRequest(f"Invalid value of parameter mode: {mode}")
+        if not isinstance(objects, dict):
+            raise BadTaskRequest("The request must have an 'objects' property")
+        listed = next((objects[k] for k in ("list", "uriList", "uris") if k in objects), None)
+        task = Task(
+            id=str(uuid.uuid4()),
+            created=0.0,
+            step=self.knobs.step_seconds,
+            mode=mode,
+            send_mail=send_mail,
+            created_by=created_by,
+        )
+        if listed is not None:
+            if not isinstance(listed, list) or not all(isinstance(u, str) for u in listed):
+                raise BadTaskRequest("objects.list must be an array of entity URIs")
+            if not listed:
+                raise BadTaskRequest("objects.list is empty")
+            task.uris = list(listed)
+            return task
+        text = objects.get("filter")
+        exclude = objects.get("excludeList", [])
+        match = _TYPE_FILTER.match(text) if isinstance(text, str) else None
+        if match is None:
+            raise BadTaskRequest(
+                "The emulator supports objects.list or a filter equals(type,'...') only"
+            )
+        if not isinstance(exclude, list) or not all(isinstance(u, str) for u in exclude):
+            raise BadTaskRequest("objects.excludeList must be an array of entity URIs")
+        task.filter, task.filter_type, task.exclude = str(text), match.group(1), exclude
+        return task
+
+    def _schedule(self, task: Task) -> dict[str, Any]:
+        with self._lock:
+            self._advance()
+            task.created = self.now()
+            self._tasks[task.id] = task
             return self._task_json(task)
 
     def expire_tokens(self) -> int:
@@ -358,7 +470,7 @@ class ReltioEmulator:
         for task in sorted(pending, key=lambda t: (t.due, t.created)):
             self._apply(task, task.due)
 
-    def _apply(self, task: Task, at: float) -> None:
+    def _apply(self, task: Task, at: float, limit: int | None = None) -> None:
         if task.uris is not None:
             targets = list(dict.fromkeys(task.uris))
         else:
@@ -367,6 +479,8 @@ class ReltioEmulator:
                 for uri, e in self._entities.items()
                 if e["type"] == task.filter_type and uri not in task.exclude
             ]
+        if limit is not None:
+            targets = targets[:limit]
         when = datetime.fromtimestamp(at, UTC).isoformat()
         for uri in targets:
             entity = self._entities.get(uri)
@@ -441,6 +555,8 @@ class ReltioEmulator:
         }
         if now >= started or ended is not None:
             body["startTime"] = int(min(started, ended or started) * 1000)
+        if task.error is not None and status in TERMINAL | {"ERROR", "CANCELING"}:
+            body["error"] = task.error
         if ended is not None:
             body["endTime"] = int(ended * 1000)
             took = max(0.0, ended - task.created)
@@ -538,6 +654,9 @@ class ReltioEmulator:
         if refused is not None:
             return refused
         uri = f"entities/{request.path_params['id']}"
+        broken = self.knobs.read_errors.get(uri)
+        if broken is not None:
+            return _error(broken, 0, f"Emulated failure reading {uri}")
         with self._lock:
             self._advance()
             entity = self._entities.get(uri)
@@ -574,8 +693,6 @@ class ReltioEmulator:
         if refused is not None:
             return refused
         mode = request.query_params.get("mode", "soft").lower()
-        if mode not in ("soft", "hard"):
-            return _error(400, 100, f"Invalid value of parameter mode: {mode}")
         send_mail = request.query_params.get("sendMail", "false").lower() == "true"
         try:
             body = json.loads(await request.body())
@@ -587,41 +704,11 @@ class ReltioEmulator:
                 "Expecting request content in JSON format, failed to parse.",
             )
         objects = body.get("objects") if isinstance(body, dict) else None
-        if not isinstance(objects, dict):
-            return _error(400, 100, "The request must have an 'objects' property")
-        listed = next((objects[k] for k in ("list", "uriList", "uris") if k in objects), None)
-        task = Task(
-            id=str(uuid.uuid4()),
-            created=0.0,
-            step=self.knobs.step_seconds,
-            mode=mode,
-            send_mail=send_mail,
-            created_by=principal,
-        )
-        if listed is not None:
-            if not isinstance(listed, list) or not all(isinstance(u, str) for u in listed):
-                return _error(400, 100, "objects.list must be an array of entity URIs")
-            if not listed:
-                return _error(400, 100, "objects.list is empty")
-            task.uris = list(listed)
-        else:
-            text = objects.get("filter")
-            exclude = objects.get("excludeList", [])
-            match = _TYPE_FILTER.match(text) if isinstance(text, str) else None
-            if match is None:
-                return _error(
-                    400,
-                    100,
-                    "The emulator supports objects.list or a filter equals(type,'...') only",
-                )
-            if not isinstance(exclude, list) or not all(isinstance(u, str) for u in exclude):
-                return _error(400, 100, "objects.excludeList must be an array of entity URIs")
-            task.filter, task.filter_type, task.exclude = str(text), match.group(1), exclude
-        with self._lock:
-            self._advance()
-            task.created = self.now()
-            self._tasks[task.id] = task
-            answer = self._task_json(task)
+        try:
+            task = self._new_task(objects, mode, send_mail, principal)
+        except BadTaskRequest as exc:
+            return _error(400, 100, str(exc))
+        answer = self._schedule(task)
         return JSONResponse([answer] if self.knobs.answer_as_array else answer)
 
     async def _list_tasks(self, request: Request) -> Response:
@@ -684,14 +771,61 @@ class ReltioEmulator:
 
         async def task_status(request: Request) -> Response:
             body = await request.json()
-            task_id = body.get("id") if isinstance(body, dict) else None
-            status = body.get("status") if isinstance(body, dict) else None
-            if not isinstance(task_id, str) or not (status is None or isinstance(status, str)):
-                return JSONResponse({"error": 'send {"id": "..", "status": "FAILED"}'}, 400)
+            body = body if isinstance(body, dict) else {}
+            task_id, status = body.get("id"), body.get("status")
+            error, processed = body.get("error"), body.get("processed")
+            if (
+                not isinstance(task_id, str)
+                or not (status is None or isinstance(status, str))
+                or not (error is None or isinstance(error, str))
+                or not (processed is None or type(processed) is int)
+            ):
+                return JSONResponse(
+                    {
+                        "error": 'send {"id": "..", "status": "FAILED"} (optionally "error": '
+                        '"text", "processed": <entities reached>)'
+                    },
+                    400,
+                )
             try:
-                return JSONResponse(self.force_status(task_id, status))
+                return JSONResponse(
+                    self.force_status(task_id, status, error=error, processed=processed)
+                )
             except KeyError:
                 return JSONResponse({"error": f"unknown task {task_id}"}, 404)
+            except BadTaskRequest as exc:
+                return JSONResponse({"error": str(exc)}, 400)
+
+        async def delete_task(request: Request) -> Response:
+            try:
+                body = await request.json()
+            except ValueError:
+                body = None
+            if not isinstance(body, dict):
+                body = {}
+            mode, created_by = body.get("mode", "soft"), body.get("created_by", "operator")
+            uris, text = body.get("uris"), body.get("filter")
+            if (uris is None) == (text is None) or not (
+                isinstance(mode, str) and isinstance(created_by, str)
+            ):
+                return JSONResponse(
+                    {
+                        "error": 'send {"uris": ["entities/..", ...]} or {"filter": '
+                        '"equals(type,\'configuration/entityTypes/..\')", "excludeList": '
+                        '[...]}, optionally "mode": "soft" | "hard" and "created_by"'
+                    },
+                    400,
+                )
+            objects = (
+                {"list": uris}
+                if uris is not None
+                else {"filter": text, "excludeList": body.get("excludeList", [])}
+            )
+            try:
+                task = self._new_task(objects, mode.lower(), False, created_by)
+            except BadTaskRequest as exc:
+                return JSONResponse({"error": str(exc)}, 400)
+            return JSONResponse(self._schedule(task))
 
         async def expire(request: Request) -> Response:
             return JSONResponse({"expired": self.expire_tokens()})
@@ -727,6 +861,7 @@ class ReltioEmulator:
             Route(f"{ADMIN_PREFIX}/deleted", deleted, methods=["GET"]),
             Route(f"{ADMIN_PREFIX}/tasks", tasks, methods=["GET"]),
             Route(f"{ADMIN_PREFIX}/task_status", task_status, methods=["POST"]),
+            Route(f"{ADMIN_PREFIX}/delete_task", delete_task, methods=["POST"]),
             Route(f"{ADMIN_PREFIX}/expire_tokens", expire, methods=["POST"]),
             Route(f"{ADMIN_PREFIX}/step", step, methods=["POST"]),
             Route(f"{ADMIN_PREFIX}/settings", get_settings, methods=["GET"]),

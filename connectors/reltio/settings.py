@@ -1,4 +1,4 @@
-"""Settings of a Reltio connection and of a Reltio bulk-delete target block."""
+"""Settings of a Reltio connection, of a bulk-delete target block and of a task source block."""
 
 from __future__ import annotations
 
@@ -12,6 +12,32 @@ from connectors.settings import ConnectionBase, Seconds, StrictModel
 
 DEFAULT_AUTH_URL = "https://auth.reltio.com/oauth/token"
 SOURCES_PREFIX = "configuration/sources/"
+TASK_ID_EXAMPLE = "f3d47316-c249-4e60-9a8a-8e97cc9ca0e3"
+
+
+def entity_name(tenant_url: str, uri: str) -> str:
+    """An entity's name across the engine: `reltio:<tenant_url>:<entities/id>`.
+
+    The target gives it as `Outcome.effect` and the task source as
+    `SourceRecord.origin`, so both must build it here, from the tenant URL as
+    the connection validated it: the journal recognises a deletion this engine
+    caused only when the two strings are equal.
+    """
+    return f"reltio:{tenant_url.rstrip('/')}:{uri}"
+
+
+def task_id_problem(task_id: str) -> str | None:
+    """Why `task_id` cannot name a Reltio task, or None when it can."""
+    if not task_id.strip():
+        return f"a task id is blank; write the id Reltio gave the task, e.g. {TASK_ID_EXAMPLE}"
+    if "/" in task_id:
+        return (
+            f"task id {task_id!r} contains '/'; write the id alone, not tasks/<id> or a URL "
+            f"(e.g. {TASK_ID_EXAMPLE})"
+        )
+    if task_id != task_id.strip():
+        return f"task id {task_id!r} has spaces around it"
+    return None
 
 
 def _http_url(value: str, example: str) -> str:
@@ -147,3 +173,28 @@ class ReltioTargetSettings(StrictModel):
 
     def entity_template(self) -> KeyTemplate | None:
         return KeyTemplate(self.entity) if self.entity is not None else None
+
+
+class ReltioSourceSettings(StrictModel):
+    """The `source:` block of a pipeline reading the entities Reltio delete tasks removed.
+
+    One stream per DeleteEntitiesTask listed here; the engine may add tasks an
+    operator registers and tasks this engine's own targets started.
+    """
+
+    tasks: list[str] = Field(
+        default_factory=list, description="ids of DeleteEntitiesTasks to read, one stream each"
+    )
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks(cls, value: list[str]) -> list[str]:
+        value = [task.strip() for task in value]
+        for task in value:
+            problem = task_id_problem(task)
+            if problem is not None:
+                raise ValueError(problem)
+        twice = sorted({t for t in value if value.count(t) > 1})
+        if twice:
+            raise ValueError(f"tasks listed more than once: {', '.join(twice)}")
+        return value

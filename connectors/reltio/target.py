@@ -13,6 +13,12 @@ missing, and every entity of a task that failed or was cancelled is read
 back one by one
 (gone = done, still there = retry).
 
+Every DONE outcome whose entity is gone from the tenant (deleted, or absent
+when read) names it in `effect` (`entity_name`), the name a Reltio task
+source gives the same entity as `origin`: when the engine later reads this
+task as a source, it recognises these deletions as its own. A delivery whose
+crosswalk resolves to no entity names none (there is no URI to name).
+
 The API takes no client-chosen id, so after a lost answer the target
 recognises its own task among the tenant's delete tasks by the entity URIs
 it carries. With crosswalks, entities the task already deleted no longer
@@ -22,7 +28,6 @@ entities now gone besides.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -32,7 +37,6 @@ from urllib.parse import quote
 from connectors.contract import (
     AmbiguousError,
     Delivery,
-    FatalError,
     Outcome,
     OutcomeKind,
     RemoteError,
@@ -42,12 +46,16 @@ from connectors.http import HttpClient, excerpt
 from connectors.jobs import CannotCancel, JobHandle, JobProgress, JobSpec, JobState, map_status
 from connectors.keys import KeyTemplate, UnmappedKey
 from connectors.reltio.auth import ReltioClient, classify, is_not_found, json_body
-from connectors.reltio.settings import CrosswalkSettings, ReltioConnection, ReltioTargetSettings
+from connectors.reltio.reads import entity_present, gather
+from connectors.reltio.settings import (
+    CrosswalkSettings,
+    ReltioConnection,
+    ReltioTargetSettings,
+    entity_name,
+)
 
 DELETE_TASK_TYPE = "com.reltio.businesslogic.tasks.delete.DeleteEntitiesTask"
 ENTITY_PREFIX = "entities/"
-CONCURRENCY = 8
-"""Lookups and re-checks in flight at once (each is one GET)."""
 TASK_PAGE = 100
 TASK_PAGES = 5
 """find() reads at most this many pages of the tenant's delete tasks, newest first."""
@@ -92,17 +100,33 @@ def task_object(body: Any) -> dict[str, Any] | None:
     return body if isinstance(body, dict) and isinstance(body.get("id"), str) else None
 
 
-def task_uris(task: Mapping[str, Any]) -> set[str] | None:
-    """The entity URIs a DeleteEntitiesTask was given, or None for any other task.
-
-    Doc examples carry them in `parameters`, PeriodicTaskTO in `taskParams`
-    whose values are strings, so a list may arrive JSON-encoded.
-    """
+def is_delete_entities_task(task: Mapping[str, Any]) -> bool:
     kind = task.get("type")
-    if not isinstance(kind, str) or kind.rsplit(".", 1)[-1] != "DeleteEntitiesTask":
-        return None
+    return isinstance(kind, str) and kind.rsplit(".", 1)[-1] == "DeleteEntitiesTask"
+
+
+def task_params(task: Mapping[str, Any]) -> dict[str, Any]:
+    """A task's parameters: `parameters` in doc examples, `taskParams` in PeriodicTaskTO."""
     params = task.get("parameters") or task.get("taskParams")
-    listed = params.get("entityUriList") if isinstance(params, dict) else None
+    return params if isinstance(params, dict) else {}
+
+
+def task_uris(task: Mapping[str, Any]) -> set[str] | None:
+    """The entity URIs a DeleteEntitiesTask was given, or None for any other task."""
+    listed = task_uri_list(task)
+    return set(listed) if listed is not None else None
+
+
+def task_uri_list(task: Mapping[str, Any]) -> list[str] | None:
+    """The entity URIs a DeleteEntitiesTask was given, in its order and once each; None for
+    any other task and for a task selecting entities by a filter.
+
+    PeriodicTaskTO's `taskParams` values are strings, so a list may arrive
+    JSON-encoded; entries that are not entity URIs or ids are left out.
+    """
+    if not is_delete_entities_task(task):
+        return None
+    listed = task_params(task).get("entityUriList")
     if isinstance(listed, str):
         try:
             listed = json.loads(listed)
@@ -110,8 +134,8 @@ def task_uris(task: Mapping[str, Any]) -> set[str] | None:
             listed = [part for part in listed.strip("[]").split(",") if part.strip()]
     if not isinstance(listed, list):
         return None
-    uris = {entity_uri(str(u).strip().strip('"')) for u in listed}
-    return {u for u in uris if u is not None}
+    uris = (entity_uri(str(u).strip().strip('"')) for u in listed)
+    return list(dict.fromkeys(u for u in uris if u is not None))
 
 
 def current_state(task: Mapping[str, Any]) -> dict[str, Any]:
@@ -125,7 +149,8 @@ def current_state(task: Mapping[str, Any]) -> dict[str, Any]:
     return state if isinstance(state, dict) else {}
 
 
-def _int(value: Any) -> int | None:
+def as_int(value: Any) -> int | None:
+    """A count from a task: an int, or digits in a string (taskParams); never a bool."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -163,6 +188,8 @@ def _outcome_json(outcome: Outcome) -> dict[str, Any]:
         data["detail"] = outcome.detail
     if outcome.retry_after is not None:
         data["retry_after"] = outcome.retry_after
+    if outcome.effect:
+        data["effect"] = outcome.effect
     return data
 
 
@@ -176,6 +203,7 @@ def _outcome_from_json(delivery_id: int, data: Any) -> Outcome:
         reason=str(data.get("reason", "")),
         retry_after=float(retry_after) if isinstance(retry_after, int | float) else None,
         detail=str(data.get("detail", "")),
+        effect=str(data.get("effect", "")),
     )
 
 
@@ -194,6 +222,7 @@ class ReltioDeleteTarget:
     ) -> None:
         self.name = name
         self.settings = settings
+        self.tenant_url = connection.tenant_url
         self.batch_size = settings.batch_size
         self._entity: KeyTemplate | None = settings.entity_template()
         self._crosswalk: CrosswalkSettings | None = settings.crosswalk
@@ -307,7 +336,7 @@ class ReltioDeleteTarget:
             tasks.extend(t for t in body if isinstance(t, dict) and isinstance(t.get("id"), str))
             if len(body) < TASK_PAGE:
                 break
-        return sorted(tasks, key=lambda t: _int(t.get("createdTime")) or 0, reverse=True)
+        return sorted(tasks, key=lambda t: as_int(t.get("createdTime")) or 0, reverse=True)
 
     async def poll(self, job: JobSpec, handle: JobHandle) -> JobProgress:
         known = handle.detail
@@ -373,8 +402,12 @@ class ReltioDeleteTarget:
             elif found:
                 outcomes.append(Outcome.done(d.delivery_id, f"would delete {uri}"))
             else:
-                outcomes.append(Outcome.done(d.delivery_id, ABSENT))
+                outcomes.append(Outcome.done(d.delivery_id, ABSENT, self.effect(uri)))
         return outcomes
+
+    def effect(self, uri: str) -> str:
+        """The name a DONE outcome gives the entity it leaves gone (see `entity_name`)."""
+        return entity_name(self.tenant_url, uri)
 
     # -- planning: which entity each delivery deletes ------------------------------
 
@@ -449,38 +482,12 @@ class ReltioDeleteTarget:
         return list(dict.fromkeys(uris))
 
     async def _present(self, uri: str) -> bool:
-        path = f"/{quote(uri, safe='/')}"
-        response = await self.api.call("GET", path, idempotent=True)
-        if is_not_found(response):
-            return False
-        if not response.is_success:
-            raise self.api.remote(f"GET {path}", response)
-        return True
+        return await entity_present(self.api, uri)
 
     async def _gather(
         self, keys: Sequence[str], work: Callable[[str], Awaitable[T]]
     ) -> dict[str, T | RemoteError]:
-        """work(key) for every key, a few at a time. A RemoteError stays with its key;
-        the first FatalError or RetriableError stops new work and is raised."""
-        results: dict[str, T | RemoteError] = {}
-        stopped: list[FatalError | RetriableError] = []
-        slots = asyncio.Semaphore(CONCURRENCY)
-
-        async def one(key: str) -> None:
-            async with slots:
-                if stopped:
-                    return
-                try:
-                    results[key] = await work(key)
-                except RemoteError as exc:
-                    results[key] = exc
-                except (FatalError, RetriableError) as exc:
-                    stopped.append(exc)
-
-        await asyncio.gather(*(one(key) for key in keys))
-        if stopped:
-            raise next((e for e in stopped if isinstance(e, FatalError)), stopped[0])
-        return results
+        return await gather(keys, work)
 
     # -- settling a finished task ----------------------------------------------------
 
@@ -502,7 +509,7 @@ class ReltioDeleteTarget:
             )
             if uri is not None
         }
-        counted = _int(current.get("objectsFailedToDeleteCount"))
+        counted = as_int(current.get("objectsFailedToDeleteCount"))
         count = len(listed) if counted is None else counted
         submitted = list(dict.fromkeys(str(u) for u in _uri_map(known).values()))
         # A doc example of a finished DeleteEntitiesTask carries no failure fields at
@@ -514,14 +521,16 @@ class ReltioDeleteTarget:
         by_uri: dict[str, Outcome] = {}
         for uri in submitted:
             if uri not in present:
-                by_uri[uri] = Outcome.done(0, f"deleted by task {task_id}")
+                by_uri[uri] = Outcome.done(0, f"deleted by task {task_id}", self.effect(uri))
                 continue
             found = present[uri]
             if isinstance(found, RemoteError):
                 by_uri[uri] = Outcome.retry(0, f"task {task_id} {raw}; re-check failed: {found}")
             elif not found:
                 by_uri[uri] = Outcome.done(
-                    0, ABSENT if uri in listed else f"absent after task {task_id}"
+                    0,
+                    ABSENT if uri in listed else f"absent after task {task_id}",
+                    self.effect(uri),
                 )
             elif uri in listed:
                 by_uri[uri] = Outcome.retry(
@@ -582,8 +591,8 @@ def _task_detail(task: Mapping[str, Any], raw: str) -> dict[str, Any]:
     current = current_state(task)
     detail: dict[str, Any] = {"task": task.get("id"), "status": raw}
     for key in ("numberOfProcessedObjects", "objectsFailedToDeleteCount"):
-        if _int(current.get(key)) is not None:
-            detail[key] = _int(current.get(key))
+        if as_int(current.get(key)) is not None:
+            detail[key] = as_int(current.get(key))
     listed = current.get("objectsFailedToDelete")
     if isinstance(listed, list):
         detail["objectsFailedToDeleteListed"] = len(listed)
@@ -597,7 +606,12 @@ __all__ = [
     "DELETE_TASK_TYPE",
     "STATUS",
     "ReltioDeleteTarget",
+    "as_int",
     "current_state",
     "entity_uri",
+    "is_delete_entities_task",
+    "task_object",
+    "task_params",
+    "task_uri_list",
     "task_uris",
 ]

@@ -25,6 +25,7 @@ from connectors.reltio import (
     ReltioDeleteTarget,
     ReltioTargetSettings,
     build_target,
+    entity_name,
 )
 from connectors.reltio.emulator import GOOSE, Knobs, ReltioEmulator, demo_entities
 from connectors.reltio.target import STATUS, current_state, entity_uri, task_uris
@@ -529,6 +530,56 @@ async def test_failure_list_cut_at_100_is_checked_one_by_one(
         if e.method == "GET" and e.path.split("/")[-2] == "entities"
     ]
     assert len(reads) == 160
+
+
+async def test_done_outcomes_name_the_gone_entity_in_effect(
+    make_target: MakeTarget, emulator: ReltioEmulator, shared: tuple[ReltioEmulator, str]
+) -> None:
+    """`effect` is what a Reltio task source gives the same entity as `origin`."""
+    tenant = f"{shared[1]}/reltio/api/TENANT"
+    emulator.protect([uri(2)])
+    job = spec(
+        [
+            *by_id(1, 2),
+            Delivery(3, "CON_TRO", "g", {"RELTIO_ID": "gone"}),
+            Delivery(4, "CON_TRO", "n", {"RELTIO_ID": None}),
+        ]
+    )
+    handle, outcomes, _ = await run(make_target(), emulator, job)
+    assert [(o.kind.value, o.effect) for o in outcomes] == [
+        ("done", entity_name(tenant, uri(1))),
+        ("retry", ""),
+        ("done", f"reltio:{tenant}:entities/gone"),
+        ("dead", ""),
+    ]
+    assert outcomes[0].detail == f"deleted by task {handle.remote_id}"
+    assert outcomes[2].detail == "absent"
+
+
+async def test_effect_after_a_read_back_and_with_crosswalks(
+    make_target: MakeTarget, emulator: ReltioEmulator, shared: tuple[ReltioEmulator, str]
+) -> None:
+    tenant = f"{shared[1]}/reltio/api/TENANT"
+    emulator.knobs.update({"failure_fields": "when_failed"})
+    _, outcomes, _ = await run(make_target(), emulator, spec(by_id(1)))
+    assert outcomes[0].detail.startswith("absent after task ")
+    assert outcomes[0].effect == entity_name(tenant, uri(1))
+    emulator.knobs.update({"failure_fields": "always"})
+    crosswalk = make_target({"tenant_url": f"{tenant}/"}, **CROSSWALK)
+    _, outcomes, _ = await run(crosswalk, emulator, spec(by_record("0-2", "9-9")))
+    assert [(o.detail.split(" ")[0], o.effect) for o in outcomes] == [
+        ("deleted", entity_name(tenant, uri(2))),
+        ("absent", ""),
+    ]
+
+
+async def test_preview_names_only_entities_already_gone(make_target: MakeTarget) -> None:
+    target = make_target()
+    batch = [*by_id(1), Delivery(2, "CON_TRO", "g", {"RELTIO_ID": "gone"})]
+    assert [o.effect for o in await target.preview(batch)] == [
+        "",
+        entity_name(target.tenant_url, "entities/gone"),
+    ]
 
 
 async def test_lost_submit_answer_then_find_adopts_the_task(

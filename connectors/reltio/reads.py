@@ -1,0 +1,63 @@
+"""Reads the Reltio target and the task source share: is an entity still there, asked
+for many entities a few at a time.
+
+Only Reltio's own "object not found" (404 errorCode 101) means gone; any
+other answer that is not a success is an error about that entity, kept with
+it so one unreadable entity never passes for a deleted one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+from urllib.parse import quote
+
+from connectors.contract import FatalError, RemoteError, RetriableError
+from connectors.reltio.auth import ReltioClient, is_not_found
+
+CONCURRENCY = 8
+"""Lookups and re-checks in flight at once (each is one GET)."""
+
+T = TypeVar("T")
+
+
+async def entity_present(api: ReltioClient, uri: str) -> bool:
+    """True when `GET <uri>` finds the entity, False on 404 errorCode 101."""
+    path = f"/{quote(uri, safe='/')}"
+    response = await api.call("GET", path, idempotent=True)
+    if is_not_found(response):
+        return False
+    if not response.is_success:
+        raise api.remote(f"GET {path}", response)
+    return True
+
+
+async def gather(
+    keys: Sequence[str], work: Callable[[str], Awaitable[T]], concurrency: int = CONCURRENCY
+) -> dict[str, T | RemoteError]:
+    """work(key) for every key, a few at a time. A RemoteError stays with its key;
+    the first FatalError or RetriableError stops new work and is raised (a FatalError
+    first, since no retry fixes it)."""
+    results: dict[str, T | RemoteError] = {}
+    stopped: list[FatalError | RetriableError] = []
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one(key: str) -> None:
+        async with slots:
+            if stopped:
+                return
+            try:
+                results[key] = await work(key)
+            except RemoteError as exc:
+                results[key] = exc
+            except (FatalError, RetriableError) as exc:
+                stopped.append(exc)
+
+    await asyncio.gather(*(one(key) for key in keys))
+    if stopped:
+        raise next((e for e in stopped if isinstance(e, FatalError)), stopped[0])
+    return results
+
+
+__all__ = ["CONCURRENCY", "entity_present", "gather"]

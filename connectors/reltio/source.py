@@ -1,0 +1,296 @@
+"""Reading which entities a Reltio DeleteEntitiesTask removed, once the task has ended.
+
+One stream per task (`task-<id>`), read with `GET tasks/{id}` until the task
+ends, then once more never: the stream is finished. Reads are repeatable
+(the task and the entities are read, nothing is changed), so a call whose
+answer was never journaled is simply made again.
+
+What is reported: the entities the task was asked to delete (its
+`entityUriList`, in its order) minus those it failed to delete, and only
+ones this source can vouch for. Reltio lists at most 100 failed IDs, counts
+an entity that was already gone as failed too, and a task that failed or was
+cancelled says nothing about how far it got. So the failure list is trusted
+only when it is complete (its count equals its length) on a task that
+completed; otherwise every asked entity not named as failed is read back,
+and only those Reltio answers "not found" for are reported. An entity that
+could not be read makes the whole read retriable: reporting it would risk
+propagating a deletion that never happened, leaving it out would lose one.
+
+Filter-based tasks (`objects.filter`, optionally with an `excludeList`) are
+never sources. The task records the filter, not the entities it matched,
+and its `objectsFailedToDelete` names only failures: which entities it
+removed is written nowhere (bulk tasks do not even reach the activity log by
+default). Re-running the filter afterwards would "find" entities deleted by
+anyone, or miss entities whose attributes changed, so such a task finishes
+its stream with no records and a problem saying why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+from connectors.contract import (
+    JSON,
+    AmbiguousError,
+    InFlightCall,
+    RemoteError,
+    RetriableError,
+    SourceCall,
+    SourcePage,
+    SourceRecord,
+)
+from connectors.http import HttpClient, excerpt
+from connectors.jobs import JobState, map_status
+from connectors.reltio.auth import ReltioClient, classify, is_not_found, json_body
+from connectors.reltio.reads import entity_present, gather
+from connectors.reltio.settings import (
+    ReltioConnection,
+    ReltioSourceSettings,
+    entity_name,
+    task_id_problem,
+)
+from connectors.reltio.target import (
+    STATUS,
+    as_int,
+    current_state,
+    entity_uri,
+    is_delete_entities_task,
+    task_object,
+    task_params,
+    task_uri_list,
+)
+
+STREAM_PREFIX = "task-"
+NOT_FOUND = "NOT_FOUND"
+"""The cursor's `status` for a task Reltio does not know."""
+FILTER_EXCERPT = 120
+ERROR_EXCERPT = 200
+
+
+class ReltioTaskSource:
+    """The entities Reltio DeleteEntitiesTasks deleted, one stream per task.
+
+    Cursor of a stream: `{"finished": false, "status": <raw>}` while the task
+    runs, then `{"finished": true, "status": <raw>, "deleted": n, "failed": k}`
+    where n entities were reported and k asked entities were not (named as
+    failed, or still present when read back).
+    """
+
+    kind = "reltio_tasks"
+
+    def __init__(
+        self,
+        name: str,
+        connection: ReltioConnection,
+        settings: ReltioSourceSettings,
+        *,
+        http: HttpClient | None = None,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.tenant_url = connection.tenant_url
+        self._http = http or connection.http_client(
+            name,
+            base_url=connection.tenant_url,
+            secrets=connection.secret_values(),
+            classify=classify,
+        )
+        self.api = ReltioClient(name, connection, self._http)
+
+    # -- Source and TaskSource --------------------------------------------------------
+
+    def streams(self) -> Sequence[str]:
+        return [self.task_stream(task) for task in self.settings.tasks]
+
+    def task_stream(self, task_id: str) -> str:
+        """`task-<id>`; ValueError (for the operator) when `task_id` cannot name a task."""
+        problem = task_id_problem(task_id)
+        if problem is not None:
+            raise ValueError(f"{self.name}: {problem}")
+        return f"{STREAM_PREFIX}{task_id}"
+
+    def task_id(self, stream: str) -> str:
+        """The task a stream reads; ValueError for a stream this source never named."""
+        task_id = stream.removeprefix(STREAM_PREFIX)
+        if not stream.startswith(STREAM_PREFIX) or task_id_problem(task_id) is not None:
+            raise ValueError(
+                f"{self.name}: stream {stream!r} is not a Reltio task stream "
+                f"({STREAM_PREFIX}<task id>)"
+            )
+        return task_id
+
+    def finished(self, cursor: JSON | None) -> bool:
+        return cursor is not None and cursor.get("finished") is True
+
+    def plan(
+        self,
+        stream: str,
+        cursor: JSON | None,
+        interrupted: InFlightCall | None,
+        now: datetime,
+    ) -> SourceCall:
+        """Always the same read: the task and its entities are read, never consumed, so an
+        interrupted call needs no recovery window."""
+        return SourceCall(
+            stream=stream, params={"task": self.task_id(stream)}, started_at=now.astimezone(UTC)
+        )
+
+    async def fetch(self, call: SourceCall) -> SourcePage:
+        task_id = str(call.params.get("task") or self.task_id(call.stream))
+        try:
+            return await self._read(call.stream, task_id)
+        except AmbiguousError as exc:
+            # Only reads were sent: whatever happened to the answer, nothing changed.
+            raise RetriableError(
+                str(exc), connection=self.name, retry_after=exc.retry_after
+            ) from None
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # -- reading one task --------------------------------------------------------------
+
+    async def _read(self, stream: str, task_id: str) -> SourcePage:
+        path = f"/tasks/{quote(task_id, safe='')}"
+        what = f"GET {path}"
+        response = await self.api.call("GET", path, idempotent=True)
+        if is_not_found(response):
+            return _ended(
+                NOT_FOUND,
+                problem=f"Reltio does not know task {task_id} (HTTP 404); nothing read — "
+                "check the task id",
+            )
+        task = task_object(json_body(response)) if response.is_success else None
+        if task is None:
+            raise self.api.remote(what, response)
+        if task["id"] != task_id:
+            raise RemoteError(
+                f"{self.name}: {what}: answered task {task['id']!r}", connection=self.name
+            )
+        raw = _status(task)
+        if not raw:
+            raise RemoteError(f"{self.name}: {what}: a task without status", connection=self.name)
+        if not is_delete_entities_task(task):
+            kind = task.get("type")
+            shown = excerpt(str(kind), self._http.secrets) if kind else "task without a type"
+            return _ended(
+                raw,
+                problem=f"task {task_id} is a {shown}, not a DeleteEntitiesTask: it deletes "
+                "no entities this source can name; nothing read",
+            )
+        asked = task_uri_list(task)
+        if asked is None:
+            return _ended(
+                raw,
+                problem=f"task {task_id} deleted the entities matching a filter "
+                f"({self._selection(task)}); Reltio's task does not list which entities it "
+                "removed, so none are reported (a guess could propagate deletions that never "
+                "happened)",
+            )
+        state = map_status(raw, STATUS)
+        if not state.terminal:
+            return SourcePage(records=[], cursor={"finished": False, "status": raw})
+        gone = await self._gone(task, asked, state)
+        records = [self._record(stream, task_id, task, raw, uri) for uri in gone]
+        problem = ""
+        if state is not JobState.SUCCEEDED:
+            problem = (
+                f"task {task_id} ended {raw}{self._error(task)}; {len(gone)} of {len(asked)} "
+                "entities are gone and reported"
+            )
+        return _ended(
+            raw, records, deleted=len(gone), failed=len(asked) - len(gone), problem=problem
+        )
+
+    async def _gone(self, task: Mapping[str, Any], asked: list[str], state: JobState) -> list[str]:
+        """The asked entities the task deleted, in the task's order: asked minus failed
+        when the failure list is complete, else those read back as gone."""
+        current = current_state(task)
+        listed_raw = current.get("objectsFailedToDelete")
+        listed_raw = listed_raw if isinstance(listed_raw, list) else []
+        listed = [entity_uri(str(u)) for u in listed_raw]
+        failed = {u for u in listed if u is not None}
+        counted = as_int(current.get("objectsFailedToDeleteCount"))
+        complete = (
+            state is JobState.SUCCEEDED
+            and counted is not None
+            and counted == len(listed_raw)
+            and None not in listed
+        )
+        candidates = [u for u in asked if u not in failed]
+        if complete:
+            return candidates
+        present = await gather(candidates, lambda uri: entity_present(self.api, uri))
+        unreadable = [(u, r) for u, r in present.items() if isinstance(r, RemoteError)]
+        if unreadable:
+            uri, error = unreadable[0]
+            raise RetriableError(
+                f"{self.name}: task {task.get('id')}: cannot tell whether {len(unreadable)} "
+                f"entities are gone (e.g. {uri}: {error}); nothing reported, the task is read "
+                "again next run",
+                connection=self.name,
+            )
+        return [u for u in candidates if present[u] is False]
+
+    def _record(
+        self, stream: str, task_id: str, task: Mapping[str, Any], raw: str, uri: str
+    ) -> SourceRecord:
+        mode = task_params(task).get("mode")
+        return SourceRecord(
+            stream=stream,
+            key=uri,
+            fields={
+                "uri": uri,
+                "entity_id": uri.removeprefix("entities/"),
+                "task": task_id,
+                "mode": str(mode) if mode is not None else None,
+                "task_status": raw,
+            },
+            origin=entity_name(self.tenant_url, uri),
+        )
+
+    def _selection(self, task: Mapping[str, Any]) -> str:
+        """The filter a task selected its entities with, shortened for a message."""
+        params = task_params(task)
+        text = params.get("filter")
+        if not text and params.get("entityType"):
+            text = f"entity type {params['entityType']}"
+        if not text:
+            text = "no entityUriList in its parameters"
+        excluded = params.get("excludeList")
+        if excluded:
+            text = f"{text}, excludeList {excluded}"
+        return excerpt(str(text), self._http.secrets, FILTER_EXCERPT)
+
+    def _error(self, task: Mapping[str, Any]) -> str:
+        error = task.get("error") or task.get("internalErrorDetails")
+        return f": {excerpt(str(error), self._http.secrets, ERROR_EXCERPT)}" if error else ""
+
+
+def _status(task: Mapping[str, Any]) -> str:
+    raw = task.get("status")
+    if isinstance(raw, str) and raw.strip():
+        return raw.strip()
+    fallback = current_state(task).get("status")
+    return fallback.strip() if isinstance(fallback, str) else ""
+
+
+def _ended(
+    status: str,
+    records: Sequence[SourceRecord] = (),
+    *,
+    deleted: int = 0,
+    failed: int = 0,
+    problem: str = "",
+) -> SourcePage:
+    return SourcePage(
+        records=list(records),
+        cursor={"finished": True, "status": status, "deleted": deleted, "failed": failed},
+        problem=problem,
+    )
+
+
+__all__ = ["NOT_FOUND", "STREAM_PREFIX", "ReltioTaskSource"]
