@@ -56,6 +56,7 @@ def complete_outcomes(batch: list[Delivery], outcomes: list[Outcome]) -> list[Ou
                     reason=outcome.reason,
                     retry_after=outcome.retry_after,
                     detail=outcome.detail,
+                    effect=outcome.effect,
                 )
             )
     return records
