@@ -1,9 +1,18 @@
-"""Infosistema DMM: a deletion target running OutSystems delete executions."""
+"""Infosistema DMM: a deletion target running OutSystems delete executions, and a source
+reading which records such executions deleted."""
 
 from __future__ import annotations
 
 from connectors.contract import ConnectorInfo, registry
-from connectors.dmm.settings import DmmConnection, DmmPaths, DmmTargetSettings, EntityRef
+from connectors.dmm.settings import (
+    DmmConnection,
+    DmmPaths,
+    DmmSourceSettings,
+    DmmTargetSettings,
+    EntityRef,
+    record_name,
+)
+from connectors.dmm.source import DmmOutputsSource
 from connectors.dmm.target import DmmDeleteTarget
 
 
@@ -13,20 +22,33 @@ def build_target(
     return DmmDeleteTarget(name, connection, settings)
 
 
+def build_source(
+    name: str, connection: DmmConnection, settings: DmmSourceSettings
+) -> DmmOutputsSource:
+    return DmmOutputsSource(name, connection, settings)
+
+
 registry.register(
     ConnectorInfo(
         name="dmm",
         connection_settings=DmmConnection,
+        source_settings=DmmSourceSettings,
         target_settings=DmmTargetSettings,
+        build_source=build_source,
         build_target=build_target,
+        task_source=True,
     )
 )
 
 __all__ = [
     "DmmConnection",
     "DmmDeleteTarget",
+    "DmmOutputsSource",
     "DmmPaths",
+    "DmmSourceSettings",
     "DmmTargetSettings",
     "EntityRef",
+    "build_source",
     "build_target",
+    "record_name",
 ]

@@ -53,7 +53,7 @@ class DmmClient:
         self.http = http
         self.paths = connection.paths
         self._token = connection.token.get_secret_value()
-        self._otp = connection.otp.get_secret_value()
+        self._otp = connection.otp.get_secret_value() if connection.otp is not None else ""
         for secret in connection.secret_values():
             http.add_secret(secret)
 

@@ -47,11 +47,18 @@ Answers (ASSUMED: apis.md says errors are HTTP 200 with Success false):
 |  mode, another execution running (one_at_a_time)   |      |                           |
 | unknown tracker id                                 | 200  | Status NotFound, Success false |
 
-The log lines follow connectors/dmm/logs.py. Ground truth and the admin
-routes are never faulted:
+The log lines follow connectors/dmm/logs.py: one per deleted and per failed
+row (knob `log_record_lines` off leaves only the chunk lines, as a DMM that
+logs less would), so a long log comes from seeding many rows; knob
+`corrupt_logs` makes the logs unreadable (outputs: a truncated zip; status
+pages: text that is not base64). Ground truth and the admin routes are never
+faulted:
 
     POST /_admin/seed      {"<Entity>": {"key": "<attribute>", "rows": [{...}]}}
     POST /_admin/protect   {"entity": "...", "keys": [...]}  these rows refuse deletion
+    POST /_admin/start_execution {"entity": "...", "where": "..." | null, "destination"?}
+                           a delete started by an operator in DMM's front-end (no OTP
+                           spent): -> {"MainExecutionTrackerId": <id>}
     GET  /_admin/rows/{entity}                 the rows still present
     GET  /_admin/deleted                       [{entity, key, row, execution, at}], once each
     GET  /_admin/executions                    each with its configuration as received
@@ -295,6 +302,12 @@ class Knobs:
     """Refuse StartExecution while another execution is Queued or InProgress."""
     otp_single_use: bool = False
     """Refuse an OTP that already started an execution (apis.md: ASSUME one-time)."""
+    log_record_lines: bool = True
+    """Log a line per deleted or failed row; off, the log only counts chunks (the
+    Report still counts the records). Applies to rows deleted afterwards."""
+    corrupt_logs: bool = False
+    """Serve unreadable logs: a truncated zip from GetExecutionOutputs, text that is not
+    base64 in GetExecutionStatus pages."""
 
     def update(self, values: Mapping[str, Any]) -> None:
         known = {f.name for f in fields(self)}
@@ -307,6 +320,8 @@ class Knobs:
             "log_file_lines": lambda v: _integer(v) and v >= 1,
             "one_at_a_time": lambda v: isinstance(v, bool),
             "otp_single_use": lambda v: isinstance(v, bool),
+            "log_record_lines": lambda v: isinstance(v, bool),
+            "corrupt_logs": lambda v: isinstance(v, bool),
         }
         for name, value in values.items():
             if not checks[name](value):
@@ -365,6 +380,8 @@ class Execution:
     error: str = ""
     stopped: bool = False
     log: list[str] = field(default_factory=list)
+    started_by: str = "api"
+    """"api" (StartExecution) or "operator" (DMM's front-end, /_admin/start_execution)."""
 
     @property
     def status(self) -> str:
@@ -494,6 +511,38 @@ class DmmEmulator:
             self._protected.update((entity, k) for k in keys)
             return len(self._protected)
 
+    def start_execution(
+        self, entity: str, where: str | None, *, destination: str | None = None
+    ) -> int:
+        """A delete an operator starts in DMM's front-end, not through the API: it spends
+        no OTP, is tracked like any other, and its tracker id is what an operator hands
+        the engine. ValueError with DMM's message when DMM would refuse it."""
+        configuration: dict[str, Any] = {
+            "DestinationDBConnection": destination,
+            "EntitiesToDelete": [
+                {
+                    "OSEntityName": entity,
+                    "OSEntitySSKey": None,
+                    "ESpaceSsKey": None,
+                    "WhereClause": where,
+                }
+            ],
+            "ApplicationDeletionMode": False,
+            "ApplicationsToDelete": [],
+            "FilterTenants": False,
+            "TenantsList": [],
+            "IncludeProtectedApplications": False,
+        }
+        body = {"Type": "Delete", "Configuration": configuration}
+        problem, entities = self._check_configuration(configuration)
+        if problem:
+            raise ValueError(problem)
+        with self._lock:
+            self._advance()
+            if self.knobs.one_at_a_time and self._busy():
+                raise ValueError(ALREADY_RUNNING)
+            return self._create(body, entities, started_by="operator").id
+
     def rows(self, entity: str) -> list[dict[str, Any]]:
         with self._lock:
             self._advance()
@@ -527,6 +576,26 @@ class DmmEmulator:
         self.log.clear()
 
     # -- execution lifecycle (callers hold the lock) ------------------------------------------
+
+    def _busy(self) -> bool:
+        return any(e.status in ("Queued", "InProgress") for e in self._executions.values())
+
+    def _create(
+        self, body: Mapping[str, Any], entities: list[tuple[str, str | None]], started_by: str
+    ) -> Execution:
+        execution = Execution(
+            id=self._next_id,
+            created=self.now(),
+            step=self.knobs.step_seconds,
+            chunk_size=self.knobs.chunk_size,
+            configuration=copy.deepcopy(dict(body)),
+            entities=entities,
+            started_by=started_by,
+        )
+        self._next_id += 1
+        self._executions[execution.id] = execution
+        self._note(execution, execution.created, "INFO", "-", f"Execution {execution.id} queued")
+        return execution
 
     def _advance(self) -> None:
         now = self.now()
@@ -595,13 +664,17 @@ class DmmEmulator:
                     f'occurred in database "outsystems", table "dbo.OSUSR_DMM_{entity.upper()}".'
                 )
                 execution.failures.append(Failure(entity, key, reason, REFERENCE_TIP, at))
-                execution.log.append(format_failed(_datetime(at), entity, table.key, key, reason))
+                if self.knobs.log_record_lines:
+                    execution.log.append(
+                        format_failed(_datetime(at), entity, table.key, key, reason)
+                    )
                 continue
             del table.rows[key]
             execution.deleted.append((entity, key))
             execution.volume += len(json.dumps(row))
             self._deleted.append(DeletedRow(entity, key, row, execution.id, when))
-            execution.log.append(format_deleted(_datetime(at), entity, table.key, key))
+            if self.knobs.log_record_lines:
+                execution.log.append(format_deleted(_datetime(at), entity, table.key, key))
 
     def _end(self, execution: Execution, at: float) -> None:
         execution.ended = at
@@ -639,6 +712,7 @@ class DmmEmulator:
             "ended": _moment(execution.ended) if execution.ended is not None else None,
             "error": execution.error,
             "stopped": execution.stopped,
+            "started_by": execution.started_by,
             "deleted": [{"entity": e, "key": k} for e, k in execution.deleted],
             "failed": [
                 {"entity": f.entity, "key": f.key, "error": f.error} for f in execution.failures
@@ -766,25 +840,12 @@ class DmmEmulator:
             return _failure(problem)
         with self._lock:
             self._advance()
-            busy = any(e.status in ("Queued", "InProgress") for e in self._executions.values())
-            if self.knobs.one_at_a_time and busy:
+            if self.knobs.one_at_a_time and self._busy():
                 return _failure(ALREADY_RUNNING)
             if self.knobs.otp_single_use and otp in self._used_otps:
                 return _failure("The X-DMM-Token-OTP was already used", 403)
             self._used_otps.add(otp)
-            execution = Execution(
-                id=self._next_id,
-                created=self.now(),
-                step=self.knobs.step_seconds,
-                chunk_size=self.knobs.chunk_size,
-                configuration=copy.deepcopy(body),
-                entities=entities,
-            )
-            self._next_id += 1
-            self._executions[execution.id] = execution
-            self._note(
-                execution, execution.created, "INFO", "-", f"Execution {execution.id} queued"
-            )
+            execution = self._create(body, entities, started_by="api")
         return JSONResponse(
             {"Success": True, "ErrorMessage": "", "MainExecutionTrackerId": execution.id}
         )
@@ -877,6 +938,8 @@ class DmmEmulator:
             if body.get("IncludeLogs") is True:
                 lines = execution.log[(page - 1) * records : page * records]
                 answer["Logs"] = _b64("".join(line + "\n" for line in lines).encode())
+                if self.knobs.corrupt_logs and lines:
+                    answer["Logs"] = "%" + answer["Logs"][1:]
             if body.get("IncludeReports") is True:
                 answer["Report"] = self._status_report(execution)
         return JSONResponse(answer)
@@ -917,7 +980,8 @@ class DmmEmulator:
                 "ErrorReport": None,
             }
             if body.get("IncludeLogs") is True:
-                answer["Logs"] = _b64(self._log_zip(execution))
+                data = self._log_zip(execution)
+                answer["Logs"] = _b64(data[: len(data) // 2] if self.knobs.corrupt_logs else data)
             if body.get("IncludeReports") is True:
                 answer["Report"] = self._outputs_report(execution)
             errors = self._error_report(execution)
@@ -948,6 +1012,32 @@ class DmmEmulator:
                 return JSONResponse({"protected": self.protect(entity, keys)})
             except KeyError:
                 return JSONResponse({"error": f"unknown entity {entity}"}, 404)
+
+        async def start_execution(request: Request) -> Response:
+            body = await _json_object(request) or {}
+            entity, where, destination = (
+                body.get("entity"),
+                body.get("where"),
+                body.get("destination"),
+            )
+            if (
+                not isinstance(entity, str)
+                or "where" not in body
+                or not isinstance(where, str | None)
+                or not isinstance(destination, str | None)
+            ):
+                return JSONResponse(
+                    {
+                        "error": 'send {"entity": "..", "where": ".." or null (null deletes '
+                        'every row), "destination": ".." (optional)}'
+                    },
+                    400,
+                )
+            try:
+                tracker = self.start_execution(entity, where, destination=destination)
+            except ValueError as exc:
+                return JSONResponse({"error": str(exc)}, 400)
+            return JSONResponse({"MainExecutionTrackerId": tracker})
 
         async def rows(request: Request) -> Response:
             try:
@@ -988,6 +1078,7 @@ class DmmEmulator:
         return [
             Route(f"{ADMIN_PREFIX}/seed", seed, methods=["POST"]),
             Route(f"{ADMIN_PREFIX}/protect", protect, methods=["POST"]),
+            Route(f"{ADMIN_PREFIX}/start_execution", start_execution, methods=["POST"]),
             Route(f"{ADMIN_PREFIX}/rows/{{entity}}", rows, methods=["GET"]),
             Route(f"{ADMIN_PREFIX}/deleted", deleted, methods=["GET"]),
             Route(f"{ADMIN_PREFIX}/executions", executions, methods=["GET"]),

@@ -1,4 +1,4 @@
-"""Settings of a DMM connection and of a DMM delete target block.
+"""Settings of a DMM connection, of a DMM delete target block and of a DMM source block.
 
 The DMM API's base URL and path shape are not public (apis.md section 4), so
 both are configurable; the defaults follow the OutSystems REST convention
@@ -12,7 +12,7 @@ import unicodedata
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from connectors.keys import KeyTemplate
 from connectors.settings import ConnectionBase, Seconds, StrictModel
@@ -20,6 +20,8 @@ from connectors.settings import ConnectionBase, Seconds, StrictModel
 URL_EXAMPLE = "https://myenv.outsystemsenterprise.com/DMM_API/rest/DMMAPI"
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 RUNTIME_CONNECTION = "Runtime Connection"
+EXECUTION_EXAMPLE = "1024"
+_INTEGER_ID = re.compile(r"^-?[0-9]+$")
 
 
 def record_name(url: str, destination: str | None, entity: str, attribute: str, key: str) -> str:
@@ -34,6 +36,27 @@ def record_name(url: str, destination: str | None, entity: str, attribute: str, 
     """
     where = destination or RUNTIME_CONNECTION
     return f"dmm:{url.rstrip('/')}:{where}:{entity.casefold()}:{attribute.casefold()}={key}"
+
+
+def execution_id_problem(execution: str) -> str | None:
+    """Why `execution` cannot name a DMM execution (a MainExecutionTrackerId), or None."""
+    if not execution.strip():
+        return (
+            "an execution id is blank; write the MainExecutionTrackerId DMM gave the "
+            f"execution, e.g. {EXECUTION_EXAMPLE}"
+        )
+    if execution != execution.strip():
+        return f"execution id {execution!r} has spaces around it"
+    if not execution.isprintable():
+        return f"execution id {execution!r} holds a control character"
+    return None
+
+
+def normal_execution_id(execution: str) -> str:
+    """A tracker id in one spelling: DMM's auto-numbers as plain integer text (`007` is 7,
+    as the target sends it), anything else as given. One execution must make one stream,
+    or the journal would hold its records twice."""
+    return str(int(execution)) if _INTEGER_ID.match(execution) else execution
 
 
 def _http_url(value: str) -> str:
@@ -51,6 +74,16 @@ def _visible(value: str, what: str) -> str:
     if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value):
         raise ValueError(f"{what} {value!r} holds a control character")
     return value
+
+
+def _connection_name(value: str | None) -> str | None:
+    """A DestinationDBConnection name; None is the Runtime Connection."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        raise ValueError("is blank; leave it out to use the Runtime Connection")
+    return _visible(value, "connection name")
 
 
 class DmmPaths(StrictModel):
@@ -95,7 +128,9 @@ class DmmConnection(ConnectionBase):
     type: Literal["dmm"]
     url: str = Field(description=f"the DMM REST API base, e.g. {URL_EXAMPLE}")
     token: SecretStr = Field(description="REST API key, sent as X-DMM-Token")
-    otp: SecretStr = Field(description="sent as X-DMM-Token-OTP on StartExecution")
+    otp: SecretStr | None = Field(
+        None, description="sent as X-DMM-Token-OTP on StartExecution; needed by targets only"
+    )
     paths: DmmPaths = DmmPaths()
 
     @field_validator("url")
@@ -110,7 +145,7 @@ class DmmConnection(ConnectionBase):
                 "'token' is empty; set the DMM REST API key (Management > Settings > "
                 "REST API KEY), sent as X-DMM-Token"
             )
-        if not self.otp.get_secret_value().strip():
+        if self.otp is not None and not self.otp.get_secret_value().strip():
             raise ValueError(
                 "'otp' is empty; set the value from the Authentication Token page of the "
                 "environment that runs the delete, sent as X-DMM-Token-OTP"
@@ -118,7 +153,22 @@ class DmmConnection(ConnectionBase):
         return self
 
     def secret_values(self) -> list[str]:
-        return [s.get_secret_value() for s in (self.token, self.otp) if s.get_secret_value()]
+        return [
+            s.get_secret_value()
+            for s in (self.token, self.otp)
+            if s is not None and s.get_secret_value()
+        ]
+
+
+def otp_problem(connection: DmmConnection, name: str | None = None) -> str | None:
+    """Why a target on this connection cannot start executions, or None."""
+    if connection.otp is not None:
+        return None
+    where = f"connections.{name}" if name else "the connection"
+    return (
+        f"a DMM target starts delete executions, which need X-DMM-Token-OTP: set {where}.otp "
+        "to the value on the Authentication Token page of the environment that runs the delete"
+    )
 
 
 class EntityRef(StrictModel):
@@ -166,12 +216,18 @@ class DmmTargetSettings(StrictModel):
     @field_validator("destination")
     @classmethod
     def _destination(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        value = value.strip()
-        if not value:
-            raise ValueError("is blank; leave it out to use the Runtime Connection")
-        return _visible(value, "connection name")
+        return _connection_name(value)
+
+    @model_validator(mode="after")
+    def _otp_given(self, info: ValidationInfo) -> DmmTargetSettings:
+        """The config loader passes the connection as context; without it the target checks."""
+        context = info.context or {}
+        connection = context.get("connection")
+        if isinstance(connection, DmmConnection):
+            problem = otp_problem(connection, context.get("connection_name"))
+            if problem:
+                raise ValueError(problem)
+        return self
 
     @field_validator("key_attribute")
     @classmethod
@@ -193,11 +249,84 @@ class DmmTargetSettings(StrictModel):
         return KeyTemplate(self.key)
 
 
+class DmmSourceSettings(StrictModel):
+    """The `source:` block of a pipeline reading what DMM delete executions deleted.
+
+    One stream per execution (`execution-<MainExecutionTrackerId>`); the engine
+    adds executions an operator registers and those this engine's own DMM target
+    started. `logs_from: outputs` reads the final log zip of GetExecutionOutputs
+    in one call; `status` reads GetExecutionStatus log pages, one page per call,
+    so a very long log is journaled page by page. `destination` only names the
+    records (see `record_name`): set it to the DestinationDBConnection the
+    executions deleted in, as the DMM target's own `destination`, so this
+    engine recognises the deletions it caused.
+    """
+
+    executions: list[str] = Field(
+        default_factory=list, description="MainExecutionTrackerIds to read, one stream each"
+    )
+    logs_from: Literal["outputs", "status"] = Field(
+        "outputs",
+        description="outputs: the final log zip in one call; status: the paged logs, a page "
+        "per call",
+    )
+    log_records: int = Field(
+        500, ge=1, le=100000, description="log lines per GetExecutionStatus page (status mode)"
+    )
+    destination: str | None = Field(
+        None,
+        min_length=1,
+        description="the DestinationDBConnection the executions deleted in; unset means the "
+        "Runtime Connection",
+    )
+    entities: list[str] = Field(
+        default_factory=list,
+        description="report only deletions of these OSEntityNames; empty means all",
+    )
+
+    @field_validator("executions")
+    @classmethod
+    def _executions(cls, value: list[str]) -> list[str]:
+        value = [execution.strip() for execution in value]
+        for execution in value:
+            problem = execution_id_problem(execution)
+            if problem is not None:
+                raise ValueError(problem)
+        value = [normal_execution_id(execution) for execution in value]
+        twice = sorted({e for e in value if value.count(e) > 1})
+        if twice:
+            raise ValueError(f"executions listed more than once: {', '.join(twice)}")
+        return value
+
+    @field_validator("destination")
+    @classmethod
+    def _destination(cls, value: str | None) -> str | None:
+        return _connection_name(value)
+
+    @field_validator("entities")
+    @classmethod
+    def _entities(cls, value: list[str]) -> list[str]:
+        value = [entity.strip() for entity in value]
+        for entity in value:
+            if not entity:
+                raise ValueError("an entity name is blank; write an OSEntityName, e.g. Customer")
+            _visible(entity, "entity name")
+        # OutSystems names are case-insensitive: Customer and customer are one entity.
+        folded = [entity.casefold() for entity in value]
+        twice = sorted({e for e, f in zip(value, folded, strict=True) if folded.count(f) > 1})
+        if twice:
+            raise ValueError(f"entities listed more than once: {', '.join(twice)}")
+        return value
+
+
 __all__ = [
     "RUNTIME_CONNECTION",
     "DmmConnection",
     "DmmPaths",
+    "DmmSourceSettings",
     "DmmTargetSettings",
     "EntityRef",
+    "execution_id_problem",
+    "normal_execution_id",
     "record_name",
 ]

@@ -51,6 +51,7 @@ from typing import Any
 from connectors.contract import (
     AmbiguousError,
     Delivery,
+    FatalError,
     Outcome,
     OutcomeKind,
     RemoteError,
@@ -58,7 +59,7 @@ from connectors.contract import (
 )
 from connectors.dmm.client import DmmClient, succeeded
 from connectors.dmm.logs import MAX_LOG_BYTES, LogEvent, parse_lines, read_log_zip, split_lines
-from connectors.dmm.settings import DmmConnection, DmmTargetSettings, record_name
+from connectors.dmm.settings import DmmConnection, DmmTargetSettings, otp_problem, record_name
 from connectors.http import HttpClient, excerpt
 from connectors.jobs import JobHandle, JobProgress, JobSpec, JobState, map_status
 from connectors.keys import KeyTemplate, UnmappedKey
@@ -174,6 +175,9 @@ class DmmDeleteTarget:
         *,
         http: HttpClient | None = None,
     ) -> None:
+        problem = otp_problem(connection, name)
+        if problem:
+            raise FatalError(problem, connection=name)
         self.name = name
         self.url = connection.url
         self.settings = settings

@@ -205,7 +205,6 @@ def test_connection_defaults_and_secrets() -> None:
         ({"token": ""}, "'token' is empty"),
         ({"token": "  "}, "'token' is empty"),
         ({"otp": ""}, "'otp' is empty"),
-        ({"otp": None}, "Field required"),
         ({"url": "ftp://h/x"}, "is not an http(s) URL"),
         ({"url": "myenv/DMM_API"}, "is not an http(s) URL"),
         ({"url": "https://h/x?a=1"}, "no query string"),
@@ -222,6 +221,20 @@ def test_connection_rejected(changes: dict[str, Any], message: str) -> None:
         connection("http://h", **changes)
     assert message in str(info.value)
     assert TOKEN not in str(info.value) and OTP not in str(info.value)
+
+
+def test_a_source_needs_no_otp_but_a_target_does() -> None:
+    conn = connection("http://h", otp=None)
+    assert conn.secret_values() == [TOKEN]
+    block = {"entity": {"name": "Customer"}, "key_attribute": "ExternalId", "key": "{K}"}
+    with pytest.raises(ValidationError) as info:
+        DmmTargetSettings.model_validate(
+            block, context={"connection": conn, "connection_name": "crm"}
+        )
+    assert "set connections.crm.otp" in str(info.value)
+    settings = DmmTargetSettings.model_validate(block)
+    with pytest.raises(FatalError, match="set connections.crm.otp"):
+        DmmDeleteTarget("crm", conn, settings)
 
 
 def test_target_settings() -> None:
