@@ -10,7 +10,7 @@ import importlib
 
 from connectors.contract import Registry, registry
 
-BUILTIN = ("goose", "mongoose", "adt", "reltio")
+BUILTIN = ("goose", "mongoose", "adt", "reltio", "dmm")
 
 
 def load_registry() -> Registry:

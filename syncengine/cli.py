@@ -609,6 +609,7 @@ def sandbox(
     mongoose_port: Annotated[int, typer.Option(help="Mongoose emulator port")] = 8702,
     reltio_port: Annotated[int, typer.Option(help="Reltio emulator port")] = 8703,
     adt_port: Annotated[int, typer.Option(help="Azure Digital Twins emulator port")] = 8704,
+    dmm_port: Annotated[int, typer.Option(help="DMM emulator port")] = 8705,
 ) -> None:
     """Start the emulators with demo data in the foreground; Ctrl-C stops them."""
     from syncengine.sandbox import Sandbox, SandboxError
@@ -619,6 +620,7 @@ def sandbox(
             mongoose_port=mongoose_port,
             reltio_port=reltio_port,
             adt_port=adt_port,
+            dmm_port=dmm_port,
         ) as box:
             for line in box.describe():
                 out.print(line, highlight=False)
@@ -632,7 +634,8 @@ def sandbox(
 def demo(config: ConfigOption = Path("config.yaml")) -> None:
     """Start the sandbox, delete some records in Goose, run every pipeline once,
     show what reached the targets, stop the sandbox."""
-    from syncengine.sandbox import SandboxError, run_demo
+    from syncengine.demo import run_demo
+    from syncengine.sandbox import SandboxError
 
     cfg = load(config)
     # The demo tells its own story on stdout; only warnings and errors are logged.

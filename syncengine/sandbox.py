@@ -1,37 +1,32 @@
-"""The sandbox: the emulators on loopback with demo data, and the demo that uses them.
+"""The sandbox: the emulators on loopback, seeded with demo data.
 
-The demo drives the emulators only through their admin endpoints, as a
-user would, and refuses any configuration whose connections leave the
-sandbox: a demo must never touch a real system.
+Tests, the demo and `syncengine sandbox` share it: each emulator on its own
+loopback port, with the same cast of people across systems, so a deletion's
+path can be followed from Goose to every target.
 """
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import socket
 import threading
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
-from rich.console import Console
 from starlette.types import ASGIApp
 
 from connectors.adt.emulator import AdtEmulator, demo_graph
+from connectors.dmm.emulator import BASE_PATH as DMM_BASE
+from connectors.dmm.emulator import DEMO_OTP as DMM_OTP
+from connectors.dmm.emulator import DEMO_TOKEN as DMM_TOKEN
+from connectors.dmm.emulator import DmmEmulator
+from connectors.dmm.emulator import demo_entities as dmm_entities
 from connectors.emulator_kit import DEMO_PEOPLE, RunningServer
 from connectors.goose.emulator import GooseEmulator
 from connectors.mongoose.emulator import MongooseEmulator
 from connectors.reltio.emulator import ReltioEmulator, demo_entities
-from state import Store
-from state.db import sqlite_path
-from syncengine.config import Config
-from syncengine.engine import RunReport, Runtime, build_runtime
 
 HOST = "127.0.0.1"
 GOOSE_CODE = "DEV001"
@@ -118,6 +113,7 @@ class Sandbox:
         mongoose_port: int = 8702,
         adt_port: int = 8704,
         reltio_port: int = 8703,
+        dmm_port: int = 8705,
         step_seconds: float = 0.2,
     ) -> None:
         self.goose = GooseEmulator(timezone="Europe/Rome")
@@ -128,6 +124,7 @@ class Sandbox:
         self.reltio = ReltioEmulator(
             tenant=RELTIO_TENANT, clients={RELTIO_CLIENT: RELTIO_SECRET}, step_seconds=step_seconds
         )
+        self.dmm = DmmEmulator(step_seconds=step_seconds, chunk_size=5)
         self.emulators = {
             "goose": Emulated("Goose", "--goose-port", self.goose.app, goose_port, goose_seed()),
             "mongoose": Emulated(
@@ -139,6 +136,7 @@ class Sandbox:
             "adt": Emulated(
                 "Azure Digital Twins", "--adt-port", self.adt.app, adt_port, demo_graph()
             ),
+            "dmm": Emulated("DMM", "--dmm-port", self.dmm.app, dmm_port, dmm_entities()),
         }
         self._stop = threading.Event()
 
@@ -164,6 +162,10 @@ class Sandbox:
     @property
     def reltio_tenant_url(self) -> str:
         return f"{self.reltio_url}/reltio/api/{RELTIO_TENANT}"
+
+    @property
+    def dmm_url(self) -> str:
+        return f"{self.url('dmm')}{DMM_BASE}"
 
     def __enter__(self) -> Sandbox:
         for emu in self.emulators.values():
@@ -213,6 +215,10 @@ class Sandbox:
             f"entities: {self.reltio_url}/_admin/entities",
             f"  Azure Digital Twins    {self.adt_url}  (api-version 2023-10-31)",
             f"    bearer token {ADT_TOKEN}; twins: {self.adt_url}/_admin/twins",
+            f"  DMM (OutSystems)       {self.dmm_url}",
+            f"    X-DMM-Token {DMM_TOKEN}; X-DMM-Token-OTP {DMM_OTP}; entities Customer "
+            f"(ExternalId 0-1..0-{len(PEOPLE)}), Employee; rows: "
+            f"{self.url('dmm')}/_admin/rows/Customer",
         ]
 
     def wait(self) -> None:
@@ -247,157 +253,34 @@ class Sandbox:
     def mongoose_rows(self, ido: str) -> list[dict[str, Any]]:
         return self.admin_get("mongoose", f"/_admin/rows/{ido}")
 
-
-def check_demo_safe(config: Config, sandbox: Sandbox) -> None:
-    """Refuse to demo against anything but the sandbox and a local SQLite file."""
-    allowed = {(HOST, emu.port) for emu in sandbox.emulators.values()}
-    for name, connection in config.connections.items():
-        for field in type(connection).model_fields:
-            value = getattr(connection, field)
-            if not field.endswith("url") or value is None:
-                continue
-            url = urlsplit(str(value))
-            if (url.hostname, url.port) not in allowed:
-                raise SandboxError(
-                    f"{config.path}: connections.{name}.{field} {url.geturl()!r} is not a "
-                    "sandbox emulator; the demo only runs against the sandbox (use the shipped "
-                    "config.yaml)"
-                )
-    from sqlalchemy.engine import make_url
-
-    if sqlite_path(make_url(config.state.url)) is None:
-        raise SandboxError(
-            f"{config.path}: state.url must be a SQLite file for the demo (it is reset each time)"
-        )
-
-
-@contextmanager
-def _fresh_state(config: Config) -> Iterator[Path]:
-    from sqlalchemy.engine import make_url
-
-    path = sqlite_path(make_url(config.state.url))
-    assert path is not None
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
-    yield path
-
-
-RunOnce = Callable[[Runtime], Awaitable[list[RunReport]]]
-
-
-def _crosswalk(entity: dict[str, Any], source: str = "configuration/sources/GOOSE") -> str:
-    return next((c["value"] for c in entity.get("crosswalks", []) if c["type"] == source), "?")
-
-
-def run_demo(config: Config, console: Console, run_once_fn: RunOnce) -> int:
-    with Sandbox() as box:
-        check_demo_safe(config, box)
-        with _fresh_state(config) as db:
-            console.print(
-                f"Sandbox started: Goose {box.goose_url}, Mongoose {box.mongoose_url}, "
-                f"Reltio {box.reltio_url}, Azure Digital Twins {box.adt_url}"
+    def delete_in_crm(self, entity: str, attribute: str, keys: list[str]) -> str:
+        """An operator's own DMM delete execution, started through the DMM API as an
+        operator would; its tracker id is returned for `syncengine follow`."""
+        literals = ", ".join("'" + key.replace("'", "''") + "'" for key in keys)
+        body = {
+            "Type": "Delete",
+            "Configuration": {
+                "DestinationDBConnection": None,
+                "EntitiesToDelete": [
+                    {
+                        "OSEntityName": entity,
+                        "OSEntitySSKey": None,
+                        "ESpaceSsKey": None,
+                        "WhereClause": f"[{attribute}] IN ({literals})",
+                    }
+                ],
+                "ApplicationDeletionMode": False,
+                "ApplicationsToDelete": [],
+                "FilterTenants": False,
+                "TenantsList": [],
+                "IncludeProtectedApplications": False,
+            },
+        }
+        with httpx.Client(timeout=10) as client:
+            response = client.post(
+                f"{self.dmm_url}/StartExecution",
+                json=body,
+                headers={"X-DMM-Token": DMM_TOKEN, "X-DMM-Token-OTP": DMM_OTP},
             )
-            console.print(f"State: {db} (reset: the sandbox starts empty every time)\n")
-            before = {u["Username"] for u in box.mongoose_rows("UserNames")}
-            before_emp = {e["EmpNum"] for e in box.mongoose_rows("SLEmployees")}
-            twins_before = box.admin_get("adt", "/_admin/twins")
-            mdm_before = box.admin_get("reltio", "/_admin/entities")
-
-            console.print(
-                "[bold]Round 1[/bold]: in Goose, a user deletes 5 contacts, 1 contact that has "
-                "no ERP user, and 2 employees;"
-            )
-            console.print(
-                "         the engine's own key deletes 1 contact (imc: false keeps it out)."
-            )
-            box.delete_in_goose("CON_TRO", ["0-1", "0-2", "0-3", "0-4", "0-5", "0-13"])
-            box.delete_in_goose("CON_TRO", ["0-12"], by_key=GOOSE_ENGINE_KEY)
-            box.delete_in_goose("ANA_DIP", ["1-1", "1-2"])
-            reports = _run(config, run_once_fn, console)
-            twins_mid = {t["$dtId"] for t in box.admin_get("adt", "/_admin/twins")}
-
-            console.print(
-                "\n[bold]Round 2[/bold]: a user deletes 2 more contacts, and the whole head-office "
-                "site (SITE-HQ),"
-            )
-            console.print(
-                "         which is the configured trigger for purging the twin instance "
-                "(one ADT delete job)."
-            )
-            box.delete_in_goose("CON_TRO", ["0-6", "0-7"])
-            box.delete_in_goose("ANA_SED", ["SITE-HQ"])
-            reports2 = _run(config, run_once_fn, console)
-
-            after = {u["Username"] for u in box.mongoose_rows("UserNames")}
-            after_emp = {e["EmpNum"] for e in box.mongoose_rows("SLEmployees")}
-            twins_after = box.admin_get("adt", "/_admin/twins")
-            adt_jobs = box.admin_get("adt", "/_admin/jobs")
-            mdm_after = box.admin_get("reltio", "/_admin/entities")
-            mdm_tasks = box.admin_get("reltio", "/_admin/tasks")
-            mdm_gone = {_crosswalk(e) for e in mdm_before} - {_crosswalk(e) for e in mdm_after}
-            expected_gone = {p[0] for p in PEOPLE[:7]}
-            expected_emp_gone = {EMPLOYEES[0][0], EMPLOYEES[1][0]}
-            expected_mdm_gone = {f"0-{n}" for n in (1, 2, 3, 4, 5, 6, 7, 13)}
-            removed_round1 = {t["$dtId"] for t in twins_before} - twins_mid
-            console.print("\n[bold]In the emulators now[/bold]")
-            console.print(
-                f"  Mongoose UserNames: {len(before)} rows before, {len(after)} after; "
-                f"deleted: {', '.join(sorted(before - after))}"
-            )
-            console.print(
-                f"  Mongoose SLEmployees: {len(before_emp)} rows before, {len(after_emp)} after; "
-                f"deleted: {', '.join(sorted(before_emp - after_emp))}"
-            )
-            console.print(
-                f"  kept: {PEOPLE[11][0]} (deleted in Goose by the engine's own key, imc: false)"
-            )
-            tasks_text = ", ".join(f"{t['id'][:8]} {t['status']}" for t in reversed(mdm_tasks))
-            console.print(
-                f"  Reltio: {len(mdm_before)} entities before, {len(mdm_after)} after; deleted "
-                f"(by GOOSE crosswalk): {', '.join(sorted(mdm_gone))}; tasks {tasks_text}"
-            )
-            console.print(
-                f"  ADT round 1: twins removed one by one: {', '.join(sorted(removed_round1))}"
-            )
-            jobs_text = ", ".join(f"{j['id']} {j['status']}" for j in adt_jobs)
-            console.print(
-                f"  ADT round 2: delete jobs {jobs_text}; "
-                f"twins left: {len(twins_after)} of {len(twins_before)}"
-            )
-            ok = (
-                before - after == expected_gone
-                and before_emp - after_emp == expected_emp_gone
-                and mdm_gone == expected_mdm_gone
-                and len(mdm_tasks) == 2
-                and all(t["status"] == "COMPLETED" for t in mdm_tasks)
-                and removed_round1 == {"0-1", "0-2", "0-3", "0-4", "0-5"}
-                and len(adt_jobs) == 1
-                and adt_jobs[0]["status"] == "succeeded"
-                and not twins_after
-                and not any(r.failed for r in reports + reports2)
-            )
-            console.print(
-                "\n[green]Demo OK[/green]: every deletion made in Goose reached its targets, "
-                "and nothing else."
-                if ok
-                else "\n[red]Demo FAILED[/red]: the targets do not match what Goose reported."
-            )
-            console.print(f"Inspect it: .venv/bin/syncengine status -c {config.path}")
-    console.print("Sandbox stopped.")
-    return 0 if ok else 1
-
-
-def _run(config: Config, run_once_fn: RunOnce, console: Console) -> list[RunReport]:
-    from syncengine.status import render_summary
-
-    async def main() -> list[RunReport]:
-        store = Store.open(config.state.url)
-        runtime = build_runtime(config, store)
-        try:
-            reports = await run_once_fn(runtime)
-            render_summary(reports, store, console)
-            return reports
-        finally:
-            await runtime.aclose()
-
-    return asyncio.run(main())
+            response.raise_for_status()
+            return str(response.json()["MainExecutionTrackerId"])

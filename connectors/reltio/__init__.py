@@ -35,6 +35,7 @@ registry.register(
         target_settings=ReltioTargetSettings,
         build_source=build_source,
         build_target=build_target,
+        task_source=True,
     )
 )
 

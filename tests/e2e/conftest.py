@@ -152,6 +152,7 @@ def e2e(tmp_path: Path) -> Iterator[Env]:
         mongoose_port=free_port(),
         adt_port=free_port(),
         reltio_port=free_port(),
+        dmm_port=free_port(),
     ) as box:
         env = Env(box=box, tmp=tmp_path, config=tmp_path / "config.yaml")
         env.write_config()

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from syncengine.sandbox import GOOSE_CODE, RELTIO_CLIENT, RELTIO_SECRET
+from syncengine.sandbox import DMM_OTP, DMM_TOKEN, GOOSE_CODE, RELTIO_CLIENT, RELTIO_SECRET
 from tests.e2e.conftest import Env
 
 CONTACTS = ["0-1", "0-2", "0-3"]
@@ -132,3 +132,133 @@ def test_reltio_status_shows_the_open_task_and_cancel_is_refused(e2e: Env) -> No
     refused = e2e.cli("jobs", "cancel", str(jobs[0]["id"]), "-c", str(e2e.config))
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "no cancel call" in refused.stderr
+
+
+def dmm_config(e2e: Env, max_attempts: int = 5) -> Path:
+    text = textwrap.dedent(
+        f"""
+        state: {{url: "sqlite:///{e2e.tmp / "state.db"}", artifacts: "{e2e.tmp / "artifacts"}"}}
+        logging: {{level: info, format: json}}
+        connections:
+          goose:
+            type: goose
+            url: "{e2e.box.goose_url}/deleted/"
+            code: {GOOSE_CODE}
+            key: "${{TEST_GOOSE_KEY}}"
+            calls_per_second: 50
+          crm:
+            type: dmm
+            url: "{e2e.box.dmm_url}"
+            token: "{DMM_TOKEN}"
+            otp: "{DMM_OTP}"
+            retry: {{max_attempts: 3, base_delay: 0.05, max_delay: 0.1}}
+        pipelines:
+          contacts:
+            schedule: {{every: 1s}}
+            source: {{connection: goose, tables: [CON_TRO], from: latest}}
+            targets:
+              crm_customers:
+                connection: crm
+                entity: {{name: Customer}}
+                key_attribute: ExternalId
+                key: "{{RECORD_ID}}"
+                poll_interval: 0.1s
+                retry: {{max_attempts: {max_attempts}, backoff: 0.1s, max_backoff: 0.3s}}
+        """
+    )
+    e2e.config.write_text(text)
+    return e2e.config
+
+
+def customers_left(e2e: Env) -> set[str]:
+    return {r["ExternalId"] for r in admin(e2e.box.url("dmm"), "/_admin/rows/Customer")}
+
+
+def executions(e2e: Env) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = admin(e2e.box.url("dmm"), "/_admin/executions")
+    return rows
+
+
+@pytest.mark.parametrize("point", ["before_submit", "after_poll"])
+def test_dmm_killed_around_an_execution_resumes_it_and_never_starts_two(
+    e2e: Env, point: str
+) -> None:
+    dmm_config(e2e)
+    e2e.box.delete_in_goose("CON_TRO", CONTACTS)
+    killed = e2e.cli("run", "--once", "-c", str(e2e.config), failpoints=point)
+    assert killed.returncode == -9, killed.stderr
+    counts = settle(e2e)
+    assert counts["done"] == 3 and counts["dead"] == 0
+    assert len(executions(e2e)) == 1, "exactly one execution for the batch"
+    assert executions(e2e)[0]["status"] == "Complete"
+    assert not customers_left(e2e) & set(CONTACTS)
+    deleted = admin(e2e.box.url("dmm"), "/_admin/deleted")
+    assert sorted(d["key"] for d in deleted) == CONTACTS, "each row deleted once, nothing else"
+
+
+def test_dmm_answer_lost_after_start_sends_the_same_batch_again_and_deletes_nothing_else(
+    e2e: Env,
+) -> None:
+    """DMM has no client-chosen id and no way to list executions: after a lost answer
+    the engine cannot find the execution it may have started, so it starts the same
+    WhereClause again. The second execution can only find those rows already gone."""
+    dmm_config(e2e)
+    e2e.box.delete_in_goose("CON_TRO", CONTACTS)
+    killed = e2e.cli("run", "--once", "-c", str(e2e.config), failpoints="after_submit")
+    assert killed.returncode == -9, killed.stderr
+    counts = settle(e2e)
+    assert counts["done"] == 3 and counts["dead"] == 0
+    runs = executions(e2e)
+    assert len(runs) == 2
+    wheres = {
+        json.dumps(r["configuration"]["Configuration"]["EntitiesToDelete"], sort_keys=True)
+        for r in runs
+    }
+    assert len(wheres) == 1, "the same batch, never a different one"
+    deleted = admin(e2e.box.url("dmm"), "/_admin/deleted")
+    assert sorted(d["key"] for d in deleted) == CONTACTS
+
+
+def test_dmm_partial_failure_retries_only_the_refused_then_dead_with_the_reason(
+    e2e: Env,
+) -> None:
+    dmm_config(e2e, max_attempts=2)
+    httpx.post(
+        f"{e2e.box.url('dmm')}/_admin/protect",
+        json={"entity": "Customer", "keys": ["0-2"]},
+        timeout=10,
+    ).raise_for_status()
+    e2e.box.delete_in_goose("CON_TRO", CONTACTS)
+    counts = settle(e2e)
+    assert counts["done"] == 2 and counts["dead"] == 1
+    runs = executions(e2e)
+    assert len(runs) == 2
+    assert (
+        "('0-2')"
+        in runs[-1]["configuration"]["Configuration"]["EntitiesToDelete"][0]["WhereClause"]
+    )
+    rows = json.loads(e2e.cli("dlq", "list", "-c", str(e2e.config), "-o", "json").stdout)
+    assert [r["key"] for r in rows] == ["0-2"]
+    assert "REFERENCE constraint" in rows[0]["reason"]
+    artifacts = list((e2e.tmp / "artifacts").rglob("*.zip"))
+    assert artifacts, "the execution's log zip is kept with the job"
+
+
+def test_dmm_jobs_cancel_stops_the_execution_and_sends_nothing_again(e2e: Env) -> None:
+    dmm_config(e2e)
+    e2e.box.dmm.knobs.step_seconds = 3600
+    e2e.box.delete_in_goose("CON_TRO", CONTACTS)
+    e2e.cli("run", "--once", "-c", str(e2e.config), "--job-wait", "0")
+    [job] = e2e.status()["jobs"]
+    assert job["kind"] == "dmm_delete" and job["items"] == 3
+    cancelled = e2e.cli("jobs", "cancel", str(job["id"]), "-c", str(e2e.config))
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert "cancel requested" in cancelled.stdout
+    assert [r["status"] for r in executions(e2e)] == ["InError"]
+    e2e.cli("run", "--once", "-c", str(e2e.config), "--job-wait", "5")
+    counts = e2e.target_counts()
+    assert counts["dead"] == 3 and counts["pending"] == counts["in_flight"] == 0
+    rows = json.loads(e2e.cli("dlq", "list", "-c", str(e2e.config), "-o", "json").stdout)
+    assert all("cancelled by an operator" in r["reason"] for r in rows)
+    assert len(executions(e2e)) == 1, "nothing was started again"
+    assert customers_left(e2e) >= set(CONTACTS)
