@@ -233,7 +233,7 @@ def test_a_source_needs_no_otp_but_a_target_does() -> None:
         )
     assert "set connections.crm.otp" in str(info.value)
     settings = DmmTargetSettings.model_validate(block)
-    with pytest.raises(FatalError, match="set connections.crm.otp"):
+    with pytest.raises(FatalError, match=r"set connections\.crm\.otp"):
         DmmDeleteTarget("crm", conn, settings)
 
 
