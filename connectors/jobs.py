@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from connectors.contract import Delivery, Outcome
+from connectors.contract import Delivery, Outcome, OutcomeKind
 
 
 class JobState(enum.StrEnum):
@@ -37,6 +37,36 @@ def map_status(
     """Map an API's status string; unknown strings are treated as still running
     (never as success), so a new vendor status can only delay, not lose."""
     return table.get(raw.strip().upper(), default)
+
+
+def outcome_to_json(outcome: Outcome) -> dict[str, Any]:
+    """An outcome decided before submission, as JSON for the job handle: the engine
+    stores the handle and gives it back at every poll, after any restart."""
+    data: dict[str, Any] = {"kind": outcome.kind.value}
+    if outcome.reason:
+        data["reason"] = outcome.reason
+    if outcome.detail:
+        data["detail"] = outcome.detail
+    if outcome.retry_after is not None:
+        data["retry_after"] = outcome.retry_after
+    if outcome.effect:
+        data["effect"] = outcome.effect
+    return data
+
+
+def outcome_from_json(delivery_id: int, data: Any) -> Outcome:
+    """The stored outcome again; one that cannot be read is retried, never assumed done."""
+    if not isinstance(data, dict) or data.get("kind") not in {k.value for k in OutcomeKind}:
+        return Outcome.retry(delivery_id, f"unreadable outcome in the job handle: {data!r}")
+    retry_after = data.get("retry_after")
+    return Outcome(
+        delivery_id,
+        OutcomeKind(data["kind"]),
+        reason=str(data.get("reason", "")),
+        retry_after=float(retry_after) if isinstance(retry_after, int | float) else None,
+        detail=str(data.get("detail", "")),
+        effect=str(data.get("effect", "")),
+    )
 
 
 @dataclass(frozen=True)

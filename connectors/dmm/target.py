@@ -53,7 +53,6 @@ from connectors.contract import (
     Delivery,
     FatalError,
     Outcome,
-    OutcomeKind,
     RemoteError,
     RetriableError,
 )
@@ -61,7 +60,15 @@ from connectors.dmm.client import DmmClient, succeeded
 from connectors.dmm.logs import MAX_LOG_BYTES, LogEvent, parse_lines, read_log_zip, split_lines
 from connectors.dmm.settings import DmmConnection, DmmTargetSettings, otp_problem, record_name
 from connectors.http import HttpClient, excerpt
-from connectors.jobs import JobHandle, JobProgress, JobSpec, JobState, map_status
+from connectors.jobs import (
+    JobHandle,
+    JobProgress,
+    JobSpec,
+    JobState,
+    map_status,
+    outcome_from_json,
+    outcome_to_json,
+)
 from connectors.keys import KeyTemplate, UnmappedKey
 
 STATUS: dict[str, JobState] = {
@@ -144,7 +151,7 @@ class Plan:
         """The plan as JSON for the job handle, which the engine stores and restores."""
         return {
             "keys": {str(k): v for k, v in self.keys.items()},
-            "outcomes": {str(k): _outcome_json(o) for k, o in self.outcomes.items()},
+            "outcomes": {str(k): outcome_to_json(o) for k, o in self.outcomes.items()},
         }
 
 
@@ -632,7 +639,7 @@ class DmmDeleteTarget:
         for d in job.items:
             ident = str(d.delivery_id)
             if ident in settled:
-                outcomes.append(_outcome_from_json(d.delivery_id, settled[ident]))
+                outcomes.append(outcome_from_json(d.delivery_id, settled[ident]))
             elif ident in keys and keys[ident] in by_key:
                 outcomes.append(replace(by_key[keys[ident]], delivery_id=d.delivery_id))
             else:
@@ -719,33 +726,6 @@ def _error_report_summary(decoded: Any, secrets: Sequence[str]) -> dict[str, Any
 def _key_map(known: Mapping[str, Any]) -> dict[str, str]:
     keys = known.get("keys")
     return {str(k): str(v) for k, v in keys.items()} if isinstance(keys, dict) else {}
-
-
-def _outcome_json(outcome: Outcome) -> dict[str, Any]:
-    data: dict[str, Any] = {"kind": outcome.kind.value}
-    if outcome.reason:
-        data["reason"] = outcome.reason
-    if outcome.detail:
-        data["detail"] = outcome.detail
-    if outcome.retry_after is not None:
-        data["retry_after"] = outcome.retry_after
-    if outcome.effect:
-        data["effect"] = outcome.effect
-    return data
-
-
-def _outcome_from_json(delivery_id: int, data: Any) -> Outcome:
-    if not isinstance(data, dict) or data.get("kind") not in {k.value for k in OutcomeKind}:
-        return Outcome.retry(delivery_id, f"unreadable outcome in the job handle: {data!r}")
-    retry_after = data.get("retry_after")
-    return Outcome(
-        delivery_id,
-        OutcomeKind(data["kind"]),
-        reason=str(data.get("reason", "")),
-        retry_after=float(retry_after) if isinstance(retry_after, int | float) else None,
-        detail=str(data.get("detail", "")),
-        effect=str(data.get("effect", "")),
-    )
 
 
 __all__ = [

@@ -38,12 +38,20 @@ from connectors.contract import (
     AmbiguousError,
     Delivery,
     Outcome,
-    OutcomeKind,
     RemoteError,
     RetriableError,
 )
 from connectors.http import HttpClient, excerpt
-from connectors.jobs import CannotCancel, JobHandle, JobProgress, JobSpec, JobState, map_status
+from connectors.jobs import (
+    CannotCancel,
+    JobHandle,
+    JobProgress,
+    JobSpec,
+    JobState,
+    map_status,
+    outcome_from_json,
+    outcome_to_json,
+)
 from connectors.keys import KeyTemplate, UnmappedKey
 from connectors.reltio.auth import ReltioClient, classify, is_not_found, json_body
 from connectors.reltio.reads import entity_present, gather
@@ -176,35 +184,8 @@ class Plan:
         """The plan as JSON for the job handle, which the engine stores and restores."""
         return {
             "uris": {str(k): v for k, v in self.uris.items()},
-            "outcomes": {str(k): _outcome_json(o) for k, o in self.outcomes.items()},
+            "outcomes": {str(k): outcome_to_json(o) for k, o in self.outcomes.items()},
         }
-
-
-def _outcome_json(outcome: Outcome) -> dict[str, Any]:
-    data: dict[str, Any] = {"kind": outcome.kind.value}
-    if outcome.reason:
-        data["reason"] = outcome.reason
-    if outcome.detail:
-        data["detail"] = outcome.detail
-    if outcome.retry_after is not None:
-        data["retry_after"] = outcome.retry_after
-    if outcome.effect:
-        data["effect"] = outcome.effect
-    return data
-
-
-def _outcome_from_json(delivery_id: int, data: Any) -> Outcome:
-    if not isinstance(data, dict) or data.get("kind") not in {k.value for k in OutcomeKind}:
-        return Outcome.retry(delivery_id, f"unreadable outcome in the job handle: {data!r}")
-    retry_after = data.get("retry_after")
-    return Outcome(
-        delivery_id,
-        OutcomeKind(data["kind"]),
-        reason=str(data.get("reason", "")),
-        retry_after=float(retry_after) if isinstance(retry_after, int | float) else None,
-        detail=str(data.get("detail", "")),
-        effect=str(data.get("effect", "")),
-    )
 
 
 class ReltioDeleteTarget:
@@ -572,7 +553,7 @@ class ReltioDeleteTarget:
         for d in job.items:
             key = str(d.delivery_id)
             if key in settled:
-                outcomes.append(_outcome_from_json(d.delivery_id, settled[key]))
+                outcomes.append(outcome_from_json(d.delivery_id, settled[key]))
             elif key in uris and uris[key] in by_uri:
                 outcomes.append(replace(by_uri[uris[key]], delivery_id=d.delivery_id))
             else:
