@@ -9,7 +9,6 @@ retry fixes. A static token cannot be renewed, so its first 401 is fatal.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -21,6 +20,7 @@ import httpx
 from connectors.adt.settings import AdtConnection
 from connectors.contract import FatalError, RemoteError
 from connectors.http import Action, HttpClient, Resolution, excerpt
+from connectors.token_cache import CachedToken, lifetime_seconds
 
 RENEW_BEFORE = 300.0
 """Seconds before expiry at which a cached token is renewed (capped at half its life)."""
@@ -71,25 +71,16 @@ class ClientCredentials:
             "scope": connection.scope,
         }
         self._http = http
-        self._clock = clock
-        self._token: str | None = None
-        self._renew_at = 0.0
-        self._lock = asyncio.Lock()
+        self._cache = CachedToken(self._fetch, RENEW_BEFORE, clock)
 
     async def token(self) -> str:
-        async with self._lock:
-            if self._token is None or self._clock() >= self._renew_at:
-                self._token = await self._fetch()
-            return self._token
+        return await self._cache.get()
 
     async def rejected(self, used: str, what: str) -> None:
-        async with self._lock:
-            if self._token == used:
-                self._token = None
+        await self._cache.forget(used)
 
-    async def _fetch(self) -> str:
+    async def _fetch(self) -> tuple[str, float]:
         what = f"POST {httpx.URL(self._url).path}"
-        started = self._clock()
         response = await self._http.request(
             "POST",
             self._url,
@@ -117,17 +108,7 @@ class ClientCredentials:
                 code=str(response.status_code),
             )
         self._http.add_secret(token)
-        lifetime = _seconds(body.get("expires_in") if body else None)
-        self._renew_at = started + max(0.0, lifetime - min(RENEW_BEFORE, lifetime / 2))
-        return token
-
-
-def _seconds(value: Any) -> float:
-    """Entra answers expires_in as a number, its v1 endpoint as a string."""
-    try:
-        return max(0.0, float(value))
-    except (TypeError, ValueError):
-        return 0.0
+        return token, lifetime_seconds(body.get("expires_in") if body else None)
 
 
 def token_source(name: str, connection: AdtConnection, http: HttpClient) -> TokenSource:

@@ -15,7 +15,6 @@ that never happened.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import time
@@ -28,6 +27,7 @@ import httpx
 from connectors.contract import FatalError, RemoteError
 from connectors.http import Action, HttpClient, Resolution, excerpt
 from connectors.reltio.settings import ReltioConnection
+from connectors.token_cache import CachedToken, lifetime_seconds
 
 RENEW_BEFORE = 60.0
 """Seconds before expiry at which a cached token is renewed (capped at half its life)."""
@@ -85,10 +85,7 @@ class ReltioTokens:
             self._form["username"] = connection.username
             self._form["password"] = connection.password.get_secret_value()
         self._http = http
-        self._clock = clock
-        self._token: str | None = None
-        self._renew_at = 0.0
-        self._lock = asyncio.Lock()
+        self._cache = CachedToken(self._fetch, RENEW_BEFORE, clock)
 
     def fatal(self, what: str) -> FatalError:
         settings = f"connections.{self._name}"
@@ -101,20 +98,14 @@ class ReltioTokens:
         )
 
     async def token(self) -> str:
-        async with self._lock:
-            if self._token is None or self._clock() >= self._renew_at:
-                self._token = await self._fetch()
-            return self._token
+        return await self._cache.get()
 
     async def rejected(self, used: str) -> None:
         """A data call answered 401 invalid_token with `used`: the next call fetches anew."""
-        async with self._lock:
-            if self._token == used:
-                self._token = None
+        await self._cache.forget(used)
 
-    async def _fetch(self) -> str:
+    async def _fetch(self) -> tuple[str, float]:
         what = f"POST {httpx.URL(self._url).path}"
-        started = self._clock()
         response = await self._http.request(
             "POST",
             self._url,
@@ -145,16 +136,7 @@ class ReltioTokens:
         refresh = body.get("refresh_token")
         if isinstance(refresh, str):
             self._http.add_secret(refresh)
-        lifetime = _seconds(body.get("expires_in"))
-        self._renew_at = started + max(0.0, lifetime - min(RENEW_BEFORE, lifetime / 2))
-        return token
-
-
-def _seconds(value: Any) -> float:
-    try:
-        return max(0.0, float(value))
-    except (TypeError, ValueError):
-        return 0.0
+        return token, lifetime_seconds(body.get("expires_in"))
 
 
 class ReltioClient:

@@ -1,0 +1,56 @@
+"""One cached OAuth2 access token per connection, fetched at most once at a time.
+
+A token is fetched on first use and kept until shortly before it expires
+(`renew_before` seconds, capped at half its life, so a short-lived token is
+not renewed at every call). A data call refused with it can `forget` it:
+the next call fetches a new one, unless another call already did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+Fetch = Callable[[], Awaitable[tuple[str, float]]]
+"""Fetches a token: (the token, its lifetime in seconds)."""
+
+
+def lifetime_seconds(value: Any) -> float:
+    """`expires_in` as a number, or as a string (Entra's v1 endpoint); 0 when unreadable,
+    so a token of unknown life is fetched again at the next call."""
+    try:
+        return max(0.0, float(value))
+    except (TypeError, ValueError):
+        return 0.0
+
+
+class CachedToken:
+    def __init__(
+        self, fetch: Fetch, renew_before: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._fetch = fetch
+        self._renew_before = renew_before
+        self._clock = clock
+        self._token: str | None = None
+        self._renew_at = 0.0
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> str:
+        async with self._lock:
+            if self._token is None or self._clock() >= self._renew_at:
+                started = self._clock()
+                token, lifetime = await self._fetch()
+                self._token = token
+                early = min(self._renew_before, lifetime / 2)
+                self._renew_at = started + max(0.0, lifetime - early)
+            return self._token
+
+    async def forget(self, used: str) -> None:
+        async with self._lock:
+            if self._token == used:
+                self._token = None
+
+
+__all__ = ["CachedToken", "Fetch", "lifetime_seconds"]
