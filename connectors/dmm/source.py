@@ -58,6 +58,7 @@ from connectors.dmm.settings import (
 from connectors.dmm.target import STATUS
 from connectors.http import HttpClient, excerpt
 from connectors.jobs import map_status
+from connectors.task_streams import TaskStreams
 
 STREAM_PREFIX = "execution-"
 NOT_FOUND = "NotFound"
@@ -107,6 +108,9 @@ class DmmOutputsSource:
             name, base_url=connection.url, secrets=connection.secret_values()
         )
         self.api = DmmClient(name, connection, self._http)
+        self._streams = TaskStreams(
+            name, STREAM_PREFIX, "DMM execution", execution_id_problem, normal_execution_id
+        )
 
     # -- Source and TaskSource --------------------------------------------------------
 
@@ -116,27 +120,13 @@ class DmmOutputsSource:
     def task_stream(self, task_id: str) -> str:
         """`execution-<id>`, integers in plain form; ValueError (for the operator) when
         `task_id` cannot name an execution."""
-        problem = execution_id_problem(task_id)
-        if problem is not None:
-            raise ValueError(f"{self.name}: {problem}")
-        return f"{STREAM_PREFIX}{normal_execution_id(task_id)}"
+        return self._streams.stream(task_id)
 
     def execution_id(self, stream: str) -> str:
-        """The execution a stream reads; ValueError for a stream this source never named."""
-        execution = stream.removeprefix(STREAM_PREFIX)
-        if (
-            not stream.startswith(STREAM_PREFIX)
-            or execution_id_problem(execution) is not None
-            or normal_execution_id(execution) != execution
-        ):
-            raise ValueError(
-                f"{self.name}: stream {stream!r} is not a DMM execution stream "
-                f"({STREAM_PREFIX}<MainExecutionTrackerId>)"
-            )
-        return execution
+        return self._streams.task_id(stream)
 
     def finished(self, cursor: JSON | None) -> bool:
-        return cursor is not None and cursor.get("finished") is True
+        return self._streams.finished(cursor)
 
     def plan(
         self,

@@ -62,6 +62,7 @@ from connectors.reltio.target import (
     task_params,
     task_uri_list,
 )
+from connectors.task_streams import TaskStreams
 
 STREAM_PREFIX = "task-"
 NOT_FOUND = "NOT_FOUND"
@@ -99,6 +100,7 @@ class ReltioTaskSource:
             classify=classify,
         )
         self.api = ReltioClient(name, connection, self._http)
+        self._streams = TaskStreams(name, STREAM_PREFIX, "Reltio task", task_id_problem)
 
     # -- Source and TaskSource --------------------------------------------------------
 
@@ -107,23 +109,13 @@ class ReltioTaskSource:
 
     def task_stream(self, task_id: str) -> str:
         """`task-<id>`; ValueError (for the operator) when `task_id` cannot name a task."""
-        problem = task_id_problem(task_id)
-        if problem is not None:
-            raise ValueError(f"{self.name}: {problem}")
-        return f"{STREAM_PREFIX}{task_id}"
+        return self._streams.stream(task_id)
 
     def task_id(self, stream: str) -> str:
-        """The task a stream reads; ValueError for a stream this source never named."""
-        task_id = stream.removeprefix(STREAM_PREFIX)
-        if not stream.startswith(STREAM_PREFIX) or task_id_problem(task_id) is not None:
-            raise ValueError(
-                f"{self.name}: stream {stream!r} is not a Reltio task stream "
-                f"({STREAM_PREFIX}<task id>)"
-            )
-        return task_id
+        return self._streams.task_id(stream)
 
     def finished(self, cursor: JSON | None) -> bool:
-        return cursor is not None and cursor.get("finished") is True
+        return self._streams.finished(cursor)
 
     def plan(
         self,
