@@ -479,9 +479,10 @@ def follow(
                 )
             added = []
             for task_id in task_ids:
-                if not task_id.strip():
-                    raise fail("a task id is empty")
-                stream = source.task_stream(task_id.strip())
+                try:
+                    stream = source.task_stream(task_id.strip())
+                except ValueError as exc:
+                    raise fail(str(exc)) from None
                 if store.register_stream(pipeline, stream):
                     added.append(stream)
                 else:

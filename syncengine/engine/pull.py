@@ -144,7 +144,11 @@ async def _pull_stream(
     for _ in range(MAX_CALLS_PER_STREAM):
         state = store.cursor(pipe.name, stream)
         interrupted = _interrupted(state.in_flight)
-        call = pipe.source.plan(stream, state.value, interrupted, utcnow())
+        try:
+            call = pipe.source.plan(stream, state.value, interrupted, utcnow())
+        except ValueError as exc:
+            # A stream the source cannot read (one left by an earlier configuration).
+            raise RemoteError(str(exc), connection=pipe.name) from None
         if call.recovery:
             log.warning(
                 "recovery_read",
