@@ -17,11 +17,16 @@ import pytest
 
 from connectors.emulator_kit import free_port
 from syncengine.sandbox import (
+    ADT_TOKEN,
+    DMM_OTP,
+    DMM_TOKEN,
     GOOSE_CODE,
     GOOSE_ENGINE_KEY,
     MONGOOSE_CONFIG,
     MONGOOSE_PASSWORD,
     MONGOOSE_USER,
+    RELTIO_CLIENT,
+    RELTIO_SECRET,
     Sandbox,
 )
 
@@ -86,6 +91,105 @@ class Env:
         )
         self.config.write_text(text)
         return self.config
+
+    def connection(self, name: str) -> str:
+        """The YAML block of one sandbox connection, by the name the shipped config uses."""
+        blocks = {
+            "goose": f"""
+              goose:
+                type: goose
+                url: "{self.box.goose_url}/deleted/"
+                code: {GOOSE_CODE}
+                key: "${{TEST_GOOSE_KEY}}"
+                calls_per_second: 50
+            """,
+            "erp": f"""
+              erp:
+                type: mongoose
+                url: "{self.box.mongoose_url}/IDORequestService/MGRESTService.svc"
+                config: {MONGOOSE_CONFIG}
+                user: {MONGOOSE_USER}
+                password: "${{TEST_MONGOOSE_PASSWORD}}"
+            """,
+            "mdm": f"""
+              mdm:
+                type: reltio
+                tenant_url: "{self.box.reltio_tenant_url}"
+                auth_url: "{self.box.reltio_url}/oauth/token"
+                client_id: {RELTIO_CLIENT}
+                client_secret: "{RELTIO_SECRET}"
+                retry: {{max_attempts: 3, base_delay: 0.05, max_delay: 0.1}}
+            """,
+            "twins": f"""
+              twins:
+                type: adt
+                url: "{self.box.adt_url}"
+                token: "{ADT_TOKEN}"
+                retry: {{max_attempts: 3, base_delay: 0.05, max_delay: 0.1}}
+            """,
+            "crm": f"""
+              crm:
+                type: dmm
+                url: "{self.box.dmm_url}"
+                token: "{DMM_TOKEN}"
+                otp: "{DMM_OTP}"
+                retry: {{max_attempts: 3, base_delay: 0.05, max_delay: 0.1}}
+            """,
+        }
+        return textwrap.dedent(blocks[name]).strip("\n")
+
+    def compose(self, connections: list[str], pipelines: str) -> Path:
+        """Write a config: the sandbox `connections` by name, and the `pipelines:` block."""
+        state = (
+            f'{{url: "sqlite:///{self.tmp / "state.db"}", artifacts: "{self.tmp / "artifacts"}"}}'
+        )
+        header = f"\nstate: {state}\nlogging: {{level: info, format: json}}\nconnections:\n"
+        body = textwrap.indent("\n".join(self.connection(c) for c in connections), "  ")
+        self.config.write_text(
+            header + body + "\npipelines:\n" + textwrap.indent(textwrap.dedent(pipelines), "  ")
+        )
+        return self.config
+
+    def admin(self, emulator: str, path: str) -> Any:
+        """GET an emulator's admin route (its ground truth)."""
+        response = httpx.get(f"{self.box.url(emulator)}{path}", timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def admin_post(self, emulator: str, path: str, body: Any) -> Any:
+        response = httpx.post(f"{self.box.url(emulator)}{path}", json=body, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def counts(self) -> dict[tuple[str, str], dict[str, int]]:
+        """Delivery counts per (pipeline, target)."""
+        return {
+            (p["pipeline"], t["target"]): t
+            for p in self.status()["pipelines"]
+            for t in p["targets"]
+        }
+
+    def settle(self, *args: str, runs: int = 12) -> dict[tuple[str, str], dict[str, int]]:
+        """`run --once` until nothing waits: no delivery pending, failed or in flight and no
+        task stream still unfinished."""
+        counts: dict[tuple[str, str], dict[str, int]] = {}
+        for _ in range(runs):
+            result = self.cli("run", "--once", "-c", str(self.config), "--job-wait", "10", *args)
+            assert "Traceback" not in result.stderr, result.stderr
+            status = self.status()
+            counts = self.counts()
+            unfinished = [
+                s
+                for p in status["pipelines"]
+                for s in p["streams"]
+                if s["stream"].startswith(("execution-", "task-"))
+                and not (s["cursor"] or {}).get("finished")
+            ]
+            if not unfinished and all(
+                c["pending"] == c["failed"] == c["in_flight"] == 0 for c in counts.values()
+            ):
+                return counts
+        raise AssertionError(f"never settled: {counts}")
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCENGINE_")}

@@ -5,75 +5,42 @@ every delivery done or dead with a reason, and only refused records retried."""
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from syncengine.sandbox import DMM_OTP, DMM_TOKEN, GOOSE_CODE, RELTIO_CLIENT, RELTIO_SECRET
 from tests.e2e.conftest import Env
 
 CONTACTS = ["0-1", "0-2", "0-3"]
 
 
 def reltio_config(e2e: Env, max_attempts: int = 5) -> Path:
-    text = textwrap.dedent(
+    return e2e.compose(
+        ["goose", "mdm"],
         f"""
-        state: {{url: "sqlite:///{e2e.tmp / "state.db"}", artifacts: "{e2e.tmp / "artifacts"}"}}
-        logging: {{level: info, format: json}}
-        connections:
-          goose:
-            type: goose
-            url: "{e2e.box.goose_url}/deleted/"
-            code: {GOOSE_CODE}
-            key: "${{TEST_GOOSE_KEY}}"
-            calls_per_second: 50
-          mdm:
-            type: reltio
-            tenant_url: "{e2e.box.reltio_tenant_url}"
-            auth_url: "{e2e.box.reltio_url}/oauth/token"
-            client_id: {RELTIO_CLIENT}
-            client_secret: "{RELTIO_SECRET}"
-            retry: {{max_attempts: 3, base_delay: 0.05, max_delay: 0.1}}
-        pipelines:
-          contacts:
-            schedule: {{every: 1s}}
-            source: {{connection: goose, tables: [CON_TRO], from: latest}}
-            targets:
-              mdm_people:
-                connection: mdm
-                crosswalk: {{type: GOOSE, value: "{{RECORD_ID}}"}}
-                poll_interval: 0.1s
-                retry: {{max_attempts: {max_attempts}, backoff: 0.1s, max_backoff: 0.3s}}
-        """
+        contacts:
+          schedule: {{every: 1s}}
+          source: {{connection: goose, tables: [CON_TRO], from: latest}}
+          targets:
+            mdm_people:
+              connection: mdm
+              crosswalk: {{type: GOOSE, value: "{{RECORD_ID}}"}}
+              poll_interval: 0.1s
+              retry: {{max_attempts: {max_attempts}, backoff: 0.1s, max_backoff: 0.3s}}
+        """,
     )
-    e2e.config.write_text(text)
-    return e2e.config
 
 
-def admin(url: str, path: str) -> Any:
-    response = httpx.get(f"{url}{path}", timeout=10)
-    response.raise_for_status()
-    return response.json()
-
-
-def settle(e2e: Env, runs: int = 12) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for _ in range(runs):
-        result = e2e.cli("run", "--once", "-c", str(e2e.config), "--job-wait", "10")
-        assert "Traceback" not in result.stderr
-        counts = e2e.target_counts()
-        if counts["pending"] == counts["in_flight"] == counts["failed"] == 0:
-            return counts
-    raise AssertionError(f"never settled: {counts}")
+def settle(e2e: Env) -> dict[str, int]:
+    [counts] = e2e.settle().values()
+    return counts
 
 
 def goose_ids_left(e2e: Env) -> set[str]:
     return {
         c["value"]
-        for e in admin(e2e.box.reltio_url, "/_admin/entities")
+        for e in e2e.admin("reltio", "/_admin/entities")
         for c in e["crosswalks"]
         if c["type"].endswith("/GOOSE")
     }
@@ -87,11 +54,11 @@ def test_reltio_killed_around_a_task_resumes_it_and_never_starts_two(e2e: Env, p
     assert killed.returncode == -9, killed.stderr
     counts = settle(e2e)
     assert counts["done"] == 3 and counts["dead"] == 0
-    tasks = admin(e2e.box.reltio_url, "/_admin/tasks")
+    tasks = e2e.admin("reltio", "/_admin/tasks")
     assert len(tasks) == 1, f"exactly one remote task for the batch, got {len(tasks)}"
     assert tasks[0]["status"] == "COMPLETED"
     assert not goose_ids_left(e2e) & set(CONTACTS)
-    deleted = [d["uri"] for d in admin(e2e.box.reltio_url, "/_admin/deleted")]
+    deleted = [d["uri"] for d in e2e.admin("reltio", "/_admin/deleted")]
     assert len(deleted) == 3, "each entity deleted once, nothing else"
 
 
@@ -101,16 +68,14 @@ def test_reltio_partial_failure_retries_only_the_refused_then_dead_with_the_reas
     reltio_config(e2e, max_attempts=2)
     refused = next(
         e["uri"]
-        for e in admin(e2e.box.reltio_url, "/_admin/entities")
+        for e in e2e.admin("reltio", "/_admin/entities")
         if {"type": "configuration/sources/GOOSE", "value": "0-2"} in e["crosswalks"]
     )
-    httpx.post(
-        f"{e2e.box.reltio_url}/_admin/protect", json={"uris": [refused]}, timeout=10
-    ).raise_for_status()
+    e2e.admin_post("reltio", "/_admin/protect", {"uris": [refused]})
     e2e.box.delete_in_goose("CON_TRO", CONTACTS)
     counts = settle(e2e)
     assert counts["done"] == 2 and counts["dead"] == 1
-    tasks = admin(e2e.box.reltio_url, "/_admin/tasks")
+    tasks = e2e.admin("reltio", "/_admin/tasks")
     assert len(tasks) == 2, "one task for the batch, one retry for the refused entity alone"
     second = max(tasks, key=lambda t: t["createdTime"])
     assert second["parameters"]["entityUriList"] == [refused]
@@ -135,47 +100,30 @@ def test_reltio_status_shows_the_open_task_and_cancel_is_refused(e2e: Env) -> No
 
 
 def dmm_config(e2e: Env, max_attempts: int = 5) -> Path:
-    text = textwrap.dedent(
+    return e2e.compose(
+        ["goose", "crm"],
         f"""
-        state: {{url: "sqlite:///{e2e.tmp / "state.db"}", artifacts: "{e2e.tmp / "artifacts"}"}}
-        logging: {{level: info, format: json}}
-        connections:
-          goose:
-            type: goose
-            url: "{e2e.box.goose_url}/deleted/"
-            code: {GOOSE_CODE}
-            key: "${{TEST_GOOSE_KEY}}"
-            calls_per_second: 50
-          crm:
-            type: dmm
-            url: "{e2e.box.dmm_url}"
-            token: "{DMM_TOKEN}"
-            otp: "{DMM_OTP}"
-            retry: {{max_attempts: 3, base_delay: 0.05, max_delay: 0.1}}
-        pipelines:
-          contacts:
-            schedule: {{every: 1s}}
-            source: {{connection: goose, tables: [CON_TRO], from: latest}}
-            targets:
-              crm_customers:
-                connection: crm
-                entity: {{name: Customer}}
-                key_attribute: ExternalId
-                key: "{{RECORD_ID}}"
-                poll_interval: 0.1s
-                retry: {{max_attempts: {max_attempts}, backoff: 0.1s, max_backoff: 0.3s}}
-        """
+        contacts:
+          schedule: {{every: 1s}}
+          source: {{connection: goose, tables: [CON_TRO], from: latest}}
+          targets:
+            crm_customers:
+              connection: crm
+              entity: {{name: Customer}}
+              key_attribute: ExternalId
+              key: "{{RECORD_ID}}"
+              poll_interval: 0.1s
+              retry: {{max_attempts: {max_attempts}, backoff: 0.1s, max_backoff: 0.3s}}
+        """,
     )
-    e2e.config.write_text(text)
-    return e2e.config
 
 
 def customers_left(e2e: Env) -> set[str]:
-    return {r["ExternalId"] for r in admin(e2e.box.url("dmm"), "/_admin/rows/Customer")}
+    return {r["ExternalId"] for r in e2e.admin("dmm", "/_admin/rows/Customer")}
 
 
 def executions(e2e: Env) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = admin(e2e.box.url("dmm"), "/_admin/executions")
+    rows: list[dict[str, Any]] = e2e.admin("dmm", "/_admin/executions")
     return rows
 
 
@@ -192,7 +140,7 @@ def test_dmm_killed_around_an_execution_resumes_it_and_never_starts_two(
     assert len(executions(e2e)) == 1, "exactly one execution for the batch"
     assert executions(e2e)[0]["status"] == "Complete"
     assert not customers_left(e2e) & set(CONTACTS)
-    deleted = admin(e2e.box.url("dmm"), "/_admin/deleted")
+    deleted = e2e.admin("dmm", "/_admin/deleted")
     assert sorted(d["key"] for d in deleted) == CONTACTS, "each row deleted once, nothing else"
 
 
@@ -215,7 +163,7 @@ def test_dmm_answer_lost_after_start_sends_the_same_batch_again_and_deletes_noth
         for r in runs
     }
     assert len(wheres) == 1, "the same batch, never a different one"
-    deleted = admin(e2e.box.url("dmm"), "/_admin/deleted")
+    deleted = e2e.admin("dmm", "/_admin/deleted")
     assert sorted(d["key"] for d in deleted) == CONTACTS
 
 
@@ -223,11 +171,7 @@ def test_dmm_partial_failure_retries_only_the_refused_then_dead_with_the_reason(
     e2e: Env,
 ) -> None:
     dmm_config(e2e, max_attempts=2)
-    httpx.post(
-        f"{e2e.box.url('dmm')}/_admin/protect",
-        json={"entity": "Customer", "keys": ["0-2"]},
-        timeout=10,
-    ).raise_for_status()
+    e2e.admin_post("dmm", "/_admin/protect", {"entity": "Customer", "keys": ["0-2"]})
     e2e.box.delete_in_goose("CON_TRO", CONTACTS)
     counts = settle(e2e)
     assert counts["done"] == 2 and counts["dead"] == 1

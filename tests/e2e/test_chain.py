@@ -4,21 +4,11 @@ next hop, what it refused does not, and `trace` shows a record's whole path."""
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
-from typing import Any
-
-import httpx
 
 from syncengine.sandbox import (
-    ADT_TOKEN,
     GOOSE_CODE,
-    MONGOOSE_CONFIG,
-    MONGOOSE_PASSWORD,
-    MONGOOSE_USER,
     PEOPLE,
-    RELTIO_CLIENT,
-    RELTIO_SECRET,
 )
 from tests.e2e.conftest import Env
 
@@ -27,100 +17,48 @@ REFUSED = "0-4"
 
 
 def chain_config(e2e: Env) -> Path:
-    text = textwrap.dedent(
-        f"""
-        state: {{url: "sqlite:///{e2e.tmp / "state.db"}", artifacts: "{e2e.tmp / "artifacts"}"}}
-        logging: {{level: info, format: json}}
-        connections:
-          goose:
-            type: goose
-            url: "{e2e.box.goose_url}/deleted/"
-            code: {GOOSE_CODE}
-            key: "${{TEST_GOOSE_KEY}}"
-            calls_per_second: 50
-          mdm:
-            type: reltio
-            tenant_url: "{e2e.box.reltio_tenant_url}"
-            auth_url: "{e2e.box.reltio_url}/oauth/token"
-            client_id: {RELTIO_CLIENT}
-            client_secret: "{RELTIO_SECRET}"
-          erp:
-            type: mongoose
-            url: "{e2e.box.mongoose_url}/IDORequestService/MGRESTService.svc"
-            config: {MONGOOSE_CONFIG}
-            user: {MONGOOSE_USER}
-            password: "{MONGOOSE_PASSWORD}"
-          twins:
-            type: adt
-            url: "{e2e.box.adt_url}"
-            token: "{ADT_TOKEN}"
-        pipelines:
-          people:
-            schedule: {{every: 1s}}
-            source: {{pipeline: contacts, target: mdm_people}}
-            targets:
-              erp_users:
-                connection: erp
-                ido: UserNames
-                key: "{{SYKEY}}"
-                lookup: {{property: Username}}
-              person_twins: {{connection: twins, kind: twins, twin_id: "{{RECORD_ID}}"}}
-          contacts:
-            schedule: {{every: 1s}}
-            source: {{connection: goose, tables: [CON_TRO], from: latest}}
-            targets:
-              mdm_people:
-                connection: mdm
-                crosswalk: {{type: GOOSE, value: "{{RECORD_ID}}"}}
-                poll_interval: 0.1s
-                retry: {{max_attempts: 2, backoff: 0.1s, max_backoff: 0.2s}}
+    return e2e.compose(
+        ["goose", "mdm", "erp", "twins"],
         """
+        people:
+          schedule: {every: 1s}
+          source: {pipeline: contacts, target: mdm_people}
+          targets:
+            erp_users:
+              connection: erp
+              ido: UserNames
+              key: "{SYKEY}"
+              lookup: {property: Username}
+            person_twins: {connection: twins, kind: twins, twin_id: "{RECORD_ID}"}
+        contacts:
+          schedule: {every: 1s}
+          source: {connection: goose, tables: [CON_TRO], from: latest}
+          targets:
+            mdm_people:
+              connection: mdm
+              crosswalk: {type: GOOSE, value: "{RECORD_ID}"}
+              poll_interval: 0.1s
+              retry: {max_attempts: 2, backoff: 0.1s, max_backoff: 0.2s}
+        """,
     )
-    e2e.config.write_text(text)
-    return e2e.config
-
-
-def admin(url: str, path: str) -> Any:
-    response = httpx.get(f"{url}{path}", timeout=10)
-    response.raise_for_status()
-    return response.json()
 
 
 def entity_with_goose_id(e2e: Env, record_id: str) -> str:
     return next(
         str(e["uri"])
-        for e in admin(e2e.box.reltio_url, "/_admin/entities")
+        for e in e2e.admin("reltio", "/_admin/entities")
         if {"type": "configuration/sources/GOOSE", "value": record_id} in e["crosswalks"]
     )
-
-
-def counts_of(e2e: Env) -> dict[tuple[str, str], dict[str, int]]:
-    return {
-        (p["pipeline"], t["target"]): t for p in e2e.status()["pipelines"] for t in p["targets"]
-    }
-
-
-def settle(e2e: Env, runs: int = 10) -> dict[tuple[str, str], dict[str, int]]:
-    counts: dict[tuple[str, str], dict[str, int]] = {}
-    for _ in range(runs):
-        result = e2e.cli("run", "--once", "-c", str(e2e.config), "--job-wait", "10")
-        assert "Traceback" not in result.stderr, result.stderr
-        counts = counts_of(e2e)
-        if all(c["pending"] == c["failed"] == c["in_flight"] == 0 for c in counts.values()):
-            return counts
-    raise AssertionError(f"never settled: {counts}")
 
 
 def test_goose_to_reltio_to_mongoose_and_twins_stops_at_what_reltio_refused(e2e: Env) -> None:
     chain_config(e2e)
     refused_uri = entity_with_goose_id(e2e, REFUSED)
-    httpx.post(
-        f"{e2e.box.reltio_url}/_admin/protect", json={"uris": [refused_uri]}, timeout=10
-    ).raise_for_status()
+    e2e.admin_post("reltio", "/_admin/protect", {"uris": [refused_uri]})
     users_before = e2e.users()
     e2e.box.delete_in_goose("CON_TRO", CONTACTS)
 
-    counts = settle(e2e)
+    counts = e2e.settle()
 
     assert counts[("contacts", "mdm_people")]["done"] == 5
     assert counts[("contacts", "mdm_people")]["dead"] == 1
@@ -129,7 +67,7 @@ def test_goose_to_reltio_to_mongoose_and_twins_stops_at_what_reltio_refused(e2e:
     gone_users = users_before - e2e.users()
     refused_user = PEOPLE[int(REFUSED.split("-")[1]) - 1][0]
     assert gone_users == {PEOPLE[n - 1][0] for n in range(1, 7)} - {refused_user}
-    twins_left = {t["$dtId"] for t in admin(e2e.box.adt_url, "/_admin/twins")}
+    twins_left = {t["$dtId"] for t in e2e.admin("adt", "/_admin/twins")}
     assert REFUSED in twins_left
     assert not twins_left & (set(CONTACTS) - {REFUSED})
     dead = json.loads(e2e.cli("dlq", "list", "-c", str(e2e.config), "-o", "json").stdout)
@@ -138,13 +76,13 @@ def test_goose_to_reltio_to_mongoose_and_twins_stops_at_what_reltio_refused(e2e:
 
     again = e2e.cli("run", "--once", "-c", str(e2e.config), "--job-wait", "5")
     assert again.returncode == 0
-    assert counts_of(e2e) == counts, "a second run hands nothing over twice"
+    assert e2e.counts() == counts, "a second run hands nothing over twice"
 
 
 def test_trace_shows_one_records_whole_path(e2e: Env) -> None:
     chain_config(e2e)
     e2e.box.delete_in_goose("CON_TRO", ["0-1"])
-    settle(e2e)
+    e2e.settle()
     result = e2e.cli("trace", "0-1", "-c", str(e2e.config), "-o", "json")
     assert result.returncode == 0, result.stderr
     [root] = json.loads(result.stdout)

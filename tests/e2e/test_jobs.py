@@ -4,70 +4,43 @@ restart, and find exactly one remote job per batch with every delivery settled."
 from __future__ import annotations
 
 import signal
-import textwrap
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from syncengine.sandbox import ADT_TOKEN, GOOSE_CODE
 from tests.e2e.conftest import Env
 
 
-def purge_config(e2e: Env, confirm: str | None = None, wait: str = "") -> Path:
+def purge_config(e2e: Env, confirm: str | None = None) -> Path:
     host = f"127.0.0.1:{e2e.box.emulators['adt'].port}"
-    confirm_line = f'confirm_purge: "{confirm if confirm is not None else host}"'
-    text = textwrap.dedent(
+    return e2e.compose(
+        ["goose", "twins"],
         f"""
-        state: {{url: "sqlite:///{e2e.tmp / "state.db"}", artifacts: "{e2e.tmp / "artifacts"}"}}
-        logging: {{level: info, format: json}}
-        connections:
-          goose:
-            type: goose
-            url: "{e2e.box.goose_url}/deleted/"
-            code: {GOOSE_CODE}
-            key: "${{TEST_GOOSE_KEY}}"
-            calls_per_second: 50
-          twins:
-            type: adt
-            url: "{e2e.box.adt_url}"
-            token: "{ADT_TOKEN}"
-            retry: {{max_attempts: 3, base_delay: 0.05, max_delay: 0.1}}
-        pipelines:
-          sites:
-            schedule: {{every: 1s}}
-            source: {{connection: goose, tables: [ANA_SED], from: latest}}
-            targets:
-              purge:
-                connection: twins
-                kind: purge
-                {confirm_line}
-                trigger_keys: ["SITE-HQ"]
-                poll_interval: 0.1s
-                retry: {{max_attempts: 5, backoff: 0.1s, max_backoff: 0.5s}}
-        """
+        sites:
+          schedule: {{every: 1s}}
+          source: {{connection: goose, tables: [ANA_SED], from: latest}}
+          targets:
+            purge:
+              connection: twins
+              kind: purge
+              confirm_purge: "{confirm if confirm is not None else host}"
+              trigger_keys: ["SITE-HQ"]
+              poll_interval: 0.1s
+              retry: {{max_attempts: 5, backoff: 0.1s, max_backoff: 0.5s}}
+        """,
     )
-    e2e.config.write_text(text)
-    return e2e.config
 
 
 def adt(e2e: Env, path: str) -> list[dict[str, object]]:
-    response = httpx.get(f"{e2e.box.adt_url}{path}", timeout=10)
-    response.raise_for_status()
-    rows: list[dict[str, object]] = response.json()
+    rows: list[dict[str, object]] = e2e.admin("adt", path)
     return rows
 
 
-def settle(e2e: Env, runs: int = 10) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for _ in range(runs):
-        result = e2e.cli("run", "--once", "-c", str(e2e.config), "--job-wait", "10")
-        assert "Traceback" not in result.stderr
-        counts = e2e.target_counts()
-        if counts["pending"] == counts["in_flight"] == counts["failed"] == 0:
-            return counts
-    raise AssertionError(f"never settled: {counts}")
+def settle(e2e: Env) -> dict[str, int]:
+    [counts] = e2e.settle().values()
+    return counts
 
 
 @pytest.mark.parametrize("point", ["before_submit", "after_submit", "after_poll"])

@@ -10,14 +10,11 @@ made with the engine's own key: `imc: false` keeps it out of the read, and with
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
-from syncengine.sandbox import GOOSE_CODE, GOOSE_ENGINE_KEY, RELTIO_CLIENT, RELTIO_SECRET
+from syncengine.sandbox import GOOSE_CODE, GOOSE_ENGINE_KEY
 from tests.e2e.conftest import Env
 
 MIRRORS = [
@@ -27,68 +24,40 @@ MIRRORS = [
 
 
 def loop_config(e2e: Env, imc: bool) -> Path:
-    text = textwrap.dedent(
+    return e2e.compose(
+        ["goose", "mdm"],
         f"""
-        state: {{url: "sqlite:///{e2e.tmp / "state.db"}"}}
-        logging: {{level: info, format: json}}
-        connections:
-          goose:
-            type: goose
-            url: "{e2e.box.goose_url}/deleted/"
-            code: {GOOSE_CODE}
-            key: "${{TEST_GOOSE_KEY}}"
-            calls_per_second: 50
-          mdm:
-            type: reltio
-            tenant_url: "{e2e.box.reltio_tenant_url}"
-            auth_url: "{e2e.box.reltio_url}/oauth/token"
-            client_id: {RELTIO_CLIENT}
-            client_secret: "{RELTIO_SECRET}"
-        pipelines:
-          contacts:
-            schedule: {{every: 1s}}
-            source: {{connection: goose, tables: [CON_TRO], from: latest,
-                      imc: {str(imc).lower()}}}
-            targets:
-              mdm_people:
-                connection: mdm
-                crosswalk: {{type: GOOSE, value: "{{RECORD_ID}}"}}
-                poll_interval: 0.1s
-          back_to_goose:
-            schedule: {{every: 1s}}
-            source: {{pipeline: contacts, target: mdm_people}}
-            targets:
-              mirror:
-                connection: goose
-                table: CON_TRO
-                id: "{{SYKEY}}"
-        """
+        contacts:
+          schedule: {{every: 1s}}
+          source: {{connection: goose, tables: [CON_TRO], from: latest, imc: {str(imc).lower()}}}
+          targets:
+            mdm_people:
+              connection: mdm
+              crosswalk: {{type: GOOSE, value: "{{RECORD_ID}}"}}
+              poll_interval: 0.1s
+        back_to_goose:
+          schedule: {{every: 1s}}
+          source: {{pipeline: contacts, target: mdm_people}}
+          targets:
+            mirror:
+              connection: goose
+              table: CON_TRO
+              id: "{{SYKEY}}"
+        """,
     )
-    e2e.config.write_text(text)
-    return e2e.config
-
-
-def goose_deletions(e2e: Env) -> list[dict[str, Any]]:
-    response = httpx.get(f"{e2e.box.goose_url}/_admin/deletions", timeout=10)
-    response.raise_for_status()
-    rows: list[dict[str, Any]] = response.json()
-    return rows
 
 
 @pytest.mark.parametrize("imc", [True, False], ids=["imc-true", "imc-false"])
 def test_the_engines_own_goose_delete_is_not_propagated_again(e2e: Env, imc: bool) -> None:
-    httpx.post(
-        f"{e2e.box.goose_url}/_admin/seed",
-        json={"companies": {GOOSE_CODE: [GOOSE_ENGINE_KEY]}, "tables": {"CON_TRO": MIRRORS}},
-        timeout=10,
-    ).raise_for_status()
+    seed = {"companies": {GOOSE_CODE: [GOOSE_ENGINE_KEY]}, "tables": {"CON_TRO": MIRRORS}}
+    e2e.admin_post("goose", "/_admin/seed", seed)
     loop_config(e2e, imc)
     e2e.box.delete_in_goose("CON_TRO", ["0-90"])
     for _ in range(4):
         result = e2e.cli("run", "--once", "-c", str(e2e.config), "--job-wait", "10")
         assert result.returncode == 0, result.stderr
 
-    deleted = [(d["RECORD_ID"], d["by_key"]) for d in goose_deletions(e2e)]
+    deleted = [(d["RECORD_ID"], d["by_key"]) for d in e2e.admin("goose", "/_admin/deletions")]
     assert ("0-91", GOOSE_ENGINE_KEY) in deleted, "the mirror was deleted by the engine"
     assert [r for r, _ in deleted].count("0-90") == 1
     assert [r for r, _ in deleted].count("0-91") == 1

@@ -55,7 +55,9 @@ def test_valid_config_builds_typed_models() -> None:
 
 def test_shipped_config_is_valid() -> None:
     config = load_config(ROOT / "config.yaml", env={})
-    assert set(config.pipelines) == {"contacts", "employees", "sites"}
+    assert set(config.pipelines) == {"contacts", "people", "employees", "sites", "crm_deletions"}
+    people = config.pipelines["people"].source
+    assert people.chain is not None and people.chain.describe() == "contacts/mdm_people"
 
 
 INVALID = [
@@ -68,7 +70,7 @@ INVALID = [
     (
         "unknown type",
         VALID.replace("type: mongoose", "type: mongo"),
-        "connections.erp.type: unknown connection type 'mongo'; known types: adt, goose,",
+        "connections.erp.type: unknown connection type 'mongo'; known types: adt, dmm, goose,",
     ),
     (
         "wrong role",
@@ -251,3 +253,17 @@ def test_following_jobs_needs_a_task_source_on_the_same_connection() -> None:
         "reads 'goose'" in m
         for m in messages
     ), messages
+
+
+def test_following_jobs_needs_a_source_that_reads_tasks() -> None:
+    text = CHAINED.replace(
+        "source: {pipeline: contacts, target: erp_users}",
+        "source: {connection: goose, tables: [X], follow_jobs_of: {pipeline: third, target: back}}",
+    ).replace(
+        'erp_more: {connection: erp, ido: Other, key: "{SYKEY}"}',
+        'back: {connection: goose, table: CON_TRO, id: "{RECORD_ID}"}',
+    )
+    messages = issues_of(text)
+    assert any("a goose source reads no tasks, so it cannot follow jobs" in m for m in messages), (
+        messages
+    )
