@@ -139,10 +139,15 @@ class Lineage:
     # --- trace ----------------------------------------------------------------
 
     def find(self, key: str, pipeline: str | None = None) -> list[int]:
-        """Deletions whose record key or origin is `key`."""
+        """Deletions whose record key or origin is `key`, or whose key names it as the
+        value of a record (`Customer.ExternalId=0-9`, as task sources write keys)."""
         with Session(self.engine) as s:
             query = select(col(Deletion.id)).where(
-                or_(col(Deletion.record_key) == key, col(Deletion.origin) == key)
+                or_(
+                    col(Deletion.record_key) == key,
+                    col(Deletion.origin) == key,
+                    col(Deletion.record_key).endswith(f"={key}", autoescape=True),
+                )
             )
             if pipeline is not None:
                 query = query.where(col(Deletion.pipeline) == pipeline)

@@ -145,3 +145,19 @@ def test_the_migrations_build_exactly_the_models(sqlite_store: Store) -> None:
     with sqlite_store.engine.connect() as connection:
         diff = compare_metadata(MigrationContext.configure(connection), SQLModel.metadata)
     assert diff == []
+
+
+def test_trace_finds_a_record_by_key_origin_or_the_value_a_task_source_names(store: Store) -> None:
+    store.journal(
+        "crm", "execution-2",
+        [NewRecord("Customer.ExternalId=0-9", {}), NewRecord("Customer.ExternalId=0-90", {})],
+        cursor={}, targets=[], run_id=None,
+    )  # fmt: skip
+    store.journal(
+        "contacts", "CON_TRO", [NewRecord("0-1", {}, origin=GOOSE_0_1)], cursor={}, targets=[],
+        run_id=None,
+    )  # fmt: skip
+    assert len(store.lineage.find("0-9")) == 1
+    assert len(store.lineage.find("0-1")) == len(store.lineage.find(GOOSE_0_1)) == 1
+    assert store.lineage.find("0-1", "crm") == []
+    assert store.lineage.find("%") == [] and store.lineage.find("_-9") == []
