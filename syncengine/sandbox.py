@@ -213,12 +213,18 @@ class Sandbox:
             f"secret {RELTIO_SECRET}",
             f"    {len(PEOPLE)} Individuals with GOOSE crosswalks 0-1..0-{len(PEOPLE)}; "
             f"entities: {self.reltio_url}/_admin/entities",
+            f"    an operator's delete task: curl -X POST {self.reltio_url}/_admin/delete_task "
+            """-H 'content-type: application/json' -d '{"uris":["entities/<id>"]}'""",
             f"  Azure Digital Twins    {self.adt_url}  (api-version 2023-10-31)",
             f"    bearer token {ADT_TOKEN}; twins: {self.adt_url}/_admin/twins",
             f"  DMM (OutSystems)       {self.dmm_url}",
             f"    X-DMM-Token {DMM_TOKEN}; X-DMM-Token-OTP {DMM_OTP}; entities Customer "
             f"(ExternalId 0-1..0-{len(PEOPLE)}), Employee; rows: "
             f"{self.url('dmm')}/_admin/rows/Customer",
+            f"    an operator's delete: curl -X POST {self.url('dmm')}/_admin/start_execution "
+            """-H 'content-type: application/json' -d '{"entity":"Customer","where":"""
+            """"[ExternalId] IN (\\u00270-9\\u0027)"}'""",
+            "      then: syncengine follow -p crm_deletions <the tracker id it answers>",
         ]
 
     def wait(self) -> None:
