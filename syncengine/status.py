@@ -290,8 +290,9 @@ def render_plans(plans: list[PipelinePlan], console: Console) -> None:
     for plan in plans:
         reads = "; ".join(", ".join(f"{k}={v}" for k, v in read.items()) for read in plan.reads)
         console.print(
-            f"[bold]{plan.pipeline}[/bold]: read {reads}: {plan.new} new deletion(s), "
-            f"{plan.already_journaled} already journaled",
+            f"[bold]{plan.pipeline}[/bold]: "
+            + (f"read {reads}" if reads else "no stream to read yet")
+            + f": {plan.new} new deletion(s), {plan.already_journaled} already journaled",
             highlight=False,
         )
         for error in plan.errors:
