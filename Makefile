@@ -32,7 +32,7 @@ unit: $(STAMP)
 
 test: lint typecheck unit
 
-# Many SIGKILL/restart cycles against the emulators; bounded (about 3 minutes).
+# Many SIGKILL/restart cycles against the emulators, plain and chained; bounded (about 4 minutes).
 crash-test: $(STAMP)
 	SYNCENGINE_CRASH_CYCLES=150 $(BIN)/pytest -q -m slow tests/e2e/test_crash.py
 
