@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 from connectors.contract import Delivery, Outcome, OutcomeKind
@@ -67,6 +67,29 @@ def outcome_from_json(delivery_id: int, data: Any) -> Outcome:
         detail=str(data.get("detail", "")),
         effect=str(data.get("effect", "")),
     )
+
+
+def item_outcomes(
+    items: Sequence[Delivery],
+    settled: Any,
+    keys: Mapping[str, str],
+    by_key: Mapping[str, Outcome],
+    missing: str,
+) -> list[Outcome]:
+    """One outcome per item of a finished job: the one decided before submission (stored
+    in the handle as `settled`, by delivery id), else the fate of the key it carried
+    (`keys`: delivery id -> key), else a retry saying `missing`: never assumed done."""
+    decided = settled if isinstance(settled, dict) else {}
+    outcomes = []
+    for d in items:
+        ident = str(d.delivery_id)
+        if ident in decided:
+            outcomes.append(outcome_from_json(d.delivery_id, decided[ident]))
+        elif ident in keys and keys[ident] in by_key:
+            outcomes.append(replace(by_key[keys[ident]], delivery_id=d.delivery_id))
+        else:
+            outcomes.append(Outcome.retry(d.delivery_id, missing))
+    return outcomes
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,14 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
 from connectors.dmm.logs import format_deleted, format_failed, format_line
-from connectors.emulator_kit import ADMIN_PREFIX, DEMO_PEOPLE, Faults, RequestLog, build_app
+from connectors.emulator_kit import (
+    ADMIN_PREFIX,
+    DEMO_PEOPLE,
+    Faults,
+    RequestLog,
+    build_app,
+    knob_routes,
+)
 
 BASE_PATH = "/DMM_API/rest/DMMAPI"
 RUNTIME_CONNECTION = "Runtime Connection"
@@ -1058,23 +1065,6 @@ class DmmEmulator:
                 return JSONResponse({"error": 'send {"seconds": <number >= 0>}'}, 400)
             return JSONResponse({"now": self.step(float(seconds))})
 
-        async def get_settings(request: Request) -> Response:
-            return JSONResponse(asdict(self.knobs))
-
-        async def put_settings(request: Request) -> Response:
-            body = await _json_object(request)
-            try:
-                if body is None:
-                    raise ValueError("send an object of settings")
-                self.knobs.update(body)
-            except ValueError as exc:
-                return JSONResponse({"error": str(exc)}, 400)
-            return JSONResponse(asdict(self.knobs))
-
-        async def reset(request: Request) -> Response:
-            self.reset()
-            return JSONResponse({"reset": True})
-
         return [
             Route(f"{ADMIN_PREFIX}/seed", seed, methods=["POST"]),
             Route(f"{ADMIN_PREFIX}/protect", protect, methods=["POST"]),
@@ -1083,9 +1073,7 @@ class DmmEmulator:
             Route(f"{ADMIN_PREFIX}/deleted", deleted, methods=["GET"]),
             Route(f"{ADMIN_PREFIX}/executions", executions, methods=["GET"]),
             Route(f"{ADMIN_PREFIX}/step", step, methods=["POST"]),
-            Route(f"{ADMIN_PREFIX}/settings", get_settings, methods=["GET"]),
-            Route(f"{ADMIN_PREFIX}/settings", put_settings, methods=["PUT"]),
-            Route(f"{ADMIN_PREFIX}/reset", reset, methods=["POST"]),
+            *knob_routes(self.knobs, self.reset),
         ]
 
 

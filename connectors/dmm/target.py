@@ -45,7 +45,7 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from connectors.contract import (
@@ -65,8 +65,8 @@ from connectors.jobs import (
     JobProgress,
     JobSpec,
     JobState,
+    item_outcomes,
     map_status,
-    outcome_from_json,
     outcome_to_json,
 )
 from connectors.keys import KeyTemplate, UnmappedKey
@@ -632,21 +632,13 @@ class DmmDeleteTarget:
         self, job: JobSpec, known: Mapping[str, Any], by_key: Mapping[str, Outcome]
     ) -> list[Outcome]:
         """One outcome per item: decided before the execution, or by its key's fate."""
-        settled = known.get("outcomes")
-        settled = settled if isinstance(settled, dict) else {}
-        keys = _key_map(known)
-        outcomes = []
-        for d in job.items:
-            ident = str(d.delivery_id)
-            if ident in settled:
-                outcomes.append(outcome_from_json(d.delivery_id, settled[ident]))
-            elif ident in keys and keys[ident] in by_key:
-                outcomes.append(replace(by_key[keys[ident]], delivery_id=d.delivery_id))
-            else:
-                outcomes.append(
-                    Outcome.retry(d.delivery_id, "the job handle has no key for this delivery")
-                )
-        return outcomes
+        return item_outcomes(
+            job.items,
+            known.get("outcomes"),
+            _key_map(known),
+            by_key,
+            "the job handle has no key for this delivery",
+        )
 
 
 # --- helpers ---------------------------------------------------------------------------------

@@ -96,7 +96,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from connectors.emulator_kit import ADMIN_PREFIX, DEMO_PEOPLE, Faults, RequestLog, build_app
+from connectors.emulator_kit import (
+    ADMIN_PREFIX,
+    DEMO_PEOPLE,
+    Faults,
+    RequestLog,
+    build_app,
+    knob_routes,
+)
 
 DELETE_TASK_TYPE = "com.reltio.businesslogic.tasks.delete.DeleteEntitiesTask"
 FAILED_LIST_LIMIT = 100
@@ -837,23 +844,6 @@ class ReltioEmulator:
                 return JSONResponse({"error": 'send {"seconds": <number >= 0>}'}, 400)
             return JSONResponse({"now": self.step(float(seconds))})
 
-        async def get_settings(request: Request) -> Response:
-            return JSONResponse(asdict(self.knobs))
-
-        async def put_settings(request: Request) -> Response:
-            body = await request.json()
-            try:
-                if not isinstance(body, dict):
-                    raise ValueError("send an object of settings")
-                self.knobs.update(body)
-            except ValueError as exc:
-                return JSONResponse({"error": str(exc)}, 400)
-            return JSONResponse(asdict(self.knobs))
-
-        async def reset(request: Request) -> Response:
-            self.reset()
-            return JSONResponse({"reset": True})
-
         return [
             Route(f"{ADMIN_PREFIX}/seed", seed, methods=["POST"]),
             Route(f"{ADMIN_PREFIX}/protect", protect, methods=["POST"]),
@@ -864,9 +854,7 @@ class ReltioEmulator:
             Route(f"{ADMIN_PREFIX}/delete_task", delete_task, methods=["POST"]),
             Route(f"{ADMIN_PREFIX}/expire_tokens", expire, methods=["POST"]),
             Route(f"{ADMIN_PREFIX}/step", step, methods=["POST"]),
-            Route(f"{ADMIN_PREFIX}/settings", get_settings, methods=["GET"]),
-            Route(f"{ADMIN_PREFIX}/settings", put_settings, methods=["PUT"]),
-            Route(f"{ADMIN_PREFIX}/reset", reset, methods=["POST"]),
+            *knob_routes(self.knobs, self.reset),
         ]
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -48,8 +48,8 @@ from connectors.jobs import (
     JobProgress,
     JobSpec,
     JobState,
+    item_outcomes,
     map_status,
-    outcome_from_json,
     outcome_to_json,
 )
 from connectors.keys import KeyTemplate, UnmappedKey
@@ -546,21 +546,13 @@ class ReltioDeleteTarget:
         self, job: JobSpec, known: Mapping[str, Any], by_uri: Mapping[str, Outcome]
     ) -> list[Outcome]:
         """One outcome per item: decided before the task, or by its entity's fate."""
-        settled = known.get("outcomes")
-        settled = settled if isinstance(settled, dict) else {}
-        uris = _uri_map(known)
-        outcomes = []
-        for d in job.items:
-            key = str(d.delivery_id)
-            if key in settled:
-                outcomes.append(outcome_from_json(d.delivery_id, settled[key]))
-            elif key in uris and uris[key] in by_uri:
-                outcomes.append(replace(by_uri[uris[key]], delivery_id=d.delivery_id))
-            else:
-                outcomes.append(
-                    Outcome.retry(d.delivery_id, "the job handle has no entity for this delivery")
-                )
-        return outcomes
+        return item_outcomes(
+            job.items,
+            known.get("outcomes"),
+            _uri_map(known),
+            by_uri,
+            "the job handle has no entity for this delivery",
+        )
 
 
 def _uri_map(known: Mapping[str, Any]) -> dict[str, str]:

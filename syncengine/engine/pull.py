@@ -60,10 +60,11 @@ def streams_to_read(store: Store, pipe: PipelineRuntime) -> list[str]:
     names += list(cursors)
     follow = pipe.config.source.follow_jobs_of
     if follow is not None:
-        names += [
-            source.task_stream(remote_id)
-            for remote_id in store.lineage.job_remote_ids(follow.pipeline, follow.target)
-        ]
+        for remote_id in store.lineage.job_remote_ids(follow.pipeline, follow.target):
+            try:
+                names.append(source.task_stream(remote_id))
+            except ValueError:
+                continue  # a job whose id names no task of this source (another kind of job)
     return [n for n in dict.fromkeys(names) if not source.finished(cursors.get(n))]
 
 
