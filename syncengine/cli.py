@@ -20,7 +20,6 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from connectors.contract import TaskSource
 from connectors.http import secret_listeners
 from state import Store, StoreError
 from state.models import utcnow
@@ -465,32 +464,18 @@ def follow(
 ) -> None:
     """Have a task-output pipeline read these tasks (DMM executions, Reltio tasks) once
     they finish, besides those its YAML lists and the jobs it follows."""
-    from syncengine.engine.runtime import build_source
+    from syncengine.engine.runtime import follow_tasks
 
     with opened(config, pipeline) as (cfg, store):
-        pipe = cfg.pipelines[pipeline]
-        info_type = pipe.source.connection_type
-        source = build_source(cfg, pipe, store)
         try:
-            if not isinstance(source, TaskSource):
-                raise fail(
-                    f"pipeline {pipeline} reads a {info_type} source, which has no tasks to "
-                    "follow; follow works for pipelines reading DMM executions or Reltio tasks"
-                )
-            added = []
-            for task_id in task_ids:
-                try:
-                    stream = source.task_stream(task_id.strip())
-                except ValueError as exc:
-                    raise fail(str(exc)) from None
-                if store.register_stream(pipeline, stream):
-                    added.append(stream)
-                else:
-                    out.print(f"{pipeline} already reads {stream}", highlight=False)
-        finally:
-            asyncio.run(source.aclose())
-    for stream in added:
-        out.print(f"{pipeline} will read {stream} on its next run", highlight=False)
+            followed = asyncio.run(follow_tasks(cfg, pipeline, store, task_ids))
+        except ValueError as exc:
+            raise fail(str(exc)) from None
+    for stream, added in followed:
+        if added:
+            out.print(f"{pipeline} will read {stream} on its next run", highlight=False)
+        else:
+            out.print(f"{pipeline} already reads {stream}", highlight=False)
 
 
 @app.command()

@@ -22,12 +22,11 @@ import httpx
 from rich.console import Console
 from sqlalchemy.engine import make_url
 
-from connectors.contract import TaskSource
 from state import Store
 from state.db import sqlite_path
 from syncengine.config import Config
 from syncengine.engine import RunReport, Runtime, build_runtime
-from syncengine.engine.runtime import build_source
+from syncengine.engine.runtime import follow_tasks
 from syncengine.sandbox import GOOSE_ENGINE_KEY, HOST, PEOPLE, Sandbox, SandboxError
 
 RunOnce = Callable[[Runtime], Awaitable[list[RunReport]]]
@@ -123,11 +122,7 @@ def _follow(config: Config, pipeline: str, task_id: str) -> str:
     """What `syncengine follow -p PIPELINE TASK_ID` does."""
     store = Store.open(config.state.url)
     try:
-        source = build_source(config, config.pipelines[pipeline], store)
-        assert isinstance(source, TaskSource)
-        stream = source.task_stream(task_id)
-        store.register_stream(pipeline, stream)
-        asyncio.run(source.aclose())
+        [(stream, _)] = asyncio.run(follow_tasks(config, pipeline, store, [task_id]))
         return stream
     finally:
         store.close()

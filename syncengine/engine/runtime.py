@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from connectors import load_registry
-from connectors.contract import FatalError, Source, Target, TaskSource
+from connectors.contract import Source, Target, TaskSource
 from connectors.jobs import AsyncTarget
 from state import RetryRule, Store
 from syncengine.config import Config, PipelineConfig, TargetConfig
@@ -52,13 +53,31 @@ def build_source(config: Config, pipeline: PipelineConfig, store: Store) -> Sour
     info = load_registry().get(src.connection_type)
     assert info.build_source is not None, "validated config guarantees a source type"
     source = info.build_source(src.connection, config.connections[src.connection], src.settings)
-    if src.follow_jobs_of is not None and not isinstance(source, TaskSource):
-        raise FatalError(
-            f"{config.path}: pipelines.{pipeline.name}.source.follow_jobs_of: a "
-            f"{src.connection_type} source reads no tasks, so it cannot follow jobs; remove it",
-            connection=src.connection,
-        )
+    assert src.follow_jobs_of is None or isinstance(source, TaskSource), (
+        "validated config: only a task source follows jobs"
+    )
     return source
+
+
+async def follow_tasks(
+    config: Config, pipeline: str, store: Store, task_ids: Sequence[str]
+) -> list[tuple[str, bool]]:
+    """Have a task-source pipeline read these tasks from its next run on: per id, its
+    stream and whether it is new. ValueError, for the operator, when the pipeline reads
+    no tasks or an id names none (nothing is registered then)."""
+    pipe = config.pipelines[pipeline]
+    source = build_source(config, pipe, store)
+    try:
+        if not isinstance(source, TaskSource):
+            raise ValueError(
+                f"pipeline {pipeline} reads a {pipe.source.connection_type} source, which has "
+                "no tasks to follow; follow works for pipelines reading DMM executions or "
+                "Reltio tasks"
+            )
+        streams = [source.task_stream(task_id.strip()) for task_id in task_ids]
+    finally:
+        await source.aclose()
+    return [(stream, store.register_stream(pipeline, stream)) for stream in streams]
 
 
 def build_pipeline(config: Config, pipeline: PipelineConfig, store: Store) -> PipelineRuntime:
