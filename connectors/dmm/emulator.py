@@ -900,13 +900,19 @@ class DmmEmulator:
             return int(value)
         return None
 
-    async def _stop_execution(self, request: Request) -> Response:
+    async def _asked(self, request: Request) -> dict[str, Any] | Response:
+        """The JSON body of an authorized call about an execution, or the refusal."""
         _, refused = self._authorize(request, start=False)
         if refused is not None:
             return refused
         body = await _json_object(request)
-        if body is None:
-            return _unparsable()
+        return _unparsable() if body is None else body
+
+    async def _stop_execution(self, request: Request) -> Response:
+        asked = await self._asked(request)
+        if isinstance(asked, Response):
+            return asked
+        body = asked
         tracker = self._tracker(body)
         with self._lock:
             self._advance()
@@ -919,12 +925,10 @@ class DmmEmulator:
         return JSONResponse({"Success": True, "ErrorMessage": ""})
 
     async def _get_status(self, request: Request) -> Response:
-        _, refused = self._authorize(request, start=False)
-        if refused is not None:
-            return refused
-        body = await _json_object(request)
-        if body is None:
-            return _unparsable()
+        asked = await self._asked(request)
+        if isinstance(asked, Response):
+            return asked
+        body = asked
         records, page = body.get("LogRecords", 10), body.get("LogPage", 1)
         if not _integer(records) or records < 1 or not _integer(page) or page < 1:
             return _failure("LogRecords and LogPage must be integers of at least 1")
@@ -952,12 +956,10 @@ class DmmEmulator:
         return JSONResponse(answer)
 
     async def _get_outputs(self, request: Request) -> Response:
-        _, refused = self._authorize(request, start=False)
-        if refused is not None:
-            return refused
-        body = await _json_object(request)
-        if body is None:
-            return _unparsable()
+        asked = await self._asked(request)
+        if isinstance(asked, Response):
+            return asked
+        body = asked
         tracker = self._tracker(body)
         with self._lock:
             self._advance()
