@@ -29,7 +29,6 @@ from connectors.contract import (
     registry,
 )
 from connectors.dmm import (
-    DmmConnection,
     DmmDeleteTarget,
     DmmOutputsSource,
     DmmSourceSettings,
@@ -42,11 +41,9 @@ from connectors.dmm.logs import format_deleted, format_failed, format_line
 from connectors.emulator_kit import Faults, serve
 from connectors.http import HttpClient, RetryPolicy
 from connectors.jobs import JobSpec
+from tests.connectors.test_dmm_target import API, OTP, TOKEN, connection
 
-TOKEN, OTP = "dmm-key-77ab01", "dmm-otp-c0ffee"
 STEP = 0.05
-FAST_RETRY = {"max_attempts": 2, "base_delay": 0.001, "max_delay": 0.005}
-API = "/DMM_API/rest/DMMAPI"
 NOW = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
 EXTRA = {
     "Contact": {"key": "Id", "rows": [{"Id": n, "Email": f"c{n}@x.it"} for n in range(1, 11)]},
@@ -59,19 +56,6 @@ MakeSource = Callable[..., DmmOutputsSource]
 def frozen() -> float:
     """Time stands still unless a test steps it, so no state changes between two reads."""
     return 1_795_000_000.0
-
-
-def connection(server: str, **changes: Any) -> DmmConnection:
-    data: dict[str, Any] = {
-        "type": "dmm",
-        "url": f"{server}{API}",
-        "token": TOKEN,
-        "otp": OTP,
-        "timeout": 5,
-        "retry": FAST_RETRY,
-    }
-    data.update(changes)
-    return DmmConnection.model_validate(data)
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,6 @@ from connectors.emulator_kit import Faults, LoggedRequest, serve
 from connectors.http import HttpClient, RetryPolicy
 from connectors.jobs import JobSpec
 from connectors.reltio import (
-    ReltioConnection,
     ReltioDeleteTarget,
     ReltioSourceSettings,
     ReltioTargetSettings,
@@ -41,34 +40,13 @@ from connectors.reltio.emulator import (
     BadTaskRequest,
     Knobs,
     ReltioEmulator,
-    demo_entities,
 )
+from tests.connectors.test_reltio_target import CLIENT, DEMO, SECRET, connection, uri
 
-CLIENT, SECRET = "syncengine", "cl-secret-91f0aa"
 STEP = 0.05
-FAST_RETRY = {"max_attempts": 2, "base_delay": 0.001, "max_delay": 0.005}
-DEMO = demo_entities()
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
 MakeSource = Callable[..., ReltioTaskSource]
-
-
-def uri(n: int) -> str:
-    return f"entities/{DEMO[n - 1]['id']}"
-
-
-def connection(url: str, **changes: Any) -> ReltioConnection:
-    data: dict[str, Any] = {
-        "type": "reltio",
-        "tenant_url": f"{url}/reltio/api/TENANT",
-        "auth_url": f"{url}/oauth/token",
-        "client_id": CLIENT,
-        "client_secret": SECRET,
-        "timeout": 5,
-        "retry": FAST_RETRY,
-    }
-    data.update(changes)
-    return ReltioConnection.model_validate(data)
 
 
 @pytest.fixture(scope="module")
