@@ -18,6 +18,7 @@ from pydantic import BaseModel, SecretStr, ValidationError
 
 from connectors import load_registry
 from connectors.contract import UnknownConnectorType
+from syncengine.config import yamlfile
 from syncengine.config.interpolate import Path, interpolate
 from syncengine.config.models import (
     CHAIN,
@@ -61,13 +62,9 @@ def format_path(path: Path) -> str:
     return out
 
 
-def _line_map(text: str) -> dict[Path, int]:
+def _line_map(root: yaml.Node | None) -> dict[Path, int]:
     """YAML path -> 1-based line, from the composed node tree."""
     lines: dict[Path, int] = {}
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return lines
 
     def walk(node: yaml.Node, path: Path) -> None:
         lines[path] = node.start_mark.line + 1
@@ -84,6 +81,20 @@ def _line_map(text: str) -> dict[Path, int]:
     if root is not None:
         walk(root, ())
     return lines
+
+
+def _node_path(root: yaml.Node, target: yaml.Node) -> Path | None:
+    """The YAML path of `target`, a node somewhere under `root`."""
+    stack: list[tuple[yaml.Node, Path]] = [(root, ())]
+    while stack:
+        node, path = stack.pop()
+        if node is target:
+            return path
+        if isinstance(node, yaml.MappingNode):
+            stack.extend((value, (*path, str(key.value))) for key, value in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((value, (*path, index)) for index, value in enumerate(node.value))
+    return None
 
 
 def _line_for(lines: Mapping[Path, int], path: Path) -> int | None:
@@ -150,8 +161,24 @@ def load_config(file: str | os.PathLike[str], env: Mapping[str, str] | None = No
 
 
 def parse_config(text: str, name: str, env: Mapping[str, str]) -> Config:
+    root: yaml.Node | None = None
     try:
-        tree = yaml.safe_load(text)
+        root = yamlfile.compose(text)
+        tree = None if root is None else yamlfile.construct(root)
+    except yamlfile.RepeatedKeyError as exc:
+        assert root is not None
+        where = _node_path(root, exc.mapping) or ()
+        raise ConfigError(
+            name,
+            [
+                ConfigIssue(
+                    (*where, str(exc.key)),
+                    f"key {str(exc.key)!r} is written twice, at lines {exc.first_line} and "
+                    f"{exc.again_line}; YAML would keep only the second, so merge them into one",
+                    exc.again_line,
+                )
+            ],
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
@@ -161,7 +188,7 @@ def parse_config(text: str, name: str, env: Mapping[str, str]) -> Config:
         raise ConfigError(
             name, [ConfigIssue((), "the file must be a mapping with connections and pipelines")]
         )
-    lines = _line_map(text)
+    lines = _line_map(root)
     tree, missing = interpolate(tree, env)
     issues = [
         ConfigIssue(

@@ -267,3 +267,46 @@ def test_following_jobs_needs_a_source_that_reads_tasks() -> None:
     assert any("a goose source reads no tasks, so it cannot follow jobs" in m for m in messages), (
         messages
     )
+
+
+TWO_GUARDS = VALID.replace(
+    "lookup: {property: Username}, batch_size: 100}",
+    "lookup: {property: Username}, batch_size: 100,\n"
+    "                      guard: {legal_hold: {key: '{SYKEY}', patterns: [ceo]}},\n"
+    "                      guard: {max_per_run: 50}}",
+)
+
+
+def test_a_repeated_key_is_an_error_naming_both_lines() -> None:
+    """A second `guard:` would silently replace the first, dropping its legal hold."""
+    messages = issues_of(TWO_GUARDS)
+    assert messages == [
+        "my.yaml:16: pipelines.contacts.targets.erp_users.guard: key 'guard' is written twice, "
+        "at lines 15 and 16; YAML would keep only the second, so merge them into one"
+    ]
+
+
+def test_a_repeated_key_in_block_style_at_the_top_level() -> None:
+    text = VALID + 'state: {url: "sqlite:///tmp/other.db"}\n'
+    messages = issues_of(text)
+    assert len(messages) == 1
+    assert messages[0].startswith(
+        "my.yaml:15: state: key 'state' is written twice, at lines 2 and 15"
+    )
+
+
+def test_a_merge_key_may_still_be_overridden() -> None:
+    """`<<:` brings defaults that the mapping's own keys override, as YAML intends."""
+    merged = VALID.replace("schedule: {every: 60s}", "schedule: {<<: {every: 30s}, every: 60s}")
+    assert parse_config(merged, "my.yaml", ENV).pipelines["contacts"].schedule.every == 60
+
+
+def test_the_project_yaml_loader_refuses_repeated_keys() -> None:
+    from syncengine.config import yamlfile
+
+    with pytest.raises(yamlfile.RepeatedKeyError, match="key 'a' repeated"):
+        yamlfile.load("x:\n  a: 1\n  b: 2\n  a: 3\n")
+    assert yamlfile.load("base: &b {a: 1}\nx: {<<: *b, a: 2}\n") == {
+        "base": {"a": 1},
+        "x": {"a": 2},
+    }
