@@ -80,6 +80,31 @@ class SourcePage:
     still moves, the engine records the message on the stream and logs it."""
 
 
+@dataclass(frozen=True)
+class ServerCursor:
+    """A cursor the remote system keeps for its caller ("what changed since my last call").
+
+    Two pipelines reading one such cursor split its answers between them: each
+    call moves it for both, so the second reader gets nothing, forever, and
+    reports success. Sources declare the ones they consume so `validate` can
+    refuse a second reader.
+    """
+
+    identity: tuple[str, ...]
+    """Compared for equality only, never shown (it may hold a digest of a key)."""
+    description: str
+    """What the user reads, e.g. "Goose's `latest` cursor of table CON_TRO ..."; no secret."""
+    instead: str
+    """The source's other way to read the same data, offered in the refusal."""
+
+
+@runtime_checkable
+class ConsumesServerCursors(Protocol):
+    """Source settings that read cursors kept by the server, on a connection's settings."""
+
+    def server_cursors(self, connection: Any) -> Sequence[ServerCursor]: ...
+
+
 @runtime_checkable
 class Source(Protocol):
     """A source of deletions, split into streams (a Goose table, a task...)."""

@@ -3,6 +3,7 @@ target deleting through its OPERATION service."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import datetime
 from typing import Any, Literal
@@ -18,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from connectors.contract import ServerCursor
 from connectors.keys import KeyTemplate
 from connectors.settings import ConnectionBase, Seconds, StrictModel
 
@@ -162,6 +164,24 @@ class GooseSourceSettings(StrictModel):
             except ValueError:
                 raise ValueError(f'start {value!r}: write "yyyy-mm-dd hh:mm:ss"') from None
         return value
+
+    def server_cursors(self, connection: GooseConnection) -> list[ServerCursor]:
+        """With `from: latest`, Goose's own cursor per service, company, key and table
+        (apis.md section 5; the emulator keeps it per code, key and table)."""
+        if self.mode != "latest":
+            return []
+        parts = urlsplit(connection.url)
+        service = f"{parts.scheme.lower()}://{parts.netloc.lower()}{parts.path.rstrip('/')}"
+        key = hashlib.sha256(connection.key.get_secret_value().encode()).hexdigest()
+        return [
+            ServerCursor(
+                identity=("goose", service, connection.code, key, table),
+                description=f"Goose's `latest` cursor of table {table} for company "
+                f"{connection.code} and its key at {connection.url}",
+                instead="read by timestamp with `from: watermark`",
+            )
+            for table in self.tables
+        ]
 
 
 def operation_url_problem(connection: GooseConnection, name: str | None = None) -> str | None:

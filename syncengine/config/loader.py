@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from connectors import load_registry
-from connectors.contract import UnknownConnectorType
+from connectors.contract import ConsumesServerCursors, UnknownConnectorType
 from syncengine.config import yamlfile
 from syncengine.config.interpolate import Path, interpolate
 from syncengine.config.models import (
@@ -283,6 +283,7 @@ def _second_pass(raw: RawConfig, name: str) -> tuple[Config | None, list[ConfigI
                 targets=targets,
             )
     issues.extend(_loops(pipelines))
+    issues.extend(_shared_server_cursors(pipelines, connections))
     if issues:
         return None, issues
     config = Config(
@@ -453,6 +454,32 @@ def _loops(pipelines: Mapping[str, PipelineConfig]) -> list[ConfigIssue]:
 
     for name in pipelines:
         walk(name, [name])
+    return issues
+
+
+def _shared_server_cursors(
+    pipelines: Mapping[str, PipelineConfig], connections: Mapping[str, Any]
+) -> list[ConfigIssue]:
+    """One reader per server-side cursor: a second one would split its answers, and one of
+    the two would read nothing, forever, reporting success."""
+    issues: list[ConfigIssue] = []
+    readers: dict[tuple[str, ...], str] = {}
+    for name, pipe in pipelines.items():
+        settings, connection = pipe.source.settings, pipe.source.connection
+        if connection is None or not isinstance(settings, ConsumesServerCursors):
+            continue
+        for cursor in settings.server_cursors(connections[connection]):
+            first = readers.setdefault(cursor.identity, name)
+            if first != name:
+                issues.append(
+                    ConfigIssue(
+                        ("pipelines", name, "source"),
+                        f"pipelines {first} and {name} both read {cursor.description}; each "
+                        "call moves it for both, so one would miss deletions the other took. "
+                        f"Read it from one pipeline with several targets, or {cursor.instead} "
+                        "in one of them",
+                    )
+                )
     return issues
 
 

@@ -310,3 +310,58 @@ def test_the_project_yaml_loader_refuses_repeated_keys() -> None:
         "base": {"a": 1},
         "x": {"a": 2},
     }
+
+
+SECOND_READER = (
+    VALID
+    + textwrap.indent(
+        textwrap.dedent(
+            """
+        contacts_copy:
+          schedule: {every: 60s}
+          source: {connection: goose2, tables: [CON_TRO], from: latest}
+          targets:
+            erp_again: {connection: erp, ido: SLEmployees, key: "{SYKEY}"}
+        """
+        ),
+        "  ",
+    )
+).replace(
+    "\npipelines:\n",
+    '\n  goose2: {type: goose, url: "http://127.0.0.1:8701/deleted", code: DEV001,\n'
+    '           key: "${GOOSE_KEY}"}\npipelines:\n',
+)
+
+
+def test_two_pipelines_on_one_goose_latest_cursor_are_refused() -> None:
+    """Goose keeps one `latest` cursor per company, key and table: a second reader would
+    get nothing, forever, with outcome ok (here through a second name for the same
+    service, its url without the trailing slash)."""
+    messages = issues_of(SECOND_READER)
+    assert len(messages) == 1, messages
+    assert messages[0].startswith(
+        "my.yaml:20: pipelines.contacts_copy.source: pipelines contacts and contacts_copy both "
+        "read Goose's `latest` cursor of table CON_TRO for company DEV001"
+    ), messages
+    assert (
+        "one pipeline with several targets, or read by timestamp with `from: watermark`"
+        in (messages[0])
+    )
+    assert "goose-secret-key-123" not in messages[0]
+
+
+@pytest.mark.parametrize(
+    ("case", "change"),
+    [
+        ("other table", ("tables: [CON_TRO], from: latest}", "tables: [CON_TR2], from: latest}")),
+        ("timestamp reads", ("[CON_TRO], from: latest}", "[CON_TRO], from: watermark}")),
+        ("other key", ('key: "${GOOSE_KEY}"}\npipelines', 'key: "another-key-456"}\npipelines')),
+        ("other company", ('deleted", code: DEV001', 'deleted", code: DEV002')),
+    ],
+)  # fmt: skip
+def test_server_cursors_that_differ_may_have_a_reader_each(
+    case: str, change: tuple[str, str]
+) -> None:
+    assert change[0] in SECOND_READER
+    config = parse_config(SECOND_READER.replace(*change), "my.yaml", ENV)
+    assert set(config.pipelines) == {"contacts", "contacts_copy"}
