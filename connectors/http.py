@@ -21,10 +21,11 @@ import httpx
 from aiolimiter import AsyncLimiter
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
+from connectors import redact
 from connectors.contract import AmbiguousError, RetriableError
 
 BODY_EXCERPT = 300
-REDACTED = "***"
+REDACTED = redact.REDACTED
 
 
 secret_listeners: list[Callable[[str], None]] = []
@@ -91,10 +92,8 @@ def default_classify(response: httpx.Response) -> Resolution:
 
 
 def scrub(text: str, secrets: Sequence[str]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, REDACTED)
-    return text
+    """`text` without any secret, in any form a server may echo it in (see `redact`)."""
+    return redact.scrub(text, secrets)
 
 
 def excerpt(text: str, secrets: Sequence[str], limit: int = BODY_EXCERPT) -> str:
@@ -267,6 +266,17 @@ class HttpClient:
             raise _Retry(
                 AmbiguousError(
                     f"{self.connection}: {what}: no complete answer ({type(exc).__name__})",
+                    connection=self.connection,
+                )
+            ) from None
+        except httpx.DecodingError:
+            # The server answered, but with a body its own Content-Encoding cannot
+            # decode: whatever it did with the request, its answer is lost.
+            self._observe(method, 0, started)
+            raise _Retry(
+                AmbiguousError(
+                    f"{self.connection}: {what}: the answer could not be decoded "
+                    "(its Content-Encoding does not match its body)",
                     connection=self.connection,
                 )
             ) from None

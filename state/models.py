@@ -7,11 +7,13 @@ so SQLite and PostgreSQL compare them the same way.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from sqlalchemy import JSON, Column, DateTime, ForeignKey, Index, Integer, Text, UniqueConstraint
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -29,6 +31,31 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         return None if value is None else value.replace(tzinfo=UTC)
+
+
+Scrub = Callable[[str], str]
+_scrubbers: WeakKeyDictionary[Dialect, Scrub] = WeakKeyDictionary()
+
+
+def scrub_error_text(engine: Engine, scrub: Scrub) -> None:
+    """Pass every error message written through `engine` through `scrub` first.
+
+    Error text quotes remote answers, which may echo a secret; the engine
+    knows the secrets, the store only applies what it is given. Keyed by the
+    engine's dialect, the one engine-specific thing a column type sees.
+    """
+    _scrubbers[engine.dialect] = scrub
+
+
+class ErrorText(TypeDecorator[str]):
+    """Text that may quote a remote answer: scrubbed of secrets on its way in."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        scrub = _scrubbers.get(dialect)
+        return value if not value or scrub is None else scrub(value)
 
 
 def utcnow() -> datetime:
@@ -105,7 +132,7 @@ class Delivery(SQLModel, table=True):
     status: str = DeliveryStatus.PENDING
     attempts: int = 0
     next_attempt_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
-    last_error: str = Field(default="", sa_type=Text)
+    last_error: str = Field(default="", sa_type=ErrorText)
     detail: str = ""
     claim: str | None = None
     job_id: int | None = Field(default=None, foreign_key="job.id", index=True)
@@ -138,7 +165,7 @@ class Cursor(SQLModel, table=True):
     last_recovery_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     last_recovery: dict[str, Any] | None = Field(default=None, sa_type=JSON)
     consecutive_errors: int = 0
-    last_error: str = Field(default="", sa_type=Text)
+    last_error: str = Field(default="", sa_type=ErrorText)
     last_success_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
@@ -158,7 +185,7 @@ class Run(SQLModel, table=True):
     delivered: int = 0
     retried: int = 0
     dead: int = 0
-    error: str = Field(default="", sa_type=Text)
+    error: str = Field(default="", sa_type=ErrorText)
 
 
 class PipelineLock(SQLModel, table=True):
@@ -208,7 +235,7 @@ class Job(SQLModel, table=True):
     next_poll_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     submit_attempts: int = 0
     polls: int = 0
-    error: str = Field(default="", sa_type=Text)
+    error: str = Field(default="", sa_type=ErrorText)
     handle: dict[str, Any] | None = Field(default=None, sa_type=JSON)
     detail: dict[str, Any] | None = Field(default=None, sa_type=JSON)
     cancel_requested: bool = False

@@ -20,7 +20,7 @@ from sqlalchemy import and_, delete, func, or_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col, select
 
 from state.db import StoreError, make_engine, upgrade
@@ -36,6 +36,8 @@ from state.models import (
     PipelineLock,
     Run,
     RunOutcome,
+    Scrub,
+    scrub_error_text,
     utcnow,
 )
 
@@ -201,19 +203,29 @@ class JobRecord:
 class Store:
     """The durable state behind one SQLAlchemy URL."""
 
-    def __init__(self, url: str, *, engine: Engine | None = None) -> None:
+    def __init__(
+        self, url: str, *, engine: Engine | None = None, scrub: Scrub | None = None
+    ) -> None:
+        """`scrub` cleans every error message before it is written (of secrets the
+        process knows and the store does not)."""
         self.url = url
         self.engine = engine or make_engine(url)
+        if scrub is not None:
+            scrub_error_text(self.engine, scrub)
         self._dialect = self.engine.dialect.name
         self.lineage = Lineage(self.engine)
 
     @classmethod
-    def open(cls, url: str) -> Store:
-        store = cls(url)
+    def open(cls, url: str, *, scrub: Scrub | None = None) -> Store:
+        store = cls(url, scrub=scrub)
         try:
             upgrade(store.engine)
-        except OperationalError as exc:
+        except DBAPIError as exc:
+            store.close()
             raise StoreError(f"state.url: cannot open the store: {exc.orig}") from None
+        except StoreError:
+            store.close()
+            raise
         return store
 
     def close(self) -> None:

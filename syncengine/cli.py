@@ -68,7 +68,7 @@ def load(path: Path) -> Config:
 
 def open_store(config: Config) -> Store:
     try:
-        return Store.open(config.state.url)
+        return Store.open(config.state.url, scrub=SECRETS.scrub)
     except StoreError as exc:
         raise fail(f"{config.path}: {exc}") from None
 
@@ -110,6 +110,8 @@ def check_pipeline(config: Config, pipeline: str | None) -> None:
 def validate(config: ConfigOption = Path("config.yaml")) -> None:
     """Check a configuration file; exit 2 with every problem if it is wrong."""
     cfg = load(config)
+    for warning in cfg.warnings:
+        err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
     out.print(f"{config}: OK")
     for name, pipe in cfg.pipelines.items():
         targets = ", ".join(f"{t} ({spec.connection})" for t, spec in pipe.targets.items())

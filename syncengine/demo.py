@@ -27,6 +27,7 @@ from state.db import sqlite_path
 from syncengine.config import Config
 from syncengine.engine import RunReport, Runtime, build_runtime
 from syncengine.engine.runtime import follow_tasks
+from syncengine.logs import SECRETS
 from syncengine.sandbox import GOOSE_ENGINE_KEY, HOST, PEOPLE, Sandbox, SandboxError
 
 RunOnce = Callable[[Runtime], Awaitable[list[RunReport]]]
@@ -120,7 +121,7 @@ def _protect_in_reltio(box: Sandbox, record_id: str) -> None:
 
 def _follow(config: Config, pipeline: str, task_id: str) -> str:
     """What `syncengine follow -p PIPELINE TASK_ID` does."""
-    store = Store.open(config.state.url)
+    store = Store.open(config.state.url, scrub=SECRETS.scrub)
     try:
         [(stream, _)] = asyncio.run(follow_tasks(config, pipeline, store, [task_id]))
         return stream
@@ -269,7 +270,7 @@ def _trace(config: Config, console: Console) -> None:
     from syncengine.status import collect_trace, render_trace
 
     console.print(f"\n[bold]One record's path[/bold] (syncengine trace {TRACED}):")
-    store = Store.open(config.state.url)
+    store = Store.open(config.state.url, scrub=SECRETS.scrub)
     try:
         render_trace(collect_trace(store, TRACED), console)
     finally:
@@ -280,7 +281,7 @@ def _run(config: Config, run_once_fn: RunOnce, console: Console) -> list[RunRepo
     from syncengine.status import render_summary
 
     async def main() -> list[RunReport]:
-        store = Store.open(config.state.url)
+        store = Store.open(config.state.url, scrub=SECRETS.scrub)
         runtime = build_runtime(config, store)
         try:
             reports = await run_once_fn(runtime)

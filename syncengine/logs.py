@@ -2,7 +2,8 @@
 
 Redaction happens twice: by key name (anything called password, token, key...)
 and by value (every secret the configuration holds, and tokens obtained at
-run time), after exceptions are formatted so tracebacks are scrubbed too.
+run time, in every form a server may echo them in: JSON-escaped, URL-encoded,
+base64), after exceptions are formatted so tracebacks are scrubbed too.
 Tracebacks never render local variables, and httpx's request logging (which
 prints whole URLs) is silenced.
 """
@@ -18,7 +19,9 @@ from typing import Any, TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-REDACTED = "***"
+from connectors import redact
+
+REDACTED = redact.REDACTED
 SECRET_KEY_NAMES = {
     "key",
     "api_key",
@@ -65,12 +68,10 @@ class SecretValues:
             self.add(value)
 
     def scrub(self, text: str) -> str:
+        """`text` without any known secret, raw or in any form a server may echo it in."""
         with self._lock:
-            values = sorted(self._values, key=len, reverse=True)
-        for value in values:
-            if value in text:
-                text = text.replace(value, REDACTED)
-        return text
+            values = frozenset(self._values)
+        return redact.scrub(text, values)
 
 
 SECRETS = SecretValues()

@@ -18,6 +18,7 @@ from pydantic import BaseModel, SecretStr, ValidationError
 
 from connectors import load_registry
 from connectors.contract import ConsumesServerCursors, UnknownConnectorType
+from connectors.redact import SHORTEST_SAFE
 from syncengine.config import yamlfile
 from syncengine.config.interpolate import Path, interpolate
 from syncengine.config.models import (
@@ -124,27 +125,46 @@ def _pydantic_issues(
     return issues
 
 
-def collect_secrets(models: Sequence[Any]) -> tuple[str, ...]:
-    found: list[str] = []
+def _secret_fields(models: Mapping[str, Any], prefix: Path) -> list[tuple[Path, str]]:
+    """(YAML path, value) of every non-empty secret under `models`, keyed by name."""
+    found: list[tuple[Path, str]] = []
 
-    def walk(value: Any) -> None:
+    def walk(value: Any, path: Path) -> None:
         if isinstance(value, SecretStr):
             secret = value.get_secret_value()
             if secret:
-                found.append(secret)
+                found.append((path, secret))
         elif isinstance(value, BaseModel):
-            for name in type(value).model_fields:
-                walk(getattr(value, name))
+            for name, field in type(value).model_fields.items():
+                walk(getattr(value, name), (*path, field.alias or name))
         elif isinstance(value, dict):
-            for item in value.values():
-                walk(item)
+            for key, item in value.items():
+                walk(item, (*path, str(key)))
         elif isinstance(value, list | tuple):
-            for item in value:
-                walk(item)
+            for index, item in enumerate(value):
+                walk(item, (*path, index))
 
-    for model in models:
-        walk(model)
-    return tuple(dict.fromkeys(found))
+    for name, model in models.items():
+        walk(model, (*prefix, name))
+    return found
+
+
+def collect_secrets(models: Sequence[Any]) -> tuple[str, ...]:
+    found = _secret_fields({str(n): model for n, model in enumerate(models)}, ())
+    return tuple(dict.fromkeys(secret for _, secret in found))
+
+
+def _short_secrets(connections: Mapping[str, Any]) -> list[ConfigIssue]:
+    return [
+        ConfigIssue(
+            path,
+            f"this secret is {len(secret)} characters long; one shorter than "
+            f"{SHORTEST_SAFE} cannot be scrubbed reliably from logs and errors (its base64 "
+            "form is too short to look for), so use a longer one if the service allows it",
+        )
+        for path, secret in _secret_fields(connections, ("connections",))
+        if len(secret) < SHORTEST_SAFE
+    ]
 
 
 def load_config(file: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
@@ -217,7 +237,11 @@ def parse_config(text: str, name: str, env: Mapping[str, str]) -> Config:
             [ConfigIssue(i.path, i.message, i.line or _line_for(lines, i.path)) for i in issues],
         )
     assert config is not None
-    return config
+    warnings = [
+        ConfigIssue(w.path, w.message, _line_for(lines, w.path)).render(name)
+        for w in _short_secrets(config.connections)
+    ]
+    return config.model_copy(update={"warnings": tuple(warnings)}) if warnings else config
 
 
 def _second_pass(raw: RawConfig, name: str) -> tuple[Config | None, list[ConfigIssue]]:

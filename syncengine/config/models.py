@@ -239,3 +239,5 @@ class Config(StrictModel):
     connections: dict[str, Any]
     pipelines: dict[str, PipelineConfig]
     secrets: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    """Rendered like errors ("file:line: path: message"); `validate` prints them."""

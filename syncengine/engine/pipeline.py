@@ -12,14 +12,14 @@ from pathlib import Path
 
 from connectors.contract import FatalError
 from connectors.jobs import AsyncTarget
-from state import RunOutcome, Store
+from state import RunOutcome, Store, StoreError
 from state.models import utcnow
 from syncengine.engine.jobs import JobPolicy, run_jobs
 from syncengine.engine.pull import PullReport, pull, pull_backfill
 from syncengine.engine.push import PushReport, push
 from syncengine.engine.runtime import PipelineRuntime
 from syncengine.engine.stop import StopToken
-from syncengine.logs import get_logger
+from syncengine.logs import SECRETS, get_logger
 
 LOCK_TTL = 120.0
 HOST = socket.gethostname()
@@ -146,6 +146,8 @@ async def _run(
     except asyncio.CancelledError:
         _finish(store, report, RunOutcome.INTERRUPTED, "cancelled")
         raise
+    except StoreError:
+        raise  # the store cannot record this run either; the caller says why in one line
     except Exception as exc:
         report.outcome, report.error = RunOutcome.FAILED, f"{type(exc).__name__}: {exc}"
         log.exception("run_crashed")
@@ -174,6 +176,8 @@ async def _run(
 
 def _finish(store: Store, report: RunReport, outcome: RunOutcome, error: str) -> None:
     assert report.run_id is not None
+    # The run summary prints this: it quotes remote answers, which may echo a secret.
+    report.error = SECRETS.scrub(report.error)
     store.finish_run(
         report.run_id,
         outcome,

@@ -365,3 +365,13 @@ def test_server_cursors_that_differ_may_have_a_reader_each(
     assert change[0] in SECOND_READER
     config = parse_config(SECOND_READER.replace(*change), "my.yaml", ENV)
     assert set(config.pipelines) == {"contacts", "contacts_copy"}
+
+
+def test_a_secret_shorter_than_8_characters_is_a_warning_naming_its_path() -> None:
+    config = parse_config(VALID, "my.yaml", {"GOOSE_KEY": "k3y"})
+    assert config.warnings == (
+        "my.yaml:5: connections.goose.key: this secret is 3 characters long; one shorter than "
+        "8 cannot be scrubbed reliably from logs and errors (its base64 form is too short to "
+        "look for), so use a longer one if the service allows it",
+    )
+    assert parse_config(VALID, "my.yaml", ENV).warnings == ()

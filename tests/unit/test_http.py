@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
@@ -97,6 +99,32 @@ async def test_errors_scrub_secrets_and_leave_out_query_strings() -> None:
     message = str(info.value)
     assert "s3cr3t-value" not in message
     assert "***" in message and "POST /deleted/" in message
+
+
+async def test_errors_scrub_a_secret_the_server_echoes_json_escaped() -> None:
+    """A body written with JSON's ensure_ascii spells a non-ASCII letter `\\u00e0`."""
+    secret = "chiave-segretà-2024"
+    body = json.dumps({"error": f"key {secret} not authorized"})
+    assert secret not in body
+    c = client(Script(httpx.Response(503, text=body)), secrets=[secret])
+    with pytest.raises(AmbiguousError) as info:
+        await c.request("POST", "/deleted/", idempotent=False)
+    assert json.dumps(secret)[1:-1] not in str(info.value)
+    assert "key *** not authorized" in str(info.value)
+
+
+async def test_an_undecodable_body_is_a_lost_answer() -> None:
+    def gzip_that_is_not(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200, headers={"Content-Encoding": "gzip"}, stream=httpx.ByteStream(b"plain text")
+        )
+
+    script = Script(gzip_that_is_not(httpx.Request("POST", "/")), httpx.Response(200))
+    with pytest.raises(AmbiguousError, match="the answer could not be decoded"):
+        await client(script).request("POST", "/x", idempotent=False)
+    assert len(script.requests) == 1, "not re-sent: the server may have applied it"
+    script = Script(gzip_that_is_not(httpx.Request("GET", "/")), httpx.Response(200))
+    assert (await client(script).request("GET", "/x", idempotent=True)).status_code == 200
 
 
 async def test_redirects_are_not_followed() -> None:

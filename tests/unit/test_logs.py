@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
@@ -58,4 +59,25 @@ def test_stdlib_logging_goes_through_redaction_and_httpx_is_quiet() -> None:
     out = stream.getvalue()
     assert "stdlib-secret-99" not in out
     assert "HTTP Request" not in out
+    structlog.reset_defaults()
+
+
+def test_a_secret_echoed_json_escaped_url_encoded_or_in_base64_is_redacted() -> None:
+    """A server echoing a key in its error body rarely echoes it as it was sent."""
+    SECRETS.add("clé-du-service-31")
+    stream = io.StringIO()
+    configure("debug", "json", stream)
+    get_logger().warning(
+        "source_error",
+        error='HTTP 500: {"error": "bad key cl\\u00e9-du-service-31"}',
+        url="POST /deleted/?key=cl%C3%A9-du-service-31",
+        header="Basic " + base64.b64encode("DEV001:clé-du-service-31".encode()).decode(),
+    )
+    out = stream.getvalue()
+    event = lines(stream)[0]
+    assert event["error"] == 'HTTP 500: {"error": "bad key ***"}'
+    assert event["url"] == "POST /deleted/?key=***"
+    assert "clé" not in out and "cl\\\\u00e9" not in out
+    assert str(event["header"]).startswith("Basic REVWMDAxOm")  # "DEV001:" then the secret
+    assert "***" in str(event["header"])
     structlog.reset_defaults()
