@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import sqlite3
+import stat
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event, text
-from sqlalchemy.engine import URL, Connection, Engine, make_url
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event, inspect, text
+from sqlalchemy.engine import URL, Connection, Engine, ExceptionContext, make_url
 from sqlmodel import create_engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _PG_MIGRATION_LOCK = 0x5E11C0DE  # advisory lock id: one migrating process at a time
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+log = logging.getLogger(__name__)
 
 
 class StoreError(Exception):
@@ -29,20 +37,41 @@ def sqlite_path(url: URL) -> Path | None:
     return Path(database)
 
 
-def _create_private_file(path: Path) -> None:
-    """Create the database file as 0600 before SQLite does.
+def _make_private(path: Path) -> None:
+    """Create the database file as 0600 before SQLite does, and make an existing one (and
+    its -wal, -shm and -journal) 0600 too.
 
-    SQLite gives the -wal and -shm files the mode of the database file, so
-    creating the main file owner-only keeps all three private.
+    The store holds every record a source deleted and every error a server
+    sent. SQLite gives the -wal and -shm files the mode of the database file,
+    so a new file created owner-only keeps all of them private; a file made
+    earlier by hand, a restore or another tool may not be, and is fixed here or
+    refused when this user cannot change it.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        return
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    except FileExistsError:
-        return
-    os.close(fd)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    fixed: list[str] = []
+    for file in (path, *(path.with_name(path.name + s) for s in SQLITE_SIDE_FILES)):
+        try:
+            mode = stat.S_IMODE(file.stat().st_mode)
+        except FileNotFoundError:
+            continue
+        if not mode & 0o077:
+            continue
+        try:
+            file.chmod(0o600)
+        except PermissionError:
+            raise StoreError(
+                f"state.url: {file} can be read or written by other users (mode {mode:03o}) "
+                f"and this user cannot change that; run `chmod 600 {file}` as its owner, "
+                "or point state.url at a file of your own"
+            ) from None
+        fixed.append(f"{file} ({mode:03o})")
+    if fixed:
+        log.warning(
+            "state files were open to other users; made them private (0600): %s",
+            ", ".join(fixed),
+        )
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -73,7 +102,7 @@ def make_engine(url_text: str) -> Engine:
     path = sqlite_path(url)
     if path is not None:
         try:
-            _create_private_file(path)
+            _make_private(path)
         except OSError as exc:
             raise StoreError(f"state.url: cannot create {path}: {exc.strerror}") from None
     backend = url.get_backend_name()
@@ -87,11 +116,48 @@ def make_engine(url_text: str) -> Engine:
     engine = create_engine(url, **kwargs)
     if backend == "sqlite":
         _configure_sqlite(engine)
+        _refuse_damaged_files(engine)
     return engine
 
 
+def describe(url: URL) -> str:
+    """`state.url` and what it points at, without a password."""
+    path = sqlite_path(url)
+    shown = str(path) if path is not None else url.render_as_string(hide_password=True)
+    return f"state.url ({shown})"
+
+
+def _refuse_damaged_files(engine: Engine) -> None:
+    """A file that is not a database, or a damaged one, is one `StoreError` naming the file
+    and the fix, wherever it is found (opening, or a page read in the middle of a run)."""
+    where = describe(engine.url)
+    path = sqlite_path(engine.url)
+
+    @event.listens_for(engine, "handle_error")
+    def on_error(context: ExceptionContext) -> None:
+        error = context.original_exception
+        code = getattr(error, "sqlite_errorcode", None)
+        if not isinstance(code, int):
+            return
+        if code & 0xFF == sqlite3.SQLITE_NOTADB:
+            raise StoreError(
+                f"{where} is not a syncengine store ({error}); point state.url at the store's "
+                "file, or restore that file from a backup"
+            )
+        if code & 0xFF == sqlite3.SQLITE_CORRUPT:
+            raise StoreError(
+                f"{where}: the store is damaged ({error}); stop every syncengine using it, then "
+                f"restore it from a backup, or salvage what is readable with "
+                f"`sqlite3 {path} .recover`"
+            )
+
+
 def upgrade(engine: Engine) -> None:
-    """Create or upgrade the schema to the newest revision; safe to call every start."""
+    """Create or upgrade the schema to the newest revision; safe to call every start.
+
+    A store written by a newer syncengine, or a SQLite file of another
+    program, is refused before anything is written to it.
+    """
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as connection:
@@ -99,5 +165,25 @@ def upgrade(engine: Engine) -> None:
             connection.execute(
                 text("SELECT pg_advisory_xact_lock(:id)"), {"id": _PG_MIGRATION_LOCK}
             )
+        _check_ours(connection, ScriptDirectory.from_config(config), describe(engine.url))
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+def _check_ours(connection: Connection, script: ScriptDirectory, where: str) -> None:
+    current = MigrationContext.configure(connection).get_current_heads()
+    known = {revision.revision for revision in script.walk_revisions()}
+    newer = [revision for revision in current if revision not in known]
+    if newer:
+        raise StoreError(
+            f"{where}: the store was written by a newer syncengine (schema revision "
+            f"{newer[0]}; this version knows up to {script.get_current_head()}); upgrade "
+            "syncengine"
+        )
+    if not current and connection.dialect.name == "sqlite":
+        tables = inspect(connection).get_table_names()
+        if tables:
+            raise StoreError(
+                f"{where} holds tables of another program ({', '.join(tables[:5])}) and no "
+                "syncengine schema; point state.url at the store's file, or at a new file"
+            )

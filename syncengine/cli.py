@@ -636,7 +636,12 @@ def demo(config: ConfigOption = Path("config.yaml")) -> None:
 
 
 def main(argv: list[str] | None = None) -> Any:
-    return app(args=argv)
+    try:
+        return app(args=argv)
+    except StoreError as exc:
+        # Found after opening (a damaged page read mid-command): still one line, exit 2.
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

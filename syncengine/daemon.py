@@ -16,6 +16,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from state import StoreError
 from state.models import utcnow
 from syncengine.config import Schedule
 from syncengine.engine import RunReport, Runtime, StopToken, run_pipeline
@@ -48,6 +49,7 @@ class Daemon:
         self.on_report = on_report
         self._running: set[asyncio.Task[RunReport]] = set()
         self._stopped_pipelines: dict[str, str] = {}
+        self._store_error: StoreError | None = None
         self._signals = 0
         self.log = get_logger("syncengine.daemon")
 
@@ -67,6 +69,11 @@ class Daemon:
         self._running.add(task)
         try:
             report = await task
+        except StoreError as exc:
+            # A damaged store stops everything: no pipeline can record what it does.
+            self._store_error = exc
+            self.stop.request(str(exc))
+            return
         finally:
             self._running.discard(task)
         if self.on_report is not None:
@@ -125,4 +132,6 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         self.log.info("daemon_stopped", reason=self.stop.reason)
+        if self._store_error is not None:
+            raise self._store_error
         return 1 if self._stopped_pipelines else 0

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from state import NewRecord, OutcomeRecord, RetryRule, Store
-from state.models import DeliveryStatus
+import pytest
+
+from state import NewRecord, OutcomeRecord, RetryRule, Store, StoreError
+from state.models import DeliveryStatus, RunOutcome
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -123,3 +126,69 @@ def test_sqlite_files_are_private(tmp_path: Path) -> None:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2
     store.close()
+
+
+def test_error_text_is_scrubbed_on_its_way_in(store: Store) -> None:
+    """Every error column, written by the ORM or by a bulk update, passes the scrub the
+    engine gives; record keys and fields, which a delete depends on, are never touched."""
+    echoed = "key s3cr3t-key rejected"
+    scrubbed = Store.open(store.url, scrub=lambda text: text.replace("s3cr3t-key", "***"))
+    scrubbed.journal(
+        "p", "T", [NewRecord("s3cr3t-key", {"K": "s3cr3t-key"})], cursor={}, targets=["a"],
+        run_id=None,
+    )  # fmt: skip
+    scrubbed.record_stream_error("p", "T", echoed)
+    run = scrubbed.start_run("p")
+    scrubbed.finish_run(run, RunOutcome.FAILED, error=echoed)
+    held = scrubbed.hold_due("p", "a", echoed)
+    assert held == 1
+    with scrubbed.engine.connect() as conn:
+        texts = [
+            conn.exec_driver_sql("SELECT last_error FROM cursor").scalar(),
+            conn.exec_driver_sql("SELECT error FROM run").scalar(),
+            conn.exec_driver_sql("SELECT last_error FROM delivery").scalar(),
+        ]
+        key = conn.exec_driver_sql("SELECT record_key FROM deletion").scalar()
+    assert texts == ["key *** rejected"] * 3
+    assert key == "s3cr3t-key"
+    scrubbed.close()
+
+
+def test_existing_sqlite_files_open_to_others_are_made_private(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store restored or copied with a loose umask, and its -wal and -shm, become 0600."""
+    path = tmp_path / "state.db"
+    Store.open(f"sqlite:///{path}").close()
+    modes = {"state.db": 0o644, "state.db-wal": 0o664, "state.db-shm": 0o666}
+    for name, mode in modes.items():
+        (tmp_path / name).touch()
+        (tmp_path / name).chmod(mode)
+    with caplog.at_level(logging.WARNING):
+        store = Store.open(f"sqlite:///{path}")
+    for name in modes:
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
+    journal(store, ["1"], 1)
+    store.close()
+    assert "made them private (0600)" in caplog.text
+    assert f"{path} (644)" in caplog.text and f"{path}-shm (666)" in caplog.text
+
+
+def test_a_store_file_this_user_cannot_make_private_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "state.db"
+    Store.open(f"sqlite:///{path}").close()
+    path.chmod(0o640)
+
+    def not_the_owner(self: Path, mode: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(Path, "chmod", not_the_owner)
+    with pytest.raises(StoreError) as info:
+        Store.open(f"sqlite:///{path}")
+    assert str(info.value) == (
+        f"state.url: {path} can be read or written by other users (mode 640) and this user "
+        f"cannot change that; run `chmod 600 {path}` as its owner, or point state.url at a "
+        "file of your own"
+    )
