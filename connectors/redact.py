@@ -75,5 +75,5 @@ def _pattern(secrets: frozenset[str]) -> re.Pattern[str] | None:
 
 def scrub(text: str, secrets: Iterable[str]) -> str:
     """`text` with every form of every secret replaced by `***`."""
-    pattern = _pattern(frozenset(s for s in secrets if s))
+    pattern = _pattern(secrets if isinstance(secrets, frozenset) else frozenset(secrets))
     return text if pattern is None else pattern.sub(REDACTED, text)

@@ -55,13 +55,13 @@ class SecretValues:
     """Values that must never be printed, registered as they become known."""
 
     def __init__(self) -> None:
-        self._values: set[str] = set()
+        self._values: frozenset[str] = frozenset()
         self._lock = threading.Lock()
 
     def add(self, value: str) -> None:
         if value and len(value) >= 3:
             with self._lock:
-                self._values.add(value)
+                self._values = self._values | {value}
 
     def add_all(self, values: Iterable[str]) -> None:
         for value in values:
@@ -69,9 +69,7 @@ class SecretValues:
 
     def scrub(self, text: str) -> str:
         """`text` without any known secret, raw or in any form a server may echo it in."""
-        with self._lock:
-            values = frozenset(self._values)
-        return redact.scrub(text, values)
+        return redact.scrub(text, self._values)
 
 
 SECRETS = SecretValues()

@@ -192,3 +192,18 @@ def test_a_store_file_this_user_cannot_make_private_is_refused(
         f"cannot change that; run `chmod 600 {path}` as its owner, or point state.url at a "
         "file of your own"
     )
+
+
+def test_a_store_written_by_a_newer_syncengine_is_refused(store: Store) -> None:
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0099_future'")
+    with pytest.raises(
+        StoreError,
+        match=r"written by a newer syncengine \(schema revision "
+        r"0099_future; this version knows up to \w+\); upgrade syncengine$",
+    ):
+        Store.open(store.url)
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == (
+            "0099_future"
+        ), "nothing written"
