@@ -18,9 +18,25 @@ _FORBIDDEN_IN_NAME = ".[]"
 class UnmappedKey(Exception):
     """A delivery's fields do not produce a key; the delivery cannot be sent."""
 
+    label = "no key"
+
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+    @property
+    def verdict(self) -> str:
+        """The reason a target gives the delivery's dead outcome; one wording for every
+        target, so an operator reads the same words whichever system refused."""
+        return f"{self.label}: {self.reason}"
+
+
+class UnsafeKey(UnmappedKey):
+    """A key that, once written into a request, would change what the request addresses:
+    a URL path step (`..`) or SQL text that widens a query. Never sent; no retry can
+    make it safe."""
+
+    label = "unsafe key"
 
 
 class KeyTemplate:
@@ -105,4 +121,4 @@ def _value_text(name: str, fields: Mapping[str, Any]) -> str:
     return text
 
 
-__all__ = ["KeyTemplate", "UnmappedKey"]
+__all__ = ["KeyTemplate", "UnmappedKey", "UnsafeKey"]

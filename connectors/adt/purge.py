@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 
@@ -29,6 +28,7 @@ from connectors.adt.settings import AdtConnection, AdtPurgeSettings, check_purge
 from connectors.contract import Delivery, FatalError, Outcome, RemoteError, RetriableError
 from connectors.http import HttpClient, excerpt
 from connectors.jobs import CannotCancel, JobHandle, JobProgress, JobSpec, JobState, map_status
+from connectors.paths import path_segment, segment_problem
 
 JOBS_PATH = "/jobs/deletions"
 NOT_A_TRIGGER = "not a purge trigger"
@@ -145,7 +145,7 @@ class AdtPurgeTarget:
         since the engine must never resubmit on a guess."""
         if not self.triggers(job.items):
             return self._no_job(job)
-        path = f"{JOBS_PATH}/{quote(job.client_id, safe='')}"
+        path = f"{JOBS_PATH}/{path_segment(job.client_id)}"
         what = f"GET {path}"
         response = await self.api.call("GET", path, idempotent=True)
         if response.status_code == 404 and error_code(response) in (JOB_NOT_FOUND, ""):
@@ -165,7 +165,7 @@ class AdtPurgeTarget:
                 outcomes=[Outcome.done(d.delivery_id, NOT_A_TRIGGER) for d in job.items],
                 detail={"job": None},
             )
-        path = f"{JOBS_PATH}/{quote(handle.remote_id, safe='')}"
+        path = f"{JOBS_PATH}/{path_segment(handle.remote_id)}"
         what = f"GET {path}"
         response = await self.api.call("GET", path, idempotent=True)
         body = json_object(response)
@@ -235,7 +235,7 @@ class AdtPurgeTarget:
         body = json_object(response)
         job_id = body.get("id") if body else None
         status = body.get("status") if body else None
-        if not isinstance(job_id, str) or not job_id or not isinstance(status, str):
+        if not isinstance(job_id, str) or segment_problem(job_id) or not isinstance(status, str):
             raise RemoteError(
                 f"{self.name}: {what}: HTTP {response.status_code} without a DeleteJob "
                 f"(id, status): {self.api.message(response)}",

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from urllib.parse import quote
 
 import httpx
 
@@ -21,6 +20,7 @@ from connectors.adt.settings import AdtConnection, AdtTwinsSettings
 from connectors.contract import Delivery, Outcome, RemoteError, RetriableError
 from connectors.http import HttpClient
 from connectors.keys import UnmappedKey
+from connectors.paths import path_segment, segment_problem
 
 TWIN_NOT_FOUND = "DigitalTwinNotFound"
 RELATIONSHIPS_NOT_DELETED = "RelationshipsNotDeleted"
@@ -28,7 +28,9 @@ MAX_PAGES = 10_000
 
 
 def twin_path(twin_id: str) -> str:
-    return f"/digitaltwins/{quote(twin_id, safe='')}"
+    """UnsafeKey for an id that cannot be one path segment (`.` would make
+    `/digitaltwins/relationships`)."""
+    return f"/digitaltwins/{path_segment(twin_id)}"
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class Relationship:
 
     @property
     def path(self) -> str:
-        return f"{twin_path(self.source)}/relationships/{quote(self.relationship_id, safe='')}"
+        return f"{twin_path(self.source)}/relationships/{path_segment(self.relationship_id)}"
 
 
 class _Absent(Exception):
@@ -73,9 +75,9 @@ class AdtTwinsTarget:
         outcomes = []
         for delivery in batch:
             try:
-                twin_id = self._template.render(delivery.fields)
+                twin_id = self._twin_id(delivery)
             except UnmappedKey as exc:
-                outcomes.append(Outcome.dead(delivery.delivery_id, f"no key: {exc.reason}"))
+                outcomes.append(Outcome.dead(delivery.delivery_id, exc.verdict))
             else:
                 outcomes.append(Outcome.done(delivery.delivery_id, f"would delete twin {twin_id}"))
         return outcomes
@@ -92,9 +94,9 @@ class AdtTwinsTarget:
         stopped: RetriableError | None = None
         for delivery in batch:
             try:
-                twin_id = self._template.render(delivery.fields)
+                twin_id = self._twin_id(delivery)
             except UnmappedKey as exc:
-                outcomes.append(Outcome.dead(delivery.delivery_id, f"no key: {exc.reason}"))
+                outcomes.append(Outcome.dead(delivery.delivery_id, exc.verdict))
                 continue
             if twin_id in settled:
                 outcomes.append(replace(settled[twin_id], delivery_id=delivery.delivery_id))
@@ -114,6 +116,13 @@ class AdtTwinsTarget:
                     )
                 outcomes.append(settled[twin_id])
         return outcomes
+
+    def _twin_id(self, delivery: Delivery) -> str:
+        """The twin a delivery names; UnmappedKey, or UnsafeKey for an id that would
+        address another path, before any call."""
+        twin_id = self._template.render(delivery.fields)
+        twin_path(twin_id)
+        return twin_id
 
     async def _delete(self, delivery_id: int, twin_id: str) -> Outcome:
         try:
@@ -175,8 +184,15 @@ class AdtTwinsTarget:
     def _relationship(self, what: str, item: object, source: str | None) -> Relationship:
         if isinstance(item, dict):
             rel_id, src = item.get("$relationshipId"), source or item.get("$sourceId")
-            if isinstance(rel_id, str) and rel_id and isinstance(src, str) and src:
-                return Relationship(src, rel_id)
+            if isinstance(rel_id, str) and isinstance(src, str):
+                problem = segment_problem(rel_id) or segment_problem(src)
+                if problem is None:
+                    return Relationship(src, rel_id)
+                raise RemoteError(
+                    f"{self.name}: {what}: a relationship that cannot be addressed: "
+                    f"{problem}; nothing deleted",
+                    connection=self.name,
+                )
         raise RemoteError(
             f"{self.name}: {what}: a relationship without $relationshipId or $sourceId",
             connection=self.name,

@@ -33,7 +33,11 @@ semantics, kept so tests can prove a client never sends one. The evaluator
 understands `[Attr] IN (lit, ...)`, `Attr = lit`, `"Attr"`, OR and
 parentheses, with literals 'text' ('' escapes a quote), N'text' and integers;
 anything else ends the execution InError with an SQL Server-like message.
-Text compares exactly (a case-sensitive collation).
+Text compares exactly (a case-sensitive collation). Knob `backslash_escapes`
+makes the destination read the WhereClause as MySQL and MariaDB do by
+default: a backslash escapes the next character inside a literal, and `-- `
+(followed by a space) and `#` start comments, so a client that escapes only
+quotes can be shown to widen a delete.
 
 Answers (ASSUMED: apis.md says errors are HTTP 200 with Success false):
 
@@ -148,39 +152,67 @@ Key = int | str
 Row = Mapping[str, Any]
 Predicate = Callable[[Row], bool]
 
-_TOKEN = re.compile(
-    r"""\s*(?:
+_LEXEMES = r"""\s*(?:
         (?P<bracket>\[(?:[^\]]|\]\])+\])
       | (?P<quoted>"(?:[^"]|"")+")
-      | (?P<string>[Nn]?'(?:[^']|'')*')
+      | (?P<string>{string})
       | (?P<int>-?[0-9]+(?![A-Za-z0-9_.]))
       | (?P<word>[A-Za-z_][A-Za-z0-9_]*)
       | (?P<op>[(),=])
-    )""",
-    re.VERBOSE,
+      {comment}
+    )"""
+_TOKEN = re.compile(_LEXEMES.format(string=r"[Nn]?'(?:[^']|'')*'", comment=""), re.VERBOSE)
+_TOKEN_BACKSLASH = re.compile(
+    _LEXEMES.format(
+        string=r"[Nn]?'(?:[^'\\]|''|\\.)*'", comment=r"| (?P<comment>(?:--(?=\s|\Z)|\#)[^\n]*)"
+    ),
+    re.VERBOSE | re.DOTALL,
 )
+_MYSQL_ESCAPES = {"0": "\0", "b": "\b", "n": "\n", "r": "\r", "t": "\t", "Z": "\x1a"}
+r"""MySQL's escape sequences in a literal; `\%` and `\_` keep their backslash, any other
+escaped character stands for itself."""
 
 
-def _tokens(text: str) -> list[tuple[str, Any, str]]:
+def _unescape(body: str, backslash: bool) -> str:
+    if not backslash:
+        return body.replace("''", "'")
+    out: list[str] = []
+    chars = iter(body)
+    for ch in chars:
+        if ch == "\\":
+            nxt = next(chars)
+            out.append(_MYSQL_ESCAPES.get(nxt, "\\" + nxt if nxt in "%_" else nxt))
+        elif ch == "'":
+            out.append(next(chars))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _tokens(text: str, backslash: bool = False) -> list[tuple[str, Any, str]]:
     """(kind, value, source text) for each token; SqlError at the first unknown one."""
     out: list[tuple[str, Any, str]] = []
     pos = 0
+    pattern = _TOKEN_BACKSLASH if backslash else _TOKEN
     while pos < len(text):
         if not text[pos:].strip():
             break
-        match = _TOKEN.match(text, pos)
+        match = pattern.match(text, pos)
         if match is None:
             near = text[pos:].strip()[:20]
             raise SqlError(f"Incorrect syntax near '{near}'.")
         kind = match.lastgroup or ""
         source = match.group(kind)
         value: Any = source
+        pos = match.end()
+        if kind == "comment":
+            continue
         if kind == "bracket":
             kind, value = "ident", source[1:-1].replace("]]", "]")
         elif kind == "quoted":
             kind, value = "ident", source[1:-1].replace('""', '"')
         elif kind == "string":
-            value = source[source.index("'") + 1 : -1].replace("''", "'")
+            value = _unescape(source[source.index("'") + 1 : -1], backslash)
         elif kind == "int":
             value = int(source)
         elif kind == "word":
@@ -189,15 +221,14 @@ def _tokens(text: str) -> list[tuple[str, Any, str]]:
             if upper in ("AND", "NOT", "LIKE", "IS", "NULL", "SELECT", "BETWEEN", "EXISTS"):
                 raise SqlError(f"Incorrect syntax near '{source}' (not supported by the emulator).")
         out.append((kind, value, source))
-        pos = match.end()
     return out
 
 
 class _Parser:
     """clause := term (OR term)* ; term := '(' clause ')' | ident IN '(' lits ')' | ident = lit"""
 
-    def __init__(self, text: str, columns: Sequence[str]) -> None:
-        self.tokens = _tokens(text)
+    def __init__(self, text: str, columns: Sequence[str], backslash: bool = False) -> None:
+        self.tokens = _tokens(text, backslash)
         self.pos = 0
         self.columns = {c.casefold(): c for c in columns}
 
@@ -286,11 +317,14 @@ def _to_int(text: str) -> int:
         ) from None
 
 
-def compile_where(where: str | None, columns: Sequence[str]) -> Predicate:
-    """The rows a WhereClause selects; null or blank selects every row, as in DMM."""
+def compile_where(
+    where: str | None, columns: Sequence[str], *, backslash_escapes: bool = False
+) -> Predicate:
+    """The rows a WhereClause selects; null or blank selects every row, as in DMM.
+    `backslash_escapes` reads it as MySQL would (see the module's docstring)."""
     if where is None or not where.strip():
         return lambda row: True
-    return _Parser(where, columns).parse()
+    return _Parser(where, columns, backslash_escapes).parse()
 
 
 # --- state -------------------------------------------------------------------------------
@@ -315,6 +349,9 @@ class Knobs:
     corrupt_logs: bool = False
     """Serve unreadable logs: a truncated zip from GetExecutionOutputs, text that is not
     base64 in GetExecutionStatus pages."""
+    backslash_escapes: bool = False
+    """The destination reads WhereClauses as MySQL/MariaDB: backslash escapes in
+    literals, `-- ` and `#` comments."""
 
     def update(self, values: Mapping[str, Any]) -> None:
         known = {f.name for f in fields(self)}
@@ -329,6 +366,7 @@ class Knobs:
             "otp_single_use": lambda v: isinstance(v, bool),
             "log_record_lines": lambda v: isinstance(v, bool),
             "corrupt_logs": lambda v: isinstance(v, bool),
+            "backslash_escapes": lambda v: isinstance(v, bool),
         }
         for name, value in values.items():
             if not checks[name](value):
@@ -634,7 +672,9 @@ class DmmEmulator:
         for entity, where in execution.entities:
             table = self._tables[entity]
             try:
-                predicate = compile_where(where, table.columns())
+                predicate = compile_where(
+                    where, table.columns(), backslash_escapes=self.knobs.backslash_escapes
+                )
                 keys = [k for k, row in table.rows.items() if predicate(row)]
             except SqlError as exc:
                 failure = Failure(entity, None, str(exc), WHERE_TIP, at)

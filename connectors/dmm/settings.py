@@ -16,12 +16,13 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_va
 
 from connectors.keys import KeyTemplate
 from connectors.settings import ConnectionBase, Seconds, StrictModel
+from connectors.sql import Dialect
 
 URL_EXAMPLE = "https://myenv.outsystemsenterprise.com/DMM_API/rest/DMMAPI"
-IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 RUNTIME_CONNECTION = "Runtime Connection"
 EXECUTION_EXAMPLE = "1024"
-_INTEGER_ID = re.compile(r"^-?[0-9]+$")
+_INTEGER_ID = re.compile(r"-?[0-9]+")
 
 
 def record_name(url: str, destination: str | None, entity: str, attribute: str, key: str) -> str:
@@ -56,7 +57,7 @@ def normal_execution_id(execution: str) -> str:
     """A tracker id in one spelling: DMM's auto-numbers as plain integer text (`007` is 7,
     as the target sends it), anything else as given. One execution must make one stream,
     or the journal would hold its records twice."""
-    return str(int(execution)) if _INTEGER_ID.match(execution) else execution
+    return str(int(execution)) if _INTEGER_ID.fullmatch(execution) else execution
 
 
 def _http_url(value: str) -> str:
@@ -127,6 +128,11 @@ class DmmConnection(ConnectionBase):
 
     type: Literal["dmm"]
     url: str = Field(description=f"the DMM REST API base, e.g. {URL_EXAMPLE}")
+    dialect: Dialect = Field(
+        Dialect.SQLSERVER,
+        description="the SQL dialect of the database a delete runs on, which reads the "
+        "WhereClause's literals: sqlserver, oracle, postgresql, mysql or mariadb",
+    )
     token: SecretStr = Field(description="REST API key, sent as X-DMM-Token")
     otp: SecretStr | None = Field(
         None, description="sent as X-DMM-Token-OTP on StartExecution; needed by targets only"
@@ -232,7 +238,7 @@ class DmmTargetSettings(StrictModel):
     @field_validator("key_attribute")
     @classmethod
     def _attribute(cls, value: str) -> str:
-        if not IDENTIFIER.match(value):
+        if not IDENTIFIER.fullmatch(value):
             raise ValueError(
                 f"{value!r} is not an attribute name; write letters, digits and underscores, "
                 "e.g. Id or Email"

@@ -63,7 +63,7 @@ from connectors.task_streams import TaskStreams
 STREAM_PREFIX = "execution-"
 NOT_FOUND = "NotFound"
 ERROR_EXCERPT = 200
-_INTEGER = re.compile(r"^-?[0-9]+$")
+_INTEGER = re.compile(r"-?[0-9]+")
 _COUNTERS = ("deleted", "failed", "logged")
 """Running totals a `status` read carries from page to page, in its params and cursor:
 records reported, records that could not be deleted, deleted lines in the log (every
@@ -460,7 +460,7 @@ class DmmOutputsSource:
 
 def _tracker(execution: str) -> int | str:
     """The tracker as DMM numbers it: an OutSystems auto-number is an integer."""
-    return int(execution) if _INTEGER.match(execution) else execution
+    return int(execution) if _INTEGER.fullmatch(execution) else execution
 
 
 def _b64(text: str) -> bytes:

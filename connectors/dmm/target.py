@@ -7,10 +7,12 @@ empty, so a batch left without any usable key starts nothing at all: its
 outcomes are decided before any call and kept in the job handle.
 
 Keys are written as SQL literals: integers (checked to be integers in the
-64-bit range) as digits, text in single quotes with inner quotes doubled,
-prefixed with N when it holds a non-ASCII character (a varchar literal
-would turn it into `?` on SQL Server, and then match another record).
-A key with a control character is refused: the log could not name it.
+64-bit range) as digits, text as a literal of the connection's `dialect`
+(connectors/sql.py: inner quotes doubled, backslashes escaped too where the
+database reads them as escapes), prefixed with N when it holds a non-ASCII
+character (a varchar literal would turn it into `?` on SQL Server, and then
+match another record). A key with a control character is refused: the log
+could not name it. A key no literal can carry safely is dead as unsafe.
 The database's collation decides how text compares; with a case-insensitive
 one, a key also deletes records differing only by case, and the log then
 names a record outside the batch, which the job's message reports.
@@ -69,7 +71,8 @@ from connectors.jobs import (
     map_status,
     outcome_to_json,
 )
-from connectors.keys import KeyTemplate, UnmappedKey
+from connectors.keys import KeyTemplate, UnmappedKey, UnsafeKey
+from connectors.sql import Dialect, literal
 
 STATUS: dict[str, JobState] = {
     "QUEUED": JobState.QUEUED,
@@ -85,7 +88,8 @@ ALREADY_RUNNING = re.compile(r"\balready\b.*\b(running|in progress|executing)\b"
 """ASSUMED wording of DMM's refusal while another execution runs; such a refusal
 started nothing, so the batch is simply started later."""
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-_INTEGER = re.compile(r"^-?[0-9]+$")
+_INTEGER = re.compile(r"-?[0-9]+")
+"""Used with fullmatch only: `$` would also match before a final newline ("12\\n")."""
 MAX_LOG_PAGES = 200
 """Status log pages read when the outputs' zip is unusable, at most."""
 SHOWN_WHERE = 200
@@ -103,7 +107,7 @@ def normalise_key(text: str, key_type: str) -> str | None:
     None for an integer key that is not one."""
     if key_type != "integer":
         return text
-    if not _INTEGER.match(text):
+    if not _INTEGER.fullmatch(text):
         return None
     return str(int(text))
 
@@ -122,22 +126,25 @@ def check_key(text: str, key_type: str) -> tuple[str | None, str]:
     return text, ""
 
 
-def sql_literal(key: str, key_type: str) -> str:
+def sql_literal(key: str, key_type: str, dialect: Dialect = Dialect.SQLSERVER) -> str:
     """N'...' only for non-ASCII text: SQL Server reads a plain literal in the database's
-    code page, where an unknown character becomes `?` and could match another record."""
+    code page, where an unknown character becomes `?` and could match another record.
+    UnsafeKey when `dialect` cannot carry the text safely."""
     if key_type == "integer":
         return key
-    quoted = "'" + key.replace("'", "''") + "'"
-    return quoted if key.isascii() else "N" + quoted
+    return literal(key, dialect, national=not key.isascii())
 
 
-def where_clause(attribute: str, keys: Sequence[str], key_type: str) -> str | None:
+def where_clause(
+    attribute: str, keys: Sequence[str], key_type: str, dialect: Dialect = Dialect.SQLSERVER
+) -> str | None:
     """`[attribute] IN (...)` over the keys, sorted and de-duplicated; None without keys."""
     unique = set(keys)
     if not unique:
         return None
     ordered = sorted(unique, key=int) if key_type == "integer" else sorted(unique)
-    return f"[{attribute}] IN ({', '.join(sql_literal(k, key_type) for k in ordered)})"
+    literals = ", ".join(sql_literal(k, key_type, dialect) for k in ordered)
+    return f"[{attribute}] IN ({literals})"
 
 
 @dataclass(frozen=True)
@@ -187,6 +194,7 @@ class DmmDeleteTarget:
             raise FatalError(problem, connection=name)
         self.name = name
         self.url = connection.url
+        self.dialect = connection.dialect
         self.settings = settings
         self.batch_size = settings.batch_size
         self._template: KeyTemplate = settings.key_template()
@@ -223,18 +231,26 @@ class DmmDeleteTarget:
             try:
                 text = self._template.render(d.fields)
             except UnmappedKey as exc:
-                outcomes[d.delivery_id] = Outcome.dead(d.delivery_id, f"no key: {exc.reason}")
+                outcomes[d.delivery_id] = Outcome.dead(d.delivery_id, exc.verdict)
                 continue
             key, problem = check_key(text, self.settings.key_type)
             if key is None:
                 outcomes[d.delivery_id] = Outcome.dead(d.delivery_id, f"no key: {problem}")
+                continue
+            try:
+                sql_literal(key, self.settings.key_type, self.dialect)
+            except UnsafeKey as exc:
+                outcomes[d.delivery_id] = Outcome.dead(d.delivery_id, exc.verdict)
             else:
                 keys[d.delivery_id] = key
         return Plan(keys, outcomes)
 
     def where(self, plan: Plan) -> str | None:
         return where_clause(
-            self.settings.key_attribute, list(plan.keys.values()), self.settings.key_type
+            self.settings.key_attribute,
+            list(plan.keys.values()),
+            self.settings.key_type,
+            self.dialect,
         )
 
     def start_body(self, where: str) -> dict[str, Any]:
@@ -661,7 +677,7 @@ def _tracker_value(known: Mapping[str, Any], remote: str) -> int | str:
         return given
     if isinstance(given, str) and given:
         return given
-    return int(remote) if _INTEGER.match(remote) else remote
+    return int(remote) if _INTEGER.fullmatch(remote) else remote
 
 
 def _file_part(text: str) -> str:

@@ -175,7 +175,7 @@ class GooseDeleteTarget:
     @staticmethod
     def _unsendable(exc: UnmappedKey | _TooLong) -> str:
         if isinstance(exc, UnmappedKey):
-            return f"no key: {exc.reason}"
+            return exc.verdict
         return f"not sent: {exc}"
 
     async def _delete(self, delivery_id: int, record_id: str) -> Outcome:

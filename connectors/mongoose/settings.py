@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from connectors.keys import KeyTemplate
+from connectors.paths import segment_problem
 from connectors.settings import ConnectionBase, StrictModel
 
 # IDO and property names go into URL paths and filter expressions unquoted,
@@ -41,6 +42,15 @@ class MongooseConnection(ConnectionBase):
                 f"{value!r} is not an http(s) URL; write e.g. "
                 "https://host/IDORequestService/MGRESTService.svc"
             )
+        return value
+
+    @field_validator("config")
+    @classmethod
+    def _config_segment(cls, value: str) -> str:
+        """The configuration name is a path segment of GetSecurityToken."""
+        problem = segment_problem(value)
+        if problem is not None:
+            raise ValueError(f"{problem}; write the Mongoose configuration name")
         return value
 
     @model_validator(mode="after")

@@ -40,6 +40,8 @@ from connectors.contract import (
 from connectors.http import HttpClient, excerpt
 from connectors.keys import UnmappedKey
 from connectors.mongoose.settings import MongooseConnection, MongooseTargetSettings
+from connectors.paths import path_segment
+from connectors.sql import Dialect, literal
 
 DELETE_SUCCESSFUL = 202
 ROW_POINTER = "RowPointer"
@@ -50,8 +52,10 @@ _ITEM_ID = re.compile(r"PBT=\[[^\]]*\]\s+\S+\.DT=\[[^\]]*\]\s+\S+\.ID=\[(?P<row>
 
 
 def quote_literal(value: str) -> str:
-    """A SQL string literal for a Mongoose filter: the only escape is a doubled quote."""
-    return "'" + value.replace("'", "''") + "'"
+    """A SQL string literal for a Mongoose filter: IDOs run their filters on SQL Server,
+    whose only escape is a doubled quote. UnsafeKey for a value no literal carries
+    safely (see connectors/sql.py)."""
+    return literal(value, Dialect.SQLSERVER)
 
 
 def in_filter(prop: str, values: Sequence[str]) -> str:
@@ -120,7 +124,7 @@ class _SecurityToken:
         self._name = name
         self._user = connection.user
         self._password = connection.password
-        self._path = f"/json/token/{quote(connection.config, safe='')}"
+        self._path = f"/json/token/{path_segment(connection.config)}"
         self._http = http
         self._token: str | None = None
         self._lock = asyncio.Lock()
@@ -428,12 +432,23 @@ class MongooseTarget:
         keyed: list[_Pending] = []
         for index, delivery in enumerate(batch):
             try:
-                keyed.append(_Pending(index, delivery, self._template.render(delivery.fields)))
+                key = self._template.render(delivery.fields)
+                self._check_filter_value(key)
             except UnmappedKey as exc:
-                verdicts.dead([_Pending(index, delivery, "")], f"no key: {exc.reason}")
+                verdicts.dead([_Pending(index, delivery, "")], exc.verdict)
+            else:
+                keyed.append(_Pending(index, delivery, key))
         if self.settings.lookup is None:
             return self._plan_item_ids(keyed, verdicts)
         return await self._plan_lookup(self.settings.lookup.property, keyed, verdicts)
+
+    def _check_filter_value(self, key: str) -> None:
+        """UnsafeKey when the value a filter would carry for this key (the key itself,
+        or the RowPointer a re-check reads) cannot be written as a literal; checked
+        before any call, so no filter is ever sent half-planned."""
+        value = key if self.settings.lookup is not None else row_pointer(key)
+        if value is not None:
+            quote_literal(value)
 
     # -- planning: which ItemId each delivery deletes
 

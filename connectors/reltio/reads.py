@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
-from urllib.parse import quote
 
 from connectors.contract import FatalError, RemoteError, RetriableError
+from connectors.paths import path_segment
 from connectors.reltio.auth import ReltioClient, is_not_found
 
 CONCURRENCY = 8
@@ -23,8 +23,10 @@ T = TypeVar("T")
 
 
 async def entity_present(api: ReltioClient, uri: str) -> bool:
-    """True when `GET <uri>` finds the entity, False on 404 errorCode 101."""
-    path = f"/{quote(uri, safe='/')}"
+    """True when `GET <uri>` finds the entity, False on 404 errorCode 101. `uri` is an
+    `entities/<id>` that `entity_uri` accepted, so its id is one safe segment."""
+    kind, _, entity_id = uri.partition("/")
+    path = f"/{kind}/{path_segment(entity_id)}"
     response = await api.call("GET", path, idempotent=True)
     if is_not_found(response):
         return False

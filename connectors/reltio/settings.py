@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from connectors.keys import KeyTemplate
+from connectors.paths import segment_problem
 from connectors.settings import ConnectionBase, Seconds, StrictModel
 
 DEFAULT_AUTH_URL = "https://auth.reltio.com/oauth/token"
@@ -37,6 +38,9 @@ def task_id_problem(task_id: str) -> str | None:
         )
     if task_id != task_id.strip():
         return f"task id {task_id!r} has spaces around it"
+    problem = segment_problem(task_id)
+    if problem is not None:
+        return f"task id {problem}; write the id Reltio gave the task (e.g. {TASK_ID_EXAMPLE})"
     return None
 
 

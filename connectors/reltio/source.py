@@ -30,7 +30,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
 
 from connectors.contract import (
     JSON,
@@ -44,6 +43,7 @@ from connectors.contract import (
 )
 from connectors.http import HttpClient, excerpt
 from connectors.jobs import JobState, map_status
+from connectors.paths import path_segment
 from connectors.reltio.auth import ReltioClient, classify, is_not_found, json_body
 from connectors.reltio.reads import entity_present, gather
 from connectors.reltio.settings import (
@@ -146,7 +146,7 @@ class ReltioTaskSource:
     # -- reading one task --------------------------------------------------------------
 
     async def _read(self, stream: str, task_id: str) -> SourcePage:
-        path = f"/tasks/{quote(task_id, safe='')}"
+        path = f"/tasks/{path_segment(task_id)}"
         what = f"GET {path}"
         response = await self.api.call("GET", path, idempotent=True)
         if is_not_found(response):

@@ -32,7 +32,6 @@ import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 from connectors.contract import (
     AmbiguousError,
@@ -53,6 +52,7 @@ from connectors.jobs import (
     outcome_to_json,
 )
 from connectors.keys import KeyTemplate, UnmappedKey
+from connectors.paths import path_segment, segment_problem
 from connectors.reltio.auth import ReltioClient, classify, is_not_found, json_body
 from connectors.reltio.reads import entity_present, gather
 from connectors.reltio.settings import (
@@ -93,19 +93,33 @@ T = TypeVar("T")
 
 
 def entity_uri(text: str) -> str | None:
-    """`entities/<id>` from a URI or a bare id; None when it is neither."""
+    """`entities/<id>` from a URI or a bare id; None when it is neither, or when the id
+    could not be one path segment (`..` would read `GET {tenant}/`)."""
     text = text.strip()
     entity_id = text.removeprefix(ENTITY_PREFIX)
     if not entity_id or any(ch in entity_id for ch in "/?#") or any(c.isspace() for c in text):
         return None
+    if segment_problem(entity_id) is not None:
+        return None
     return ENTITY_PREFIX + entity_id
 
 
+def check_entity_key(key: str) -> None:
+    """UnsafeKey when the entity id a key names would address another path; a key that
+    is simply not an entity URI is left to `entity_uri`."""
+    entity_id = key.strip().removeprefix(ENTITY_PREFIX)
+    if entity_id:
+        path_segment(entity_id)
+
+
 def task_object(body: Any) -> dict[str, Any] | None:
-    """The task from a `_delete` or `tasks/{id}` answer: an object or a one-element array."""
+    """The task from a `_delete` or `tasks/{id}` answer: an object or a one-element array;
+    None without an id that can be read back as one path segment (`tasks/{id}`)."""
     if isinstance(body, list) and len(body) == 1:
         body = body[0]
-    return body if isinstance(body, dict) and isinstance(body.get("id"), str) else None
+    if not isinstance(body, dict) or not isinstance(body.get("id"), str):
+        return None
+    return body if segment_problem(body["id"]) is None else None
 
 
 def is_delete_entities_task(task: Mapping[str, Any]) -> bool:
@@ -314,7 +328,7 @@ class ReltioDeleteTarget:
             body = json_body(response)
             if not response.is_success or not isinstance(body, list):
                 raise self.api.remote(f"GET {path}", response)
-            tasks.extend(t for t in body if isinstance(t, dict) and isinstance(t.get("id"), str))
+            tasks.extend(t for t in body if task_object(t) is not None)
             if len(body) < TASK_PAGE:
                 break
         return sorted(tasks, key=lambda t: as_int(t.get("createdTime")) or 0, reverse=True)
@@ -325,7 +339,7 @@ class ReltioDeleteTarget:
             return JobProgress(
                 JobState.SUCCEEDED, outcomes=self._outcomes(job, known, {}), detail={"task": None}
             )
-        path = f"/tasks/{quote(handle.remote_id, safe='')}"
+        path = f"/tasks/{path_segment(handle.remote_id)}"
         what = f"GET {path}"
         response = await self.api.call("GET", path, idempotent=True)
         if is_not_found(response):
@@ -402,9 +416,15 @@ class ReltioDeleteTarget:
         assert template is not None
         for d in items:
             try:
-                keyed.append((d, template.render(d.fields)))
+                key = template.render(d.fields)
+                if self._crosswalk is None:
+                    check_entity_key(key)
+                else:
+                    path_segment(key)
             except UnmappedKey as exc:
-                outcomes[d.delivery_id] = Outcome.dead(d.delivery_id, f"no key: {exc.reason}")
+                outcomes[d.delivery_id] = Outcome.dead(d.delivery_id, exc.verdict)
+            else:
+                keyed.append((d, key))
         if self._crosswalk is None:
             for d, key in keyed:
                 uri = entity_uri(key)
@@ -438,7 +458,7 @@ class ReltioDeleteTarget:
     async def _lookup(self, value: str) -> list[str]:
         """The URIs of the entities holding this crosswalk; [] when none does."""
         assert self._crosswalk is not None
-        path = f"/entities/_byCrosswalk/{quote(value, safe='')}"
+        path = f"/entities/_byCrosswalk/{path_segment(value)}"
         what = f"GET {path}"
         response = await self.api.call(
             "GET", path, idempotent=True, params={"type": self._crosswalk.type}

@@ -503,6 +503,17 @@ async def test_find_never_guesses() -> None:
         await target.aclose()
 
 
+async def test_a_job_id_that_would_change_the_poll_path_is_not_a_job() -> None:
+    """Polling `jobs/deletions/..` would read `/jobs`; such an answer names no job."""
+    body = {"id": "..", "status": "running"}
+    with respx.mock(assert_all_called=True, assert_all_mocked=True) as router:
+        router.post(f"{URL}/jobs/deletions").mock(return_value=httpx.Response(200, json=body))
+        target = mocked_target()
+        with pytest.raises(RemoteError, match="without a DeleteJob"):
+            await target.submit(spec("wipe"))
+        await target.aclose()
+
+
 async def test_other_refusals_are_remote_errors() -> None:
     with respx.mock(assert_all_called=True, assert_all_mocked=True) as router:
         router.post(f"{URL}/jobs/deletions").mock(

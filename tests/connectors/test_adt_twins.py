@@ -310,6 +310,43 @@ async def test_twin_ids_are_quoted(make_target: MakeTarget, emulator: AdtEmulato
     assert deleted_twins(emulator) == ["room 7 & co?"]
 
 
+async def test_twin_ids_that_would_change_the_path_are_dead_and_touch_nothing(
+    make_target: MakeTarget, emulator: AdtEmulator
+) -> None:
+    """Twin id `.` made `GET /digitaltwins/relationships` (a twin of that name, or none:
+    then it was recorded done without the twin ever being addressed)."""
+    emulator.seed({"twins": [{"id": "relationships", "model": "dtmi:com:example:Room;1"}]})
+    unsafe = [".", "..", "a/../b", "%2e%2e", "./relationships"]
+    outcomes = await send(make_target(), deliveries(*unsafe))
+    for outcome in outcomes:
+        assert outcome.kind is OutcomeKind.DEAD
+        assert outcome.reason.startswith("unsafe key: ") and "dot segment" in outcome.reason
+    assert await settled_log(emulator) == []
+    assert deleted_twins(emulator) == []
+    preview = await make_target().preview(deliveries("."))
+    assert preview[0].kind is OutcomeKind.DEAD and preview[0].reason.startswith("unsafe key: ")
+
+
+async def test_a_relationship_id_that_would_change_the_path_is_never_deleted(
+    make_target: MakeTarget, emulator: AdtEmulator
+) -> None:
+    """`DELETE /digitaltwins/t-a/relationships/..` would be `DELETE /digitaltwins/t-a`."""
+    room = "dtmi:com:example:Room;1"
+    emulator.seed(
+        {
+            "twins": [{"id": "t-a", "model": room}, {"id": "t-b", "model": room}],
+            "relationships": [{"source": "t-a", "id": "..", "name": "near", "target": "t-b"}],
+        }
+    )
+    outcomes = await send(make_target(), deliveries("t-b"))
+    assert outcomes[0].kind is OutcomeKind.RETRY
+    assert "a relationship that cannot be addressed: '..' holds a dot segment" in (
+        outcomes[0].reason
+    )
+    assert not [e for e in await settled_log(emulator) if e.method == "DELETE"]
+    assert deleted_twins(emulator) == []
+
+
 async def test_relationship_added_meanwhile_is_retried(
     make_target: MakeTarget, emulator: AdtEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -200,6 +200,28 @@ def test_where_refused(where: str, message: str) -> None:
         [predicate(r) for r in ROWS]
 
 
+@pytest.mark.parametrize(
+    ("where", "selected"),
+    [
+        ("[Email] IN ('o\\'b')", [2]),
+        ("[Email] IN ('o''b')", [2]),
+        ("[Email] = 'a\\@x'", [1]),
+        ("[Email] IN ('a@x\\'') OR [Id] IN (3) -- ')", [3]),
+        ("[Email] IN ('a@x\\'') OR [Id] IN (3) # ')", [3]),
+        ("[Email] = 'a@x' -- a comment", [1]),
+    ],
+)
+def test_where_with_backslash_escapes_reads_as_mysql(where: str, selected: list[int]) -> None:
+    predicate = compile_where(where, ["Id", "Email", "Code"], backslash_escapes=True)
+    assert [r["Id"] for r in ROWS if predicate(r)] == selected
+
+
+@pytest.mark.parametrize("where", ["[Email] = 'a\\'", "[Email] = 'a@x' --x", "[Email] = 'a@x' # x"])
+def test_where_with_backslash_escapes_refused(where: str) -> None:
+    with pytest.raises(SqlError, match="Incorrect syntax near"):
+        compile_where(where, ["Email"], backslash_escapes="#" not in where)
+
+
 def test_where_conversion_errors_like_sql_server() -> None:
     text_vs_int = compile_where("[Id] IN ('abc')", ["Id"])
     with pytest.raises(

@@ -33,6 +33,7 @@ from connectors.dmm.target import STATUS, check_key, sql_literal, where_clause
 from connectors.emulator_kit import Faults, serve
 from connectors.http import HttpClient, RetryPolicy
 from connectors.jobs import AsyncTarget, JobHandle, JobProgress, JobSpec, JobState, map_status
+from connectors.sql import Dialect
 
 TOKEN, OTP = "dmm-key-5e4d3c", "dmm-otp-8a7b6c"
 STEP = 0.05
@@ -197,6 +198,8 @@ def test_connection_defaults_and_secrets() -> None:
     assert TOKEN not in repr(conn) and OTP not in repr(conn)
     custom = connection("http://h", paths={"start": "/v2/Start"})
     assert (custom.paths.start, custom.paths.stop) == ("/v2/Start", "/StopExecution")
+    assert conn.dialect is Dialect.SQLSERVER
+    assert connection("http://h", dialect="mysql").dialect is Dialect.MYSQL
 
 
 @pytest.mark.parametrize(
@@ -214,6 +217,10 @@ def test_connection_defaults_and_secrets() -> None:
         ({"paths": {"list": "/x"}}, "Extra inputs are not permitted"),
         ({"type": "reltio"}, "Input should be 'dmm'"),
         ({"apikey": "x"}, "Extra inputs are not permitted"),
+        (
+            {"dialect": "mssql"},
+            "Input should be 'sqlserver', 'oracle', 'postgresql', 'mysql' or 'mariadb'",
+        ),
     ],
 )
 def test_connection_rejected(changes: dict[str, Any], message: str) -> None:
@@ -319,6 +326,8 @@ def test_status_table() -> None:
         (" 1", "integer", (None, "is not an integer")),
         ("١٢", "integer", (None, "is not an integer")),
         ("1 OR 1=1", "integer", (None, "is not an integer")),
+        ("12\n", "integer", (None, "is not an integer")),
+        ("-12\n", "integer", (None, "is not an integer")),
         ("o'brien", "text", ("o'brien", "")),
         (" padded ", "text", (" padded ", "")),
         ("a\nb", "text", (None, "holds a control character")),
@@ -479,6 +488,53 @@ async def test_quotes_are_safe(make_target: MakeTarget, emulator: DmmEmulator) -
     ]
     assert where_sent(emulator) == ["[Label] IN (N'Zoë', 'o''brien', 'x'') OR (''1''=''1')"]
     assert remaining(emulator, "Tag") == ["x", "1", "zoë", "plain"]
+
+
+async def test_backslashes_are_escaped_for_a_backslash_escaping_destination(
+    make_target: MakeTarget, emulator: DmmEmulator
+) -> None:
+    """On MySQL, quote doubling alone lets `a\\') OR ... -- ` close the literal and widen
+    the delete; with the connection's dialect the key is one literal again."""
+    emulator.knobs.update({"backslash_escapes": True})
+    rows = [{"Id": n, "Email": f"a{n}@x.it"} for n in range(1, 6)]
+    emulator.seed({"Account": {"key": "Email", "rows": rows}})
+
+    def ids() -> list[int]:
+        return [row["Id"] for row in emulator.rows("Account")]
+
+    key = "a\\') OR [Id] IN (1, 2) -- "
+    account = {"entity": {"name": "Account"}, "key_attribute": "Email"}
+    target = make_target({"dialect": "mysql"}, **account)
+    _, progress = await run(target, emulator, spec(records(key, "a3@x.it")))
+    assert kinds(progress.outcomes) == [("done", "absent"), ("done", "deleted by execution 1")]
+    assert where_sent(emulator) == ["[Email] IN ('a3@x.it', 'a\\\\'') OR [Id] IN (1, 2) -- ')"]
+    assert ids() == [1, 2, 4, 5]
+    # The same key under the SQL Server dialect, on this destination, widens the delete:
+    # what the dialect setting is for.
+    await run(make_target(**account), emulator, spec(records(key), job_id=2))
+    assert ids() == [4, 5]
+
+
+async def test_integer_keys_with_a_trailing_newline_are_dead(
+    make_target: MakeTarget, emulator: DmmEmulator
+) -> None:
+    _, progress = await run(make_target(**CONTACT), emulator, spec(records("12\n", "2", "3\n")))
+    assert kinds(progress.outcomes) == [
+        ("dead", "no key: '12\\n' is not an integer (digits, optionally a leading minus)"),
+        ("done", "deleted by execution 1"),
+        ("dead", "no key: '3\\n' is not an integer (digits, optionally a leading minus)"),
+    ]
+    assert where_sent(emulator) == ["[Id] IN (2)"]
+    assert 3 in remaining(emulator, "Contact")
+
+
+async def test_text_keys_no_literal_carries_safely_are_dead(
+    make_target: MakeTarget, emulator: DmmEmulator
+) -> None:
+    _, progress = await run(make_target(**TAG), emulator, spec(records("o\u02bcbrien", "x")))
+    assert progress.outcomes[0].kind is OutcomeKind.DEAD
+    assert progress.outcomes[0].reason.startswith("unsafe key: 'o\u02bcbrien' holds U+02BC")
+    assert where_sent(emulator) == ["[Label] IN ('x')"]
 
 
 async def test_a_batch_without_keys_starts_nothing(

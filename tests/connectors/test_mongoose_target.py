@@ -157,6 +157,8 @@ def test_connection_modes() -> None:
         ({"url": "ftp://h/x"}, "is not an http(s) URL"),
         ({"url": "h/x"}, "is not an http(s) URL"),
         ({"config": ""}, "at least 1 character"),
+        ({"config": ".."}, "'..' holds a dot segment"),
+        ({"config": "%2e"}, "'%2e' holds a dot segment"),
         ({"passwd": "x"}, "Extra inputs are not permitted"),
     ],
 )
@@ -271,6 +273,32 @@ async def test_keys_are_quoted_never_trusted(
     outcomes = await send(target, deliveries("x') OR Username IN ('jrossi", "o'brien"))
     assert kinds(outcomes) == [("done", "absent"), ("done", "deleted")]
     assert deleted_usernames(emulator) == ["o'brien"]
+
+
+async def test_keys_no_literal_carries_safely_are_dead_and_never_sent(
+    make_target: MakeTarget, emulator: MongooseEmulator
+) -> None:
+    """A NUL would cut the filter short in the layers below the IDO; U+02BC turns into a
+    quote when SQL Server converts the text to varchar."""
+    emulator.seed({"UserNames": [{"Username": "a\x00b"}]})
+    target = make_target()
+    outcomes = await send(
+        target, deliveries("jrossi", "a\x00b", "x\u02bc) OR Username IN (\u02bclverdi")
+    )
+    assert outcomes[0].kind is OutcomeKind.DONE
+    assert outcomes[1].reason == (
+        "unsafe key: 'a\\x00b' holds a control character (U+0000), which could cut the query short"
+    )
+    assert outcomes[2].kind is OutcomeKind.DEAD
+    assert outcomes[2].reason.startswith("unsafe key: ") and "U+02BC" in outcomes[2].reason
+    assert deleted_usernames(emulator) == ["jrossi"]
+    item_ids = make_target(key="{ITEM_ID}", lookup=None)
+    bad_pointer = "PBT=[UserNames] UserNames.DT=[x] UserNames.ID=[a\x00b]"
+    before = len(await settled_log(emulator))
+    outcomes = await send(item_ids, deliveries(bad_pointer, field="ITEM_ID"))
+    assert outcomes[0].kind is OutcomeKind.DEAD and outcomes[0].reason.startswith("unsafe key: ")
+    assert len(await settled_log(emulator)) == before
+    assert "a\x00b" in usernames(emulator)
 
 
 async def test_collation_match_and_duplicates(

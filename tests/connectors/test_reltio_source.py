@@ -145,6 +145,8 @@ def test_source_settings() -> None:
         ({"tasks": [""]}, "a task id is blank; write the id Reltio gave the task"),
         ({"tasks": ["  "]}, "a task id is blank"),
         ({"tasks": ["tasks/abc"]}, "task id 'tasks/abc' contains '/'; write the id alone"),
+        ({"tasks": [".."]}, "task id '..' holds a dot segment ('.' or '..')"),
+        ({"tasks": ["%2e%2e"]}, "task id '%2e%2e' holds a dot segment"),
         ({"tasks": ["a", "b", "a"]}, "tasks listed more than once: a"),
         ({"tasks": "abc"}, "Input should be a valid list"),
         ({"tasks": [1]}, "Input should be a valid string"),

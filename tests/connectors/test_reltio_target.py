@@ -28,7 +28,7 @@ from connectors.reltio import (
     entity_name,
 )
 from connectors.reltio.emulator import GOOSE, Knobs, ReltioEmulator, demo_entities
-from connectors.reltio.target import STATUS, current_state, entity_uri, task_uris
+from connectors.reltio.target import STATUS, current_state, entity_uri, task_object, task_uris
 
 CLIENT, SECRET = "syncengine", "cl-secret-5e4d3c"
 USER, PASSWORD = "jdoe", "user-pw-8a7b6c"
@@ -290,6 +290,11 @@ def test_status_table_is_complete_and_unknown_is_running() -> None:
         ("entities/a/b", None),
         ("a b", None),
         ("x?y", None),
+        ("..", None),
+        ("entities/..", None),
+        ("entities/.", None),
+        ("%2e%2e", None),
+        ("entities/...", "entities/..."),
     ],
 )
 def test_entity_uri(text: str, expected: str | None) -> None:
@@ -321,6 +326,13 @@ def test_entity_uri(text: str, expected: str | None) -> None:
 )
 def test_task_uris(task: dict[str, Any], expected: set[str] | None) -> None:
     assert task_uris(task) == expected
+
+
+def test_a_task_whose_id_would_change_the_poll_path_is_no_task() -> None:
+    kind = "com.reltio.businesslogic.tasks.delete.DeleteEntitiesTask"
+    assert task_object({"id": "t-1", "type": kind}) == {"id": "t-1", "type": kind}
+    assert task_object([{"id": "..", "type": kind}]) is None
+    assert task_object({"id": "", "type": kind}) is None
 
 
 def test_current_state_shapes() -> None:
@@ -401,6 +413,52 @@ async def test_unmappable_keys_are_dead_and_not_sent(
     ]
     assert outcomes[0].kind is OutcomeKind.DONE
     assert emulator.tasks()[0]["parameters"]["entityUriList"] == [uri(1)]
+
+
+async def test_keys_that_would_change_the_path_are_dead_and_never_sent(
+    make_target: MakeTarget, emulator: ReltioEmulator
+) -> None:
+    """`GET {tenant}/entities/..` is `GET {tenant}/`: an entity id is one path segment or
+    nothing is sent for it."""
+    unsafe = ["..", "entities/..", ".", "a/../b", "%2e%2e"]
+    job = spec(
+        [*by_id(1), *(Delivery(2 + i, "T", k, {"RELTIO_ID": k}) for i, k in enumerate(unsafe))]
+    )
+    target = make_target(entity="{RELTIO_ID}")
+    _, outcomes, _ = await run(target, emulator, job)
+    assert outcomes[0].kind is OutcomeKind.DONE
+    for outcome, key in zip(outcomes[1:], unsafe, strict=True):
+        assert outcome.kind is OutcomeKind.DEAD
+        assert outcome.reason.startswith("unsafe key: "), (key, outcome.reason)
+        assert "dot segment" in outcome.reason
+    assert emulator.tasks()[0]["parameters"]["entityUriList"] == [uri(1)]
+    paths = {e.path for e in await settled_log(emulator)}
+    base = "/reltio/api/TENANT"
+    assert paths <= {"/oauth/token", f"{base}/entities/_delete", f"{base}/{uri(1)}"} | {
+        f"{base}/tasks/{t['id']}" for t in emulator.tasks()
+    }
+
+
+async def test_crosswalk_values_that_would_change_the_path_are_dead_and_never_looked_up(
+    make_target: MakeTarget, emulator: ReltioEmulator
+) -> None:
+    """A crosswalk value `..` made `GET {tenant}/entities`, a listing a lookup can read
+    as a match. Other characters are encoded into the one segment and still found."""
+    emulator.seed([{"id": "slashy", "crosswalks": [{"type": GOOSE, "value": "x/y?z#1"}]}])
+    unsafe = ["..", ".", "a/../b", "%2e%2e", "..%2Fentities", "..;x"]
+    job = spec(by_record("0-3", "x/y?z#1", *unsafe))
+    handle, outcomes, _ = await run(make_target(**CROSSWALK), emulator, job)
+    assert kinds(outcomes)[:2] == [("done", f"deleted by task {handle.remote_id}")] * 2
+    for outcome in outcomes[2:]:
+        assert outcome.kind is OutcomeKind.DEAD
+        assert outcome.reason.startswith("unsafe key: ") and "dot segment" in outcome.reason
+    assert deleted(emulator) == sorted([uri(3), "entities/slashy"])
+    base = "/reltio/api/TENANT/entities"
+    lookups = sorted(e.path for e in await settled_log(emulator) if e.method == "GET")
+    assert [p for p in lookups if "/tasks/" not in p] == [
+        f"{base}/_byCrosswalk/0-3",
+        f"{base}/_byCrosswalk/x/y?z#1",
+    ]
 
 
 async def test_template_without_prefix(make_target: MakeTarget, emulator: ReltioEmulator) -> None:
