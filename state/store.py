@@ -658,7 +658,8 @@ class Store:
         every due delivery not approved is held and only approved rows remain."""
         rows = [(d, e) for d, e in rows if d.id not in self._protect(s, screen, rows, now)]
         counts = self._guard_counts(s, pipeline, target, now)
-        if not counts.due or screen.hold(counts) is None:
+        reason = screen.hold(counts) if counts.due else None
+        if reason is None:
             return rows
         # Held for numbers: what the legal hold protects is never due, so it is taken
         # out of the whole due set before the numbers are weighed again.
@@ -669,9 +670,9 @@ class Store:
         ).all()
         if self._protect(s, screen, list(due), now):
             counts = self._guard_counts(s, pipeline, target, now)
-        reason = screen.hold(counts) if counts.due else None
+            reason = screen.hold(counts) if counts.due else None
         if reason is None:
-            return [(d, e) for d, e in rows if d.status != DeliveryStatus.DEAD]
+            return rows
         held = s.execute(
             update(Delivery)
             .where(self._due(pipeline, target, now), col(Delivery.approved).is_(False))
@@ -679,7 +680,7 @@ class Store:
             .execution_options(synchronize_session="fetch")
         )
         screen.on_hold(int(held.rowcount or 0), reason)  # type: ignore[attr-defined]
-        return [(d, e) for d, e in rows if d.approved and d.status != DeliveryStatus.DEAD]
+        return [(d, e) for d, e in rows if d.approved]
 
     def _protect(
         self,

@@ -123,3 +123,16 @@ def test_the_counts_are_taken_in_the_claim(store: Store) -> None:
     assert screen.seen[0] == GuardCounts(due=2, done_last_hour=1, in_flight=1)
     store.claim("p", "a", 1, "run", now=T0 + timedelta(minutes=61), screen=screen)
     assert screen.seen[1] == GuardCounts(due=1, done_last_hour=0, in_flight=2)
+
+
+def test_a_job_batch_is_screened_in_the_transaction_that_fixes_it(store: Store) -> None:
+    journal(store, ["admin", "jrossi", "mbianchi"])
+    screen = KeyScreen({"admin"})
+    job = store.claim_into_job("p", "a", "kind", 2, screen=screen)
+    assert job is not None and [i.key for i in job.items] == ["jrossi", "mbianchi"]
+    assert status(store)["admin"] == (DeliveryStatus.DEAD, "legal hold: admin")
+    held = KeyScreen(set(), limit=0)
+    journal(store, ["x"])
+    assert store.claim_into_job("p", "a", "kind", 2, screen=held) is None
+    assert held.holds == [(1, "guard: 1 due")]
+    assert held.seen == [GuardCounts(due=1, done_last_hour=0, in_flight=2)]
