@@ -15,6 +15,7 @@ import enum
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -177,11 +178,59 @@ class Outcome:
         return cls(delivery_id, OutcomeKind.DEAD, reason=reason)
 
 
+@dataclass(frozen=True)
+class KeyMatch:
+    """How a target compares a key it is given with the keys of the records it holds.
+
+    A target whose lookup runs in a database with SQL Server's default
+    collation finds row 'sa' for key 'SA ' and deletes it; a check of that
+    key (the legal hold) must see the two as the same key, or it protects
+    nothing. `fold` is that comparison as a function: two keys match exactly
+    when their folds are equal. The same object serves the target's own
+    matching and every guard, so they cannot drift apart.
+    """
+
+    ignore_case: bool = False
+    ignore_trailing_spaces: bool = False
+
+    def fold(self, key: str) -> str:
+        if self.ignore_trailing_spaces:
+            key = key.rstrip(" ")
+        return key.casefold() if self.ignore_case else key
+
+    def matches(self, key: str, pattern: str) -> bool:
+        """Whether `key` matches a glob `pattern` (`admin*`) as the target compares text."""
+        return fnmatchcase(self.fold(key), self.fold(pattern))
+
+    def describe(self) -> str:
+        rules = [
+            rule
+            for rule, on in (
+                ("case-insensitive", self.ignore_case),
+                ("trailing spaces ignored", self.ignore_trailing_spaces),
+            )
+            if on
+        ]
+        return ", ".join(rules) or "exact"
+
+
+EXACT_KEYS = KeyMatch()
+"""Keys are equal only when their text is (an id in a URL, a JSON value)."""
+
+
+def sql_server_keys(case_sensitive: bool = False) -> KeyMatch:
+    """SQL Server text comparison: trailing spaces never count (ANSI padding), case only
+    under a case-sensitive (`_CS_`) collation; the default collations ignore it."""
+    return KeyMatch(ignore_case=not case_sensitive, ignore_trailing_spaces=True)
+
+
 @runtime_checkable
 class Target(Protocol):
-    """A target of deletions. `send` answers exactly one outcome per delivery."""
+    """A target of deletions. `send` answers exactly one outcome per delivery;
+    `key_match` says how it compares keys with its records."""
 
     batch_size: int
+    key_match: KeyMatch
 
     async def send(self, batch: Sequence[Delivery]) -> list[Outcome]: ...
 
@@ -226,6 +275,19 @@ class Previewable(Protocol):
     """
 
     async def preview(self, batch: Sequence[Delivery]) -> list[Outcome]: ...
+
+
+@runtime_checkable
+class Countable(Protocol):
+    """A target that can count the records it could delete (for `max_fraction`).
+
+    None, or an error, means the count is unknown: the guard then holds what
+    is due rather than let it pass unguarded. Declared on the registry entry
+    too (`ConnectorInfo.countable`), so a configuration is checked without
+    building a target.
+    """
+
+    async def population(self) -> int | None: ...
 
 
 # --- errors, grouped by what the caller should do -------------------------
@@ -293,6 +355,8 @@ class ConnectorInfo:
     task_source: bool = False
     """Its source is a `TaskSource` (streams are remote tasks), so a pipeline can make it
     follow the jobs a target on the same connection started."""
+    countable: bool = False
+    """Its targets implement `Countable`, so `guard.max_fraction` can guard them."""
 
 
 class UnknownConnectorType(KeyError):

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
-from connectors.contract import Delivery, Outcome, OutcomeKind
+from connectors.contract import Delivery, KeyMatch, Outcome, OutcomeKind
 
 
 class JobState(enum.StrEnum):
@@ -133,6 +133,7 @@ class CannotCancel(Exception):
 class AsyncTarget(Protocol):
     batch_size: int
     kind: str
+    key_match: KeyMatch
 
     async def submit(self, job: JobSpec) -> JobHandle:
         """Start the remote job. Raises AmbiguousError when the answer was lost."""

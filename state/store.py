@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import and_, delete, func, or_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -87,6 +87,41 @@ class ClaimedDelivery:
     stream: str
     key: str
     fields: dict[str, Any]
+    approved: bool = False
+    """An operator released it from a mass-delete hold (never from a legal hold)."""
+
+
+@dataclass(frozen=True)
+class GuardCounts:
+    """What a mass-delete guard weighs, counted in the claim's own transaction."""
+
+    due: int
+    """Due deliveries of the target that no operator approved."""
+    done_last_hour: int
+    in_flight: int
+    """Claimed and not answered yet (the items of open jobs)."""
+
+
+class Screen(Protocol):
+    """The guards, asked inside the claim's transaction, so nothing is sent on a verdict
+    older than the claim (a delivery made due mid-run by a retry is screened too).
+
+    The engine implements it; the store only applies the verdicts: a protected
+    delivery becomes dead with the reason, and a hold holds every due delivery
+    that no operator approved.
+    """
+
+    def protect(self, delivery: ClaimedDelivery) -> str | None:
+        """Why this delivery must never be sent (approved or not), or None."""
+        ...
+
+    def hold(self, counts: GuardCounts) -> str | None:
+        """Why the due deliveries no operator approved must wait, or None."""
+        ...
+
+    def on_hold(self, count: int, reason: str) -> None:
+        """`count` deliveries were just held for `reason`."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -170,6 +205,18 @@ def _apply_outcomes(
             )
             counts.retried += 1
     return counts
+
+
+def _claimed(delivery: Delivery, deletion: Deletion) -> ClaimedDelivery:
+    assert delivery.id is not None
+    return ClaimedDelivery(
+        id=delivery.id,
+        attempts=delivery.attempts,
+        stream=deletion.stream,
+        key=deletion.record_key,
+        fields=dict(deletion.fields),
+        approved=delivery.approved,
+    )
 
 
 class HeldCountMismatch(Exception):
@@ -553,14 +600,18 @@ class Store:
         claim: str,
         now: datetime | None = None,
         fresh_before: datetime | None = None,
+        screen: Screen | None = None,
     ) -> list[ClaimedDelivery]:
         """Move up to `limit` due deliveries to in flight, oldest first.
 
         `fresh_before` keeps a run from retrying, in a loop, what failed
         during that same run: failed deliveries updated since then wait.
+        `screen` applies the guards to each delivery in this same transaction.
         """
         with self._tx() as s:
-            return self._claim(s, pipeline, target, limit, claim, now or utcnow(), fresh_before)
+            return self._claim(
+                s, pipeline, target, limit, claim, now or utcnow(), fresh_before, screen
+            )
 
     def _claim(
         self,
@@ -571,7 +622,10 @@ class Store:
         claim: str,
         now: datetime,
         fresh_before: datetime | None,
+        screen: Screen | None = None,
     ) -> list[ClaimedDelivery]:
+        """What a screen takes out (dead or held) is replaced by the next due
+        deliveries, so a batch is short only when nothing more may be sent."""
         due_failed = and_(
             col(Delivery.status) == DeliveryStatus.FAILED, col(Delivery.next_attempt_at) <= now
         )
@@ -586,26 +640,90 @@ class Store:
                 or_(col(Delivery.status) == DeliveryStatus.PENDING, due_failed),
             )
             .order_by(col(Delivery.id))
-            .limit(limit)
         )
         if self._dialect == "postgresql":
             query = query.with_for_update(skip_locked=True, of=Delivery)
         claimed: list[ClaimedDelivery] = []
-        for delivery, deletion in s.exec(query).all():
-            delivery.status = DeliveryStatus.IN_FLIGHT
-            delivery.claim = claim
-            delivery.updated_at = now
-            assert delivery.id is not None
-            claimed.append(
-                ClaimedDelivery(
-                    id=delivery.id,
-                    attempts=delivery.attempts,
-                    stream=deletion.stream,
-                    key=deletion.record_key,
-                    fields=dict(deletion.fields),
-                )
-            )
+        while len(claimed) < limit:
+            rows = list(s.exec(query.limit(limit - len(claimed))).all())
+            if not rows:
+                break
+            if screen is not None:
+                rows = self._screen(s, pipeline, target, now, screen, rows)
+            for delivery, deletion in rows:
+                delivery.status = DeliveryStatus.IN_FLIGHT
+                delivery.claim = claim
+                delivery.updated_at = now
+                claimed.append(_claimed(delivery, deletion))
         return claimed
+
+    def _screen(
+        self,
+        s: Session,
+        pipeline: str,
+        target: str,
+        now: datetime,
+        screen: Screen,
+        rows: list[tuple[Delivery, Deletion]],
+    ) -> list[tuple[Delivery, Deletion]]:
+        """The rows that may be sent: the protected ones become dead; over a limit,
+        every due delivery not approved is held and only approved rows remain."""
+        rows = [(d, e) for d, e in rows if d.id not in self._protect(s, screen, rows, now)]
+        counts = self._guard_counts(s, pipeline, target, now)
+        reason = screen.hold(counts) if counts.due else None
+        if reason is None:
+            return rows
+        # Held for numbers: what the legal hold protects is never due, so it is taken
+        # out of the whole due set before the numbers are weighed again.
+        due = s.exec(
+            select(Delivery, Deletion)
+            .join(Deletion, col(Deletion.id) == col(Delivery.deletion_id))
+            .where(self._due(pipeline, target, now), col(Delivery.approved).is_(False))
+        ).all()
+        if self._protect(s, screen, list(due), now):
+            counts = self._guard_counts(s, pipeline, target, now)
+            reason = screen.hold(counts) if counts.due else None
+        if reason is None:
+            return rows
+        held = s.execute(
+            update(Delivery)
+            .where(self._due(pipeline, target, now), col(Delivery.approved).is_(False))
+            .values(status=DeliveryStatus.HELD, last_error=reason, updated_at=now)
+            .execution_options(synchronize_session="fetch")
+        )
+        screen.on_hold(int(held.rowcount or 0), reason)  # type: ignore[attr-defined]
+        return [(d, e) for d, e in rows if d.approved]
+
+    def _protect(
+        self,
+        s: Session,
+        screen: Screen,
+        rows: Sequence[tuple[Delivery, Deletion]],
+        now: datetime,
+    ) -> set[int]:
+        """Make dead, with the screen's reason, each row it protects; their ids."""
+        dead = [
+            OutcomeRecord(d.id or 0, "dead", reason=reason)
+            for d, e in rows
+            if (reason := screen.protect(_claimed(d, e))) is not None
+        ]
+        _apply_outcomes(s, dead, RetryRule(), now)
+        return {o.delivery_id for o in dead}
+
+    def _guard_counts(self, s: Session, pipeline: str, target: str, now: datetime) -> GuardCounts:
+        def count(*where: Any) -> int:
+            return int(s.exec(select(func.count()).select_from(Delivery).where(*where)).one())
+
+        mine = (col(Delivery.pipeline) == pipeline, col(Delivery.target) == target)
+        return GuardCounts(
+            due=count(self._due(pipeline, target, now), col(Delivery.approved).is_(False)),
+            done_last_hour=count(
+                *mine,
+                col(Delivery.status) == DeliveryStatus.DONE,
+                col(Delivery.finished_at) >= now - timedelta(hours=1),
+            ),
+            in_flight=count(*mine, col(Delivery.status) == DeliveryStatus.IN_FLIGHT),
+        )
 
     def record_outcomes(
         self, outcomes: Iterable[OutcomeRecord], rule: RetryRule, now: datetime | None = None
@@ -720,15 +838,17 @@ class Store:
         limit: int,
         now: datetime | None = None,
         fresh_before: datetime | None = None,
+        screen: Screen | None = None,
     ) -> JobRecord | None:
-        """Claim due deliveries and fix them as one job's batch, in one transaction.
+        """Claim due deliveries and fix them as one job's batch, in one transaction
+        (with `screen`, the guards' verdicts too).
 
         The client-chosen id carries a random part, so a job of a reset or
         another store can never be mistaken for this one.
         """
         now = now or utcnow()
         with self._tx() as s:
-            claimed = self._claim(s, pipeline, target, limit, "job", now, fresh_before)
+            claimed = self._claim(s, pipeline, target, limit, "job", now, fresh_before, screen)
             if not claimed:
                 return None
             job = Job(
@@ -758,11 +878,7 @@ class Store:
             .where(col(Delivery.job_id) == job.id)
             .order_by(col(Delivery.id))
         ).all()
-        items = [
-            ClaimedDelivery(d.id or 0, d.attempts, e.stream, e.record_key, dict(e.fields))
-            for d, e in rows
-            if d.status == DeliveryStatus.IN_FLIGHT
-        ]
+        items = [_claimed(d, e) for d, e in rows if d.status == DeliveryStatus.IN_FLIGHT]
         return JobRecord(
             id=job.id,
             pipeline=job.pipeline,
@@ -937,7 +1053,7 @@ class Store:
     def due_deliveries(
         self, pipeline: str, target: str, now: datetime | None = None
     ) -> list[ClaimedDelivery]:
-        """What the next claims would take (for checks made before any send)."""
+        """What the next claims would take (for a plan)."""
         with Session(self.engine) as s:
             rows = s.exec(
                 select(Delivery, Deletion)
@@ -945,46 +1061,7 @@ class Store:
                 .where(self._due(pipeline, target, now or utcnow()))
                 .order_by(col(Delivery.id))
             ).all()
-            return [
-                ClaimedDelivery(d.id or 0, d.attempts, e.stream, e.record_key, dict(e.fields))
-                for d, e in rows
-            ]
-
-    def count_due_unapproved(self, pipeline: str, target: str, now: datetime | None = None) -> int:
-        with Session(self.engine) as s:
-            query = (
-                select(func.count())
-                .select_from(Delivery)
-                .where(
-                    self._due(pipeline, target, now or utcnow()), col(Delivery.approved).is_(False)
-                )
-            )
-            return int(s.exec(query).one())
-
-    def count_done_since(self, pipeline: str, target: str, since: datetime) -> int:
-        with Session(self.engine) as s:
-            query = (
-                select(func.count())
-                .select_from(Delivery)
-                .where(
-                    col(Delivery.pipeline) == pipeline,
-                    col(Delivery.target) == target,
-                    col(Delivery.status) == DeliveryStatus.DONE,
-                    col(Delivery.finished_at) >= since,
-                )
-            )
-            return int(s.exec(query).one())
-
-    def hold_due(self, pipeline: str, target: str, reason: str, now: datetime | None = None) -> int:
-        """Hold every due delivery not yet approved: not sent, not lost."""
-        now = now or utcnow()
-        with self._tx() as s:
-            result = s.execute(
-                update(Delivery)
-                .where(self._due(pipeline, target, now), col(Delivery.approved).is_(False))
-                .values(status=DeliveryStatus.HELD, last_error=reason, updated_at=now)
-            )
-            return int(result.rowcount or 0)  # type: ignore[attr-defined]
+            return [_claimed(d, e) for d, e in rows]
 
     def approve_held(self, pipeline: str, target: str, count: int) -> int:
         """Release exactly `count` held deliveries; refused (0) unless that is how many are held."""

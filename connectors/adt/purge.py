@@ -25,7 +25,14 @@ import httpx
 
 from connectors.adt.auth import AdtClient, classify, error_code, json_object
 from connectors.adt.settings import AdtConnection, AdtPurgeSettings, check_purge_confirmation
-from connectors.contract import Delivery, FatalError, Outcome, RemoteError, RetriableError
+from connectors.contract import (
+    EXACT_KEYS,
+    Delivery,
+    FatalError,
+    Outcome,
+    RemoteError,
+    RetriableError,
+)
 from connectors.http import HttpClient, excerpt
 from connectors.jobs import CannotCancel, JobHandle, JobProgress, JobSpec, JobState, map_status
 from connectors.paths import path_segment, segment_problem
@@ -53,6 +60,7 @@ class AdtPurgeTarget:
     """Starts one delete job per batch that holds a trigger, and reports it per delivery."""
 
     kind = "adt_delete_job"
+    key_match = EXACT_KEYS
 
     def __init__(
         self,

@@ -17,7 +17,7 @@ import httpx
 
 from connectors.adt.auth import AdtClient, classify, error_code, json_object
 from connectors.adt.settings import AdtConnection, AdtTwinsSettings
-from connectors.contract import Delivery, Outcome, RemoteError, RetriableError
+from connectors.contract import EXACT_KEYS, Delivery, Outcome, RemoteError, RetriableError
 from connectors.http import HttpClient
 from connectors.keys import UnmappedKey
 from connectors.paths import path_segment, segment_problem
@@ -49,6 +49,9 @@ class _Absent(Exception):
 
 class AdtTwinsTarget:
     """Deletes twins by id, removing the relationships that reference them first."""
+
+    key_match = EXACT_KEYS
+    """Twin ids are case-sensitive."""
 
     def __init__(
         self,

@@ -138,6 +138,11 @@ class DmmConnection(ConnectionBase):
         None, description="sent as X-DMM-Token-OTP on StartExecution; needed by targets only"
     )
     paths: DmmPaths = DmmPaths()
+    collation: Literal["case_insensitive", "case_sensitive"] = Field(
+        "case_insensitive",
+        description="how the destination database compares text keys: SQL Server's default "
+        "collations ignore case (and always trailing spaces); case_sensitive for a _CS_ one",
+    )
 
     @field_validator("url")
     @classmethod

@@ -57,6 +57,7 @@ from connectors.contract import (
     Outcome,
     RemoteError,
     RetriableError,
+    sql_server_keys,
 )
 from connectors.dmm.client import DmmClient, succeeded
 from connectors.dmm.logs import MAX_LOG_BYTES, LogEvent, parse_lines, read_log_zip, split_lines
@@ -197,6 +198,7 @@ class DmmDeleteTarget:
         self.dialect = connection.dialect
         self.settings = settings
         self.batch_size = settings.batch_size
+        self.key_match = sql_server_keys(connection.collation == "case_sensitive")
         self._template: KeyTemplate = settings.key_template()
         self._http = http or connection.http_client(
             name, base_url=connection.url, secrets=connection.secret_values()

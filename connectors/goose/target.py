@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 import httpx
 
 from connectors.contract import (
+    EXACT_KEYS,
     AmbiguousError,
     Delivery,
     FatalError,
@@ -79,6 +80,8 @@ class _TooLong(Exception):
 
 class GooseDeleteTarget:
     """Deletes records of one Goose table by RECORD_ID through OPERATION DELETE."""
+
+    key_match = EXACT_KEYS
 
     def __init__(
         self,

@@ -19,6 +19,7 @@ registry.register(
         connection_settings=MongooseConnection,
         target_settings=MongooseTargetSettings,
         build_target=build_target,
+        countable=True,
     )
 )
 

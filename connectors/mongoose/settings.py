@@ -31,6 +31,11 @@ class MongooseConnection(ConnectionBase):
     user: str | None = Field(None, min_length=1)
     password: SecretStr | None = None
     token: SecretStr | None = Field(None, description="ION API bearer token")
+    collation: Literal["case_insensitive", "case_sensitive"] = Field(
+        "case_insensitive",
+        description="how the Mongoose database compares text: SQL Server's default "
+        "collations ignore case (and always trailing spaces); case_sensitive for a _CS_ one",
+    )
 
     @field_validator("url")
     @classmethod

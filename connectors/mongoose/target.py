@@ -33,9 +33,11 @@ from connectors.contract import (
     ConnectorError,
     Delivery,
     FatalError,
+    KeyMatch,
     Outcome,
     RemoteError,
     RetriableError,
+    sql_server_keys,
 )
 from connectors.http import HttpClient, excerpt
 from connectors.keys import UnmappedKey
@@ -79,19 +81,15 @@ def row_pointer(item_id: str) -> str | None:
     return match.group("row") if match else None
 
 
-def _fold(value: str) -> str:
-    """How SQL Server's default collation compares text: case-insensitive,
-    trailing spaces ignored."""
-    return value.rstrip(" ").casefold()
-
-
-def match_rows(keys: Sequence[str], rows: Sequence[Sequence[Any]]) -> dict[str, list[str]]:
+def match_rows(
+    keys: Sequence[str], rows: Sequence[Sequence[Any]], collation: KeyMatch
+) -> dict[str, list[str]]:
     """key -> ItemIds of the returned rows that have it.
 
     The server matched the filter with its own collation, so a row may come
     back for 'JRossi' holding 'jrossi'. Exact matches win; otherwise a key
-    takes the rows equal to it under the default collation. Every row used
-    was selected by the server for some key of the batch.
+    takes the rows equal to it under the connection's collation. Every row
+    used was selected by the server for some key of the batch.
     """
     exact: dict[str, list[str]] = defaultdict(list)
     loose: dict[str, list[str]] = defaultdict(list)
@@ -99,8 +97,11 @@ def match_rows(keys: Sequence[str], rows: Sequence[Sequence[Any]]) -> dict[str, 
         if value is None:
             continue
         exact[str(value)].append(item_id)
-        loose[_fold(str(value))].append(item_id)
-    return {key: list(dict.fromkeys(exact.get(key) or loose.get(_fold(key), []))) for key in keys}
+        loose[collation.fold(str(value))].append(item_id)
+    return {
+        key: list(dict.fromkeys(exact.get(key) or loose.get(collation.fold(key), [])))
+        for key in keys
+    }
 
 
 # --- authentication ------------------------------------------------------------
@@ -397,6 +398,7 @@ class MongooseTarget:
         self.name = name
         self.settings = settings
         self.batch_size = settings.batch_size
+        self.key_match = sql_server_keys(connection.collation == "case_sensitive")
         self._template = settings.key_template()
         self._http = http or connection.http_client(
             name, base_url=connection.url, secrets=connection.secret_values()
@@ -406,11 +408,12 @@ class MongooseTarget:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def population(self) -> int:
+    async def population(self) -> int | None:
         """How many rows the IDO holds, for the mass-delete guard's max_fraction.
 
-        LoadCollection has no count, so this loads the ItemIds alone: one read
-        per guarded run, worth it to stop a mass deletion before it starts.
+        LoadCollection has no count, so this loads the ItemIds alone (`recordcap`
+        0: every row): one read per guarded run, worth it to stop a mass
+        deletion before it starts.
         """
         return len(await self.api.load(self.settings.ido, ["_ItemId"], ""))
 
@@ -490,7 +493,7 @@ class MongooseTarget:
 
     async def _find(self, prop: str, keys: Sequence[str]) -> dict[str, list[str]]:
         rows = await self.api.load(self.settings.ido, ["_ItemId", prop], in_filter(prop, keys))
-        return match_rows(keys, rows)
+        return match_rows(keys, rows, self.key_match)
 
     def _ambiguous(self, prop: str, key: str, count: int) -> str:
         return (

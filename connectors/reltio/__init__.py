@@ -36,6 +36,7 @@ registry.register(
         build_source=build_source,
         build_target=build_target,
         task_source=True,
+        countable=True,
     )
 )
 

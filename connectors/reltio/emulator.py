@@ -6,6 +6,9 @@ Emulated (apis.md section 2 and the OPS spec `Data Operation.json`):
          grant_type (client_credentials | password | refresh_token) in the form
          body or the query string, as Reltio's own client sends it
     GET  /reltio/api/{tenant}/entities/{id}
+    GET  /reltio/api/{tenant}/entities/_total[?filter=equals(type,'...')&activeness=]
+         answers `{"total": N}` (OPS `getTotalByTenant`, schema TotalResult): the
+         active entities; the emulator keeps no expired ones, so `not_active` is 0
     GET  /reltio/api/{tenant}/entities/_byCrosswalk/{value}?type=<source type>
          answers `[{"index": 0, "object": <entity>}]` as in the OPS spec, or the
          bare entity (knob crosswalk_answer="entity"); 404 when none has it
@@ -580,6 +583,7 @@ class ReltioEmulator:
                 f"{BASE}/entities/_byCrosswalk/{{value:path}}", self._by_crosswalk, methods=["GET"]
             ),
             Route(f"{BASE}/entities/_delete", self._delete, methods=["POST"]),
+            Route(f"{BASE}/entities/_total", self._total, methods=["GET"]),
             Route(f"{BASE}/entities/{{id}}", self._entity, methods=["GET"]),
             Route(f"{BASE}/tasks", self._list_tasks, methods=["GET"]),
             Route(f"{BASE}/tasks/{{id}}", self._get_task, methods=["GET"]),
@@ -671,6 +675,26 @@ class ReltioEmulator:
         if answer is None:
             return _not_found(uri)
         return JSONResponse(answer)
+
+    async def _total(self, request: Request) -> Response:
+        _, refused = self._authorize(request)
+        if refused is not None:
+            return refused
+        text = request.query_params.get("filter")
+        match = _TYPE_FILTER.match(text) if text is not None else None
+        if text is not None and match is None:
+            return _error(400, 100, "The emulator supports a filter equals(type,'...') only")
+        activeness = request.query_params.get("activeness", "active")
+        if activeness not in ("all", "active", "not_active"):
+            return _error(400, 100, f"Unknown activeness {activeness!r}")
+        with self._lock:
+            self._advance()
+            total = sum(
+                1
+                for e in self._entities.values()
+                if activeness != "not_active" and (match is None or e["type"] == match.group(1))
+            )
+        return JSONResponse({"total": total})
 
     async def _by_crosswalk(self, request: Request) -> Response:
         _, refused = self._authorize(request)

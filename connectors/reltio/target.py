@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from connectors.contract import (
+    EXACT_KEYS,
     AmbiguousError,
     Delivery,
     Outcome,
@@ -206,6 +207,8 @@ class ReltioDeleteTarget:
     """Deletes the entities deliveries name, one bulk delete task per batch."""
 
     kind = "reltio_delete"
+    key_match = EXACT_KEYS
+    """Entity URIs and crosswalk values are compared as they are written."""
 
     def __init__(
         self,
@@ -231,6 +234,16 @@ class ReltioDeleteTarget:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+    async def population(self) -> int | None:
+        """How many active entities the tenant holds (`GET entities/_total`), for the
+        mass-delete guard's max_fraction; None when the answer carries no count."""
+        path = "/entities/_total"
+        response = await self.api.call("GET", path, idempotent=True)
+        body = json_body(response)
+        if not response.is_success or not isinstance(body, dict):
+            raise self.api.remote(f"GET {path}", response)
+        return as_int(body.get("total"))
 
     # -- the AsyncTarget contract ---------------------------------------------------
 

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from connectors import load_registry
-from connectors.contract import ConsumesServerCursors, UnknownConnectorType
+from connectors.contract import ConsumesServerCursors, Registry, UnknownConnectorType
 from connectors.redact import SHORTEST_SAFE
 from syncengine.config import yamlfile
 from syncengine.config.interpolate import Path, interpolate
@@ -31,6 +31,7 @@ from syncengine.config.models import (
     RawConfig,
     RawPipeline,
     RawSource,
+    RawTarget,
     SourceConfig,
     TargetConfig,
     TargetRef,
@@ -287,7 +288,11 @@ def _second_pass(raw: RawConfig, name: str) -> tuple[Config | None, list[ConfigI
                 "target",
                 issues,
             )
-            if built is not None:
+            fraction = _uncountable(built[0] if built else None, target, registry)
+            if fraction is not None:
+                where_guard = (*where, "targets", target_name, "guard", "max_fraction")
+                issues.append(ConfigIssue(where_guard, fraction))
+            elif built is not None:
                 targets[target_name] = TargetConfig(
                     name=target_name,
                     connection=target.connection,
@@ -320,6 +325,17 @@ def _second_pass(raw: RawConfig, name: str) -> tuple[Config | None, list[ConfigI
         secrets=collect_secrets(list(connections.values())),
     )
     return config, []
+
+
+def _uncountable(kind: str | None, target: RawTarget, registry: Registry) -> str | None:
+    """A max_fraction on a target that cannot count its records would guard nothing."""
+    if kind is None or target.guard.max_fraction is None or registry.get(kind).countable:
+        return None
+    able = ", ".join(name for name in registry.names() if registry.get(name).countable)
+    return (
+        f"a {kind} target cannot count its records, so max_fraction cannot guard it; "
+        f"max_fraction works on targets of type {able}; use max_per_run or max_per_hour here"
+    )
 
 
 def _source(

@@ -1,98 +1,146 @@
-"""Checks made before anything is sent to a target: legal hold, then the
-mass-delete guard.
+"""The guards, decided for each delivery at the moment it is claimed for sending.
 
-A protected key is never sent: its delivery becomes dead with the reason,
-and the check runs again before every send, so a retry by hand cannot slip
-past it. Over a mass-delete limit, every due delivery not approved by an
-operator is held: nothing is sent and nothing is lost until someone runs
-`syncengine approve` or `reject`.
+A protected key (legal hold) is never sent: its delivery becomes dead with
+the reason, approved or not, and a delivery made due later (a backoff that
+ended mid-run, `dlq retry` beside a running daemon) is screened by its own
+claim. The legal hold compares keys the way the target does: on a
+case-insensitive target, 'SA ' is the row 'sa'. Over a mass-delete limit,
+every due delivery no operator approved is held until `syncengine approve`
+or `reject`; a limit that cannot be weighed (the target's count failed)
+holds too. `plan` shows the same verdicts, from the same functions.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
 from fnmatch import fnmatchcase
 from typing import Any
 
+from connectors.contract import ConnectorError, Countable, KeyMatch
 from connectors.keys import KeyTemplate, UnmappedKey
-from state import OutcomeRecord, Store
-from state.models import utcnow
-from syncengine.engine.runtime import PipelineRuntime, TargetRuntime
+from state import ClaimedDelivery, GuardCounts
+from syncengine.config.models import GuardSettings, LegalHold
+from syncengine.engine.runtime import TargetRuntime
+
+
+def legal_hold(hold: LegalHold | None, match: KeyMatch, fields: Mapping[str, Any]) -> str | None:
+    """Why the legal hold protects a deletion with these fields, or None.
+
+    A key its template cannot render is left to the target, which cannot
+    send it either when it keys on the same field.
+    """
+    if hold is None:
+        return None
+    try:
+        key = KeyTemplate(hold.key).render(fields)
+    except UnmappedKey:
+        return None
+    pattern = next((p for p in hold.patterns if match.matches(key, p)), None)
+    if pattern is None:
+        return None
+    how = "" if fnmatchcase(key, pattern) else f" ({match.describe()}, as the target compares)"
+    return f"key {key!r} matches {pattern!r}{how}"
+
+
+@dataclass(frozen=True)
+class Population:
+    """The target's record count for max_fraction, or why it is unknown."""
+
+    count: int | None
+    problem: str = ""
+
+
+async def count_population(target: TargetRuntime) -> Population | None:
+    """Counted once per run, before the first claim; None when no max_fraction asks."""
+    if target.config.guard.max_fraction is None:
+        return None
+    api = target.target
+    if not isinstance(api, Countable):
+        return Population(None, "this target cannot count its records")
+    try:
+        count = await api.population()
+    except ConnectorError as exc:
+        return Population(None, f"counting the target's records failed: {exc}")
+    if count is None:
+        return Population(None, "the target gave no count of its records")
+    return Population(count)
+
+
+def mass_delete_reasons(
+    guard: GuardSettings, counts: GuardCounts, sent: int, population: Population | None
+) -> list[str]:
+    """Each limit the due deliveries would cross. `sent`: deliveries no operator
+    approved that this run already claimed for sending."""
+    due = counts.due
+    reasons: list[str] = []
+    if guard.max_per_run is not None and sent + due > guard.max_per_run:
+        already = f"{sent} sent in this run + " if sent else ""
+        reasons.append(f"{already}{due} deletions due, max_per_run is {guard.max_per_run}")
+    if guard.max_per_hour is not None:
+        recent = counts.done_last_hour + counts.in_flight
+        if recent + due > guard.max_per_hour:
+            reasons.append(
+                f"{recent} done in the last hour or in flight + {due} due exceeds "
+                f"max_per_hour {guard.max_per_hour}"
+            )
+    if guard.max_fraction is not None:
+        reasons.extend(_fraction(guard.max_fraction, sent + due, population))
+    return reasons
+
+
+def _fraction(limit: float, due: int, population: Population | None) -> list[str]:
+    if population is None or population.count is None:
+        problem = population.problem if population is not None else "no count was taken"
+        return [f"{problem}, so max_fraction {limit:.0%} cannot be checked"]
+    count = population.count
+    if count > 0 and due / count <= limit:
+        return []
+    share = f" ({due / count:.0%})" if count > 0 else ""
+    return [f"{due} of the target's {count} records{share} exceeds max_fraction {limit:.0%}"]
 
 
 @dataclass
-class GuardReport:
+class ClaimGuard:
+    """The `state.Screen` of one run for one target: what the store asks at each claim."""
+
+    target: TargetRuntime
+    population: Population | None = None
+    sent: int = 0
+    """Deliveries no operator approved that this run claimed for sending."""
     protected: int = 0
     held: int = 0
     reasons: list[str] = field(default_factory=list)
 
-
-async def _population(target: TargetRuntime) -> int | None:
-    count = getattr(target.target, "population", None)
-    if count is None:
-        return None
-    value = await count()
-    return int(value) if value is not None else None
-
-
-def apply_legal_hold(store: Store, pipe: PipelineRuntime, target: TargetRuntime) -> int:
-    hold = target.config.guard.legal_hold
-    if hold is None:
-        return 0
-    template = KeyTemplate(hold.key)
-    protected = []
-    for delivery in store.due_deliveries(pipe.name, target.name):
-        try:
-            key = template.render(delivery.fields)
-        except UnmappedKey:
-            continue
-        pattern = next((p for p in hold.patterns if fnmatchcase(key, p)), None)
-        if pattern is not None:
-            protected.append(
-                OutcomeRecord(
-                    delivery.id, "dead", reason=f"legal hold: key {key!r} matches {pattern!r}"
-                )
-            )
-    if protected:
-        store.record_outcomes(protected, target.rule)
-    return len(protected)
-
-
-async def review(
-    store: Store, pipe: PipelineRuntime, target: TargetRuntime, log: Any
-) -> GuardReport:
-    report = GuardReport(protected=apply_legal_hold(store, pipe, target))
-    if report.protected:
-        log.warning("legal_hold_applied", protected=report.protected)
-    guard = target.config.guard
-    due = store.count_due_unapproved(pipe.name, target.name)
-    if not due:
-        return report
-    if guard.max_per_run is not None and due > guard.max_per_run:
-        report.reasons.append(f"{due} deletions due, max_per_run is {guard.max_per_run}")
-    if guard.max_per_hour is not None:
-        recent = store.count_done_since(pipe.name, target.name, utcnow() - timedelta(hours=1))
-        if recent + due > guard.max_per_hour:
-            report.reasons.append(
-                f"{recent} done in the last hour + {due} due exceeds max_per_hour "
-                f"{guard.max_per_hour}"
-            )
-    if guard.max_fraction is not None:
-        population = await _population(target)
-        if population is not None and population > 0 and due / population > guard.max_fraction:
-            report.reasons.append(
-                f"{due} of the target's {population} records ({due / population:.0%}) exceeds "
-                f"max_fraction {guard.max_fraction:.0%}"
-            )
-    if report.reasons:
-        reason = "guard: " + "; ".join(report.reasons)
-        report.held = store.hold_due(pipe.name, target.name, reason)
-        log.error(
-            "alert_guard_tripped",
-            held=report.held,
-            reasons=report.reasons,
-            hint=f"inspect with `syncengine held`, then `syncengine approve --pipeline {pipe.name} "
-            f"--target {target.name} --count {report.held}` or `syncengine reject`",
+    def protect(self, delivery: ClaimedDelivery) -> str | None:
+        reason = legal_hold(
+            self.target.config.guard.legal_hold, self.target.target.key_match, delivery.fields
         )
-    return report
+        if reason is None:
+            return None
+        self.protected += 1
+        return f"legal hold: {reason}"
+
+    def hold(self, counts: GuardCounts) -> str | None:
+        reasons = mass_delete_reasons(self.target.config.guard, counts, self.sent, self.population)
+        return "guard: " + "; ".join(reasons) if reasons else None
+
+    def on_hold(self, count: int, reason: str) -> None:
+        self.held += count
+        self.reasons.append(reason)
+
+    def claimed(self, items: list[ClaimedDelivery]) -> None:
+        self.sent += sum(1 for item in items if not item.approved)
+
+    def report(self, pipeline: str, log: Any) -> None:
+        if self.protected:
+            log.warning("legal_hold_applied", protected=self.protected)
+        if self.held:
+            log.error(
+                "alert_guard_tripped",
+                held=self.held,
+                reasons=self.reasons,
+                hint=f"inspect with `syncengine held`, then `syncengine approve --pipeline "
+                f"{pipeline} --target {self.target.name} --count {self.held}` or "
+                "`syncengine reject`",
+            )

@@ -22,7 +22,7 @@ from state import OutcomeRecord, Store
 from state.models import JobPhase, utcnow
 from state.store import JobRecord
 from syncengine import failpoints
-from syncengine.engine.guard import review
+from syncengine.engine.guard import ClaimGuard, count_population
 from syncengine.engine.push import PushReport, complete_outcomes
 from syncengine.engine.runtime import PipelineRuntime, TargetRuntime
 from syncengine.engine.stop import StopToken
@@ -95,9 +95,19 @@ class JobRunner:
             if job.phase != JobPhase.OPEN:
                 self.log.info("job_resumed", job=job.id, phase=job.phase, remote_id=job.remote_id)
             await self._drive(job, force=job.phase == JobPhase.SUBMITTING)
-        guard = await review(self.store, self.pipe, self.target, self.log)
-        self.report.dead += guard.protected
-        self.report.held += guard.held
+        guard = ClaimGuard(self.target, await count_population(self.target))
+        try:
+            await self._claim_and_submit(run_started, guard)
+        finally:
+            self.report.dead += guard.protected
+            self.report.held += guard.held
+            guard.report(self.pipe.name, self.log)
+        await self._poll_until_settled()
+        return self.report
+
+    async def _claim_and_submit(self, run_started: datetime, guard: ClaimGuard) -> None:
+        """Each claim screens its batch (legal hold, mass-delete limits) in the
+        transaction that fixes it as a job, before anything is submitted."""
         while not self.stop.is_set():
             new = self.store.claim_into_job(
                 self.pipe.name,
@@ -105,13 +115,13 @@ class JobRunner:
                 self.api.kind,
                 self.api.batch_size,
                 fresh_before=run_started,
+                screen=guard,
             )
             if new is None:
                 break
+            guard.claimed(new.items)
             self.log.info("job_created", job=new.id, client_id=new.client_id, items=len(new.items))
             await self._submit(new)
-        await self._poll_until_settled()
-        return self.report
 
     async def _poll_until_settled(self) -> None:
         deadline = time.monotonic() + self.policy.wait

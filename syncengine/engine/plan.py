@@ -10,7 +10,6 @@ planned too: they are what the next run would send.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from fnmatch import fnmatchcase
 from typing import Any
 
 from connectors.contract import (
@@ -21,9 +20,9 @@ from connectors.contract import (
     OutcomeKind,
     Previewable,
 )
-from connectors.keys import KeyTemplate, UnmappedKey
 from state import Store
 from state.models import utcnow
+from syncengine.engine.guard import legal_hold
 from syncengine.engine.pull import streams_to_read
 from syncengine.engine.runtime import PipelineRuntime, TargetRuntime
 
@@ -62,23 +61,11 @@ class PipelinePlan:
         return asdict(self)
 
 
-def _legal_hold(target: TargetRuntime, delivery: Delivery) -> str | None:
-    hold = target.config.guard.legal_hold
-    if hold is None:
-        return None
-    try:
-        key = KeyTemplate(hold.key).render(delivery.fields)
-    except UnmappedKey:
-        return None
-    pattern = next((p for p in hold.patterns if fnmatchcase(key, p)), None)
-    return None if pattern is None else f"key {key!r} matches {pattern!r}"
-
-
 async def _preview(target: TargetRuntime, batch: list[Delivery]) -> list[PlannedItem]:
     items: list[PlannedItem] = []
     allowed: list[Delivery] = []
     for delivery in batch:
-        held = _legal_hold(target, delivery)
+        held = legal_hold(target.config.guard.legal_hold, target.target.key_match, delivery.fields)
         if held is not None:
             items.append(PlannedItem(delivery.stream, delivery.key, "legal hold", held))
         else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from connectors.contract import (
     ConnectorError,
@@ -20,7 +21,7 @@ from connectors.contract import (
 )
 from state import OutcomeRecord, Store
 from syncengine import failpoints
-from syncengine.engine.guard import review
+from syncengine.engine.guard import ClaimGuard, count_population
 from syncengine.engine.runtime import PipelineRuntime, TargetRuntime
 from syncengine.engine.stop import StopToken
 from syncengine.logs import get_logger
@@ -77,16 +78,40 @@ async def push(
     report.released = store.release_orphans(pipe.name, target.name)
     if report.released:
         log.warning("released_orphans", count=report.released, reason="left in flight by a crash")
-    guard = await review(store, pipe, target, log)
-    report.dead += guard.protected
-    report.held += guard.held
-    claim = f"run-{run_id}"
+    guard = ClaimGuard(target, await count_population(target))
+    try:
+        await _claim_and_send(
+            store, pipe.name, target, f"run-{run_id}", run_started, stop, guard, report, log
+        )
+    finally:
+        report.dead += guard.protected
+        report.held += guard.held
+        guard.report(pipe.name, log)
+    return report
+
+
+async def _claim_and_send(
+    store: Store,
+    pipeline: str,
+    target: TargetRuntime,
+    claim: str,
+    run_started: datetime,
+    stop: StopToken,
+    guard: ClaimGuard,
+    report: PushReport,
+    log: Any,
+) -> None:
+    """Each claim screens what it takes (legal hold, mass-delete limits) in its own
+    transaction, so a delivery made due during the run is screened too."""
+    sender = target.target
+    assert isinstance(sender, Target)
     while not stop.is_set():
         claimed = store.claim(
-            pipe.name, target.name, sender.batch_size, claim, fresh_before=run_started
+            pipeline, target.name, sender.batch_size, claim, fresh_before=run_started, screen=guard
         )
         if not claimed:
             break
+        guard.claimed(claimed)
         batch = [Delivery(c.id, c.stream, c.key, c.fields) for c in claimed]
         ids = [d.delivery_id for d in batch]
         failpoints.hit("after_claim")
@@ -115,4 +140,3 @@ async def push(
             retried=counts.retried,
             dead=counts.dead,
         )
-    return report

@@ -12,7 +12,15 @@ import pytest
 import respx
 from pydantic import ValidationError
 
-from connectors.contract import Delivery, FatalError, Outcome, OutcomeKind, Target, registry
+from connectors.contract import (
+    Delivery,
+    FatalError,
+    Outcome,
+    OutcomeKind,
+    Target,
+    registry,
+    sql_server_keys,
+)
 from connectors.emulator_kit import Faults, LoggedRequest, serve
 from connectors.mongoose import (
     MongooseConnection,
@@ -631,8 +639,16 @@ def test_match_rows_prefers_exact_then_collation() -> None:
     found = match_rows(
         ["jrossi", "JRossi", "LVERDI", "nobody"],
         [["id1", "jrossi"], ["id2", "JRossi"], ["id3", "lverdi "], ["id4", None]],
+        sql_server_keys(),
     )
     assert found == {"jrossi": ["id1"], "JRossi": ["id2"], "LVERDI": ["id3"], "nobody": []}
+
+
+def test_match_rows_under_a_case_sensitive_collation_ignores_only_trailing_spaces() -> None:
+    found = match_rows(
+        ["LVERDI", "lverdi"], [["id3", "lverdi "]], sql_server_keys(case_sensitive=True)
+    )
+    assert found == {"LVERDI": [], "lverdi": ["id3"]}
 
 
 async def test_fresh_item_id_tried_once_then_retry(

@@ -509,3 +509,25 @@ def test_admin_routes(client: httpx.Client, auth: dict[str, str], emulator: Relt
     assert client.post("/_admin/step", json={"seconds": -1}).status_code == 400
     assert client.post("/_admin/reset").json() == {"reset": True}
     assert client.get("/_admin/entities").json() == []
+
+
+def test_total_counts_the_active_entities(
+    client: httpx.Client, auth: dict[str, str], emulator: ReltioEmulator
+) -> None:
+    emulator.seed([{"id": "org1", "type": "configuration/entityTypes/Organization"}])
+    people = len(demo_entities())
+
+    def total(**params: str) -> Any:
+        response = client.get(f"{API}/entities/_total", params=params, headers=auth)
+        return response.status_code, response.json()
+
+    assert total() == (200, {"total": people + 1})
+    assert total(filter=f"equals(type,'{INDIVIDUAL}')") == (200, {"total": people})
+    assert total(activeness="all") == (200, {"total": people + 1})
+    assert total(activeness="not_active") == (200, {"total": 0})
+    delete(client, auth, {"objects": {"list": [uri(1)]}})
+    emulator.step(2 * STEP)
+    assert total() == (200, {"total": people})
+    status, body = total(filter="startsWith(attributes.Name,'A')")
+    assert status == 400 and body["errorCode"] == 100
+    assert client.get(f"{API}/entities/_total").status_code == 401

@@ -11,6 +11,8 @@ from pydantic import ValidationError
 
 from connectors.contract import (
     AmbiguousError,
+    ConnectorError,
+    Countable,
     Delivery,
     FatalError,
     Outcome,
@@ -914,3 +916,26 @@ async def test_remote_errors_carry_reltios_message(
         "mdm: GET /entities/_byCrosswalk/0-1: HTTP 400 errorCode 100: Parameter 'type' is required"
     )
     assert error.code == "100"
+
+
+async def test_population_is_the_tenants_entity_total(
+    make_target: MakeTarget, emulator: ReltioEmulator
+) -> None:
+    target = make_target()
+    assert isinstance(target, Countable)
+    assert await target.population() == len(DEMO)
+    job = spec(by_id(1, 2))
+    await target.submit(job)
+    emulator.step(STEP * 2)
+    assert await target.population() == len(DEMO) - 2
+    assert ("GET", "_total") in [
+        (e.method, e.path.rsplit("/", 1)[-1]) for e in await settled_log(emulator)
+    ]
+
+
+async def test_population_fails_loudly_when_the_count_cannot_be_read(
+    make_target: MakeTarget, emulator: ReltioEmulator
+) -> None:
+    emulator.faults.update({"error_rate": 1.0})
+    with pytest.raises(ConnectorError):
+        await make_target().population()

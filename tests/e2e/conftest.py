@@ -212,13 +212,13 @@ class Env:
             check=False,
         )
 
-    def popen(self, *args: str) -> subprocess.Popen[str]:
+    def popen(self, *args: str, **extra_env: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
             [sys.executable, "-m", "syncengine", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=self.env(),
+            env={**self.env(), **extra_env},
         )
 
     def status(self) -> dict[str, Any]:

@@ -375,3 +375,50 @@ def test_a_secret_shorter_than_8_characters_is_a_warning_naming_its_path() -> No
         "look for), so use a longer one if the service allows it",
     )
     assert parse_config(VALID, "my.yaml", ENV).warnings == ()
+
+
+COUNTING = VALID.replace(
+    "  erp: {type: mongoose,",
+    """  crm: {type: dmm, url: "http://127.0.0.1:8705/DMM_API/rest/DMMAPI", token: t, otp: o}
+  mdm: {type: reltio, tenant_url: "http://127.0.0.1:8703/reltio/api/T",
+        auth_url: "http://127.0.0.1:8703/oauth/token", client_id: c, client_secret: s}
+  erp: {type: mongoose,""",
+)
+
+
+@pytest.mark.parametrize(
+    ("kind", "block"),
+    [
+        (
+            "dmm",
+            "crm_customers: {connection: crm, entity: {name: Customer}, key_attribute: ExternalId,"
+            ' key: "{RECORD_ID}", guard: {max_fraction: 0.5}}',
+        ),
+        (
+            "goose",
+            'back: {connection: goose, table: CON_TRO, id: "{RECORD_ID}", '
+            "guard: {max_fraction: 0.5}}",
+        ),
+    ],
+)
+def test_max_fraction_is_refused_where_the_target_cannot_count(kind: str, block: str) -> None:
+    text = COUNTING + f"      {block}\n"
+    name = block.split(":")[0]
+    messages = issues_of(text)
+    assert messages == [
+        f"my.yaml:{text.splitlines().index(f'      {block}') + 1}: "
+        f"pipelines.contacts.targets.{name}.guard.max_fraction: a {kind} target cannot count "
+        "its records, so max_fraction cannot guard it; max_fraction works on targets of type "
+        "mongoose, reltio; use max_per_run or max_per_hour here"
+    ]
+
+
+def test_max_fraction_is_accepted_where_the_target_counts() -> None:
+    text = COUNTING + (
+        '      mdm_people: {connection: mdm, crosswalk: {type: GOOSE, value: "{RECORD_ID}"},'
+        " guard: {max_fraction: 0.1}}\n"
+    )
+    text = text.replace("batch_size: 100}", "batch_size: 100, guard: {max_fraction: 0.5}}")
+    config = parse_config(text, "my.yaml", ENV)
+    guards = {n: t.guard.max_fraction for n, t in config.pipelines["contacts"].targets.items()}
+    assert guards == {"erp_users": 0.5, "mdm_people": 0.1}

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from connectors.contract import AmbiguousError, Outcome, RetriableError
+from connectors.contract import EXACT_KEYS, AmbiguousError, Outcome, RetriableError
 from connectors.jobs import CannotCancel, JobHandle, JobProgress, JobSpec, JobState
 from state import NewRecord, RetryRule, Store
 from state.models import DeliveryStatus, utcnow
@@ -62,6 +62,7 @@ class FakeApi:
 class FakeTarget:
     kind = "fake_job"
     batch_size = 3
+    key_match = EXACT_KEYS
 
     def __init__(self, api: FakeApi) -> None:
         self.api = api

@@ -140,8 +140,9 @@ def test_error_text_is_scrubbed_on_its_way_in(store: Store) -> None:
     scrubbed.record_stream_error("p", "T", echoed)
     run = scrubbed.start_run("p")
     scrubbed.finish_run(run, RunOutcome.FAILED, error=echoed)
-    held = scrubbed.hold_due("p", "a", echoed)
-    assert held == 1
+    claimed = scrubbed.claim("p", "a", 10, "run-1")
+    scrubbed.release([c.id for c in claimed], reason=echoed)
+    assert len(claimed) == 1
     with scrubbed.engine.connect() as conn:
         texts = [
             conn.exec_driver_sql("SELECT last_error FROM cursor").scalar(),

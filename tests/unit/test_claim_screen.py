@@ -1,0 +1,138 @@
+"""The guards are asked at each claim, in its transaction: a delivery that becomes due
+after a run started (a backoff ending, `dlq retry`) is screened by the claim that takes
+it, on SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from state import ClaimedDelivery, GuardCounts, NewRecord, OutcomeRecord, RetryRule, Store
+from state.models import DeliveryStatus
+
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+@dataclass
+class KeyScreen:
+    """Protects the keys listed; holds when more than `limit` not approved are due."""
+
+    protected: set[str]
+    limit: int | None = None
+    seen: list[GuardCounts] = field(default_factory=list)
+    holds: list[tuple[int, str]] = field(default_factory=list)
+
+    def protect(self, delivery: ClaimedDelivery) -> str | None:
+        return f"legal hold: {delivery.key}" if delivery.key in self.protected else None
+
+    def hold(self, counts: GuardCounts) -> str | None:
+        self.seen.append(counts)
+        if self.limit is not None and counts.due > self.limit:
+            return f"guard: {counts.due} due"
+        return None
+
+    def on_hold(self, count: int, reason: str) -> None:
+        self.holds.append((count, reason))
+
+
+def journal(store: Store, keys: list[str]) -> None:
+    store.journal(
+        "p", "T", [NewRecord(k, {"K": k}) for k in keys], cursor=None, targets=["a"], run_id=None
+    )
+
+
+def status(store: Store) -> dict[str, tuple[str, str]]:
+    return {
+        e.record_key: (d.status, d.last_error)
+        for d, e in store.deliveries(pipeline="p", target="a")
+    }
+
+
+def test_a_backoff_ending_mid_run_is_screened_by_its_claim(store: Store) -> None:
+    journal(store, ["admin", "jrossi", "mbianchi"])
+    first = store.claim("p", "a", 10, "earlier-run", now=T0)
+    rule = RetryRule(base_delay=60, max_delay=60)
+    store.record_outcomes([OutcomeRecord(c.id, "retry", "HTTP 503") for c in first], rule, now=T0)
+    screen = KeyScreen({"admin"})
+    run_started = T0 + timedelta(seconds=1)
+    assert store.claim("p", "a", 10, "run", now=run_started, screen=screen) == []
+    later = T0 + timedelta(hours=1)  # every backoff has ended since the run began
+    claimed = store.claim("p", "a", 10, "run", now=later, fresh_before=run_started, screen=screen)
+    assert [c.key for c in claimed] == ["jrossi", "mbianchi"]
+    assert status(store)["admin"] == (DeliveryStatus.DEAD, "legal hold: admin")
+
+
+def test_a_dead_letter_retried_mid_run_is_never_claimed_for_sending(store: Store) -> None:
+    journal(store, ["admin", "jrossi", "mbianchi"])
+    screen = KeyScreen({"admin"})
+    assert [c.key for c in store.claim("p", "a", 1, "run", screen=screen)] == ["jrossi"]
+    assert status(store)["admin"][0] == DeliveryStatus.DEAD
+    dead = [d.id for d, _ in store.dead_letters(pipeline="p") if d.id is not None]
+    assert store.retry_dead(dead) == 1  # an operator's `dlq retry` while the run goes on
+    rest = store.claim("p", "a", 1, "run", screen=screen)
+    assert [c.key for c in rest] == ["mbianchi"], "the protected key was skipped, not sent"
+    assert store.claim("p", "a", 1, "run", screen=screen) == []
+    assert status(store)["admin"] == (DeliveryStatus.DEAD, "legal hold: admin")
+
+
+def test_a_batch_is_filled_past_what_the_screen_takes_out(store: Store) -> None:
+    journal(store, ["a1", "a2", "ok1", "a3", "ok2", "ok3"])
+    screen = KeyScreen({"a1", "a2", "a3"})
+    claimed = store.claim("p", "a", 2, "run", screen=screen)
+    assert [c.key for c in claimed] == ["ok1", "ok2"]
+    assert [c.key for c in store.claim("p", "a", 2, "run", screen=screen)] == ["ok3"]
+
+
+def test_a_hold_holds_what_no_operator_approved_and_claims_the_approved(store: Store) -> None:
+    journal(store, ["1", "2", "3"])
+    screen = KeyScreen(set(), limit=2)
+    assert store.claim("p", "a", 10, "run", screen=screen) == []
+    assert screen.holds == [(3, "guard: 3 due")]
+    assert {s for s, _ in status(store).values()} == {DeliveryStatus.HELD}
+    assert store.approve_held("p", "a", 3) == 3
+    journal(store, ["4", "5", "6"])  # due after the approval: weighed on their own
+    claimed = store.claim("p", "a", 10, "run", screen=screen)
+    assert [(c.key, c.approved) for c in claimed] == [("1", True), ("2", True), ("3", True)]
+    assert status(store)["4"] == (DeliveryStatus.HELD, "guard: 3 due")
+
+
+def test_an_approved_delivery_still_meets_the_legal_hold(store: Store) -> None:
+    journal(store, ["admin", "2", "3"])
+    store.claim("p", "a", 10, "run", screen=KeyScreen(set(), limit=1))
+    assert store.approve_held("p", "a", 3) == 3
+    claimed = store.claim("p", "a", 10, "run", screen=KeyScreen({"admin"}, limit=1))
+    assert [c.key for c in claimed] == ["2", "3"]
+    assert status(store)["admin"] == (DeliveryStatus.DEAD, "legal hold: admin")
+
+
+def test_what_the_legal_hold_protects_is_not_counted_as_due(store: Store) -> None:
+    journal(store, ["1", "2", "admin"])
+    screen = KeyScreen({"admin"}, limit=2)
+    claimed = store.claim("p", "a", 1, "run", screen=screen)
+    assert [c.key for c in claimed] == ["1"] and screen.holds == []
+    assert status(store)["admin"][0] == DeliveryStatus.DEAD
+
+
+def test_the_counts_are_taken_in_the_claim(store: Store) -> None:
+    journal(store, ["1", "2", "3", "4"])
+    done = store.claim("p", "a", 1, "earlier", now=T0)
+    store.record_outcomes([OutcomeRecord(done[0].id, "done")], RetryRule(), now=T0)
+    store.claim("p", "a", 1, "job", now=T0)  # still in flight
+    screen = KeyScreen(set())
+    store.claim("p", "a", 1, "run", now=T0 + timedelta(minutes=30), screen=screen)
+    assert screen.seen[0] == GuardCounts(due=2, done_last_hour=1, in_flight=1)
+    store.claim("p", "a", 1, "run", now=T0 + timedelta(minutes=61), screen=screen)
+    assert screen.seen[1] == GuardCounts(due=1, done_last_hour=0, in_flight=2)
+
+
+def test_a_job_batch_is_screened_in_the_transaction_that_fixes_it(store: Store) -> None:
+    journal(store, ["admin", "jrossi", "mbianchi"])
+    screen = KeyScreen({"admin"})
+    job = store.claim_into_job("p", "a", "kind", 2, screen=screen)
+    assert job is not None and [i.key for i in job.items] == ["jrossi", "mbianchi"]
+    assert status(store)["admin"] == (DeliveryStatus.DEAD, "legal hold: admin")
+    held = KeyScreen(set(), limit=0)
+    journal(store, ["x"])
+    assert store.claim_into_job("p", "a", "kind", 2, screen=held) is None
+    assert held.holds == [(1, "guard: 1 due")]
+    assert held.seen == [GuardCounts(due=1, done_last_hour=0, in_flight=2)]
