@@ -6,6 +6,7 @@ from state.db import StoreError
 from state.lineage import DeletionNode, DeliveryNode, Handover, Lineage
 from state.models import DeliveryStatus, RunOutcome
 from state.store import (
+    MALFORMED,
     ClaimedDelivery,
     CursorState,
     HeldCountMismatch,
@@ -13,12 +14,14 @@ from state.store import (
     NewRecord,
     OutcomeCounts,
     OutcomeRecord,
+    ReadWindow,
     RetryRule,
     Store,
     TargetCounts,
 )
 
 __all__ = [
+    "MALFORMED",
     "ClaimedDelivery",
     "CursorState",
     "DeletionNode",
@@ -31,6 +34,7 @@ __all__ = [
     "NewRecord",
     "OutcomeCounts",
     "OutcomeRecord",
+    "ReadWindow",
     "RetryRule",
     "RunOutcome",
     "Store",
