@@ -29,7 +29,8 @@ class SourceRecord:
     """One deleted record as a source reported it.
 
     `key` identifies the record within its stream; the journal de-duplicates
-    on (pipeline, stream, key), so a source may hand the same record twice.
+    on (pipeline, stream, key) within overlapping read windows (see `SourceCall`),
+    so a source may hand the same record twice.
     """
 
     stream: str
@@ -56,12 +57,40 @@ class SourceCall:
     `params` are recorded in the store as the in-flight marker and shown in
     logs and `status`, so they must never hold a secret. `recovery` says that
     this call re-reads a window after an interrupted call.
+
+    `window_start` and `window_end` bound the source time the answer can cover,
+    as a half-open span [start, end) of aware instants, None being unbounded.
+    The journal takes a record for a duplicate only when the same key was
+    journaled from a read whose window overlaps this one (a recovery re-read, a
+    timestamp overlap, a backfill), so a record deleted again later is a new
+    deletion. Two reads that can never return the same deletion (successive
+    calls of a server-side cursor) must get windows that do not overlap; a
+    source that cannot tell leaves both None: every re-read then overlaps.
+    `cursor` is the durable cursor the call was planned from, for `fetch` to
+    carry forward what the next cursor still needs.
     """
 
     stream: str
     params: Mapping[str, Any]
     started_at: datetime
     recovery: bool = False
+    window_start: datetime | None = None
+    window_end: datetime | None = None
+    cursor: JSON | None = None
+
+
+@dataclass(frozen=True)
+class RejectedRecord:
+    """A record in a source's answer that cannot be used (no key, a malformed row).
+
+    Handed back instead of raising, so one bad row does not stop its stream: the
+    engine journals it as a dead letter with its fields (redacted) and `reason`,
+    and the rest of the answer and the cursor go on as usual.
+    """
+
+    stream: str
+    fields: Mapping[str, Any]
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -75,6 +104,8 @@ class SourcePage:
     records: Sequence[SourceRecord]
     cursor: JSON
     more: bool = False
+    rejected: Sequence[RejectedRecord] = ()
+    """Records of this answer the source could not use, each with the reason."""
     problem: str = ""
     """What this page could not tell, for the operator (an execution that ended in
     error, a task that names no entities); the records still count and the cursor

@@ -6,6 +6,7 @@ from state.db import StoreError
 from state.lineage import DeletionNode, DeliveryNode, Handover, Lineage
 from state.models import DeliveryStatus, RunOutcome
 from state.store import (
+    MALFORMED,
     ClaimedDelivery,
     CursorState,
     GuardCounts,
@@ -14,6 +15,7 @@ from state.store import (
     NewRecord,
     OutcomeCounts,
     OutcomeRecord,
+    ReadWindow,
     RetryRule,
     Screen,
     Store,
@@ -21,6 +23,7 @@ from state.store import (
 )
 
 __all__ = [
+    "MALFORMED",
     "ClaimedDelivery",
     "CursorState",
     "DeletionNode",
@@ -34,6 +37,7 @@ __all__ = [
     "NewRecord",
     "OutcomeCounts",
     "OutcomeRecord",
+    "ReadWindow",
     "RetryRule",
     "RunOutcome",
     "Screen",

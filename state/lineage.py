@@ -77,9 +77,12 @@ class Lineage:
     def handovers(
         self, pipeline: str, upstream: str, target: str, stream: str, limit: int = 500
     ) -> list[Handover]:
-        """Done deliveries of upstream/target in `stream` whose key `pipeline` has not
-        journaled yet, oldest first. The anti-join is on the key the journal
-        de-duplicates by, so what has been journaled never comes back."""
+        """Done deliveries of upstream/target in `stream` that `pipeline` has not
+        continued yet, oldest first. The anti-join is on the link the journal
+        de-duplicates chained records by, so what has been journaled never comes
+        back, while a key deleted upstream again (a new delivery) is handed over.
+        A deletion journaled before links existed has none: it continues the
+        upstream deletion of its key that it was journaled after."""
         mine = aliased(Deletion)
         with Session(self.engine) as s:
             rows = s.exec(
@@ -90,7 +93,14 @@ class Lineage:
                     and_(
                         col(mine.pipeline) == pipeline,
                         col(mine.stream) == col(Deletion.stream),
-                        col(mine.record_key) == col(Deletion.record_key),
+                        or_(
+                            col(mine.origin_delivery_id) == col(Delivery.id),
+                            and_(
+                                col(mine.origin_delivery_id).is_(None),
+                                col(mine.record_key) == col(Deletion.record_key),
+                                col(mine.seen_at) >= col(Deletion.seen_at),
+                            ),
+                        ),
                     ),
                 )
                 .where(

@@ -90,10 +90,16 @@ def _delivery_link(name: str) -> Column[Any]:
 
 
 class Deletion(SQLModel, table=True):
-    """One record deleted in a source; unique per (pipeline, stream, key)."""
+    """One record deleted in a source, and the window of the read that reported it.
+
+    Not unique per (pipeline, stream, key): a record restored and deleted again
+    is a new deletion. The journal takes a key for a duplicate only when a read
+    whose window overlaps holds it already. No constraint can say that, and none
+    is needed: one pipeline's journal is written by the holder of its lease only.
+    """
 
     __tablename__ = "deletion"
-    __table_args__ = (UniqueConstraint("pipeline", "stream", "record_key", name="uq_deletion"),)
+    __table_args__ = (Index("ix_deletion_key", "pipeline", "stream", "record_key"),)
 
     id: int | None = Field(default=None, primary_key=True)
     pipeline: str = Field(index=True)
@@ -102,6 +108,12 @@ class Deletion(SQLModel, table=True):
     fields: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     seen_at: datetime = Field(sa_type=UTCDateTime)
     run_id: int | None = None
+    window_start: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    """The source time the read covered, [start, end); None is unbounded."""
+    window_end: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    rejected: str | None = Field(default=None, sa_type=Text)
+    """Set for a record the source could not use (no key, a malformed row): the reason.
+    Kept with its redacted fields as a dead letter to every target; never sent."""
     origin: str | None = None
     """The record's name in its source system (`goose:DEV001:CON_TRO:0-1`)."""
     origin_delivery_id: int | None = Field(

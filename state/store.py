@@ -16,9 +16,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import and_, delete, func, or_, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col, select
@@ -47,13 +45,47 @@ class NewRecord:
     """A record to journal (the store's own shape: it does not import connectors).
 
     `origin` names the record in its source system; `origin_delivery_id` links it
-    to the upstream delivery it continues (chained pipelines).
+    to the upstream delivery it continues (chained pipelines). `rejected` is the
+    reason for a record the source could not use: journaled, never sent, a dead
+    letter to every target.
     """
 
     key: str
     fields: Mapping[str, Any]
     origin: str = ""
     origin_delivery_id: int | None = None
+    rejected: str = ""
+
+
+@dataclass(frozen=True)
+class ReadWindow:
+    """The span of source time one read covers, half-open [start, end), aware; None is
+    unbounded. Two reads overlap when each starts before the other ends."""
+
+    start: datetime | None = None
+    end: datetime | None = None
+
+
+MALFORMED = "malformed record"
+"""How the dead letter of a record the source could not use begins (`dlq list --error`)."""
+
+
+CHUNK = 500
+"""Keys per query: well under SQLite's and PostgreSQL's bound-parameter limits."""
+
+
+def _overlapping(window: ReadWindow) -> list[ColumnElement[bool]]:
+    """Conditions on a deletion's window: it overlaps `window` (unbounded ends always do)."""
+    conditions: list[ColumnElement[bool]] = []
+    if window.end is not None:
+        conditions.append(
+            or_(col(Deletion.window_start).is_(None), col(Deletion.window_start) < window.end)
+        )
+    if window.start is not None:
+        conditions.append(
+            or_(col(Deletion.window_end).is_(None), col(Deletion.window_end) > window.start)
+        )
+    return conditions
 
 
 @dataclass(frozen=True)
@@ -78,6 +110,8 @@ class JournalResult:
     duplicates: int
     echoes: int = 0
     """New deletions this engine had caused itself: journaled, not propagated."""
+    rejected: int = 0
+    """New records the source could not use: journaled as dead letters."""
 
 
 @dataclass(frozen=True)
@@ -379,21 +413,59 @@ class Store:
             row = s.get(Cursor, (pipeline, stream))
             return None if row is None else row.last_success_at
 
-    def known_keys(self, pipeline: str, stream: str, keys: Sequence[str]) -> set[str]:
-        """Which of these record keys the journal already holds for the stream."""
+    def known_keys(
+        self,
+        pipeline: str,
+        stream: str,
+        records: Sequence[NewRecord],
+        window: ReadWindow = ReadWindow(),
+    ) -> set[str]:
+        """The keys of these records a journal of a read over `window` would take for
+        duplicates (what `plan` leaves out of "new")."""
         found: set[str] = set()
         with Session(self.engine) as s:
-            for start in range(0, len(keys), 500):
-                chunk = list(keys[start : start + 500])
-                found.update(
-                    s.exec(
-                        select(col(Deletion.record_key)).where(
-                            col(Deletion.pipeline) == pipeline,
-                            col(Deletion.stream) == stream,
-                            col(Deletion.record_key).in_(chunk),
-                        )
-                    ).all()
+            for start in range(0, len(records), CHUNK):
+                found |= self._journaled(
+                    s, pipeline, stream, records[start : start + CHUNK], window
                 )
+        return found
+
+    @staticmethod
+    def _journaled(
+        s: Session,
+        pipeline: str,
+        stream: str,
+        records: Sequence[NewRecord],
+        window: ReadWindow,
+    ) -> set[str]:
+        """Keys of these records already journaled from a read overlapping `window`.
+
+        A record continuing an upstream delivery (a chain) is the same deletion
+        exactly when that delivery is continued already, whatever the window.
+        """
+        linked = {r.origin_delivery_id: r.key for r in records if r.origin_delivery_id}
+        keys = [r.key for r in records if not r.origin_delivery_id]
+        found: set[str] = set()
+        if linked:
+            rows = s.exec(
+                select(col(Deletion.origin_delivery_id)).where(
+                    col(Deletion.pipeline) == pipeline,
+                    col(Deletion.stream) == stream,
+                    col(Deletion.origin_delivery_id).in_(list(linked)),
+                )
+            ).all()
+            found.update(linked[i] for i in rows if i is not None)
+        if keys:
+            found.update(
+                s.exec(
+                    select(col(Deletion.record_key)).where(
+                        col(Deletion.pipeline) == pipeline,
+                        col(Deletion.stream) == stream,
+                        col(Deletion.record_key).in_(keys),
+                        *_overlapping(window),
+                    )
+                ).all()
+            )
         return found
 
     def register_stream(self, pipeline: str, stream: str) -> bool:
@@ -433,30 +505,43 @@ class Store:
         advance_cursor: bool = True,
         own_effects: Sequence[tuple[str, str]] = (),
         problem: str = "",
+        window: ReadWindow = ReadWindow(),
     ) -> JournalResult:
         """Journal a call's answer: deletions, their deliveries, the next cursor and
         the cleared in-flight marker, in one transaction.
+
+        A record is a duplicate when its key was journaled from a read whose window
+        overlaps `window` (a recovery re-read, a timestamp overlap, a backfill); the
+        same key from a read that cannot overlap is a new deletion (the record was
+        restored and deleted again). Within one answer, a key is one deletion.
 
         A record whose origin names what one of this engine's deliveries deleted is
         an echo: journaled with that link, given no deliveries, never propagated.
         Except where the source follows that very target's jobs (`own_effects`
         lists those (pipeline, target) pairs): there the match is the chain link.
+        A rejected record gets a dead delivery per target, with the reason.
         """
         now = utcnow()
         with self._tx() as s:
-            causes = self._caused_by_us(s, records)
+            causes = self._caused_by_us(s, records, window)
             prepared: list[NewRecord] = []
             echo_of: dict[str, int] = {}
+            rejected: dict[str, str] = {}
             for record in records:
                 cause = causes.get(record.origin) if record.origin_delivery_id is None else None
-                if cause is not None and (cause.pipeline, cause.target) in own_effects:
+                if record.rejected:
+                    rejected[record.key] = record.rejected
+                elif cause is not None and (cause.pipeline, cause.target) in own_effects:
                     record = replace(record, origin_delivery_id=cause.delivery_id)
                 elif cause is not None:
                     echo_of[record.key] = cause.delivery_id
                 prepared.append(record)
-            inserted = self._insert_deletions(s, pipeline, stream, prepared, run_id, now, echo_of)
-            new_ids = [i for i, key in inserted if key not in echo_of]
-            if new_ids and targets:
+            inserted = self._insert_deletions(
+                s, pipeline, stream, prepared, run_id, now, echo_of, window
+            )
+            new_ids = [i for i, key in inserted if key not in echo_of and key not in rejected]
+            dead = [(i, rejected[key]) for i, key in inserted if key in rejected]
+            if targets:
                 s.add_all(
                     Delivery(
                         deletion_id=deletion_id,
@@ -466,6 +551,21 @@ class Store:
                         updated_at=now,
                     )
                     for deletion_id in new_ids
+                    for target in targets
+                )
+                s.add_all(
+                    Delivery(
+                        deletion_id=deletion_id,
+                        pipeline=pipeline,
+                        target=target,
+                        status=DeliveryStatus.DEAD,
+                        last_error=f"{MALFORMED}: {reason}; never sent: no retry can fix it, "
+                        "correct or remove it in the source",
+                        created_at=now,
+                        updated_at=now,
+                        finished_at=now,
+                    )
+                    for deletion_id, reason in dead
                     for target in targets
                 )
             if advance_cursor:
@@ -487,14 +587,23 @@ class Store:
             return JournalResult(
                 new=len(new_ids),
                 duplicates=len(records) - len(inserted),
-                echoes=len(inserted) - len(new_ids),
+                echoes=len(echo_of.keys() & {key for _, key in inserted}),
+                rejected=len(dead),
             )
 
-    def _caused_by_us(self, s: Session, records: Sequence[NewRecord]) -> dict[str, Cause]:
-        """origin -> the done delivery of this engine whose effect it is."""
+    def _caused_by_us(
+        self, s: Session, records: Sequence[NewRecord], window: ReadWindow
+    ) -> dict[str, Cause]:
+        """origin -> the done delivery of this engine whose effect it is.
+
+        Only a delivery that finished after the read's window began can be what the
+        read reports: a record this engine deleted long ago, restored and then
+        deleted by someone else is not an echo.
+        """
         origins = sorted({r.origin for r in records if r.origin})
         found: dict[str, Cause] = {}
-        for start in range(0, len(origins), 500):
+        since = [] if window.start is None else [col(Delivery.finished_at) >= window.start]
+        for start in range(0, len(origins), CHUNK):
             rows = s.exec(
                 select(
                     col(Delivery.effect),
@@ -503,8 +612,9 @@ class Store:
                     col(Delivery.target),
                 )
                 .where(
-                    col(Delivery.effect).in_(origins[start : start + 500]),
+                    col(Delivery.effect).in_(origins[start : start + CHUNK]),
                     col(Delivery.status) == DeliveryStatus.DONE,
+                    *since,
                 )
                 .order_by(col(Delivery.id))
             ).all()
@@ -521,41 +631,48 @@ class Store:
         records: Sequence[NewRecord],
         run_id: int | None,
         now: datetime,
-        echo_of: Mapping[str, int] | None = None,
+        echo_of: Mapping[str, int],
+        window: ReadWindow,
     ) -> list[tuple[int, str]]:
-        """(id, key) of each deletion that was new; duplicates are skipped."""
+        """(id, key) of each deletion that was new; duplicates are skipped.
+
+        Look-up then insert, with no unique constraint to fall back on: only the
+        holder of the pipeline's lease journals for it, so no other writer can
+        slip a row in between (see `Deletion`).
+        """
         unique: dict[str, NewRecord] = {}
         for record in records:
             unique.setdefault(record.key, record)
-        if not unique:
-            return []
-        insert = pg_insert if self._dialect == "postgresql" else sqlite_insert
         new_ids: list[tuple[int, str]] = []
-        keys = list(unique)
-        for start in range(0, len(keys), 500):
-            chunk = keys[start : start + 500]
-            statement = (
-                insert(Deletion)
-                .values(
-                    [
-                        {
-                            "pipeline": pipeline,
-                            "stream": stream,
-                            "record_key": key,
-                            "fields": dict(unique[key].fields),
-                            "seen_at": now,
-                            "run_id": run_id,
-                            "origin": unique[key].origin or None,
-                            "origin_delivery_id": unique[key].origin_delivery_id,
-                            "echo_of_delivery_id": (echo_of or {}).get(key),
-                        }
-                        for key in chunk
-                    ]
+        chunks = list(unique.values())
+        for start in range(0, len(chunks), CHUNK):
+            chunk = chunks[start : start + CHUNK]
+            seen = self._journaled(s, pipeline, stream, chunk, window)
+            rows = [
+                {
+                    "pipeline": pipeline,
+                    "stream": stream,
+                    "record_key": r.key,
+                    "fields": dict(r.fields),
+                    "seen_at": now,
+                    "run_id": run_id,
+                    "window_start": window.start,
+                    "window_end": window.end,
+                    "rejected": r.rejected or None,
+                    "origin": r.origin or None,
+                    "origin_delivery_id": r.origin_delivery_id,
+                    "echo_of_delivery_id": echo_of.get(r.key),
+                }
+                for r in chunk
+                if r.key not in seen
+            ]
+            if rows:
+                statement = (
+                    insert(Deletion)
+                    .values(rows)
+                    .returning(col(Deletion.id), col(Deletion.record_key))
                 )
-                .on_conflict_do_nothing(index_elements=["pipeline", "stream", "record_key"])
-                .returning(col(Deletion.id), col(Deletion.record_key))
-            )
-            new_ids.extend((int(row[0]), str(row[1])) for row in s.execute(statement))
+                new_ids.extend((int(row[0]), str(row[1])) for row in s.execute(statement))
         return new_ids
 
     def record_stream_error(self, pipeline: str, stream: str, error: str) -> int:
@@ -822,11 +939,24 @@ class Store:
             return [(d, e) for d, e in rows]
 
     def deletion_count(self, pipeline: str | None = None) -> int:
+        """Deletions journaled, malformed records left out."""
         with Session(self.engine) as s:
-            query = select(func.count()).select_from(Deletion)
+            query = (
+                select(func.count()).select_from(Deletion).where(col(Deletion.rejected).is_(None))
+            )
             if pipeline is not None:
                 query = query.where(col(Deletion.pipeline) == pipeline)
             return int(s.exec(query).one())
+
+    def malformed_counts(self, pipeline: str) -> dict[str, int]:
+        """Per stream: records the source could not use, journaled as dead letters."""
+        with Session(self.engine) as s:
+            rows = s.exec(
+                select(col(Deletion.stream), func.count())
+                .where(col(Deletion.pipeline) == pipeline, col(Deletion.rejected).is_not(None))
+                .group_by(col(Deletion.stream))
+            ).all()
+            return {stream: int(count) for stream, count in rows}
 
     # --- asynchronous jobs --------------------------------------------------
 
@@ -1127,10 +1257,37 @@ class Store:
         return rows
 
     def retry_dead(self, delivery_ids: Sequence[int]) -> int:
-        """Dead -> pending with a fresh attempt count; guards and legal hold apply again."""
+        """Dead -> pending with a fresh attempt count; guards and legal hold apply again.
+
+        A malformed record's dead letters are never retried: no target could act on
+        a record the source could not name (see `malformed_of`).
+        """
         return self._from_dead(
-            delivery_ids, status=DeliveryStatus.PENDING, attempts=0, finished_at=None
+            sorted(set(delivery_ids) - self.malformed_of(delivery_ids)),
+            status=DeliveryStatus.PENDING,
+            attempts=0,
+            finished_at=None,
         )
+
+    def malformed_of(self, delivery_ids: Sequence[int]) -> set[int]:
+        """Which of these deliveries are dead letters of malformed records."""
+        found: set[int] = set()
+        ids = list(delivery_ids)
+        with Session(self.engine) as s:
+            for start in range(0, len(ids), CHUNK):
+                found.update(
+                    i
+                    for i in s.exec(
+                        select(col(Delivery.id))
+                        .join(Deletion, col(Deletion.id) == col(Delivery.deletion_id))
+                        .where(
+                            col(Delivery.id).in_(ids[start : start + CHUNK]),
+                            col(Deletion.rejected).is_not(None),
+                        )
+                    ).all()
+                    if i is not None
+                )
+        return found
 
     def drop_dead(self, delivery_ids: Sequence[int]) -> int:
         return self._from_dead(delivery_ids, status=DeliveryStatus.DROPPED)

@@ -436,13 +436,31 @@ def dlq_retry(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="show, change nothing")] = False,
     output: OutputOption = "text",
 ) -> None:
-    """Send matching dead deliveries again on the next run (guards apply again)."""
+    """Send matching dead deliveries again on the next run (guards apply again).
+    Malformed records the source sent are never retried: no target can act on them."""
     with _dead_letters(config, pipeline, target, error) as (store, rows):
+        malformed = store.malformed_of([row["id"] for row in rows])
         if dry_run:
-            _show(rows, output, "would retry (dry run)")
+            _show([r for r in rows if r["id"] not in malformed], output, "would retry (dry run)")
+            _refuse_malformed(len(malformed), config)
             return
         count = store.retry_dead([row["id"] for row in rows])
+    _refuse_malformed(len(malformed), config)
+    if malformed and not count:
+        raise typer.Exit(1)
     out.print(f"{count} dead deliveries back to pending; the next run sends them")
+
+
+def _refuse_malformed(count: int, config: Path) -> None:
+    if count:
+        err.print(
+            f"not retried: {count} dead letter(s) of malformed records the source sent "
+            "(see their reason); no retry can make a target act on them. Correct or remove "
+            "the record in the source, then acknowledge them with "
+            f"`syncengine dlq drop --error malformed -c {config}`",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @dlq_app.command("drop")

@@ -39,6 +39,7 @@ def collect_status(store: Store, config: Config, pipeline: str | None = None) ->
         if pipeline is not None and name != pipeline:
             continue
         last = store.last_run(name)
+        malformed = store.malformed_counts(name)
         streams = [
             {
                 "stream": c.stream,
@@ -50,6 +51,7 @@ def collect_status(store: Store, config: Config, pipeline: str | None = None) ->
                 "last_recovery": c.last_recovery,
                 "consecutive_errors": c.consecutive_errors,
                 "last_error": c.last_error,
+                "malformed": malformed.get(c.stream, 0),
             }
             for c in store.cursors(name)
         ]
@@ -192,7 +194,9 @@ def render_status(data: dict[str, Any], console: Console) -> None:
             if last["error"]:
                 headline += f" ({last['error']})"
         console.print(headline)
-        streams = Table("stream", "cursor", "in flight", "last success", "recoveries", "errors")
+        streams = Table(
+            "stream", "cursor", "in flight", "last success", "recoveries", "errors", "malformed"
+        )
         for s in pipe["streams"]:
             since = datetime.fromisoformat(s["in_flight_since"]) if s["in_flight_since"] else None
             ok = datetime.fromisoformat(s["last_success_at"]) if s["last_success_at"] else None
@@ -208,6 +212,7 @@ def render_status(data: dict[str, Any], console: Console) -> None:
                 f"{s['consecutive_errors']}: {s['last_error']}"
                 if s["consecutive_errors"]
                 else s["last_error"] or "-",
+                str(s["malformed"]),
             )
         if pipe["streams"]:
             console.print(streams)
@@ -279,6 +284,13 @@ def render_summary(reports: list[RunReport], store: Store, console: Console) -> 
             )
         for stream, problem in report.pull.problems.items():
             console.print(f"[yellow]{report.pipeline}[/yellow] {stream}: {problem}")
+        for stream, count in report.pull.malformed.items():
+            console.print(
+                f"[yellow]{report.pipeline}[/yellow] {stream}: {count} malformed record(s) the "
+                "source sent could not be used; the rest of the answer went on. They are dead "
+                "letters with the reason: syncengine dlq list --error malformed",
+                highlight=False,
+            )
         if report.pull.recoveries:
             console.print(
                 f"{report.pipeline}: recovered {report.pull.recoveries} interrupted source call(s) "

@@ -20,6 +20,8 @@ there answers error 120 "Record '<id>' not found" with the query, like any
 other SQL error of OPERATION.
 
 Time comes from one place, `now()`: a replaceable `clock` plus an offset.
+A deletion can also be logged with a raw row (`/_admin/raw_deletion`), answered
+as given, to model a damaged row such as one without RECORD_ID.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class DeletedRecord:
     fields: dict[str, Any]
     deleted_at: datetime
     by_key: str | None
+    raw: Any = None
+    """A row answered exactly as given (a damaged log row, e.g. without RECORD_ID)."""
 
 
 class GooseError(Exception):
@@ -219,6 +223,26 @@ class GooseEmulator:
                 deleted += 1
             return deleted
 
+    def add_raw_deletion(self, table: str, row: Any, code: str | None = None) -> None:
+        """Log a deletion whose DELETED row is `row` exactly as given, however malformed
+        (a row without RECORD_ID, a row that is not an object): what a damaged Goose
+        table would answer. Raises KeyError for an unknown table."""
+        with self._lock:
+            code = code or self._code_of_table(table)
+            record_id = row.get("RECORD_ID") if isinstance(row, dict) else None
+            self._deleted.append(
+                DeletedRecord(
+                    seq=len(self._deleted) + 1,
+                    code=code,
+                    table=table,
+                    record_id="" if record_id is None else str(record_id),
+                    fields={},
+                    deleted_at=self.now(),
+                    by_key=None,
+                    raw=row,
+                )
+            )
+
     def deletions(self) -> list[dict[str, Any]]:
         """Ground truth: every deletion, with its aware local time and who made it."""
         with self._lock:
@@ -361,7 +385,7 @@ class GooseEmulator:
             raise GooseError(120, _missing_table(code, table))
         return table
 
-    def _select_deleted(self, code: str, key: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    def _select_deleted(self, code: str, key: str, body: dict[str, Any]) -> list[Any]:
         table = self._table(code, body)
         since = body.get("from")
         imc = body.get("imc", False)
@@ -385,7 +409,9 @@ class GooseEmulator:
         if since is not None and not imc:
             chosen = [d for d in chosen if d.by_key != key]
         return [
-            {"TABLE": d.table, "RECORD_ID": d.record_id, "SYKEY": d.fields.get("SYKEY", "")}
+            d.raw
+            if d.raw is not None
+            else {"TABLE": d.table, "RECORD_ID": d.record_id, "SYKEY": d.fields.get("SYKEY", "")}
             for d in chosen
         ]
 
@@ -454,6 +480,13 @@ class GooseEmulator:
 
         return await self._admin(request, action)
 
+    async def admin_raw_deletion(self, request: Request) -> Response:
+        def action(body: dict[str, Any]) -> Any:
+            self.add_raw_deletion(body["table"], body["row"])
+            return {"ok": True}
+
+        return await self._admin(request, action)
+
     async def admin_deletions(self, request: Request) -> Response:
         return JSONResponse(self.deletions())
 
@@ -497,6 +530,7 @@ class GooseEmulator:
                 Route("/_admin/seed", self.admin_seed, methods=["POST"]),
                 Route("/_admin/delete", self.admin_delete, methods=["POST"]),
                 Route("/_admin/deletions", self.admin_deletions, methods=["GET"]),
+                Route("/_admin/raw_deletion", self.admin_raw_deletion, methods=["POST"]),
                 Route("/_admin/tables/{table}", self.admin_records, methods=["GET"]),
                 Route("/_admin/drop_next", self.admin_drop_next, methods=["POST"]),
                 Route("/_admin/clock", self.admin_clock, methods=["POST"]),

@@ -8,6 +8,15 @@ journaled, `plan` turns the next call into a timestamp read from the start
 of the last journaled call minus the overlap (not from the start of the
 lost call: deletions made between the two would be lost), and the journal
 drops the duplicates.
+
+Each call says which span of time its answer covers, so that the journal
+tells a re-read (a duplicate) from a record deleted again later (a new
+deletion): a timestamp read covers [from, start of the call); a `latest`
+call covers [start of the last journaled `latest` call, start of this one),
+so successive `latest` calls never overlap (Goose never sends a deletion
+twice that way) while a recovery read overlaps both the call before the lost
+one and the `latest` call after it. Goose's rows carry no deletion time, so
+that is as fine as it gets.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from connectors.contract import (
     AmbiguousError,
     FatalError,
     InFlightCall,
+    RejectedRecord,
     RemoteError,
     RetriableError,
     SourceCall,
@@ -36,6 +46,7 @@ from connectors.goose.settings import (
     TIMESTAMP_FORMAT,
     GooseConnection,
     GooseSourceSettings,
+    parse_goose_time,
     record_name,
 )
 from connectors.http import Action, HttpClient, Resolution, excerpt, scrub
@@ -88,6 +99,13 @@ def goose_time(instant: datetime, zone: ZoneInfo) -> str:
     ]
     wall = instant.replace(tzinfo=None) + min(offsets, default=timedelta())
     return wall.strftime(TIMESTAMP_FORMAT)
+
+
+def goose_instant(wall: str, zone: ZoneInfo) -> datetime:
+    """The earliest instant whose wall-clock time in `zone` is `wall`: where a `from`
+    read begins (in the repeated hour, the first pass)."""
+    naive = parse_goose_time(wall)
+    return min(naive.replace(tzinfo=zone, fold=fold).astimezone(UTC) for fold in (0, 1))
 
 
 def _as_utc(text: str) -> datetime:
@@ -144,11 +162,19 @@ class GooseSource:
         started = now.astimezone(UTC)
         latest = self.settings.mode == "latest" and interrupted is None
         since = LATEST if latest else self.window_start(cursor)
+        if latest:
+            previous = (cursor or {}).get("latest_since")
+            begins = _as_utc(str(previous)) if previous else None
+        else:
+            begins = goose_instant(since, self.connection.zone)
         return SourceCall(
             stream=stream,
             params={"table": stream, "from": since, "imc": self.settings.imc},
             started_at=started,
             recovery=interrupted is not None,
+            window_start=begins,
+            window_end=started,
+            cursor=cursor,
         )
 
     def plan_backfill(self, stream: str, since: str, now: datetime) -> SourceCall:
@@ -158,10 +184,13 @@ class GooseSource:
             datetime.strptime(since, TIMESTAMP_FORMAT)
         except ValueError:
             raise ValueError(f'{since!r}: write "yyyy-mm-dd hh:mm:ss"') from None
+        started = now.astimezone(UTC)
         return SourceCall(
             stream=stream,
             params={"table": stream, "from": since, "imc": self.settings.imc},
-            started_at=now.astimezone(UTC),
+            started_at=started,
+            window_start=goose_instant(since, self.connection.zone),
+            window_end=started,
         )
 
     async def fetch(self, call: SourceCall) -> SourcePage:
@@ -175,12 +204,25 @@ class GooseSource:
         answer = self._answer(where, response)
         if str(answer.get("status", "")).upper() != "OK":
             raise self._error(where, call.stream, answer)
-        records = self._records(where, call.stream, answer.get("result"))
+        records, rejected = self._records(where, call.stream, answer.get("result"))
         return SourcePage(
             records=records,
-            cursor={"last_ok_started_at": call.started_at.astimezone(UTC).isoformat()},
+            cursor=self._next_cursor(call),
             more=self._more(call),
+            rejected=rejected,
         )
+
+    @staticmethod
+    def _next_cursor(call: SourceCall) -> JSON:
+        """`latest_since` is where the next `latest` call's window begins: the start of
+        the last journaled `latest` call, kept across timestamp reads (a recovery)."""
+        started = call.started_at.astimezone(UTC).isoformat()
+        cursor: JSON = {"last_ok_started_at": started}
+        if call.params.get("from") == LATEST:
+            cursor["latest_since"] = started
+        elif (call.cursor or {}).get("latest_since"):
+            cursor["latest_since"] = (call.cursor or {})["latest_since"]
+        return cursor
 
     def _more(self, call: SourceCall) -> bool:
         """After a recovery read in latest mode, go back to `latest` in the same run,
@@ -216,7 +258,11 @@ class GooseSource:
             raise AmbiguousError(f"{where}: the answer is not a JSON object", connection=self.name)
         return answer
 
-    def _records(self, where: str, stream: str, result: Any) -> list[SourceRecord]:
+    def _records(
+        self, where: str, stream: str, result: Any
+    ) -> tuple[list[SourceRecord], list[RejectedRecord]]:
+        """The rows as records, and those that cannot be one (handed back, not raised:
+        one bad row must not stop its table, which every re-read would fetch again)."""
         data = result.get("data") if isinstance(result, dict) else None
         total = result.get("total") if isinstance(result, dict) else None
         if not isinstance(data, list) or not _same_count(total, len(data)):
@@ -226,14 +272,18 @@ class GooseSource:
                 "treating it as truncated",
                 connection=self.name,
             )
-        records = []
+        records: list[SourceRecord] = []
+        rejected: list[RejectedRecord] = []
         for row in data:
-            if not isinstance(row, dict) or row.get("RECORD_ID") in (None, ""):
-                raise RemoteError(f"{where}: a record without RECORD_ID", connection=self.name)
+            problem = _row_problem(row, stream)
+            if problem is not None:
+                fields = row if isinstance(row, dict) else {"row": row}
+                rejected.append(RejectedRecord(stream=stream, fields=fields, reason=problem))
+                continue
             key = str(row["RECORD_ID"])
             origin = record_name(self.connection.code, stream, key)
             records.append(SourceRecord(stream=stream, key=key, fields=row, origin=origin))
-        return records
+        return records, rejected
 
     def _secrets(self) -> list[str]:
         return [self._key, *self.http.secrets]
@@ -289,6 +339,25 @@ class GooseSource:
         await self.http.aclose()
 
 
+def _row_problem(row: Any, table: str) -> str | None:
+    """Why a row of a DELETED answer names no record of `table`, or None.
+
+    RECORD_ID is Goose's key (varchar(25)); a number is taken as written. A row
+    whose TABLE names another table is not a deletion of this one.
+    """
+    if not isinstance(row, dict):
+        return f"a row that is not an object ({type(row).__name__})"
+    record_id = row.get("RECORD_ID")
+    if record_id is None or (isinstance(record_id, str) and not record_id.strip()):
+        return "a record without RECORD_ID"
+    if isinstance(record_id, bool) or not isinstance(record_id, str | int):
+        return f"RECORD_ID is a {type(record_id).__name__}, not a string"
+    named = row.get("TABLE")
+    if isinstance(named, str) and named.strip() and named.strip().upper() != table.upper():
+        return f"TABLE {named!r} is not the table read ({table})"
+    return None
+
+
 def _same_count(total: Any, listed: int) -> bool:
     """`total` must be present and agree with the rows: a cut answer is not trusted."""
     if isinstance(total, bool):
@@ -308,4 +377,11 @@ def build_source(name: str, connection: Any, settings: Any) -> GooseSource:
     return GooseSource(name, connection, settings)
 
 
-__all__ = ["GooseSource", "build_source", "classify", "error_code", "goose_time"]
+__all__ = [
+    "GooseSource",
+    "build_source",
+    "classify",
+    "error_code",
+    "goose_instant",
+    "goose_time",
+]

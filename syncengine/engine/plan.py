@@ -23,7 +23,7 @@ from connectors.contract import (
 from state import Store
 from state.models import utcnow
 from syncengine.engine.guard import legal_hold
-from syncengine.engine.pull import streams_to_read
+from syncengine.engine.pull import new_records, read_window, streams_to_read
 from syncengine.engine.runtime import PipelineRuntime, TargetRuntime
 
 PLAN_MARKER = {"purpose": "plan: a read that moves no cursor"}
@@ -117,8 +117,9 @@ async def plan_pipeline(
         except ConnectorError as exc:
             plan.errors.append(f"{stream}: {exc}")
             continue
-        keys = [r.key for r in page.records]
-        known = store.known_keys(pipe.name, stream, keys)
+        known = store.known_keys(
+            pipe.name, stream, new_records(pipe.source, page.records), read_window(call)
+        )
         plan.already_journaled += len(known)
         for record in page.records:
             if record.key not in known and all(d.key != record.key for d in fresh):

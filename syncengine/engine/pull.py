@@ -21,13 +21,16 @@ from connectors.contract import (
     RemoteError,
     RetriableError,
     Source,
+    SourceCall,
+    SourcePage,
     SourceRecord,
     TaskSource,
 )
-from state import NewRecord, Store
+from state import NewRecord, ReadWindow, Store
 from state.models import utcnow
 from syncengine import failpoints
 from syncengine.engine.chain import ChainSource
+from syncengine.engine.rejects import rejected_records
 from syncengine.engine.runtime import PipelineRuntime
 from syncengine.engine.stop import StopToken
 from syncengine.logs import get_logger
@@ -46,6 +49,8 @@ class PullReport:
     errors: dict[str, str] = field(default_factory=dict)
     problems: dict[str, str] = field(default_factory=dict)
     """What a stream's source could not tell (a task in error, a filter-based task)."""
+    malformed: dict[str, int] = field(default_factory=dict)
+    """Per stream: records the source could not use, journaled as dead letters."""
     streams: int = 0
 
 
@@ -74,6 +79,25 @@ def new_records(source: Source, records: Sequence[SourceRecord]) -> list[NewReco
     return [
         NewRecord(r.key, r.fields, origin=r.origin, origin_delivery_id=link(r)) for r in records
     ]
+
+
+def read_window(call: SourceCall) -> ReadWindow:
+    return ReadWindow(call.window_start, call.window_end)
+
+
+def page_records(source: Source, page: SourcePage) -> list[NewRecord]:
+    """The page's records and the records it could not use, as the journal takes them."""
+    return new_records(source, page.records) + rejected_records(page.rejected)
+
+
+def _count_malformed(report: PullReport, stream: str, count: int, log: Any) -> None:
+    if count:
+        report.malformed[stream] = report.malformed.get(stream, 0) + count
+        log.warning(
+            "malformed_records",
+            count=count,
+            hint="kept as dead letters with the reason: syncengine dlq list --error malformed",
+        )
 
 
 def own_effects(pipe: PipelineRuntime) -> list[tuple[str, str]]:
@@ -183,14 +207,16 @@ async def _pull_stream(
         result = store.journal(
             pipe.name,
             stream,
-            new_records(pipe.source, page.records),
+            page_records(pipe.source, page),
             cursor=page.cursor,
             targets=targets,
             run_id=run_id,
             recovered=recovered,
             own_effects=own_effects(pipe),
             problem=page.problem,
+            window=read_window(call),
         )
+        _count_malformed(report, stream, result.rejected, log)
         report.pulled += result.new
         report.duplicates += result.duplicates
         report.echoes += result.echoes
@@ -244,13 +270,15 @@ async def pull_backfill(
         result = store.journal(
             pipe.name,
             stream,
-            new_records(source, page.records),
+            page_records(source, page),
             cursor=None,
             targets=targets,
             run_id=run_id,
             advance_cursor=False,
             own_effects=own_effects(pipe),
+            window=read_window(call),
         )
+        _count_malformed(report, stream, result.rejected, log.bind(stream=stream))
         report.pulled += result.new
         report.duplicates += result.duplicates
         report.echoes += result.echoes

@@ -302,6 +302,29 @@ def test_admin_endpoints_drive_the_same_state(
     assert error_code == "110"
 
 
+def test_a_restored_record_can_be_deleted_again_and_a_raw_row_is_answered_as_given(
+    emulator: GooseEmulator, client: httpx.Client
+) -> None:
+    """Seeding a deleted record again restores it; deleting it again is a second entry.
+    A raw row (a damaged log entry) is answered exactly as given, in its place."""
+    emulator.delete("CON_TRO", ["0-1"])
+    client.post(
+        "/_admin/seed", json={"companies": {CODE: []}, "tables": {"CON_TRO": [CONTACTS[0]]}}
+    )
+    bad = {"TABLE": "CON_TRO", "SYKEY": "ghost"}
+    assert client.post("/_admin/raw_deletion", json={"table": "CON_TRO", "row": bad}).json() == {
+        "ok": True
+    }
+    emulator.delete("CON_TRO", ["0-1"])
+    rows = deleted(client, **{"from": "latest"}).json()["result"]["data"]
+    assert rows == [
+        {"TABLE": "CON_TRO", "RECORD_ID": "0-1", "SYKEY": "user1"},
+        bad,
+        {"TABLE": "CON_TRO", "RECORD_ID": "0-1", "SYKEY": "user1"},
+    ]
+    assert client.post("/_admin/raw_deletion", json={"table": "NOPE", "row": {}}).status_code == 400
+
+
 def test_faults_hit_the_vendor_routes_but_never_admin(
     emulator: GooseEmulator, client: httpx.Client
 ) -> None:

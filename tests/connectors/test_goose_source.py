@@ -205,6 +205,47 @@ def test_goose_time_never_skips_the_repeated_hour() -> None:
     assert goose_time(spring, ROME) == "2026-03-29 01:30:00"
 
 
+def test_each_call_says_which_span_of_time_its_answer_covers() -> None:
+    """Successive `latest` calls share a boundary and never overlap; a recovery read
+    overlaps the call before the lost one and the `latest` call after it."""
+    src = planner(overlap="1m")
+    first = src.plan("CON_TRO", None, None, T)
+    assert (first.window_start, first.window_end) == (None, T), "the first latest: everything"
+    after = {"last_ok_started_at": T.isoformat(), "latest_since": T.isoformat()}
+    later = T + timedelta(minutes=10)
+    second = src.plan("CON_TRO", after, None, later)
+    assert (second.window_start, second.window_end) == (T, later)
+    recovery = src.plan("CON_TRO", after, LOST, later)
+    assert recovery.params["from"] == "2026-03-01 12:59:00", "13:00 Rome minus one minute"
+    assert recovery.window_start == T - timedelta(minutes=1) and recovery.window_end == later
+    assert recovery.window_start < T, "overlaps the call before the lost one"
+
+
+async def test_a_latest_call_after_a_recovery_starts_at_the_last_latest_call() -> None:
+    """The recovery's cursor keeps where Goose's `latest` answers from, so the call
+    after it overlaps the recovery but not the `latest` call before the lost one."""
+    src, _ = mocked(lambda request: ok([], 0), overlap=60)
+    previous = {"last_ok_started_at": T.isoformat(), "latest_since": T.isoformat()}
+    recovered_at = T + timedelta(minutes=10)
+    recovery = src.plan("CON_TRO", previous, LOST, recovered_at)
+    page = await src.fetch(recovery)
+    assert page.cursor == {
+        "last_ok_started_at": recovered_at.isoformat(),
+        "latest_since": T.isoformat(),
+    }
+    back = src.plan("CON_TRO", page.cursor, None, recovered_at + timedelta(seconds=1))
+    assert back.params["from"] == "latest"
+    assert back.window_start == T, "from the start of the last latest call"
+    assert recovery.window_start is not None and recovery.window_start < T < recovery.started_at
+    assert (await src.fetch(back)).cursor["latest_since"] == back.started_at.isoformat()
+    await src.aclose()
+
+
+def test_a_backfill_covers_from_its_time_in_the_connection_zone() -> None:
+    call = planner().plan_backfill("CON_TRO", "2026-03-01 12:00:00", T)
+    assert call.window_start == datetime(2026, 3, 1, 11, 0, tzinfo=UTC) and call.window_end == T
+
+
 # --- fetch against the emulator ------------------------------------------------
 
 
@@ -309,6 +350,47 @@ async def test_a_lost_latest_answer_is_recovered_from_the_last_good_call(
     back = await read(src, recovered.cursor)
     assert keys(back) == ["0-3"], "Goose's cursor stopped at the lost call; the journal de-dups"
     assert keys(await read(src, back.cursor)) == []
+
+
+async def test_a_row_without_record_id_is_handed_back_and_the_rest_goes_on(
+    emulator: GooseEmulator, make_source: Callable[..., GooseSource]
+) -> None:
+    src = make_source()
+    emulator.delete("CON_TRO", ["0-1"])
+    emulator.add_raw_deletion("CON_TRO", {"TABLE": "CON_TRO", "SYKEY": "ghost"})
+    emulator.delete("CON_TRO", ["0-2"])
+    page = await read(src)
+    assert keys(page) == ["0-1", "0-2"]
+    [rejected] = page.rejected
+    assert rejected.reason == "a record without RECORD_ID"
+    assert dict(rejected.fields) == {"TABLE": "CON_TRO", "SYKEY": "ghost"}
+    assert rejected.stream == "CON_TRO"
+    assert page.cursor["last_ok_started_at"], "the cursor moves past the bad row"
+    assert keys(await read(src, page.cursor)) == [] and not (await read(src)).rejected
+
+
+@pytest.mark.parametrize(
+    ("row", "reason"),
+    [
+        ({"TABLE": "CON_TRO", "RECORD_ID": "", "SYKEY": "x"}, "a record without RECORD_ID"),
+        ({"TABLE": "CON_TRO", "RECORD_ID": None}, "a record without RECORD_ID"),
+        ({"RECORD_ID": "   "}, "a record without RECORD_ID"),
+        ({"RECORD_ID": {"id": "0-1"}}, "RECORD_ID is a dict, not a string"),
+        ({"RECORD_ID": True}, "RECORD_ID is a bool, not a string"),
+        ({"TABLE": "AGE_FAM", "RECORD_ID": "0-1"}, "TABLE 'AGE_FAM' is not the table read"),
+        ("0-1", "a row that is not an object (str)"),
+    ],
+    ids=["empty", "null", "blank", "object", "bool", "other-table", "not-an-object"],
+)
+async def test_every_malformed_row_is_a_reject_with_its_reason(row: Any, reason: str) -> None:
+    good = {"TABLE": "con_tro", "RECORD_ID": 7, "SYKEY": "a"}
+    src, _ = mocked(lambda request: ok([good, row], 2))
+    page = await read(src)
+    assert keys(page) == ["7"], "a number is a key as written; the table's case is Goose's"
+    [rejected] = page.rejected
+    assert rejected.reason.startswith(reason)
+    assert dict(rejected.fields) == (row if isinstance(row, dict) else {"row": row})
+    await src.aclose()
 
 
 async def test_a_lost_timestamp_answer_is_retried_in_line(

@@ -4,11 +4,13 @@ whole path can be read back."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlmodel import SQLModel
 
-from state import NewRecord, OutcomeRecord, RetryRule, Store
+from state import NewRecord, OutcomeRecord, ReadWindow, RetryRule, Store
 from state.models import DeliveryStatus
 
 RULE = RetryRule(max_attempts=1, base_delay=0, max_delay=0)
@@ -114,6 +116,50 @@ def test_handovers_are_what_was_done_upstream_and_not_yet_journaled(store: Store
     assert hops == {"mdm": ["down"], "erp": []}
     statuses = {d.target: d.status for d in tree.deliveries}
     assert statuses == {"mdm": DeliveryStatus.DONE, "erp": DeliveryStatus.PENDING}
+
+
+def test_a_key_deleted_again_upstream_is_handed_over_again(store: Store) -> None:
+    """The chain takes over deliveries, not keys: a record restored and deleted again
+    upstream is a second delivery, continued once, and re-reads stay duplicates."""
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    for start in (0, 10):
+        store.journal(
+            "contacts", "CON_TRO", [NewRecord("0-1", {"n": start})], cursor={},
+            targets=["mdm"], run_id=None,
+            window=ReadWindow(t0 + timedelta(minutes=start), t0 + timedelta(minutes=start + 10)),
+        )  # fmt: skip
+    deliver(store, "contacts", "mdm", {"0-1": ("done", "")})
+    first, second = store.lineage.handovers("down", "contacts", "mdm", "CON_TRO")
+    assert (first.fields, second.fields) == ({"n": 0}, {"n": 10})
+
+    def take(handover_id: int) -> tuple[int, int]:
+        result = store.journal(
+            "down", "CON_TRO", [NewRecord("0-1", {}, origin_delivery_id=handover_id)],
+            cursor={}, targets=["erp"], run_id=None,
+        )  # fmt: skip
+        return result.new, result.duplicates
+
+    assert take(first.delivery_id) == (1, 0)
+    assert [
+        h.delivery_id for h in store.lineage.handovers("down", "contacts", "mdm", "CON_TRO")
+    ] == [second.delivery_id]
+    assert take(second.delivery_id) == (1, 0), "same key, another upstream delivery"
+    assert take(second.delivery_id) == (0, 1), "read again: a duplicate"
+    assert store.lineage.handovers("down", "contacts", "mdm", "CON_TRO") == []
+    assert len(store.lineage.find("0-1", "down")) == 2, "trace shows each deletion"
+
+
+def test_a_deletion_of_ours_from_before_the_read_began_is_no_echo(store: Store) -> None:
+    """This engine deleted the record once; someone restored it and deleted it again,
+    seen by a read that began after our delete: that one must propagate."""
+    store.journal("back", "T", [NewRecord("r1", {})], cursor={}, targets=["goose"], run_id=None)
+    deliver(store, "back", "goose", {"r1": ("done", GOOSE_0_1)})
+    later = datetime.now(UTC) + timedelta(minutes=1)
+    result = store.journal(
+        "contacts", "CON_TRO", [NewRecord("0-1", {}, origin=GOOSE_0_1)], cursor={},
+        targets=["mdm"], run_id=None, window=ReadWindow(later, later + timedelta(minutes=1)),
+    )  # fmt: skip
+    assert (result.new, result.echoes) == (1, 0)
 
 
 def test_registering_a_stream_is_idempotent(store: Store) -> None:

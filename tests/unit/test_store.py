@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from state import NewRecord, OutcomeRecord, RetryRule, Store, StoreError
+from state import MALFORMED, NewRecord, OutcomeRecord, ReadWindow, RetryRule, Store, StoreError
 from state.models import DeliveryStatus, RunOutcome
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -35,6 +35,82 @@ def test_journal_deduplicates_and_creates_a_delivery_per_target(store: Store) ->
     counts = {c.target: c.counts for c in store.delivery_counts("p")}
     assert counts == {"a": {"pending": 3}, "b": {"pending": 3}}
     assert store.cursor("p", "T").value == {"n": 2}
+
+
+def read(store: Store, keys: list[str], start: int | None, end: int | None) -> tuple[int, int]:
+    """Journal `keys` from a read over [T0 + start min, T0 + end min); (new, duplicates)."""
+    window = ReadWindow(
+        None if start is None else T0 + timedelta(minutes=start),
+        None if end is None else T0 + timedelta(minutes=end),
+    )
+    result = store.journal(
+        "p", "T", [NewRecord(k, {"K": k}) for k in keys], cursor={}, targets=["a"],
+        run_id=None, window=window,
+    )  # fmt: skip
+    return result.new, result.duplicates
+
+
+def test_a_key_deleted_again_is_new_unless_the_reads_overlap(store: Store) -> None:
+    """Deleted, restored, deleted again: the second `latest` read cannot overlap the
+    first, so it is a new deletion; a re-read over both windows only duplicates."""
+    assert read(store, ["1", "2"], None, 10) == (2, 0), "the first latest call: unbounded"
+    assert read(store, ["1"], 10, 20) == (1, 0), "the next latest call: 1 deleted again"
+    # the call at 25 min loses its answer; the recovery reads from 20 min minus 1
+    assert read(store, ["1", "3"], 19, 30) == (1, 1), "1 again (the overlap), 3 saved"
+    assert read(store, ["3"], 20, 40) == (0, 1), "back to latest, from the call at 20 min"
+    assert read(store, ["1"], 40, 50) == (1, 0), "deleted a third time"
+    rows = store.deliveries(pipeline="p")
+    assert [e.record_key for _, e in rows] == ["1", "2", "1", "3", "1"]
+    assert rows[2][1].window_start == T0 + timedelta(minutes=10)
+    assert rows[2][1].window_end == T0 + timedelta(minutes=20)
+
+
+def test_a_read_with_no_window_overlaps_every_other(store: Store) -> None:
+    """A task or chain source reads a fixed set: its re-reads are always duplicates."""
+    assert read(store, ["1"], None, None) == (1, 0)
+    assert read(store, ["1"], 100, 200) == (0, 1)
+    assert read(store, ["1"], None, None) == (0, 1)
+    assert store.known_keys("p", "T", [NewRecord("1", {})], ReadWindow(T0, T0)) == {"1"}
+
+
+def test_within_one_answer_a_key_is_one_deletion(store: Store) -> None:
+    assert read(store, ["1", "1", "2"], 0, 10) == (2, 1)
+    assert store.deletion_count("p") == 2
+
+
+def test_plan_counts_as_journaled_what_a_journal_would_call_duplicate(store: Store) -> None:
+    read(store, ["1"], 0, 10)
+    records = [NewRecord("1", {}), NewRecord("2", {})]
+    assert store.known_keys("p", "T", records, ReadWindow(T0 + timedelta(minutes=5))) == {"1"}
+    assert store.known_keys("p", "T", records, ReadWindow(T0 + timedelta(minutes=10))) == set()
+
+
+def test_a_malformed_record_is_a_dead_letter_to_each_target_and_never_retried(
+    store: Store,
+) -> None:
+    window = ReadWindow(T0, T0 + timedelta(minutes=10))
+    bad = NewRecord("malformed:1f", {"SYKEY": "ghost"}, rejected="a record without RECORD_ID")
+    result = store.journal(
+        "p", "T", [NewRecord("1", {}), bad], cursor={"n": 1}, targets=["a", "b"], run_id=None,
+        window=window,
+    )  # fmt: skip
+    assert (result.new, result.rejected, result.duplicates) == (1, 1, 0)
+    assert store.cursor("p", "T").value == {"n": 1}
+    dead = store.dead_letters(pipeline="p", error="malformed")
+    assert sorted(d.target for d, _ in dead) == ["a", "b"]
+    assert all(d.last_error.startswith(f"{MALFORMED}: a record without RECORD_ID") for d, _ in dead)
+    assert {e.record_key for _, e in dead} == {"malformed:1f"}
+    assert dead[0][1].fields == {"SYKEY": "ghost"}
+    again = store.journal(
+        "p", "T", [bad], cursor={"n": 2}, targets=["a", "b"], run_id=None, window=window
+    )
+    assert (again.rejected, again.duplicates) == (0, 1), "a re-read does not repeat it"
+    assert store.deletion_count("p") == 1 and store.malformed_counts("p") == {"T": 1}
+    ids = [d.id or 0 for d, _ in dead]
+    assert store.malformed_of(ids) == set(ids)
+    assert store.retry_dead(ids) == 0
+    assert len(store.dead_letters(pipeline="p")) == 2
+    assert store.drop_dead(ids) == 2, "acknowledged like any dead letter"
 
 
 def test_in_flight_marker_survives_until_an_answer_is_journaled(store: Store) -> None:
