@@ -59,7 +59,6 @@ class BadAnswer(Exception):
 
 
 class Dialect(Protocol):
-    name: ApiVersion
     url_hint: str
     """How the connection URL of this version ends, for messages about a wrong one."""
 
@@ -81,7 +80,6 @@ class Dialect(Protocol):
 
 
 class V1:
-    name: ApiVersion = "v1"
     url_hint = "for api v1 it ends with /MGRESTService.svc"
 
     def token_by_headers(self, config: str, user: str, password: str) -> Call:
@@ -112,7 +110,6 @@ class V1:
 
 
 class V2:
-    name: ApiVersion = "v2"
     url_hint = "for api v2 it ends with /IDORequestService, without /ido"
 
     def token_by_headers(self, config: str, user: str, password: str) -> Call:
