@@ -2,8 +2,9 @@
 
 The client returns responses or raises a classified `ConnectorError`; it
 never logs or prints a body. Error messages carry the method, the path
-(never the query string, which may hold credentials) and a truncated body
-from which every known secret value has been scrubbed.
+(never the query string, which may hold credentials) and a truncated body,
+both scrubbed of every known secret value (some APIs take a password as a
+path segment).
 """
 
 from __future__ import annotations
@@ -185,7 +186,7 @@ class HttpClient:
 
     def describe(self, method: str, url: str) -> str:
         path = httpx.URL(url).path if "://" in url else url.split("?", 1)[0]
-        return f"{method} {path}"
+        return f"{method} {scrub(path, self.secrets)}"
 
     async def request(
         self,

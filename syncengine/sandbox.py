@@ -208,6 +208,8 @@ class Sandbox:
             f"    config {MONGOOSE_CONFIG}; user {MONGOOSE_USER}; password {MONGOOSE_PASSWORD}",
             f"    IDOs UserNames ({len(PEOPLE)} rows), SLEmployees ({len(EMPLOYEES)} rows); "
             f"rows: {self.mongoose_url}/_admin/rows/UserNames",
+            f"    REST v2 (api: v2) at {self.mongoose_url}/IDORequestService; "
+            f"knobs: {self.mongoose_url}/_admin/settings",
             f"  Reltio tenant          {self.reltio_tenant_url}",
             f"    token URL {self.reltio_url}/oauth/token; client {RELTIO_CLIENT}; "
             f"secret {RELTIO_SECRET}",

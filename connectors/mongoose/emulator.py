@@ -1,11 +1,30 @@
-"""A stateful emulator of the Infor Mongoose IDO REST API v1 (MGRESTService.svc).
+"""A stateful emulator of the Infor Mongoose IDO REST API, v1 (MGRESTService.svc) and v2.
 
-Emulated: GetSecurityToken (`GET {base}/{json|xml|js}/token/{config}` with
-`userid`/`password` headers), ION API bearer tokens (`Authorization: Bearer`
-plus `X-Infor-MongooseConfig`), LoadCollection advanced
-(`GET {base}/json/{ido}/adv?props=&filter=&recordcap=`, positional Items) and
-DeleteItems (`DELETE` or `POST {base}/json/{ido}/deleteitems`; the doc lists
-DELETE, its sample code posts).
+Emulated in v1, under `{base}` = /IDORequestService/MGRESTService.svc:
+GetSecurityToken (`GET {base}/{json|xml|js}/token/{config}` with
+`userid`/`password` headers), LoadCollection advanced
+(`GET {base}/json/{ido}/adv?props=&filter=&recordcap=`) and DeleteItems
+(`DELETE` or `POST {base}/json/{ido}/deleteitems`; the doc lists DELETE, its
+sample code posts).
+
+Emulated in v2, under `{v2}` = /IDORequestService: GetSecurityToken by
+headers (`GET {v2}/ido/token/{config}` with `username`/`password`, 2025.x)
+and by path (`GET {v2}/ido/token/{config}/{username}[/{password}]`, every
+version), LoadCollection (`GET {v2}/ido/load/{ido}?properties=&filter=
+&recordcap=`; `properties=*` is every property; no paging: `Bookmark` is
+null, `MoreRowsExist` says whether recordcap cut rows off) and
+UpdateCollection deletes (`POST {v2}/ido/update/{ido}`,
+`{"Changes": [{"Action": 4, "ItemId": ...}]}`). v2 answers carry `Success`
+and `Message` instead of `MessageCode`: a business error is HTTP 200 with
+`Success: false`, and each situation of the table below keeps its HTTP
+status and Message. Both versions take ION API bearer tokens
+(`Authorization: Bearer` plus `X-Infor-MongooseConfig`).
+
+Knobs (`PUT /_admin/settings`): `row_shape` is `documented` (Items as
+positional arrays in v1, objects keyed by property, with `_ItemId`, in v2, as
+each version's doc shows), `arrays` or `objects` (either shape from both);
+`header_token: false` answers the v2 header form of GetSecurityToken 404, as
+servers before 2025.x do.
 
 Each row carries `RowPointer` (a uuid4) and `RecordDate`, from which its
 ItemId is built as in the vendor doc:
@@ -23,6 +42,7 @@ emulator uses these, always with HTTP 200 unless said otherwise:
 | DeleteItems success ("Delete successful.")       | 200  | 202         |
 | bad credentials or unknown config on token call  | 401  | 401         |
 | missing, invalid or expired token                | 401  | 401         |
+| v2 token form 404 (knob header_token false)      | 404  | -           |
 | body is not a JSON array                         | 400  | 400         |
 | an item has no ItemId or an Action other than 4  | 200  | 400         |
 | unknown IDO                                      | 200  | 404 (delete), 500 (load) |
@@ -42,6 +62,7 @@ and deletes nothing. Ground truth and the admin routes are never faulted:
     POST /_admin/touch    {"ido": .., "match": {..}}     modify rows: new RecordDate, new ItemId
     POST /_admin/expire_tokens                           every security token stops working
     POST /_admin/reset                                   rows, tokens and ground truth cleared
+    GET|PUT /_admin/settings                             the knobs above
     GET|PUT /_admin/faults, GET|DELETE /_admin/requests  (emulator_kit)
 """
 
@@ -55,18 +76,27 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import unquote
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
-from connectors.emulator_kit import ADMIN_PREFIX, DEMO_PEOPLE, Faults, RequestLog, build_app
+from connectors.emulator_kit import (
+    ADMIN_PREFIX,
+    DEMO_PEOPLE,
+    Faults,
+    RequestLog,
+    build_app,
+    knob_routes,
+)
 
 DEFAULT_BASE_PATH = "/IDORequestService/MGRESTService.svc"
+DEFAULT_V2_BASE_PATH = "/IDORequestService"
 DEFAULT_RECORDCAP = 200
 ITEM_ID = re.compile(
     r"^PBT=\[(?P<table>[^\]]*)\] \S+\.DT=\[(?P<dt>[^\]]*)\] \S+\.ID=\[(?P<row>[^\]]*)\]$"
@@ -164,6 +194,31 @@ class DeletedRow:
     at: str
 
 
+@dataclass
+class Knobs:
+    """Behaviour switches, changed in place by tests or `PUT /_admin/settings`."""
+
+    row_shape: Literal["documented", "arrays", "objects"] = "documented"
+    """LoadCollection Items: as each version's doc shows them, or one shape for both."""
+    header_token: bool = True
+    """False: the v2 header form of GetSecurityToken is unknown (404), as before 2025.x."""
+
+    def update(self, values: Mapping[str, Any]) -> None:
+        known = {f.name for f in fields(self)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown settings: {sorted(unknown)}; known: {sorted(known)}")
+        valid = {
+            "row_shape": lambda v: v in ("documented", "arrays", "objects"),
+            "header_token": lambda v: isinstance(v, bool),
+        }
+        for name, value in values.items():
+            if not valid[name](value):
+                raise ValueError(f"bad value for {name}: {value!r}")
+        for name, value in values.items():
+            setattr(self, name, value)
+
+
 class MongooseError(Exception):
     def __init__(self, message: str, code: int, status: int = 200) -> None:
         super().__init__(message)
@@ -173,7 +228,7 @@ class MongooseError(Exception):
 
 
 class MongooseEmulator:
-    """In-memory IDO collections behind the v1 REST routes, safe across threads."""
+    """In-memory IDO collections behind the v1 and v2 REST routes, safe across threads."""
 
     def __init__(
         self,
@@ -182,11 +237,14 @@ class MongooseEmulator:
         bearer_tokens: Sequence[str] = (),
         base_path: str = DEFAULT_BASE_PATH,
         faults: Faults | None = None,
+        v2_base_path: str = DEFAULT_V2_BASE_PATH,
     ) -> None:
         self.config = config
         self.users = dict(users if users is not None else {"sync": "password"})
         self.bearer_tokens = set(bearer_tokens)
         self.base_path = base_path.rstrip("/")
+        self.v2_base_path = v2_base_path.rstrip("/")
+        self.knobs = Knobs()
         self.faults = faults or Faults()
         self.log = RequestLog()
         self._lock = threading.Lock()
@@ -200,7 +258,9 @@ class MongooseEmulator:
             self._vendor_routes() + self._admin_routes(),
             self.faults,
             self.log,
-            is_mutating=lambda method, path: path.endswith("/deleteitems"),
+            is_mutating=lambda method, path: (
+                path.endswith("/deleteitems") or f"{self.v2_base_path}/ido/update/" in path
+            ),
         )
 
     @property
@@ -282,11 +342,14 @@ class MongooseEmulator:
     # -- vendor routes ---------------------------------------------------------------
 
     def _vendor_routes(self) -> list[BaseRoute]:
-        base = self.base_path
+        base, v2 = self.base_path, f"{self.v2_base_path}/ido"
         return [
             Route(f"{base}/{{rt}}/token/{{config}}", self._token, methods=["GET"]),
             Route(f"{base}/json/{{ido}}/adv", self._load, methods=["GET"]),
             Route(f"{base}/json/{{ido}}/deleteitems", self._delete, methods=["DELETE", "POST"]),
+            Route(f"{v2}/token/{{rest:path}}", self._token_v2, methods=["GET"]),
+            Route(f"{v2}/load/{{ido}}", self._load_v2, methods=["GET"]),
+            Route(f"{v2}/update/{{ido}}", self._update_v2, methods=["POST"]),
         ]
 
     async def _token(self, request: Request) -> Response:
@@ -299,9 +362,7 @@ class MongooseEmulator:
             return _error(f"Configuration {config} not found", 401, 401)
         if user not in self.users or self.users[user] != password:
             return _error("Invalid user name or password", 401, 401)
-        token = base64.b64encode(secrets.token_bytes(48)).decode("ascii")
-        with self._lock:
-            self._tokens.add(token)
+        token = self._new_token()
         if rt == "js":
             return PlainTextResponse(token)
         if rt == "xml":
@@ -312,6 +373,36 @@ class MongooseEmulator:
                 media_type="application/xml",
             )
         return JSONResponse({"Message": "Success", "Token": token})
+
+    async def _token_v2(self, request: Request) -> Response:
+        """`{config}` (credentials in headers) or `{config}/{username}[/{password}]`.
+
+        Read from the raw path, so each segment is decoded once: a '/' encoded in
+        a password stays in the password."""
+        raw = request.scope.get("raw_path") or request.url.path.encode()
+        prefix = f"{self.v2_base_path}/ido/token/"
+        tail = raw.decode("ascii", "replace").split("?", 1)[0].partition(prefix)[2]
+        parts = [unquote(part) for part in tail.split("/")]
+        if len(parts) == 1:
+            if not self.knobs.header_token:
+                return PlainTextResponse("Not Found", status_code=404)
+            user = request.headers.get("username", "")
+            password: str | None = request.headers.get("password")
+        elif len(parts) in (2, 3):
+            user, password = parts[1], parts[2] if len(parts) == 3 else ""
+        else:
+            return PlainTextResponse("Not Found", status_code=404)
+        if parts[0] != self.config:
+            return _refused_v2(f"Configuration {parts[0]} not found", 401, Token=None)
+        if not user or user not in self.users or self.users[user] != password:
+            return _refused_v2("Invalid user name or password", 401, Token=None)
+        return JSONResponse({"Message": None, "Success": True, "Token": self._new_token()})
+
+    def _new_token(self) -> str:
+        token = base64.b64encode(secrets.token_bytes(48)).decode("ascii")
+        with self._lock:
+            self._tokens.add(token)
+        return token
 
     def _authorized(self, request: Request) -> bool:
         auth = request.headers.get("authorization", "")
@@ -329,14 +420,50 @@ class MongooseEmulator:
         ido = request.path_params["ido"]
         query = request.query_params
         try:
-            items = self._select(ido, query.get("props", ""), query.get("filter", ""), query)
+            props, rows, _ = self._select(
+                ido, query.get("props", ""), query.get("filter", ""), query
+            )
         except MongooseError as exc:
             return JSONResponse({"Items": None, "Message": exc.message, "MessageCode": exc.code})
+        items = self._items(props, rows, "arrays")
         return JSONResponse({"Items": items, "Message": None, "MessageCode": 0})
+
+    async def _load_v2(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return _unauthorized_v2()
+        ido = request.path_params["ido"]
+        query = request.query_params
+        try:
+            props, rows, more = self._select(
+                ido, query.get("properties", ""), query.get("filter", ""), query
+            )
+        except MongooseError as exc:
+            return _refused_v2(exc.message, Items=None, Bookmark=None, MoreRowsExist=False)
+        items = self._items(props, rows, "objects")
+        return JSONResponse(
+            {
+                "Items": items,
+                "Bookmark": None,
+                "MoreRowsExist": more,
+                "Success": True,
+                "Message": None,
+            }
+        )
+
+    def _items(
+        self, props: Sequence[str], rows: Sequence[Mapping[str, Any]], documented: str
+    ) -> list[Any]:
+        """Positional arrays in `props` order, or objects keyed by property that always
+        hold `_ItemId` (the v2 doc: "each row has _ItemId")."""
+        shape = documented if self.knobs.row_shape == "documented" else self.knobs.row_shape
+        if shape == "arrays":
+            return [[row.get(p) for p in props] for row in rows]
+        return [{"_ItemId": row["_ItemId"], **{p: row.get(p) for p in props}} for row in rows]
 
     def _select(
         self, ido: str, props_text: str, filter_text: str, query: Mapping[str, str]
-    ) -> list[list[Any]]:
+    ) -> tuple[list[str], list[dict[str, Any]], bool]:
+        """(properties, matching rows with `_ItemId`, whether recordcap cut rows off)."""
         cap = _recordcap(query.get("recordcap", "-1"))
         try:
             clauses = parse_filter(filter_text) if filter_text.strip() else []
@@ -347,13 +474,15 @@ class MongooseEmulator:
                 raise MongooseError(f"IDO {ido} not found", 500)
             rows, known = self._rows[ido], self._props[ido]
             props = [p.strip() for p in props_text.split(",") if p.strip()]
+            if props == ["*"]:
+                props = sorted(known)
             if not props:
                 raise MongooseError("props is required", 500)
             for name in [*props, *(prop for prop, _ in clauses)]:
                 if name not in known:
                     raise MongooseError(f"Property {name} not found in IDO {ido}", 500)
             wanted = [(prop, {collate(v) for v in values}) for prop, values in clauses]
-            items: list[list[Any]] = []
+            items: list[dict[str, Any]] = []
             for row in rows:
                 public = self._public(ido, row)
                 if wanted and not any(
@@ -361,10 +490,10 @@ class MongooseEmulator:
                     for prop, values in wanted
                 ):
                     continue
-                items.append([public.get(p) for p in props])
                 if cap and len(items) >= cap:
-                    break
-            return items
+                    return props, items, True
+                items.append(public)
+            return props, items, False
 
     async def _delete(self, request: Request) -> Response:
         if not self._authorized(request):
@@ -381,6 +510,27 @@ class MongooseEmulator:
         except MongooseError as exc:
             return _error(exc.message, exc.code, exc.status)
         return JSONResponse({"Message": "Delete successful.", "MessageCode": 202})
+
+    async def _update_v2(self, request: Request) -> Response:
+        """UpdateCollection; only deletes (Action 4) are emulated."""
+        if not self._authorized(request):
+            return _unauthorized_v2()
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        changes = body.get("Changes") if isinstance(body, dict) else None
+        if not isinstance(changes, list):
+            return _refused_v2(
+                'Request body is not an IDOUpdateRequest ({"Changes": [...]})',
+                400,
+                RefreshItems=None,
+            )
+        try:
+            self._delete_all(request.path_params["ido"], changes)
+        except MongooseError as exc:
+            return _refused_v2(exc.message, exc.status, RefreshItems=None)
+        return JSONResponse({"Message": None, "Success": True, "RefreshItems": None})
 
     def _delete_all(self, ido: str, items: list[Any]) -> None:
         """All or nothing, as one database transaction would be."""
@@ -453,10 +603,6 @@ class MongooseEmulator:
         async def expire(request: Request) -> Response:
             return JSONResponse({"expired": self.expire_tokens()})
 
-        async def reset(request: Request) -> Response:
-            self.reset()
-            return JSONResponse({"reset": True})
-
         return [
             Route(f"{ADMIN_PREFIX}/seed", seed, methods=["POST"]),
             Route(f"{ADMIN_PREFIX}/rows/{{ido}}", rows, methods=["GET"]),
@@ -464,7 +610,7 @@ class MongooseEmulator:
             Route(f"{ADMIN_PREFIX}/attempts", attempts, methods=["GET"]),
             Route(f"{ADMIN_PREFIX}/touch", touch, methods=["POST"]),
             Route(f"{ADMIN_PREFIX}/expire_tokens", expire, methods=["POST"]),
-            Route(f"{ADMIN_PREFIX}/reset", reset, methods=["POST"]),
+            *knob_routes(self.knobs, self.reset),
         ]
 
 
@@ -485,6 +631,15 @@ def _error(message: str, code: int, status: int = 200) -> Response:
 
 def _unauthorized() -> Response:
     return _error("Unauthorized: missing, invalid or expired token", 401, 401)
+
+
+def _refused_v2(message: str, status: int = 200, **answer: Any) -> Response:
+    """A v2 failure: `Success` false and a `Message`, beside the call's own fields."""
+    return JSONResponse({**answer, "Success": False, "Message": message}, status_code=status)
+
+
+def _unauthorized_v2() -> Response:
+    return _refused_v2("Unauthorized: missing, invalid or expired token", 401)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from connectors.keys import KeyTemplate
+from connectors.mongoose.api import ApiVersion
 from connectors.paths import segment_problem
 from connectors.settings import ConnectionBase, StrictModel
 
@@ -16,7 +17,7 @@ IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
 class MongooseConnection(ConnectionBase):
-    """A Mongoose IDO REST v1 endpoint and how to authenticate to it.
+    """A Mongoose IDO REST endpoint (API v1 or v2) and how to authenticate to it.
 
     Either `user` + `password` (a Mongoose security token is fetched and
     renewed as needed) or `token` (an ION API OAuth2 bearer token, sent with
@@ -25,7 +26,8 @@ class MongooseConnection(ConnectionBase):
 
     type: Literal["mongoose"]
     url: str = Field(
-        description="base URL, e.g. https://host/IDORequestService/MGRESTService.svc",
+        description="base URL: https://host/IDORequestService/MGRESTService.svc (api v1), "
+        "https://host/IDORequestService (api v2)",
     )
     config: str = Field(min_length=1, description="Mongoose configuration name")
     user: str | None = Field(None, min_length=1)
@@ -35,6 +37,9 @@ class MongooseConnection(ConnectionBase):
         "case_insensitive",
         description="how the Mongoose database compares text: SQL Server's default "
         "collations ignore case (and always trailing spaces); case_sensitive for a _CS_ one",
+    )
+    api: ApiVersion = Field(
+        "v1", description="v1 (MGRESTService.svc) or v2 (/ido/..., what ION API gateways expose)"
     )
 
     @field_validator("url")
@@ -73,6 +78,23 @@ class MongooseConnection(ConnectionBase):
             )
         if self.token is not None and not self.token.get_secret_value():
             raise ValueError("'token' is empty")
+        return self
+
+    @model_validator(mode="after")
+    def _url_fits_api(self) -> MongooseConnection:
+        """A base URL of the other version would send every call to a path that does
+        not exist; say so now rather than as a 404 at the first run."""
+        tail = self.url.lower()
+        if self.api == "v2" and tail.endswith("/mgrestservice.svc"):
+            raise ValueError(
+                "api v2 calls /IDORequestService/ido/...: end the url with /IDORequestService "
+                "(drop /MGRESTService.svc), or set api: v1"
+            )
+        if tail.endswith("/ido"):
+            fix = "drop the final /ido (the connector adds it)"
+            if self.api == "v1":
+                fix = "set api: v2 and " + fix
+            raise ValueError(f"the url ends with /ido: {fix}")
         return self
 
     def secret_values(self) -> list[str]:

@@ -1,8 +1,10 @@
-"""Delete rows of a Mongoose IDO collection through the IDO REST API v1.
+"""Delete rows of a Mongoose IDO collection through the IDO REST API (v1 or v2).
 
 An ItemId carries the row's last-modified timestamp, which no source knows,
 so by default the target first finds ItemIds by a natural key
-(LoadCollection), then deletes them in one `deleteitems` call. That call is
+(LoadCollection), then deletes them in one call (`deleteitems` in v1,
+UpdateCollection with Action 4 in v2; connectors/mongoose/api.py holds what
+differs between the versions). That call is
 all-or-nothing and its error codes are undocumented, so the target never
 interprets them: on any failure it deletes the items one at a time and, for
 each that still fails, looks again at what the collection now holds. A row
@@ -41,11 +43,10 @@ from connectors.contract import (
 )
 from connectors.http import HttpClient, excerpt
 from connectors.keys import UnmappedKey
+from connectors.mongoose import api
 from connectors.mongoose.settings import MongooseConnection, MongooseTargetSettings
-from connectors.paths import path_segment
 from connectors.sql import Dialect, literal
 
-DELETE_SUCCESSFUL = 202
 ROW_POINTER = "RowPointer"
 # IIS rejects query strings over 2048 bytes by default (maxQueryString), so
 # one LoadCollection filter carries at most this many URL-encoded characters.
@@ -118,14 +119,25 @@ class _Auth(Protocol):
 
 
 class _SecurityToken:
-    """GetSecurityToken v1, cached; sent raw as Authorization (no "Bearer")."""
+    """GetSecurityToken, cached; sent raw as Authorization (no "Bearer").
+
+    Asked for with credentials in headers, as documented. A v2 server older
+    than the header form answers it 404: the documented path form
+    (`/ido/token/{config}/{user}/{password}`) is tried once, and kept for the
+    connection if the server knows it. The password then travels in the path,
+    so its encoded form is a secret of the client, scrubbed from every message.
+    """
 
     def __init__(self, name: str, connection: MongooseConnection, http: HttpClient) -> None:
         assert connection.user is not None and connection.password is not None
         self._name = name
-        self._user = connection.user
-        self._password = connection.password
-        self._path = f"/json/token/{path_segment(connection.config)}"
+        spoken = api.dialect(connection.api)
+        secret = connection.password.get_secret_value()
+        self._url_hint = spoken.url_hint
+        self._by_headers = spoken.token_by_headers(connection.config, connection.user, secret)
+        self._by_path = spoken.token_by_path(connection.config, connection.user, secret)
+        self._path_known = False
+        http.add_secret(api.segment(secret))
         self._http = http
         self._token: str | None = None
         self._lock = asyncio.Lock()
@@ -150,24 +162,23 @@ class _SecurityToken:
                 self._token = None
 
     async def _fetch(self) -> str:
-        what = f"GET {self._path}"
-        response = await self._http.request(
-            "GET",
-            self._path,
-            idempotent=True,
-            headers={"userid": self._user, "password": self._password.get_secret_value()},
-        )
+        path_form = self._by_path if self._path_known else None
+        call = path_form or self._by_headers
+        response = await self._get(call)
+        if response.status_code == 404 and path_form is None and self._by_path is not None:
+            tried, call = call.what, self._by_path
+            response = await self._get(call)
+            if response.status_code == 404:
+                raise self._not_found(f"{tried} and {call.what} answered 404")
+            self._path_known = True
+        what = call.what
         if response.status_code in (401, 403):
             raise self.fatal(f"HTTP {response.status_code} from {what}")
         if response.status_code == 404:
-            raise FatalError(
-                f"mongoose connection {self._name!r}: {what} answered 404; check "
-                f"connections.{self._name}.url (it ends with /MGRESTService.svc)",
-                connection=self._name,
-            )
+            raise self._not_found(f"{what} answered 404")
         body = _json_object(response)
-        token = body.get("Token") if body is not None else None
-        if not response.is_success or not isinstance(token, str) or not token:
+        token = api.read_token(body) if body is not None else None
+        if not response.is_success or token is None:
             message = excerpt(response.text, self._http.secrets)
             if response.is_success:
                 raise self.fatal(f"{what} gave no token: {message}")
@@ -178,6 +189,18 @@ class _SecurityToken:
             )
         self._http.add_secret(token)
         return token
+
+    async def _get(self, call: api.Call) -> httpx.Response:
+        return await self._http.request(
+            call.method, call.path, idempotent=True, headers=call.headers
+        )
+
+    def _not_found(self, what: str) -> FatalError:
+        return FatalError(
+            f"mongoose connection {self._name!r}: {what}; check "
+            f"connections.{self._name}.url ({self._url_hint}) and connections.{self._name}.api",
+            connection=self._name,
+        )
 
 
 class _BearerToken:
@@ -216,11 +239,13 @@ class DeleteAnswer:
 
 
 class MongooseApi:
-    """The two v1 calls the target makes, authenticated, with one renewal on 401."""
+    """The two calls the target makes, in the connection's API version,
+    authenticated, with one renewal on 401."""
 
     def __init__(self, name: str, connection: MongooseConnection, http: HttpClient) -> None:
         self.name = name
         self.http = http
+        self.dialect = api.dialect(connection.api)
         self._auth: _Auth = (
             _BearerToken(name, connection)
             if connection.token is not None
@@ -228,91 +253,67 @@ class MongooseApi:
         )
 
     async def load(self, ido: str, props: Sequence[str], where: str) -> list[list[Any]]:
-        """LoadCollection v1 advanced; rows as positional lists in `props` order."""
-        path = f"/json/{ido}/adv"
-        params = {"props": ",".join(props), "filter": where, "recordcap": "0"}
-        response = await self._call("GET", path, idempotent=True, params=params)
-        what = f"GET {path}"
+        """LoadCollection; rows as positional lists in `props` order, whichever shape
+        the server sent them in."""
+        call = self.dialect.load(ido, props, where)
+        response = await self._call(call, idempotent=True)
         body = _json_object(response)
         if not response.is_success or body is None:
-            raise self._remote(what, response)
-        items, code = body.get("Items"), body.get("MessageCode")
-        if not isinstance(items, list) or code not in (0, None):
+            raise self._remote(call.what, response)
+        try:
+            return api.read_rows(body, props)
+        except api.BadAnswer as exc:
             raise RemoteError(
-                f"{self.name}: {what}: {self._message(body)}",
+                f"{self.name}: {call.what}: {excerpt(str(exc), self.http.secrets)}",
                 connection=self.name,
-                code=str(code),
-            )
-        rows: list[list[Any]] = []
-        for row in items:
-            if not isinstance(row, list) or len(row) != len(props) or not _is_text(row[0]):
-                raise RemoteError(
-                    f"{self.name}: {what}: unexpected row shape (want {len(props)} values "
-                    f"in order {','.join(props)})",
-                    connection=self.name,
-                )
-            rows.append(row)
-        return rows
+                code=exc.code,
+            ) from None
 
     async def delete_items(self, ido: str, item_ids: Sequence[str], method: str) -> DeleteAnswer:
-        """DeleteItems v1. An error answer is returned, not raised: the caller re-checks.
+        """DeleteItems (v1) or UpdateCollection with Action 4 (v2). An error answer is
+        returned, not raised: the caller re-checks.
 
         Sent as idempotent: after a lost answer the re-send either deletes or
         fails on rows already gone, which the caller's re-check resolves.
         """
-        path = f"/json/{ido}/deleteitems"
-        body = [
-            {
-                "Action": 4,
-                "ItemId": item_id,
-                "Properties": [
-                    {"IsNull": False, "Modified": False, "Name": "_ItemId", "Value": None}
-                ],
-            }
-            for item_id in item_ids
-        ]
-        response = await self._call(method, path, idempotent=True, json=body)
+        call = self.dialect.delete(ido, item_ids, method)
+        response = await self._call(call, idempotent=True)
         if response.status_code == 405:
             raise FatalError(
-                f"mongoose connection {self.name!r}: {method} {path} is not allowed (HTTP 405); "
-                "set the target's delete_method to the other verb (DELETE or POST)",
+                f"mongoose connection {self.name!r}: {call.what} is not allowed (HTTP 405); "
+                f"{self.dialect.not_allowed(self.name)}",
                 connection=self.name,
             )
         answer = _json_object(response)
         if not response.is_success or answer is None:
-            return DeleteAnswer(False, str(self._remote(f"{method} {path}", response)))
-        if answer.get("MessageCode") == DELETE_SUCCESSFUL:
+            return DeleteAnswer(False, str(self._remote(call.what, response)))
+        if self.dialect.deleted(answer):
             return DeleteAnswer(True)
-        return DeleteAnswer(False, self._message(answer))
+        return DeleteAnswer(False, excerpt(api.message(answer), self.http.secrets))
 
-    async def _call(
-        self,
-        method: str,
-        path: str,
-        *,
-        idempotent: bool,
-        params: Mapping[str, str] | None = None,
-        json: Any = None,
-    ) -> httpx.Response:
-        what = f"{method} {path}"
+    async def _call(self, call: api.Call, *, idempotent: bool) -> httpx.Response:
         headers = await self._auth.headers()
-        response = await self.http.request(
-            method, path, idempotent=idempotent, params=params, json=json, headers=headers
-        )
+        response = await self._send(call, idempotent, headers)
         if response.status_code != 401:
             return response
-        await self._auth.rejected(what, headers)
+        await self._auth.rejected(call.what, headers)
         headers = await self._auth.headers()
-        response = await self.http.request(
-            method, path, idempotent=idempotent, params=params, json=json, headers=headers
-        )
+        response = await self._send(call, idempotent, headers)
         if response.status_code == 401:
-            raise self._auth.fatal(f"HTTP 401 from {what} even with a fresh token")
+            raise self._auth.fatal(f"HTTP 401 from {call.what} even with a fresh token")
         return response
 
-    def _message(self, body: Mapping[str, Any]) -> str:
-        text = f"{body.get('Message')} (MessageCode {body.get('MessageCode')})"
-        return excerpt(text, self.http.secrets)
+    async def _send(
+        self, call: api.Call, idempotent: bool, headers: Mapping[str, str]
+    ) -> httpx.Response:
+        return await self.http.request(
+            call.method,
+            call.path,
+            idempotent=idempotent,
+            params=call.params,
+            json=call.json,
+            headers=headers,
+        )
 
     def _remote(self, what: str, response: httpx.Response) -> RemoteError:
         return RemoteError(
@@ -329,10 +330,6 @@ def _json_object(response: httpx.Response) -> dict[str, Any] | None:
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
     return body if isinstance(body, dict) else None
-
-
-def _is_text(value: Any) -> bool:
-    return isinstance(value, str) and bool(value)
 
 
 # --- the target -------------------------------------------------------------------

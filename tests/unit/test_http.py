@@ -138,3 +138,17 @@ def test_retry_after_parses_seconds_and_dates() -> None:
     assert parse_retry_after(None) is None
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
     assert parse_retry_after("soon") is None
+
+
+async def test_a_secret_in_the_path_is_scrubbed_from_errors() -> None:
+    """Some APIs take a password as a path segment (Mongoose's older GetSecurityToken)."""
+    path = "/ido/token/DEMO/sync/pw%2Fsecret"
+    down = client(Script(*[httpx.Response(503, text="down")] * 4), secrets=["pw%2Fsecret"])
+    with pytest.raises(AmbiguousError) as ambiguous:
+        await down.request("GET", path, idempotent=True)
+    gone = client(Script(*[httpx.ConnectError("refused")] * 4), secrets=["pw%2Fsecret"])
+    with pytest.raises(RetriableError) as refused:
+        await gone.request("GET", path, idempotent=True)
+    for error in (ambiguous.value, refused.value):
+        assert "pw%2Fsecret" not in str(error)
+        assert "GET /ido/token/DEMO/sync/***" in str(error)
