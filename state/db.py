@@ -6,8 +6,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlmodel import create_engine
@@ -92,6 +90,9 @@ def make_engine(url_text: str) -> Engine:
 
 def upgrade(engine: Engine) -> None:
     """Create or upgrade the schema to the newest revision; safe to call every start."""
+    from alembic import command  # alembic is slow to import and needed only to migrate
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as connection:

@@ -38,6 +38,7 @@ from state.models import (
     RunOutcome,
     utcnow,
 )
+from state.schema import at_head
 
 
 @dataclass(frozen=True)
@@ -211,7 +212,8 @@ class Store:
     def open(cls, url: str) -> Store:
         store = cls(url)
         try:
-            upgrade(store.engine)
+            if not at_head(store.engine):
+                upgrade(store.engine)
         except OperationalError as exc:
             raise StoreError(f"state.url: cannot open the store: {exc.orig}") from None
         return store
