@@ -25,9 +25,10 @@ from state import Store, StoreError
 from state.models import utcnow
 from syncengine.config import Config, ConfigError, load_config
 from syncengine.engine import RunReport, Runtime, StopToken, build_runtime, run_pipeline
+from syncengine.helptext import FlowingTyper
 from syncengine.logs import SECRETS, configure
 
-app = typer.Typer(
+app = FlowingTyper(
     add_completion=False,
     no_args_is_help=True,
     help="Keep deletions consistent across business systems.",
@@ -385,7 +386,7 @@ def reject(
     out.print(f"rejected {rejected} held deliveries of {pipeline}/{target}: now dead ({reason})")
 
 
-dlq_app = typer.Typer(help="Dead letters: deliveries that gave up, kept with their reason.")
+dlq_app = FlowingTyper(help="Dead letters: deliveries that gave up, kept with their reason.")
 app.add_typer(dlq_app, name="dlq")
 ErrorFilter = Annotated[
     str | None, typer.Option("--error", "-e", help="only those whose reason contains this")
@@ -496,7 +497,7 @@ def trace(
     emit([t.as_json() for t in trees], output, lambda: render_trace(trees, out))
 
 
-jobs_app = typer.Typer(help="Asynchronous jobs on targets (Reltio tasks, ADT and DMM jobs).")
+jobs_app = FlowingTyper(help="Asynchronous jobs on targets (Reltio tasks, ADT and DMM jobs).")
 app.add_typer(jobs_app, name="jobs")
 
 
