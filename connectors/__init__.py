@@ -1,12 +1,12 @@
 """Connectors: one package per external system, its source/target and its emulator.
 
-`load_registry()` imports every built-in connector so each can register its
-`type` name; the engine calls it once and looks connectors up by name.
+`load_registry()` declares every built-in connector by its `type` name; the
+engine looks connectors up by name, and a connector's package is imported (and
+registers itself) the first time its name is looked up, so a configuration
+that uses two connectors loads two.
 """
 
 from __future__ import annotations
-
-import importlib
 
 from connectors.contract import Registry, registry
 
@@ -15,7 +15,7 @@ BUILTIN = ("goose", "mongoose", "adt", "reltio", "dmm")
 
 def load_registry() -> Registry:
     for name in BUILTIN:
-        importlib.import_module(f"connectors.{name}")
+        registry.declare(name, f"connectors.{name}")
     return registry
 
 

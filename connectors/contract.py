@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import builtins
 import enum
+import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -401,10 +402,20 @@ class UnknownConnectorType(KeyError):
 
 
 class Registry:
-    """Name -> connector. The error on a miss lists the valid names."""
+    """Name -> connector. The error on a miss lists the valid names.
+
+    A connector may be declared by the module that registers it, so that a process
+    imports only the connectors its configuration uses (each costs HTTP clients,
+    settings models and their validators to load).
+    """
 
     def __init__(self) -> None:
         self._items: dict[str, ConnectorInfo] = {}
+        self._declared: dict[str, str] = {}
+
+    def declare(self, name: str, module: str) -> None:
+        """`module` registers connector `name` when imported; done on first use."""
+        self._declared[name] = module
 
     def register(self, info: ConnectorInfo) -> None:
         if info.name in self._items:
@@ -412,16 +423,18 @@ class Registry:
         self._items[info.name] = info
 
     def get(self, name: str) -> ConnectorInfo:
+        if name not in self._items and name in self._declared:
+            importlib.import_module(self._declared[name])
         try:
             return self._items[name]
         except KeyError:
-            raise UnknownConnectorType(name, list(self._items)) from None
+            raise UnknownConnectorType(name, self.names()) from None
 
     def names(self) -> list[str]:
-        return sorted(self._items)
+        return sorted(self._items.keys() | self._declared.keys())
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        return name in self._items or name in self._declared
 
 
 registry = Registry()

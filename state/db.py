@@ -8,15 +8,14 @@ import os
 import sqlite3
 import stat
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import URL, Connection, Engine, ExceptionContext, make_url
 from sqlmodel import create_engine
+
+if TYPE_CHECKING:
+    from alembic.script import ScriptDirectory
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _PG_MIGRATION_LOCK = 0x5E11C0DE  # advisory lock id: one migrating process at a time
@@ -158,6 +157,10 @@ def upgrade(engine: Engine) -> None:
     A store written by a newer syncengine, or a SQLite file of another
     program, is refused before anything is written to it.
     """
+    from alembic import command  # alembic is slow to import and needed only to migrate
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as connection:
@@ -171,6 +174,8 @@ def upgrade(engine: Engine) -> None:
 
 
 def _check_ours(connection: Connection, script: ScriptDirectory, where: str) -> None:
+    from alembic.runtime.migration import MigrationContext
+
     current = MigrationContext.configure(connection).get_current_heads()
     known = {revision.revision for revision in script.walk_revisions()}
     newer = [revision for revision in current if revision not in known]

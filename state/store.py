@@ -38,6 +38,7 @@ from state.models import (
     scrub_error_text,
     utcnow,
 )
+from state.schema import at_head
 
 
 @dataclass(frozen=True)
@@ -300,7 +301,8 @@ class Store:
     def open(cls, url: str, *, scrub: Scrub | None = None) -> Store:
         store = cls(url, scrub=scrub)
         try:
-            upgrade(store.engine)
+            if not at_head(store.engine):
+                upgrade(store.engine)
         except DBAPIError as exc:
             store.close()
             raise StoreError(f"state.url: cannot open the store: {exc.orig}") from None

@@ -15,19 +15,22 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
-from connectors.http import secret_listeners
-from state import Store, StoreError
-from state.models import utcnow
-from syncengine.config import Config, ConfigError, load_config
-from syncengine.engine import RunReport, Runtime, StopToken, build_runtime, run_pipeline
-from syncengine.logs import SECRETS, configure
+from syncengine.helptext import FlowingTyper
 
-app = typer.Typer(
+# Each command imports the engine, the store and the connectors it needs in its own
+# body: `--help` and `validate` load none of the store, and `run --once` none of the
+# daemon's scheduler or metrics server (tests/unit/test_startup.py holds this).
+if TYPE_CHECKING:
+    from state import Store
+    from syncengine.config import Config
+    from syncengine.engine import RunReport, Runtime, StopToken
+
+app = FlowingTyper(
     add_completion=False,
     no_args_is_help=True,
     help="Keep deletions consistent across business systems.",
@@ -52,6 +55,10 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def load(path: Path) -> Config:
+    from connectors.http import secret_listeners
+    from syncengine.config import ConfigError, load_config
+    from syncengine.logs import SECRETS
+
     try:
         config = load_config(path)
     except ConfigError as exc:
@@ -67,6 +74,9 @@ def load(path: Path) -> Config:
 
 
 def open_store(config: Config) -> Store:
+    from state import Store, StoreError
+    from syncengine.logs import SECRETS
+
     try:
         return Store.open(config.state.url, scrub=SECRETS.scrub)
     except StoreError as exc:
@@ -129,6 +139,8 @@ DEFAULT_JOB_WAIT = 120.0
 async def run_once(
     runtime: Runtime, stop: StopToken | None = None, job_wait: float = DEFAULT_JOB_WAIT
 ) -> list[RunReport]:
+    from syncengine.engine import StopToken, run_pipeline
+
     stop = stop or StopToken()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -154,7 +166,9 @@ async def run_once(
 
 
 def _plan(config: Path, pipeline: str | None, output: str, since: str | None = None) -> None:
+    from syncengine.engine import build_runtime
     from syncengine.engine.plan import plan_pipeline
+    from syncengine.logs import configure
     from syncengine.status import render_plans
 
     cfg = load(config)
@@ -200,6 +214,9 @@ def backfill(
     """Re-read a source from a time and propagate what it finds, without moving the
     daemon's cursor. Safe while the daemon runs; run it again to resume."""
     from connectors.contract import Backfillable
+    from state.models import utcnow
+    from syncengine.engine import StopToken, build_runtime, run_pipeline
+    from syncengine.logs import configure
     from syncengine.progress import BackfillProgress
     from syncengine.status import render_summary
 
@@ -285,6 +302,8 @@ def run(
         _plan(config, pipeline, "text")
         return
     from syncengine.daemon import Daemon
+    from syncengine.engine import build_runtime
+    from syncengine.logs import configure
     from syncengine.observe import ObservabilityError, serve_observability
     from syncengine.status import render_summary
 
@@ -387,7 +406,7 @@ def reject(
     out.print(f"rejected {rejected} held deliveries of {pipeline}/{target}: now dead ({reason})")
 
 
-dlq_app = typer.Typer(help="Dead letters: deliveries that gave up, kept with their reason.")
+dlq_app = FlowingTyper(help="Dead letters: deliveries that gave up, kept with their reason.")
 app.add_typer(dlq_app, name="dlq")
 ErrorFilter = Annotated[
     str | None, typer.Option("--error", "-e", help="only those whose reason contains this")
@@ -516,7 +535,7 @@ def trace(
     emit([t.as_json() for t in trees], output, lambda: render_trace(trees, out))
 
 
-jobs_app = typer.Typer(help="Asynchronous jobs on targets (Reltio tasks, ADT and DMM jobs).")
+jobs_app = FlowingTyper(help="Asynchronous jobs on targets (Reltio tasks, ADT and DMM jobs).")
 app.add_typer(jobs_app, name="jobs")
 
 
@@ -547,6 +566,7 @@ def jobs_cancel(
     from state.models import OPEN_PHASES, JobPhase
     from syncengine.engine.pipeline import LOCK_TTL, OWNER
     from syncengine.engine.runtime import build_pipeline
+    from syncengine.logs import configure
 
     cfg = load(config)
     configure(cfg.logging.level, cfg.logging.format)
@@ -641,6 +661,7 @@ def demo(config: ConfigOption = Path("config.yaml")) -> None:
     """Start the sandbox, delete some records in Goose, run every pipeline once,
     show what reached the targets, stop the sandbox."""
     from syncengine.demo import run_demo
+    from syncengine.logs import configure
     from syncengine.sandbox import SandboxError
 
     cfg = load(config)
@@ -656,8 +677,13 @@ def demo(config: ConfigOption = Path("config.yaml")) -> None:
 def main(argv: list[str] | None = None) -> Any:
     try:
         return app(args=argv)
-    except StoreError as exc:
+    except Exception as exc:
         # Found after opening (a damaged page read mid-command): still one line, exit 2.
+        # Only a command that loaded the store can raise it, so it is looked up, not
+        # imported: `--help` stays free of the store.
+        store_error = getattr(sys.modules.get("state.db"), "StoreError", None)
+        if store_error is None or not isinstance(exc, store_error):
+            raise
         err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
 

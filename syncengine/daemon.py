@@ -12,7 +12,6 @@ import asyncio
 import signal
 from collections.abc import Callable
 
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
@@ -103,6 +102,10 @@ class Daemon:
                 task.cancel()
 
     async def serve(self) -> int:
+        # The scheduler's package pulls in multiprocessing and thread pools: loaded here
+        # so that `run --once` and the other commands never pay for it.
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)

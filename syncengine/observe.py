@@ -1,8 +1,8 @@
 """The daemon's /metrics (Prometheus) and /healthz, on a loopback port.
 
-Counters move as runs report; gauges are read from the store at scrape
-time, so they are right even after a restart. /healthz fails when the
-store cannot be written or a pipeline has gone too long without a good run.
+/healthz fails when the store cannot be written or a pipeline has gone too
+long without a good run. The web server and Prometheus are imported only
+when `metrics:` is configured, so no other command pays for loading them.
 """
 
 from __future__ import annotations
@@ -11,107 +11,23 @@ import asyncio
 import contextlib
 from collections.abc import Iterator
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.exposition import generate_latest
-from prometheus_client.registry import Collector
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
-
-from connectors.emulator_kit import RunningServer
 from connectors.http import observers
 from state import Store
 from state.models import utcnow
 from syncengine.config import Config
 from syncengine.daemon import job_wait_for
-from syncengine.engine import RunReport
 from syncengine.logs import get_logger
 
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    from syncengine.metrics import Metrics
+
 CRON_PERIOD = 3600.0
-
-
-class StoreCollector(Collector):
-    """Gauges computed from the store on each scrape."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        deliveries = GaugeMetricFamily(
-            "syncengine_deliveries", "Deliveries by status", labels=["pipeline", "target", "status"]
-        )
-        for counts in self.store.delivery_counts():
-            for status, count in counts.counts.items():
-                deliveries.add_metric([counts.pipeline, counts.target, status], count)
-        yield deliveries
-        jobs = GaugeMetricFamily(
-            "syncengine_jobs_open", "Open asynchronous jobs", labels=["pipeline", "target"]
-        )
-        open_jobs: dict[tuple[str, str], int] = {}
-        for job in self.store.jobs(open_only=True):
-            open_jobs[(job.pipeline, job.target)] = open_jobs.get((job.pipeline, job.target), 0) + 1
-        for (pipeline, target), count in open_jobs.items():
-            jobs.add_metric([pipeline, target], count)
-        yield jobs
-        age = GaugeMetricFamily(
-            "syncengine_cursor_age_seconds",
-            "Seconds since a stream's cursor last advanced",
-            labels=["pipeline", "stream"],
-        )
-        now = utcnow()
-        for cursor in self.store.cursors():
-            if cursor.last_success_at is not None:
-                age.add_metric(
-                    [cursor.pipeline, cursor.stream], (now - cursor.last_success_at).total_seconds()
-                )
-        yield age
-
-
-class Metrics:
-    def __init__(self, store: Store) -> None:
-        self.registry = CollectorRegistry()
-        self.pulled = Counter(
-            "syncengine_deletions_pulled",
-            "Deletions journaled",
-            ["pipeline"],
-            registry=self.registry,
-        )
-        self.outcomes = Counter(
-            "syncengine_delivery_outcomes",
-            "Delivery outcomes recorded",
-            ["pipeline", "target", "outcome"],
-            registry=self.registry,
-        )
-        self.runs = Counter(
-            "syncengine_runs",
-            "Pipeline runs by outcome",
-            ["pipeline", "outcome"],
-            registry=self.registry,
-        )
-        self.requests = Histogram(
-            "syncengine_http_request_seconds",
-            "Requests to external systems",
-            ["connection", "method", "status"],
-            registry=self.registry,
-        )
-        self.registry.register(StoreCollector(store))
-
-    def record_run(self, report: RunReport) -> None:
-        self.runs.labels(report.pipeline, report.outcome.value).inc()
-        self.pulled.labels(report.pipeline).inc(report.pull.pulled)
-        for target, push in report.targets.items():
-            for outcome, count in (
-                ("done", push.done),
-                ("retried", push.retried),
-                ("dead", push.dead),
-            ):
-                self.outcomes.labels(report.pipeline, target, outcome).inc(count)
-
-    def record_request(self, connection: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(connection, method, str(status)).observe(seconds)
 
 
 def period_of(config: Config, pipeline: str) -> float:
@@ -143,6 +59,12 @@ def health(store: Store, config: Config, started: datetime) -> tuple[bool, dict[
 
 
 def build_app(store: Store, config: Config, metrics: Metrics, started: datetime) -> Starlette:
+    from prometheus_client import CONTENT_TYPE_LATEST
+    from prometheus_client.exposition import generate_latest
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
     async def metrics_endpoint(request: Request) -> Response:
         body = await asyncio.to_thread(generate_latest, metrics.registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
@@ -172,6 +94,10 @@ def serve_observability(store: Store, config: Config) -> Iterator[Metrics | None
     if config.metrics is None:
         yield None
         return
+    # The web server and Prometheus are loaded only here, where a daemon serves them.
+    from connectors.emulator_kit import RunningServer
+    from syncengine.metrics import Metrics
+
     settings = config.metrics
     metrics = Metrics(store)
     app = build_app(store, config, metrics, utcnow())
