@@ -1,10 +1,55 @@
-"""The benchmark still runs end to end and delivers everything (no timing asserted)."""
+"""The benchmark runs end to end and prints every figure (nothing here is timed)."""
 
 from __future__ import annotations
 
+import pytest
+
+from bench.figures import BARE, HEADERS, KINDS
 from bench.throughput import main
 
 
-def test_benchmark_smoke(capsys: object) -> None:
-    results = main(["--records", "30", "--batch", "1", "--batch", "10"])
-    assert [r.delivered for r in results] == [30, 30]
+def test_every_contender_is_measured_and_every_column_printed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    report = main(
+        ["--sizes", "200", "--rounds", "1", "--import-repeats", "1", "--set", "no_such_setting=1"]
+    )
+    printed = capsys.readouterr().out
+
+    assert report.failures == []
+    rows = {row.contender: row for row in report.rows}
+    assert set(rows) == {"syncengine", BARE, "syncengine no_such_setting=1"}
+    for name in ("syncengine", BARE):
+        row = rows[name]
+        assert row.rounds == "1"
+        for figure in (row.job_rate, row.process_rate, row.cpu_seconds, row.peak_rss_mb):
+            assert figure is not None and figure > 0
+    # The same work for both: one Goose call, one token, every row deleted in two batches.
+    assert rows[BARE].requests == {"goose": 1, "token": 1, "load": 2, "delete": 2}
+    assert rows["syncengine"].requests["goose"] == 1
+    assert rows["syncengine"].requests["delete"] == 2
+    assert rows["syncengine"].vs_bare_process is not None
+    assert rows["syncengine"].vs_bare_job is not None
+    assert rows["syncengine"].vs_bare_cpu is not None
+    assert rows["syncengine no_such_setting=1"].note == "n/a (setting not supported)"
+    assert "unknown key 'no_such_setting'" in printed
+    for header in HEADERS:
+        assert header in printed
+    assert [what for what, _ in report.imports] == [
+        'import time, python -X importtime -c "import syncengine.cli"',
+        "import time, every import of a real `syncengine run --once` (100 deletions)",
+        "wall time, syncengine --help",
+    ]
+    assert all(seconds > 0 for _, seconds in report.imports)
+
+
+def test_memory_mode_finds_nothing_to_delete_and_still_measures_both() -> None:
+    report = main(["--memory", "--sizes", "300", "--import-repeats", "0"])
+
+    assert report.failures == []
+    rows = {row.contender: row for row in report.rows}
+    assert rows[BARE].requests == {"goose": 1, "token": 1, "load": 3, "delete": 0}
+    assert rows["syncengine"].requests["delete"] == 0
+    for row in rows.values():
+        assert row.peak_rss_mb is not None and row.peak_rss_mb > 0
+        assert set(row.requests) == set(KINDS)
