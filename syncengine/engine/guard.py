@@ -27,15 +27,16 @@ from syncengine.engine.runtime import TargetRuntime
 def legal_hold(hold: LegalHold | None, match: KeyMatch, fields: Mapping[str, Any]) -> str | None:
     """Why the legal hold protects a deletion with these fields, or None.
 
-    A key its template cannot render is left to the target, which cannot
-    send it either when it keys on the same field.
+    A deletion whose hold key cannot be rendered is protected too: the hold
+    cannot tell whether it names a protected record, and the target may key
+    on other fields, so sending it would be a delete nobody cleared.
     """
     if hold is None:
         return None
     try:
         key = KeyTemplate(hold.key).render(fields)
-    except UnmappedKey:
-        return None
+    except UnmappedKey as exc:
+        return f"its key {hold.key} cannot be read ({exc.reason}), so it cannot be cleared"
     pattern = next((p for p in hold.patterns if match.matches(key, p)), None)
     if pattern is None:
         return None

@@ -32,7 +32,8 @@ def test_plan_and_dry_run_change_nothing(e2e: Env) -> None:
         "0-2": "delete",
         "0-3": "legal hold",
         "0-13": "absent",
-        "0-14": "unmapped",
+        # 0-14 has no SYKEY: the legal hold cannot clear it, so it is protected (fail closed).
+        "0-14": "legal hold",
     }
     dry = e2e.cli("run", "--dry-run", "-c", str(e2e.config))
     assert dry.returncode == 0 and "nothing was journaled" in dry.stdout

@@ -172,3 +172,11 @@ async def test_sql_server_targets_compare_as_their_collation_says(kind: str) -> 
     assert matches == [sql_server_keys(), sql_server_keys(case_sensitive=True)]
     default = info.connection_settings.model_validate({"type": kind, **connection_block})
     assert default.collation == "case_insensitive"
+
+
+def test_a_deletion_whose_hold_key_cannot_be_read_is_protected() -> None:
+    """Fail closed: a target keying on another field would delete a record the hold never saw."""
+    reason = legal_hold(HOLD, EXACT_KEYS, {"RECORD_ID": "0-7"})
+    assert reason is not None
+    assert "cannot be cleared" in reason and "SYKEY" in reason
+    assert legal_hold(HOLD, EXACT_KEYS, {"SYKEY": None}) is not None
