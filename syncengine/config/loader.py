@@ -251,7 +251,7 @@ def _second_pass(raw: RawConfig, name: str) -> tuple[Config | None, list[ConfigI
     connections: dict[str, Any] = {}
     for conn_name, block in raw.connections.items():
         where: Path = ("connections", conn_name)
-        if not re.match(NAME_PATTERN, conn_name):
+        if not re.fullmatch(NAME_PATTERN, conn_name):
             issues.append(ConfigIssue(where, "connection name: use letters, digits, _ . -"))
             continue
         kind = block.get("type")
@@ -273,7 +273,7 @@ def _second_pass(raw: RawConfig, name: str) -> tuple[Config | None, list[ConfigI
     pipelines: dict[str, PipelineConfig] = {}
     for pipe_name, pipe in raw.pipelines.items():
         where = ("pipelines", pipe_name)
-        if not re.match(NAME_PATTERN, pipe_name):
+        if not re.fullmatch(NAME_PATTERN, pipe_name):
             issues.append(ConfigIssue(where, "pipeline name: use letters, digits, _ . -"))
             continue
         source = _source(connections, raw, pipe_name, pipe.source, (*where, "source"), issues)

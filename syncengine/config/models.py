@@ -163,7 +163,7 @@ class RawPipeline(StrictModel):
         import re
 
         for name in value:
-            if not re.match(NAME_PATTERN, name):
+            if not re.fullmatch(NAME_PATTERN, name):
                 raise ValueError(f"target name {name!r}: use letters, digits, _ . -")
         return value
 

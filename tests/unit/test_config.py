@@ -422,3 +422,9 @@ def test_max_fraction_is_accepted_where_the_target_counts() -> None:
     config = parse_config(text, "my.yaml", ENV)
     guards = {n: t.guard.max_fraction for n, t in config.pipelines["contacts"].targets.items()}
     assert guards == {"erp_users": 0.5, "mdm_people": 0.1}
+
+
+def test_a_name_ending_in_a_newline_is_refused() -> None:
+    """`$` matches before a final newline; names are matched whole."""
+    text = VALID.replace("  contacts:\n", '  "contacts\\n":\n', 1)
+    assert any("pipeline name" in m for m in issues_of(text)), issues_of(text)
