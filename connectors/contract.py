@@ -404,9 +404,10 @@ class UnknownConnectorType(KeyError):
 class Registry:
     """Name -> connector. The error on a miss lists the valid names.
 
-    A connector may be declared by the module that registers it, so that a process
-    imports only the connectors its configuration uses (each costs HTTP clients,
-    settings models and their validators to load).
+    A connector may be declared, by name and the module that registers it, instead
+    of imported: the module is imported on the first lookup of the name, so a process
+    loads only the connectors its configuration uses (each brings its HTTP client,
+    settings models and validators).
     """
 
     def __init__(self) -> None:

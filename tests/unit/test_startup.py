@@ -87,3 +87,31 @@ def test_help_loads_neither_the_store_nor_the_engine_nor_connectors(tmp_path: Pa
     heavy = ("sqlalchemy", "sqlmodel", "alembic", "httpx", "pydantic", "state", "connectors")
     assert under(modules, *heavy, "syncengine.engine", "syncengine.config") == []
     assert under(modules, *DAEMON_ONLY, *SANDBOX_ONLY) == []
+
+
+def test_the_registry_names_every_connector_but_imports_one_on_its_first_lookup() -> None:
+    code = (
+        "import json, sys\n"
+        "from connectors import BUILTIN, load_registry\n"
+        "from connectors.contract import UnknownConnectorType\n"
+        "registry = load_registry()\n"
+        "packages = {f'connectors.{name}' for name in BUILTIN}\n"
+        "loaded = lambda: sorted(packages & set(sys.modules))\n"
+        "before = loaded()\n"
+        "try:\n"
+        "    registry.get('mongo')\n"
+        "except UnknownConnectorType as exc:\n"
+        "    message = str(exc)\n"
+        "info = registry.get('dmm')\n"
+        "print(json.dumps([registry.names(), before, message, info.name, loaded()]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    names, before, message, name, after = json.loads(result.stdout)
+    assert names == ["adt", "dmm", "goose", "mongoose", "reltio"]
+    assert before == []
+    assert message == (
+        "unknown connection type 'mongo'; known types: adt, dmm, goose, mongoose, reltio"
+    )
+    assert (name, after) == ("dmm", ["connectors.dmm"])
