@@ -49,6 +49,7 @@ class Env:
             "backoff": "0.2s",
             "max_backoff": "1s",
             "goose_cps": 50,
+            "overlap": "5s",
         }
         options.update(overrides)
         text = textwrap.dedent(
@@ -77,7 +78,7 @@ class Env:
               contacts:
                 schedule: {{every: {options["every"]}}}
                 source: {{connection: goose, tables: [CON_TRO], from: {options["mode"]},
-                          imc: {options["imc"]}, overlap: 5s}}
+                          imc: {options["imc"]}, overlap: {options["overlap"]}}}
                 targets:
                   erp_users:
                     connection: erp

@@ -51,7 +51,9 @@ def test_plan_and_dry_run_change_nothing(e2e: Env) -> None:
 
 
 def test_plan_includes_what_is_already_due(e2e: Env) -> None:
-    e2e.write_config(attempts=1)
+    # The plan re-reads from the last call minus the overlap: wide enough that a slow
+    # process start between the delete in Goose and that call cannot leave 0-1 out.
+    e2e.write_config(attempts=1, overlap="120s")
     e2e.faults(e2e.box.mongoose_url, error_rate=1.0)
     e2e.box.delete_in_goose("CON_TRO", ["0-1"])
     e2e.cli("run", "--once", "-c", str(e2e.config))
