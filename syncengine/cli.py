@@ -561,70 +561,23 @@ def jobs_cancel(
     What the job did not delete is not sent again on its own: it ends dead, with
     the reason, for `dlq retry`. A job not yet submitted is cancelled here alone.
     """
-    from connectors.contract import ConnectorError
-    from connectors.jobs import AsyncTarget, CannotCancel, JobHandle
-    from state.models import OPEN_PHASES, JobPhase
-    from syncengine.engine.pipeline import LOCK_TTL, OWNER
-    from syncengine.engine.runtime import build_pipeline
+    from syncengine.engine.cancel import CancelRefused, cancel_job
     from syncengine.logs import configure
 
     cfg = load(config)
     configure(cfg.logging.level, cfg.logging.format)
-    store = open_store(cfg)
-    job = store.job(job_id)
-    if job is None:
-        raise fail(f"no job #{job_id}; see: syncengine jobs list -c {config}")
-    if job.phase not in OPEN_PHASES:
-        raise fail(f"job #{job_id} is {job.phase} already; nothing to cancel")
-    if job.pipeline not in cfg.pipelines or job.target not in cfg.pipelines[job.pipeline].targets:
-        raise fail(f"job #{job_id} belongs to {job.pipeline}/{job.target}, not in {config}")
-    if job.phase == JobPhase.CREATED:
-        if not store.acquire_lock(job.pipeline, OWNER, LOCK_TTL):
-            raise fail(
-                f"job #{job_id}: pipeline {job.pipeline} is running right now and may be "
-                "submitting it; try again in a moment"
-            )
-        try:
-            released = store.release_job(
-                job_id,
-                to_dead=True,
-                reason="job cancelled by an operator before it was submitted",
-                phase=JobPhase.CANCELLED,
-            )
-        finally:
-            store.release_lock(job.pipeline, OWNER)
+    try:
+        done = cancel_job(cfg, open_store(cfg), job_id, str(config))
+    except CancelRefused as exc:
+        raise fail(str(exc), 1 if exc.failed else 2) from None
+    if not done.submitted:
         out.print(
-            f"job #{job_id} was never submitted: cancelled here; its {released} deliveries are "
-            f"dead (send them again with `syncengine dlq retry -c {config}`)"
+            f"job #{job_id} was never submitted: cancelled here; its {done.released} deliveries "
+            f"are dead (send them again with `syncengine dlq retry -c {config}`)"
         )
         return
-    if not job.remote_id:
-        raise fail(
-            f"job #{job_id} may have been submitted but its answer was lost; run the pipeline "
-            "once so the engine finds it, then cancel it"
-        )
-    pipe = build_pipeline(cfg, cfg.pipelines[job.pipeline], store)
-    target = pipe.targets[job.target].target
-    if not isinstance(target, AsyncTarget):
-        raise fail(f"job #{job_id}: target {job.target} does not run jobs")
-
-    async def cancel() -> None:
-        try:
-            await target.cancel(JobHandle(remote_id=job.remote_id or ""))
-        finally:
-            await pipe.source.aclose()
-            for t in pipe.targets.values():
-                await t.target.aclose()
-
-    try:
-        asyncio.run(cancel())
-    except CannotCancel as exc:
-        raise fail(f"job #{job_id} ({job.kind} {job.remote_id}): {exc}") from None
-    except ConnectorError as exc:
-        raise fail(f"job #{job_id} ({job.kind} {job.remote_id}): cancel failed: {exc}", 1) from None
-    store.request_cancel(job_id)
     out.print(
-        f"job #{job_id} ({job.kind} {job.remote_id}): cancel requested; the next run records "
+        f"job #{job_id} ({done.kind} {done.remote_id}): cancel requested; the next run records "
         "what it had deleted, and what it had not is dead (dlq retry sends it again)"
     )
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from connectors.contract import ConnectorInfo, registry
+from connectors.contract import Capabilities, ConnectorInfo, registry
 from connectors.mongoose.settings import LookupSettings, MongooseConnection, MongooseTargetSettings
 from connectors.mongoose.target import MongooseTarget
 
@@ -19,7 +19,7 @@ registry.register(
         connection_settings=MongooseConnection,
         target_settings=MongooseTargetSettings,
         build_target=build_target,
-        countable=True,
+        capabilities=Capabilities(preview=True, count=True),
     )
 )
 
