@@ -471,6 +471,19 @@ class Capabilities:
 
 
 @dataclass(frozen=True)
+class SandboxSpec:
+    """How `syncengine sandbox`, the demo and the end-to-end tests run this connector's
+    emulator. `emulator` is a "module:function" path, imported only when a sandbox
+    starts, so a pipeline run never loads an emulator; the function takes the
+    emulator's step in seconds (how fast its jobs advance) and returns a seeded
+    `connectors.emulator_kit.SandboxEmulator`."""
+
+    port: int
+    """Its default loopback port in the sandbox."""
+    emulator: str
+
+
+@dataclass(frozen=True)
 class ConnectorInfo:
     """What a connection `type` offers: its settings models, factories and capabilities.
 
@@ -489,6 +502,8 @@ class ConnectorInfo:
     """Its source is a `TaskSource` (streams are remote tasks), so a pipeline can make it
     follow the jobs a target on the same connection started."""
     capabilities: Capabilities = field(default_factory=Capabilities)
+    sandbox: SandboxSpec | None = None
+    """Its emulator in the sandbox; None for a connector that has none."""
 
     @property
     def countable(self) -> bool:

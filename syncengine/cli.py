@@ -582,25 +582,33 @@ def jobs_cancel(
     )
 
 
+def _sandbox_ports(given: list[str]) -> dict[str, int]:
+    """`--port NAME=PORT` options as a mapping; a malformed one fails with the form."""
+    ports: dict[str, int] = {}
+    for item in given:
+        name, sep, port = item.partition("=")
+        if not sep or not port.strip().isdigit() or not 0 < int(port) < 65536:
+            raise fail(f"--port {item!r}: write it as NAME=PORT, e.g. --port goose=9701")
+        ports[name.strip()] = int(port)
+    return ports
+
+
 @app.command()
 def sandbox(
-    goose_port: Annotated[int, typer.Option(help="Goose emulator port")] = 8701,
-    mongoose_port: Annotated[int, typer.Option(help="Mongoose emulator port")] = 8702,
-    reltio_port: Annotated[int, typer.Option(help="Reltio emulator port")] = 8703,
-    adt_port: Annotated[int, typer.Option(help="Azure Digital Twins emulator port")] = 8704,
-    dmm_port: Annotated[int, typer.Option(help="DMM emulator port")] = 8705,
+    port: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="move an emulator to another port, as NAME=PORT (repeatable), e.g. "
+            "goose=9701; the others keep their own (8701 and up, shown at start)",
+            metavar="NAME=PORT",
+        ),
+    ] = None,
 ) -> None:
     """Start the emulators with demo data in the foreground; Ctrl-C stops them."""
     from syncengine.sandbox import Sandbox, SandboxError
 
     try:
-        with Sandbox(
-            goose_port=goose_port,
-            mongoose_port=mongoose_port,
-            reltio_port=reltio_port,
-            adt_port=adt_port,
-            dmm_port=dmm_port,
-        ) as box:
+        with Sandbox(_sandbox_ports(port or [])) as box:
             for line in box.describe():
                 out.print(line, highlight=False)
             out.print("Ctrl-C to stop.")

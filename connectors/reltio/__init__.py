@@ -3,7 +3,7 @@ source reading which entities such tasks deleted."""
 
 from __future__ import annotations
 
-from connectors.contract import Capabilities, ConnectorInfo, registry
+from connectors.contract import Capabilities, ConnectorInfo, SandboxSpec, registry
 from connectors.reltio.settings import (
     CrosswalkSettings,
     ReltioConnection,
@@ -36,6 +36,7 @@ registry.register(
         build_source=build_source,
         build_target=build_target,
         task_source=True,
+        sandbox=SandboxSpec(8703, "connectors.reltio.sandbox:emulated"),
         capabilities=Capabilities(
             preview=True,
             count=True,
