@@ -14,13 +14,10 @@ import builtins
 import enum
 import importlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from fnmatch import fnmatchcase
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
-
-if TYPE_CHECKING:
-    from connectors.jobs import AsyncTarget
+from typing import Any, Protocol, runtime_checkable
 
 JSON = dict[str, Any]
 
@@ -322,6 +319,92 @@ class Countable(Protocol):
     async def population(self) -> int | None: ...
 
 
+# --- asynchronous targets: submit a fixed batch as a job, poll it ----------
+
+
+class JobState(enum.StrEnum):
+    """A small set every API's statuses map onto; `terminal` says polling ends."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """The job as recorded before submission: its id, the client-chosen id and the
+    batch it carries. The batch never changes once the row is written."""
+
+    job_id: int
+    client_id: str
+    items: Sequence[Delivery]
+
+
+@dataclass(frozen=True)
+class JobHandle:
+    """What identifies the remote job once it exists."""
+
+    remote_id: str
+    state: JobState = JobState.QUEUED
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """One poll. `outcomes` is set once the job is terminal: one per item."""
+
+    state: JobState
+    outcomes: Sequence[Outcome] = ()
+    detail: Mapping[str, Any] = field(default_factory=dict)
+    poll_after: float | None = None
+    message: str = ""
+    artifacts: Mapping[str, bytes] = field(default_factory=dict)
+    """Files worth keeping with the job (a DMM log zip); the engine stores them
+    beside the state and records a pointer, connectors never write files."""
+
+
+class CannotCancel(Exception):
+    """The API offers no way to cancel this kind of job; the message says why."""
+
+
+@runtime_checkable
+class Cancellable(Protocol):
+    """An `AsyncTarget` whose API can stop a job it started (declared as
+    `Capabilities.cancel` on the registry entry)."""
+
+    async def cancel(self, handle: JobHandle) -> None:
+        """Ask the API to stop the job; what it already deleted stays deleted."""
+        ...
+
+
+@runtime_checkable
+class AsyncTarget(Protocol):
+    """A target whose API deletes in jobs: the engine records each job before `submit`
+    and polls it to its end (see connectors.jobs for the helpers)."""
+
+    batch_size: int
+    kind: str
+    key_match: KeyMatch
+
+    async def submit(self, job: JobSpec) -> JobHandle:
+        """Start the remote job. Raises AmbiguousError when the answer was lost."""
+        ...
+
+    async def find(self, job: JobSpec) -> JobHandle | None:
+        """After an interrupted submit: the remote job this spec started, if any."""
+        ...
+
+    async def poll(self, job: JobSpec, handle: JobHandle) -> JobProgress: ...
+
+    async def aclose(self) -> None: ...
+
+
 # --- errors, grouped by what the caller should do -------------------------
 
 
@@ -365,13 +448,44 @@ class RemoteError(ConnectorError):
 
 SourceFactory = Callable[[str, Any, Any], Source]
 """(connection name, connection settings, source settings) -> Source"""
-TargetFactory = Callable[[str, Any, Any], "Target | AsyncTarget"]
+TargetFactory = Callable[[str, Any, Any], Target | AsyncTarget]
 """(connection name, connection settings, target settings) -> Target or AsyncTarget"""
 
 
 @dataclass(frozen=True)
+class Capabilities:
+    """What a connector's targets can do beyond `send`, declared rather than probed.
+
+    The engine and the config loader read these instead of looking for methods on
+    an object, and a unit test holds every registered target to what its entry says.
+    """
+
+    preview: bool = False
+    """Its targets implement `Previewable` (plan and dry run show what would happen)."""
+    count: bool = False
+    """Its targets implement `Countable`, so `guard.max_fraction` can guard them."""
+    cancel: bool = False
+    """Its job targets implement `Cancellable`: `jobs cancel` can stop a remote job."""
+    no_cancel: str = ""
+    """When `cancel` is false: why the API cannot stop a job, for the operator."""
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """How `syncengine sandbox`, the demo and the end-to-end tests run this connector's
+    emulator. `emulator` is a "module:function" path, imported only when a sandbox
+    starts, so a pipeline run never loads an emulator; the function takes the
+    emulator's step in seconds (how fast its jobs advance) and returns a seeded
+    `connectors.emulator_kit.SandboxEmulator`."""
+
+    port: int
+    """Its default loopback port in the sandbox."""
+    emulator: str
+
+
+@dataclass(frozen=True)
 class ConnectorInfo:
-    """What a connection `type` offers: its settings models and factories.
+    """What a connection `type` offers: its settings models, factories and capabilities.
 
     `connection_settings` validates the entry under `connections:`;
     `source_settings` / `target_settings` validate the `source:` / target
@@ -387,8 +501,14 @@ class ConnectorInfo:
     task_source: bool = False
     """Its source is a `TaskSource` (streams are remote tasks), so a pipeline can make it
     follow the jobs a target on the same connection started."""
-    countable: bool = False
-    """Its targets implement `Countable`, so `guard.max_fraction` can guard them."""
+    capabilities: Capabilities = field(default_factory=Capabilities)
+    sandbox: SandboxSpec | None = None
+    """Its emulator in the sandbox; None for a connector that has none."""
+
+    @property
+    def countable(self) -> bool:
+        """Its targets can count their records (`guard.max_fraction` needs it)."""
+        return self.capabilities.count
 
 
 class UnknownConnectorType(KeyError):

@@ -45,6 +45,10 @@ DEMO_PEOPLE: tuple[tuple[str, str], ...] = (
 """One cast for every emulator's demo data (user name, full name): Goose's
 contacts carry the user names that Mongoose's UserNames hold, so a demo's
 deletions line up across systems."""
+DEMO_EMPLOYEES: tuple[tuple[str, str], ...] = tuple(
+    (f"E{n:04d}", name) for n, (_, name) in enumerate(DEMO_PEOPLE[:8], start=101)
+)
+"""Employee numbers for the first eight people, shared by the emulators that hold employees."""
 MUTATING_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
 
@@ -313,3 +317,19 @@ def serve(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> Iterator[Runn
 
 
 AsyncHandler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass
+class SandboxEmulator:
+    """A connector's emulator as the sandbox runs it (see `contract.SandboxSpec`).
+
+    `seed` is posted to its `/_admin/seed` route once it listens; `describe` gives
+    the lines `syncengine sandbox` prints about it, from the URL it listens on;
+    `emulator` is the emulator object itself, for tests that turn its knobs.
+    """
+
+    title: str
+    app: ASGIApp
+    seed: Any
+    emulator: Any
+    describe: Callable[[str], list[str]]

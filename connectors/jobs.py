@@ -1,4 +1,7 @@
-"""The contract for asynchronous targets: submit a fixed batch as a job, poll it.
+"""Helpers for asynchronous targets: status tables, outcomes kept in a job handle.
+
+The job protocol itself (`AsyncTarget`, `JobSpec`, `JobHandle`...) lives in
+connectors.contract with the rest of the contract, and is re-exported here.
 
 The engine writes a job row (with its batch and a client-chosen id) before
 calling `submit`, so a crash at any point leaves a row to resume from. After
@@ -9,26 +12,22 @@ parameters) adopts it instead of starting a second one.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import replace
+from typing import Any
 
-from connectors.contract import Delivery, KeyMatch, Outcome, OutcomeKind
-
-
-class JobState(enum.StrEnum):
-    """A small set every API's statuses map onto; `terminal` says polling ends."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+from connectors.contract import (
+    AsyncTarget,
+    Cancellable,
+    CannotCancel,
+    Delivery,
+    JobHandle,
+    JobProgress,
+    JobSpec,
+    JobState,
+    Outcome,
+    OutcomeKind,
+)
 
 
 def map_status(
@@ -92,61 +91,16 @@ def item_outcomes(
     return outcomes
 
 
-@dataclass(frozen=True)
-class JobSpec:
-    """The job as recorded before submission: its id, the client-chosen id and the
-    batch it carries. The batch never changes once the row is written."""
-
-    job_id: int
-    client_id: str
-    items: Sequence[Delivery]
-
-
-@dataclass(frozen=True)
-class JobHandle:
-    """What identifies the remote job once it exists."""
-
-    remote_id: str
-    state: JobState = JobState.QUEUED
-    detail: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class JobProgress:
-    """One poll. `outcomes` is set once the job is terminal: one per item."""
-
-    state: JobState
-    outcomes: Sequence[Outcome] = ()
-    detail: Mapping[str, Any] = field(default_factory=dict)
-    poll_after: float | None = None
-    message: str = ""
-    artifacts: Mapping[str, bytes] = field(default_factory=dict)
-    """Files worth keeping with the job (a DMM log zip); the engine stores them
-    beside the state and records a pointer, connectors never write files."""
-
-
-class CannotCancel(Exception):
-    """The API offers no way to cancel this kind of job; the message says why."""
-
-
-@runtime_checkable
-class AsyncTarget(Protocol):
-    batch_size: int
-    kind: str
-    key_match: KeyMatch
-
-    async def submit(self, job: JobSpec) -> JobHandle:
-        """Start the remote job. Raises AmbiguousError when the answer was lost."""
-        ...
-
-    async def find(self, job: JobSpec) -> JobHandle | None:
-        """After an interrupted submit: the remote job this spec started, if any."""
-        ...
-
-    async def poll(self, job: JobSpec, handle: JobHandle) -> JobProgress: ...
-
-    async def cancel(self, handle: JobHandle) -> None:
-        """Ask the API to stop the job, or raise CannotCancel."""
-        ...
-
-    async def aclose(self) -> None: ...
+__all__ = [
+    "AsyncTarget",
+    "Cancellable",
+    "CannotCancel",
+    "JobHandle",
+    "JobProgress",
+    "JobSpec",
+    "JobState",
+    "item_outcomes",
+    "map_status",
+    "outcome_from_json",
+    "outcome_to_json",
+]

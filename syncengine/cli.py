@@ -561,93 +561,54 @@ def jobs_cancel(
     What the job did not delete is not sent again on its own: it ends dead, with
     the reason, for `dlq retry`. A job not yet submitted is cancelled here alone.
     """
-    from connectors.contract import ConnectorError
-    from connectors.jobs import AsyncTarget, CannotCancel, JobHandle
-    from state.models import OPEN_PHASES, JobPhase
-    from syncengine.engine.pipeline import LOCK_TTL, OWNER
-    from syncengine.engine.runtime import build_pipeline
+    from syncengine.engine.cancel import CancelRefused, cancel_job
     from syncengine.logs import configure
 
     cfg = load(config)
     configure(cfg.logging.level, cfg.logging.format)
-    store = open_store(cfg)
-    job = store.job(job_id)
-    if job is None:
-        raise fail(f"no job #{job_id}; see: syncengine jobs list -c {config}")
-    if job.phase not in OPEN_PHASES:
-        raise fail(f"job #{job_id} is {job.phase} already; nothing to cancel")
-    if job.pipeline not in cfg.pipelines or job.target not in cfg.pipelines[job.pipeline].targets:
-        raise fail(f"job #{job_id} belongs to {job.pipeline}/{job.target}, not in {config}")
-    if job.phase == JobPhase.CREATED:
-        if not store.acquire_lock(job.pipeline, OWNER, LOCK_TTL):
-            raise fail(
-                f"job #{job_id}: pipeline {job.pipeline} is running right now and may be "
-                "submitting it; try again in a moment"
-            )
-        try:
-            released = store.release_job(
-                job_id,
-                to_dead=True,
-                reason="job cancelled by an operator before it was submitted",
-                phase=JobPhase.CANCELLED,
-            )
-        finally:
-            store.release_lock(job.pipeline, OWNER)
+    try:
+        done = cancel_job(cfg, open_store(cfg), job_id, str(config))
+    except CancelRefused as exc:
+        raise fail(str(exc), 1 if exc.failed else 2) from None
+    if not done.submitted:
         out.print(
-            f"job #{job_id} was never submitted: cancelled here; its {released} deliveries are "
-            f"dead (send them again with `syncengine dlq retry -c {config}`)"
+            f"job #{job_id} was never submitted: cancelled here; its {done.released} deliveries "
+            f"are dead (send them again with `syncengine dlq retry -c {config}`)"
         )
         return
-    if not job.remote_id:
-        raise fail(
-            f"job #{job_id} may have been submitted but its answer was lost; run the pipeline "
-            "once so the engine finds it, then cancel it"
-        )
-    pipe = build_pipeline(cfg, cfg.pipelines[job.pipeline], store)
-    target = pipe.targets[job.target].target
-    if not isinstance(target, AsyncTarget):
-        raise fail(f"job #{job_id}: target {job.target} does not run jobs")
-
-    async def cancel() -> None:
-        try:
-            await target.cancel(JobHandle(remote_id=job.remote_id or ""))
-        finally:
-            await pipe.source.aclose()
-            for t in pipe.targets.values():
-                await t.target.aclose()
-
-    try:
-        asyncio.run(cancel())
-    except CannotCancel as exc:
-        raise fail(f"job #{job_id} ({job.kind} {job.remote_id}): {exc}") from None
-    except ConnectorError as exc:
-        raise fail(f"job #{job_id} ({job.kind} {job.remote_id}): cancel failed: {exc}", 1) from None
-    store.request_cancel(job_id)
     out.print(
-        f"job #{job_id} ({job.kind} {job.remote_id}): cancel requested; the next run records "
+        f"job #{job_id} ({done.kind} {done.remote_id}): cancel requested; the next run records "
         "what it had deleted, and what it had not is dead (dlq retry sends it again)"
     )
 
 
+def _sandbox_ports(given: list[str]) -> dict[str, int]:
+    """`--port NAME=PORT` options as a mapping; a malformed one fails with the form."""
+    ports: dict[str, int] = {}
+    for item in given:
+        name, sep, port = item.partition("=")
+        if not sep or not port.strip().isdigit() or not 0 < int(port) < 65536:
+            raise fail(f"--port {item!r}: write it as NAME=PORT, e.g. --port goose=9701")
+        ports[name.strip()] = int(port)
+    return ports
+
+
 @app.command()
 def sandbox(
-    goose_port: Annotated[int, typer.Option(help="Goose emulator port")] = 8701,
-    mongoose_port: Annotated[int, typer.Option(help="Mongoose emulator port")] = 8702,
-    reltio_port: Annotated[int, typer.Option(help="Reltio emulator port")] = 8703,
-    adt_port: Annotated[int, typer.Option(help="Azure Digital Twins emulator port")] = 8704,
-    dmm_port: Annotated[int, typer.Option(help="DMM emulator port")] = 8705,
+    port: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="move an emulator to another port, as NAME=PORT (repeatable), e.g. "
+            "goose=9701; the others keep their own (8701 and up, shown at start)",
+            metavar="NAME=PORT",
+        ),
+    ] = None,
 ) -> None:
     """Start the emulators with demo data in the foreground; Ctrl-C stops them."""
     from syncengine.sandbox import Sandbox, SandboxError
 
     try:
-        with Sandbox(
-            goose_port=goose_port,
-            mongoose_port=mongoose_port,
-            reltio_port=reltio_port,
-            adt_port=adt_port,
-            dmm_port=dmm_port,
-        ) as box:
+        with Sandbox(_sandbox_ports(port or [])) as box:
             for line in box.describe():
                 out.print(line, highlight=False)
             out.print("Ctrl-C to stop.")

@@ -7,74 +7,73 @@ path can be followed from Goose to every target.
 
 from __future__ import annotations
 
+import pkgutil
 import signal
 import socket
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import FrameType, TracebackType
 from typing import Any
 
 import httpx
-from starlette.types import ASGIApp
 
-from connectors.adt.emulator import AdtEmulator, demo_graph
+from connectors import load_registry
+from connectors.adt.sandbox import ADT_TOKEN
+from connectors.contract import SandboxSpec
 from connectors.dmm.emulator import BASE_PATH as DMM_BASE
 from connectors.dmm.emulator import DEMO_OTP as DMM_OTP
 from connectors.dmm.emulator import DEMO_TOKEN as DMM_TOKEN
-from connectors.dmm.emulator import DmmEmulator
-from connectors.dmm.emulator import demo_entities as dmm_entities
-from connectors.emulator_kit import DEMO_PEOPLE, RunningServer
-from connectors.goose.emulator import GooseEmulator
-from connectors.mongoose.emulator import MongooseEmulator
-from connectors.reltio.emulator import ReltioEmulator, demo_entities
+from connectors.emulator_kit import DEMO_EMPLOYEES, DEMO_PEOPLE, RunningServer, SandboxEmulator
+from connectors.goose.sandbox import GOOSE_CODE, GOOSE_ENGINE_KEY, GOOSE_USER_KEY
+from connectors.mongoose.sandbox import (
+    MONGOOSE_BASE,
+    MONGOOSE_CONFIG,
+    MONGOOSE_PASSWORD,
+    MONGOOSE_USER,
+)
+from connectors.reltio.sandbox import RELTIO_CLIENT, RELTIO_SECRET, RELTIO_TENANT
 
 HOST = "127.0.0.1"
-GOOSE_CODE = "DEV001"
-GOOSE_ENGINE_KEY = "sbx-engine-4f1c9a7e2b"
-GOOSE_USER_KEY = "sbx-user-93b7d0c6a1"
-MONGOOSE_CONFIG = "DEMO"
-MONGOOSE_USER = "sync"
-MONGOOSE_PASSWORD = "sbx-mongoose-8d2e"  # noqa: S105  (the sandbox's published demo password)
-MONGOOSE_BASE = "/IDORequestService/MGRESTService.svc"
-ADT_TOKEN = "sbx-adt-token-51c0"  # noqa: S105  (the sandbox's published demo token)
-RELTIO_TENANT = "SBXTENANT"
-RELTIO_CLIENT = "syncengine"
-RELTIO_SECRET = "sbx-reltio-secret-7a2f"  # noqa: S105  (the sandbox's published demo secret)
-
 PEOPLE = list(DEMO_PEOPLE)
-EMPLOYEES = [(f"E{n:04d}", name) for n, (_, name) in enumerate(PEOPLE[:8], start=101)]
+EMPLOYEES = list(DEMO_EMPLOYEES)
+
+__all__ = [
+    "ADT_TOKEN",
+    "DMM_BASE",
+    "DMM_OTP",
+    "DMM_TOKEN",
+    "GOOSE_CODE",
+    "GOOSE_ENGINE_KEY",
+    "GOOSE_USER_KEY",
+    "MONGOOSE_BASE",
+    "MONGOOSE_CONFIG",
+    "MONGOOSE_PASSWORD",
+    "MONGOOSE_USER",
+    "RELTIO_CLIENT",
+    "RELTIO_SECRET",
+    "RELTIO_TENANT",
+    "Sandbox",
+    "SandboxError",
+    "default_ports",
+]
 
 
-def goose_seed() -> dict[str, Any]:
-    contacts = [
-        {"RECORD_ID": f"0-{i}", "SYKEY": user, "CORAS": name}
-        for i, (user, name) in enumerate(PEOPLE[:12], start=1)
-    ]
-    contacts.append({"RECORD_ID": "0-13", "SYKEY": "exemployee", "CORAS": "Former Employee"})
-    contacts.append({"RECORD_ID": "0-14", "SYKEY": "", "CORAS": "Contact without a user name"})
-    sites = [
-        {"RECORD_ID": "SITE-HQ", "SYKEY": "hq", "CORAS": "Head office, Milano"},
-        {"RECORD_ID": "SITE-LAB", "SYKEY": "lab", "CORAS": "Laboratory, Torino"},
-    ]
-    employees = [
-        {"RECORD_ID": f"1-{i}", "SYKEY": emp, "CORAS": name}
-        for i, (emp, name) in enumerate(EMPLOYEES, start=1)
-    ]
-    return {
-        "companies": {GOOSE_CODE: [GOOSE_ENGINE_KEY, GOOSE_USER_KEY]},
-        "tables": {"CON_TRO": contacts, "ANA_DIP": employees, "ANA_SED": sites},
-    }
+def sandboxed() -> dict[str, SandboxSpec]:
+    """Every registered connector that has an emulator, by name."""
+    registry = load_registry()
+    specs = {name: registry.get(name).sandbox for name in registry.names()}
+    found = {name: spec for name, spec in specs.items() if spec is not None}
+    return dict(sorted(found.items(), key=lambda item: item[1].port))
 
 
-def mongoose_seed() -> dict[str, Any]:
-    return {
-        "UserNames": [{"Username": user, "UserDesc": name} for user, name in PEOPLE],
-        "SLEmployees": [{"EmpNum": emp, "Name": name} for emp, name in EMPLOYEES],
-    }
+def default_ports() -> dict[str, int]:
+    return {name: spec.port for name, spec in sandboxed().items()}
 
 
-def reltio_seed() -> dict[str, Any]:
-    return {"entities": demo_entities()}
+def _factory(spec: SandboxSpec) -> Callable[[float], SandboxEmulator]:
+    made: Callable[[float], SandboxEmulator] = pkgutil.resolve_name(spec.emulator)
+    return made
 
 
 class SandboxError(Exception):
@@ -95,10 +94,8 @@ class Emulated:
     """One emulator of the sandbox: where it listens and what it is seeded with."""
 
     name: str
-    flag: str
-    app: ASGIApp
     port: int
-    seed: dict[str, Any]
+    emulated: SandboxEmulator
     server: RunningServer | None = None
 
     @property
@@ -107,38 +104,26 @@ class Emulated:
 
 
 class Sandbox:
-    def __init__(
-        self,
-        goose_port: int = 8701,
-        mongoose_port: int = 8702,
-        adt_port: int = 8704,
-        reltio_port: int = 8703,
-        dmm_port: int = 8705,
-        step_seconds: float = 0.2,
-    ) -> None:
-        self.goose = GooseEmulator(timezone="Europe/Rome")
-        self.mongoose = MongooseEmulator(
-            config=MONGOOSE_CONFIG, users={MONGOOSE_USER: MONGOOSE_PASSWORD}
-        )
-        self.adt = AdtEmulator(tokens=(ADT_TOKEN,), step_seconds=step_seconds)
-        self.reltio = ReltioEmulator(
-            tenant=RELTIO_TENANT, clients={RELTIO_CLIENT: RELTIO_SECRET}, step_seconds=step_seconds
-        )
-        self.dmm = DmmEmulator(step_seconds=step_seconds, chunk_size=5)
+    """Every registered connector's emulator, each on its port (`ports` overrides the
+    registry's defaults by connector name)."""
+
+    def __init__(self, ports: Mapping[str, int] | None = None, step_seconds: float = 0.2) -> None:
+        specs = sandboxed()
+        unknown = sorted(set(ports or {}) - set(specs))
+        if unknown:
+            raise SandboxError(
+                f"no emulator named {', '.join(unknown)}; the sandbox runs: {', '.join(specs)}"
+            )
+        chosen = {**{name: spec.port for name, spec in specs.items()}, **(ports or {})}
         self.emulators = {
-            "goose": Emulated("Goose", "--goose-port", self.goose.app, goose_port, goose_seed()),
-            "mongoose": Emulated(
-                "Mongoose", "--mongoose-port", self.mongoose.app, mongoose_port, mongoose_seed()
-            ),
-            "reltio": Emulated(
-                "Reltio", "--reltio-port", self.reltio.app, reltio_port, reltio_seed()
-            ),
-            "adt": Emulated(
-                "Azure Digital Twins", "--adt-port", self.adt.app, adt_port, demo_graph()
-            ),
-            "dmm": Emulated("DMM", "--dmm-port", self.dmm.app, dmm_port, dmm_entities()),
+            name: Emulated(name, chosen[name], _factory(spec)(step_seconds))
+            for name, spec in specs.items()
         }
         self._stop = threading.Event()
+
+    def emulator(self, name: str) -> Any:
+        """The emulator object itself, for tests that turn its knobs."""
+        return self.emulators[name].emulated.emulator
 
     def url(self, name: str) -> str:
         return self.emulators[name].url
@@ -171,14 +156,16 @@ class Sandbox:
         for emu in self.emulators.values():
             if not _port_free(emu.port):
                 raise SandboxError(
-                    f"{emu.name} emulator: port {emu.port} on {HOST} is in use (another "
-                    f"sandbox?); stop it, or pass {emu.flag} and change the URLs in your config"
+                    f"{emu.emulated.title} emulator: port {emu.port} on {HOST} is in use "
+                    f"(another sandbox?); stop it, or pass --port {emu.name}=PORT and change "
+                    "the URLs in your config"
                 )
         try:
             with httpx.Client(timeout=10) as client:
                 for emu in self.emulators.values():
-                    emu.server = RunningServer(emu.app, HOST, emu.port).start()
-                    client.post(f"{emu.url}/_admin/seed", json=emu.seed).raise_for_status()
+                    emu.server = RunningServer(emu.emulated.app, HOST, emu.port).start()
+                    seed = emu.emulated.seed
+                    client.post(f"{emu.url}/_admin/seed", json=seed).raise_for_status()
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -196,38 +183,10 @@ class Sandbox:
                 emu.server = None
 
     def describe(self) -> list[str]:
-        return [
-            "syncengine sandbox (emulators on loopback, data in memory):",
-            f"  Goose DELETED service  {self.goose_url}/deleted/",
-            f"    code {GOOSE_CODE}; engine key {GOOSE_ENGINE_KEY}; user key {GOOSE_USER_KEY}",
-            f"    tables CON_TRO (14 contacts), ANA_DIP ({len(EMPLOYEES)} employees), "
-            "ANA_SED (2 sites)",
-            f"    delete as a user: curl -X POST {self.goose_url}/_admin/delete "
-            """-H 'content-type: application/json' -d '{"table":"CON_TRO","ids":["0-1"]}'""",
-            f"  Mongoose IDO REST      {self.mongoose_url}{MONGOOSE_BASE}",
-            f"    config {MONGOOSE_CONFIG}; user {MONGOOSE_USER}; password {MONGOOSE_PASSWORD}",
-            f"    IDOs UserNames ({len(PEOPLE)} rows), SLEmployees ({len(EMPLOYEES)} rows); "
-            f"rows: {self.mongoose_url}/_admin/rows/UserNames",
-            f"    REST v2 (api: v2) at {self.mongoose_url}/IDORequestService; "
-            f"knobs: {self.mongoose_url}/_admin/settings",
-            f"  Reltio tenant          {self.reltio_tenant_url}",
-            f"    token URL {self.reltio_url}/oauth/token; client {RELTIO_CLIENT}; "
-            f"secret {RELTIO_SECRET}",
-            f"    {len(PEOPLE)} Individuals with GOOSE crosswalks 0-1..0-{len(PEOPLE)}; "
-            f"entities: {self.reltio_url}/_admin/entities",
-            f"    an operator's delete task: curl -X POST {self.reltio_url}/_admin/delete_task "
-            """-H 'content-type: application/json' -d '{"uris":["entities/<id>"]}'""",
-            f"  Azure Digital Twins    {self.adt_url}  (api-version 2023-10-31)",
-            f"    bearer token {ADT_TOKEN}; twins: {self.adt_url}/_admin/twins",
-            f"  DMM (OutSystems)       {self.dmm_url}",
-            f"    X-DMM-Token {DMM_TOKEN}; X-DMM-Token-OTP {DMM_OTP}; entities Customer "
-            f"(ExternalId 0-1..0-{len(PEOPLE)}), Employee; rows: "
-            f"{self.url('dmm')}/_admin/rows/Customer",
-            f"    an operator's delete: curl -X POST {self.url('dmm')}/_admin/start_execution "
-            """-H 'content-type: application/json' -d '{"entity":"Customer","where":"""
-            """"[ExternalId] IN (\\u00270-9\\u0027)"}'""",
-            "      then: syncengine follow -p crm_deletions <the tracker id it answers>",
-        ]
+        lines = ["syncengine sandbox (emulators on loopback, data in memory):"]
+        for emu in self.emulators.values():
+            lines += emu.emulated.describe(emu.url)
+        return lines
 
     def wait(self) -> None:
         def handler(signum: int, frame: FrameType | None) -> None:

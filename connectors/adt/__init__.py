@@ -16,7 +16,7 @@ from connectors.adt.settings import (
     check_purge_confirmation,
 )
 from connectors.adt.twins import AdtTwinsTarget
-from connectors.contract import ConnectorInfo, registry
+from connectors.contract import Capabilities, ConnectorInfo, SandboxSpec, registry
 
 
 def build_target(
@@ -37,6 +37,11 @@ registry.register(
         connection_settings=AdtConnection,
         target_settings=AdtTargetSettings,
         build_target=build_target,
+        sandbox=SandboxSpec(8704, "connectors.adt.sandbox:emulated"),
+        capabilities=Capabilities(
+            preview=True,
+            no_cancel="Azure Digital Twins delete jobs cannot be cancelled or deleted once started",
+        ),
     )
 )
 

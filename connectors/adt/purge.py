@@ -34,7 +34,7 @@ from connectors.contract import (
     RetriableError,
 )
 from connectors.http import HttpClient, excerpt
-from connectors.jobs import CannotCancel, JobHandle, JobProgress, JobSpec, JobState, map_status
+from connectors.jobs import JobHandle, JobProgress, JobSpec, JobState, map_status
 from connectors.paths import path_segment, segment_problem
 
 JOBS_PATH = "/jobs/deletions"
@@ -222,11 +222,6 @@ class AdtPurgeTarget:
             return "no error given"
         text = f"{error.get('code', '?')}: {error.get('message', '')}".strip()
         return excerpt(text, self._http.secrets)
-
-    async def cancel(self, handle: JobHandle) -> None:
-        raise CannotCancel(
-            "Azure Digital Twins delete jobs cannot be cancelled or deleted once started"
-        )
 
     def _no_job(self, job: JobSpec) -> JobHandle:
         return JobHandle(

@@ -3,7 +3,7 @@ reading which records such executions deleted."""
 
 from __future__ import annotations
 
-from connectors.contract import ConnectorInfo, registry
+from connectors.contract import Capabilities, ConnectorInfo, SandboxSpec, registry
 from connectors.dmm.settings import (
     DmmConnection,
     DmmPaths,
@@ -37,6 +37,8 @@ registry.register(
         build_source=build_source,
         build_target=build_target,
         task_source=True,
+        sandbox=SandboxSpec(8705, "connectors.dmm.sandbox:emulated"),
+        capabilities=Capabilities(preview=True, cancel=True),
     )
 )
 

@@ -3,7 +3,7 @@ OPERATION service as a target deleting records by RECORD_ID."""
 
 from __future__ import annotations
 
-from connectors.contract import ConnectorInfo, registry
+from connectors.contract import Capabilities, ConnectorInfo, SandboxSpec, registry
 from connectors.goose.settings import (
     GooseConnection,
     GooseSourceSettings,
@@ -21,6 +21,8 @@ registry.register(
         target_settings=GooseTargetSettings,
         build_source=build_source,
         build_target=build_target,
+        sandbox=SandboxSpec(8701, "connectors.goose.sandbox:emulated"),
+        capabilities=Capabilities(preview=True),
     )
 )
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from connectors.contract import ConnectorInfo, registry
+from connectors.contract import Capabilities, ConnectorInfo, SandboxSpec, registry
 from connectors.mongoose.settings import LookupSettings, MongooseConnection, MongooseTargetSettings
 from connectors.mongoose.target import MongooseTarget
 
@@ -19,7 +19,8 @@ registry.register(
         connection_settings=MongooseConnection,
         target_settings=MongooseTargetSettings,
         build_target=build_target,
-        countable=True,
+        sandbox=SandboxSpec(8702, "connectors.mongoose.sandbox:emulated"),
+        capabilities=Capabilities(preview=True, count=True),
     )
 )
 

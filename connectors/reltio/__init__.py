@@ -3,7 +3,7 @@ source reading which entities such tasks deleted."""
 
 from __future__ import annotations
 
-from connectors.contract import ConnectorInfo, registry
+from connectors.contract import Capabilities, ConnectorInfo, SandboxSpec, registry
 from connectors.reltio.settings import (
     CrosswalkSettings,
     ReltioConnection,
@@ -36,7 +36,15 @@ registry.register(
         build_source=build_source,
         build_target=build_target,
         task_source=True,
-        countable=True,
+        sandbox=SandboxSpec(8703, "connectors.reltio.sandbox:emulated"),
+        capabilities=Capabilities(
+            preview=True,
+            count=True,
+            no_cancel=(
+                "Reltio's bulk delete (DeleteEntitiesTask) offers no cancel call the engine can "
+                "rely on; the task runs to its end, and entities it did not delete are retried"
+            ),
+        ),
     )
 )
 

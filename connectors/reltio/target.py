@@ -43,7 +43,6 @@ from connectors.contract import (
 )
 from connectors.http import HttpClient, excerpt
 from connectors.jobs import (
-    CannotCancel,
     JobHandle,
     JobProgress,
     JobSpec,
@@ -379,12 +378,6 @@ class ReltioDeleteTarget:
                 message=raw,
             )
         return await self._settle(job, known, handle.remote_id, task, state, raw)
-
-    async def cancel(self, handle: JobHandle) -> None:
-        raise CannotCancel(
-            "Reltio's bulk delete (DeleteEntitiesTask) offers no cancel call the engine can "
-            "rely on; the task runs to its end, and entities it did not delete are retried"
-        )
 
     async def preview(self, batch: Sequence[Delivery]) -> list[Outcome]:
         """What `submit` would send, read-only: each entity looked up or read."""

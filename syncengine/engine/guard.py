@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import Any, cast
 
 from connectors.contract import ConnectorError, Countable, KeyMatch
 from connectors.keys import KeyTemplate, UnmappedKey
@@ -56,9 +56,9 @@ async def count_population(target: TargetRuntime) -> Population | None:
     """Counted once per run, before the first claim; None when no max_fraction asks."""
     if target.config.guard.max_fraction is None:
         return None
-    api = target.target
-    if not isinstance(api, Countable):
+    if not target.capabilities.count:
         return Population(None, "this target cannot count its records")
+    api = cast(Countable, target.target)
     try:
         count = await api.population()
     except ConnectorError as exc:

@@ -10,7 +10,7 @@ planned too: they are what the next run would send.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from connectors.contract import (
     Backfillable,
@@ -70,17 +70,18 @@ async def _preview(target: TargetRuntime, batch: list[Delivery]) -> list[Planned
             items.append(PlannedItem(delivery.stream, delivery.key, "legal hold", held))
         else:
             allowed.append(delivery)
-    if not isinstance(target.target, Previewable):
+    if not target.capabilities.preview:
         items += [
             PlannedItem(d.stream, d.key, "delete", "this target cannot preview its keys")
             for d in allowed
         ]
         return items
     by_id = {d.delivery_id: d for d in allowed}
-    size = max(1, getattr(target.target, "batch_size", 100))
+    previewer = cast(Previewable, target.target)
+    size = max(1, target.target.batch_size)
     for start in range(0, len(allowed), size):
         chunk = allowed[start : start + size]
-        for outcome in await target.target.preview(chunk):
+        for outcome in await previewer.preview(chunk):
             delivery = by_id[outcome.delivery_id]
             if outcome.kind is OutcomeKind.DEAD:
                 action, detail = "unmapped", outcome.reason

@@ -6,8 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from connectors import load_registry
-from connectors.contract import Source, Target, TaskSource
-from connectors.jobs import AsyncTarget
+from connectors.contract import AsyncTarget, Capabilities, Source, Target, TaskSource
 from state import RetryRule, Store
 from syncengine.config import Config, PipelineConfig, TargetConfig
 from syncengine.config.loader import run_order
@@ -21,6 +20,8 @@ class TargetRuntime:
     target: Target | AsyncTarget
     rule: RetryRule
     config: TargetConfig
+    capabilities: Capabilities = field(default_factory=Capabilities)
+    """What the registry entry declares `target` can do besides sending."""
 
 
 @dataclass
@@ -99,6 +100,7 @@ def build_pipeline(config: Config, pipeline: PipelineConfig, store: Store) -> Pi
                 max_delay=spec.retry.max_backoff,
             ),
             config=spec,
+            capabilities=info.capabilities,
         )
     return PipelineRuntime(name=pipeline.name, config=pipeline, source=source, targets=targets)
 

@@ -31,7 +31,7 @@ from connectors.contract import (
     RetriableError,
 )
 from connectors.emulator_kit import Faults, LoggedRequest, serve
-from connectors.jobs import AsyncTarget, CannotCancel, JobHandle, JobSpec, JobState, map_status
+from connectors.jobs import AsyncTarget, JobHandle, JobSpec, JobState, map_status
 
 TOKEN = "purge-token-3f2e-secret"
 FAST_RETRY = {"max_attempts": 2, "base_delay": 0.001, "max_delay": 0.005}
@@ -390,14 +390,6 @@ async def test_failed_job_retries_the_triggers(
         (OutcomeKind.DONE, "not a purge trigger"),
     ]
     assert len(emulator.twin_ids()) == 13
-
-
-async def test_cancel_is_refused(make_target: MakeTarget, emulator: AdtEmulator) -> None:
-    target = make_target()
-    handle = await target.submit(spec("wipe"))
-    with pytest.raises(CannotCancel, match="cannot be cancelled or deleted once started"):
-        await target.cancel(handle)
-    assert emulator.jobs()[0]["status"] == "notstarted"
 
 
 async def test_rejected_token_is_fatal_and_secret_free(

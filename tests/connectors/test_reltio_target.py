@@ -21,7 +21,7 @@ from connectors.contract import (
     registry,
 )
 from connectors.emulator_kit import Faults, LoggedRequest, serve
-from connectors.jobs import AsyncTarget, CannotCancel, JobHandle, JobSpec, JobState, map_status
+from connectors.jobs import AsyncTarget, JobHandle, JobSpec, JobState, map_status
 from connectors.reltio import (
     ReltioConnection,
     ReltioDeleteTarget,
@@ -880,11 +880,6 @@ async def test_unknown_status_keeps_polling(
     progress = await target.poll(job, handle)
     assert progress.state is JobState.RUNNING and progress.message == "REBALANCING"
     assert progress.poll_after == STEP
-
-
-async def test_cancel_is_refused(make_target: MakeTarget) -> None:
-    with pytest.raises(CannotCancel, match="no cancel call"):
-        await make_target().cancel(JobHandle("t"))
 
 
 async def test_preview_reads_only(make_target: MakeTarget, emulator: ReltioEmulator) -> None:

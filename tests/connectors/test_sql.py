@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from connectors.dmm.emulator import compile_where
+from connectors.dmm.where import compile_where
 from connectors.keys import UnsafeKey
 from connectors.sql import BACKSLASH_ESCAPING, LOOKALIKES, Dialect, literal
 

@@ -28,6 +28,7 @@ from syncengine.sandbox import (
     RELTIO_CLIENT,
     RELTIO_SECRET,
     Sandbox,
+    default_ports,
 )
 
 
@@ -252,13 +253,7 @@ class Env:
 
 @pytest.fixture
 def e2e(tmp_path: Path) -> Iterator[Env]:
-    with Sandbox(
-        goose_port=free_port(),
-        mongoose_port=free_port(),
-        adt_port=free_port(),
-        reltio_port=free_port(),
-        dmm_port=free_port(),
-    ) as box:
+    with Sandbox({name: free_port() for name in default_ports()}) as box:
         env = Env(box=box, tmp=tmp_path, config=tmp_path / "config.yaml")
         env.write_config()
         yield env

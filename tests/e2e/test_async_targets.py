@@ -88,7 +88,7 @@ def test_reltio_partial_failure_retries_only_the_refused_then_dead_with_the_reas
 
 def test_reltio_status_shows_the_open_task_and_cancel_is_refused(e2e: Env) -> None:
     reltio_config(e2e)
-    e2e.box.reltio.knobs.step_seconds = 3600
+    e2e.box.emulator("reltio").knobs.step_seconds = 3600
     e2e.box.delete_in_goose("CON_TRO", CONTACTS[:1])
     e2e.cli("run", "--once", "-c", str(e2e.config), "--job-wait", "0")
     jobs = e2e.status()["jobs"]
@@ -190,7 +190,7 @@ def test_dmm_partial_failure_retries_only_the_refused_then_dead_with_the_reason(
 
 def test_dmm_jobs_cancel_stops_the_execution_and_sends_nothing_again(e2e: Env) -> None:
     dmm_config(e2e)
-    e2e.box.dmm.knobs.step_seconds = 3600
+    e2e.box.emulator("dmm").knobs.step_seconds = 3600
     e2e.box.delete_in_goose("CON_TRO", CONTACTS)
     e2e.cli("run", "--once", "-c", str(e2e.config), "--job-wait", "0")
     [job] = e2e.status()["jobs"]

@@ -25,7 +25,7 @@ def test_the_shipped_demo_ends_ok(tmp_path: Path) -> None:
         text = text.replace(f"127.0.0.1:{port}", f"127.0.0.1:{ports[name]}")
     text = text.replace("sqlite:///data/sandbox.db", f"sqlite:///{tmp_path / 'sandbox.db'}")
     config = parse_config(text, str(tmp_path / "config.yaml"), {})
-    box = Sandbox(**{f"{name}_port": port for name, port in ports.items()})
+    box = Sandbox(ports)
     out = io.StringIO()
     code = run_demo(config, Console(file=out, width=120), run_once, sandbox=box)
     printed = out.getvalue()

@@ -98,7 +98,7 @@ def test_purge_without_confirmation_refuses_to_start(e2e: Env) -> None:
 def test_status_lists_open_jobs_and_adt_jobs_cannot_be_cancelled(e2e: Env) -> None:
     purge_config(e2e)
     httpx.post(f"{e2e.box.adt_url}/_admin/step", json={"seconds": 3600}, timeout=5)
-    e2e.box.adt.step_seconds = 3600
+    e2e.box.emulator("adt").step_seconds = 3600
     e2e.box.delete_in_goose("ANA_SED", ["SITE-HQ"])
     e2e.cli("run", "--once", "-c", str(e2e.config), "--job-wait", "0")
     jobs = e2e.status()["jobs"]

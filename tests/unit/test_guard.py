@@ -9,7 +9,15 @@ import pytest
 from pydantic import BaseModel
 
 from connectors import load_registry
-from connectors.contract import EXACT_KEYS, Countable, KeyMatch, sql_server_keys
+from connectors.contract import (
+    EXACT_KEYS,
+    AsyncTarget,
+    Cancellable,
+    Countable,
+    KeyMatch,
+    Previewable,
+    sql_server_keys,
+)
 from state import GuardCounts
 from syncengine.config.models import GuardSettings, LegalHold
 from syncengine.engine.guard import Population, legal_hold, mass_delete_reasons
@@ -139,8 +147,9 @@ def test_every_target_type_is_sampled() -> None:
 
 @pytest.mark.parametrize("kind", sorted(SAMPLES))
 async def test_a_target_declares_what_it_is_registered_with(kind: str) -> None:
-    """Counting is declared on the registry entry (the config loader reads it) and
-    implemented by the target (the engine calls it): the two must agree."""
+    """Capabilities are declared on the registry entry (the loader and the engine read
+    them, nothing probes an object for a method) and implemented by the target (the
+    engine calls them): the two must agree, for every target a type can build."""
     info = load_registry().get(kind)
     assert info.build_target is not None and info.target_settings is not None
     connection_block, target_blocks = SAMPLES[kind]
@@ -150,7 +159,12 @@ async def test_a_target_declares_what_it_is_registered_with(kind: str) -> None:
     for block in target_blocks:
         target = info.build_target("sample", connection, info.target_settings.model_validate(block))
         try:
-            assert isinstance(target, Countable) is info.countable, (kind, block)
+            able = info.capabilities
+            assert isinstance(target, Countable) is able.count, (kind, block)
+            assert isinstance(target, Previewable) is able.preview, (kind, block)
+            if isinstance(target, AsyncTarget):
+                assert isinstance(target, Cancellable) is able.cancel, (kind, block)
+                assert able.cancel or able.no_cancel, f"{kind}: say why its jobs cannot stop"
             assert isinstance(target.key_match, KeyMatch)
         finally:
             await target.aclose()

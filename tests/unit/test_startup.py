@@ -56,7 +56,9 @@ def imported(*args: str, cwd: Path) -> set[str]:
 def under(modules: set[str], *packages: str) -> list[str]:
     return sorted(
         m for m in modules if any(m == p or m.startswith(f"{p}.") for p in packages)
-    ) + sorted(m for m in modules if m.startswith("connectors.") and m.endswith(".emulator"))
+    ) + sorted(
+        m for m in modules if m.startswith("connectors.") and m.endswith((".emulator", ".sandbox"))
+    )
 
 
 def test_run_once_loads_alembic_only_to_migrate_and_never_the_daemon_or_emulators(
