@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
+
+from connectors.contract import FatalError
 
 Fetch = Callable[[], Awaitable[tuple[str, float]]]
 """Fetches a token: (the token, its lifetime in seconds)."""
@@ -53,4 +55,30 @@ class CachedToken:
                 self._token = None
 
 
-__all__ = ["CachedToken", "Fetch", "lifetime_seconds"]
+class TokenAuth:
+    """A cached token as the shared client's `Auth`: sent as `Authorization`
+    (`<scheme> <token>`, or the raw token when `scheme` is empty); a refused token
+    is forgotten, so the one re-send carries a fresh one."""
+
+    def __init__(
+        self,
+        cache: CachedToken,
+        fatal: Callable[[str], FatalError],
+        *,
+        scheme: str = "Bearer",
+    ) -> None:
+        self._cache = cache
+        self._fatal = fatal
+        self._prefix = f"{scheme} " if scheme else ""
+
+    async def headers(self) -> dict[str, str]:
+        return {"Authorization": self._prefix + await self._cache.get()}
+
+    async def renew(self, what: str, used: Mapping[str, str]) -> None:
+        await self._cache.forget(used.get("Authorization", "").removeprefix(self._prefix))
+
+    def fatal(self, what: str) -> FatalError:
+        return self._fatal(what)
+
+
+__all__ = ["CachedToken", "Fetch", "TokenAuth", "lifetime_seconds"]
