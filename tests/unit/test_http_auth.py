@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import httpx
@@ -170,3 +171,22 @@ def test_a_key_template_that_does_not_parse_is_refused_at_load() -> None:
     assert _Settings(key="{id}").key == "{id}"
     with pytest.raises(ValidationError):
         _Settings(key="{id")
+
+
+@pytest.mark.parametrize(
+    "connection",
+    [
+        "connectors.adt.settings:AdtConnection",
+        "connectors.dmm.settings:DmmConnection",
+        "connectors.goose.settings:GooseConnection",
+        "connectors.mongoose.settings:MongooseConnection",
+        "connectors.reltio.settings:ReltioConnection",
+    ],
+)
+def test_every_connection_hides_its_input_in_errors(connection: str) -> None:
+    module, _, name = connection.partition(":")
+    model = getattr(importlib.import_module(module), name)
+    with pytest.raises(ValidationError) as info:
+        model.model_validate({"pasword": "hunter2-secret", "password": ["hunter3-secret"]})
+    assert "hunter2-secret" not in str(info.value)
+    assert "hunter3-secret" not in str(info.value)
