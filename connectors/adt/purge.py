@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from connectors.adt.auth import AdtClient, classify, error_code, json_object
+from connectors.adt.auth import AdtClient, classify, error_code
 from connectors.adt.settings import AdtConnection, AdtPurgeSettings, check_purge_confirmation
 from connectors.contract import (
     EXACT_KEYS,
@@ -33,7 +33,7 @@ from connectors.contract import (
     RemoteError,
     RetriableError,
 )
-from connectors.http import HttpClient, excerpt
+from connectors.http import HttpClient, excerpt, json_object
 from connectors.jobs import CannotCancel, JobHandle, JobProgress, JobSpec, JobState, map_status
 from connectors.paths import path_segment, segment_problem
 
