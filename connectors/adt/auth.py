@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl
 
 import httpx
 
@@ -28,7 +28,7 @@ from connectors.http import (
     excerpt,
     json_object,
 )
-from connectors.token_cache import CachedToken, TokenAuth, lifetime_seconds
+from connectors.token_cache import CachedToken, TokenAuth, fetch_token
 
 RENEW_BEFORE = 300.0
 """Seconds before expiry at which a cached token is renewed (capped at half its life)."""
@@ -83,35 +83,15 @@ class ClientCredentials:
         return await self._cache.get()
 
     async def _fetch(self) -> tuple[str, float]:
-        what = f"POST {httpx.URL(self._url).path}"
-        response = await self._http.request(
-            "POST",
-            self._url,
-            idempotent=True,
-            content=urlencode(self._form).encode("ascii"),
-            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        return await fetch_token(self._http, self._url, self._form, self._refused)
+
+    def _refused(self, why: str) -> FatalError:
+        return FatalError(
+            f"adt connection {self._name!r}: the token endpoint refused the client "
+            f"credentials ({why}); check connections.{self._name}.token_url, client_id, "
+            "client_secret and scope",
+            connection=self._name,
         )
-        body = json_object(response)
-        if response.status_code in (400, 401, 403):
-            code = body.get("error") if body else None
-            raise FatalError(
-                f"adt connection {self._name!r}: the token endpoint refused the client "
-                f"credentials (HTTP {response.status_code}"
-                + (f" {code}" if isinstance(code, str) else "")
-                + f" from {what}); check connections.{self._name}.token_url, client_id, "
-                "client_secret and scope",
-                connection=self._name,
-            )
-        token = body.get("access_token") if body else None
-        if not response.is_success or not isinstance(token, str) or not token:
-            raise RemoteError(
-                f"{self._name}: {what}: HTTP {response.status_code}, no access_token: "
-                f"{excerpt(response.text, self._http.secrets)}",
-                connection=self._name,
-                code=str(response.status_code),
-            )
-        self._http.add_secret(token)
-        return token, lifetime_seconds(body.get("expires_in") if body else None)
 
 
 def token_auth(name: str, connection: AdtConnection, http: HttpClient) -> Auth:

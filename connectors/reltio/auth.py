@@ -20,14 +20,13 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import urlencode
 
 import httpx
 
 from connectors.contract import FatalError, RemoteError
 from connectors.http import Action, ErrorRule, ErrorTable, HttpClient, Resolution, excerpt
 from connectors.reltio.settings import ReltioConnection
-from connectors.token_cache import CachedToken, TokenAuth, lifetime_seconds
+from connectors.token_cache import CachedToken, TokenAuth, fetch_token
 
 RENEW_BEFORE = 60.0
 """Seconds before expiry at which a cached token is renewed (capped at half its life)."""
@@ -105,38 +104,13 @@ class ReltioTokens:
         return await self._cache.get()
 
     async def _fetch(self) -> tuple[str, float]:
-        what = f"POST {httpx.URL(self._url).path}"
-        response = await self._http.request(
-            "POST",
+        return await fetch_token(
+            self._http,
             self._url,
-            idempotent=True,
-            content=urlencode(self._form).encode("utf-8"),
-            headers={
-                "Authorization": f"Basic {self._basic}",
-                "Content-Type": "application/x-www-form-urlencoded",
-            },
+            self._form,
+            self.fatal,
+            headers={"Authorization": f"Basic {self._basic}"},
         )
-        body = json_body(response)
-        if response.status_code in (400, 401, 403):
-            code = body.get("error") if isinstance(body, dict) else None
-            raise self.fatal(
-                f"HTTP {response.status_code}"
-                + (f" {code}" if isinstance(code, str) else "")
-                + f" from {what}"
-            )
-        token = body.get("access_token") if isinstance(body, dict) else None
-        if not response.is_success or not isinstance(token, str) or not token:
-            raise RemoteError(
-                f"{self._name}: {what}: HTTP {response.status_code}, no access_token: "
-                f"{excerpt(response.text, self._http.secrets)}",
-                connection=self._name,
-                code=str(response.status_code),
-            )
-        self._http.add_secret(token)
-        refresh = body.get("refresh_token")
-        if isinstance(refresh, str):
-            self._http.add_secret(refresh)
-        return token, lifetime_seconds(body.get("expires_in"))
 
 
 class ReltioClient:

@@ -18,7 +18,7 @@ from connectors.http import (
     resolve,
 )
 from connectors.settings import ConnectionBase, KeyTemplateText, StrictModel, http_url
-from connectors.token_cache import CachedToken, TokenAuth
+from connectors.token_cache import CachedToken, TokenAuth, fetch_token
 from tests.unit.test_http import Script, client
 
 
@@ -190,3 +190,24 @@ def test_every_connection_hides_its_input_in_errors(connection: str) -> None:
         model.model_validate({"pasword": "hunter2-secret", "password": ["hunter3-secret"]})
     assert "hunter2-secret" not in str(info.value)
     assert "hunter3-secret" not in str(info.value)
+
+
+async def test_a_token_endpoint_refusal_is_fatal_with_its_oauth_error() -> None:
+    script = Script(httpx.Response(400, json={"error": "invalid_grant"}))
+    with pytest.raises(FatalError) as info:
+        await fetch_token(client(script), "http://127.0.0.1:1/oauth/token?x=1", {"a": "b"}, fatal)
+    assert "(HTTP 400 invalid_grant from POST /oauth/token)" in str(info.value)
+    assert script.requests[0].content == b"a=b"
+
+
+async def test_a_token_answer_without_a_token_is_a_remote_error() -> None:
+    script = Script(httpx.Response(200, json={"token_type": "bearer"}))
+    with pytest.raises(RemoteError, match="HTTP 200, no access_token"):
+        await fetch_token(client(script), "/token", {}, fatal)
+
+
+async def test_fetched_tokens_become_secrets_of_the_client() -> None:
+    answer = {"access_token": "acc-123456", "refresh_token": "ref-123456", "expires_in": "60"}
+    c = client(Script(httpx.Response(200, json=answer)))
+    assert await fetch_token(c, "/token", {}, fatal) == ("acc-123456", 60.0)
+    assert {"acc-123456", "ref-123456"} <= set(c.secrets)
