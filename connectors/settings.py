@@ -113,13 +113,15 @@ class ConnectionBase(StrictModel):
         observer: Observer | None = None,
         default_calls_per_second: float | None = None,
     ) -> HttpClient:
+        """A client that already knows every secret of this connection (besides any
+        `secrets` obtained otherwise), so no connector can forget to scrub one."""
         return HttpClient(
             connection=name,
             base_url=base_url,
             timeout=self.timeout,
             retry=self.retry.policy(),
             calls_per_second=self.calls_per_second or default_calls_per_second,
-            secrets=secrets,
+            secrets=[*self.secret_values(), *secrets],
             classify=classify,
             observer=observer,
         )

@@ -77,7 +77,7 @@ class AdtPurgeTarget:
         self.settings = settings
         self.batch_size = settings.batch_size
         self._http = http or connection.http_client(
-            name, base_url=connection.url, secrets=connection.secret_values(), classify=classify
+            name, base_url=connection.url, classify=classify
         )
         self.api = AdtClient(name, connection, self._http)
 

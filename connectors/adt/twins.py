@@ -66,7 +66,7 @@ class AdtTwinsTarget:
         self.batch_size = settings.batch_size
         self._template = settings.key_template()
         self._http = http or connection.http_client(
-            name, base_url=connection.url, secrets=connection.secret_values(), classify=classify
+            name, base_url=connection.url, classify=classify
         )
         self.api = AdtClient(name, connection, self._http)
 

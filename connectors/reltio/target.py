@@ -227,7 +227,6 @@ class ReltioDeleteTarget:
         self._http = http or connection.http_client(
             name,
             base_url=connection.tenant_url,
-            secrets=connection.secret_values(),
             classify=classify,
         )
         self.api = ReltioClient(name, connection, self._http)

@@ -211,3 +211,9 @@ async def test_fetched_tokens_become_secrets_of_the_client() -> None:
     c = client(Script(httpx.Response(200, json=answer)))
     assert await fetch_token(c, "/token", {}, fatal) == ("acc-123456", 60.0)
     assert {"acc-123456", "ref-123456"} <= set(c.secrets)
+
+
+def test_a_connection_client_knows_every_secret_of_the_connection() -> None:
+    conn = _Conn(type="x", url="http://h", password=SecretStr("pw-123456"))
+    http = conn.http_client("c", secrets=["runtime-tok"])
+    assert http.secrets == ["pw-123456", "runtime-tok"]
