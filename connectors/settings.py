@@ -5,10 +5,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    SecretStr,
+)
+from pydantic_core import core_schema
 
 from connectors.http import Classifier, HttpClient, Observer, RetryPolicy
 from connectors.keys import KeyTemplate
@@ -34,12 +44,13 @@ Seconds = Annotated[float, BeforeValidator(parse_duration)]
 """A duration in seconds, written as a number or with a unit (ms, s, m, h, d)."""
 
 
-def http_url(value: str, example: str, *, query: bool = True) -> str:
-    """An http(s) base URL without its trailing slash, so paths join onto it one way.
+def http_url(value: str, example: str, *, query: bool = True, slash: bool = False) -> str:
+    """An http(s) base URL without its trailing slash, so paths join onto it one way
+    (`slash=True` keeps it, for a URL called as written).
 
     `query=False` refuses a query string or fragment, which a base URL that
     paths are appended to would silently lose or misplace."""
-    value = value.strip().rstrip("/")
+    value = value.strip() if slash else value.strip().rstrip("/")
     parts = urlsplit(value)
     if (
         parts.scheme.lower() not in ("http", "https")
@@ -50,6 +61,24 @@ def http_url(value: str, example: str, *, query: bool = True) -> str:
     if not query and (parts.query or parts.fragment):
         raise ValueError(f"{value!r}: the base URL takes no query string or fragment")
     return value
+
+
+@dataclass(frozen=True)
+class HttpUrl:
+    """`Annotated[str, HttpUrl(example)]`: a setting checked by `http_url`, whose error
+    shows `example` (each service's URL has its own recognisable shape)."""
+
+    example: str
+    query: bool = True
+    slash: bool = False
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(
+            lambda value: http_url(value, self.example, query=self.query, slash=self.slash),
+            handler(source),
+        )
 
 
 def _key_template(value: str) -> str:

@@ -27,11 +27,19 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from connectors.keys import KeyTemplate
-from connectors.settings import ConnectionBase, KeyTemplateText, Seconds, StrictModel, http_url
+from connectors.settings import (
+    ConnectionBase,
+    HttpUrl,
+    KeyTemplateText,
+    Seconds,
+    StrictModel,
+    http_url,
+)
 
 DEFAULT_API_VERSION = "2023-10-31"
 ADT_SCOPE = "https://digitaltwins.azure.net/.default"
 KINDS = ("twins", "purge")
+TOKEN_URL_EXAMPLE = "https://login.microsoftonline.com/<tenant>/oauth2/v2.0/token"  # noqa: S105 - a URL
 
 
 def instance_host(url: str) -> str:
@@ -53,7 +61,7 @@ class AdtConnection(ConnectionBase):
         description="instance URL, e.g. https://myinstance.api.weu.digitaltwins.azure.net",
     )
     api_version: str = Field(DEFAULT_API_VERSION, min_length=1)
-    token_url: str | None = Field(
+    token_url: Annotated[str, HttpUrl(TOKEN_URL_EXAMPLE)] | None = Field(
         None,
         description="e.g. https://login.microsoftonline.com/<tenant>/oauth2/v2.0/token",
     )
@@ -73,13 +81,6 @@ class AdtConnection(ConnectionBase):
                 f"{parts.scheme}://{parts.netloc}"
             )
         return value
-
-    @field_validator("token_url")
-    @classmethod
-    def _token_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        return http_url(value, "https://login.microsoftonline.com/<tenant>/oauth2/v2.0/token")
 
     @model_validator(mode="after")
     def _one_auth_mode(self) -> AdtConnection:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from connectors.keys import KeyTemplate
-from connectors.settings import ConnectionBase, KeyTemplateText, Seconds, StrictModel, http_url
+from connectors.settings import ConnectionBase, HttpUrl, KeyTemplateText, Seconds, StrictModel
 from connectors.sql import Dialect
 
 URL_EXAMPLE = "https://myenv.outsystemsenterprise.com/DMM_API/rest/DMMAPI"
@@ -115,7 +115,9 @@ class DmmConnection(ConnectionBase):
     # A validation error must never echo the token or OTP it was given.
 
     type: Literal["dmm"]
-    url: str = Field(description=f"the DMM REST API base, e.g. {URL_EXAMPLE}")
+    url: Annotated[str, HttpUrl(URL_EXAMPLE, query=False)] = Field(
+        description=f"the DMM REST API base, e.g. {URL_EXAMPLE}"
+    )
     dialect: Dialect = Field(
         Dialect.SQLSERVER,
         description="the SQL dialect of the database a delete runs on, which reads the "
@@ -131,11 +133,6 @@ class DmmConnection(ConnectionBase):
         description="how the destination database compares text keys: SQL Server's default "
         "collations ignore case (and always trailing spaces); case_sensitive for a _CS_ one",
     )
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        return http_url(value, URL_EXAMPLE, query=False)
 
     @model_validator(mode="after")
     def _secrets_given(self) -> DmmConnection:

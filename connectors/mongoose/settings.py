@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from connectors.keys import KeyTemplate
 from connectors.mongoose.api import ApiVersion
 from connectors.paths import segment_problem
-from connectors.settings import ConnectionBase, KeyTemplateText, StrictModel, http_url
+from connectors.settings import ConnectionBase, HttpUrl, KeyTemplateText, StrictModel
 
 # IDO and property names go into URL paths and filter expressions unquoted,
 # so they must be plain identifiers.
@@ -25,7 +25,7 @@ class MongooseConnection(ConnectionBase):
     """
 
     type: Literal["mongoose"]
-    url: str = Field(
+    url: Annotated[str, HttpUrl("https://host/IDORequestService/MGRESTService.svc")] = Field(
         description="base URL: https://host/IDORequestService/MGRESTService.svc (api v1), "
         "https://host/IDORequestService (api v2)",
     )
@@ -41,11 +41,6 @@ class MongooseConnection(ConnectionBase):
     api: ApiVersion = Field(
         "v1", description="v1 (MGRESTService.svc) or v2 (/ido/..., what ION API gateways expose)"
     )
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        return http_url(value, "https://host/IDORequestService/MGRESTService.svc")
 
     @field_validator("config")
     @classmethod

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from connectors.keys import KeyTemplate
 from connectors.paths import segment_problem
-from connectors.settings import ConnectionBase, KeyTemplateText, Seconds, StrictModel, http_url
+from connectors.settings import ConnectionBase, HttpUrl, KeyTemplateText, Seconds, StrictModel
 
 DEFAULT_AUTH_URL = "https://auth.reltio.com/oauth/token"
+TENANT_URL_EXAMPLE = "https://eu-360.reltio.com/reltio/api/<tenantId>"
 SOURCES_PREFIX = "configuration/sources/"
 TASK_ID_EXAMPLE = "f3d47316-c249-4e60-9a8a-8e97cc9ca0e3"
 
@@ -53,23 +54,17 @@ class ReltioConnection(ConnectionBase):
     # A validation error must never echo the secret or password it was given.
 
     type: Literal["reltio"]
-    tenant_url: str = Field(description="e.g. https://eu-360.reltio.com/reltio/api/<tenantId>")
-    auth_url: str = Field(DEFAULT_AUTH_URL, description="the OAuth2 token endpoint")
+    tenant_url: Annotated[str, HttpUrl(TENANT_URL_EXAMPLE)] = Field(
+        description="e.g. https://eu-360.reltio.com/reltio/api/<tenantId>"
+    )
+    auth_url: Annotated[str, HttpUrl(DEFAULT_AUTH_URL)] = Field(
+        DEFAULT_AUTH_URL, description="the OAuth2 token endpoint"
+    )
     client_id: str = Field(min_length=1)
     client_secret: SecretStr
     grant: Literal["client_credentials", "password"] = "client_credentials"
     username: str | None = Field(None, min_length=1)
     password: SecretStr | None = None
-
-    @field_validator("tenant_url")
-    @classmethod
-    def _tenant_url(cls, value: str) -> str:
-        return http_url(value, "https://eu-360.reltio.com/reltio/api/<tenantId>")
-
-    @field_validator("auth_url")
-    @classmethod
-    def _auth_url(cls, value: str) -> str:
-        return http_url(value, DEFAULT_AUTH_URL)
 
     @model_validator(mode="after")
     def _grant_fields(self) -> ReltioConnection:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import math
+from typing import Annotated
 
 import httpx
 import pytest
@@ -17,7 +18,7 @@ from connectors.http import (
     json_object,
     resolve,
 )
-from connectors.settings import ConnectionBase, KeyTemplateText, StrictModel, http_url
+from connectors.settings import ConnectionBase, HttpUrl, KeyTemplateText, StrictModel, http_url
 from connectors.token_cache import CachedToken, TokenAuth, fetch_token
 from tests.unit.test_http import Script, client
 
@@ -217,3 +218,17 @@ def test_a_connection_client_knows_every_secret_of_the_connection() -> None:
     conn = _Conn(type="x", url="http://h", password=SecretStr("pw-123456"))
     http = conn.http_client("c", secrets=["runtime-tok"])
     assert http.secrets == ["pw-123456", "runtime-tok"]
+
+
+def test_an_http_url_setting_shows_its_own_example() -> None:
+    class _Settings(StrictModel):
+        url: Annotated[str, HttpUrl("https://host/api", query=False)]
+        other: Annotated[str, HttpUrl("https://other")] | None = None
+
+    assert _Settings(url="https://h/api/").url == "https://h/api"
+    with pytest.raises(ValidationError, match=r"write e\.g\. https://host/api"):
+        _Settings(url="h/api")
+    with pytest.raises(ValidationError, match="takes no query string"):
+        _Settings(url="https://h/api?x=1")
+    with pytest.raises(ValidationError, match=r"write e\.g\. https://other"):
+        _Settings(url="https://h", other="ftp://o")
