@@ -10,20 +10,21 @@ path segment).
 from __future__ import annotations
 
 import enum
+import json as jsonlib
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from aiolimiter import AsyncLimiter
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from connectors import redact
-from connectors.contract import AmbiguousError, RetriableError
+from connectors.contract import AmbiguousError, FatalError, RemoteError, RetriableError
 
 BODY_EXCERPT = 300
 REDACTED = redact.REDACTED
@@ -38,6 +39,12 @@ class Action(enum.Enum):
     OK = "ok"
     RETRY = "retry"
     AMBIGUOUS = "ambiguous"
+    RENEW = "renew"
+    """The credentials expired: renew them once and send again."""
+    FATAL = "fatal"
+    """No retry can fix it: stop with a message naming the setting to fix."""
+    REMOTE = "remote"
+    """The server refused this call; the caller decides what that means for its records."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,80 @@ def default_classify(response: httpx.Response) -> Resolution:
     if response.status_code in _MAYBE_APPLIED:
         return Resolution(Action.AMBIGUOUS, f"HTTP {response.status_code}", retry_after)
     return Resolution(Action.OK)
+
+
+def json_object(response: httpx.Response) -> dict[str, Any] | None:
+    """The body as a JSON object, or None when it is not one (an HTML error page, a list)."""
+    try:
+        body = response.json()
+    except (jsonlib.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+@dataclass(frozen=True)
+class ErrorRule:
+    """One row of a connector's error table: an answer with `status` (and, if given,
+    a body for which `when` holds) resolves to `action`.
+
+    `message` (FATAL and REMOTE) is a template over {name} (the connection), {what}
+    (method and path) and {detail} (the vendor's own words, scrubbed). The first
+    matching row wins, so a narrow row goes before a broad one.
+    """
+
+    status: int
+    action: Action
+    message: str = ""
+    when: Callable[[httpx.Response], bool] | None = None
+
+    def matches(self, response: httpx.Response) -> bool:
+        return response.status_code == self.status and (self.when is None or self.when(response))
+
+
+ErrorTable = Sequence[ErrorRule]
+
+DEFAULT_RENEW: ErrorTable = (ErrorRule(401, Action.RENEW),)
+"""Without a table of its own, a 401 means the credentials expired."""
+
+
+def resolve(table: ErrorTable, response: httpx.Response) -> ErrorRule | None:
+    """The first row of `table` that matches the answer, or None (the caller reads it)."""
+    return next((rule for rule in table if rule.matches(response)), None)
+
+
+class Auth(Protocol):
+    """How a connection authenticates its calls (after httpx's `Auth.auth_flow`: the
+    client asks for headers, sends, and on an expired answer asks once to renew).
+
+    `renew` forgets the credentials `used` so the next `headers` fetches new ones,
+    or raises FatalError when they cannot be renewed (a static token); `fatal`
+    builds the error for credentials still refused after renewal, naming the
+    settings to check.
+    """
+
+    async def headers(self) -> dict[str, str]: ...
+
+    async def renew(self, what: str, used: Mapping[str, str]) -> None: ...
+
+    def fatal(self, what: str) -> FatalError: ...
+
+
+class StaticAuth:
+    """Credentials that cannot be renewed (a static token, an API key): the first
+    expired answer is already fatal."""
+
+    def __init__(self, headers: Mapping[str, str], fatal: Callable[[str], FatalError]) -> None:
+        self._headers = dict(headers)
+        self._fatal = fatal
+
+    async def headers(self) -> dict[str, str]:
+        return dict(self._headers)
+
+    async def renew(self, what: str, used: Mapping[str, str]) -> None:
+        raise self._fatal(f"HTTP 401 from {what}")
+
+    def fatal(self, what: str) -> FatalError:
+        return self._fatal(what)
 
 
 def scrub(text: str, secrets: Sequence[str]) -> str:
@@ -235,6 +316,63 @@ class HttpClient:
         except _Retry as exc:
             raise exc.error from None
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+    async def call(
+        self,
+        method: str,
+        url: str,
+        *,
+        idempotent: bool,
+        auth: Auth,
+        errors: ErrorTable = DEFAULT_RENEW,
+        detail: Callable[[httpx.Response], str] | None = None,
+        json: Any = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | None = None,
+    ) -> httpx.Response:
+        """`request`, authenticated by `auth` and judged by the connector's `errors` table.
+
+        An answer the table resolves to RENEW renews the credentials once and is sent
+        again; the same answer again raises `auth.fatal`. A FATAL row raises
+        FatalError, a REMOTE row RemoteError, both with the row's message; any other
+        answer is returned for the connector to read.
+        """
+        what = self.describe(method, url)
+
+        async def send(auth_headers: Mapping[str, str]) -> httpx.Response:
+            return await self.request(
+                method,
+                url,
+                idempotent=idempotent,
+                json=json,
+                params=params,
+                headers={**(headers or {}), **auth_headers},
+                content=content,
+            )
+
+        used = await auth.headers()
+        response = await send(used)
+        rule = resolve(errors, response)
+        if rule is not None and rule.action is Action.RENEW:
+            await auth.renew(what, used)
+            response = await send(await auth.headers())
+            rule = resolve(errors, response)
+            if rule is not None and rule.action is Action.RENEW:
+                raise auth.fatal(f"HTTP {response.status_code} from {what} even with a fresh token")
+        if rule is None or rule.action not in (Action.FATAL, Action.REMOTE):
+            return response
+        text = rule.message.format(
+            name=self.connection,
+            what=what,
+            detail=(detail or self.body_excerpt)(response),
+        )
+        if rule.action is Action.FATAL:
+            raise FatalError(text, connection=self.connection)
+        raise RemoteError(text, connection=self.connection, code=str(response.status_code))
+
+    def body_excerpt(self, response: httpx.Response) -> str:
+        return excerpt(response.text, self.secrets)
 
     async def _once(
         self,

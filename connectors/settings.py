@@ -1,14 +1,27 @@
-"""Settings every connection shares: timeouts, retries, a client-side rate limit."""
+"""Settings every connection shares: timeouts, retries, a client-side rate limit,
+the secrets a connection holds and the value types several connectors use."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    SecretStr,
+)
+from pydantic_core import core_schema
 
 from connectors.http import Classifier, HttpClient, Observer, RetryPolicy
+from connectors.keys import KeyTemplate
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -29,6 +42,52 @@ def parse_duration(value: Any) -> Any:
 
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
 """A duration in seconds, written as a number or with a unit (ms, s, m, h, d)."""
+
+
+def http_url(value: str, example: str, *, query: bool = True, slash: bool = False) -> str:
+    """An http(s) base URL without its trailing slash, so paths join onto it one way
+    (`slash=True` keeps it, for a URL called as written).
+
+    `query=False` refuses a query string or fragment, which a base URL that
+    paths are appended to would silently lose or misplace."""
+    value = value.strip() if slash else value.strip().rstrip("/")
+    parts = urlsplit(value)
+    if (
+        parts.scheme.lower() not in ("http", "https")
+        or not parts.hostname
+        or any(c.isspace() for c in value)
+    ):
+        raise ValueError(f"{value!r} is not an http(s) URL; write e.g. {example}")
+    if not query and (parts.query or parts.fragment):
+        raise ValueError(f"{value!r}: the base URL takes no query string or fragment")
+    return value
+
+
+@dataclass(frozen=True)
+class HttpUrl:
+    """`Annotated[str, HttpUrl(example)]`: a setting checked by `http_url`, whose error
+    shows `example` (each service's URL has its own recognisable shape)."""
+
+    example: str
+    query: bool = True
+    slash: bool = False
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(
+            lambda value: http_url(value, self.example, query=self.query, slash=self.slash),
+            handler(source),
+        )
+
+
+def _key_template(value: str) -> str:
+    KeyTemplate(value)
+    return value
+
+
+KeyTemplateText = Annotated[str, AfterValidator(_key_template)]
+"""A key template (connectors/keys.py), refused at load time when it does not parse."""
 
 
 class StrictModel(BaseModel):
@@ -53,10 +112,25 @@ class RetrySettings(StrictModel):
 
 
 class ConnectionBase(StrictModel):
+    """What every connection shares. A validation error never echoes its input: the
+    input of a connection holds its passwords, keys and tokens."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
     type: str
     timeout: Seconds = Field(30.0, gt=0, description="per HTTP request")
     retry: RetrySettings = RetrySettings()
     calls_per_second: float | None = Field(None, gt=0, description="client-side rate limit")
+
+    def secret_values(self) -> list[str]:
+        """Every non-empty `SecretStr` setting, in declaration order: a secret field is
+        known by its type, so a new one is scrubbed without being listed anywhere."""
+        values = (getattr(self, field) for field in type(self).model_fields)
+        return [
+            v.get_secret_value()
+            for v in values
+            if isinstance(v, SecretStr) and v.get_secret_value()
+        ]
 
     def http_client(
         self,
@@ -68,13 +142,15 @@ class ConnectionBase(StrictModel):
         observer: Observer | None = None,
         default_calls_per_second: float | None = None,
     ) -> HttpClient:
+        """A client that already knows every secret of this connection (besides any
+        `secrets` obtained otherwise), so no connector can forget to scrub one."""
         return HttpClient(
             connection=name,
             base_url=base_url,
             timeout=self.timeout,
             retry=self.retry.policy(),
             calls_per_second=self.calls_per_second or default_calls_per_second,
-            secrets=secrets,
+            secrets=[*self.secret_values(), *secrets],
             classify=classify,
             observer=observer,
         )

@@ -9,45 +9,50 @@ retry fixes. A static token cannot be renewed, so its first 401 is fatal.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl
 
 import httpx
 
 from connectors.adt.settings import AdtConnection
 from connectors.contract import FatalError, RemoteError
-from connectors.http import Action, HttpClient, Resolution, excerpt
-from connectors.token_cache import CachedToken, lifetime_seconds
+from connectors.http import (
+    Action,
+    Auth,
+    ErrorRule,
+    ErrorTable,
+    HttpClient,
+    Resolution,
+    StaticAuth,
+    excerpt,
+    json_object,
+)
+from connectors.token_cache import CachedToken, TokenAuth, fetch_token
 
 RENEW_BEFORE = 300.0
 """Seconds before expiry at which a cached token is renewed (capped at half its life)."""
 
 
-class TokenSource(Protocol):
-    async def token(self) -> str: ...
-
-    async def rejected(self, used: str, what: str) -> None:
-        """A data call answered 401 with `used`: forget it, or raise FatalError."""
-        ...
-
-
-class StaticToken:
-    def __init__(self, name: str, token: str) -> None:
-        self._name = name
-        self._token = token
-
-    async def token(self) -> str:
-        return self._token
-
-    async def rejected(self, used: str, what: str) -> None:
-        raise FatalError(
-            f"adt connection {self._name!r}: the bearer token was rejected (HTTP 401 from "
-            f"{what}); check connections.{self._name}.token",
-            connection=self._name,
+def _credentials_fatal(name: str) -> Callable[[str], FatalError]:
+    def fatal(what: str) -> FatalError:
+        return FatalError(
+            f"adt connection {name!r}: {what}; check connections.{name} credentials",
+            connection=name,
         )
+
+    return fatal
+
+
+def _static_token(name: str, token: str) -> StaticAuth:
+    def fatal(what: str) -> FatalError:
+        return FatalError(
+            f"adt connection {name!r}: the bearer token was rejected ({what}); "
+            f"check connections.{name}.token",
+            connection=name,
+        )
+
+    return StaticAuth({"Authorization": f"Bearer {token}"}, fatal)
 
 
 class ClientCredentials:
@@ -72,49 +77,27 @@ class ClientCredentials:
         }
         self._http = http
         self._cache = CachedToken(self._fetch, RENEW_BEFORE, clock)
+        self.auth = TokenAuth(self._cache, _credentials_fatal(name))
 
     async def token(self) -> str:
         return await self._cache.get()
 
-    async def rejected(self, used: str, what: str) -> None:
-        await self._cache.forget(used)
-
     async def _fetch(self) -> tuple[str, float]:
-        what = f"POST {httpx.URL(self._url).path}"
-        response = await self._http.request(
-            "POST",
-            self._url,
-            idempotent=True,
-            content=urlencode(self._form).encode("ascii"),
-            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        return await fetch_token(self._http, self._url, self._form, self._refused)
+
+    def _refused(self, why: str) -> FatalError:
+        return FatalError(
+            f"adt connection {self._name!r}: the token endpoint refused the client "
+            f"credentials ({why}); check connections.{self._name}.token_url, client_id, "
+            "client_secret and scope",
+            connection=self._name,
         )
-        body = json_object(response)
-        if response.status_code in (400, 401, 403):
-            code = body.get("error") if body else None
-            raise FatalError(
-                f"adt connection {self._name!r}: the token endpoint refused the client "
-                f"credentials (HTTP {response.status_code}"
-                + (f" {code}" if isinstance(code, str) else "")
-                + f" from {what}); check connections.{self._name}.token_url, client_id, "
-                "client_secret and scope",
-                connection=self._name,
-            )
-        token = body.get("access_token") if body else None
-        if not response.is_success or not isinstance(token, str) or not token:
-            raise RemoteError(
-                f"{self._name}: {what}: HTTP {response.status_code}, no access_token: "
-                f"{excerpt(response.text, self._http.secrets)}",
-                connection=self._name,
-                code=str(response.status_code),
-            )
-        self._http.add_secret(token)
-        return token, lifetime_seconds(body.get("expires_in") if body else None)
 
 
-def token_source(name: str, connection: AdtConnection, http: HttpClient) -> TokenSource:
+def token_auth(name: str, connection: AdtConnection, http: HttpClient) -> Auth:
     if connection.token is not None:
-        return StaticToken(name, connection.token.get_secret_value())
-    return ClientCredentials(name, connection, http)
+        return _static_token(name, connection.token.get_secret_value())
+    return ClientCredentials(name, connection, http).auth
 
 
 def classify(response: httpx.Response) -> Resolution | None:
@@ -130,14 +113,6 @@ def classify(response: httpx.Response) -> Resolution | None:
     return None
 
 
-def json_object(response: httpx.Response) -> dict[str, Any] | None:
-    try:
-        body = response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return body if isinstance(body, dict) else None
-
-
 def error_code(response: httpx.Response) -> str:
     """The service's error code: the x-ms-error-code header, else the ErrorResponse body."""
     header = str(response.headers.get("x-ms-error-code", "")).strip()
@@ -147,6 +122,34 @@ def error_code(response: httpx.Response) -> str:
     error = body.get("error") if body else None
     code = error.get("code") if isinstance(error, dict) else None
     return code if isinstance(code, str) else ""
+
+
+def _sub_domain_not_found(response: httpx.Response) -> bool:
+    """A 404 without the service's error code but naming the sub-domain comes from the
+    front door: the URL names no instance (or the token is for another tenant)."""
+    body = json_object(response) or {}
+    return (
+        not error_code(response) and "sub-domain not found" in str(body.get("message", "")).lower()
+    )
+
+
+ERRORS: ErrorTable = (
+    ErrorRule(401, Action.RENEW),
+    ErrorRule(
+        403,
+        Action.FATAL,
+        "adt connection {name!r}: HTTP 403 from {what}; the identity needs a data-plane "
+        "role on the instance (e.g. Azure Digital Twins Data Owner)",
+    ),
+    ErrorRule(
+        404,
+        Action.FATAL,
+        "adt connection {name!r}: {what}: Sub-domain not found; check connections.{name}.url "
+        "and that the token is for the instance's tenant",
+        when=_sub_domain_not_found,
+    ),
+)
+"""What no retry can fix; everything else is returned for the caller to interpret."""
 
 
 class AdtClient:
@@ -160,7 +163,7 @@ class AdtClient:
         self.name = name
         self.http = http
         self.api_version = connection.api_version
-        self._tokens = token_source(name, connection, http)
+        self._auth = token_auth(name, connection, http)
 
     async def call(
         self,
@@ -172,7 +175,6 @@ class AdtClient:
         headers: Mapping[str, str] | None = None,
     ) -> httpx.Response:
         path, _, given = path.partition("?")
-        what = f"{method} {path}"
         # httpx replaces a URL's query when params are passed, so a nextLink's own
         # query (its continuation) is carried over explicitly.
         query = {
@@ -180,50 +182,14 @@ class AdtClient:
             "api-version": self.api_version,
             **(params or {}),
         }
-        used = await self._tokens.token()
-        response = await self._send(method, path, used, idempotent, query, headers)
-        if response.status_code == 401:
-            await self._tokens.rejected(used, what)
-            used = await self._tokens.token()
-            response = await self._send(method, path, used, idempotent, query, headers)
-            if response.status_code == 401:
-                raise FatalError(
-                    f"adt connection {self.name!r}: HTTP 401 from {what} even with a fresh "
-                    f"token; check connections.{self.name} credentials",
-                    connection=self.name,
-                )
-        if response.status_code == 403:
-            raise FatalError(
-                f"adt connection {self.name!r}: HTTP 403 from {what}; the identity needs a "
-                "data-plane role on the instance (e.g. Azure Digital Twins Data Owner)",
-                connection=self.name,
-            )
-        if response.status_code == 404 and not error_code(response):
-            body = json_object(response) or {}
-            if "sub-domain not found" in str(body.get("message", "")).lower():
-                raise FatalError(
-                    f"adt connection {self.name!r}: {what}: Sub-domain not found; check "
-                    f"connections.{self.name}.url and that the token is for the instance's "
-                    "tenant",
-                    connection=self.name,
-                )
-        return response
-
-    async def _send(
-        self,
-        method: str,
-        path: str,
-        token: str,
-        idempotent: bool,
-        params: Mapping[str, str],
-        headers: Mapping[str, str] | None,
-    ) -> httpx.Response:
-        return await self.http.request(
+        return await self.http.call(
             method,
             path,
             idempotent=idempotent,
-            params=params,
-            headers={**(headers or {}), "Authorization": f"Bearer {token}"},
+            auth=self._auth,
+            errors=ERRORS,
+            params=query,
+            headers=headers,
         )
 
     def remote(self, what: str, response: httpx.Response) -> RemoteError:

@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from connectors.adt.auth import AdtClient, classify, error_code, json_object
+from connectors.adt.auth import AdtClient, classify, error_code
 from connectors.adt.settings import AdtConnection, AdtPurgeSettings, check_purge_confirmation
 from connectors.contract import (
     EXACT_KEYS,
@@ -33,7 +33,7 @@ from connectors.contract import (
     RemoteError,
     RetriableError,
 )
-from connectors.http import HttpClient, excerpt
+from connectors.http import HttpClient, excerpt, json_object
 from connectors.jobs import JobHandle, JobProgress, JobSpec, JobState, map_status
 from connectors.paths import path_segment, segment_problem
 
@@ -77,7 +77,7 @@ class AdtPurgeTarget:
         self.settings = settings
         self.batch_size = settings.batch_size
         self._http = http or connection.http_client(
-            name, base_url=connection.url, secrets=connection.secret_values(), classify=classify
+            name, base_url=connection.url, classify=classify
         )
         self.api = AdtClient(name, connection, self._http)
 

@@ -27,19 +27,19 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from connectors.keys import KeyTemplate
-from connectors.settings import ConnectionBase, Seconds, StrictModel
+from connectors.settings import (
+    ConnectionBase,
+    HttpUrl,
+    KeyTemplateText,
+    Seconds,
+    StrictModel,
+    http_url,
+)
 
 DEFAULT_API_VERSION = "2023-10-31"
 ADT_SCOPE = "https://digitaltwins.azure.net/.default"
 KINDS = ("twins", "purge")
-
-
-def _http_url(value: str, example: str) -> str:
-    value = value.strip().rstrip("/")
-    parts = urlsplit(value)
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{value!r} is not an http(s) URL; write e.g. {example}")
-    return value
+TOKEN_URL_EXAMPLE = "https://login.microsoftonline.com/<tenant>/oauth2/v2.0/token"  # noqa: S105 - a URL
 
 
 def instance_host(url: str) -> str:
@@ -56,15 +56,12 @@ class AdtConnection(ConnectionBase):
     data-plane role on the instance) or a static `token` (sandbox, tests).
     """
 
-    # A validation error must never echo the client secret or token it was given.
-    model_config = ConnectionBase.model_config | {"hide_input_in_errors": True}
-
     type: Literal["adt"]
     url: str = Field(
         description="instance URL, e.g. https://myinstance.api.weu.digitaltwins.azure.net",
     )
     api_version: str = Field(DEFAULT_API_VERSION, min_length=1)
-    token_url: str | None = Field(
+    token_url: Annotated[str, HttpUrl(TOKEN_URL_EXAMPLE)] | None = Field(
         None,
         description="e.g. https://login.microsoftonline.com/<tenant>/oauth2/v2.0/token",
     )
@@ -76,7 +73,7 @@ class AdtConnection(ConnectionBase):
     @field_validator("url")
     @classmethod
     def _instance_url(cls, value: str) -> str:
-        value = _http_url(value, "https://myinstance.api.weu.digitaltwins.azure.net")
+        value = http_url(value, "https://myinstance.api.weu.digitaltwins.azure.net")
         parts = urlsplit(value)
         if parts.path or parts.query or parts.fragment:
             raise ValueError(
@@ -84,13 +81,6 @@ class AdtConnection(ConnectionBase):
                 f"{parts.scheme}://{parts.netloc}"
             )
         return value
-
-    @field_validator("token_url")
-    @classmethod
-    def _token_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        return _http_url(value, "https://login.microsoftonline.com/<tenant>/oauth2/v2.0/token")
 
     @model_validator(mode="after")
     def _one_auth_mode(self) -> AdtConnection:
@@ -117,13 +107,6 @@ class AdtConnection(ConnectionBase):
                 raise ValueError(f"{name!r} is empty")
         return self
 
-    def secret_values(self) -> list[str]:
-        return [
-            s.get_secret_value()
-            for s in (self.client_secret, self.token)
-            if s is not None and s.get_secret_value()
-        ]
-
     @property
     def host(self) -> str:
         return instance_host(self.url)
@@ -133,14 +116,10 @@ class AdtTwinsSettings(StrictModel):
     """Delete, one by one, the twins the deliveries name (and their relationships)."""
 
     kind: Literal["twins"]
-    twin_id: str = Field(description="key template over the deletion's fields, e.g. '{RECORD_ID}'")
+    twin_id: KeyTemplateText = Field(
+        description="key template over the deletion's fields, e.g. '{RECORD_ID}'"
+    )
     batch_size: int = Field(50, ge=1, le=1000)
-
-    @field_validator("twin_id")
-    @classmethod
-    def _template_parses(cls, value: str) -> str:
-        KeyTemplate(value)
-        return value
 
     def key_template(self) -> KeyTemplate:
         return KeyTemplate(self.twin_id)

@@ -15,10 +15,10 @@ from dataclasses import dataclass, replace
 
 import httpx
 
-from connectors.adt.auth import AdtClient, classify, error_code, json_object
+from connectors.adt.auth import AdtClient, classify, error_code
 from connectors.adt.settings import AdtConnection, AdtTwinsSettings
 from connectors.contract import EXACT_KEYS, Delivery, Outcome, RemoteError, RetriableError
-from connectors.http import HttpClient
+from connectors.http import HttpClient, json_object
 from connectors.keys import UnmappedKey
 from connectors.paths import path_segment, segment_problem
 
@@ -66,7 +66,7 @@ class AdtTwinsTarget:
         self.batch_size = settings.batch_size
         self._template = settings.key_template()
         self._http = http or connection.http_client(
-            name, base_url=connection.url, secrets=connection.secret_values(), classify=classify
+            name, base_url=connection.url, classify=classify
         )
         self.api = AdtClient(name, connection, self._http)
 

@@ -16,7 +16,6 @@ shared HttpClient.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -24,7 +23,15 @@ import httpx
 
 from connectors.contract import AmbiguousError, FatalError, RemoteError
 from connectors.dmm.settings import DmmConnection
-from connectors.http import HttpClient, excerpt
+from connectors.http import (
+    Action,
+    ErrorRule,
+    ErrorTable,
+    HttpClient,
+    StaticAuth,
+    excerpt,
+    json_object,
+)
 
 Operation = Literal["start", "stop", "status", "outputs"]
 
@@ -32,17 +39,44 @@ TOKEN_HEADER = "X-DMM-Token"  # noqa: S105 - a header name, not a secret
 OTP_HEADER = "X-DMM-Token-OTP"
 
 
-def json_object(response: httpx.Response) -> dict[str, Any] | None:
-    try:
-        body = response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return body if isinstance(body, dict) else None
-
-
 def is_dmm_body(body: Mapping[str, Any] | None) -> bool:
     """Every DMM answer carries `Success`; OutSystems' own errors and proxies do not."""
     return body is not None and "Success" in body
+
+
+def errors(operation: Operation) -> ErrorTable:
+    """What no retry can fix, for one operation: a key is never renewed, so a 401 is
+    already fatal; a 403 on start is the OTP, elsewhere the key's rights."""
+    if operation == "start":
+        forbidden = (
+            "check connections.{name}.otp (from the Authentication Token page of the "
+            "environment that runs the delete; if that environment's OTPs are single-use, "
+            "each start needs a new one)"
+        )
+    else:
+        forbidden = "check connections.{name}.token and that its user has the DMMAPIOperator role"
+    return (
+        ErrorRule(
+            401,
+            Action.FATAL,
+            "dmm connection {name!r}: HTTP 401 from {what}: {detail}; check "
+            "connections.{name}.token (the DMM REST API key, Management > Settings > "
+            "REST API KEY)",
+        ),
+        ErrorRule(
+            403,
+            Action.FATAL,
+            "dmm connection {name!r}: HTTP 403 from {what}: {detail}; " + forbidden,
+        ),
+        ErrorRule(
+            404,
+            Action.FATAL,
+            "dmm connection {name!r}: {what} answered 404 without a DMM answer; check "
+            "connections.{name}.url (e.g. https://<env>/DMM_API/rest/DMMAPI) and "
+            f"connections.{{name}}.paths.{operation}",
+            when=lambda response: not is_dmm_body(json_object(response)),
+        ),
+    )
 
 
 class DmmClient:
@@ -52,7 +86,7 @@ class DmmClient:
         self.name = name
         self.http = http
         self.paths = connection.paths
-        self._token = connection.token.get_secret_value()
+        self._auth = StaticAuth({TOKEN_HEADER: connection.token.get_secret_value()}, self._fatal)
         self._otp = connection.otp.get_secret_value() if connection.otp is not None else ""
         for secret in connection.secret_values():
             http.add_secret(secret)
@@ -66,44 +100,17 @@ class DmmClient:
     ) -> dict[str, Any]:
         path = self.path(operation)
         what = f"POST {path}"
-        headers = {TOKEN_HEADER: self._token}
-        if operation == "start":
-            headers[OTP_HEADER] = self._otp
-        response = await self.http.request(
-            "POST", path, idempotent=idempotent, json=dict(body), headers=headers
+        response = await self.http.call(
+            "POST",
+            path,
+            idempotent=idempotent,
+            auth=self._auth,
+            errors=errors(operation),
+            detail=self.message,
+            json=dict(body),
+            headers={OTP_HEADER: self._otp} if operation == "start" else None,
         )
         answer = json_object(response)
-        if response.status_code == 401:
-            raise FatalError(
-                f"dmm connection {self.name!r}: HTTP 401 from {what}: {self.message(response)}; "
-                f"check connections.{self.name}.token (the DMM REST API key, Management > "
-                "Settings > REST API KEY)",
-                connection=self.name,
-            )
-        if response.status_code == 403:
-            if operation == "start":
-                hint = (
-                    f"check connections.{self.name}.otp (from the Authentication Token page of "
-                    "the environment that runs the delete; if that environment's OTPs are "
-                    "single-use, each start needs a new one)"
-                )
-            else:
-                hint = (
-                    f"check connections.{self.name}.token and that its user has the "
-                    "DMMAPIOperator role"
-                )
-            raise FatalError(
-                f"dmm connection {self.name!r}: HTTP 403 from {what}: {self.message(response)}; "
-                + hint,
-                connection=self.name,
-            )
-        if response.status_code == 404 and not is_dmm_body(answer):
-            raise FatalError(
-                f"dmm connection {self.name!r}: {what} answered 404 without a DMM answer; "
-                f"check connections.{self.name}.url (e.g. https://<env>/DMM_API/rest/DMMAPI) "
-                f"and connections.{self.name}.paths.{operation}",
-                connection=self.name,
-            )
         if answer is None:
             text = (
                 f"{self.name}: {what}: HTTP {response.status_code}, an answer that is not a "
@@ -120,6 +127,13 @@ class DmmClient:
                 code=str(response.status_code),
             )
         return answer
+
+    def _fatal(self, what: str) -> FatalError:
+        return FatalError(
+            f"dmm connection {self.name!r}: the API key was rejected ({what}); "
+            f"check connections.{self.name}.token",
+            connection=self.name,
+        )
 
     def message(self, response: httpx.Response) -> str:
         """DMM's ErrorMessage, else the body; scrubbed and trimmed."""

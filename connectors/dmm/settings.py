@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Literal
-from urllib.parse import urlsplit
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from connectors.keys import KeyTemplate
-from connectors.settings import ConnectionBase, Seconds, StrictModel
+from connectors.settings import ConnectionBase, HttpUrl, KeyTemplateText, Seconds, StrictModel
 from connectors.sql import Dialect
 
 URL_EXAMPLE = "https://myenv.outsystemsenterprise.com/DMM_API/rest/DMMAPI"
@@ -58,16 +57,6 @@ def normal_execution_id(execution: str) -> str:
     as the target sends it), anything else as given. One execution must make one stream,
     or the journal would hold its records twice."""
     return str(int(execution)) if _INTEGER_ID.fullmatch(execution) else execution
-
-
-def _http_url(value: str) -> str:
-    value = value.strip().rstrip("/")
-    parts = urlsplit(value)
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{value!r} is not an http(s) URL; write e.g. {URL_EXAMPLE}")
-    if parts.query or parts.fragment:
-        raise ValueError(f"{value!r}: the base URL takes no query string or fragment")
-    return value
 
 
 def _visible(value: str, what: str) -> str:
@@ -124,10 +113,11 @@ class DmmConnection(ConnectionBase):
     """
 
     # A validation error must never echo the token or OTP it was given.
-    model_config = ConnectionBase.model_config | {"hide_input_in_errors": True}
 
     type: Literal["dmm"]
-    url: str = Field(description=f"the DMM REST API base, e.g. {URL_EXAMPLE}")
+    url: Annotated[str, HttpUrl(URL_EXAMPLE, query=False)] = Field(
+        description=f"the DMM REST API base, e.g. {URL_EXAMPLE}"
+    )
     dialect: Dialect = Field(
         Dialect.SQLSERVER,
         description="the SQL dialect of the database a delete runs on, which reads the "
@@ -144,11 +134,6 @@ class DmmConnection(ConnectionBase):
         "collations ignore case (and always trailing spaces); case_sensitive for a _CS_ one",
     )
 
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        return _http_url(value)
-
     @model_validator(mode="after")
     def _secrets_given(self) -> DmmConnection:
         if not self.token.get_secret_value().strip():
@@ -162,13 +147,6 @@ class DmmConnection(ConnectionBase):
                 "environment that runs the delete, sent as X-DMM-Token-OTP"
             )
         return self
-
-    def secret_values(self) -> list[str]:
-        return [
-            s.get_secret_value()
-            for s in (self.token, self.otp)
-            if s is not None and s.get_secret_value()
-        ]
 
 
 def otp_problem(connection: DmmConnection, name: str | None = None) -> str | None:
@@ -214,7 +192,9 @@ class DmmTargetSettings(StrictModel):
     )
     entity: EntityRef
     key_attribute: str = Field(description="the entity attribute keys are matched on, e.g. Id")
-    key: str = Field(description="key template over the deletion's fields, e.g. '{RECORD_ID}'")
+    key: KeyTemplateText = Field(
+        description="key template over the deletion's fields, e.g. '{RECORD_ID}'"
+    )
     key_type: Literal["integer", "text"] = Field(
         "text", description="integer keys are sent as numbers, text keys as quoted strings"
     )
@@ -248,12 +228,6 @@ class DmmTargetSettings(StrictModel):
                 f"{value!r} is not an attribute name; write letters, digits and underscores, "
                 "e.g. Id or Email"
             )
-        return value
-
-    @field_validator("key")
-    @classmethod
-    def _key_parses(cls, value: str) -> str:
-        KeyTemplate(value)
         return value
 
     def key_template(self) -> KeyTemplate:

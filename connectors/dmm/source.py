@@ -104,9 +104,7 @@ class DmmOutputsSource:
         self.url = connection.url
         self.settings = settings
         self._entities = {entity.casefold() for entity in settings.entities}
-        self._http = http or connection.http_client(
-            name, base_url=connection.url, secrets=connection.secret_values()
-        )
+        self._http = http or connection.http_client(name, base_url=connection.url)
         self.api = DmmClient(name, connection, self._http)
         self._streams = TaskStreams(
             name, STREAM_PREFIX, "DMM execution", execution_id_problem, normal_execution_id

@@ -200,9 +200,7 @@ class DmmDeleteTarget:
         self.batch_size = settings.batch_size
         self.key_match = sql_server_keys(connection.collation == "case_sensitive")
         self._template: KeyTemplate = settings.key_template()
-        self._http = http or connection.http_client(
-            name, base_url=connection.url, secrets=connection.secret_values()
-        )
+        self._http = http or connection.http_client(name, base_url=connection.url)
         self.api = DmmClient(name, connection, self._http)
 
     async def aclose(self) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -21,7 +21,7 @@ from pydantic import (
 
 from connectors.contract import ServerCursor
 from connectors.keys import KeyTemplate
-from connectors.settings import ConnectionBase, Seconds, StrictModel
+from connectors.settings import ConnectionBase, HttpUrl, KeyTemplateText, Seconds, StrictModel
 
 TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
 DOCUMENTED_CALLS_PER_SECOND = 5.0
@@ -61,11 +61,8 @@ def operation_url_for(deleted_url: str) -> str | None:
     return urlunsplit(parts._replace(path=path))
 
 
-def _check_http_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc or any(c.isspace() for c in value):
-        raise ValueError(f"{value!r} is not an http(s) URL")
-    return value
+GooseUrl = Annotated[str, HttpUrl("https://api.gooseapp.com/deleted/", slash=True)]
+"""Goose services are called at exactly the URL written, trailing slash included."""
 
 
 class GooseConnection(ConnectionBase):
@@ -76,11 +73,11 @@ class GooseConnection(ConnectionBase):
     """
 
     type: Literal["goose"]
-    url: str = Field(description="the DELETED service, e.g. https://api.gooseapp.com/deleted/")
+    url: GooseUrl = Field(description="the DELETED service, e.g. https://api.gooseapp.com/deleted/")
     code: str = Field(min_length=1, max_length=6, description="company code")
     key: SecretStr = Field(min_length=1, max_length=200, description="API key, sent in the body")
     timezone: str = Field("UTC", description="the zone Goose reads `from` timestamps in")
-    operation_url: str | None = Field(
+    operation_url: GooseUrl | None = Field(
         None,
         description="the OPERATION service (kept for a Goose target); "
         "by default the url with its last segment `deleted` replaced by `operation`",
@@ -94,16 +91,6 @@ class GooseConnection(ConnectionBase):
             if isinstance(url, str):
                 return {**data, "operation_url": operation_url_for(url)}
         return data
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        return _check_http_url(value)
-
-    @field_validator("operation_url")
-    @classmethod
-    def _operation_url(cls, value: str | None) -> str | None:
-        return None if value is None else _check_http_url(value)
 
     @field_validator("timezone")
     @classmethod
@@ -209,19 +196,13 @@ class GooseTargetSettings(StrictModel):
     """
 
     table: str = Field(description="the Goose table records are deleted from, e.g. CON_TRO")
-    id: str = Field(description="key template giving the RECORD_ID, e.g. '{RECORD_ID}'")
+    id: KeyTemplateText = Field(description="key template giving the RECORD_ID, e.g. '{RECORD_ID}'")
     batch_size: int = Field(20, ge=1, le=500, description="deliveries per send (one call each)")
 
     @field_validator("table")
     @classmethod
     def _table(cls, value: str) -> str:
         return _check_table(value)
-
-    @field_validator("id")
-    @classmethod
-    def _id_parses(cls, value: str) -> str:
-        KeyTemplate(value)
-        return value
 
     @model_validator(mode="after")
     def _operation_url_known(self, info: ValidationInfo) -> GooseTargetSettings:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from connectors.keys import KeyTemplate
 from connectors.mongoose.api import ApiVersion
 from connectors.paths import segment_problem
-from connectors.settings import ConnectionBase, StrictModel
+from connectors.settings import ConnectionBase, HttpUrl, KeyTemplateText, StrictModel
 
 # IDO and property names go into URL paths and filter expressions unquoted,
 # so they must be plain identifiers.
@@ -25,7 +25,7 @@ class MongooseConnection(ConnectionBase):
     """
 
     type: Literal["mongoose"]
-    url: str = Field(
+    url: Annotated[str, HttpUrl("https://host/IDORequestService/MGRESTService.svc")] = Field(
         description="base URL: https://host/IDORequestService/MGRESTService.svc (api v1), "
         "https://host/IDORequestService (api v2)",
     )
@@ -41,18 +41,6 @@ class MongooseConnection(ConnectionBase):
     api: ApiVersion = Field(
         "v1", description="v1 (MGRESTService.svc) or v2 (/ido/..., what ION API gateways expose)"
     )
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        value = value.strip().rstrip("/")
-        scheme, sep, rest = value.partition("://")
-        if not sep or scheme.lower() not in ("http", "https") or not rest:
-            raise ValueError(
-                f"{value!r} is not an http(s) URL; write e.g. "
-                "https://host/IDORequestService/MGRESTService.svc"
-            )
-        return value
 
     @field_validator("config")
     @classmethod
@@ -97,13 +85,6 @@ class MongooseConnection(ConnectionBase):
             raise ValueError(f"the url ends with /ido: {fix}")
         return self
 
-    def secret_values(self) -> list[str]:
-        return [
-            s.get_secret_value()
-            for s in (self.password, self.token)
-            if s is not None and s.get_secret_value()
-        ]
-
 
 class LookupSettings(StrictModel):
     """Find the ItemId by a natural-key property (an ItemId carries a row
@@ -114,7 +95,9 @@ class LookupSettings(StrictModel):
 
 class MongooseTargetSettings(StrictModel):
     ido: str = Field(pattern=IDENTIFIER, description="IDO collection, e.g. UserNames")
-    key: str = Field(description="key template over the deletion's fields, e.g. '{SYKEY}'")
+    key: KeyTemplateText = Field(
+        description="key template over the deletion's fields, e.g. '{SYKEY}'"
+    )
     lookup: LookupSettings | None = Field(
         None,
         description="without it, the rendered key must be the ItemId itself "
@@ -124,12 +107,6 @@ class MongooseTargetSettings(StrictModel):
     delete_method: Literal["DELETE", "POST"] = Field(
         "DELETE", description="the doc lists DELETE; its sample code posts"
     )
-
-    @field_validator("key")
-    @classmethod
-    def _key_parses(cls, value: str) -> str:
-        KeyTemplate(value)
-        return value
 
     def key_template(self) -> KeyTemplate:
         return KeyTemplate(self.key)

@@ -20,13 +20,12 @@ template produce its new ItemId.
 
 from __future__ import annotations
 
-import asyncio
-import json
+import math
 import re
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -41,11 +40,22 @@ from connectors.contract import (
     RetriableError,
     sql_server_keys,
 )
-from connectors.http import HttpClient, excerpt
+from connectors.http import (
+    DEFAULT_RENEW,
+    Action,
+    Auth,
+    ErrorRule,
+    ErrorTable,
+    HttpClient,
+    StaticAuth,
+    excerpt,
+    json_object,
+)
 from connectors.keys import UnmappedKey
 from connectors.mongoose import api
 from connectors.mongoose.settings import MongooseConnection, MongooseTargetSettings
 from connectors.sql import Dialect, literal
+from connectors.token_cache import CachedToken, TokenAuth
 
 ROW_POINTER = "RowPointer"
 # IIS rejects query strings over 2048 bytes by default (maxQueryString), so
@@ -108,18 +118,9 @@ def match_rows(
 # --- authentication ------------------------------------------------------------
 
 
-class _Auth(Protocol):
-    async def headers(self) -> dict[str, str]: ...
-
-    async def rejected(self, what: str, used: Mapping[str, str]) -> None:
-        """A call answered 401 with `used`: renew, or raise FatalError."""
-        ...
-
-    def fatal(self, what: str) -> FatalError: ...
-
-
 class _SecurityToken:
-    """GetSecurityToken, cached; sent raw as Authorization (no "Bearer").
+    """GetSecurityToken, fetched once and kept until refused; sent raw as
+    Authorization (no "Bearer").
 
     Asked for with credentials in headers, as documented. A v2 server older
     than the header form answers it 404: the documented path form
@@ -139,8 +140,8 @@ class _SecurityToken:
         self._path_known = False
         http.add_secret(api.segment(secret))
         self._http = http
-        self._token: str | None = None
-        self._lock = asyncio.Lock()
+        # The token carries no lifetime: it is kept until a call is refused with it.
+        self.auth = TokenAuth(CachedToken(self._fetch, 0.0), self.fatal, scheme="")
 
     def fatal(self, what: str) -> FatalError:
         return FatalError(
@@ -150,18 +151,7 @@ class _SecurityToken:
             connection=self._name,
         )
 
-    async def headers(self) -> dict[str, str]:
-        async with self._lock:
-            if self._token is None:
-                self._token = await self._fetch()
-            return {"Authorization": self._token}
-
-    async def rejected(self, what: str, used: Mapping[str, str]) -> None:
-        async with self._lock:
-            if self._token == used.get("Authorization"):
-                self._token = None
-
-    async def _fetch(self) -> str:
+    async def _fetch(self) -> tuple[str, float]:
         path_form = self._by_path if self._path_known else None
         call = path_form or self._by_headers
         response = await self._get(call)
@@ -176,7 +166,7 @@ class _SecurityToken:
             raise self.fatal(f"HTTP {response.status_code} from {what}")
         if response.status_code == 404:
             raise self._not_found(f"{what} answered 404")
-        body = _json_object(response)
+        body = json_object(response)
         token = api.read_token(body) if body is not None else None
         if not response.is_success or token is None:
             message = excerpt(response.text, self._http.secrets)
@@ -188,7 +178,7 @@ class _SecurityToken:
                 code=str(response.status_code),
             )
         self._http.add_secret(token)
-        return token
+        return token, math.inf
 
     async def _get(self, call: api.Call) -> httpx.Response:
         return await self._http.request(
@@ -203,30 +193,22 @@ class _SecurityToken:
         )
 
 
-class _BearerToken:
+def _bearer_token(name: str, connection: MongooseConnection) -> StaticAuth:
     """An ION API OAuth2 token: the configuration travels in a header."""
+    assert connection.token is not None
 
-    def __init__(self, name: str, connection: MongooseConnection) -> None:
-        assert connection.token is not None
-        self._name = name
-        self._headers = {
-            "Authorization": f"Bearer {connection.token.get_secret_value()}",
-            "X-Infor-MongooseConfig": connection.config,
-        }
-
-    def fatal(self, what: str) -> FatalError:
+    def fatal(what: str) -> FatalError:
         return FatalError(
-            f"mongoose connection {self._name!r}: the ION API bearer token was rejected "
-            f"({what}); check connections.{self._name}.token and "
-            f"connections.{self._name}.config",
-            connection=self._name,
+            f"mongoose connection {name!r}: the ION API bearer token was rejected "
+            f"({what}); check connections.{name}.token and connections.{name}.config",
+            connection=name,
         )
 
-    async def headers(self) -> dict[str, str]:
-        return dict(self._headers)
-
-    async def rejected(self, what: str, used: Mapping[str, str]) -> None:
-        raise self.fatal(f"HTTP 401 from {what}")
+    headers = {
+        "Authorization": f"Bearer {connection.token.get_secret_value()}",
+        "X-Infor-MongooseConfig": connection.config,
+    }
+    return StaticAuth(headers, fatal)
 
 
 # --- the API -----------------------------------------------------------------------
@@ -246,10 +228,10 @@ class MongooseApi:
         self.name = name
         self.http = http
         self.dialect = api.dialect(connection.api)
-        self._auth: _Auth = (
-            _BearerToken(name, connection)
+        self._auth: Auth = (
+            _bearer_token(name, connection)
             if connection.token is not None
-            else _SecurityToken(name, connection, http)
+            else _SecurityToken(name, connection, http).auth
         )
 
     async def load(self, ido: str, props: Sequence[str], where: str) -> list[list[Any]]:
@@ -257,7 +239,7 @@ class MongooseApi:
         the server sent them in."""
         call = self.dialect.load(ido, props, where)
         response = await self._call(call, idempotent=True)
-        body = _json_object(response)
+        body = json_object(response)
         if not response.is_success or body is None:
             raise self._remote(call.what, response)
         try:
@@ -277,42 +259,31 @@ class MongooseApi:
         fails on rows already gone, which the caller's re-check resolves.
         """
         call = self.dialect.delete(ido, item_ids, method)
-        response = await self._call(call, idempotent=True)
-        if response.status_code == 405:
-            raise FatalError(
-                f"mongoose connection {self.name!r}: {call.what} is not allowed (HTTP 405); "
-                f"{self.dialect.not_allowed(self.name)}",
-                connection=self.name,
-            )
-        answer = _json_object(response)
+        not_allowed = ErrorRule(
+            405,
+            Action.FATAL,
+            "mongoose connection {name!r}: {what} is not allowed (HTTP 405); "
+            + self.dialect.not_allowed(self.name).replace("{", "{{").replace("}", "}}"),
+        )
+        response = await self._call(call, idempotent=True, errors=(*DEFAULT_RENEW, not_allowed))
+        answer = json_object(response)
         if not response.is_success or answer is None:
             return DeleteAnswer(False, str(self._remote(call.what, response)))
         if self.dialect.deleted(answer):
             return DeleteAnswer(True)
         return DeleteAnswer(False, excerpt(api.message(answer), self.http.secrets))
 
-    async def _call(self, call: api.Call, *, idempotent: bool) -> httpx.Response:
-        headers = await self._auth.headers()
-        response = await self._send(call, idempotent, headers)
-        if response.status_code != 401:
-            return response
-        await self._auth.rejected(call.what, headers)
-        headers = await self._auth.headers()
-        response = await self._send(call, idempotent, headers)
-        if response.status_code == 401:
-            raise self._auth.fatal(f"HTTP 401 from {call.what} even with a fresh token")
-        return response
-
-    async def _send(
-        self, call: api.Call, idempotent: bool, headers: Mapping[str, str]
+    async def _call(
+        self, call: api.Call, *, idempotent: bool, errors: ErrorTable = DEFAULT_RENEW
     ) -> httpx.Response:
-        return await self.http.request(
+        return await self.http.call(
             call.method,
             call.path,
             idempotent=idempotent,
+            auth=self._auth,
+            errors=errors,
             params=call.params,
             json=call.json,
-            headers=headers,
         )
 
     def _remote(self, what: str, response: httpx.Response) -> RemoteError:
@@ -322,14 +293,6 @@ class MongooseApi:
             connection=self.name,
             code=str(response.status_code),
         )
-
-
-def _json_object(response: httpx.Response) -> dict[str, Any] | None:
-    try:
-        body = response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return body if isinstance(body, dict) else None
 
 
 # --- the target -------------------------------------------------------------------
@@ -397,9 +360,7 @@ class MongooseTarget:
         self.batch_size = settings.batch_size
         self.key_match = sql_server_keys(connection.collation == "case_sensitive")
         self._template = settings.key_template()
-        self._http = http or connection.http_client(
-            name, base_url=connection.url, secrets=connection.secret_values()
-        )
+        self._http = http or connection.http_client(name, base_url=connection.url)
         self.api = MongooseApi(name, connection, self._http)
 
     async def aclose(self) -> None:

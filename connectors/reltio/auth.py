@@ -20,14 +20,13 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import urlencode
 
 import httpx
 
 from connectors.contract import FatalError, RemoteError
-from connectors.http import Action, HttpClient, Resolution, excerpt
+from connectors.http import Action, ErrorRule, ErrorTable, HttpClient, Resolution, excerpt
 from connectors.reltio.settings import ReltioConnection
-from connectors.token_cache import CachedToken, lifetime_seconds
+from connectors.token_cache import CachedToken, TokenAuth, fetch_token
 
 RENEW_BEFORE = 60.0
 """Seconds before expiry at which a cached token is renewed (capped at half its life)."""
@@ -86,57 +85,32 @@ class ReltioTokens:
             self._form["password"] = connection.password.get_secret_value()
         self._http = http
         self._cache = CachedToken(self._fetch, RENEW_BEFORE, clock)
+        self.auth = TokenAuth(self._cache, self.fatal)
+        self.checks = (
+            "connections.{name}.auth_url, client_id and client_secret"
+            + (", username and password" if "username" in self._form else "")
+            + f" (grant: {self._form['grant_type']})"
+        )
+        """The settings to check when credentials are refused: a template over {name}."""
 
     def fatal(self, what: str) -> FatalError:
-        settings = f"connections.{self._name}"
         return FatalError(
             f"reltio connection {self._name!r}: credentials rejected ({what}); check "
-            f"{settings}.auth_url, client_id and client_secret"
-            + (", username and password" if "username" in self._form else "")
-            + f" (grant: {self._form['grant_type']})",
+            + self.checks.format(name=self._name),
             connection=self._name,
         )
 
     async def token(self) -> str:
         return await self._cache.get()
 
-    async def rejected(self, used: str) -> None:
-        """A data call answered 401 invalid_token with `used`: the next call fetches anew."""
-        await self._cache.forget(used)
-
     async def _fetch(self) -> tuple[str, float]:
-        what = f"POST {httpx.URL(self._url).path}"
-        response = await self._http.request(
-            "POST",
+        return await fetch_token(
+            self._http,
             self._url,
-            idempotent=True,
-            content=urlencode(self._form).encode("utf-8"),
-            headers={
-                "Authorization": f"Basic {self._basic}",
-                "Content-Type": "application/x-www-form-urlencoded",
-            },
+            self._form,
+            self.fatal,
+            headers={"Authorization": f"Basic {self._basic}"},
         )
-        body = json_body(response)
-        if response.status_code in (400, 401, 403):
-            code = body.get("error") if isinstance(body, dict) else None
-            raise self.fatal(
-                f"HTTP {response.status_code}"
-                + (f" {code}" if isinstance(code, str) else "")
-                + f" from {what}"
-            )
-        token = body.get("access_token") if isinstance(body, dict) else None
-        if not response.is_success or not isinstance(token, str) or not token:
-            raise RemoteError(
-                f"{self._name}: {what}: HTTP {response.status_code}, no access_token: "
-                f"{excerpt(response.text, self._http.secrets)}",
-                connection=self._name,
-                code=str(response.status_code),
-            )
-        self._http.add_secret(token)
-        refresh = body.get("refresh_token")
-        if isinstance(refresh, str):
-            self._http.add_secret(refresh)
-        return token, lifetime_seconds(body.get("expires_in"))
 
 
 class ReltioClient:
@@ -151,6 +125,29 @@ class ReltioClient:
         self.name = name
         self.http = http
         self.tokens = ReltioTokens(name, connection, http)
+        self._errors: ErrorTable = (
+            ErrorRule(401, Action.RENEW, when=_invalid_token),
+            ErrorRule(
+                401,
+                Action.FATAL,
+                "reltio connection {name!r}: credentials rejected (HTTP 401 from {what}: "
+                "{detail}); check " + self.tokens.checks,
+            ),
+            ErrorRule(
+                403,
+                Action.FATAL,
+                "reltio connection {name!r}: HTTP 403 from {what}: {detail}; the client needs "
+                "the roles to read and delete entities and read tasks of this tenant (check "
+                "connections.{name}.client_id and tenant_url)",
+            ),
+            ErrorRule(
+                404,
+                Action.FATAL,
+                "reltio connection {name!r}: {what} answered 404 without a Reltio error; "
+                "check connections.{name}.tenant_url (it ends with /reltio/api/<tenantId>)",
+                when=lambda response: error_code(response) is None,
+            ),
+        )
 
     async def call(
         self,
@@ -161,50 +158,15 @@ class ReltioClient:
         params: Mapping[str, str] | None = None,
         json: Any = None,
     ) -> httpx.Response:
-        what = f"{method} {path}"
-        used = await self.tokens.token()
-        response = await self._send(method, path, used, idempotent, params, json)
-        if response.status_code == 401 and _invalid_token(response):
-            await self.tokens.rejected(used)
-            used = await self.tokens.token()
-            response = await self._send(method, path, used, idempotent, params, json)
-            if response.status_code == 401:
-                raise self.tokens.fatal(f"HTTP 401 from {what} even with a fresh token")
-        if response.status_code == 401:
-            raise self.tokens.fatal(f"HTTP 401 from {what}: {self.message(response)}")
-        if response.status_code == 403:
-            raise FatalError(
-                f"reltio connection {self.name!r}: HTTP 403 from {what}: "
-                f"{self.message(response)}; the client needs the roles to read and delete "
-                f"entities and read tasks of this tenant (check connections.{self.name}"
-                ".client_id and tenant_url)",
-                connection=self.name,
-            )
-        if response.status_code == 404 and error_code(response) is None:
-            raise FatalError(
-                f"reltio connection {self.name!r}: {what} answered 404 without a Reltio "
-                f"error; check connections.{self.name}.tenant_url (it ends with "
-                "/reltio/api/<tenantId>)",
-                connection=self.name,
-            )
-        return response
-
-    async def _send(
-        self,
-        method: str,
-        path: str,
-        token: str,
-        idempotent: bool,
-        params: Mapping[str, str] | None,
-        body: Any,
-    ) -> httpx.Response:
-        return await self.http.request(
+        return await self.http.call(
             method,
             path,
             idempotent=idempotent,
+            auth=self.tokens.auth,
+            errors=self._errors,
+            detail=self.message,
             params=params,
-            json=body,
-            headers={"Authorization": f"Bearer {token}"},
+            json=json,
         )
 
     def remote(self, what: str, response: httpx.Response) -> RemoteError:

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
-from urllib.parse import urlsplit
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from connectors.keys import KeyTemplate
 from connectors.paths import segment_problem
-from connectors.settings import ConnectionBase, Seconds, StrictModel
+from connectors.settings import ConnectionBase, HttpUrl, KeyTemplateText, Seconds, StrictModel
 
 DEFAULT_AUTH_URL = "https://auth.reltio.com/oauth/token"
+TENANT_URL_EXAMPLE = "https://eu-360.reltio.com/reltio/api/<tenantId>"
 SOURCES_PREFIX = "configuration/sources/"
 TASK_ID_EXAMPLE = "f3d47316-c249-4e60-9a8a-8e97cc9ca0e3"
 
@@ -44,14 +44,6 @@ def task_id_problem(task_id: str) -> str | None:
     return None
 
 
-def _http_url(value: str, example: str) -> str:
-    value = value.strip().rstrip("/")
-    parts = urlsplit(value)
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{value!r} is not an http(s) URL; write e.g. {example}")
-    return value
-
-
 class ReltioConnection(ConnectionBase):
     """A Reltio tenant and the OAuth2 client that gets tokens for it.
 
@@ -60,26 +52,19 @@ class ReltioConnection(ConnectionBase):
     """
 
     # A validation error must never echo the secret or password it was given.
-    model_config = ConnectionBase.model_config | {"hide_input_in_errors": True}
 
     type: Literal["reltio"]
-    tenant_url: str = Field(description="e.g. https://eu-360.reltio.com/reltio/api/<tenantId>")
-    auth_url: str = Field(DEFAULT_AUTH_URL, description="the OAuth2 token endpoint")
+    tenant_url: Annotated[str, HttpUrl(TENANT_URL_EXAMPLE)] = Field(
+        description="e.g. https://eu-360.reltio.com/reltio/api/<tenantId>"
+    )
+    auth_url: Annotated[str, HttpUrl(DEFAULT_AUTH_URL)] = Field(
+        DEFAULT_AUTH_URL, description="the OAuth2 token endpoint"
+    )
     client_id: str = Field(min_length=1)
     client_secret: SecretStr
     grant: Literal["client_credentials", "password"] = "client_credentials"
     username: str | None = Field(None, min_length=1)
     password: SecretStr | None = None
-
-    @field_validator("tenant_url")
-    @classmethod
-    def _tenant_url(cls, value: str) -> str:
-        return _http_url(value, "https://eu-360.reltio.com/reltio/api/<tenantId>")
-
-    @field_validator("auth_url")
-    @classmethod
-    def _auth_url(cls, value: str) -> str:
-        return _http_url(value, DEFAULT_AUTH_URL)
 
     @model_validator(mode="after")
     def _grant_fields(self) -> ReltioConnection:
@@ -101,13 +86,6 @@ class ReltioConnection(ConnectionBase):
             )
         return self
 
-    def secret_values(self) -> list[str]:
-        return [
-            s.get_secret_value()
-            for s in (self.client_secret, self.password)
-            if s is not None and s.get_secret_value()
-        ]
-
 
 class CrosswalkSettings(StrictModel):
     """Find the entity by a crosswalk (the source system's own id for it)."""
@@ -116,7 +94,9 @@ class CrosswalkSettings(StrictModel):
         min_length=1,
         description="crosswalk source type, e.g. configuration/sources/GOOSE (or GOOSE)",
     )
-    value: str = Field(description="key template giving the crosswalk value, e.g. '{RECORD_ID}'")
+    value: KeyTemplateText = Field(
+        description="key template giving the crosswalk value, e.g. '{RECORD_ID}'"
+    )
 
     @field_validator("type")
     @classmethod
@@ -129,12 +109,6 @@ class CrosswalkSettings(StrictModel):
             raise ValueError(
                 f"{value!r} is not a crosswalk source type; write e.g. configuration/sources/GOOSE"
             )
-        return value
-
-    @field_validator("value")
-    @classmethod
-    def _value_parses(cls, value: str) -> str:
-        KeyTemplate(value)
         return value
 
     def value_template(self) -> KeyTemplate:
@@ -152,19 +126,12 @@ class ReltioTargetSettings(StrictModel):
         "soft", description="soft flags entities as deleted; hard removes their data"
     )
     send_mail: bool = Field(False, description="Reltio mails the user when the task ends")
-    entity: str | None = Field(
+    entity: KeyTemplateText | None = Field(
         None, description="key template of the entity URI or id, e.g. 'entities/{RELTIO_ID}'"
     )
     crosswalk: CrosswalkSettings | None = None
     batch_size: int = Field(100, ge=1, le=1000, description="entities per delete task")
     poll_interval: Seconds = Field(5.0, gt=0, description="wait between two task reads")
-
-    @field_validator("entity")
-    @classmethod
-    def _entity_parses(cls, value: str | None) -> str | None:
-        if value is not None:
-            KeyTemplate(value)
-        return value
 
     @model_validator(mode="after")
     def _one_key(self) -> ReltioTargetSettings:

@@ -96,7 +96,6 @@ class ReltioTaskSource:
         self._http = http or connection.http_client(
             name,
             base_url=connection.tenant_url,
-            secrets=connection.secret_values(),
             classify=classify,
         )
         self.api = ReltioClient(name, connection, self._http)

@@ -226,7 +226,6 @@ class ReltioDeleteTarget:
         self._http = http or connection.http_client(
             name,
             base_url=connection.tenant_url,
-            secrets=connection.secret_values(),
             classify=classify,
         )
         self.api = ReltioClient(name, connection, self._http)
