@@ -405,6 +405,13 @@ def measure(args: argparse.Namespace, bench: Bench, deadline: float) -> Report:
                 timeout = deadline - time.monotonic()
                 if args.child_timeout is not None:
                     timeout = min(timeout, args.child_timeout)
+                if timeout < 1:
+                    report.notes.append(
+                        f"{size:,}: {contender.name} not run in round {turn + 1}, "
+                        "the budget is spent"
+                    )
+                    timed_out = True
+                    continue
                 m = bench.run(contender, size, turn, timeout)
                 measurements.append(m)
                 timed_out = timed_out or "timed out" in m.note

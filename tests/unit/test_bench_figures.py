@@ -11,6 +11,7 @@ import yaml
 from bench.child import run_child
 from bench.figures import (
     BARE,
+    GROWTH,
     HEADERS,
     Measurement,
     estimate_round,
@@ -106,7 +107,9 @@ def test_a_timed_out_run_is_shown_with_its_peak_rss_not_counted() -> None:
 def test_a_round_estimate_scales_the_nearest_smaller_size() -> None:
     assert estimate_round(2000, {}) is None
     assert estimate_round(2000, {2000: [3.0, 5.0]}) == 5.0
-    assert estimate_round(100_000, {2000: [1.0], 20000: [10.0, 12.0]}) == pytest.approx(60.0)
+    assert estimate_round(100_000, {2000: [1.0], 20000: [10.0, 12.0]}) == pytest.approx(
+        60.0 * GROWTH
+    )
 
 
 def test_a_setting_lands_in_the_target_block_of_a_valid_yaml() -> None:
