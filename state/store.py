@@ -16,9 +16,9 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, update
+from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, text, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session, col, select
 
 from state.db import StoreError, make_engine, upgrade
@@ -71,6 +71,11 @@ class ReadWindow:
 MALFORMED = "malformed record"
 """How the dead letter of a record the source could not use begins (`dlq list --error`)."""
 
+
+LOCK_WAIT_MS = 2000
+"""How long taking a lease waits for its holder's write in progress before calling it held."""
+LOCK_NOT_AVAILABLE = "55P03"
+"""PostgreSQL's lock_timeout error."""
 
 CHUNK = 500
 """Keys per query: well under SQLite's and PostgreSQL's bound-parameter limits."""
@@ -341,8 +346,20 @@ class Store:
         """
         now = now or utcnow()
         expires = now + timedelta(seconds=ttl)
+        try:
+            return self._acquire(pipeline, owner, now, expires, replace)
+        except OperationalError as exc:
+            if getattr(exc.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE:
+                return None  # its holder is in the middle of a fenced write: held
+            raise
+
+    def _acquire(
+        self, pipeline: str, owner: str, now: datetime, expires: datetime, replace: str | None
+    ) -> Lease | None:
         with self._tx() as s:
-            lock = s.get(PipelineLock, pipeline, with_for_update=self._dialect != "sqlite")
+            if self._locks_rows:
+                s.execute(text(f"SET LOCAL lock_timeout = '{LOCK_WAIT_MS}ms'"))
+            lock = s.get(PipelineLock, pipeline, with_for_update=self._locks_rows)
             if lock is None:
                 s.add(PipelineLock(pipeline=pipeline, owner=owner, expires_at=expires, epoch=1))
                 return Lease(pipeline, owner, 1)
