@@ -30,11 +30,11 @@ class LeaseKeeper:
         )
         self.log = get_logger(pipeline=lease.pipeline)
 
-    def __enter__(self) -> LeaseKeeper:
+    def start(self) -> None:
         self._thread.start()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
+        """Blocks until a renewal in progress ends: call it off the event loop."""
         self._stopped.set()
         self._thread.join()
 

@@ -94,13 +94,15 @@ async def run_pipeline(
     def lost(reason: str) -> None:
         loop.call_soon_threadsafe(run_stop.request, reason)
 
+    keeper = LeaseKeeper(store, lease, pipe.lease, lost)
+    keeper.start()
     try:
-        with LeaseKeeper(store, lease, pipe.lease, lost):
-            abandoned = await asyncio.to_thread(store.close_abandoned_runs, pipe.name)
-            if abandoned:
-                log.warning("abandoned_runs_closed", count=abandoned)
-            return await _run(store, pipe, run_stop, job_wait, artifacts_dir, backfill_from, lease)
+        abandoned = await asyncio.to_thread(store.close_abandoned_runs, pipe.name)
+        if abandoned:
+            log.warning("abandoned_runs_closed", count=abandoned)
+        return await _run(store, pipe, run_stop, job_wait, artifacts_dir, backfill_from, lease)
     finally:
+        await asyncio.to_thread(keeper.stop)
         await asyncio.to_thread(store.release_lock, pipe.name, OWNER)
 
 

@@ -141,7 +141,9 @@ async def test_the_keeper_renews_the_lease_and_reports_its_loss(tmp_path: Path) 
         assert lease is not None
         first = expires_at(store)
         lost = threading.Event()
-        with LeaseKeeper(store, lease, 0.6, lambda reason: lost.set()):
+        keeper = LeaseKeeper(store, lease, 0.6, lambda reason: lost.set())
+        keeper.start()
+        try:
             for _ in range(300):
                 if expires_at(store) > first:
                     break
@@ -151,5 +153,7 @@ async def test_the_keeper_renews_the_lease_and_reports_its_loss(tmp_path: Path) 
             taken = store.acquire_lock("p", "another", 30, now=later)
             assert taken == Lease("p", "another", lease.epoch + 1)
             assert await asyncio.to_thread(lost.wait, 30), "the keeper told the run"
+        finally:
+            keeper.stop()
     finally:
         store.close()

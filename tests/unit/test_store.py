@@ -371,3 +371,26 @@ def test_a_store_written_by_a_newer_syncengine_is_refused(store: Store) -> None:
         assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == (
             "0099_future"
         ), "nothing written"
+
+
+def test_on_postgresql_a_long_fenced_write_neither_delays_renewal_nor_lets_a_takeover_in(
+    pg_url: str,
+) -> None:
+    """While the holder is inside a fenced transaction (a long journal), its renewal goes
+    through at once, and a takeover is refused (not left hanging) until it commits."""
+    from sqlmodel import Session
+
+    from state.lease import check_lease
+
+    store = Store.open(pg_url)
+    try:
+        lease = store.acquire_lock("p", "one", 1, now=T0)
+        assert lease is not None
+        with Session(store.engine) as s, s.begin():
+            check_lease(s, lease, lock_row=True)
+            assert store.renew_lease(lease, 1, now=T0), "renewal beside the holder's write"
+            assert store.acquire_lock("p", "two", 60, now=T0 + timedelta(minutes=5)) is None
+        taken = store.acquire_lock("p", "two", 60, now=T0 + timedelta(minutes=5))
+        assert taken is not None and taken.epoch == lease.epoch + 1
+    finally:
+        store.close()
