@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from state.db import StoreError
+from state.lease import Lease, LeaseLost
 from state.lineage import DeletionNode, DeliveryNode, Handover, Lineage
 from state.models import DeliveryStatus, RunOutcome
 from state.store import (
@@ -33,6 +34,8 @@ __all__ = [
     "Handover",
     "HeldCountMismatch",
     "JournalResult",
+    "Lease",
+    "LeaseLost",
     "Lineage",
     "NewRecord",
     "OutcomeCounts",

@@ -21,6 +21,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 _PG_MIGRATION_LOCK = 0x5E11C0DE  # advisory lock id: one migrating process at a time
 SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
 log = logging.getLogger(__name__)
+IDLE_IN_TRANSACTION_MS = 10_000
 
 
 class StoreError(Exception):
@@ -112,6 +113,12 @@ def make_engine(url_text: str) -> Engine:
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     else:
         kwargs["pool_pre_ping"] = True
+        # A holder paused (SIGSTOP) inside a transaction would keep its row locks, and so
+        # keep every other daemon from taking its lease over, for as long as it is
+        # paused: the server ends such a transaction instead (ours never idle that long).
+        kwargs["connect_args"] = {
+            "options": f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"
+        }
     engine = create_engine(url, **kwargs)
     if backend == "sqlite":
         _configure_sqlite(engine)

@@ -147,6 +147,8 @@ class Delivery(SQLModel, table=True):
     last_error: str = Field(default="", sa_type=ErrorText)
     detail: str = ""
     claim: str | None = None
+    claim_epoch: int | None = None
+    """The lease epoch of the run that claimed it last (see `PipelineLock.epoch`)."""
     job_id: int | None = Field(default=None, foreign_key="job.id", index=True)
     approved: bool = False
     """Released by an operator from `held`: the mass-delete guard lets it pass."""
@@ -201,13 +203,20 @@ class Run(SQLModel, table=True):
 
 
 class PipelineLock(SQLModel, table=True):
-    """A lease so that one pipeline never runs twice at once, across processes."""
+    """A lease so that one pipeline never runs twice at once, across processes.
+
+    `epoch` is the fencing token: it grows each time the lease changes hands and
+    never goes back (a released lease keeps its row, expired), so a holder that
+    was paused past its lease finds, at its next write, that it is no longer
+    the epoch's owner, and writes nothing.
+    """
 
     __tablename__ = "pipeline_lock"
 
     pipeline: str = Field(primary_key=True)
     owner: str
     expires_at: datetime = Field(sa_type=UTCDateTime)
+    epoch: int = 1
 
 
 class JobPhase(enum.StrEnum):
@@ -251,6 +260,8 @@ class Job(SQLModel, table=True):
     handle: dict[str, Any] | None = Field(default=None, sa_type=JSON)
     detail: dict[str, Any] | None = Field(default=None, sa_type=JSON)
     cancel_requested: bool = False
+    claim_epoch: int | None = None
+    """The lease epoch of the run that fixed its batch."""
     created_at: datetime = Field(sa_type=UTCDateTime)
     updated_at: datetime = Field(sa_type=UTCDateTime)
     submitted_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

@@ -16,12 +16,13 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, update
+from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, text, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session, col, select
 
 from state.db import StoreError, make_engine, upgrade
+from state.lease import Lease, check_lease
 from state.lineage import Lineage
 from state.models import (
     OPEN_PHASES,
@@ -70,6 +71,11 @@ class ReadWindow:
 MALFORMED = "malformed record"
 """How the dead letter of a record the source could not use begins (`dlq list --error`)."""
 
+
+LOCK_WAIT_MS = 2000
+"""How long taking a lease waits for its holder's write in progress before calling it held."""
+LOCK_NOT_AVAILABLE = "55P03"
+"""PostgreSQL's lock_timeout error."""
 
 CHUNK = 500
 """Keys per query: well under SQLite's and PostgreSQL's bound-parameter limits."""
@@ -295,6 +301,8 @@ class Store:
         if scrub is not None:
             scrub_error_text(self.engine, scrub)
         self._dialect = self.engine.dialect.name
+        # SQLite serialises every write transaction already (BEGIN IMMEDIATE).
+        self._locks_rows = self._dialect != "sqlite"
         self.lineage = Lineage(self.engine)
 
     @classmethod
@@ -328,30 +336,68 @@ class Store:
         ttl: float,
         now: datetime | None = None,
         replace: str | None = None,
-    ) -> bool:
-        """Take or renew the pipeline's lease; False while another owner holds it.
+    ) -> Lease | None:
+        """Take or renew the pipeline's lease; None while another owner holds it.
 
         `replace` names a holder known to be dead (the engine checks its pid),
-        whose unexpired lease may be taken over.
+        whose unexpired lease may be taken over. Changing hands moves the epoch
+        on; the same owner keeps its epoch. The row lock (FOR UPDATE) waits for
+        the old holder's fenced writes in progress, which hold it shared.
         """
         now = now or utcnow()
         expires = now + timedelta(seconds=ttl)
+        try:
+            return self._acquire(pipeline, owner, now, expires, replace)
+        except OperationalError as exc:
+            if getattr(exc.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE:
+                return None  # its holder is in the middle of a fenced write: held
+            raise
+
+    def _acquire(
+        self, pipeline: str, owner: str, now: datetime, expires: datetime, replace: str | None
+    ) -> Lease | None:
         with self._tx() as s:
-            lock = s.get(PipelineLock, pipeline, with_for_update=self._dialect != "sqlite")
+            if self._locks_rows:
+                s.execute(text(f"SET LOCAL lock_timeout = '{LOCK_WAIT_MS}ms'"))
+            lock = s.get(PipelineLock, pipeline, with_for_update=self._locks_rows)
             if lock is None:
-                s.add(PipelineLock(pipeline=pipeline, owner=owner, expires_at=expires))
-                return True
+                s.add(PipelineLock(pipeline=pipeline, owner=owner, expires_at=expires, epoch=1))
+                return Lease(pipeline, owner, 1)
             if lock.owner not in (owner, replace) and lock.expires_at > now:
-                return False
+                return None
+            if lock.owner != owner:
+                lock.epoch += 1
             lock.owner = owner
             lock.expires_at = expires
-            return True
+            return Lease(pipeline, owner, lock.epoch)
+
+    def renew_lease(self, lease: Lease, ttl: float, now: datetime | None = None) -> bool:
+        """Extend a held lease; False when another owner (or epoch) holds it now.
+
+        A plain UPDATE, which PostgreSQL lets run beside this owner's own fenced
+        writes (they hold the row KEY SHARE): renewal never waits behind a long
+        transaction of its own holder.
+        """
+        expires = (now or utcnow()) + timedelta(seconds=ttl)
+        with self._tx() as s:
+            result = s.execute(
+                update(PipelineLock)
+                .where(
+                    col(PipelineLock.pipeline) == lease.pipeline,
+                    col(PipelineLock.owner) == lease.owner,
+                    col(PipelineLock.epoch) == lease.epoch,
+                )
+                .values(expires_at=expires)
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
 
     def release_lock(self, pipeline: str, owner: str) -> None:
+        """Let the lease go at once. The row stays, expired, so the epoch never goes
+        back: a paused holder of an older epoch can never match it again."""
         with self._tx() as s:
-            lock = s.get(PipelineLock, pipeline)
+            lock = s.get(PipelineLock, pipeline, with_for_update=self._dialect != "sqlite")
             if lock is not None and lock.owner == owner:
-                s.delete(lock)
+                lock.expires_at = utcnow()
 
     def lock_holder(self, pipeline: str, now: datetime | None = None) -> str | None:
         now = now or utcnow()
@@ -480,11 +526,18 @@ class Store:
             return True
 
     def mark_in_flight(
-        self, pipeline: str, stream: str, params: Mapping[str, Any], started_at: datetime
+        self,
+        pipeline: str,
+        stream: str,
+        params: Mapping[str, Any],
+        started_at: datetime,
+        *,
+        lease: Lease | None = None,
     ) -> None:
         """Durably note a call before sending it. An earlier marker is kept:
         the window to recover starts at the last journaled call, not this one."""
         with self._tx() as s:
+            check_lease(s, lease, lock_row=self._locks_rows)
             row = s.get(Cursor, (pipeline, stream))
             if row is None:
                 row = Cursor(pipeline=pipeline, stream=stream)
@@ -508,6 +561,7 @@ class Store:
         own_effects: Sequence[tuple[str, str]] = (),
         problem: str = "",
         window: ReadWindow = ReadWindow(),
+        lease: Lease | None = None,
     ) -> JournalResult:
         """Journal a call's answer: deletions, their deliveries, the next cursor and
         the cleared in-flight marker, in one transaction.
@@ -525,6 +579,7 @@ class Store:
         """
         now = utcnow()
         with self._tx() as s:
+            check_lease(s, lease, lock_row=self._locks_rows)
             causes = self._caused_by_us(s, records, window)
             prepared: list[NewRecord] = []
             echo_of: dict[str, int] = {}
@@ -690,13 +745,14 @@ class Store:
 
     # --- deliveries -------------------------------------------------------
 
-    def release_orphans(self, pipeline: str, target: str) -> int:
+    def release_orphans(self, pipeline: str, target: str, *, lease: Lease | None = None) -> int:
         """Deliveries left in flight by a crashed run go back to pending.
 
         Called under the pipeline lock, so no live run owns them. Re-sending is
         safe: deleting what is already gone counts as done.
         """
         with self._tx() as s:
+            check_lease(s, lease, lock_row=self._locks_rows)
             result = s.execute(
                 update(Delivery)
                 .where(
@@ -720,16 +776,20 @@ class Store:
         now: datetime | None = None,
         fresh_before: datetime | None = None,
         screen: Screen | None = None,
+        *,
+        lease: Lease | None = None,
     ) -> list[ClaimedDelivery]:
         """Move up to `limit` due deliveries to in flight, oldest first.
 
         `fresh_before` keeps a run from retrying, in a loop, what failed
         during that same run: failed deliveries updated since then wait.
         `screen` applies the guards to each delivery in this same transaction.
+        Under a lease, nothing is claimed (so nothing sent) once it is lost.
         """
         with self._tx() as s:
+            check_lease(s, lease, lock_row=self._locks_rows)
             return self._claim(
-                s, pipeline, target, limit, claim, now or utcnow(), fresh_before, screen
+                s, pipeline, target, limit, claim, now or utcnow(), fresh_before, screen, lease
             )
 
     def _claim(
@@ -742,6 +802,7 @@ class Store:
         now: datetime,
         fresh_before: datetime | None,
         screen: Screen | None = None,
+        lease: Lease | None = None,
     ) -> list[ClaimedDelivery]:
         """What a screen takes out (dead or held) is replaced by the next due
         deliveries, so a batch is short only when nothing more may be sent."""
@@ -772,6 +833,7 @@ class Store:
             for delivery, deletion in rows:
                 delivery.status = DeliveryStatus.IN_FLIGHT
                 delivery.claim = claim
+                delivery.claim_epoch = None if lease is None else lease.epoch
                 delivery.updated_at = now
                 claimed.append(_claimed(delivery, deletion))
         return claimed
@@ -845,17 +907,28 @@ class Store:
         )
 
     def record_outcomes(
-        self, outcomes: Iterable[OutcomeRecord], rule: RetryRule, now: datetime | None = None
+        self,
+        outcomes: Iterable[OutcomeRecord],
+        rule: RetryRule,
+        now: datetime | None = None,
+        *,
+        lease: Lease | None = None,
     ) -> OutcomeCounts:
+        """Under a lease that was lost, nothing is written (LeaseLost): the new owner
+        releases those deliveries and sends them again."""
         with self._tx() as s:
+            check_lease(s, lease, lock_row=self._locks_rows)
             return _apply_outcomes(s, outcomes, rule, now or utcnow())
 
-    def release(self, delivery_ids: Sequence[int], reason: str = "") -> None:
+    def release(
+        self, delivery_ids: Sequence[int], reason: str = "", *, lease: Lease | None = None
+    ) -> None:
         """Return claimed deliveries to pending without counting an attempt
         (the run stopped before sending them, or the target's credentials failed)."""
         if not delivery_ids:
             return
         with self._tx() as s:
+            check_lease(s, lease, lock_row=self._locks_rows)
             s.execute(
                 update(Delivery)
                 .where(
@@ -971,6 +1044,8 @@ class Store:
         now: datetime | None = None,
         fresh_before: datetime | None = None,
         screen: Screen | None = None,
+        *,
+        lease: Lease | None = None,
     ) -> JobRecord | None:
         """Claim due deliveries and fix them as one job's batch, in one transaction
         (with `screen`, the guards' verdicts too).
@@ -979,8 +1054,12 @@ class Store:
         another store can never be mistaken for this one.
         """
         now = now or utcnow()
+        epoch = None if lease is None else lease.epoch
         with self._tx() as s:
-            claimed = self._claim(s, pipeline, target, limit, "job", now, fresh_before, screen)
+            check_lease(s, lease, lock_row=self._locks_rows)
+            claimed = self._claim(
+                s, pipeline, target, limit, "job", now, fresh_before, screen, lease
+            )
             if not claimed:
                 return None
             job = Job(
@@ -989,6 +1068,7 @@ class Store:
                 kind=kind,
                 client_id=f"syncengine-{uuid.uuid4().hex}",
                 items=len(claimed),
+                claim_epoch=epoch,
                 created_at=now,
                 updated_at=now,
             )
@@ -1046,15 +1126,18 @@ class Store:
             job = s.get(Job, job_id)
             return None if job is None else self._job_record(s, job)
 
-    def _update_job(self, job_id: int, **values: Any) -> None:
+    def _update_job(self, job_id: int, lease: Lease | None = None, **values: Any) -> None:
         with self._tx() as s:
+            check_lease(s, lease, lock_row=self._locks_rows)
             s.execute(
                 update(Job).where(col(Job.id) == job_id).values(updated_at=utcnow(), **values)
             )
 
-    def mark_submitting(self, job_id: int) -> None:
-        """Before the request: from now on a crash means "look before re-sending"."""
+    def mark_submitting(self, job_id: int, *, lease: Lease | None = None) -> None:
+        """Before the request: from now on a crash means "look before re-sending".
+        Under a lost lease it raises LeaseLost, so the request is never sent."""
         with self._tx() as s:
+            check_lease(s, lease, lock_row=self._locks_rows)
             job = s.get(Job, job_id)
             assert job is not None
             job.phase = JobPhase.SUBMITTING
@@ -1068,10 +1151,13 @@ class Store:
         state: str,
         handle: dict[str, Any],
         next_poll_at: datetime,
+        *,
+        lease: Lease | None = None,
     ) -> None:
         now = utcnow()
         self._update_job(
             job_id,
+            lease,
             phase=JobPhase.OPEN,
             remote_id=remote_id,
             state=state,
@@ -1081,9 +1167,11 @@ class Store:
             error="",
         )
 
-    def record_not_submitted(self, job_id: int, error: str, retry_at: datetime) -> None:
+    def record_not_submitted(
+        self, job_id: int, error: str, retry_at: datetime, *, lease: Lease | None = None
+    ) -> None:
         """The request was certainly not applied: back to created, try again later."""
-        self._update_job(job_id, phase=JobPhase.CREATED, error=error, next_poll_at=retry_at)
+        self._update_job(job_id, lease, phase=JobPhase.CREATED, error=error, next_poll_at=retry_at)
 
     def record_poll(
         self, job_id: int, state: str, next_poll_at: datetime, detail: dict[str, Any] | None = None
@@ -1108,10 +1196,13 @@ class Store:
         detail: dict[str, Any] | None = None,
         error: str = "",
         phase: JobPhase = JobPhase.FINISHED,
+        lease: Lease | None = None,
     ) -> OutcomeCounts:
-        """Close the job and record its items' outcomes together."""
+        """Close the job and record its items' outcomes together (nothing, under a lost
+        lease: the new owner polls the job again)."""
         now = utcnow()
         with self._tx() as s:
+            check_lease(s, lease, lock_row=self._locks_rows)
             job = s.get(Job, job_id)
             assert job is not None
             job.phase = phase
@@ -1125,10 +1216,19 @@ class Store:
                 job.detail = detail
             return _apply_outcomes(s, outcomes, rule, now)
 
-    def release_job(self, job_id: int, *, to_dead: bool, reason: str, phase: JobPhase) -> int:
+    def release_job(
+        self,
+        job_id: int,
+        *,
+        to_dead: bool,
+        reason: str,
+        phase: JobPhase,
+        lease: Lease | None = None,
+    ) -> int:
         """A stuck or cancelled job lets go of its items: back to pending, or dead."""
         now = utcnow()
         with self._tx() as s:
+            check_lease(s, lease, lock_row=self._locks_rows)
             job = s.get(Job, job_id)
             assert job is not None
             job.phase = phase

@@ -26,6 +26,13 @@ class StateSettings(StrictModel):
     artifacts: str = Field(
         "data/artifacts", description="folder for files asynchronous jobs return (DMM log zips)"
     )
+    lease: Seconds = Field(
+        30.0,
+        gt=0,
+        description="how long a daemon's hold on a pipeline lasts unrenewed (renewed every "
+        "third of it); another daemon takes a pipeline over within this time after its "
+        "holder dies",
+    )
 
 
 class LoggingSettings(StrictModel):

@@ -19,7 +19,7 @@ from connectors.contract import Cancellable, CannotCancel, ConnectorError, JobHa
 from state import Store
 from state.models import OPEN_PHASES, JobPhase
 from syncengine.config import Config
-from syncengine.engine.pipeline import LOCK_TTL, OWNER
+from syncengine.engine.pipeline import OWNER
 from syncengine.engine.runtime import PipelineRuntime, build_pipeline
 
 
@@ -59,7 +59,8 @@ def cancel_job(config: Config, store: Store, job_id: int, config_name: str) -> C
             f"job #{job_id} belongs to {job.pipeline}/{job.target}, not in {config_name}"
         )
     if job.phase == JobPhase.CREATED:
-        if not store.acquire_lock(job.pipeline, OWNER, LOCK_TTL):
+        lease = store.acquire_lock(job.pipeline, OWNER, config.state.lease)
+        if lease is None:
             raise CancelRefused(
                 f"job #{job_id}: pipeline {job.pipeline} is running right now and may be "
                 "submitting it; try again in a moment"
@@ -70,6 +71,7 @@ def cancel_job(config: Config, store: Store, job_id: int, config_name: str) -> C
                 to_dead=True,
                 reason="job cancelled by an operator before it was submitted",
                 phase=JobPhase.CANCELLED,
+                lease=lease,
             )
         finally:
             store.release_lock(job.pipeline, OWNER)

@@ -12,6 +12,7 @@ read and its journal simply reads them again.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -44,8 +45,13 @@ class ChainSource:
         return SourceCall(stream, {"chained_from": self.upstream.describe()}, now)
 
     async def fetch(self, call: SourceCall) -> SourcePage:
-        handovers = self.store.lineage.handovers(
-            self.pipeline, self.upstream.pipeline, self.upstream.target, call.stream, PAGE
+        handovers = await asyncio.to_thread(
+            self.store.lineage.handovers,
+            self.pipeline,
+            self.upstream.pipeline,
+            self.upstream.target,
+            call.stream,
+            PAGE,
         )
         self._links = {(call.stream, h.key): h.delivery_id for h in handovers}
         records = [SourceRecord(call.stream, h.key, h.fields) for h in handovers]

@@ -18,7 +18,7 @@ from typing import Any
 
 from connectors.contract import AmbiguousError, Delivery, FatalError, RemoteError, RetriableError
 from connectors.jobs import AsyncTarget, JobHandle, JobProgress, JobSpec, JobState
-from state import OutcomeRecord, Store
+from state import Lease, OutcomeRecord, Store
 from state.models import JobPhase, utcnow
 from state.store import JobRecord
 from syncengine import failpoints
@@ -79,9 +79,13 @@ class JobRunner:
         run_id: int,
         stop: StopToken,
         policy: JobPolicy,
+        lease: Lease | None = None,
     ) -> None:
+        """Store calls run off the event loop; under `lease`, the ones that claim,
+        submit or record are fenced by it (LeaseLost once another process took over)."""
         assert isinstance(target.target, AsyncTarget)
         self.store = store
+        self.lease = lease
         self.pipe = pipe
         self.target = target
         self.api: AsyncTarget = target.target
@@ -91,7 +95,7 @@ class JobRunner:
         self.log = get_logger(pipeline=pipe.name, run=run_id, target=target.name)
 
     async def run(self, run_started: datetime) -> PushReport:
-        for job in self.store.open_jobs(self.pipe.name, self.target.name):
+        for job in await asyncio.to_thread(self.store.open_jobs, self.pipe.name, self.target.name):
             if job.phase != JobPhase.OPEN:
                 self.log.info("job_resumed", job=job.id, phase=job.phase, remote_id=job.remote_id)
             await self._drive(job, force=job.phase == JobPhase.SUBMITTING)
@@ -109,13 +113,15 @@ class JobRunner:
         """Each claim screens its batch (legal hold, mass-delete limits) in the
         transaction that fixes it as a job, before anything is submitted."""
         while not self.stop.is_set():
-            new = self.store.claim_into_job(
+            new = await asyncio.to_thread(
+                self.store.claim_into_job,
                 self.pipe.name,
                 self.target.name,
                 self.api.kind,
                 self.api.batch_size,
                 fresh_before=run_started,
                 screen=guard,
+                lease=self.lease,
             )
             if new is None:
                 break
@@ -126,12 +132,12 @@ class JobRunner:
     async def _poll_until_settled(self) -> None:
         deadline = time.monotonic() + self.policy.wait
         while True:
-            jobs = self.store.open_jobs(self.pipe.name, self.target.name)
+            jobs = await asyncio.to_thread(self.store.open_jobs, self.pipe.name, self.target.name)
             for job in jobs:
                 if self.stop.is_set():
                     return
                 await self._drive(job)
-            jobs = self.store.open_jobs(self.pipe.name, self.target.name)
+            jobs = await asyncio.to_thread(self.store.open_jobs, self.pipe.name, self.target.name)
             remaining = deadline - time.monotonic()
             if not jobs or self.stop.is_set() or remaining <= 0:
                 return
@@ -143,7 +149,7 @@ class JobRunner:
     async def _drive(self, job: JobRecord, force: bool = False) -> None:
         now = utcnow()
         if (now - job.created_at).total_seconds() > self.policy.stuck_after:
-            self._stuck(job)
+            await self._stuck(job)
             return
         if not force and job.next_poll_at is not None and job.next_poll_at > now:
             return
@@ -154,13 +160,18 @@ class JobRunner:
         elif job.phase == JobPhase.OPEN:
             await self._poll(job)
 
-    def _stuck(self, job: JobRecord) -> None:
+    async def _stuck(self, job: JobRecord) -> None:
         to_dead = self.policy.on_stuck == "dead"
         reason = (
             f"job stuck: open for more than {self.policy.stuck_after:g}s (remote {job.remote_id})"
         )
-        released = self.store.release_job(
-            job.id, to_dead=to_dead, reason=reason, phase=JobPhase.STUCK
+        released = await asyncio.to_thread(
+            self.store.release_job,
+            job.id,
+            to_dead=to_dead,
+            reason=reason,
+            phase=JobPhase.STUCK,
+            lease=self.lease,
         )
         self.log.error(
             "job_stuck",
@@ -175,53 +186,67 @@ class JobRunner:
         try:
             handle = await self.api.find(_spec(job))
         except RetriableError as exc:
-            self.store.record_poll(job.id, job.state, _later(exc.retry_after))
+            await asyncio.to_thread(
+                self.store.record_poll, job.id, job.state, _later(exc.retry_after)
+            )
             return
         if handle is not None:
             self.log.warning("job_adopted", job=job.id, remote_id=handle.remote_id)
-            self._record_submitted(job, handle)
+            await self._record_submitted(job, handle)
             return
         self.log.info("job_not_found_resubmitting", job=job.id, client_id=job.client_id)
         await self._submit(job)
 
-    def _record_submitted(self, job: JobRecord, handle: JobHandle) -> None:
-        self.store.record_submitted(
+    async def _record_submitted(self, job: JobRecord, handle: JobHandle) -> None:
+        await asyncio.to_thread(
+            self.store.record_submitted,
             job.id,
             handle.remote_id,
             handle.state.value,
             {"detail": dict(handle.detail)},
             next_poll_at=utcnow(),
+            lease=self.lease,
         )
 
     async def _submit(self, job: JobRecord) -> None:
-        self.store.mark_submitting(job.id)
+        await asyncio.to_thread(self.store.mark_submitting, job.id, lease=self.lease)
         failpoints.hit("before_submit")
         try:
             handle = await self.api.submit(_spec(job))
         except FatalError:
-            self.store.record_not_submitted(
-                job.id, "credentials or configuration rejected", utcnow()
+            await asyncio.to_thread(
+                self.store.record_not_submitted,
+                job.id,
+                "credentials or configuration rejected",
+                utcnow(),
+                lease=self.lease,
             )
             raise
         except AmbiguousError as exc:
             self.log.warning("job_submit_answer_lost", job=job.id, error=str(exc))
             return
         except RetriableError as exc:
-            self.store.record_not_submitted(
-                job.id, str(exc), _later(exc.retry_after, RETRY_SUBMIT_AFTER)
+            await asyncio.to_thread(
+                self.store.record_not_submitted,
+                job.id,
+                str(exc),
+                _later(exc.retry_after, RETRY_SUBMIT_AFTER),
+                lease=self.lease,
             )
             self.log.warning("job_submit_refused_retry_later", job=job.id, error=str(exc))
             return
         except RemoteError as exc:
-            self._finish(job, JobProgress(JobState.FAILED, message=str(exc)), retry_all=str(exc))
+            await self._finish(
+                job, JobProgress(JobState.FAILED, message=str(exc)), retry_all=str(exc)
+            )
             return
         failpoints.hit("after_submit")
-        self._record_submitted(job, handle)
+        await self._record_submitted(job, handle)
         self.log.info(
             "job_submitted", job=job.id, remote_id=handle.remote_id, state=handle.state.value
         )
         if handle.state.terminal:
-            refreshed = self.store.job(job.id)
+            refreshed = await asyncio.to_thread(self.store.job, job.id)
             if refreshed is not None:
                 await self._poll(refreshed)
 
@@ -229,21 +254,29 @@ class JobRunner:
         try:
             progress = await self.api.poll(_spec(job), _handle(job))
         except RetriableError as exc:
-            self.store.record_poll(job.id, job.state, _later(exc.retry_after))
+            await asyncio.to_thread(
+                self.store.record_poll, job.id, job.state, _later(exc.retry_after)
+            )
             return
         except RemoteError as exc:
             self.log.warning("job_poll_error", job=job.id, error=str(exc))
-            self.store.record_poll(job.id, job.state, _later(None, RETRY_SUBMIT_AFTER))
+            await asyncio.to_thread(
+                self.store.record_poll, job.id, job.state, _later(None, RETRY_SUBMIT_AFTER)
+            )
             return
         failpoints.hit("after_poll")
         if not progress.state.terminal:
-            self.store.record_poll(
-                job.id, progress.state.value, _later(progress.poll_after), dict(progress.detail)
+            await asyncio.to_thread(
+                self.store.record_poll,
+                job.id,
+                progress.state.value,
+                _later(progress.poll_after),
+                dict(progress.detail),
             )
             return
-        self._finish(job, progress)
+        await self._finish(job, progress)
 
-    def _finish(self, job: JobRecord, progress: JobProgress, retry_all: str = "") -> None:
+    async def _finish(self, job: JobRecord, progress: JobProgress, retry_all: str = "") -> None:
         detail: dict[str, Any] = dict(progress.detail)
         if progress.artifacts:
             detail["artifacts"] = self._save_artifacts(job, progress.artifacts)
@@ -256,7 +289,8 @@ class JobRunner:
         if job.cancel_requested:
             records = [_cancelled(r) for r in records]
             phase = JobPhase.CANCELLED
-        counts = self.store.finish_job(
+        counts = await asyncio.to_thread(
+            self.store.finish_job,
             job.id,
             progress.state.value,
             records,
@@ -264,6 +298,7 @@ class JobRunner:
             detail=detail,
             error=progress.message or retry_all,
             phase=phase,
+            lease=self.lease,
         )
         self.report.batches += 1
         self.report.jobs.append(f"#{job.id} {job.remote_id or '(none)'} {progress.state.value}")
@@ -300,5 +335,7 @@ async def run_jobs(
     run_started: datetime,
     stop: StopToken,
     policy: JobPolicy,
+    *,
+    lease: Lease | None = None,
 ) -> PushReport:
-    return await JobRunner(store, pipe, target, run_id, stop, policy).run(run_started)
+    return await JobRunner(store, pipe, target, run_id, stop, policy, lease).run(run_started)

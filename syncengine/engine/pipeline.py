@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 import uuid
@@ -12,16 +11,18 @@ from pathlib import Path
 
 from connectors.contract import FatalError
 from connectors.jobs import AsyncTarget
-from state import RunOutcome, Store, StoreError
+from state import Lease, LeaseLost, RunOutcome, Store, StoreError
 from state.models import utcnow
 from syncengine.engine.jobs import JobPolicy, run_jobs
+from syncengine.engine.lease import LeaseKeeper
 from syncengine.engine.pull import PullReport, pull, pull_backfill
 from syncengine.engine.push import PushReport, push
 from syncengine.engine.runtime import PipelineRuntime
 from syncengine.engine.stop import StopToken
 from syncengine.logs import SECRETS, get_logger
 
-LOCK_TTL = 120.0
+LOCK_TTL = 30.0
+"""The lease's default length (`state.lease`), for holders outside a run."""
 HOST = socket.gethostname()
 OWNER = f"{HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
@@ -62,14 +63,6 @@ class RunReport:
         return self.outcome in (RunOutcome.FAILED, RunOutcome.PARTIAL)
 
 
-async def _keep_lease(store: Store, pipeline: str, lost: StopToken) -> None:
-    while True:
-        await asyncio.sleep(LOCK_TTL / 3)
-        if not store.acquire_lock(pipeline, OWNER, LOCK_TTL):
-            lost.request("pipeline lock taken over by another process")
-            return
-
-
 async def run_pipeline(
     store: Store,
     pipe: PipelineRuntime,
@@ -82,29 +75,35 @@ async def run_pipeline(
     """`backfill_from` makes this a backfill: the source is re-read from that time,
     the daemon's cursor is left alone, and the run is recorded as kind backfill."""
     log = get_logger(pipeline=pipe.name)
-    if not store.acquire_lock(pipe.name, OWNER, LOCK_TTL):
-        holder = store.lock_holder(pipe.name)
-        if not (
-            _dead_local_holder(holder)
-            and store.acquire_lock(pipe.name, OWNER, LOCK_TTL, replace=holder)
-        ):
+    lease = await asyncio.to_thread(store.acquire_lock, pipe.name, OWNER, pipe.lease)
+    if lease is None:
+        holder = await asyncio.to_thread(store.lock_holder, pipe.name)
+        if _dead_local_holder(holder):
+            lease = await asyncio.to_thread(
+                store.acquire_lock, pipe.name, OWNER, pipe.lease, replace=holder
+            )
+        if lease is None:
             log.info(
                 "run_skipped", reason="another process is running this pipeline", holder=holder
             )
             return RunReport(pipe.name, RunOutcome.INTERRUPTED, error=f"locked by {holder}")
         log.warning("lock_taken_over", previous_holder=holder, reason="its process is gone")
     run_stop = stop.child()
-    lease = asyncio.create_task(_keep_lease(store, pipe.name, run_stop))
+    loop = asyncio.get_running_loop()
+
+    def lost(reason: str) -> None:
+        loop.call_soon_threadsafe(run_stop.request, reason)
+
+    keeper = LeaseKeeper(store, lease, pipe.lease, lost)
+    keeper.start()
     try:
-        abandoned = store.close_abandoned_runs(pipe.name)
+        abandoned = await asyncio.to_thread(store.close_abandoned_runs, pipe.name)
         if abandoned:
             log.warning("abandoned_runs_closed", count=abandoned)
-        return await _run(store, pipe, run_stop, job_wait, artifacts_dir, backfill_from)
+        return await _run(store, pipe, run_stop, job_wait, artifacts_dir, backfill_from, lease)
     finally:
-        lease.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await lease
-        store.release_lock(pipe.name, OWNER)
+        await asyncio.to_thread(keeper.stop)
+        await asyncio.to_thread(store.release_lock, pipe.name, OWNER)
 
 
 async def _run(
@@ -114,18 +113,29 @@ async def _run(
     job_wait: float,
     artifacts_dir: str,
     backfill_from: str | None,
+    lease: Lease,
 ) -> RunReport:
-    run_id = store.start_run(pipe.name, kind="run" if backfill_from is None else "backfill")
+    run_id = await asyncio.to_thread(
+        store.start_run, pipe.name, kind="run" if backfill_from is None else "backfill"
+    )
     started = utcnow()
     log = get_logger(pipeline=pipe.name, run=run_id)
     log.info("run_started")
     report = RunReport(pipe.name, RunOutcome.RUNNING, run_id=run_id)
     try:
         if backfill_from is None:
-            report.pull = await pull(store, pipe, run_id, stop, targets=list(pipe.targets))
+            report.pull = await pull(
+                store, pipe, run_id, stop, targets=list(pipe.targets), lease=lease
+            )
         else:
             report.pull = await pull_backfill(
-                store, pipe, run_id, stop, targets=list(pipe.targets), since=backfill_from
+                store,
+                pipe,
+                run_id,
+                stop,
+                targets=list(pipe.targets),
+                since=backfill_from,
+                lease=lease,
             )
         for name, target in pipe.targets.items():
             if isinstance(target.target, AsyncTarget):
@@ -136,15 +146,23 @@ async def _run(
                     artifacts_dir=Path(artifacts_dir),
                 )
                 report.targets[name] = await run_jobs(
-                    store, pipe, target, run_id, started, stop, policy
+                    store, pipe, target, run_id, started, stop, policy, lease=lease
                 )
             else:
-                report.targets[name] = await push(store, pipe, target, run_id, started, stop)
+                report.targets[name] = await push(
+                    store, pipe, target, run_id, started, stop, lease=lease
+                )
+    except LeaseLost as exc:
+        # The new owner closes this run as abandoned and sends what it left in flight;
+        # this process records nothing more, not even the run's end.
+        report.outcome, report.error = RunOutcome.INTERRUPTED, str(exc)
+        log.error("lease_lost_run_stopped", error=str(exc), epoch=lease.epoch)
+        return report
     except FatalError as exc:
         report.outcome, report.error, report.fatal = RunOutcome.FAILED, str(exc), True
         log.error("pipeline_fatal", error=str(exc))
     except asyncio.CancelledError:
-        _finish(store, report, RunOutcome.INTERRUPTED, "cancelled")
+        await asyncio.to_thread(_finish, store, report, RunOutcome.INTERRUPTED, "cancelled")
         raise
     except StoreError:
         raise  # the store cannot record this run either; the caller says why in one line
@@ -161,7 +179,7 @@ async def _run(
         else:
             report.outcome = RunOutcome.OK
         report.error = "; ".join(f"{s}: {e}" for s, e in report.pull.errors.items())
-    _finish(store, report, report.outcome, report.error)
+    await asyncio.to_thread(_finish, store, report, report.outcome, report.error)
     log.info(
         "run_finished",
         outcome=report.outcome.value,

@@ -8,6 +8,7 @@ a recovery read decided by the source from the last journaled call.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,7 +27,7 @@ from connectors.contract import (
     SourceRecord,
     TaskSource,
 )
-from state import NewRecord, ReadWindow, Store
+from state import Lease, NewRecord, ReadWindow, Store
 from state.models import utcnow
 from syncengine import failpoints
 from syncengine.engine.chain import ChainSource
@@ -133,20 +134,28 @@ def _check_retention(store: Store, pipe: PipelineRuntime, stream: str, log: Any)
 
 
 async def pull(
-    store: Store, pipe: PipelineRuntime, run_id: int, stop: StopToken, *, targets: list[str]
+    store: Store,
+    pipe: PipelineRuntime,
+    run_id: int,
+    stop: StopToken,
+    *,
+    targets: list[str],
+    lease: Lease | None = None,
 ) -> PullReport:
+    """Store calls run off the event loop; under `lease`, the marker and the journal
+    are fenced by it (LeaseLost once another process took the pipeline over)."""
     report = PullReport()
     log = get_logger(pipeline=pipe.name, run=run_id)
-    for stream in streams_to_read(store, pipe):
+    for stream in await asyncio.to_thread(streams_to_read, store, pipe):
         if stop.is_set():
             break
         report.streams += 1
         try:
-            await _pull_stream(store, pipe, stream, run_id, stop, targets, report)
+            await _pull_stream(store, pipe, stream, run_id, stop, targets, report, lease)
         except FatalError:
             raise
         except (RemoteError, RetriableError) as exc:
-            streak = store.record_stream_error(pipe.name, stream, str(exc))
+            streak = await asyncio.to_thread(store.record_stream_error, pipe.name, stream, str(exc))
             report.errors[stream] = str(exc)
             log.warning("source_error", stream=stream, error=str(exc), consecutive=streak)
             if streak >= pipe.config.alerts.source_errors_in_a_row:
@@ -162,12 +171,13 @@ async def _pull_stream(
     stop: StopToken,
     targets: list[str],
     report: PullReport,
+    lease: Lease | None,
 ) -> None:
     log = get_logger(pipeline=pipe.name, run=run_id, stream=stream)
-    _check_retention(store, pipe, stream, log)
+    await asyncio.to_thread(_check_retention, store, pipe, stream, log)
     lost = 0
     for _ in range(MAX_CALLS_PER_STREAM):
-        state = store.cursor(pipe.name, stream)
+        state = await asyncio.to_thread(store.cursor, pipe.name, stream)
         interrupted = _interrupted(state.in_flight)
         try:
             call = pipe.source.plan(stream, state.value, interrupted, utcnow())
@@ -183,7 +193,9 @@ async def _pull_stream(
                 else None,
                 params=dict(call.params),
             )
-        store.mark_in_flight(pipe.name, stream, call.params, call.started_at)
+        await asyncio.to_thread(
+            store.mark_in_flight, pipe.name, stream, call.params, call.started_at, lease=lease
+        )
         failpoints.hit("after_mark_in_flight")
         try:
             page = await pipe.source.fetch(call)
@@ -204,7 +216,8 @@ async def _pull_stream(
             if call.recovery
             else None
         )
-        result = store.journal(
+        result = await asyncio.to_thread(
+            store.journal,
             pipe.name,
             stream,
             page_records(pipe.source, page),
@@ -215,6 +228,7 @@ async def _pull_stream(
             own_effects=own_effects(pipe),
             problem=page.problem,
             window=read_window(call),
+            lease=lease,
         )
         _count_malformed(report, stream, result.rejected, log)
         report.pulled += result.new
@@ -247,6 +261,7 @@ async def pull_backfill(
     *,
     targets: list[str],
     since: str,
+    lease: Lease | None = None,
 ) -> PullReport:
     """Re-read every stream from `since`: journaled like any run, de-duplicated against
     what the journal holds, and without touching the daemon's cursor or its marker."""
@@ -267,7 +282,8 @@ async def pull_backfill(
             report.errors[stream] = str(exc)
             log.warning("backfill_source_error", stream=stream, error=str(exc))
             continue
-        result = store.journal(
+        result = await asyncio.to_thread(
+            store.journal,
             pipe.name,
             stream,
             page_records(source, page),
@@ -277,6 +293,7 @@ async def pull_backfill(
             advance_cursor=False,
             own_effects=own_effects(pipe),
             window=read_window(call),
+            lease=lease,
         )
         _count_malformed(report, stream, result.rejected, log.bind(stream=stream))
         report.pulled += result.new

@@ -7,6 +7,7 @@ beyond the next run, which releases orphans under the pipeline lock.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -19,7 +20,7 @@ from connectors.contract import (
     RetriableError,
     Target,
 )
-from state import OutcomeRecord, Store
+from state import Lease, OutcomeRecord, Store
 from syncengine import failpoints
 from syncengine.engine.guard import ClaimGuard, count_population
 from syncengine.engine.runtime import PipelineRuntime, TargetRuntime
@@ -70,18 +71,24 @@ async def push(
     run_id: int,
     run_started: datetime,
     stop: StopToken,
+    *,
+    lease: Lease | None = None,
 ) -> PushReport:
+    """Every store call runs off the event loop and, under `lease`, is fenced by it:
+    a claim under a lost lease raises LeaseLost, so nothing more is sent."""
     report = PushReport()
     sender = target.target
     assert isinstance(sender, Target), "asynchronous targets go through the job runner"
     log = get_logger(pipeline=pipe.name, run=run_id, target=target.name)
-    report.released = store.release_orphans(pipe.name, target.name)
+    report.released = await asyncio.to_thread(
+        store.release_orphans, pipe.name, target.name, lease=lease
+    )
     if report.released:
         log.warning("released_orphans", count=report.released, reason="left in flight by a crash")
     guard = ClaimGuard(target, await count_population(target))
     try:
         await _claim_and_send(
-            store, pipe.name, target, f"run-{run_id}", run_started, stop, guard, report, log
+            store, pipe.name, target, f"run-{run_id}", run_started, stop, guard, report, log, lease
         )
     finally:
         report.dead += guard.protected
@@ -100,14 +107,22 @@ async def _claim_and_send(
     guard: ClaimGuard,
     report: PushReport,
     log: Any,
+    lease: Lease | None,
 ) -> None:
     """Each claim screens what it takes (legal hold, mass-delete limits) in its own
     transaction, so a delivery made due during the run is screened too."""
     sender = target.target
     assert isinstance(sender, Target)
     while not stop.is_set():
-        claimed = store.claim(
-            pipeline, target.name, sender.batch_size, claim, fresh_before=run_started, screen=guard
+        claimed = await asyncio.to_thread(
+            store.claim,
+            pipeline,
+            target.name,
+            sender.batch_size,
+            claim,
+            fresh_before=run_started,
+            screen=guard,
+            lease=lease,
         )
         if not claimed:
             break
@@ -118,17 +133,21 @@ async def _claim_and_send(
         try:
             outcomes = await sender.send(batch)
         except FatalError:
-            store.release(ids, reason="target credentials or configuration rejected")
+            await asyncio.to_thread(
+                store.release, ids, "target credentials or configuration rejected", lease=lease
+            )
             raise
         except RetriableError as exc:
             outcomes = [Outcome.retry(i, str(exc), exc.retry_after) for i in ids]
         except ConnectorError as exc:
             outcomes = [Outcome.retry(i, str(exc)) for i in ids]
         except BaseException:
-            store.release(ids, reason="run interrupted")
+            await asyncio.to_thread(store.release, ids, "run interrupted", lease=lease)
             raise
         failpoints.hit("after_send")
-        counts = store.record_outcomes(complete_outcomes(batch, outcomes), target.rule)
+        counts = await asyncio.to_thread(
+            store.record_outcomes, complete_outcomes(batch, outcomes), target.rule, lease=lease
+        )
         report.batches += 1
         report.done += counts.done
         report.retried += counts.retried

@@ -30,6 +30,8 @@ class PipelineRuntime:
     config: PipelineConfig
     source: Source
     targets: dict[str, TargetRuntime] = field(default_factory=dict)
+    lease: float = 30.0
+    """Seconds the pipeline's lease lasts unrenewed (`state.lease`)."""
 
 
 @dataclass
@@ -102,7 +104,13 @@ def build_pipeline(config: Config, pipeline: PipelineConfig, store: Store) -> Pi
             config=spec,
             capabilities=info.capabilities,
         )
-    return PipelineRuntime(name=pipeline.name, config=pipeline, source=source, targets=targets)
+    return PipelineRuntime(
+        name=pipeline.name,
+        config=pipeline,
+        source=source,
+        targets=targets,
+        lease=config.state.lease,
+    )
 
 
 def build_runtime(config: Config, store: Store, only: str | None = None) -> Runtime:

@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from state import MALFORMED, NewRecord, OutcomeRecord, ReadWindow, RetryRule, Store, StoreError
+from state import (
+    MALFORMED,
+    LeaseLost,
+    NewRecord,
+    OutcomeRecord,
+    ReadWindow,
+    RetryRule,
+    Store,
+    StoreError,
+)
 from state.models import DeliveryStatus, RunOutcome
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -183,6 +192,84 @@ def test_pipeline_lock_excludes_other_owners_until_it_expires(store: Store) -> N
     assert store.lock_holder("p", now=T0 + timedelta(seconds=100)) == "two"
 
 
+def test_the_epoch_moves_on_when_the_lease_changes_hands_only(store: Store) -> None:
+    first = store.acquire_lock("p", "one", 60, now=T0)
+    assert first is not None and first.epoch == 1
+    renewed = store.acquire_lock("p", "one", 60, now=T0 + timedelta(seconds=30))
+    assert renewed == first, "renewal by the same owner keeps the epoch"
+    taken = store.acquire_lock("p", "two", 60, now=T0 + timedelta(seconds=91))
+    assert taken is not None and taken.epoch == 2, "taking over an expired lease"
+    assert not store.renew_lease(first, 60), "the old holder cannot renew"
+    store.release_lock("p", "two")
+    again = store.acquire_lock("p", "one", 60)
+    assert again is not None and again.epoch == 3, "a released lease never goes back"
+    assert store.renew_lease(again, 60)
+
+
+def test_an_expired_lease_nobody_took_still_fences_for_its_holder(store: Store) -> None:
+    lease = store.acquire_lock("p", "one", 1, now=T0)
+    assert lease is not None
+    journal(store, ["1"], 1, targets=("a",))
+    claimed = store.claim("p", "a", 10, "c1", lease=lease)
+    assert len(claimed) == 1
+    counts = store.record_outcomes([OutcomeRecord(claimed[0].id, "done")], RetryRule(), lease=lease)
+    assert counts.done == 1
+
+
+def test_a_holder_that_lost_its_lease_claims_and_records_nothing(store: Store) -> None:
+    stale = store.acquire_lock("p", "one", 1, now=T0)
+    assert stale is not None
+    journal(store, ["1", "2"], 1, targets=("a",))
+    claimed = store.claim("p", "a", 1, "c1", lease=stale)
+    assert [c for c in claimed] and store.deliveries(pipeline="p")[0][0].claim_epoch == 1
+    fresh = store.acquire_lock("p", "two", 60, now=T0 + timedelta(seconds=2))
+    assert fresh is not None and fresh.epoch == 2
+
+    with pytest.raises(LeaseLost):
+        store.record_outcomes([OutcomeRecord(claimed[0].id, "done")], RetryRule(), lease=stale)
+    with pytest.raises(LeaseLost):
+        store.claim("p", "a", 10, "c2", lease=stale)
+    with pytest.raises(LeaseLost):
+        store.release([claimed[0].id], lease=stale)
+    with pytest.raises(LeaseLost):
+        store.journal("p", "T", [NewRecord("3", {})], cursor={"n": 9}, targets=["a"],
+                      run_id=None, lease=stale)  # fmt: skip
+    with pytest.raises(LeaseLost):
+        store.claim_into_job("p", "a", "k", 10, lease=stale)
+    statuses = {d.id: d.status for d, _ in store.deliveries(pipeline="p")}
+    assert statuses == {claimed[0].id: DeliveryStatus.IN_FLIGHT, claimed[0].id + 1: "pending"}
+    assert store.deletion_count("p") == 2 and store.cursor("p", "T").value == {"n": 1}
+
+    assert store.release_orphans("p", "a", lease=fresh) == 1
+    again = store.claim("p", "a", 10, "c3", lease=fresh)
+    assert len(again) == 2
+    done = store.record_outcomes(
+        [OutcomeRecord(c.id, "done") for c in again], RetryRule(), lease=fresh
+    )
+    assert done.done == 2
+    assert {d.claim_epoch for d, _ in store.deliveries(pipeline="p")} == {2}
+
+
+def test_a_stale_job_holder_submits_and_finishes_nothing(store: Store) -> None:
+    stale = store.acquire_lock("p", "one", 1, now=T0)
+    assert stale is not None
+    journal(store, ["1"], 1, targets=("a",))
+    job = store.claim_into_job("p", "a", "k", 10, lease=stale)
+    assert job is not None
+    fresh = store.acquire_lock("p", "two", 60, now=T0 + timedelta(seconds=2))
+    assert fresh is not None
+    with pytest.raises(LeaseLost):
+        store.mark_submitting(job.id, lease=stale)
+    with pytest.raises(LeaseLost):
+        store.record_submitted(job.id, "r1", "queued", {}, T0, lease=stale)
+    with pytest.raises(LeaseLost):
+        store.finish_job(job.id, "done", [OutcomeRecord(job.items[0].id, "done")], RetryRule(),
+                         lease=stale)  # fmt: skip
+    after = store.job(job.id)
+    assert after is not None and after.phase == "created" and after.submit_attempts == 0
+    store.mark_submitting(job.id, lease=fresh)
+
+
 def test_reopening_upgrades_idempotently(store: Store) -> None:
     journal(store, ["1"], 1)
     again = Store.open(store.url)
@@ -284,3 +371,26 @@ def test_a_store_written_by_a_newer_syncengine_is_refused(store: Store) -> None:
         assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == (
             "0099_future"
         ), "nothing written"
+
+
+def test_on_postgresql_a_long_fenced_write_neither_delays_renewal_nor_lets_a_takeover_in(
+    pg_url: str,
+) -> None:
+    """While the holder is inside a fenced transaction (a long journal), its renewal goes
+    through at once, and a takeover is refused (not left hanging) until it commits."""
+    from sqlmodel import Session
+
+    from state.lease import check_lease
+
+    store = Store.open(pg_url)
+    try:
+        lease = store.acquire_lock("p", "one", 1, now=T0)
+        assert lease is not None
+        with Session(store.engine) as s, s.begin():
+            check_lease(s, lease, lock_row=True)
+            assert store.renew_lease(lease, 1, now=T0), "renewal beside the holder's write"
+            assert store.acquire_lock("p", "two", 60, now=T0 + timedelta(minutes=5)) is None
+        taken = store.acquire_lock("p", "two", 60, now=T0 + timedelta(minutes=5))
+        assert taken is not None and taken.epoch == lease.epoch + 1
+    finally:
+        store.close()
