@@ -13,7 +13,7 @@ from __future__ import annotations
 import builtins
 import enum
 import importlib
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from fnmatch import fnmatchcase
@@ -128,7 +128,7 @@ class StreamingSource(Protocol):
     raised by the iterator) is recovered like any lost answer.
     """
 
-    def fetch_pages(self, call: SourceCall) -> AsyncIterator[SourcePage]: ...
+    def fetch_pages(self, call: SourceCall) -> AsyncGenerator[SourcePage, None]: ...
 
 
 CHUNK_RECORDS = 5000
