@@ -13,7 +13,7 @@ from __future__ import annotations
 import builtins
 import enum
 import importlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from fnmatch import fnmatchcase
@@ -108,6 +108,28 @@ class SourcePage:
     """What this page could not tell, for the operator (an execution that ended in
     error, a task that names no entities); the records still count and the cursor
     still moves, the engine records the message on the stream and logs it."""
+    partial: bool = False
+    """More of the same answer follows (see `StreamingSource`): the engine journals these
+    records but leaves the call in flight and the cursor where it was; `cursor`,
+    `more` and `problem` count only on the answer's last page."""
+
+
+@runtime_checkable
+class StreamingSource(Protocol):
+    """A source whose answers can be too large to hold: it hands one over in pages.
+
+    Every page but the last is `partial` and holds at most `CHUNK_RECORDS` records;
+    the last one carries the cursor. The engine journals each page as it comes,
+    under the call's one in-flight marker, so memory stays constant in the size
+    of the answer, and an answer that breaks off part-way (an `AmbiguousError`
+    raised by the iterator) is recovered like any lost answer.
+    """
+
+    def fetch_pages(self, call: SourceCall) -> AsyncGenerator[SourcePage, None]: ...
+
+
+CHUNK_RECORDS = 5000
+"""Records per page of a streamed answer: what the engine holds of it at once."""
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ import enum
 import json as jsonlib
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -215,6 +216,48 @@ class _Retry(Exception):
         self.error = error
 
 
+async def _refusal_text(response: httpx.Response) -> str:
+    """The body of a refused streamed answer, for its excerpt; a refusal that breaks
+    off leaves none (its classification already says what to do)."""
+    try:
+        await response.aread()
+        return response.text
+    except httpx.HTTPError:
+        return ""
+    finally:
+        await response.aclose()
+
+
+class StreamedResponse:
+    """An accepted answer whose body is read as it arrives, once."""
+
+    def __init__(self, response: httpx.Response, what: str, connection: str) -> None:
+        self.status_code = response.status_code
+        self.headers = response.headers
+        self._response = response
+        self._what = what
+        self._connection = connection
+        self.received = 0
+        """Bytes of the body read so far, for a message about a broken answer."""
+
+    async def read(self) -> bytes:
+        """The whole body, for an answer known to be small (an error)."""
+        return b"".join([part async for part in self.aiter_bytes()])
+
+    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+        try:
+            async for part in self._response.aiter_bytes():
+                self.received += len(part)
+                yield part
+        except (httpx.TimeoutException, httpx.TransportError, httpx.DecodingError) as exc:
+            # Whatever the server did with the request, the rest of its answer is lost.
+            raise AmbiguousError(
+                f"{self._what}: the answer broke off after {self.received} bytes "
+                f"({type(exc).__name__})",
+                connection=self._connection,
+            ) from None
+
+
 class HttpClient:
     """An httpx.AsyncClient with one retry loop and one rate limit.
 
@@ -281,7 +324,46 @@ class HttpClient:
         content: bytes | None = None,
     ) -> httpx.Response:
         what = self.describe(method, url)
+        return await self._retrying(
+            idempotent,
+            lambda: self._once(
+                method, url, what, json=json, params=params, headers=headers, content=content
+            ),
+        )
 
+    @asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        url: str,
+        *,
+        idempotent: bool,
+        json: Any = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[StreamedResponse]:
+        """`request` whose body is read as it arrives (an answer too large to hold).
+
+        The status and headers are classified and retried exactly as `request` does,
+        before any of the body is read (a connector classifier sees an unread
+        response: `httpx.ResponseNotRead` on reading it). Once the body flows, nothing
+        is re-sent: a body that breaks off is an `AmbiguousError`, the answer is lost.
+        """
+        what = self.describe(method, url)
+        response = await self._retrying(
+            idempotent,
+            lambda: self._once(
+                method, url, what, json=json, params=params, headers=headers, stream=True
+            ),
+        )
+        try:
+            yield StreamedResponse(response, f"{self.connection}: {what}", self.connection)
+        finally:
+            await response.aclose()
+
+    async def _retrying(
+        self, idempotent: bool, once: Callable[[], Awaitable[httpx.Response]]
+    ) -> httpx.Response:
         def should_retry(exc: BaseException) -> bool:
             if not isinstance(exc, _Retry):
                 return False
@@ -304,15 +386,7 @@ class HttpClient:
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._once(
-                        method,
-                        url,
-                        what,
-                        json=json,
-                        params=params,
-                        headers=headers,
-                        content=content,
-                    )
+                    return await once()
         except _Retry as exc:
             raise exc.error from None
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
@@ -383,15 +457,17 @@ class HttpClient:
         json: Any,
         params: Mapping[str, Any] | None,
         headers: Mapping[str, str] | None,
-        content: bytes | None,
+        content: bytes | None = None,
+        stream: bool = False,
     ) -> httpx.Response:
         if self._limiter is not None:
             await self._limiter.acquire()
         started = time.monotonic()
         try:
-            response = await self._client.request(
+            request = self._client.build_request(
                 method, url, json=json, params=params, headers=headers, content=content
             )
+            response = await self._client.send(request, stream=stream)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             self._observe(method, 0, started)
             raise _Retry(
@@ -425,9 +501,10 @@ class HttpClient:
         )
         if resolution.action is Action.OK:
             return response
+        body = await _refusal_text(response) if stream else response.text
         message = (
             f"{self.connection}: {what}: {resolution.reason or response.status_code}: "
-            f"{excerpt(response.text, self.secrets)}"
+            f"{excerpt(body, self.secrets)}"
         )
         error_type = RetriableError if resolution.action is Action.RETRY else AmbiguousError
         raise _Retry(

@@ -21,8 +21,10 @@ that is as fine as it gets.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+import asyncio
+from collections.abc import AsyncGenerator, Callable, Sequence
+from contextlib import aclosing
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -30,6 +32,7 @@ from zoneinfo import ZoneInfo
 import httpx
 
 from connectors.contract import (
+    CHUNK_RECORDS,
     JSON,
     AmbiguousError,
     FatalError,
@@ -41,6 +44,7 @@ from connectors.contract import (
     SourcePage,
     SourceRecord,
 )
+from connectors.goose.answer import AnswerParser, JSONError
 from connectors.goose.settings import (
     DOCUMENTED_CALLS_PER_SECOND,
     TIMESTAMP_FORMAT,
@@ -49,7 +53,7 @@ from connectors.goose.settings import (
     parse_goose_time,
     record_name,
 )
-from connectors.http import Action, HttpClient, Resolution, excerpt, scrub
+from connectors.http import Action, HttpClient, Resolution, StreamedResponse, excerpt, scrub
 
 EPOCH = "1970-01-01 00:00:00"
 LATEST = "latest"
@@ -76,7 +80,9 @@ def classify(response: httpx.Response) -> Resolution | None:
     """
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, httpx.ResponseNotRead):
+        # A streamed answer is classified before its body is read: `fetch_pages`
+        # tells error 50 once the answer is parsed.
         return None
     if error_code(body) == RATE_LIMIT_PER_SECOND:
         return Resolution(Action.RETRY, "Goose error 50 (max calls per second)", RATE_LIMIT_WAIT)
@@ -194,23 +200,50 @@ class GooseSource:
         )
 
     async def fetch(self, call: SourceCall) -> SourcePage:
+        """The whole answer as one page (for `plan`, which previews a call)."""
+        records: list[SourceRecord] = []
+        rejected: list[RejectedRecord] = []
+        last: SourcePage | None = None
+        async with aclosing(self.fetch_pages(call)) as pages:
+            async for last in pages:
+                records.extend(last.records)
+                rejected.extend(last.rejected)
+        assert last is not None, "fetch_pages ends with the last page or raises"
+        return replace(last, records=records, rejected=rejected)
+
+    async def fetch_pages(self, call: SourceCall) -> AsyncGenerator[SourcePage, None]:
+        """The answer in pages of at most CHUNK_RECORDS records, read as it arrives.
+
+        Error 50 (too many calls this second) was not applied: the call is sent
+        again after the client's wait, in-line, as long as no row was handed out.
+        """
         body = {"code": self.connection.code, "key": self._key, **call.params}
         # A timestamp read can be re-sent freely; a lost `latest` answer is gone for good.
         timestamp_read = call.params.get("from") != LATEST
-        response = await self.http.request(
-            "POST", self.connection.url, json=body, idempotent=timestamp_read
-        )
         where = f"{self.name}: table {call.stream}"
-        answer = self._answer(where, response)
-        if str(answer.get("status", "")).upper() != "OK":
-            raise self._error(where, call.stream, answer)
-        records, rejected = self._records(where, call.stream, answer.get("result"))
-        return SourcePage(
-            records=records,
-            cursor=self._next_cursor(call),
-            more=self._more(call),
-            rejected=rejected,
-        )
+        for attempt in range(1, self.http.retry.max_attempts + 1):
+            answer = Answer(self, where, call.stream)
+            async with self.http.stream(
+                "POST", self.connection.url, json=body, idempotent=timestamp_read
+            ) as response:
+                await self._check_status(where, response)
+                async for part in response.aiter_bytes():
+                    for page in answer.feed(part):
+                        yield page
+                for page in answer.close(response.received):
+                    yield page
+            error = answer.error()
+            if error is None:
+                yield SourcePage(
+                    records=answer.records,
+                    rejected=answer.rejected,
+                    cursor=self._next_cursor(call),
+                    more=self._more(call),
+                )
+                return
+            if not (answer.rate_limited() and attempt < self.http.retry.max_attempts):
+                raise error
+            await asyncio.sleep(self.http.retry.wait(attempt, RATE_LIMIT_WAIT))
 
     @staticmethod
     def _next_cursor(call: SourceCall) -> JSON:
@@ -231,7 +264,7 @@ class GooseSource:
             call.recovery and self.settings.mode == "latest" and self.settings.max_calls_per_run > 1
         )
 
-    def _answer(self, where: str, response: httpx.Response) -> dict[str, Any]:
+    async def _check_status(self, where: str, response: StreamedResponse) -> None:
         status = response.status_code
         conn = f"connections.{self.name}"
         if 300 <= status < 400 or status in (401, 403, 404, 405):
@@ -241,49 +274,23 @@ class GooseSource:
                 connection=self.name,
             )
         if status >= 400:
+            text = (await response.read()).decode("utf-8", "replace")
             raise RemoteError(
-                f"{where}: HTTP {status}: {excerpt(response.text, self._secrets())}",
+                f"{where}: HTTP {status}: {excerpt(text, self._secrets())}",
                 connection=self.name,
                 code=str(status),
             )
-        try:
-            answer = json.loads(response.text)
-        except ValueError:
-            raise AmbiguousError(
-                f"{where}: the answer is not complete JSON ({len(response.content)} bytes); "
-                "Goose may have advanced its cursor",
-                connection=self.name,
-            ) from None
-        if not isinstance(answer, dict):
-            raise AmbiguousError(f"{where}: the answer is not a JSON object", connection=self.name)
-        return answer
 
-    def _records(
-        self, where: str, stream: str, result: Any
-    ) -> tuple[list[SourceRecord], list[RejectedRecord]]:
-        """The rows as records, and those that cannot be one (handed back, not raised:
-        one bad row must not stop its table, which every re-read would fetch again)."""
-        data = result.get("data") if isinstance(result, dict) else None
-        total = result.get("total") if isinstance(result, dict) else None
-        if not isinstance(data, list) or not _same_count(total, len(data)):
-            listed = len(data) if isinstance(data, list) else "no"
-            raise AmbiguousError(
-                f"{where}: the answer lists {listed} records but says total={total!r}; "
-                "treating it as truncated",
-                connection=self.name,
-            )
-        records: list[SourceRecord] = []
-        rejected: list[RejectedRecord] = []
-        for row in data:
-            problem = _row_problem(row, stream)
-            if problem is not None:
-                fields = row if isinstance(row, dict) else {"row": row}
-                rejected.append(RejectedRecord(stream=stream, fields=fields, reason=problem))
-                continue
-            key = str(row["RECORD_ID"])
-            origin = record_name(self.connection.code, stream, key)
-            records.append(SourceRecord(stream=stream, key=key, fields=row, origin=origin))
-        return records, rejected
+    def _record(self, stream: str, row: Any) -> SourceRecord | RejectedRecord:
+        """A row as a record, or as a reject when it cannot be one (handed back, not
+        raised: one bad row must not stop its table, which every re-read would fetch)."""
+        problem = _row_problem(row, stream)
+        if problem is not None:
+            fields = row if isinstance(row, dict) else {"row": row}
+            return RejectedRecord(stream=stream, fields=fields, reason=problem)
+        key = str(row["RECORD_ID"])
+        origin = record_name(self.connection.code, stream, key)
+        return SourceRecord(stream=stream, key=key, fields=row, origin=origin)
 
     def _secrets(self) -> list[str]:
         return [self._key, *self.http.secrets]
@@ -337,6 +344,75 @@ class GooseSource:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+
+class Answer:
+    """One DELETED answer being read: its rows turned into pages of records as they
+    come, and its envelope checked at the end (status, `total` against the rows)."""
+
+    def __init__(self, source: GooseSource, where: str, stream: str) -> None:
+        self._source = source
+        self._where = where
+        self._stream = stream
+        self._parser = AnswerParser()
+        self.records: list[SourceRecord] = []
+        self.rejected: list[RejectedRecord] = []
+
+    def feed(self, data: bytes) -> list[SourcePage]:
+        return self._take(lambda: self._parser.feed(data), 0)
+
+    def close(self, received: int) -> list[SourcePage]:
+        """The pages the end of the body completes; raises if the JSON is cut short."""
+        return self._take(self._parser.close, received)
+
+    def error(self) -> Exception | None:
+        """What is wrong with the whole answer once read, or None: it can be trusted."""
+        answer = self._parser.envelope
+        if not isinstance(answer, dict):
+            return AmbiguousError(
+                f"{self._where}: the answer is not a JSON object", connection=self._source.name
+            )
+        if str(answer.get("status", "")).upper() != "OK":
+            return self._source._error(self._where, self._stream, answer)
+        result = answer.get("result")
+        data = result.get("data") if isinstance(result, dict) else None
+        total = result.get("total") if isinstance(result, dict) else None
+        if not isinstance(data, list) or not _same_count(total, self._parser.rows):
+            listed = self._parser.rows if isinstance(data, list) else "no"
+            return AmbiguousError(
+                f"{self._where}: the answer lists {listed} records but says total={total!r}; "
+                "treating it as truncated",
+                connection=self._source.name,
+            )
+        return None
+
+    def rate_limited(self) -> bool:
+        return error_code(self._parser.envelope) == RATE_LIMIT_PER_SECOND
+
+    def _take(self, parse: Callable[[], list[Any]], received: int) -> list[SourcePage]:
+        try:
+            rows = parse()
+        except JSONError:
+            raise AmbiguousError(
+                f"{self._where}: the answer is not complete JSON ({received} bytes); "
+                "Goose may have advanced its cursor",
+                connection=self._source.name,
+            ) from None
+        pages: list[SourcePage] = []
+        for row in rows:
+            item = self._source._record(self._stream, row)
+            if isinstance(item, SourceRecord):
+                self.records.append(item)
+            else:
+                self.rejected.append(item)
+            if len(self.records) + len(self.rejected) >= CHUNK_RECORDS:
+                pages.append(
+                    SourcePage(
+                        records=self.records, rejected=self.rejected, cursor={}, partial=True
+                    )
+                )
+                self.records, self.rejected = [], []
+        return pages
 
 
 def _row_problem(row: Any, table: str) -> str | None:

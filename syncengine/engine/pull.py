@@ -9,7 +9,8 @@ a recovery read decided by the source from the last journaled call.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -25,9 +26,10 @@ from connectors.contract import (
     SourceCall,
     SourcePage,
     SourceRecord,
+    StreamingSource,
     TaskSource,
 )
-from state import Lease, NewRecord, ReadWindow, Store
+from state import JournalResult, Lease, NewRecord, ReadWindow, Store
 from state.models import utcnow
 from syncengine import failpoints
 from syncengine.engine.chain import ChainSource
@@ -80,6 +82,34 @@ def new_records(source: Source, records: Sequence[SourceRecord]) -> list[NewReco
     return [
         NewRecord(r.key, r.fields, origin=r.origin, origin_delivery_id=link(r)) for r in records
     ]
+
+
+async def answer_pages(source: Source, call: SourceCall) -> AsyncGenerator[SourcePage, None]:
+    """A call's answer as the pages the engine journals one by one: a streaming
+    source's pages as they arrive, any other source's answer as one page."""
+    if isinstance(source, StreamingSource):
+        async with aclosing(source.fetch_pages(call)) as pages:
+            async for page in pages:
+                yield page
+    else:
+        yield await source.fetch(call)
+
+
+def _added(
+    total: JournalResult, part: JournalResult, report: PullReport, stream: str, log: Any
+) -> JournalResult:
+    """Counts a journaled page in the run's report as soon as it is committed (a call
+    that breaks off later still journaled it), and in the call's running total."""
+    _count_malformed(report, stream, part.rejected, log)
+    report.pulled += part.new
+    report.duplicates += part.duplicates
+    report.echoes += part.echoes
+    return JournalResult(
+        new=total.new + part.new,
+        duplicates=total.duplicates + part.duplicates,
+        echoes=total.echoes + part.echoes,
+        rejected=total.rejected + part.rejected,
+    )
 
 
 def read_window(call: SourceCall) -> ReadWindow:
@@ -197,15 +227,6 @@ async def _pull_stream(
             store.mark_in_flight, pipe.name, stream, call.params, call.started_at, lease=lease
         )
         failpoints.hit("after_mark_in_flight")
-        try:
-            page = await pipe.source.fetch(call)
-        except AmbiguousError as exc:
-            lost += 1
-            log.warning("source_answer_lost", error=str(exc), attempt=lost)
-            if lost >= MAX_LOST_ANSWERS_PER_STREAM or stop.is_set():
-                raise
-            continue
-        failpoints.hit("after_fetch")
         recovered = (
             {
                 "params": dict(call.params),
@@ -216,40 +237,80 @@ async def _pull_stream(
             if call.recovery
             else None
         )
-        result = await asyncio.to_thread(
-            store.journal,
-            pipe.name,
-            stream,
-            page_records(pipe.source, page),
-            cursor=page.cursor,
-            targets=targets,
-            run_id=run_id,
-            recovered=recovered,
-            own_effects=own_effects(pipe),
-            problem=page.problem,
-            window=read_window(call),
-            lease=lease,
-        )
-        _count_malformed(report, stream, result.rejected, log)
-        report.pulled += result.new
-        report.duplicates += result.duplicates
-        report.echoes += result.echoes
+        result = JournalResult(new=0, duplicates=0)
+        final: SourcePage | None = None
+        try:
+            async with aclosing(answer_pages(pipe.source, call)) as pages:
+                async for page in pages:
+                    if page.partial:
+                        # Records journaled before the answer is complete, under its one
+                        # in-flight marker: the cursor does not move and the marker stays,
+                        # so a crash or a break from here on leads to a recovery re-read
+                        # of a window overlapping this call's, where what is journaled now
+                        # is a duplicate. Its deliveries may go out at once: a re-read
+                        # never creates them twice, and each names a record the source
+                        # reported deleted, so nothing is lost or sent twice.
+                        part = await asyncio.to_thread(
+                            store.journal,
+                            pipe.name,
+                            stream,
+                            page_records(pipe.source, page),
+                            cursor=None,
+                            targets=targets,
+                            run_id=run_id,
+                            advance_cursor=False,
+                            own_effects=own_effects(pipe),
+                            window=read_window(call),
+                            lease=lease,
+                        )
+                        result = _added(result, part, report, stream, log)
+                        failpoints.hit("between_chunks")
+                        continue
+                    failpoints.hit("after_fetch")
+                    final = page
+                    last = await asyncio.to_thread(
+                        store.journal,
+                        pipe.name,
+                        stream,
+                        page_records(pipe.source, page),
+                        cursor=page.cursor,
+                        targets=targets,
+                        run_id=run_id,
+                        recovered=recovered,
+                        own_effects=own_effects(pipe),
+                        problem=page.problem,
+                        window=read_window(call),
+                        lease=lease,
+                    )
+                    result = _added(result, last, report, stream, log)
+                    break
+            if final is None:
+                raise AmbiguousError(
+                    f"{pipe.name}: stream {stream}: the answer ended before its last page",
+                    connection=pipe.name,
+                )
+        except AmbiguousError as exc:
+            lost += 1
+            log.warning("source_answer_lost", error=str(exc), attempt=lost, journaled=result.new)
+            if lost >= MAX_LOST_ANSWERS_PER_STREAM or stop.is_set():
+                raise
+            continue
         if result.echoes:
             log.info(
                 "echoes_not_propagated",
                 count=result.echoes,
                 reason="the source reported deletions this engine made itself",
             )
-        if page.problem:
-            report.problems[stream] = page.problem
-            log.warning("source_problem", problem=page.problem)
+        if final.problem:
+            report.problems[stream] = final.problem
+            log.warning("source_problem", problem=final.problem)
         if call.recovery:
             report.recoveries += 1
             log.warning("recovery_done", new=result.new, duplicates=result.duplicates)
         log.info(
             "journaled", new=result.new, duplicates=result.duplicates, params=dict(call.params)
         )
-        if not page.more or stop.is_set():
+        if not final.more or stop.is_set():
             return
 
 
@@ -274,30 +335,29 @@ async def pull_backfill(
             break
         report.streams += 1
         call = source.plan_backfill(stream, since, utcnow())
+        result = JournalResult(new=0, duplicates=0)
         try:
-            page = await source.fetch(call)
+            async with aclosing(answer_pages(source, call)) as pages:
+                async for page in pages:
+                    part = await asyncio.to_thread(
+                        store.journal,
+                        pipe.name,
+                        stream,
+                        page_records(source, page),
+                        cursor=None,
+                        targets=targets,
+                        run_id=run_id,
+                        advance_cursor=False,
+                        own_effects=own_effects(pipe),
+                        window=read_window(call),
+                        lease=lease,
+                    )
+                    result = _added(result, part, report, stream, log.bind(stream=stream))
         except FatalError:
             raise
         except (RemoteError, RetriableError) as exc:
             report.errors[stream] = str(exc)
             log.warning("backfill_source_error", stream=stream, error=str(exc))
             continue
-        result = await asyncio.to_thread(
-            store.journal,
-            pipe.name,
-            stream,
-            page_records(source, page),
-            cursor=None,
-            targets=targets,
-            run_id=run_id,
-            advance_cursor=False,
-            own_effects=own_effects(pipe),
-            window=read_window(call),
-            lease=lease,
-        )
-        _count_malformed(report, stream, result.rejected, log.bind(stream=stream))
-        report.pulled += result.new
-        report.duplicates += result.duplicates
-        report.echoes += result.echoes
         log.info("backfill_journaled", stream=stream, new=result.new, duplicates=result.duplicates)
     return report

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -152,3 +153,35 @@ async def test_a_secret_in_the_path_is_scrubbed_from_errors() -> None:
     for error in (ambiguous.value, refused.value):
         assert "pw%2Fsecret" not in str(error)
         assert "GET /ido/token/DEMO/sync/***" in str(error)
+
+
+class Broken(httpx.AsyncByteStream):
+    """A body that sends `parts` and then loses its connection."""
+
+    def __init__(self, *parts: bytes) -> None:
+        self.parts = parts
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for part in self.parts:
+            yield part
+        raise httpx.RemoteProtocolError("peer closed connection without sending complete body")
+
+
+async def test_a_stream_is_classified_and_retried_before_its_body_is_read() -> None:
+    script = Script(httpx.Response(503, text="busy"), httpx.Response(200, stream=Broken(b"ok")))
+    c = client(script)
+    async with c.stream("GET", "/x", idempotent=True) as response:
+        assert response.status_code == 200 and len(script.requests) == 2
+        parts = []
+        with pytest.raises(AmbiguousError, match="broke off after 2 bytes"):
+            async for part in response.aiter_bytes():
+                parts.append(part)
+    assert parts == [b"ok"] and len(script.requests) == 2, "nothing re-sent once the body flows"
+
+
+async def test_a_refused_stream_reports_its_body_scrubbed_and_is_not_resent() -> None:
+    script = Script(httpx.Response(500, text="crash for key s3cret"))
+    with pytest.raises(AmbiguousError, match="crash for key") as info:
+        async with client(script, secrets=["s3cret"]).stream("POST", "/x", idempotent=False):
+            raise AssertionError("a refused answer is never handed over")
+    assert "s3cret" not in str(info.value) and len(script.requests) == 1
