@@ -1,0 +1,258 @@
+"""One factory per registered target (and kind), for the target contract suite.
+
+Each factory starts the connector's emulator on a free loopback port, seeds a present
+key and builds the target with the same connection and settings helpers its own test
+module uses, so the suite and the per-connector tests cannot drift apart. A case that
+does not apply to a target is declared here, with the reason, in `not_applicable`:
+the suite skips it naming that reason, never passes it silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from connectors.adt import AdtTwinsTarget
+from connectors.adt.emulator import AdtEmulator, demo_graph
+from connectors.adt.purge import AdtPurgeTarget
+from connectors.contract import (
+    AsyncTarget,
+    Delivery,
+    JobSpec,
+    Outcome,
+    Previewable,
+    Target,
+)
+from connectors.dmm import DmmDeleteTarget
+from connectors.dmm.emulator import DmmEmulator, demo_entities
+from connectors.emulator_kit import LoggedRequest, serve
+from connectors.goose import GooseDeleteTarget
+from connectors.goose.emulator import GooseEmulator
+from connectors.mongoose import MongooseTarget
+from connectors.mongoose.emulator import DEFAULT_BASE_PATH, MongooseEmulator, demo_rows
+from connectors.reltio import ReltioDeleteTarget
+from connectors.reltio.emulator import ReltioEmulator
+from connectors.reltio.emulator import demo_entities as reltio_entities
+from tests.connectors import (
+    test_adt_purge as adt_purge,
+)
+from tests.connectors import (
+    test_adt_twins as adt_twins,
+)
+from tests.connectors import (
+    test_dmm_target as dmm,
+)
+from tests.connectors import (
+    test_goose_target as goose,
+)
+from tests.connectors import (
+    test_mongoose_target as mongoose,
+)
+from tests.connectors import (
+    test_reltio_target as reltio,
+)
+
+KEYED = "keyed"
+"""Cases about one record's key (absent, empty): a target that addresses records by key."""
+UNSAFE = "unsafe"
+"""Keys no request can carry safely."""
+
+
+@dataclass
+class Harness:
+    """A built target, its emulator and what the suite needs to address it."""
+
+    target: Target | AsyncTarget
+    emulator: Any
+    delivery: Callable[[int, str], Delivery]
+    present: str
+    absent: str = ""
+    unsafe: Sequence[str] = ()
+    """Keys this target can never send safely (they would change the request)."""
+    step: float = 0.05
+    not_applicable: Mapping[str, str] = field(default_factory=dict)
+
+    async def deliver(self, batch: Sequence[Delivery]) -> list[Outcome]:
+        """`send`, or a job submitted and polled to its end, moving the emulator's clock."""
+        if isinstance(self.target, Target):
+            return await self.target.send(batch)
+        job = JobSpec(job_id=1, client_id="contract-job-1", items=list(batch))
+        handle = await self.target.submit(job)
+        for _ in range(50):
+            progress = await self.target.poll(job, handle)
+            if progress.state.terminal:
+                return list(progress.outcomes)
+            self.emulator.step(progress.poll_after or self.step)
+        raise AssertionError("the job never ended")
+
+    async def preview(self, batch: Sequence[Delivery]) -> list[Outcome]:
+        assert isinstance(self.target, Previewable)
+        return await self.target.preview(batch)
+
+    async def requests(self) -> list[LoggedRequest]:
+        """The emulator logs a request just after answering it; let the last entry land."""
+        await asyncio.sleep(0.05)
+        return list(self.emulator.log.entries)
+
+
+Factory = Callable[[], contextlib.AbstractAsyncContextManager[Harness]]
+PATH_UNSAFE = ("..", ".", "%2e%2e")
+
+
+@contextlib.asynccontextmanager
+async def mongoose_target() -> AsyncIterator[Harness]:
+    emulator = MongooseEmulator(
+        users={mongoose.USER: mongoose.PASSWORD}, bearer_tokens=[mongoose.ION_TOKEN]
+    )
+    emulator.seed(demo_rows())
+    with serve(emulator.app) as running:
+        url = running.url + DEFAULT_BASE_PATH
+        target = MongooseTarget("erp", mongoose.connection(url), mongoose.target_settings())
+        try:
+            yield Harness(
+                target,
+                emulator,
+                lambda n, key: Delivery(n, "CON_TRO", f"0-{n}", {"SYKEY": key}),
+                present="jrossi",
+                absent="exemployee",
+                unsafe=("a\x00b", "o\u02bcbrien"),
+            )
+        finally:
+            await target.aclose()
+
+
+@contextlib.asynccontextmanager
+async def reltio_target() -> AsyncIterator[Harness]:
+    emulator = ReltioEmulator(
+        clients={reltio.CLIENT: reltio.SECRET},
+        users={reltio.USER: reltio.PASSWORD},
+        step_seconds=reltio.STEP,
+    )
+    entities = reltio_entities()
+    emulator.seed(entities)
+    with serve(emulator.app) as running:
+        target = ReltioDeleteTarget("mdm", reltio.connection(running.url), reltio.settings())
+        try:
+            yield Harness(
+                target,
+                emulator,
+                lambda n, key: Delivery(n, "CON_TRO", f"0-{n}", {"RELTIO_ID": key}),
+                present=str(entities[0]["id"]),
+                absent="nosuchentity",
+                unsafe=PATH_UNSAFE,
+                step=reltio.STEP,
+            )
+        finally:
+            await target.aclose()
+
+
+def _adt_delivery(n: int, key: str) -> Delivery:
+    return Delivery(n, "CON_TRO", key, {"RECORD_ID": key})
+
+
+@contextlib.asynccontextmanager
+async def adt_twins_target() -> AsyncIterator[Harness]:
+    emulator = AdtEmulator(tokens=[adt_twins.STATIC], clients={adt_twins.CLIENT: adt_twins.SECRET})
+    emulator.seed(demo_graph())
+    with serve(emulator.app) as running:
+        target = AdtTwinsTarget(
+            "twins", adt_twins.connection(running.url), adt_twins.twins_settings()
+        )
+        try:
+            yield Harness(
+                target,
+                emulator,
+                _adt_delivery,
+                present="0-1",
+                absent="no-such-twin",
+                unsafe=PATH_UNSAFE,
+            )
+        finally:
+            await target.aclose()
+
+
+PURGE_IS_WHOLE_INSTANCE = (
+    "the ADT purge deletes the whole instance on a trigger key; it addresses no record by key"
+)
+
+
+@contextlib.asynccontextmanager
+async def adt_purge_target() -> AsyncIterator[Harness]:
+    emulator = AdtEmulator(
+        tokens=[adt_purge.TOKEN], step_seconds=adt_purge.STEP, clock=lambda: adt_purge.T0
+    )
+    emulator.seed(demo_graph())
+    with serve(emulator.app) as running:
+        settings = adt_purge.purge_settings(confirm_purge=adt_purge.host_of(running.url))
+        target = AdtPurgeTarget("twinsprod", adt_purge.connection(running.url), settings)
+        try:
+            yield Harness(
+                target,
+                emulator,
+                _adt_delivery,
+                present="PURGE-1",
+                step=adt_purge.STEP,
+                not_applicable={UNSAFE: PURGE_IS_WHOLE_INSTANCE, KEYED: PURGE_IS_WHOLE_INSTANCE},
+            )
+        finally:
+            await target.aclose()
+
+
+@contextlib.asynccontextmanager
+async def dmm_target() -> AsyncIterator[Harness]:
+    emulator = DmmEmulator(
+        tokens=[dmm.TOKEN], otps=[dmm.OTP], step_seconds=dmm.STEP, clock=dmm.frozen
+    )
+    emulator.seed(demo_entities())
+    with serve(emulator.app) as running:
+        target = DmmDeleteTarget("dmm", dmm.connection(running.url), dmm.settings())
+        try:
+            yield Harness(
+                target,
+                emulator,
+                lambda n, key: Delivery(n, "T", key, {"RECORD_ID": key}),
+                present="0-1",
+                absent="9-99",
+                unsafe=("o\u02bcbrien",),
+                step=dmm.STEP,
+            )
+        finally:
+            await target.aclose()
+
+
+@contextlib.asynccontextmanager
+async def goose_target() -> AsyncIterator[Harness]:
+    emulator = GooseEmulator(timezone="Europe/Rome")
+    emulator.seed(
+        {goose.CODE: [goose.KEY, goose.USER_KEY]},
+        {"CON_TRO": [{"RECORD_ID": "0-1", "SYKEY": "user1"}]},
+    )
+    with serve(emulator.app) as running:
+        target = GooseDeleteTarget("goose", goose.connection(running.url), goose.target_settings())
+        try:
+            yield Harness(
+                target,
+                emulator,
+                lambda n, key: Delivery(n, "CON_TRO", key, {"RECORD_ID": key}),
+                present="0-1",
+                absent="0-99",
+                not_applicable={
+                    UNSAFE: "Goose takes the id as a JSON value in the body; every text is safe"
+                },
+            )
+        finally:
+            await target.aclose()
+
+
+FACTORIES: dict[str, Factory] = {
+    "mongoose": mongoose_target,
+    "reltio": reltio_target,
+    "adt-twins": adt_twins_target,
+    "adt-purge": adt_purge_target,
+    "dmm": dmm_target,
+    "goose": goose_target,
+}
+"""Every registered target type, ADT once per kind; the suite checks none is missing."""

@@ -1,0 +1,60 @@
+"""The contract every target keeps, checked once for all of them against their emulators.
+
+Each case runs for every factory in `tests.connectors.targets`; a case a target's own
+nature rules out is declared not applicable by its factory, with the reason, and
+shows as a skip naming it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from connectors import load_registry
+from connectors.contract import OutcomeKind
+from tests.connectors.targets import FACTORIES, KEYED, UNSAFE, Harness
+
+
+@pytest.fixture(params=sorted(FACTORIES))
+async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+    async with FACTORIES[request.param]() as built:
+        yield built
+
+
+def applies(harness: Harness, case: str) -> None:
+    reason = harness.not_applicable.get(case)
+    if reason is not None:
+        pytest.skip(f"not applicable: {reason}")
+
+
+def test_every_registered_target_has_a_factory() -> None:
+    registry = load_registry()
+    with_targets = {
+        name for name in registry.names() if registry.get(name).build_target is not None
+    }
+    covered = {name.split("-")[0] for name in FACTORIES}
+    assert with_targets == covered
+
+
+async def test_an_unsafe_key_is_dead_and_never_reaches_the_emulator(harness: Harness) -> None:
+    applies(harness, UNSAFE)
+    assert harness.unsafe, "a target that declares no unsafe key must say why instead"
+    batch = [harness.delivery(n, key) for n, key in enumerate(harness.unsafe, start=1)]
+    outcomes = await harness.deliver(batch)
+    assert [o.delivery_id for o in outcomes] == [d.delivery_id for d in batch]
+    for outcome, key in zip(outcomes, harness.unsafe, strict=True):
+        assert outcome.kind is OutcomeKind.DEAD, key
+        assert outcome.reason.startswith("unsafe key: "), (key, outcome.reason)
+    sent = await harness.requests()
+    for key in harness.unsafe:
+        assert not [e for e in sent if key in e.path], (key, sent)
+    assert not [e for e in sent if e.mutating], sent
+
+
+async def test_an_empty_key_is_dead_and_never_reaches_the_emulator(harness: Harness) -> None:
+    applies(harness, KEYED)
+    outcomes = await harness.deliver([harness.delivery(1, "")])
+    assert outcomes[0].kind is OutcomeKind.DEAD
+    assert outcomes[0].reason.startswith(("no key: ", "unsafe key: ")), outcomes[0].reason
+    assert not [e for e in await harness.requests() if e.mutating]
