@@ -58,3 +58,33 @@ async def test_an_empty_key_is_dead_and_never_reaches_the_emulator(harness: Harn
     assert outcomes[0].kind is OutcomeKind.DEAD
     assert outcomes[0].reason.startswith(("no key: ", "unsafe key: ")), outcomes[0].reason
     assert not [e for e in await harness.requests() if e.mutating]
+
+
+async def test_an_absent_key_is_done_and_sending_again_is_harmless(harness: Harness) -> None:
+    applies(harness, KEYED)
+    batch = [harness.delivery(1, harness.present), harness.delivery(2, harness.absent)]
+    first = await harness.deliver(batch)
+    assert [o.delivery_id for o in first] == [1, 2]
+    assert [o.kind for o in first] == [OutcomeKind.DONE] * 2, first
+    assert "deleted" in first[0].detail and "absent" in first[1].detail, first
+    again = await harness.deliver(batch)
+    assert [o.kind for o in again] == [OutcomeKind.DONE] * 2, again
+    assert all("absent" in o.detail for o in again), again
+
+
+async def test_preview_answers_every_delivery_and_changes_nothing(harness: Harness) -> None:
+    """The plan and a dry run rely on it: one outcome per delivery, and no mutating call."""
+    batch = [harness.delivery(1, harness.present)]
+    keyed = KEYED not in harness.not_applicable
+    if keyed:
+        batch += [harness.delivery(2, ""), harness.delivery(3, harness.absent)]
+    outcomes = await harness.preview(batch)
+    assert [o.delivery_id for o in outcomes] == [d.delivery_id for d in batch]
+    assert outcomes[0].kind is OutcomeKind.DONE, outcomes[0]
+    assert outcomes[0].detail.startswith("would "), outcomes[0]
+    if keyed:
+        assert outcomes[1].kind is OutcomeKind.DEAD, outcomes[1]
+        # A preview may skip the existence check (Goose and DMM make no call at all).
+        assert outcomes[2].kind is OutcomeKind.DONE, outcomes[2]
+        assert outcomes[2].detail == "absent" or outcomes[2].detail.startswith("would "), outcomes
+    assert [e for e in await harness.requests() if e.mutating] == []
