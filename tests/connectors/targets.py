@@ -73,6 +73,8 @@ class Harness:
     unsafe: Sequence[str] = ()
     """Keys this target can never send safely (they would change the request)."""
     step: float = 0.05
+    secrets: Sequence[str] = ()
+    """Every secret the connection holds, none of which may show in an error or a log."""
     not_applicable: Mapping[str, str] = field(default_factory=dict)
 
     async def deliver(self, batch: Sequence[Delivery]) -> list[Outcome]:
@@ -117,6 +119,7 @@ async def mongoose_target() -> AsyncIterator[Harness]:
                 emulator,
                 lambda n, key: Delivery(n, "CON_TRO", f"0-{n}", {"SYKEY": key}),
                 present="jrossi",
+                secrets=(mongoose.PASSWORD, mongoose.ION_TOKEN),
                 absent="exemployee",
                 unsafe=("a\x00b", "o\u02bcbrien"),
             )
@@ -141,6 +144,7 @@ async def reltio_target() -> AsyncIterator[Harness]:
                 emulator,
                 lambda n, key: Delivery(n, "CON_TRO", f"0-{n}", {"RELTIO_ID": key}),
                 present=str(entities[0]["id"]),
+                secrets=(reltio.SECRET, reltio.PASSWORD),
                 absent="nosuchentity",
                 unsafe=PATH_UNSAFE,
                 step=reltio.STEP,
@@ -168,6 +172,7 @@ async def adt_twins_target() -> AsyncIterator[Harness]:
                 _adt_delivery,
                 present="0-1",
                 absent="no-such-twin",
+                secrets=(adt_twins.SECRET, adt_twins.STATIC),
                 unsafe=PATH_UNSAFE,
             )
         finally:
@@ -194,6 +199,7 @@ async def adt_purge_target() -> AsyncIterator[Harness]:
                 emulator,
                 _adt_delivery,
                 present="PURGE-1",
+                secrets=(adt_purge.TOKEN,),
                 step=adt_purge.STEP,
                 not_applicable={UNSAFE: PURGE_IS_WHOLE_INSTANCE, KEYED: PURGE_IS_WHOLE_INSTANCE},
             )
@@ -216,6 +222,7 @@ async def dmm_target() -> AsyncIterator[Harness]:
                 lambda n, key: Delivery(n, "T", key, {"RECORD_ID": key}),
                 present="0-1",
                 absent="9-99",
+                secrets=(dmm.TOKEN, dmm.OTP),
                 unsafe=("o\u02bcbrien",),
                 step=dmm.STEP,
             )
@@ -239,6 +246,7 @@ async def goose_target() -> AsyncIterator[Harness]:
                 lambda n, key: Delivery(n, "CON_TRO", key, {"RECORD_ID": key}),
                 present="0-1",
                 absent="0-99",
+                secrets=(goose.KEY, goose.USER_KEY),
                 not_applicable={
                     UNSAFE: "Goose takes the id as a JSON value in the body; every text is safe"
                 },

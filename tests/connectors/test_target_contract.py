@@ -7,12 +7,14 @@ shows as a skip naming it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 
 import pytest
+from structlog.testing import capture_logs
 
 from connectors import load_registry
-from connectors.contract import OutcomeKind
+from connectors.contract import ConnectorError, OutcomeKind
 from tests.connectors.targets import FACTORIES, KEYED, UNSAFE, Harness
 
 
@@ -88,3 +90,26 @@ async def test_preview_answers_every_delivery_and_changes_nothing(harness: Harne
         assert outcomes[2].kind is OutcomeKind.DONE, outcomes[2]
         assert outcomes[2].detail == "absent" or outcomes[2].detail.startswith("would "), outcomes
     assert [e for e in await harness.requests() if e.mutating] == []
+
+
+async def test_errors_and_logs_carry_no_secret_when_the_server_echoes_the_request(
+    harness: Harness,
+) -> None:
+    """Every request is answered 500 with its headers and body echoed back; whatever
+    the target raises, answers or logs about it must hold none of its secrets."""
+    harness.emulator.faults.update({"echo_rate": 1.0})
+    texts: list[str] = []
+    with capture_logs() as logs:
+        try:
+            outcomes = await harness.deliver([harness.delivery(1, harness.present)])
+        except ConnectorError as exc:
+            texts += [str(exc), repr(exc.args)]
+        else:
+            assert outcomes[0].kind is not OutcomeKind.DONE, outcomes
+            texts += [f"{o.reason} {o.detail}" for o in outcomes]
+    texts += [repr(entry) for entry in logs]
+    assert [e for e in await harness.requests() if e.fault == "echo"], "nothing was echoed"
+    for text in texts:
+        for secret in harness.secrets:
+            assert secret not in text, (secret, text)
+        assert not re.search(r"bearer\s+[\w.~+/-]{8,}", text, re.IGNORECASE), text
