@@ -75,6 +75,12 @@ class Harness:
     step: float = 0.05
     secrets: Sequence[str] = ()
     """Every secret the connection holds, none of which may show in an error or a log."""
+    revoke: Callable[[], None] = lambda: None
+    """Makes the emulator refuse the connection's credentials from now on, fresh ones too."""
+    token_path: str = ""
+    """Where the connection fetches a token; empty for credentials it cannot renew."""
+    hint: str = ""
+    """The settings a refusal must name (`connections.<name>.<setting>`)."""
     not_applicable: Mapping[str, str] = field(default_factory=dict)
 
     async def deliver(self, batch: Sequence[Delivery]) -> list[Outcome]:
@@ -87,7 +93,7 @@ class Harness:
             progress = await self.target.poll(job, handle)
             if progress.state.terminal:
                 return list(progress.outcomes)
-            self.emulator.step(progress.poll_after or self.step)
+            self.emulator.step(self.step)
         raise AssertionError("the job never ended")
 
     async def preview(self, batch: Sequence[Delivery]) -> list[Outcome]:
@@ -120,6 +126,9 @@ async def mongoose_target() -> AsyncIterator[Harness]:
                 lambda n, key: Delivery(n, "CON_TRO", f"0-{n}", {"SYKEY": key}),
                 present="jrossi",
                 secrets=(mongoose.PASSWORD, mongoose.ION_TOKEN),
+                revoke=lambda: emulator.knobs.update({"refuse_tokens": True}),
+                token_path="/json/token/",
+                hint="connections.erp.",
                 absent="exemployee",
                 unsafe=("a\x00b", "o\u02bcbrien"),
             )
@@ -145,12 +154,26 @@ async def reltio_target() -> AsyncIterator[Harness]:
                 lambda n, key: Delivery(n, "CON_TRO", f"0-{n}", {"RELTIO_ID": key}),
                 present=str(entities[0]["id"]),
                 secrets=(reltio.SECRET, reltio.PASSWORD),
+                revoke=lambda: refuse_reltio_tokens(emulator),
+                token_path="/oauth/token",
+                hint="connections.mdm.",
                 absent="nosuchentity",
                 unsafe=PATH_UNSAFE,
                 step=reltio.STEP,
             )
         finally:
             await target.aclose()
+
+
+def refuse_reltio_tokens(emulator: ReltioEmulator) -> None:
+    """Tokens issued from now on expire at once, and those held already are gone."""
+    emulator.knobs.update({"token_lifetime": 1e-9})
+    emulator.expire_tokens()
+
+
+def refuse_adt_tokens(emulator: AdtEmulator) -> None:
+    emulator.token_lifetime = 0
+    emulator.expire_tokens()
 
 
 def _adt_delivery(n: int, key: str) -> Delivery:
@@ -173,6 +196,9 @@ async def adt_twins_target() -> AsyncIterator[Harness]:
                 present="0-1",
                 absent="no-such-twin",
                 secrets=(adt_twins.SECRET, adt_twins.STATIC),
+                revoke=lambda: refuse_adt_tokens(emulator),
+                token_path="/oauth2/token",
+                hint="connections.twins.client_id",
                 unsafe=PATH_UNSAFE,
             )
         finally:
@@ -200,6 +226,8 @@ async def adt_purge_target() -> AsyncIterator[Harness]:
                 _adt_delivery,
                 present="PURGE-1",
                 secrets=(adt_purge.TOKEN,),
+                revoke=emulator.tokens.clear,
+                hint="connections.twinsprod.token",
                 step=adt_purge.STEP,
                 not_applicable={UNSAFE: PURGE_IS_WHOLE_INSTANCE, KEYED: PURGE_IS_WHOLE_INSTANCE},
             )
@@ -223,6 +251,8 @@ async def dmm_target() -> AsyncIterator[Harness]:
                 present="0-1",
                 absent="9-99",
                 secrets=(dmm.TOKEN, dmm.OTP),
+                revoke=emulator.tokens.clear,
+                hint="connections.dmm.token",
                 unsafe=("o\u02bcbrien",),
                 step=dmm.STEP,
             )
@@ -247,6 +277,8 @@ async def goose_target() -> AsyncIterator[Harness]:
                 present="0-1",
                 absent="0-99",
                 secrets=(goose.KEY, goose.USER_KEY),
+                revoke=lambda: emulator.seed({"ANOTHER": [goose.KEY]}, {}),
+                hint="connections.goose.key",
                 not_applicable={
                     UNSAFE: "Goose takes the id as a JSON value in the body; every text is safe"
                 },

@@ -14,7 +14,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from connectors import load_registry
-from connectors.contract import ConnectorError, OutcomeKind
+from connectors.contract import ConnectorError, FatalError, OutcomeKind
 from tests.connectors.targets import FACTORIES, KEYED, UNSAFE, Harness
 
 
@@ -113,3 +113,24 @@ async def test_errors_and_logs_carry_no_secret_when_the_server_echoes_the_reques
         for secret in harness.secrets:
             assert secret not in text, (secret, text)
         assert not re.search(r"bearer\s+[\w.~+/-]{8,}", text, re.IGNORECASE), text
+
+
+async def test_refused_credentials_are_renewed_once_then_stop_with_a_hint(
+    harness: Harness,
+) -> None:
+    """Credentials that worked are refused mid-run: a token is fetched once more (none
+    for credentials that cannot be renewed), then the pipeline stops naming the setting."""
+
+    async def token_calls() -> int:
+        if not harness.token_path:
+            return 0
+        return sum(harness.token_path in e.path for e in await harness.requests())
+
+    first = await harness.deliver([harness.delivery(1, harness.present)])
+    assert first[0].kind is OutcomeKind.DONE, first
+    before = await token_calls()
+    harness.revoke()
+    with pytest.raises(FatalError) as info:
+        await harness.deliver([harness.delivery(2, harness.absent or harness.present)])
+    assert harness.hint and harness.hint in str(info.value), str(info.value)
+    assert await token_calls() - before == (1 if harness.token_path else 0)
