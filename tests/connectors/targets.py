@@ -59,6 +59,8 @@ KEYED = "keyed"
 """Cases about one record's key (absent, empty): a target that addresses records by key."""
 UNSAFE = "unsafe"
 """Keys no request can carry safely."""
+AMBIGUOUS = "ambiguous"
+"""A key that matches several records."""
 
 
 @dataclass
@@ -81,6 +83,8 @@ class Harness:
     """Where the connection fetches a token; empty for credentials it cannot renew."""
     hint: str = ""
     """The settings a refusal must name (`connections.<name>.<setting>`)."""
+    ambiguous: Callable[[], str] | None = None
+    """Seeds a second record under one key and returns that key."""
     not_applicable: Mapping[str, str] = field(default_factory=dict)
 
     async def deliver(self, batch: Sequence[Delivery]) -> list[Outcome]:
@@ -110,6 +114,11 @@ Factory = Callable[[], contextlib.AbstractAsyncContextManager[Harness]]
 PATH_UNSAFE = ("..", ".", "%2e%2e")
 
 
+def second_jrossi(emulator: MongooseEmulator) -> str:
+    emulator.seed({"UserNames": [{"Username": "jrossi", "UserDesc": "Another Rossi"}]})
+    return "jrossi"
+
+
 @contextlib.asynccontextmanager
 async def mongoose_target() -> AsyncIterator[Harness]:
     emulator = MongooseEmulator(
@@ -129,6 +138,7 @@ async def mongoose_target() -> AsyncIterator[Harness]:
                 revoke=lambda: emulator.knobs.update({"refuse_tokens": True}),
                 token_path="/json/token/",
                 hint="connections.erp.",
+                ambiguous=lambda: second_jrossi(emulator),
                 absent="exemployee",
                 unsafe=("a\x00b", "o\u02bcbrien"),
             )
@@ -157,6 +167,7 @@ async def reltio_target() -> AsyncIterator[Harness]:
                 revoke=lambda: refuse_reltio_tokens(emulator),
                 token_path="/oauth/token",
                 hint="connections.mdm.",
+                not_applicable={AMBIGUOUS: "an entity id names one entity"},
                 absent="nosuchentity",
                 unsafe=PATH_UNSAFE,
                 step=reltio.STEP,
@@ -199,6 +210,7 @@ async def adt_twins_target() -> AsyncIterator[Harness]:
                 revoke=lambda: refuse_adt_tokens(emulator),
                 token_path="/oauth2/token",
                 hint="connections.twins.client_id",
+                not_applicable={AMBIGUOUS: "a twin id names one twin"},
                 unsafe=PATH_UNSAFE,
             )
         finally:
@@ -229,7 +241,7 @@ async def adt_purge_target() -> AsyncIterator[Harness]:
                 revoke=emulator.tokens.clear,
                 hint="connections.twinsprod.token",
                 step=adt_purge.STEP,
-                not_applicable={UNSAFE: PURGE_IS_WHOLE_INSTANCE, KEYED: PURGE_IS_WHOLE_INSTANCE},
+                not_applicable=dict.fromkeys((UNSAFE, KEYED, AMBIGUOUS), PURGE_IS_WHOLE_INSTANCE),
             )
         finally:
             await target.aclose()
@@ -253,6 +265,7 @@ async def dmm_target() -> AsyncIterator[Harness]:
                 secrets=(dmm.TOKEN, dmm.OTP),
                 revoke=emulator.tokens.clear,
                 hint="connections.dmm.token",
+                not_applicable={AMBIGUOUS: "DMM deletes every row its WhereClause matches"},
                 unsafe=("o\u02bcbrien",),
                 step=dmm.STEP,
             )
@@ -280,7 +293,8 @@ async def goose_target() -> AsyncIterator[Harness]:
                 revoke=lambda: emulator.seed({"ANOTHER": [goose.KEY]}, {}),
                 hint="connections.goose.key",
                 not_applicable={
-                    UNSAFE: "Goose takes the id as a JSON value in the body; every text is safe"
+                    UNSAFE: "Goose takes the id as a JSON value in the body; every text is safe",
+                    AMBIGUOUS: "a RECORD_ID names one record of its table",
                 },
             )
         finally:

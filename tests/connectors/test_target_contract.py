@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 
 from connectors import load_registry
 from connectors.contract import ConnectorError, FatalError, OutcomeKind
-from tests.connectors.targets import FACTORIES, KEYED, UNSAFE, Harness
+from tests.connectors.targets import AMBIGUOUS, FACTORIES, KEYED, UNSAFE, Harness
 
 
 @pytest.fixture(params=sorted(FACTORIES))
@@ -134,3 +134,13 @@ async def test_refused_credentials_are_renewed_once_then_stop_with_a_hint(
         await harness.deliver([harness.delivery(2, harness.absent or harness.present)])
     assert harness.hint and harness.hint in str(info.value), str(info.value)
     assert await token_calls() - before == (1 if harness.token_path else 0)
+
+
+async def test_an_ambiguous_key_is_dead_and_nothing_is_deleted(harness: Harness) -> None:
+    applies(harness, AMBIGUOUS)
+    assert harness.ambiguous, "a target without ambiguous keys must say why instead"
+    key = harness.ambiguous()
+    outcomes = await harness.deliver([harness.delivery(1, key)])
+    assert outcomes[0].kind is OutcomeKind.DEAD, outcomes
+    assert outcomes[0].reason.startswith("ambiguous: "), outcomes
+    assert [e for e in await harness.requests() if e.mutating] == []
