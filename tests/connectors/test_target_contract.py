@@ -14,8 +14,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from connectors import load_registry
-from connectors.contract import ConnectorError, FatalError, OutcomeKind
-from tests.connectors.targets import AMBIGUOUS, FACTORIES, KEYED, UNSAFE, Harness
+from connectors.contract import AmbiguousError, AsyncTarget, ConnectorError, FatalError, OutcomeKind
+from tests.connectors.targets import AMBIGUOUS, FACTORIES, KEYED, LOST, UNSAFE, Harness
 
 
 @pytest.fixture(params=sorted(FACTORIES))
@@ -144,3 +144,22 @@ async def test_an_ambiguous_key_is_dead_and_nothing_is_deleted(harness: Harness)
     assert outcomes[0].kind is OutcomeKind.DEAD, outcomes
     assert outcomes[0].reason.startswith("ambiguous: "), outcomes
     assert [e for e in await harness.requests() if e.mutating] == []
+
+
+async def test_a_lost_answer_never_starts_a_second_job(harness: Harness) -> None:
+    """The start was applied and its answer lost. The engine asks `find` and starts the
+    batch again only when it finds nothing: either way one job is started, no more."""
+    applies(harness, LOST)
+    target, jobs = harness.target, harness.jobs
+    assert isinstance(target, AsyncTarget) and jobs is not None
+    job = harness.job([harness.delivery(1, harness.present)])
+    assert await target.find(job) is None, "found a job never started"  # also fetches a token
+    harness.emulator.faults.update({"drop_after_apply_rate": 1.0})
+    with pytest.raises(AmbiguousError):
+        await target.submit(job)
+    harness.emulator.faults.update({"drop_after_apply_rate": 0.0})
+    assert jobs() == 1
+    handle = await target.find(job) or await target.submit(job)
+    outcomes = await harness.finish(job, handle)
+    assert [o.kind for o in outcomes] == [OutcomeKind.DONE], outcomes
+    assert jobs() == 1
