@@ -140,8 +140,9 @@ async def mongoose_target() -> AsyncIterator[Harness]:
     emulator.seed(demo_rows())
     with serve(emulator.app) as running:
         url = running.url + DEFAULT_BASE_PATH
-        target = MongooseTarget("erp", mongoose.connection(url), mongoose.target_settings())
-        try:
+        async with contextlib.aclosing(
+            MongooseTarget("erp", mongoose.connection(url), mongoose.target_settings())
+        ) as target:
             yield Harness(
                 target,
                 emulator,
@@ -156,8 +157,6 @@ async def mongoose_target() -> AsyncIterator[Harness]:
                 absent="exemployee",
                 unsafe=("a\x00b", "o\u02bcbrien"),
             )
-        finally:
-            await target.aclose()
 
 
 @contextlib.asynccontextmanager
@@ -170,8 +169,9 @@ async def reltio_target() -> AsyncIterator[Harness]:
     entities = reltio_entities()
     emulator.seed(entities)
     with serve(emulator.app) as running:
-        target = ReltioDeleteTarget("mdm", reltio.connection(running.url), reltio.settings())
-        try:
+        async with contextlib.aclosing(
+            ReltioDeleteTarget("mdm", reltio.connection(running.url), reltio.settings())
+        ) as target:
             yield Harness(
                 target,
                 emulator,
@@ -187,8 +187,6 @@ async def reltio_target() -> AsyncIterator[Harness]:
                 unsafe=PATH_UNSAFE,
                 step=reltio.STEP,
             )
-        finally:
-            await target.aclose()
 
 
 def refuse_reltio_tokens(emulator: ReltioEmulator) -> None:
@@ -211,10 +209,9 @@ async def adt_twins_target() -> AsyncIterator[Harness]:
     emulator = AdtEmulator(tokens=[adt_twins.STATIC], clients={adt_twins.CLIENT: adt_twins.SECRET})
     emulator.seed(demo_graph())
     with serve(emulator.app) as running:
-        target = AdtTwinsTarget(
-            "twins", adt_twins.connection(running.url), adt_twins.twins_settings()
-        )
-        try:
+        async with contextlib.aclosing(
+            AdtTwinsTarget("twins", adt_twins.connection(running.url), adt_twins.twins_settings())
+        ) as target:
             yield Harness(
                 target,
                 emulator,
@@ -228,8 +225,6 @@ async def adt_twins_target() -> AsyncIterator[Harness]:
                 not_applicable={AMBIGUOUS: "a twin id names one twin", **NO_JOBS},
                 unsafe=PATH_UNSAFE,
             )
-        finally:
-            await target.aclose()
 
 
 PURGE_IS_WHOLE_INSTANCE = (
@@ -245,8 +240,9 @@ async def adt_purge_target() -> AsyncIterator[Harness]:
     emulator.seed(demo_graph())
     with serve(emulator.app) as running:
         settings = adt_purge.purge_settings(confirm_purge=adt_purge.host_of(running.url))
-        target = AdtPurgeTarget("twinsprod", adt_purge.connection(running.url), settings)
-        try:
+        async with contextlib.aclosing(
+            AdtPurgeTarget("twinsprod", adt_purge.connection(running.url), settings)
+        ) as target:
             yield Harness(
                 target,
                 emulator,
@@ -259,8 +255,6 @@ async def adt_purge_target() -> AsyncIterator[Harness]:
                 step=adt_purge.STEP,
                 not_applicable=dict.fromkeys((UNSAFE, KEYED, AMBIGUOUS), PURGE_IS_WHOLE_INSTANCE),
             )
-        finally:
-            await target.aclose()
 
 
 @contextlib.asynccontextmanager
@@ -270,8 +264,9 @@ async def dmm_target() -> AsyncIterator[Harness]:
     )
     emulator.seed(demo_entities())
     with serve(emulator.app) as running:
-        target = DmmDeleteTarget("dmm", dmm.connection(running.url), dmm.settings())
-        try:
+        async with contextlib.aclosing(
+            DmmDeleteTarget("dmm", dmm.connection(running.url), dmm.settings())
+        ) as target:
             yield Harness(
                 target,
                 emulator,
@@ -289,8 +284,6 @@ async def dmm_target() -> AsyncIterator[Harness]:
                 unsafe=("o\u02bcbrien",),
                 step=dmm.STEP,
             )
-        finally:
-            await target.aclose()
 
 
 @contextlib.asynccontextmanager
@@ -301,8 +294,9 @@ async def goose_target() -> AsyncIterator[Harness]:
         {"CON_TRO": [{"RECORD_ID": "0-1", "SYKEY": "user1"}]},
     )
     with serve(emulator.app) as running:
-        target = GooseDeleteTarget("goose", goose.connection(running.url), goose.target_settings())
-        try:
+        async with contextlib.aclosing(
+            GooseDeleteTarget("goose", goose.connection(running.url), goose.target_settings())
+        ) as target:
             yield Harness(
                 target,
                 emulator,
@@ -318,8 +312,6 @@ async def goose_target() -> AsyncIterator[Harness]:
                     **NO_JOBS,
                 },
             )
-        finally:
-            await target.aclose()
 
 
 FACTORIES: dict[str, Factory] = {
