@@ -60,6 +60,9 @@ class Faults:
     throttle_rate: answered 429 with `Retry-After: retry_after`.
     timeout_rate: held for `hang_seconds` (past the client's timeout), not applied.
     drop_after_apply_rate: applied, then answered 500 (the answer is lost).
+    echo_rate: answered 500, not applied, with a body echoing the request's headers,
+    query and body, as careless servers do: a client must keep any secret it sent
+    out of the error it raises and the logs it writes.
     """
 
     latency: float = 0.0
@@ -69,6 +72,7 @@ class Faults:
     timeout_rate: float = 0.0
     hang_seconds: float = 10.0
     drop_after_apply_rate: float = 0.0
+    echo_rate: float = 0.0
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -147,6 +151,7 @@ class FaultMiddleware:
             ("throttle", f.throttle_rate),
             ("timeout", f.timeout_rate),
             ("drop_after_apply", f.drop_after_apply_rate),
+            ("echo", f.echo_rate),
         ):
             edge += rate
             if roll < edge:
@@ -185,6 +190,16 @@ class FaultMiddleware:
                 status_code=429,
                 headers={"Retry-After": f"{f.retry_after:g}"},
             )
+        elif name == "echo":
+            response = JSONResponse(
+                {
+                    "error": "injected: your request was",
+                    "headers": dict(Request(scope).headers),
+                    "query": scope["query_string"].decode("latin-1"),
+                    "body": (await _body(receive)).decode("utf-8", "replace"),
+                },
+                status_code=500,
+            )
         elif name == "timeout":
             await asyncio.sleep(f.hang_seconds)
             response = JSONResponse({"error": "injected timeout"}, status_code=504)
@@ -197,6 +212,16 @@ class FaultMiddleware:
             response = JSONResponse({"error": "injected: applied, answer lost"}, status_code=500)
         self.log.add(LoggedRequest(method, path, response.status_code, mutating, fault=name))
         await response(scope, receive, send)
+
+
+async def _body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    more = True
+    while more:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    return b"".join(chunks)
 
 
 def admin_routes(faults: Faults, log: RequestLog) -> list[BaseRoute]:

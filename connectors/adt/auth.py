@@ -37,7 +37,8 @@ RENEW_BEFORE = 300.0
 def _credentials_fatal(name: str) -> Callable[[str], FatalError]:
     def fatal(what: str) -> FatalError:
         return FatalError(
-            f"adt connection {name!r}: {what}; check connections.{name} credentials",
+            f"adt connection {name!r}: {what}; check connections.{name}.client_id, "
+            "client_secret and scope, and that the app holds a role on the instance",
             connection=name,
         )
 

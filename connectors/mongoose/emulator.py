@@ -202,6 +202,9 @@ class Knobs:
     """LoadCollection Items: as each version's doc shows them, or one shape for both."""
     header_token: bool = True
     """False: the v2 header form of GetSecurityToken is unknown (404), as before 2025.x."""
+    refuse_tokens: bool = False
+    """True: every security token is refused, fresh ones too (the user lost its rights),
+    so a client that renews once must then stop."""
 
     def update(self, values: Mapping[str, Any]) -> None:
         known = {f.name for f in fields(self)}
@@ -211,6 +214,7 @@ class Knobs:
         valid = {
             "row_shape": lambda v: v in ("documented", "arrays", "objects"),
             "header_token": lambda v: isinstance(v, bool),
+            "refuse_tokens": lambda v: isinstance(v, bool),
         }
         for name, value in values.items():
             if not valid[name](value):
@@ -412,7 +416,7 @@ class MongooseEmulator:
                 and request.headers.get("x-infor-mongooseconfig") == self.config
             )
         with self._lock:
-            return bool(auth) and auth in self._tokens
+            return bool(auth) and auth in self._tokens and not self.knobs.refuse_tokens
 
     async def _load(self, request: Request) -> Response:
         if not self._authorized(request):

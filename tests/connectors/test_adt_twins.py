@@ -481,17 +481,6 @@ async def test_static_token_rejected_is_fatal(
     assert STATIC not in str(info.value)
 
 
-async def test_second_401_is_fatal_after_one_renewal(
-    make_target: MakeTarget, emulator: AdtEmulator
-) -> None:
-    emulator.token_lifetime = 0
-    target = make_target()
-    with pytest.raises(FatalError, match="even with a fresh token") as info:
-        await target.send(deliveries("0-1"))
-    assert await token_calls(emulator) == 2
-    assert SECRET not in str(info.value)
-
-
 URL = "https://inst.api.weu.digitaltwins.azure.net"
 
 

@@ -227,15 +227,6 @@ async def test_post_verb(make_target: MakeTarget, emulator: MongooseEmulator) ->
     assert deleted_usernames(emulator) == ["jrossi"]
 
 
-async def test_absent_key_is_done(make_target: MakeTarget, emulator: MongooseEmulator) -> None:
-    target = make_target()
-    outcomes = await send(target, deliveries("exemployee", "jrossi"))
-    assert kinds(outcomes) == [("done", "absent"), ("done", "deleted")]
-    assert deleted_usernames(emulator) == ["jrossi"]
-    again = await send(target, deliveries("jrossi"))
-    assert kinds(again) == [("done", "absent")]
-
-
 async def test_ambiguous_key_is_dead_and_nothing_deleted(
     make_target: MakeTarget, emulator: MongooseEmulator
 ) -> None:
@@ -510,18 +501,6 @@ async def test_token_sent_raw_and_scrubbed(
     assert request.url.params["recordcap"] == "0"
     assert outcome.kind is OutcomeKind.RETRY
     assert TOKEN not in outcome.reason and "bad ***" in outcome.reason
-
-
-async def test_second_401_is_fatal_after_one_renewal(
-    mocked: tuple[respx.MockRouter, MongooseTarget],
-) -> None:
-    router, target = mocked
-    token = router.get(f"{BASE}/json/token/DEMO").mock(return_value=token_ok())
-    router.get(f"{BASE}/json/UserNames/adv").mock(return_value=httpx.Response(401))
-    with pytest.raises(FatalError, match="even with a fresh token") as info:
-        await target.send(deliveries("jrossi"))
-    assert token.call_count == 2
-    assert TOKEN not in str(info.value) and PASSWORD not in str(info.value)
 
 
 @pytest.mark.parametrize(
