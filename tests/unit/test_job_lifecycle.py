@@ -24,17 +24,9 @@ from connectors.contract import EXACT_KEYS, AmbiguousError, Outcome, RetriableEr
 from connectors.jobs import CannotCancel, JobHandle, JobProgress, JobSpec, JobState
 from state import NewRecord, RetryRule, Store
 from state.models import DeliveryStatus, utcnow
-from syncengine.config import (
-    DeliveryRetry,
-    JobSettings,
-    PipelineConfig,
-    Schedule,
-    SourceConfig,
-    TargetConfig,
-)
 from syncengine.engine.jobs import JobPolicy, run_jobs
-from syncengine.engine.runtime import PipelineRuntime, TargetRuntime
 from syncengine.engine.stop import StopToken
+from tests.unit.fake_runtime import fake_runtime
 
 
 @dataclass
@@ -115,29 +107,9 @@ class JobLifecycle(RuleBasedStateMachine):
         self.api = FakeApi()
         self.keys = itertools.count()
         self.journaled = 0
-        spec = TargetConfig(
-            name="t",
-            connection="c",
-            connection_type="fake",
-            retry=DeliveryRetry(),
-            jobs=JobSettings(),
-            settings=None,
+        self.pipe, self.target = fake_runtime(
+            FakeTarget(self.api), RetryRule(max_attempts=4, base_delay=0, max_delay=0)
         )
-        pipe_config = PipelineConfig(
-            name="p",
-            schedule=Schedule(every=60),
-            enabled=True,
-            source=SourceConfig(connection="c", connection_type="fake", settings=None),
-            targets={"t": spec},
-        )
-        self.target = TargetRuntime(
-            "t",
-            "c",
-            FakeTarget(self.api),
-            RetryRule(max_attempts=4, base_delay=0, max_delay=0),
-            spec,
-        )
-        self.pipe = PipelineRuntime("p", pipe_config, source=None, targets={"t": self.target})  # type: ignore[arg-type]
 
     def teardown(self) -> None:
         self.store.close()

@@ -14,20 +14,12 @@ import pytest
 from sqlmodel import Session
 
 from connectors.contract import EXACT_KEYS, Delivery, Outcome
-from state import ClaimedDelivery, Lease, LeaseLost, NewRecord, RetryRule, Store
+from state import ClaimedDelivery, Lease, LeaseLost, NewRecord, Store
 from state.models import DeliveryStatus, PipelineLock, utcnow
-from syncengine.config import (
-    DeliveryRetry,
-    JobSettings,
-    PipelineConfig,
-    Schedule,
-    SourceConfig,
-    TargetConfig,
-)
 from syncengine.engine.lease import LeaseKeeper
 from syncengine.engine.push import push
-from syncengine.engine.runtime import PipelineRuntime, TargetRuntime
 from syncengine.engine.stop import StopToken
+from tests.unit.fake_runtime import fake_runtime
 
 
 class RecordingTarget:
@@ -46,26 +38,6 @@ class RecordingTarget:
 
     async def aclose(self) -> None:
         return None
-
-
-def runtime(target: RecordingTarget) -> tuple[PipelineRuntime, TargetRuntime]:
-    spec = TargetConfig(
-        name="t",
-        connection="c",
-        connection_type="fake",
-        retry=DeliveryRetry(),
-        jobs=JobSettings(),
-        settings=None,
-    )
-    config = PipelineConfig(
-        name="p",
-        schedule=Schedule(every=60),
-        enabled=True,
-        source=SourceConfig(connection="c", connection_type="fake", settings=None),
-        targets={"t": spec},
-    )
-    target_runtime = TargetRuntime("t", "c", target, RetryRule(), spec)
-    return PipelineRuntime("p", config, source=None, targets={"t": target_runtime}), target_runtime  # type: ignore[arg-type]
 
 
 def journal(store: Store, count: int) -> None:
@@ -89,7 +61,7 @@ async def test_the_event_loop_runs_while_a_store_call_is_in_progress(tmp_path: P
     try:
         journal(store, 3)
         target = RecordingTarget()
-        pipe, target_runtime = runtime(target)
+        pipe, target_runtime = fake_runtime(target)
 
         async def open_the_gate() -> None:
             store.gate.set()
@@ -115,7 +87,7 @@ async def test_a_run_that_lost_its_lease_sends_and_records_nothing_more(tmp_path
             assert store.acquire_lock("p", "another", 30, now=later) is not None
 
         target.on_send = taken_over
-        pipe, target_runtime = runtime(target)
+        pipe, target_runtime = fake_runtime(target)
         with pytest.raises(LeaseLost):
             await push(store, pipe, target_runtime, 1, utcnow(), StopToken(), lease=lease)
         assert len(target.sent) == 1, "nothing sent after the lease was lost"
