@@ -358,3 +358,19 @@ class SandboxEmulator:
     seed: Any
     emulator: Any
     describe: Callable[[str], list[str]]
+
+
+def apply_settings(
+    settings: Any, values: Mapping[str, Any], checks: Mapping[str, Callable[[Any], bool]]
+) -> None:
+    """Set an emulator's knobs from an admin request, all or none: an unknown name or a
+    value its check refuses is a ValueError naming it, and nothing is changed."""
+    known = {f.name for f in fields(settings)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"unknown settings: {sorted(unknown)}; known: {sorted(known)}")
+    for name, value in values.items():
+        if not checks[name](value):
+            raise ValueError(f"bad value for {name}: {value!r}")
+    for name, value in values.items():
+        setattr(settings, name, value)

@@ -86,7 +86,7 @@ import time
 import unicodedata
 import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -102,6 +102,7 @@ from connectors.emulator_kit import (
     DEMO_PEOPLE,
     Faults,
     RequestLog,
+    apply_settings,
     build_app,
     knob_routes,
 )
@@ -169,10 +170,6 @@ class Knobs:
     literals, `-- ` and `#` comments."""
 
     def update(self, values: Mapping[str, Any]) -> None:
-        known = {f.name for f in fields(self)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown settings: {sorted(unknown)}; known: {sorted(known)}")
         checks: dict[str, Callable[[Any], bool]] = {
             "step_seconds": lambda v: _number(v) and v >= 0,
             "chunk_size": lambda v: _integer(v) and v >= 1,
@@ -183,11 +180,7 @@ class Knobs:
             "corrupt_logs": lambda v: isinstance(v, bool),
             "backslash_escapes": lambda v: isinstance(v, bool),
         }
-        for name, value in values.items():
-            if not checks[name](value):
-                raise ValueError(f"bad value for {name}: {value!r}")
-        for name, value in values.items():
-            setattr(self, name, value)
+        apply_settings(self, values, checks)
 
 
 def _number(value: Any) -> bool:

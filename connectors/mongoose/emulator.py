@@ -75,8 +75,8 @@ import secrets
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import unquote
@@ -91,6 +91,7 @@ from connectors.emulator_kit import (
     DEMO_PEOPLE,
     Faults,
     RequestLog,
+    apply_settings,
     build_app,
     knob_routes,
 )
@@ -207,20 +208,12 @@ class Knobs:
     so a client that renews once must then stop."""
 
     def update(self, values: Mapping[str, Any]) -> None:
-        known = {f.name for f in fields(self)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown settings: {sorted(unknown)}; known: {sorted(known)}")
-        valid = {
+        checks: dict[str, Callable[[Any], bool]] = {
             "row_shape": lambda v: v in ("documented", "arrays", "objects"),
             "header_token": lambda v: isinstance(v, bool),
             "refuse_tokens": lambda v: isinstance(v, bool),
         }
-        for name, value in values.items():
-            if not valid[name](value):
-                raise ValueError(f"bad value for {name}: {value!r}")
-        for name, value in values.items():
-            setattr(self, name, value)
+        apply_settings(self, values, checks)
 
 
 class MongooseError(Exception):
