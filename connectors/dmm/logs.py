@@ -30,15 +30,16 @@ Unicode line separator survives.
 
 from __future__ import annotations
 
+import codecs
 import io
 import re
 import unicodedata
 import zipfile
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import IO, Literal
 
 SEPARATOR = " | "
 DELETED = "Deleted record "
@@ -199,7 +200,12 @@ def parse_line(line: str) -> LogEvent | None:
 
 
 def parse_lines(lines: Iterable[str]) -> list[LogEvent]:
-    return [event for event in map(parse_line, lines) if event is not None]
+    return list(iter_events(lines))
+
+
+def iter_events(lines: Iterable[str]) -> Iterator[LogEvent]:
+    """The records `lines` name, read as they are asked for."""
+    return (event for event in map(parse_line, lines) if event is not None)
 
 
 def split_lines(text: str) -> list[str]:
@@ -210,54 +216,99 @@ def split_lines(text: str) -> list[str]:
     return lines
 
 
+def open_log_zip(file: IO[bytes]) -> zipfile.ZipFile:
+    """The log zip in `file` (seekable: a zip's directory is at its end); ValueError
+    when it is not one."""
+    try:
+        return zipfile.ZipFile(file)
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise ValueError(f"the logs are not a zip archive: {exc}") from None
+
+
+def check_log_zip(
+    archive: zipfile.ZipFile, *, max_bytes: int = MAX_LOG_BYTES, max_files: int = MAX_LOG_FILES
+) -> list[zipfile.ZipInfo]:
+    """The log files to read, once every one of them was unpacked without error.
+
+    A member is only known sound once read to its end (its CRC is checked there),
+    so the zip is unpacked once, keeping nothing, before any line is read: a log
+    that cannot be read whole yields no record at all. The uncompressed total is
+    capped (declared sizes can lie, so bytes are counted while reading): a zip
+    bomb raises ValueError instead of running on.
+    """
+    entries = [info for info in archive.infolist() if not info.is_dir()]
+    if len(entries) > max_files:
+        raise ValueError(f"the log zip holds {len(entries)} files, more than {max_files}")
+    declared = sum(info.file_size for info in entries)
+    if declared > max_bytes:
+        raise ValueError(
+            f"the log zip would unpack to {declared} bytes, more than the cap of {max_bytes}"
+        )
+    total = 0
+    for info in entries:
+        for chunk in _unpacked(archive, info):
+            total += len(chunk)
+            if total > max_bytes:
+                raise ValueError(f"the log zip unpacks to more than the cap of {max_bytes} bytes")
+    return entries
+
+
+def log_zip_lines(
+    archive: zipfile.ZipFile, entries: Iterable[zipfile.ZipInfo]
+) -> Iterator[tuple[str, str]]:
+    """(file name, line) for every line of `entries` (see `check_log_zip`), in order,
+    unpacked as they are asked for: a log of any size is read in constant memory.
+
+    Text is read as UTF-8; an undecodable byte becomes U+FFFD, which can only make a
+    value match nothing.
+    """
+    for info in entries:
+        for line in _lines(_unpacked(archive, info)):
+            yield info.filename, line
+
+
 def read_log_zip(
     data: bytes, *, max_bytes: int = MAX_LOG_BYTES, max_files: int = MAX_LOG_FILES
 ) -> list[tuple[str, list[str]]]:
-    """(file name, lines) for each file of a log zip, in the zip's order.
+    """(file name, lines) for each file of a small log zip held in memory, in order."""
+    with open_log_zip(io.BytesIO(data)) as archive:
+        entries = check_log_zip(archive, max_bytes=max_bytes, max_files=max_files)
+        return [(info.filename, list(_lines(_unpacked(archive, info)))) for info in entries]
 
-    The uncompressed total is capped (declared sizes can lie, so bytes are
-    counted while reading): a zip bomb raises ValueError instead of filling
-    memory. Text is read as UTF-8; an undecodable byte becomes U+FFFD, which
-    can only make a value match nothing.
-    """
+
+def _unpacked(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Iterator[bytes]:
     try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise ValueError(f"the logs are not a zip archive: {exc}") from None
-    files: list[tuple[str, list[str]]] = []
-    with archive:
-        entries = [info for info in archive.infolist() if not info.is_dir()]
-        if len(entries) > max_files:
-            raise ValueError(f"the log zip holds {len(entries)} files, more than {max_files}")
-        declared = sum(info.file_size for info in entries)
-        if declared > max_bytes:
-            raise ValueError(
-                f"the log zip would unpack to {declared} bytes, more than the cap of {max_bytes}"
-            )
-        total = 0
-        for info in entries:
-            chunks: list[bytes] = []
-            try:
-                with archive.open(info) as handle:
-                    while chunk := handle.read(_READ_CHUNK):
-                        total += len(chunk)
-                        if total > max_bytes:
-                            raise ValueError(
-                                f"the log zip unpacks to more than the cap of {max_bytes} bytes"
-                            )
-                        chunks.append(chunk)
-            except (
-                zipfile.BadZipFile,
-                zlib.error,
-                NotImplementedError,
-                RuntimeError,
-                OSError,
-                EOFError,
-            ) as exc:
-                raise ValueError(f"log file {info.filename!r} cannot be read: {exc}") from None
-            text = b"".join(chunks).decode("utf-8", errors="replace").removeprefix("\ufeff")
-            files.append((info.filename, split_lines(text)))
-    return files
+        with archive.open(info) as handle:
+            while chunk := handle.read(_READ_CHUNK):
+                yield chunk
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        NotImplementedError,
+        RuntimeError,
+        OSError,
+        EOFError,
+    ) as exc:
+        raise ValueError(f"log file {info.filename!r} cannot be read: {exc}") from None
+
+
+def _lines(chunks: Iterable[bytes]) -> Iterator[str]:
+    """The lines of one file given in pieces, as `split_lines` splits a whole text."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    tail = ""
+    started = False
+    for chunk in chunks:
+        text = tail + decoder.decode(chunk)
+        if not started and text:
+            text, started = text.removeprefix("\ufeff"), True
+        *lines, tail = text.split("\n")
+        for line in lines:
+            yield line.removesuffix("\r")
+    tail += decoder.decode(b"", final=True)
+    if not started:
+        tail = tail.removeprefix("\ufeff")
+    if tail:
+        yield tail.removesuffix("\r")
 
 
 __all__ = [
@@ -266,10 +317,14 @@ __all__ = [
     "MAX_LOG_BYTES",
     "TIME_FORMAT",
     "LogEvent",
+    "check_log_zip",
     "format_deleted",
     "format_failed",
     "format_line",
     "format_literal",
+    "iter_events",
+    "log_zip_lines",
+    "open_log_zip",
     "parse_line",
     "parse_lines",
     "parse_literal",

@@ -10,7 +10,11 @@ gives the same records (the journal de-duplicates them).
 Two ways to read the log (`logs_from`):
 
 - `outputs`: GetExecutionOutputs' base64 zip, which may hold several log
-  files, read whole in one call, with the Report and the ErrorReport.
+  files, read in one call with the Report and the ErrorReport. The answer is
+  read as it arrives, the zip spooled to a temporary file (a zip is read from
+  its end) and its files unpacked line by line, so the records are handed over
+  in pages of at most CHUNK_RECORDS and memory stays constant in the size of
+  the log.
 - `status`: GetExecutionStatus' base64 log pages, one page per call (the
   cursor names the next page), so a very long log is journaled page by page.
   The page size is pinned in the cursor once paging started: a changed
@@ -18,10 +22,13 @@ Two ways to read the log (`logs_from`):
 
 What is reported is only what the log names: a line that does not parse is
 never guessed at, a log or a page that cannot be read raises RemoteError
-(nothing is journaled, the read is retried next run), and an execution whose
+(nothing is journaled: a zip is unpacked once, keeping nothing, before its
+first line is read; the read is retried next run), and an execution whose
 log names fewer deleted records than its report counts finishes with a
 problem for the operator rather than silently: re-reading would not help, and
-inventing records would propagate deletions nobody can name.
+inventing records would propagate deletions nobody can name. A record is
+reported once per page; one the log names again in a later page is reported
+again, and the journal keeps it once.
 """
 
 from __future__ import annotations
@@ -30,24 +37,39 @@ import base64
 import binascii
 import json
 import re
+import tempfile
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Mapping
+from functools import cached_property
+from typing import IO, Any
+
+import httpx
 
 from connectors.contract import (
+    CHUNK_RECORDS,
     JSON,
-    AmbiguousError,
-    InFlightCall,
+    FatalError,
     RemoteError,
-    RetriableError,
-    SourceCall,
     SourcePage,
     SourceRecord,
 )
-from connectors.dmm.client import DmmClient, Operation, succeeded
-from connectors.dmm.logs import MAX_LOG_BYTES, LogEvent, parse_lines, read_log_zip, split_lines
+from connectors.dmm.client import (
+    TOKEN_HEADER,
+    DmmClient,
+    Operation,
+    errors,
+    is_dmm_body,
+    succeeded,
+)
+from connectors.dmm.logs import (
+    MAX_LOG_BYTES,
+    LogEvent,
+    check_log_zip,
+    iter_events,
+    log_zip_lines,
+    open_log_zip,
+    split_lines,
+)
 from connectors.dmm.settings import (
     DmmConnection,
     DmmSourceSettings,
@@ -56,9 +78,11 @@ from connectors.dmm.settings import (
     record_name,
 )
 from connectors.dmm.target import STATUS
-from connectors.http import HttpClient, excerpt
+from connectors.http import Action, HttpClient, excerpt, json_object, resolve
 from connectors.jobs import map_status
-from connectors.task_streams import TaskStreams
+from connectors.source_kit import Pages
+from connectors.spooled_json import Spooled, SpoolingParser, base64_to_file, text_chunks
+from connectors.task_streams import TaskSourceBase, TaskStreams
 
 STREAM_PREFIX = "execution-"
 NOT_FOUND = "NotFound"
@@ -70,17 +94,44 @@ records reported, records that could not be deleted, deleted lines in the log (e
 entity, before the `entities` filter)."""
 
 
-@dataclass
 class _Tally:
-    """What one stretch of log (a whole zip or one page) says."""
+    """What a stretch of log (a whole zip or one page) says, its records in pages."""
 
-    records: list[SourceRecord] = field(default_factory=list)
-    failed: Counter[str] = field(default_factory=Counter)
-    """Failed lines per entity (case-folded), after the `entities` filter."""
-    logged: int = 0
+    def __init__(self, record: Callable[[LogEvent], SourceRecord], entities: set[str]) -> None:
+        self._record = record
+        self._entities = entities
+        self._seen: set[str] = set()
+        self.pages = Pages(CHUNK_RECORDS)
+        self.failed: Counter[str] = Counter()
+        """Failed lines per entity (case-folded), after the `entities` filter."""
+        self.logged = 0
+
+    def read(self, events: Iterable[LogEvent]) -> Iterator[SourcePage]:
+        """Full pages of the records `events` name, as they fill; the rest stays in
+        `pages` for the answer's last page."""
+        for event in events:
+            if event.kind == "deleted":
+                self.logged += 1
+            if self._entities and event.entity.casefold() not in self._entities:
+                continue
+            if event.kind == "failed":
+                self.failed[event.entity.casefold()] += 1
+                continue
+            record = self._record(event)
+            if record.key in self._seen:
+                continue
+            self._seen.add(record.key)
+            page = self.pages.add(record)
+            if page is not None:
+                self._seen.clear()
+                yield page
+
+    @property
+    def deleted(self) -> int:
+        return self.pages.handed
 
 
-class DmmOutputsSource:
+class DmmOutputsSource(TaskSourceBase[DmmConnection, DmmSourceSettings]):
     """The records DMM delete executions deleted, one stream per execution.
 
     Cursor of a stream: `{"finished": false, "status": <raw>}` while the execution
@@ -91,77 +142,59 @@ class DmmOutputsSource:
     """
 
     kind = "dmm_outputs"
+    param = "execution"
 
-    def __init__(
-        self,
-        name: str,
-        connection: DmmConnection,
-        settings: DmmSourceSettings,
-        *,
-        http: HttpClient | None = None,
-    ) -> None:
-        self.name = name
-        self.url = connection.url
-        self.settings = settings
-        self._entities = {entity.casefold() for entity in settings.entities}
-        self._http = http or connection.http_client(name, base_url=connection.url)
-        self.api = DmmClient(name, connection, self._http)
-        self._streams = TaskStreams(
-            name, STREAM_PREFIX, "DMM execution", execution_id_problem, normal_execution_id
+    def client(self) -> HttpClient:
+        return self.connection.http_client(self.name, base_url=self.connection.url)
+
+    def naming(self) -> TaskStreams:
+        return TaskStreams(
+            self.name, STREAM_PREFIX, "DMM execution", execution_id_problem, normal_execution_id
         )
 
-    # -- Source and TaskSource --------------------------------------------------------
+    def listed(self) -> list[str]:
+        return self.settings.executions
 
-    def streams(self) -> Sequence[str]:
-        return [self.task_stream(execution) for execution in self.settings.executions]
+    @property
+    def url(self) -> str:
+        return self.connection.url
 
-    def task_stream(self, task_id: str) -> str:
-        """`execution-<id>`, integers in plain form; ValueError (for the operator) when
-        `task_id` cannot name an execution."""
-        return self._streams.stream(task_id)
+    @cached_property
+    def api(self) -> DmmClient:
+        return DmmClient(self.name, self.connection, self.http)
+
+    @cached_property
+    def _entities(self) -> set[str]:
+        return {entity.casefold() for entity in self.settings.entities}
 
     def execution_id(self, stream: str) -> str:
-        return self._streams.task_id(stream)
+        return self.task_id(stream)
 
-    def finished(self, cursor: JSON | None) -> bool:
-        return self._streams.finished(cursor)
+    def read_params(self, cursor: JSON | None) -> dict[str, Any]:
+        """In `status` mode, the log page the cursor points at and the totals so far."""
+        if self.settings.logs_from != "status":
+            return {}
+        cursor = cursor or {}
+        page = _positive(cursor.get("page"))
+        if page is None:
+            return {
+                "page": 1,
+                "log_records": self.settings.log_records,
+                **dict.fromkeys(_COUNTERS, 0),
+            }
+        records = _positive(cursor.get("log_records")) or self.settings.log_records
+        return {
+            "page": page,
+            "log_records": records,
+            **{c: _count(cursor.get(c)) for c in _COUNTERS},
+        }
 
-    def plan(
-        self,
-        stream: str,
-        cursor: JSON | None,
-        interrupted: InFlightCall | None,
-        now: datetime,
-    ) -> SourceCall:
-        """The read the cursor points at. An interrupted call needs no recovery window:
-        nothing is consumed, the same params read the same page again."""
-        params: dict[str, Any] = {"execution": self.execution_id(stream)}
+    def read(
+        self, stream: str, task_id: str, params: Mapping[str, Any]
+    ) -> AsyncGenerator[SourcePage, None]:
         if self.settings.logs_from == "status":
-            cursor = cursor or {}
-            page = _positive(cursor.get("page"))
-            if page is None:
-                params.update(page=1, log_records=self.settings.log_records)
-                params.update(dict.fromkeys(_COUNTERS, 0))
-            else:
-                records = _positive(cursor.get("log_records")) or self.settings.log_records
-                params.update(page=page, log_records=records)
-                params.update({c: _count(cursor.get(c)) for c in _COUNTERS})
-        return SourceCall(stream=stream, params=params, started_at=now.astimezone(UTC))
-
-    async def fetch(self, call: SourceCall) -> SourcePage:
-        execution = str(call.params.get("execution") or self.execution_id(call.stream))
-        try:
-            if self.settings.logs_from == "status":
-                return await self._read_page(call.stream, execution, call.params)
-            return await self._read_outputs(call.stream, execution)
-        except AmbiguousError as exc:
-            # Only reads were sent: whatever happened to the answer, nothing changed.
-            raise RetriableError(
-                str(exc), connection=self.name, retry_after=exc.retry_after
-            ) from None
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
+            return self._read_page(stream, task_id, params)
+        return self._read_outputs(stream, task_id)
 
     # -- reading one execution -----------------------------------------------------------
 
@@ -202,30 +235,29 @@ class DmmOutputsSource:
             f"{self.name}: POST {self.api.path(operation)}: {message}", connection=self.name
         )
 
-    async def _read_outputs(self, stream: str, execution: str) -> SourcePage:
+    async def _read_outputs(self, stream: str, execution: str) -> AsyncGenerator[SourcePage, None]:
         status = await self._status(execution, {"IncludeLogs": False})
         raw = self._raw_status(status)
         if raw.upper() == NOT_FOUND.upper():
-            return self._not_found(execution)
+            yield self._not_found(execution)
+            return
         if not succeeded(status):
             raise self._refused("status", status)
         if not map_status(raw, STATUS).terminal:
-            return SourcePage(records=[], cursor={"finished": False, "status": raw})
-        answer = await self.api.call(
-            "outputs",
-            {
-                "MainExecutionTrackerId": _tracker(execution),
-                "IncludeLogs": True,
-                "IncludeReports": True,
-                "IncludeErrorReport": True,
-                "IncludeFiles": False,
-            },
-            idempotent=True,
-        )
-        if not succeeded(answer):
-            raise self._refused("outputs", answer)
-        lines = self._zip_lines(execution, answer.get("Logs"))
-        tally = self._tally(stream, execution, parse_lines(lines))
+            yield SourcePage(records=[], cursor={"finished": False, "status": raw})
+            return
+        parser = SpoolingParser()
+        try:
+            answer = await self._outputs(execution, parser)
+            if not succeeded(answer):
+                raise self._refused("outputs", answer)
+            tally = _Tally(lambda event: self._record(stream, execution, event), self._entities)
+            with tempfile.TemporaryFile() as file:
+                lines = self._zip_lines(execution, answer.get("Logs"), file)
+                for page in tally.read(iter_events(lines)):
+                    yield page
+        finally:
+            parser.discard()
         failed = tally.failed
         notes: list[str] = []
         reported = self._error_report(answer.get("ErrorReport"))
@@ -239,21 +271,77 @@ class DmmOutputsSource:
         error = self.api.error_message(answer) or self.api.error_message(status)
         report = answer.get("Report")
         counted = _count_or_none(report.get("NRecords")) if isinstance(report, dict) else None
-        return self._finish(
+        cursor, problem = self._ending(
             execution,
             raw,
             error,
-            tally.records,
-            deleted=len(tally.records),
+            deleted=tally.deleted,
             failed=sum(failed.values()),
             logged=tally.logged,
             counted=counted,
             notes=notes,
         )
+        yield tally.pages.last(cursor, problem=problem)
+
+    async def _outputs(self, execution: str, parser: SpoolingParser) -> dict[str, Any]:
+        """GetExecutionOutputs' answer, read as it arrives; its Logs (a long string) stay
+        in a temporary file, as a `Spooled`."""
+        path = self.api.path("outputs")
+        body = {
+            "MainExecutionTrackerId": _tracker(execution),
+            "IncludeLogs": True,
+            "IncludeReports": True,
+            "IncludeErrorReport": True,
+            "IncludeFiles": False,
+        }
+        token = {TOKEN_HEADER: self.connection.token.get_secret_value()}
+        async with self.http.stream(
+            "POST", path, idempotent=True, json=body, headers=token
+        ) as response:
+            if not 200 <= response.status_code < 300:
+                refusal = httpx.Response(
+                    response.status_code,
+                    content=await response.read(),
+                    headers={"content-type": response.headers.get("content-type", "")},
+                )
+                return self._refusal(refusal)
+            async for part in response.aiter_bytes():
+                parser.feed(part)
+        try:
+            answer = parser.close()
+        except ValueError as exc:
+            answer = str(exc)
+        if not isinstance(answer, dict):
+            raise RemoteError(
+                f"{self.name}: POST {path}: HTTP {response.status_code}, an answer that is not "
+                f"a JSON object: {excerpt(str(answer), self.api.secrets)}",
+                connection=self.name,
+                code=str(response.status_code),
+            )
+        return answer
+
+    def _refusal(self, response: httpx.Response) -> dict[str, Any]:
+        """A refused GetExecutionOutputs (a small answer, read whole), judged as
+        `DmmClient.call` judges any answer: DMM's own refusal is returned."""
+        what = f"POST {self.api.path('outputs')}"
+        rule = resolve(errors("outputs"), response)
+        if rule is not None and rule.action in (Action.FATAL, Action.REMOTE):
+            text = rule.message.format(name=self.name, what=what, detail=self.api.message(response))
+            if rule.action is Action.FATAL:
+                raise FatalError(text, connection=self.name)
+            raise RemoteError(text, connection=self.name, code=str(response.status_code))
+        answer = json_object(response)
+        if answer is None or not is_dmm_body(answer):
+            raise RemoteError(
+                f"{self.name}: {what}: HTTP {response.status_code}: {self.api.message(response)}",
+                connection=self.name,
+                code=str(response.status_code),
+            )
+        return answer
 
     async def _read_page(
         self, stream: str, execution: str, params: Mapping[str, Any]
-    ) -> SourcePage:
+    ) -> AsyncGenerator[SourcePage, None]:
         page = _positive(params.get("page")) or 1
         records = _positive(params.get("log_records")) or self.settings.log_records
         so_far = {c: _count(params.get(c)) for c in _COUNTERS}
@@ -262,11 +350,13 @@ class DmmOutputsSource:
         )
         raw = self._raw_status(answer)
         if raw.upper() == NOT_FOUND.upper():
-            return self._not_found(execution, {"page": page})
+            yield self._not_found(execution, {"page": page})
+            return
         if not succeeded(answer):
             raise self._refused("status", answer)
         if not map_status(raw, STATUS).terminal:
-            return SourcePage(records=[], cursor={"finished": False, "status": raw})
+            yield SourcePage(records=[], cursor={"finished": False, "status": raw})
+            return
         pages = answer.get("LogNumPages")
         if isinstance(pages, bool) or not isinstance(pages, int) or pages < 0:
             raise self._unreadable(execution, f"LogNumPages is {pages!r}")
@@ -279,53 +369,58 @@ class DmmOutputsSource:
             )
         else:
             lines = self._page_lines(execution, page, answer.get("Logs"))
-        tally = self._tally(stream, execution, parse_lines(lines))
-        deleted = so_far["deleted"] + len(tally.records)
+        tally = _Tally(lambda event: self._record(stream, execution, event), self._entities)
+        for part in tally.read(iter_events(lines)):
+            yield part
+        deleted = so_far["deleted"] + tally.deleted
         failed = so_far["failed"] + sum(tally.failed.values())
         logged = so_far["logged"] + tally.logged
         if page < pages:
-            return SourcePage(
-                records=tally.records,
-                cursor={
-                    "finished": False,
-                    "status": raw,
-                    "page": page + 1,
-                    "log_records": records,
-                    "deleted": deleted,
-                    "failed": failed,
-                    "logged": logged,
-                },
-                more=True,
-            )
+            cursor = {
+                "finished": False,
+                "status": raw,
+                "page": page + 1,
+                "log_records": records,
+                "deleted": deleted,
+                "failed": failed,
+                "logged": logged,
+            }
+            yield tally.pages.last(cursor, more=True)
+            return
         report = answer.get("Report")
         counted = (
             _count_or_none(report.get("CompletedRecords")) if isinstance(report, dict) else None
         )
-        finished = self._finish(
+        ended, problem = self._ending(
             execution,
             raw,
             self.api.error_message(answer),
-            tally.records,
             deleted=deleted,
             failed=failed,
             logged=logged,
             counted=counted,
             notes=[],
         )
-        cursor = {**finished.cursor, "page": page, "logged": logged}
-        return SourcePage(records=finished.records, cursor=cursor, problem=finished.problem)
+        yield tally.pages.last({**ended, "page": page, "logged": logged}, problem=problem)
 
     # -- the log -----------------------------------------------------------------------
 
-    def _zip_lines(self, execution: str, logs: Any) -> list[str]:
-        if not isinstance(logs, str) or not logs.strip():
+    def _zip_lines(self, execution: str, logs: Any, file: IO[bytes]) -> Iterator[str]:
+        """The lines of the log zip `logs`, once it is spooled to `file` and checked whole."""
+        if (isinstance(logs, str) and not logs.strip()) or not isinstance(logs, str | Spooled):
             raise self._unreadable(execution, "GetExecutionOutputs returned no Logs")
         try:
-            data = _b64(logs)
-            files = read_log_zip(data)
+            base64_to_file(text_chunks(logs), file)
+            archive = open_log_zip(file)
+            entries = check_log_zip(archive)
         except ValueError as exc:
             raise self._unreadable(execution, f"the outputs' Logs: {exc}") from None
-        return [line for _, file_lines in files for line in file_lines]
+        with archive:
+            try:
+                for _, line in log_zip_lines(archive, entries):
+                    yield line
+            except ValueError as exc:
+                raise self._unreadable(execution, f"the outputs' Logs: {exc}") from None
 
     def _page_lines(self, execution: str, page: int, logs: Any) -> list[str]:
         if not isinstance(logs, str) or not logs.strip():
@@ -353,23 +448,6 @@ class DmmOutputsSource:
             connection=self.name,
         )
 
-    def _tally(self, stream: str, execution: str, events: Sequence[LogEvent]) -> _Tally:
-        tally = _Tally()
-        seen: set[str] = set()
-        for event in events:
-            if event.kind == "deleted":
-                tally.logged += 1
-            if self._entities and event.entity.casefold() not in self._entities:
-                continue
-            if event.kind == "failed":
-                tally.failed[event.entity.casefold()] += 1
-                continue
-            record = self._record(stream, execution, event)
-            if record.key not in seen:
-                seen.add(record.key)
-                tally.records.append(record)
-        return tally
-
     def _record(self, stream: str, execution: str, event: LogEvent) -> SourceRecord:
         return SourceRecord(
             stream=stream,
@@ -392,6 +470,11 @@ class DmmOutputsSource:
         """Failures per entity (case-folded, after the filter) from the base64 JSON
         ErrorReport; empty without one, None when it cannot be read."""
         counts: Counter[str] = Counter()
+        try:
+            if isinstance(text, Spooled):
+                text = text.text()
+        except ValueError:
+            return None
         if text is None or (isinstance(text, str) and not text.strip()):
             return counts
         try:
@@ -411,19 +494,19 @@ class DmmOutputsSource:
 
     # -- the end of a stream -----------------------------------------------------------
 
-    def _finish(
+    def _ending(
         self,
         execution: str,
         raw: str,
         error: str,
-        records: Sequence[SourceRecord],
         *,
         deleted: int,
         failed: int,
         logged: int,
         counted: int | None,
         notes: list[str],
-    ) -> SourcePage:
+    ) -> tuple[JSON, str]:
+        """The finished stream's cursor, and what the operator should know."""
         parts: list[str] = []
         if raw.upper() != "COMPLETE" or failed:
             said = f": {excerpt(error, self.api.secrets, ERROR_EXCERPT)}" if error else ""
@@ -446,11 +529,8 @@ class DmmOutputsSource:
         if notes and not parts:
             parts.append(f"execution {execution} ended {raw} but {notes.pop(0)}")
         parts.extend(notes)
-        return SourcePage(
-            records=list(records),
-            cursor={"finished": True, "status": raw, "deleted": deleted, "failed": failed},
-            problem="; ".join(parts),
-        )
+        cursor: JSON = {"finished": True, "status": raw, "deleted": deleted, "failed": failed}
+        return cursor, "; ".join(parts)
 
 
 # --- helpers ---------------------------------------------------------------------------

@@ -7,13 +7,16 @@ answer was never journaled is simply made again.
 
 What is reported: the entities the task was asked to delete (its
 `entityUriList`, in its order) minus those it failed to delete, and only
-ones this source can vouch for. Reltio lists at most 100 failed IDs, counts
-an entity that was already gone as failed too, and a task that failed or was
-cancelled says nothing about how far it got. So the failure list is trusted
-only when it is complete (its count equals its length) on a task that
-completed; otherwise every asked entity not named as failed is read back,
-and only those Reltio answers "not found" for are reported. An entity that
-could not be read makes the whole read retriable: reporting it would risk
+ones this source can vouch for, in pages of at most CHUNK_RECORDS (each
+page's entities read back, when they must be, just before it is handed
+over). Reltio lists at most 100 failed IDs, counts an entity that was
+already gone as failed too, and a task that failed or was cancelled says
+nothing about how far it got. So the failure list is trusted only when it is
+complete (its count equals its length) on a task that completed; otherwise
+every asked entity not named as failed is read back, and only those Reltio
+answers "not found" for are reported. An entity that could not be read makes
+the read retriable from there on (the pages before it stand, and the next
+read's copy of them is dropped by the journal): reporting it would risk
 propagating a deletion that never happened, leaving it out would lose one.
 
 Filter-based tasks (`objects.filter`, optionally with an `excludeList`) are
@@ -27,17 +30,15 @@ its stream with no records and a problem saying why.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import AsyncGenerator, Mapping
+from functools import cached_property
 from typing import Any
 
 from connectors.contract import (
+    CHUNK_RECORDS,
     JSON,
-    AmbiguousError,
-    InFlightCall,
     RemoteError,
     RetriableError,
-    SourceCall,
     SourcePage,
     SourceRecord,
 )
@@ -62,7 +63,8 @@ from connectors.reltio.target import (
     task_params,
     task_uri_list,
 )
-from connectors.task_streams import TaskStreams
+from connectors.source_kit import Pages
+from connectors.task_streams import TaskSourceBase, TaskStreams
 
 STREAM_PREFIX = "task-"
 NOT_FOUND = "NOT_FOUND"
@@ -71,7 +73,7 @@ FILTER_EXCERPT = 120
 ERROR_EXCERPT = 200
 
 
-class ReltioTaskSource:
+class ReltioTaskSource(TaskSourceBase[ReltioConnection, ReltioSourceSettings]):
     """The entities Reltio DeleteEntitiesTasks deleted, one stream per task.
 
     Cursor of a stream: `{"finished": false, "status": <raw>}` while the task
@@ -81,79 +83,42 @@ class ReltioTaskSource:
     """
 
     kind = "reltio_tasks"
+    param = "task"
 
-    def __init__(
-        self,
-        name: str,
-        connection: ReltioConnection,
-        settings: ReltioSourceSettings,
-        *,
-        http: HttpClient | None = None,
-    ) -> None:
-        self.name = name
-        self.settings = settings
-        self.tenant_url = connection.tenant_url
-        self._http = http or connection.http_client(
-            name,
-            base_url=connection.tenant_url,
-            classify=classify,
-        )
-        self.api = ReltioClient(name, connection, self._http)
-        self._streams = TaskStreams(name, STREAM_PREFIX, "Reltio task", task_id_problem)
-
-    # -- Source and TaskSource --------------------------------------------------------
-
-    def streams(self) -> Sequence[str]:
-        return [self.task_stream(task) for task in self.settings.tasks]
-
-    def task_stream(self, task_id: str) -> str:
-        """`task-<id>`; ValueError (for the operator) when `task_id` cannot name a task."""
-        return self._streams.stream(task_id)
-
-    def task_id(self, stream: str) -> str:
-        return self._streams.task_id(stream)
-
-    def finished(self, cursor: JSON | None) -> bool:
-        return self._streams.finished(cursor)
-
-    def plan(
-        self,
-        stream: str,
-        cursor: JSON | None,
-        interrupted: InFlightCall | None,
-        now: datetime,
-    ) -> SourceCall:
-        """Always the same read: the task and its entities are read, never consumed, so an
-        interrupted call needs no recovery window."""
-        return SourceCall(
-            stream=stream, params={"task": self.task_id(stream)}, started_at=now.astimezone(UTC)
+    def client(self) -> HttpClient:
+        return self.connection.http_client(
+            self.name, base_url=self.connection.tenant_url, classify=classify
         )
 
-    async def fetch(self, call: SourceCall) -> SourcePage:
-        task_id = str(call.params.get("task") or self.task_id(call.stream))
-        try:
-            return await self._read(call.stream, task_id)
-        except AmbiguousError as exc:
-            # Only reads were sent: whatever happened to the answer, nothing changed.
-            raise RetriableError(
-                str(exc), connection=self.name, retry_after=exc.retry_after
-            ) from None
+    def naming(self) -> TaskStreams:
+        return TaskStreams(self.name, STREAM_PREFIX, "Reltio task", task_id_problem)
 
-    async def aclose(self) -> None:
-        await self._http.aclose()
+    def listed(self) -> list[str]:
+        return self.settings.tasks
+
+    @property
+    def tenant_url(self) -> str:
+        return self.connection.tenant_url
+
+    @cached_property
+    def api(self) -> ReltioClient:
+        return ReltioClient(self.name, self.connection, self.http)
 
     # -- reading one task --------------------------------------------------------------
 
-    async def _read(self, stream: str, task_id: str) -> SourcePage:
+    async def read(
+        self, stream: str, task_id: str, params: Mapping[str, Any]
+    ) -> AsyncGenerator[SourcePage, None]:
         path = f"/tasks/{path_segment(task_id)}"
         what = f"GET {path}"
         response = await self.api.call("GET", path, idempotent=True)
         if is_not_found(response):
-            return _ended(
+            yield _ended(
                 NOT_FOUND,
                 problem=f"Reltio does not know task {task_id} (HTTP 404); nothing read — "
                 "check the task id",
             )
+            return
         task = task_object(json_body(response)) if response.is_success else None
         if task is None:
             raise self.api.remote(what, response)
@@ -166,39 +131,51 @@ class ReltioTaskSource:
             raise RemoteError(f"{self.name}: {what}: a task without status", connection=self.name)
         if not is_delete_entities_task(task):
             kind = task.get("type")
-            shown = excerpt(str(kind), self._http.secrets) if kind else "task without a type"
-            return _ended(
+            shown = excerpt(str(kind), self.http.secrets) if kind else "task without a type"
+            yield _ended(
                 raw,
                 problem=f"task {task_id} is a {shown}, not a DeleteEntitiesTask: it deletes "
                 "no entities this source can name; nothing read",
             )
+            return
         asked = task_uri_list(task)
         if asked is None:
-            return _ended(
+            yield _ended(
                 raw,
                 problem=f"task {task_id} deleted the entities matching a filter "
                 f"({self._selection(task)}); Reltio's task does not list which entities it "
                 "removed, so none are reported (a guess could propagate deletions that never "
                 "happened)",
             )
+            return
         state = map_status(raw, STATUS)
         if not state.terminal:
-            return SourcePage(records=[], cursor={"finished": False, "status": raw})
-        gone = await self._gone(task, asked, state)
-        records = [self._record(stream, task_id, task, raw, uri) for uri in gone]
+            yield SourcePage(records=[], cursor={"finished": False, "status": raw})
+            return
+        pages = Pages(CHUNK_RECORDS)
+        candidates, complete = self._candidates(task, asked, state)
+        for start in range(0, len(candidates), pages.size):
+            part = candidates[start : start + pages.size]
+            gone = part if complete else await self._gone(task, part)
+            for uri in gone:
+                page = pages.add(self._record(stream, task_id, task, raw, uri))
+                if page is not None:
+                    yield page
         problem = ""
         if state is not JobState.SUCCEEDED:
             problem = (
-                f"task {task_id} ended {raw}{self._error(task)}; {len(gone)} of {len(asked)} "
+                f"task {task_id} ended {raw}{self._error(task)}; {pages.handed} of {len(asked)} "
                 "entities are gone and reported"
             )
-        return _ended(
-            raw, records, deleted=len(gone), failed=len(asked) - len(gone), problem=problem
+        yield pages.last(
+            _ended_cursor(raw, pages.handed, len(asked) - pages.handed), problem=problem
         )
 
-    async def _gone(self, task: Mapping[str, Any], asked: list[str], state: JobState) -> list[str]:
-        """The asked entities the task deleted, in the task's order: asked minus failed
-        when the failure list is complete, else those read back as gone."""
+    def _candidates(
+        self, task: Mapping[str, Any], asked: list[str], state: JobState
+    ) -> tuple[list[str], bool]:
+        """The asked entities not named as failed, in the task's order, and whether they
+        are all gone: the failure list is complete (only on a task that succeeded)."""
         current = current_state(task)
         listed_raw = current.get("objectsFailedToDelete")
         listed_raw = listed_raw if isinstance(listed_raw, list) else []
@@ -211,17 +188,19 @@ class ReltioTaskSource:
             and counted == len(listed_raw)
             and None not in listed
         )
-        candidates = [u for u in asked if u not in failed]
-        if complete:
-            return candidates
+        return [u for u in asked if u not in failed], complete
+
+    async def _gone(self, task: Mapping[str, Any], candidates: list[str]) -> list[str]:
+        """The candidates read back as gone, in order; RetriableError when one of them
+        cannot be read."""
         present = await gather(candidates, lambda uri: entity_present(self.api, uri))
         unreadable = [(u, r) for u, r in present.items() if isinstance(r, RemoteError)]
         if unreadable:
             uri, error = unreadable[0]
             raise RetriableError(
                 f"{self.name}: task {task.get('id')}: cannot tell whether {len(unreadable)} "
-                f"entities are gone (e.g. {uri}: {error}); nothing reported, the task is read "
-                "again next run",
+                f"entities are gone (e.g. {uri}: {error}); nothing more reported, the task is "
+                "read again next run",
                 connection=self.name,
             )
         return [u for u in candidates if present[u] is False]
@@ -254,11 +233,11 @@ class ReltioTaskSource:
         excluded = params.get("excludeList")
         if excluded:
             text = f"{text}, excludeList {excluded}"
-        return excerpt(str(text), self._http.secrets, FILTER_EXCERPT)
+        return excerpt(str(text), self.http.secrets, FILTER_EXCERPT)
 
     def _error(self, task: Mapping[str, Any]) -> str:
         error = task.get("error") or task.get("internalErrorDetails")
-        return f": {excerpt(str(error), self._http.secrets, ERROR_EXCERPT)}" if error else ""
+        return f": {excerpt(str(error), self.http.secrets, ERROR_EXCERPT)}" if error else ""
 
 
 def _status(task: Mapping[str, Any]) -> str:
@@ -269,19 +248,13 @@ def _status(task: Mapping[str, Any]) -> str:
     return fallback.strip() if isinstance(fallback, str) else ""
 
 
-def _ended(
-    status: str,
-    records: Sequence[SourceRecord] = (),
-    *,
-    deleted: int = 0,
-    failed: int = 0,
-    problem: str = "",
-) -> SourcePage:
-    return SourcePage(
-        records=list(records),
-        cursor={"finished": True, "status": status, "deleted": deleted, "failed": failed},
-        problem=problem,
-    )
+def _ended(status: str, *, problem: str) -> SourcePage:
+    """The one page of a task that names no entity to report."""
+    return SourcePage(records=[], cursor=_ended_cursor(status, 0, 0), problem=problem)
+
+
+def _ended_cursor(status: str, deleted: int, failed: int) -> JSON:
+    return {"finished": True, "status": status, "deleted": deleted, "failed": failed}
 
 
 __all__ = ["NOT_FOUND", "STREAM_PREFIX", "ReltioTaskSource"]
