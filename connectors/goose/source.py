@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Callable, Sequence
-from contextlib import aclosing
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -54,6 +52,7 @@ from connectors.goose.settings import (
     record_name,
 )
 from connectors.http import Action, HttpClient, Resolution, StreamedResponse, excerpt, scrub
+from connectors.source_kit import HttpSource, Pages, joined
 
 EPOCH = "1970-01-01 00:00:00"
 LATEST = "latest"
@@ -120,26 +119,20 @@ def _as_utc(text: str) -> datetime:
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
-class GooseSource:
+class GooseSource(HttpSource[GooseConnection, GooseSourceSettings]):
     """One stream per table of the Goose DELETED service."""
 
-    def __init__(
-        self,
-        name: str,
-        connection: GooseConnection,
-        settings: GooseSourceSettings,
-        http: HttpClient | None = None,
-    ) -> None:
-        self.name = name
-        self.connection = connection
-        self.settings = settings
-        self._key = connection.key.get_secret_value()
-        self.http = http or connection.http_client(
-            name,
+    def client(self) -> HttpClient:
+        return self.connection.http_client(
+            self.name,
             secrets=[self._key],
             classify=classify,
             default_calls_per_second=DOCUMENTED_CALLS_PER_SECOND,
         )
+
+    @property
+    def _key(self) -> str:
+        return self.connection.key.get_secret_value()
 
     def streams(self) -> Sequence[str]:
         return list(self.settings.tables)
@@ -201,15 +194,7 @@ class GooseSource:
 
     async def fetch(self, call: SourceCall) -> SourcePage:
         """The whole answer as one page (for `plan`, which previews a call)."""
-        records: list[SourceRecord] = []
-        rejected: list[RejectedRecord] = []
-        last: SourcePage | None = None
-        async with aclosing(self.fetch_pages(call)) as pages:
-            async for last in pages:
-                records.extend(last.records)
-                rejected.extend(last.rejected)
-        assert last is not None, "fetch_pages ends with the last page or raises"
-        return replace(last, records=records, rejected=rejected)
+        return await joined(self.fetch_pages(call))
 
     async def fetch_pages(self, call: SourceCall) -> AsyncGenerator[SourcePage, None]:
         """The answer in pages of at most CHUNK_RECORDS records, read as it arrives.
@@ -234,12 +219,7 @@ class GooseSource:
                     yield page
             error = answer.error()
             if error is None:
-                yield SourcePage(
-                    records=answer.records,
-                    rejected=answer.rejected,
-                    cursor=self._next_cursor(call),
-                    more=self._more(call),
-                )
+                yield answer.pages.last(self._next_cursor(call), more=self._more(call))
                 return
             if not (answer.rate_limited() and attempt < self.http.retry.max_attempts):
                 raise error
@@ -342,9 +322,6 @@ class GooseSource:
             code=code,
         )
 
-    async def aclose(self) -> None:
-        await self.http.aclose()
-
 
 class Answer:
     """One DELETED answer being read: its rows turned into pages of records as they
@@ -355,8 +332,7 @@ class Answer:
         self._where = where
         self._stream = stream
         self._parser = AnswerParser()
-        self.records: list[SourceRecord] = []
-        self.rejected: list[RejectedRecord] = []
+        self.pages = Pages(CHUNK_RECORDS)
 
     def feed(self, data: bytes) -> list[SourcePage]:
         return self._take(lambda: self._parser.feed(data), 0)
@@ -398,21 +374,8 @@ class Answer:
                 "Goose may have advanced its cursor",
                 connection=self._source.name,
             ) from None
-        pages: list[SourcePage] = []
-        for row in rows:
-            item = self._source._record(self._stream, row)
-            if isinstance(item, SourceRecord):
-                self.records.append(item)
-            else:
-                self.rejected.append(item)
-            if len(self.records) + len(self.rejected) >= CHUNK_RECORDS:
-                pages.append(
-                    SourcePage(
-                        records=self.records, rejected=self.rejected, cursor={}, partial=True
-                    )
-                )
-                self.records, self.rejected = [], []
-        return pages
+        pages = (self.pages.add(self._source._record(self._stream, row)) for row in rows)
+        return [page for page in pages if page is not None]
 
 
 def _row_problem(row: Any, table: str) -> str | None:
