@@ -155,10 +155,6 @@ class DmmOutputsSource(TaskSourceBase[DmmConnection, DmmSourceSettings]):
     def listed(self) -> list[str]:
         return self.settings.executions
 
-    @property
-    def url(self) -> str:
-        return self.connection.url
-
     @cached_property
     def api(self) -> DmmClient:
         return DmmClient(self.name, self.connection, self.http)
@@ -198,12 +194,25 @@ class DmmOutputsSource(TaskSourceBase[DmmConnection, DmmSourceSettings]):
 
     # -- reading one execution -----------------------------------------------------------
 
-    async def _status(self, execution: str, extra: Mapping[str, Any]) -> dict[str, Any]:
-        return await self.api.call(
+    async def _status(
+        self, execution: str, extra: Mapping[str, Any], unknown: Mapping[str, Any] | None = None
+    ) -> tuple[dict[str, Any], str, SourcePage | None]:
+        """GetExecutionStatus' answer and its Status, and the stream's one page when there
+        is no log to read yet or ever (an execution still running, or unknown: its cursor
+        then holds `unknown` too)."""
+        answer = await self.api.call(
             "status",
             {"MainExecutionTrackerId": _tracker(execution), "IncludeReports": True, **extra},
             idempotent=True,
         )
+        raw = self._raw_status(answer)
+        if raw.upper() == NOT_FOUND.upper():
+            return answer, raw, self._not_found(execution, unknown)
+        if not succeeded(answer):
+            raise self._refused("status", answer)
+        if not map_status(raw, STATUS).terminal:
+            return answer, raw, SourcePage(records=[], cursor={"finished": False, "status": raw})
+        return answer, raw, None
 
     def _raw_status(self, answer: Mapping[str, Any]) -> str:
         """DMM's Status; RemoteError for an answer without one."""
@@ -236,15 +245,9 @@ class DmmOutputsSource(TaskSourceBase[DmmConnection, DmmSourceSettings]):
         )
 
     async def _read_outputs(self, stream: str, execution: str) -> AsyncGenerator[SourcePage, None]:
-        status = await self._status(execution, {"IncludeLogs": False})
-        raw = self._raw_status(status)
-        if raw.upper() == NOT_FOUND.upper():
-            yield self._not_found(execution)
-            return
-        if not succeeded(status):
-            raise self._refused("status", status)
-        if not map_status(raw, STATUS).terminal:
-            yield SourcePage(records=[], cursor={"finished": False, "status": raw})
+        status, raw, only = await self._status(execution, {"IncludeLogs": False})
+        if only is not None:
+            yield only
             return
         parser = SpoolingParser()
         try:
@@ -345,17 +348,11 @@ class DmmOutputsSource(TaskSourceBase[DmmConnection, DmmSourceSettings]):
         page = _positive(params.get("page")) or 1
         records = _positive(params.get("log_records")) or self.settings.log_records
         so_far = {c: _count(params.get(c)) for c in _COUNTERS}
-        answer = await self._status(
-            execution, {"IncludeLogs": True, "LogRecords": records, "LogPage": page}
+        answer, raw, only = await self._status(
+            execution, {"IncludeLogs": True, "LogRecords": records, "LogPage": page}, {"page": page}
         )
-        raw = self._raw_status(answer)
-        if raw.upper() == NOT_FOUND.upper():
-            yield self._not_found(execution, {"page": page})
-            return
-        if not succeeded(answer):
-            raise self._refused("status", answer)
-        if not map_status(raw, STATUS).terminal:
-            yield SourcePage(records=[], cursor={"finished": False, "status": raw})
+        if only is not None:
+            yield only
             return
         pages = answer.get("LogNumPages")
         if isinstance(pages, bool) or not isinstance(pages, int) or pages < 0:
@@ -462,7 +459,11 @@ class DmmOutputsSource(TaskSourceBase[DmmConnection, DmmSourceSettings]):
                 "raw": event.raw,
             },
             origin=record_name(
-                self.url, self.settings.destination, event.entity, event.attribute, event.value
+                self.connection.url,
+                self.settings.destination,
+                event.entity,
+                event.attribute,
+                event.value,
             ),
         )
 

@@ -96,10 +96,6 @@ class ReltioTaskSource(TaskSourceBase[ReltioConnection, ReltioSourceSettings]):
     def listed(self) -> list[str]:
         return self.settings.tasks
 
-    @property
-    def tenant_url(self) -> str:
-        return self.connection.tenant_url
-
     @cached_property
     def api(self) -> ReltioClient:
         return ReltioClient(self.name, self.connection, self.http)
@@ -219,7 +215,7 @@ class ReltioTaskSource(TaskSourceBase[ReltioConnection, ReltioSourceSettings]):
                 "mode": str(mode) if mode is not None else None,
                 "task_status": raw,
             },
-            origin=entity_name(self.tenant_url, uri),
+            origin=entity_name(self.connection.tenant_url, uri),
         )
 
     def _selection(self, task: Mapping[str, Any]) -> str:

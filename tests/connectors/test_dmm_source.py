@@ -222,7 +222,7 @@ def test_registered_and_built_from_settings() -> None:
     assert isinstance(source, DmmOutputsSource)
     assert isinstance(source, Source) and isinstance(source, TaskSource)
     assert source.streams() == ["execution-5", "execution-T-9"]
-    assert source.url == "http://h:1/DMM_API/rest/DMMAPI"
+    assert source.connection.url == "http://h:1/DMM_API/rest/DMMAPI"
 
 
 def test_public_names_are_sorted() -> None:
@@ -314,7 +314,9 @@ async def test_complete_execution_yields_exactly_the_deleted_records(
         "raw": f"{record.fields['at']} | INFO | Customer | Deleted record ExternalId='0-1'",
     }
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", record.fields["at"])
-    assert record.origin == record_name(source.url, None, "Customer", "ExternalId", "0-1")
+    assert record.origin == record_name(
+        source.connection.url, None, "Customer", "ExternalId", "0-1"
+    )
     assert record.origin.endswith(":Runtime Connection:customer:externalid=0-1")
     again = await read(source, execution)
     assert again.records == page.records and again.cursor == page.cursor

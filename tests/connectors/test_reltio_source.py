@@ -170,7 +170,7 @@ def test_registered_and_built_from_settings() -> None:
     assert isinstance(source, ReltioTaskSource)
     assert isinstance(source, Source) and isinstance(source, TaskSource)
     assert source.streams() == ["task-t1", "task-t2"]
-    assert source.tenant_url == "http://h:1/reltio/api/TENANT"
+    assert source.connection.tenant_url == "http://h:1/reltio/api/TENANT"
 
 
 def test_entity_name() -> None:
@@ -237,7 +237,7 @@ async def test_finished_list_task_yields_exactly_the_deleted_entities(
         "mode": "hard",
         "task_status": "COMPLETED",
     }
-    assert record.origin == entity_name(source.tenant_url, uri(3))
+    assert record.origin == entity_name(source.connection.tenant_url, uri(3))
     assert await entity_reads(emulator) == 0
     again = await read(source, task_id)
     assert again.records == page.records and again.cursor == page.cursor
