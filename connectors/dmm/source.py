@@ -254,16 +254,16 @@ class DmmOutputsSource(TaskSourceBase[DmmConnection, DmmSourceSettings]):
             answer = await self._outputs(execution, parser)
             if not succeeded(answer):
                 raise self._refused("outputs", answer)
+            reported = self._error_report(answer.get("ErrorReport"))
             tally = _Tally(lambda event: self._record(stream, execution, event), self._entities)
             with tempfile.TemporaryFile() as file:
                 lines = self._zip_lines(execution, answer.get("Logs"), file)
                 for page in tally.read(iter_events(lines)):
                     yield page
         finally:
-            parser.discard()
+            parser.discard()  # the spooled strings of the answer: read by now
         failed = tally.failed
         notes: list[str] = []
-        reported = self._error_report(answer.get("ErrorReport"))
         if reported is None:
             notes.append("its ErrorReport is unreadable")
         else:

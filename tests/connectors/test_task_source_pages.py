@@ -20,7 +20,7 @@ from connectors.dmm.logs import format_deleted, format_failed, log_zip_lines
 from connectors.http import HttpClient, RetryPolicy
 from connectors.reltio import ReltioSourceSettings, ReltioTaskSource
 from connectors.reltio.emulator import DELETE_TASK_TYPE
-from connectors.spooled_json import SpoolingParser, base64_to_file, text_chunks
+from connectors.spooled_json import LIMIT, SpoolingParser, base64_to_file, text_chunks
 from tests.connectors.test_dmm_source import api, b64, log_zip, scripted
 from tests.connectors.test_reltio_target import connection as reltio_connection
 
@@ -117,6 +117,19 @@ async def test_the_outputs_answer_keeps_its_logs_out_of_memory() -> None:
         assert b64(out.getvalue()) == logs
     finally:
         parser.discard()
+
+
+async def test_an_error_report_too_long_to_keep_is_still_counted() -> None:
+    entries = [{"FinalReportEntity": "Customer", "Count": 1, "Pad": "x" * 60}] * 2000
+    report = b64(json.dumps(entries).encode())
+    assert len(report) > LIMIT, "spooled, not kept"
+    outputs = {"Logs": log_zip([deleted("a")]), "ErrorReport": report}
+    source = scripted(api(outputs=outputs))
+    try:
+        page = await source.fetch(source.plan("execution-5", None, None, NOW))
+    finally:
+        await source.aclose()
+    assert page.cursor == {"finished": True, "status": "Complete", "deleted": 1, "failed": 2000}
 
 
 @pytest.mark.parametrize(
