@@ -5,8 +5,7 @@ one deletion."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
@@ -32,13 +31,6 @@ RELTIO_STREAM = "task-t1"
 def small_pages(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dmm_source, "CHUNK_RECORDS", PAGE)
     monkeypatch.setattr(reltio_source, "CHUNK_RECORDS", PAGE)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    opened = Store.open(f"sqlite:///{tmp_path / 's.db'}")
-    yield opened
-    opened.close()
 
 
 def dmm(*keys: str) -> Source:
@@ -87,8 +79,9 @@ def run_pull(store: Store, src: Source, kind: str) -> PullReport:
 
 @pytest.mark.parametrize("name", list(SOURCES))
 def test_a_crash_between_pages_loses_nothing_and_creates_nothing_twice(
-    store: Store, small_pages: None, monkeypatch: pytest.MonkeyPatch, name: str
+    sqlite_store: Store, small_pages: None, monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
+    store = sqlite_store
     make, kind, stream, key = SOURCES[name]
     ids = ["a", "b", "c", "d", "e"]
     expected = [key(i) for i in ids]
@@ -123,8 +116,9 @@ def test_a_crash_between_pages_loses_nothing_and_creates_nothing_twice(
     [("dmm", 2), ("reltio", 0)],
 )
 def test_a_record_named_again_across_a_page_boundary_is_one_deletion(
-    store: Store, small_pages: None, name: str, duplicates: int
+    sqlite_store: Store, small_pages: None, name: str, duplicates: int
 ) -> None:
+    store = sqlite_store
     make, kind, _, key = SOURCES[name]
     report = run_pull(store, make("a", "b", "c", "a", "d", "b"), kind)
     keys, sent = journal(store)
