@@ -15,13 +15,20 @@ import pytest
 
 import connectors.dmm.source as dmm_source
 import connectors.reltio.source as reltio_source
-from connectors.contract import RemoteError, RetriableError, SourcePage, StreamingSource
+from connectors.contract import (
+    FatalError,
+    RemoteError,
+    RetriableError,
+    SourcePage,
+    StreamingSource,
+)
 from connectors.dmm.logs import format_deleted, format_failed, log_zip_lines
 from connectors.http import HttpClient, RetryPolicy
 from connectors.reltio import ReltioSourceSettings, ReltioTaskSource
 from connectors.reltio.emulator import DELETE_TASK_TYPE
 from connectors.spooled_json import LIMIT, SpoolingParser, base64_to_file, text_chunks
-from tests.connectors.test_dmm_source import api, b64, log_zip, scripted
+from tests.connectors.test_dmm_source import Handler, api, b64, log_zip, scripted
+from tests.connectors.test_dmm_target import TOKEN
 from tests.connectors.test_reltio_target import connection as reltio_connection
 
 PAGE = 2
@@ -130,6 +137,45 @@ async def test_an_error_report_too_long_to_keep_is_still_counted() -> None:
     finally:
         await source.aclose()
     assert page.cursor == {"finished": True, "status": "Complete", "deleted": 1, "failed": 2000}
+
+
+def refusing(response: httpx.Response) -> Handler:
+    """DMM whose execution 5 is Complete but whose GetExecutionOutputs answers `response`."""
+    status = api()
+
+    def handle(operation: str, body: dict[str, Any]) -> httpx.Response:
+        return status(operation, body) if operation == "GetExecutionStatus" else response
+
+    return handle
+
+
+@pytest.mark.parametrize(
+    ("response", "error", "message"),
+    [
+        (httpx.Response(401, text="no"), FatalError, "HTTP 401 from POST /GetExecutionOutputs"),
+        (httpx.Response(404, text="<html>"), FatalError, "connections.dmm.paths.outputs"),
+        (
+            httpx.Response(400, json={"Success": False, "ErrorMessage": "purged"}),
+            RemoteError,
+            "dmm: POST /GetExecutionOutputs: purged",
+        ),
+        (httpx.Response(400, text="bad gateway"), RemoteError, "HTTP 400: bad gateway"),
+        (httpx.Response(200, text="<html>"), RemoteError, "an answer that is not a JSON object"),
+        (httpx.Response(200, json=[1]), RemoteError, "an answer that is not a JSON object"),
+        (httpx.Response(503, text="down"), RetriableError, "HTTP 503"),
+    ],
+)
+async def test_a_refused_outputs_answer_is_judged_as_any_dmm_answer(
+    response: httpx.Response, error: type[Exception], message: str
+) -> None:
+    source = scripted(refusing(response))
+    try:
+        with pytest.raises(error) as info:
+            await source.fetch(source.plan("execution-5", None, None, NOW))
+    finally:
+        await source.aclose()
+    assert message in str(info.value)
+    assert TOKEN not in str(info.value)
 
 
 @pytest.mark.parametrize(
