@@ -89,10 +89,15 @@ class HttpSource(Generic[ConnectionT, SettingsT]):
         self.connection = connection
         self.settings = settings
         self.http = http or self.client()
+        self.opened()
 
     def client(self) -> HttpClient:
         """The client built from the connection when none is given (tests give one)."""
         raise NotImplementedError
+
+    def opened(self) -> None:
+        """What a source builds on its client at once (an API wrapper that registers the
+        connection's secrets for scrubbing before anything can be logged)."""
 
     async def aclose(self) -> None:
         await self.http.aclose()

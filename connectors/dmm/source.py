@@ -155,9 +155,8 @@ class DmmOutputsSource(TaskSourceBase[DmmConnection, DmmSourceSettings]):
     def listed(self) -> list[str]:
         return self.settings.executions
 
-    @cached_property
-    def api(self) -> DmmClient:
-        return DmmClient(self.name, self.connection, self.http)
+    def opened(self) -> None:
+        self.api = DmmClient(self.name, self.connection, self.http)
 
     @cached_property
     def _entities(self) -> set[str]:

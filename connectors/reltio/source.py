@@ -31,7 +31,6 @@ its stream with no records and a problem saying why.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Mapping
-from functools import cached_property
 from typing import Any
 
 from connectors.contract import (
@@ -96,9 +95,8 @@ class ReltioTaskSource(TaskSourceBase[ReltioConnection, ReltioSourceSettings]):
     def listed(self) -> list[str]:
         return self.settings.tasks
 
-    @cached_property
-    def api(self) -> ReltioClient:
-        return ReltioClient(self.name, self.connection, self.http)
+    def opened(self) -> None:
+        self.api = ReltioClient(self.name, self.connection, self.http)
 
     # -- reading one task --------------------------------------------------------------
 
