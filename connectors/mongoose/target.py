@@ -21,12 +21,10 @@ template produce its new ItemId.
 from __future__ import annotations
 
 import math
-import re
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 
@@ -34,7 +32,6 @@ from connectors.contract import (
     ConnectorError,
     Delivery,
     FatalError,
-    KeyMatch,
     Outcome,
     RemoteError,
     RetriableError,
@@ -53,66 +50,17 @@ from connectors.http import (
 )
 from connectors.keys import UnmappedKey
 from connectors.mongoose import api
+from connectors.mongoose.filters import (
+    FilterBudget,
+    in_filter,
+    match_rows,
+    quote_literal,
+    row_pointer,
+)
 from connectors.mongoose.settings import MongooseConnection, MongooseTargetSettings
-from connectors.sql import Dialect, literal
 from connectors.token_cache import CachedToken, TokenAuth
 
 ROW_POINTER = "RowPointer"
-# IIS rejects query strings over 2048 bytes by default (maxQueryString), so
-# one LoadCollection filter carries at most this many URL-encoded characters.
-MAX_FILTER_CHARS = 1500
-_ITEM_ID = re.compile(r"PBT=\[[^\]]*\]\s+\S+\.DT=\[[^\]]*\]\s+\S+\.ID=\[(?P<row>[^\]]+)\]")
-
-
-def quote_literal(value: str) -> str:
-    """A SQL string literal for a Mongoose filter: IDOs run their filters on SQL Server,
-    whose only escape is a doubled quote. UnsafeKey for a value no literal carries
-    safely (see connectors/sql.py)."""
-    return literal(value, Dialect.SQLSERVER)
-
-
-def in_filter(prop: str, values: Sequence[str]) -> str:
-    return f"{prop} IN ({','.join(quote_literal(v) for v in values)})"
-
-
-def filter_chunks(prop: str, values: Sequence[str]) -> Iterator[list[str]]:
-    """Split values so each IN filter stays under MAX_FILTER_CHARS once URL-encoded."""
-    chunk: list[str] = []
-    for value in values:
-        if chunk and len(quote(in_filter(prop, [*chunk, value]), safe="")) > MAX_FILTER_CHARS:
-            yield chunk
-            chunk = []
-        chunk.append(value)
-    if chunk:
-        yield chunk
-
-
-def row_pointer(item_id: str) -> str | None:
-    match = _ITEM_ID.search(item_id)
-    return match.group("row") if match else None
-
-
-def match_rows(
-    keys: Sequence[str], rows: Sequence[Sequence[Any]], collation: KeyMatch
-) -> dict[str, list[str]]:
-    """key -> ItemIds of the returned rows that have it.
-
-    The server matched the filter with its own collation, so a row may come
-    back for 'JRossi' holding 'jrossi'. Exact matches win; otherwise a key
-    takes the rows equal to it under the connection's collation. Every row
-    used was selected by the server for some key of the batch.
-    """
-    exact: dict[str, list[str]] = defaultdict(list)
-    loose: dict[str, list[str]] = defaultdict(list)
-    for item_id, value in rows:
-        if value is None:
-            continue
-        exact[str(value)].append(item_id)
-        loose[collation.fold(str(value))].append(item_id)
-    return {
-        key: list(dict.fromkeys(exact.get(key) or loose.get(collation.fold(key), [])))
-        for key in keys
-    }
 
 
 # --- authentication ------------------------------------------------------------
@@ -362,6 +310,24 @@ class MongooseTarget:
         self._template = settings.key_template()
         self._http = http or connection.http_client(name, base_url=connection.url)
         self.api = MongooseApi(name, connection, self._http)
+        self._budget = self._filter_budget(connection.max_query_string)
+
+    def _filter_budget(self, limit: int) -> FilterBudget:
+        """The query-string budget of the one filter shape this target sends in bulk:
+        the lookup's IN list, or the RowPointer re-check of an ItemId."""
+        ido, lookup, dialect = self.settings.ido, self.settings.lookup, self.api.dialect
+        if lookup is None:
+            return FilterBudget.of(
+                lambda where: dialect.load(ido, ["_ItemId"], where).params or {},
+                f"{ROW_POINTER} = ",
+                limit,
+            )
+        prop = lookup.property
+        return FilterBudget.of(
+            lambda where: dialect.load(ido, ["_ItemId", prop], where).params or {},
+            in_filter(prop, []),
+            limit,
+        )
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -390,52 +356,77 @@ class MongooseTarget:
     async def _plan(
         self, batch: Sequence[Delivery], verdicts: _Verdicts
     ) -> dict[str, list[_Pending]]:
-        keyed: list[_Pending] = []
+        groups: dict[str, list[_Pending]] = {}
+        # key -> the literal its filter carries (the key, or the RowPointer of an
+        # ItemId), made once per key before any call, so no filter is ever sent
+        # half-planned. An ItemId key without a RowPointer has none.
+        literals: dict[str, str] = {}
+        render, lookup = self._template.render, self.settings.lookup is not None
         for index, delivery in enumerate(batch):
             try:
-                key = self._template.render(delivery.fields)
-                self._check_filter_value(key)
+                key = render(delivery.fields)
+                if key not in groups:
+                    value = key if lookup else row_pointer(key)
+                    if value is not None:
+                        literals[key] = quote_literal(value)
             except UnmappedKey as exc:
                 verdicts.dead([_Pending(index, delivery, "")], exc.verdict)
+                continue
+            pending = _Pending(index, delivery, key)
+            if key in groups:
+                groups[key].append(pending)
             else:
-                keyed.append(_Pending(index, delivery, key))
+                groups[key] = [pending]
         if self.settings.lookup is None:
-            return self._plan_item_ids(keyed, verdicts)
-        return await self._plan_lookup(self.settings.lookup.property, keyed, verdicts)
+            return self._plan_item_ids(groups, literals, verdicts)
+        return await self._plan_lookup(self.settings.lookup.property, groups, literals, verdicts)
 
-    def _check_filter_value(self, key: str) -> None:
-        """UnsafeKey when the value a filter would carry for this key (the key itself,
-        or the RowPointer a re-check reads) cannot be written as a literal; checked
-        before any call, so no filter is ever sent half-planned."""
-        value = key if self.settings.lookup is not None else row_pointer(key)
-        if value is not None:
-            quote_literal(value)
+    def _too_long(self, key: str, needed: int) -> str:
+        shown = key if len(key) <= 60 else key[:60] + "..."
+        return (
+            f"key too long: a LoadCollection for {shown!r} needs a query string of {needed} "
+            f"bytes, over connections.{self.name}.max_query_string ({self._budget.limit}, "
+            "the server's IIS maxQueryString); shorten the key or raise both limits"
+        )
 
     # -- planning: which ItemId each delivery deletes
 
     def _plan_item_ids(
-        self, keyed: Sequence[_Pending], verdicts: _Verdicts
+        self,
+        groups: Mapping[str, list[_Pending]],
+        literals: Mapping[str, str],
+        verdicts: _Verdicts,
     ) -> dict[str, list[_Pending]]:
-        plan: dict[str, list[_Pending]] = defaultdict(list)
-        for p in keyed:
-            if row_pointer(p.key) is None:
+        plan: dict[str, list[_Pending]] = {}
+        for key, items in groups.items():
+            pointer = literals.get(key)
+            if pointer is None:
                 verdicts.dead(
-                    [p],
-                    f"no key: {p.key!r} is not a Mongoose ItemId (PBT=[..] ..DT=[..] ..ID=[..]); "
+                    items,
+                    f"no key: {key!r} is not a Mongoose ItemId (PBT=[..] ..DT=[..] ..ID=[..]); "
                     "to delete by a natural key set the target's lookup.property",
                 )
+            elif (needed := self._budget.alone(pointer)) > self._budget.limit:
+                # Its failure could never be re-checked, so it is not deleted blind.
+                verdicts.dead(items, self._too_long(key, needed))
             else:
-                plan[p.key].append(p)
+                plan[key] = items
         return plan
 
     async def _plan_lookup(
-        self, prop: str, keyed: Sequence[_Pending], verdicts: _Verdicts
+        self,
+        prop: str,
+        groups: Mapping[str, list[_Pending]],
+        literals: Mapping[str, str],
+        verdicts: _Verdicts,
     ) -> dict[str, list[_Pending]]:
         plan: dict[str, list[_Pending]] = defaultdict(list)
-        groups = _by_key(keyed)
-        for chunk in filter_chunks(prop, list(groups)):
+        chunks, too_long = self._budget.split(literals)
+        for key, needed in too_long.items():
+            verdicts.dead(groups[key], self._too_long(key, needed))
+        for chunk in chunks:
             try:
-                found = await self._find(prop, chunk)
+                found = await self._find(prop, chunk, [literals[key] for key in chunk])
             except (RetriableError, RemoteError) as exc:
                 verdicts.failed([p for key in chunk for p in groups[key]], exc)
                 continue
@@ -449,8 +440,11 @@ class MongooseTarget:
                     plan[item_ids[0]].extend(groups[key])
         return plan
 
-    async def _find(self, prop: str, keys: Sequence[str]) -> dict[str, list[str]]:
-        rows = await self.api.load(self.settings.ido, ["_ItemId", prop], in_filter(prop, keys))
+    async def _find(
+        self, prop: str, keys: Sequence[str], literals: Sequence[str]
+    ) -> dict[str, list[str]]:
+        """ItemIds per key; `literals` are the keys' quoted forms, in the same order."""
+        rows = await self.api.load(self.settings.ido, ["_ItemId", prop], in_filter(prop, literals))
         return match_rows(keys, rows, self.key_match)
 
     def _ambiguous(self, prop: str, key: str, count: int) -> str:
@@ -512,7 +506,7 @@ class MongooseTarget:
     ) -> None:
         """Look the key up again: gone is done, a fresh ItemId is tried once."""
         try:
-            now = (await self._find(prop, [key]))[key]
+            now = (await self._find(prop, [key], [quote_literal(key)]))[key]
         except (RetriableError, RemoteError) as exc:
             verdicts.retry(items, f"{message}; re-check failed: {exc}")
             return
