@@ -114,6 +114,11 @@ def classify(response: httpx.Response) -> Resolution | None:
     return None
 
 
+def http_client(name: str, connection: AdtConnection) -> HttpClient:
+    """The client of either ADT target: ADT's millisecond waits read as Retry-After."""
+    return connection.http_client(name, base_url=connection.url, classify=classify)
+
+
 def error_code(response: httpx.Response) -> str:
     """The service's error code: the x-ms-error-code header, else the ErrorResponse body."""
     header = str(response.headers.get("x-ms-error-code", "")).strip()

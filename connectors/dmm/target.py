@@ -53,7 +53,6 @@ from typing import Any
 from connectors.contract import (
     AmbiguousError,
     Delivery,
-    FatalError,
     Outcome,
     RemoteError,
     RetriableError,
@@ -74,6 +73,7 @@ from connectors.jobs import (
 )
 from connectors.keys import KeyTemplate, UnmappedKey, UnsafeKey
 from connectors.sql import Dialect, literal
+from connectors.target_kit import HttpTarget
 
 STATUS: dict[str, JobState] = {
     "QUEUED": JobState.QUEUED,
@@ -177,34 +177,27 @@ class Verdicts:
 # --- the target ------------------------------------------------------------------------------
 
 
-class DmmDeleteTarget:
+class DmmDeleteTarget(HttpTarget[DmmConnection, DmmTargetSettings]):
     """Deletes the records deliveries name, one DMM delete execution per batch."""
 
     kind = "dmm_delete"
 
-    def __init__(
-        self,
-        name: str,
-        connection: DmmConnection,
-        settings: DmmTargetSettings,
-        *,
-        http: HttpClient | None = None,
-    ) -> None:
-        problem = otp_problem(connection, name)
-        if problem:
-            raise FatalError(problem, connection=name)
-        self.name = name
+    api: DmmClient
+
+    def problem(
+        self, name: str, connection: DmmConnection, settings: DmmTargetSettings
+    ) -> str | None:
+        return otp_problem(connection, name)
+
+    def client(self, name: str, connection: DmmConnection) -> HttpClient:
+        return connection.http_client(name, base_url=connection.url)
+
+    def setup(self, connection: DmmConnection) -> None:
         self.url = connection.url
         self.dialect = connection.dialect
-        self.settings = settings
-        self.batch_size = settings.batch_size
         self.key_match = sql_server_keys(connection.collation == "case_sensitive")
-        self._template: KeyTemplate = settings.key_template()
-        self._http = http or connection.http_client(name, base_url=connection.url)
-        self.api = DmmClient(name, connection, self._http)
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
+        self._template: KeyTemplate = self.settings.key_template()
+        self.api = DmmClient(self.name, connection, self._http)
 
     @property
     def entity(self) -> str:

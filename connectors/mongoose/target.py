@@ -58,6 +58,7 @@ from connectors.mongoose.filters import (
     row_pointer,
 )
 from connectors.mongoose.settings import MongooseConnection, MongooseTargetSettings
+from connectors.target_kit import HttpTarget
 from connectors.token_cache import CachedToken, TokenAuth
 
 ROW_POINTER = "RowPointer"
@@ -292,24 +293,18 @@ def _by_key(items: Sequence[_Pending]) -> dict[str, list[_Pending]]:
     return groups
 
 
-class MongooseTarget:
+class MongooseTarget(HttpTarget[MongooseConnection, MongooseTargetSettings]):
     """Deletes the rows of one IDO that deliveries name, by natural key or ItemId."""
 
-    def __init__(
-        self,
-        name: str,
-        connection: MongooseConnection,
-        settings: MongooseTargetSettings,
-        *,
-        http: HttpClient | None = None,
-    ) -> None:
-        self.name = name
-        self.settings = settings
-        self.batch_size = settings.batch_size
+    api: MongooseApi
+
+    def client(self, name: str, connection: MongooseConnection) -> HttpClient:
+        return connection.http_client(name, base_url=connection.url)
+
+    def setup(self, connection: MongooseConnection) -> None:
         self.key_match = sql_server_keys(connection.collation == "case_sensitive")
-        self._template = settings.key_template()
-        self._http = http or connection.http_client(name, base_url=connection.url)
-        self.api = MongooseApi(name, connection, self._http)
+        self._template = self.settings.key_template()
+        self.api = MongooseApi(self.name, connection, self._http)
         self._budget = self._filter_budget(connection.max_query_string)
 
     def _filter_budget(self, limit: int) -> FilterBudget:
@@ -328,9 +323,6 @@ class MongooseTarget:
             in_filter(prop, []),
             limit,
         )
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
     async def population(self) -> int | None:
         """How many rows the IDO holds, for the mass-delete guard's max_fraction.

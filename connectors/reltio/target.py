@@ -61,6 +61,7 @@ from connectors.reltio.settings import (
     ReltioTargetSettings,
     entity_name,
 )
+from connectors.target_kit import HttpTarget
 
 DELETE_TASK_TYPE = "com.reltio.businesslogic.tasks.delete.DeleteEntitiesTask"
 ENTITY_PREFIX = "entities/"
@@ -202,36 +203,23 @@ class Plan:
         }
 
 
-class ReltioDeleteTarget:
+class ReltioDeleteTarget(HttpTarget[ReltioConnection, ReltioTargetSettings]):
     """Deletes the entities deliveries name, one bulk delete task per batch."""
 
     kind = "reltio_delete"
     key_match = EXACT_KEYS
     """Entity URIs and crosswalk values are compared as they are written."""
 
-    def __init__(
-        self,
-        name: str,
-        connection: ReltioConnection,
-        settings: ReltioTargetSettings,
-        *,
-        http: HttpClient | None = None,
-    ) -> None:
-        self.name = name
-        self.settings = settings
-        self.tenant_url = connection.tenant_url
-        self.batch_size = settings.batch_size
-        self._entity: KeyTemplate | None = settings.entity_template()
-        self._crosswalk: CrosswalkSettings | None = settings.crosswalk
-        self._http = http or connection.http_client(
-            name,
-            base_url=connection.tenant_url,
-            classify=classify,
-        )
-        self.api = ReltioClient(name, connection, self._http)
+    api: ReltioClient
 
-    async def aclose(self) -> None:
-        await self._http.aclose()
+    def client(self, name: str, connection: ReltioConnection) -> HttpClient:
+        return connection.http_client(name, base_url=connection.tenant_url, classify=classify)
+
+    def setup(self, connection: ReltioConnection) -> None:
+        self.tenant_url = connection.tenant_url
+        self._entity: KeyTemplate | None = self.settings.entity_template()
+        self._crosswalk: CrosswalkSettings | None = self.settings.crosswalk
+        self.api = ReltioClient(self.name, connection, self._http)
 
     async def population(self) -> int | None:
         """How many active entities the tenant holds (`GET entities/_total`), for the
