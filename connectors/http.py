@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict, Unpack
 
 import httpx
 from aiolimiter import AsyncLimiter
@@ -34,6 +34,15 @@ REDACTED = redact.REDACTED
 secret_listeners: list[Callable[[str], None]] = []
 """Called with every secret a client learns (configured or obtained at run time),
 so the process's log redaction knows values it was never configured with."""
+
+
+class Body(TypedDict, total=False):
+    """What a request carries besides its method and URL, as httpx takes it."""
+
+    json: Any
+    params: Mapping[str, Any] | None
+    headers: Mapping[str, str] | None
+    content: bytes | None
 
 
 class Action(enum.Enum):
@@ -132,6 +141,26 @@ ErrorTable = Sequence[ErrorRule]
 
 DEFAULT_RENEW: ErrorTable = (ErrorRule(401, Action.RENEW),)
 """Without a table of its own, a 401 means the credentials expired."""
+
+
+def remote_error(
+    connection: str,
+    what: str,
+    response: httpx.Response,
+    message: str,
+    *,
+    code: str = "",
+    label: str = "",
+) -> RemoteError:
+    """A call the server refused and the connector could not read otherwise: the status,
+    the vendor's error `code` (shown after `label`, and the error's code; the status
+    when there is none) and its words, already scrubbed."""
+    shown = f" {label}{code}" if code else ""
+    return RemoteError(
+        f"{connection}: {what}: HTTP {response.status_code}{shown}: {message}",
+        connection=connection,
+        code=code or str(response.status_code),
+    )
 
 
 def resolve(table: ErrorTable, response: httpx.Response) -> ErrorRule | None:
@@ -318,18 +347,10 @@ class HttpClient:
         url: str,
         *,
         idempotent: bool,
-        json: Any = None,
-        params: Mapping[str, Any] | None = None,
-        headers: Mapping[str, str] | None = None,
-        content: bytes | None = None,
+        **body: Unpack[Body],
     ) -> httpx.Response:
         what = self.describe(method, url)
-        return await self._retrying(
-            idempotent,
-            lambda: self._once(
-                method, url, what, json=json, params=params, headers=headers, content=content
-            ),
-        )
+        return await self._retrying(idempotent, lambda: self._once(method, url, what, body))
 
     @asynccontextmanager
     async def stream(
@@ -338,9 +359,7 @@ class HttpClient:
         url: str,
         *,
         idempotent: bool,
-        json: Any = None,
-        params: Mapping[str, Any] | None = None,
-        headers: Mapping[str, str] | None = None,
+        **body: Unpack[Body],
     ) -> AsyncIterator[StreamedResponse]:
         """`request` whose body is read as it arrives (an answer too large to hold).
 
@@ -351,10 +370,7 @@ class HttpClient:
         """
         what = self.describe(method, url)
         response = await self._retrying(
-            idempotent,
-            lambda: self._once(
-                method, url, what, json=json, params=params, headers=headers, stream=True
-            ),
+            idempotent, lambda: self._once(method, url, what, body, stream=True)
         )
         try:
             yield StreamedResponse(response, f"{self.connection}: {what}", self.connection)
@@ -400,10 +416,7 @@ class HttpClient:
         auth: Auth,
         errors: ErrorTable = DEFAULT_RENEW,
         detail: Callable[[httpx.Response], str] | None = None,
-        json: Any = None,
-        params: Mapping[str, Any] | None = None,
-        headers: Mapping[str, str] | None = None,
-        content: bytes | None = None,
+        **body: Unpack[Body],
     ) -> httpx.Response:
         """`request`, authenticated by `auth` and judged by the connector's `errors` table.
 
@@ -415,15 +428,9 @@ class HttpClient:
         what = self.describe(method, url)
 
         async def send(auth_headers: Mapping[str, str]) -> httpx.Response:
-            return await self.request(
-                method,
-                url,
-                idempotent=idempotent,
-                json=json,
-                params=params,
-                headers={**(headers or {}), **auth_headers},
-                content=content,
-            )
+            sent = body.copy()
+            sent["headers"] = {**(body.get("headers") or {}), **auth_headers}
+            return await self.request(method, url, idempotent=idempotent, **sent)
 
         used = await auth.headers()
         response = await send(used)
@@ -453,20 +460,15 @@ class HttpClient:
         method: str,
         url: str,
         what: str,
+        body: Body,
         *,
-        json: Any,
-        params: Mapping[str, Any] | None,
-        headers: Mapping[str, str] | None,
-        content: bytes | None = None,
         stream: bool = False,
     ) -> httpx.Response:
         if self._limiter is not None:
             await self._limiter.acquire()
         started = time.monotonic()
         try:
-            request = self._client.build_request(
-                method, url, json=json, params=params, headers=headers, content=content
-            )
+            request = self._client.build_request(method, url, **body)
             response = await self._client.send(request, stream=stream)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             self._observe(method, 0, started)
@@ -501,10 +503,10 @@ class HttpClient:
         )
         if resolution.action is Action.OK:
             return response
-        body = await _refusal_text(response) if stream else response.text
+        text = await _refusal_text(response) if stream else response.text
         message = (
             f"{self.connection}: {what}: {resolution.reason or response.status_code}: "
-            f"{excerpt(body, self.secrets)}"
+            f"{excerpt(text, self.secrets)}"
         )
         error_type = RetriableError if resolution.action is Action.RETRY else AmbiguousError
         raise _Retry(

@@ -27,6 +27,7 @@ from connectors.http import (
     StaticAuth,
     excerpt,
     json_object,
+    remote_error,
 )
 from connectors.token_cache import CachedToken, TokenAuth, fetch_token
 
@@ -199,14 +200,8 @@ class AdtClient:
         )
 
     def remote(self, what: str, response: httpx.Response) -> RemoteError:
-        code = error_code(response)
-        return RemoteError(
-            f"{self.name}: {what}: HTTP {response.status_code}"
-            + (f" {code}" if code else "")
-            + f": {self.message(response)}",
-            connection=self.name,
-            code=code or str(response.status_code),
-        )
+        message = self.message(response)
+        return remote_error(self.name, what, response, message, code=error_code(response))
 
     def message(self, response: httpx.Response) -> str:
         body = json_object(response)

@@ -105,23 +105,20 @@ class AdtPurgeTarget(HttpTarget[AdtConnection, AdtPurgeSettings]):
         if response.is_success:
             return self._handle(what, response, {"operation_location": _location(response)})
         code = error_code(response)
-        if response.status_code == 400 and code == JOB_LIMIT_REACHED:
+        if response.status_code == 400 and code in (JOB_LIMIT_REACHED, VALIDATION_FAILED):
+            # Both can mean our own job already exists (a lost answer, re-sent).
             ours = await self._adopt(job, what, response)
             if ours is not None:
                 return ours
-            raise RetriableError(
-                f"{self.name}: {what}: another delete job is running on the instance "
-                f"({JOB_LIMIT_REACHED}); submitting again later",
-                connection=self.name,
-                retry_after=self.settings.poll_interval,
+            why = (
+                f"another delete job is running on the instance ({JOB_LIMIT_REACHED}); "
+                "submitting again later"
+                if code == JOB_LIMIT_REACHED
+                else f"{VALIDATION_FAILED} ({self.api.message(response)}) and no delete job "
+                f"{job.client_id!r} can be read; trying again later"
             )
-        if response.status_code == 400 and code == VALIDATION_FAILED:
-            ours = await self._adopt(job, what, response)
-            if ours is not None:
-                return ours
             raise RetriableError(
-                f"{self.name}: {what}: {VALIDATION_FAILED} ({self.api.message(response)}) and "
-                f"no delete job {job.client_id!r} can be read; trying again later",
+                f"{self.name}: {what}: {why}",
                 connection=self.name,
                 retry_after=self.settings.poll_interval,
             )

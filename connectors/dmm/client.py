@@ -31,6 +31,7 @@ from connectors.http import (
     StaticAuth,
     excerpt,
     json_object,
+    remote_error,
 )
 
 Operation = Literal["start", "stop", "status", "outputs"]
@@ -121,11 +122,7 @@ class DmmClient:
                 raise AmbiguousError(text, connection=self.name)
             raise RemoteError(text, connection=self.name, code=str(response.status_code))
         if not response.is_success and not is_dmm_body(answer):
-            raise RemoteError(
-                f"{self.name}: {what}: HTTP {response.status_code}: {self.message(response)}",
-                connection=self.name,
-                code=str(response.status_code),
-            )
+            raise remote_error(self.name, what, response, self.message(response))
         return answer
 
     def _fatal(self, what: str) -> FatalError:

@@ -61,13 +61,13 @@ from connectors.contract import (
 from connectors.dmm.client import DmmClient, succeeded
 from connectors.dmm.logs import MAX_LOG_BYTES, LogEvent, parse_lines, read_log_zip, split_lines
 from connectors.dmm.settings import DmmConnection, DmmTargetSettings, otp_problem, record_name
+from connectors.handles import HandleKeys
 from connectors.http import HttpClient, excerpt
 from connectors.jobs import (
     JobHandle,
     JobProgress,
     JobSpec,
     JobState,
-    item_outcomes,
     map_status,
     outcome_to_json,
 )
@@ -96,6 +96,7 @@ MAX_LOG_PAGES = 200
 SHOWN_WHERE = 200
 ABSENT = "absent"
 COUNTED = ("deleted", "failed", "absent", "unconfirmed")
+_KEYS = HandleKeys("keys", "the job handle has no key for this delivery")
 """Per-key counts in a finished job's detail; unconfirmed: done or retried without
 the log naming the key."""
 
@@ -341,7 +342,7 @@ class DmmDeleteTarget(HttpTarget[DmmConnection, DmmTargetSettings]):
         if not handle.remote_id:
             return JobProgress(
                 JobState.SUCCEEDED,
-                outcomes=self._outcomes(job, known, {}),
+                outcomes=_KEYS.outcomes(job, known, {}),
                 detail={"execution": None, "reason": "no key to delete: nothing was started"},
             )
         tracker = _tracker_value(known, handle.remote_id)
@@ -462,7 +463,7 @@ class DmmDeleteTarget(HttpTarget[DmmConnection, DmmTargetSettings]):
             problems.append(f"execution {remote} {raw}" + (f": {error}" if error else ""))
         return JobProgress(
             state,
-            outcomes=self._outcomes(job, known, by_key),
+            outcomes=_KEYS.outcomes(job, known, by_key),
             detail=detail,
             message="; ".join(problems),
             artifacts=artifacts,
@@ -567,7 +568,7 @@ class DmmDeleteTarget(HttpTarget[DmmConnection, DmmTargetSettings]):
         key_type = str(known.get("key_type") or self.settings.key_type)
         entity = str(known.get("entity") or self.entity).casefold()
         attribute = str(known.get("attribute") or self.settings.key_attribute).casefold()
-        batch = set(_key_map(known).values())
+        batch = set(_KEYS.read(known).values())
         verdicts = Verdicts()
         for event in events:
             if event.entity.casefold() != entity:
@@ -611,7 +612,7 @@ class DmmDeleteTarget(HttpTarget[DmmConnection, DmmTargetSettings]):
             unnamed = ABSENT
         by_key: dict[str, Outcome] = {}
         counts: Counter[str] = Counter()
-        for key in set(_key_map(known).values()):
+        for key in set(_KEYS.read(known).values()):
             if key in verdicts.deleted:
                 by_key[key] = Outcome.done(
                     0, f"deleted by execution {remote}", self.effect(key, known)
@@ -636,18 +637,6 @@ class DmmDeleteTarget(HttpTarget[DmmConnection, DmmTargetSettings]):
                 )
                 counts["unconfirmed"] += 1
         return by_key, counts
-
-    def _outcomes(
-        self, job: JobSpec, known: Mapping[str, Any], by_key: Mapping[str, Outcome]
-    ) -> list[Outcome]:
-        """One outcome per item: decided before the execution, or by its key's fate."""
-        return item_outcomes(
-            job.items,
-            known.get("outcomes"),
-            _key_map(known),
-            by_key,
-            "the job handle has no key for this delivery",
-        )
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -722,11 +711,6 @@ def _error_report_summary(decoded: Any, secrets: Sequence[str]) -> dict[str, Any
         if isinstance(e, dict)
     ]
     return {"entries": len(entries), "errors": errors[:5]}
-
-
-def _key_map(known: Mapping[str, Any]) -> dict[str, str]:
-    keys = known.get("keys")
-    return {str(k): str(v) for k, v in keys.items()} if isinstance(keys, dict) else {}
 
 
 __all__ = [

@@ -47,6 +47,7 @@ from connectors.http import (
     StaticAuth,
     excerpt,
     json_object,
+    remote_error,
 )
 from connectors.keys import UnmappedKey
 from connectors.mongoose import api
@@ -236,12 +237,7 @@ class MongooseApi:
         )
 
     def _remote(self, what: str, response: httpx.Response) -> RemoteError:
-        return RemoteError(
-            f"{self.name}: {what}: HTTP {response.status_code}: "
-            f"{excerpt(response.text, self.http.secrets)}",
-            connection=self.name,
-            code=str(response.status_code),
-        )
+        return remote_error(self.name, what, response, self.http.body_excerpt(response))
 
 
 # --- the target -------------------------------------------------------------------

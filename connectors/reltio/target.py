@@ -41,13 +41,13 @@ from connectors.contract import (
     RemoteError,
     RetriableError,
 )
+from connectors.handles import HandleKeys
 from connectors.http import HttpClient, excerpt
 from connectors.jobs import (
     JobHandle,
     JobProgress,
     JobSpec,
     JobState,
-    item_outcomes,
     map_status,
     outcome_to_json,
 )
@@ -67,6 +67,7 @@ DELETE_TASK_TYPE = "com.reltio.businesslogic.tasks.delete.DeleteEntitiesTask"
 ENTITY_PREFIX = "entities/"
 TASK_PAGE = 100
 TASK_PAGES = 5
+_URIS = HandleKeys("uris", "the job handle has no entity for this delivery")
 """find() reads at most this many pages of the tenant's delete tasks, newest first."""
 ABSENT = "absent"
 
@@ -336,7 +337,7 @@ class ReltioDeleteTarget(HttpTarget[ReltioConnection, ReltioTargetSettings]):
         known = handle.detail
         if not handle.remote_id:
             return JobProgress(
-                JobState.SUCCEEDED, outcomes=self._outcomes(job, known, {}), detail={"task": None}
+                JobState.SUCCEEDED, outcomes=_URIS.outcomes(job, known, {}), detail={"task": None}
             )
         path = f"/tasks/{path_segment(handle.remote_id)}"
         what = f"GET {path}"
@@ -505,7 +506,7 @@ class ReltioDeleteTarget(HttpTarget[ReltioConnection, ReltioTargetSettings]):
         }
         counted = as_int(current.get("objectsFailedToDeleteCount"))
         count = len(listed) if counted is None else counted
-        submitted = list(dict.fromkeys(str(u) for u in _uri_map(known).values()))
+        submitted = list(dict.fromkeys(str(u) for u in _URIS.read(known).values()))
         # A doc example of a finished DeleteEntitiesTask carries no failure fields at
         # all: without a count, nothing says the task deleted everything.
         trusted = state is JobState.SUCCEEDED and counted is not None and count <= len(listed)
@@ -545,7 +546,7 @@ class ReltioDeleteTarget(HttpTarget[ReltioConnection, ReltioTargetSettings]):
         detail = {**_task_detail(task, raw), "task": task_id, "checked": len(present)}
         return JobProgress(
             state,
-            outcomes=self._outcomes(job, known, by_uri),
+            outcomes=_URIS.outcomes(job, known, by_uri),
             detail=detail,
             message="" if state is JobState.SUCCEEDED else f"task {task_id} {failure}",
         )
@@ -554,23 +555,6 @@ class ReltioDeleteTarget(HttpTarget[ReltioConnection, ReltioTargetSettings]):
         error = task.get("error") or task.get("internalErrorDetails")
         text = raw if not error else f"{raw}: {error}"
         return excerpt(str(text), self._http.secrets)
-
-    def _outcomes(
-        self, job: JobSpec, known: Mapping[str, Any], by_uri: Mapping[str, Outcome]
-    ) -> list[Outcome]:
-        """One outcome per item: decided before the task, or by its entity's fate."""
-        return item_outcomes(
-            job.items,
-            known.get("outcomes"),
-            _uri_map(known),
-            by_uri,
-            "the job handle has no entity for this delivery",
-        )
-
-
-def _uri_map(known: Mapping[str, Any]) -> dict[str, str]:
-    uris = known.get("uris")
-    return {str(k): str(v) for k, v in uris.items()} if isinstance(uris, dict) else {}
 
 
 def _task_detail(task: Mapping[str, Any], raw: str) -> dict[str, Any]:
