@@ -118,6 +118,18 @@ def json_object(response: httpx.Response) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
+def as_int(value: Any) -> int | None:
+    """A count or code from a JSON answer: an int, or digits in a string (some APIs
+    quote their numbers); never a bool, which JSON keeps apart and Python does not."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
 @dataclass(frozen=True)
 class ErrorRule:
     """One row of a connector's error table: an answer with `status` (and, if given,
@@ -255,6 +267,31 @@ async def _refusal_text(response: httpx.Response) -> str:
         return ""
     finally:
         await response.aclose()
+
+
+_CANNOT_CONNECT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+_TRANSPORT_FAILURES = (
+    *_CANNOT_CONNECT,
+    httpx.TimeoutException,
+    httpx.RemoteProtocolError,
+    httpx.ReadError,
+    httpx.DecodingError,
+)
+
+
+def _transport_failure(exc: Exception) -> tuple[type[RetriableError], str]:
+    """What a request that got no usable answer means: never sent (safe to send again),
+    or possibly applied with the answer lost."""
+    name = type(exc).__name__
+    if isinstance(exc, _CANNOT_CONNECT):
+        return RetriableError, f"cannot connect ({name})"
+    if isinstance(exc, httpx.DecodingError):
+        # The server answered, but with a body its own Content-Encoding cannot
+        # decode: whatever it did with the request, its answer is lost.
+        return AmbiguousError, (
+            "the answer could not be decoded (its Content-Encoding does not match its body)"
+        )
+    return AmbiguousError, f"no complete answer ({name})"
 
 
 class StreamedResponse:
@@ -470,32 +507,11 @@ class HttpClient:
         try:
             request = self._client.build_request(method, url, **body)
             response = await self._client.send(request, stream=stream)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+        except _TRANSPORT_FAILURES as exc:
             self._observe(method, 0, started)
+            error_type, why = _transport_failure(exc)
             raise _Retry(
-                RetriableError(
-                    f"{self.connection}: {what}: cannot connect ({type(exc).__name__})",
-                    connection=self.connection,
-                )
-            ) from None
-        except (httpx.TimeoutException, httpx.RemoteProtocolError, httpx.ReadError) as exc:
-            self._observe(method, 0, started)
-            raise _Retry(
-                AmbiguousError(
-                    f"{self.connection}: {what}: no complete answer ({type(exc).__name__})",
-                    connection=self.connection,
-                )
-            ) from None
-        except httpx.DecodingError:
-            # The server answered, but with a body its own Content-Encoding cannot
-            # decode: whatever it did with the request, its answer is lost.
-            self._observe(method, 0, started)
-            raise _Retry(
-                AmbiguousError(
-                    f"{self.connection}: {what}: the answer could not be decoded "
-                    "(its Content-Encoding does not match its body)",
-                    connection=self.connection,
-                )
+                error_type(f"{self.connection}: {what}: {why}", connection=self.connection)
             ) from None
         self._observe(method, response.status_code, started)
         resolution = (self._classify(response) if self._classify else None) or default_classify(

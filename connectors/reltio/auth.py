@@ -31,6 +31,7 @@ from connectors.http import (
     ErrorTable,
     HttpClient,
     Resolution,
+    as_int,
     excerpt,
     remote_error,
 )
@@ -54,14 +55,7 @@ def json_body(response: httpx.Response) -> Any:
 def error_code(response: httpx.Response) -> int | None:
     """`errorCode` of Reltio's APIErrorRepresentation, when the body is one."""
     body = json_body(response)
-    code = body.get("errorCode") if isinstance(body, dict) else None
-    if isinstance(code, bool):
-        return None
-    if isinstance(code, int):
-        return code
-    if isinstance(code, str) and code.strip().isdigit():
-        return int(code)
-    return None
+    return as_int(body.get("errorCode")) if isinstance(body, dict) else None
 
 
 def classify(response: httpx.Response) -> Resolution | None:

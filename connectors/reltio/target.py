@@ -42,7 +42,7 @@ from connectors.contract import (
     RetriableError,
 )
 from connectors.handles import HandleKeys
-from connectors.http import HttpClient, excerpt
+from connectors.http import HttpClient, as_int, excerpt
 from connectors.jobs import (
     JobHandle,
     JobProgress,
@@ -171,17 +171,6 @@ def current_state(task: Mapping[str, Any]) -> dict[str, Any]:
         except ValueError:
             return {}
     return state if isinstance(state, dict) else {}
-
-
-def as_int(value: Any) -> int | None:
-    """A count from a task: an int, or digits in a string (taskParams); never a bool."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return None
 
 
 @dataclass(frozen=True)
