@@ -96,6 +96,15 @@ MAX_LOG_PAGES = 200
 SHOWN_WHERE = 200
 ABSENT = "absent"
 COUNTED = ("deleted", "failed", "absent", "unconfirmed")
+RECORDS_ONLY: Mapping[str, Any] = {
+    "ApplicationDeletionMode": False,
+    "ApplicationsToDelete": [],
+    "FilterTenants": False,
+    "TenantsList": [],
+    "IncludeProtectedApplications": False,
+}
+"""The rest of a delete Configuration: records of the entities listed, never a whole
+application, in every tenant (FilterTenants off), never a protected application."""
 _KEYS = HandleKeys("keys", "the job handle has no key for this delivery")
 """Per-key counts in a finished job's detail; unconfirmed: done or retried without
 the log naming the key."""
@@ -251,25 +260,18 @@ class DmmDeleteTarget(HttpTarget[DmmConnection, DmmTargetSettings]):
         if not where.strip():
             raise ValueError("refusing an empty WhereClause: DMM would delete the whole entity")
         entity = self.settings.entity
-        return {
-            "Type": "Delete",
-            "Configuration": {
-                "DestinationDBConnection": self.settings.destination,
-                "EntitiesToDelete": [
-                    {
-                        "OSEntityName": entity.name,
-                        "OSEntitySSKey": entity.ss_key,
-                        "ESpaceSsKey": entity.espace_ss_key,
-                        "WhereClause": where,
-                    }
-                ],
-                "ApplicationDeletionMode": False,
-                "ApplicationsToDelete": [],
-                "FilterTenants": False,
-                "TenantsList": [],
-                "IncludeProtectedApplications": False,
-            },
+        to_delete = {
+            "OSEntityName": entity.name,
+            "OSEntitySSKey": entity.ss_key,
+            "ESpaceSsKey": entity.espace_ss_key,
+            "WhereClause": where,
         }
+        configuration = {
+            "DestinationDBConnection": self.settings.destination,
+            "EntitiesToDelete": [to_delete],
+            **RECORDS_ONLY,
+        }
+        return {"Type": "Delete", "Configuration": configuration}
 
     # -- the AsyncTarget contract ------------------------------------------------------------
 
@@ -351,13 +353,7 @@ class DmmDeleteTarget(HttpTarget[DmmConnection, DmmTargetSettings]):
             {"MainExecutionTrackerId": tracker, "IncludeReports": True, "IncludeLogs": False},
             idempotent=True,
         )
-        raw = answer.get("Status")
-        if not isinstance(raw, str) or not raw.strip():
-            said = self.api.error_message(answer) or excerpt(json.dumps(answer), self.api.secrets)
-            raise RemoteError(
-                f"{self.name}: POST {self.api.path('status')}: an answer without Status: {said}",
-                connection=self.name,
-            )
+        raw = self.api.status_of(answer)
         state = map_status(raw, STATUS)
         if not state.terminal:
             return JobProgress(
