@@ -1,5 +1,6 @@
-"""What an async target reads back from its own job handle: the key each delivery was
-submitted under, and from it one outcome per item.
+"""What an async target keeps in its own job handle, and reads back: the key each
+delivery was submitted under and the outcomes decided before submission, and from
+them one outcome per item.
 
 A handle is JSON that may have crossed a restart or an upgrade, so it is read
 defensively: a field of the wrong shape reads as empty, and an item whose key
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from connectors.contract import Outcome
-from connectors.jobs import JobSpec, item_outcomes
+from connectors.jobs import JobSpec, item_outcomes, outcome_to_json
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,14 @@ class HandleKeys:
 
     field: str
     missing: str
+
+    def detail(self, keys: Mapping[int, str], settled: Mapping[int, Outcome]) -> dict[str, Any]:
+        """A plan as JSON for the handle, which the engine stores and gives back at every
+        poll, after any restart: each delivery's key, and the outcomes already decided."""
+        return {
+            self.field: {str(k): v for k, v in keys.items()},
+            "outcomes": {str(k): outcome_to_json(o) for k, o in settled.items()},
+        }
 
     def read(self, known: Mapping[str, Any]) -> dict[str, str]:
         stored = known.get(self.field)

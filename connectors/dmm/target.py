@@ -69,7 +69,6 @@ from connectors.jobs import (
     JobSpec,
     JobState,
     map_status,
-    outcome_to_json,
 )
 from connectors.keys import KeyTemplate, UnmappedKey, UnsafeKey
 from connectors.sql import Dialect, literal
@@ -166,11 +165,7 @@ class Plan:
     outcomes: dict[int, Outcome]
 
     def detail(self) -> dict[str, Any]:
-        """The plan as JSON for the job handle, which the engine stores and restores."""
-        return {
-            "keys": {str(k): v for k, v in self.keys.items()},
-            "outcomes": {str(k): outcome_to_json(o) for k, o in self.outcomes.items()},
-        }
+        return _KEYS.detail(self.keys, self.outcomes)
 
 
 @dataclass

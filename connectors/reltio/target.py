@@ -49,7 +49,6 @@ from connectors.jobs import (
     JobSpec,
     JobState,
     map_status,
-    outcome_to_json,
 )
 from connectors.keys import KeyTemplate, UnmappedKey
 from connectors.paths import path_segment, segment_problem
@@ -186,11 +185,7 @@ class Plan:
         return list(dict.fromkeys(self.uris.values()))
 
     def detail(self) -> dict[str, Any]:
-        """The plan as JSON for the job handle, which the engine stores and restores."""
-        return {
-            "uris": {str(k): v for k, v in self.uris.items()},
-            "outcomes": {str(k): outcome_to_json(o) for k, o in self.outcomes.items()},
-        }
+        return _URIS.detail(self.uris, self.outcomes)
 
 
 class ReltioDeleteTarget(HttpTarget[ReltioConnection, ReltioTargetSettings]):
