@@ -10,6 +10,7 @@ connection once the client exists (`setup`).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Generic, Protocol, TypeVar
 
 from connectors.contract import FatalError
@@ -25,7 +26,7 @@ ConnectionT = TypeVar("ConnectionT")
 SettingsT = TypeVar("SettingsT", bound=Batched)
 
 
-class HttpTarget(Generic[ConnectionT, SettingsT]):
+class HttpTarget(ABC, Generic[ConnectionT, SettingsT]):
     def __init__(
         self,
         name: str,
@@ -48,8 +49,9 @@ class HttpTarget(Generic[ConnectionT, SettingsT]):
         """Why this target cannot run on `connection` (one line naming the fix), or None."""
         return None
 
+    @abstractmethod
     def client(self, name: str, connection: ConnectionT) -> HttpClient:
-        raise NotImplementedError
+        """The target's own client, when none is handed in."""
 
     def setup(self, connection: ConnectionT) -> None:
         """Read what the target needs from the connection; `self._http` is ready."""
