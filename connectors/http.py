@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict, Unpack
 
 import httpx
 from aiolimiter import AsyncLimiter
@@ -34,6 +34,15 @@ REDACTED = redact.REDACTED
 secret_listeners: list[Callable[[str], None]] = []
 """Called with every secret a client learns (configured or obtained at run time),
 so the process's log redaction knows values it was never configured with."""
+
+
+class Body(TypedDict, total=False):
+    """What a request carries besides its method and URL, as httpx takes it."""
+
+    json: Any
+    params: Mapping[str, Any] | None
+    headers: Mapping[str, str] | None
+    content: bytes | None
 
 
 class Action(enum.Enum):
@@ -109,6 +118,18 @@ def json_object(response: httpx.Response) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
+def as_int(value: Any) -> int | None:
+    """A count or code from a JSON answer: an int, or digits in a string (some APIs
+    quote their numbers); never a bool, which JSON keeps apart and Python does not."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
 @dataclass(frozen=True)
 class ErrorRule:
     """One row of a connector's error table: an answer with `status` (and, if given,
@@ -132,6 +153,26 @@ ErrorTable = Sequence[ErrorRule]
 
 DEFAULT_RENEW: ErrorTable = (ErrorRule(401, Action.RENEW),)
 """Without a table of its own, a 401 means the credentials expired."""
+
+
+def remote_error(
+    connection: str,
+    what: str,
+    response: httpx.Response,
+    message: str,
+    *,
+    code: str = "",
+    label: str = "",
+) -> RemoteError:
+    """A call the server refused and the connector could not read otherwise: the status,
+    the vendor's error `code` (shown after `label`, and the error's code; the status
+    when there is none) and its words, already scrubbed."""
+    shown = f" {label}{code}" if code else ""
+    return RemoteError(
+        f"{connection}: {what}: HTTP {response.status_code}{shown}: {message}",
+        connection=connection,
+        code=code or str(response.status_code),
+    )
 
 
 def resolve(table: ErrorTable, response: httpx.Response) -> ErrorRule | None:
@@ -228,6 +269,31 @@ async def _refusal_text(response: httpx.Response) -> str:
         await response.aclose()
 
 
+_CANNOT_CONNECT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+_TRANSPORT_FAILURES = (
+    *_CANNOT_CONNECT,
+    httpx.TimeoutException,
+    httpx.RemoteProtocolError,
+    httpx.ReadError,
+    httpx.DecodingError,
+)
+
+
+def _transport_failure(exc: Exception) -> tuple[type[RetriableError], str]:
+    """What a request that got no usable answer means: never sent (safe to send again),
+    or possibly applied with the answer lost."""
+    name = type(exc).__name__
+    if isinstance(exc, _CANNOT_CONNECT):
+        return RetriableError, f"cannot connect ({name})"
+    if isinstance(exc, httpx.DecodingError):
+        # The server answered, but with a body its own Content-Encoding cannot
+        # decode: whatever it did with the request, its answer is lost.
+        return AmbiguousError, (
+            "the answer could not be decoded (its Content-Encoding does not match its body)"
+        )
+    return AmbiguousError, f"no complete answer ({name})"
+
+
 class StreamedResponse:
     """An accepted answer whose body is read as it arrives, once."""
 
@@ -318,18 +384,10 @@ class HttpClient:
         url: str,
         *,
         idempotent: bool,
-        json: Any = None,
-        params: Mapping[str, Any] | None = None,
-        headers: Mapping[str, str] | None = None,
-        content: bytes | None = None,
+        **body: Unpack[Body],
     ) -> httpx.Response:
         what = self.describe(method, url)
-        return await self._retrying(
-            idempotent,
-            lambda: self._once(
-                method, url, what, json=json, params=params, headers=headers, content=content
-            ),
-        )
+        return await self._retrying(idempotent, lambda: self._once(method, url, what, body))
 
     @asynccontextmanager
     async def stream(
@@ -338,9 +396,7 @@ class HttpClient:
         url: str,
         *,
         idempotent: bool,
-        json: Any = None,
-        params: Mapping[str, Any] | None = None,
-        headers: Mapping[str, str] | None = None,
+        **body: Unpack[Body],
     ) -> AsyncIterator[StreamedResponse]:
         """`request` whose body is read as it arrives (an answer too large to hold).
 
@@ -351,10 +407,7 @@ class HttpClient:
         """
         what = self.describe(method, url)
         response = await self._retrying(
-            idempotent,
-            lambda: self._once(
-                method, url, what, json=json, params=params, headers=headers, stream=True
-            ),
+            idempotent, lambda: self._once(method, url, what, body, stream=True)
         )
         try:
             yield StreamedResponse(response, f"{self.connection}: {what}", self.connection)
@@ -400,10 +453,7 @@ class HttpClient:
         auth: Auth,
         errors: ErrorTable = DEFAULT_RENEW,
         detail: Callable[[httpx.Response], str] | None = None,
-        json: Any = None,
-        params: Mapping[str, Any] | None = None,
-        headers: Mapping[str, str] | None = None,
-        content: bytes | None = None,
+        **body: Unpack[Body],
     ) -> httpx.Response:
         """`request`, authenticated by `auth` and judged by the connector's `errors` table.
 
@@ -415,15 +465,9 @@ class HttpClient:
         what = self.describe(method, url)
 
         async def send(auth_headers: Mapping[str, str]) -> httpx.Response:
-            return await self.request(
-                method,
-                url,
-                idempotent=idempotent,
-                json=json,
-                params=params,
-                headers={**(headers or {}), **auth_headers},
-                content=content,
-            )
+            sent = body.copy()
+            sent["headers"] = {**(body.get("headers") or {}), **auth_headers}
+            return await self.request(method, url, idempotent=idempotent, **sent)
 
         used = await auth.headers()
         response = await send(used)
@@ -453,47 +497,21 @@ class HttpClient:
         method: str,
         url: str,
         what: str,
+        body: Body,
         *,
-        json: Any,
-        params: Mapping[str, Any] | None,
-        headers: Mapping[str, str] | None,
-        content: bytes | None = None,
         stream: bool = False,
     ) -> httpx.Response:
         if self._limiter is not None:
             await self._limiter.acquire()
         started = time.monotonic()
         try:
-            request = self._client.build_request(
-                method, url, json=json, params=params, headers=headers, content=content
-            )
+            request = self._client.build_request(method, url, **body)
             response = await self._client.send(request, stream=stream)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+        except _TRANSPORT_FAILURES as exc:
             self._observe(method, 0, started)
+            error_type, why = _transport_failure(exc)
             raise _Retry(
-                RetriableError(
-                    f"{self.connection}: {what}: cannot connect ({type(exc).__name__})",
-                    connection=self.connection,
-                )
-            ) from None
-        except (httpx.TimeoutException, httpx.RemoteProtocolError, httpx.ReadError) as exc:
-            self._observe(method, 0, started)
-            raise _Retry(
-                AmbiguousError(
-                    f"{self.connection}: {what}: no complete answer ({type(exc).__name__})",
-                    connection=self.connection,
-                )
-            ) from None
-        except httpx.DecodingError:
-            # The server answered, but with a body its own Content-Encoding cannot
-            # decode: whatever it did with the request, its answer is lost.
-            self._observe(method, 0, started)
-            raise _Retry(
-                AmbiguousError(
-                    f"{self.connection}: {what}: the answer could not be decoded "
-                    "(its Content-Encoding does not match its body)",
-                    connection=self.connection,
-                )
+                error_type(f"{self.connection}: {what}: {why}", connection=self.connection)
             ) from None
         self._observe(method, response.status_code, started)
         resolution = (self._classify(response) if self._classify else None) or default_classify(
@@ -501,10 +519,10 @@ class HttpClient:
         )
         if resolution.action is Action.OK:
             return response
-        body = await _refusal_text(response) if stream else response.text
+        text = await _refusal_text(response) if stream else response.text
         message = (
             f"{self.connection}: {what}: {resolution.reason or response.status_code}: "
-            f"{excerpt(body, self.secrets)}"
+            f"{excerpt(text, self.secrets)}"
         )
         error_type = RetriableError if resolution.action is Action.RETRY else AmbiguousError
         raise _Retry(

@@ -53,8 +53,14 @@ class KeyTemplate:
         self.fields: tuple[str, ...] = tuple(
             dict.fromkeys(name for _, name in self._parts if name is not None)
         )
+        # The common template is one bare field ("{SYKEY}"): rendered per record, so
+        # it skips the join.
+        only = self._parts[0][1] if len(self._parts) == 1 and not self._parts[0][0] else None
+        self._only_field: str | None = only
 
     def render(self, fields: Mapping[str, Any]) -> str:
+        if self._only_field is not None:
+            return _value_text(self._only_field, fields)
         out: list[str] = []
         for literal, name in self._parts:
             out.append(literal)

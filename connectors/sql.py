@@ -22,6 +22,7 @@ Some values cannot be written safely in any dialect, and are refused
 from __future__ import annotations
 
 import enum
+import re
 import unicodedata
 
 from connectors.keys import UnsafeKey
@@ -55,20 +56,29 @@ LOOKALIKES = {
 backslash."""
 
 
+_REFUSED = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff" + "".join(LOOKALIKES) + "]")
+"""Every character `literal_problem` refuses: the control characters (Unicode category Cc
+is exactly U+0000-U+001F and U+007F-U+009F, a range the standard keeps stable),
+the surrogates (Cs) and the look-alikes. One C-level scan, so the common key costs
+no per-character Python; tests/connectors/test_sql.py checks it against
+`unicodedata` over every code point."""
+
+
 def literal_problem(value: str) -> str | None:
     """Why `value` cannot be written as a literal in any dialect, or None when it can."""
-    for ch in value:
-        if unicodedata.category(ch) in ("Cc", "Cs"):
-            return (
-                f"{value!r} holds a control character (U+{ord(ch):04X}), which could cut "
-                "the query short"
-            )
-        if ch in LOOKALIKES:
-            return (
-                f"{value!r} holds U+{ord(ch):04X}, which a code-page conversion can turn into "
-                f"{LOOKALIKES[ch]!r} and so end the literal"
-            )
-    return None
+    found = _REFUSED.search(value)
+    if found is None:
+        return None
+    ch = found.group()
+    if unicodedata.category(ch) in ("Cc", "Cs"):
+        return (
+            f"{value!r} holds a control character (U+{ord(ch):04X}), which could cut "
+            "the query short"
+        )
+    return (
+        f"{value!r} holds U+{ord(ch):04X}, which a code-page conversion can turn into "
+        f"{LOOKALIKES[ch]!r} and so end the literal"
+    )
 
 
 def literal(value: str, dialect: Dialect, *, national: bool = False) -> str:
@@ -81,7 +91,7 @@ def literal(value: str, dialect: Dialect, *, national: bool = False) -> str:
     problem = literal_problem(value)
     if problem is not None:
         raise UnsafeKey(problem)
-    body = value.replace("'", "''")
+    body = value.replace("'", "''") if "'" in value else value
     prefix = "N" if national else ""
     if dialect in BACKSLASH_ESCAPING:
         body = body.replace("\\", "\\\\")

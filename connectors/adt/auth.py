@@ -27,6 +27,7 @@ from connectors.http import (
     StaticAuth,
     excerpt,
     json_object,
+    remote_error,
 )
 from connectors.token_cache import CachedToken, TokenAuth, fetch_token
 
@@ -114,6 +115,11 @@ def classify(response: httpx.Response) -> Resolution | None:
     return None
 
 
+def http_client(name: str, connection: AdtConnection) -> HttpClient:
+    """The client of either ADT target: ADT's millisecond waits read as Retry-After."""
+    return connection.http_client(name, base_url=connection.url, classify=classify)
+
+
 def error_code(response: httpx.Response) -> str:
     """The service's error code: the x-ms-error-code header, else the ErrorResponse body."""
     header = str(response.headers.get("x-ms-error-code", "")).strip()
@@ -194,14 +200,8 @@ class AdtClient:
         )
 
     def remote(self, what: str, response: httpx.Response) -> RemoteError:
-        code = error_code(response)
-        return RemoteError(
-            f"{self.name}: {what}: HTTP {response.status_code}"
-            + (f" {code}" if code else "")
-            + f": {self.message(response)}",
-            connection=self.name,
-            code=code or str(response.status_code),
-        )
+        message = self.message(response)
+        return remote_error(self.name, what, response, message, code=error_code(response))
 
     def message(self, response: httpx.Response) -> str:
         body = json_object(response)

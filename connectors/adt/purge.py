@@ -23,12 +23,11 @@ from typing import Any
 
 import httpx
 
-from connectors.adt.auth import AdtClient, classify, error_code
+from connectors.adt.auth import AdtClient, error_code, http_client
 from connectors.adt.settings import AdtConnection, AdtPurgeSettings, check_purge_confirmation
 from connectors.contract import (
     EXACT_KEYS,
     Delivery,
-    FatalError,
     Outcome,
     RemoteError,
     RetriableError,
@@ -36,6 +35,7 @@ from connectors.contract import (
 from connectors.http import HttpClient, excerpt, json_object
 from connectors.jobs import JobHandle, JobProgress, JobSpec, JobState, map_status
 from connectors.paths import path_segment, segment_problem
+from connectors.target_kit import HttpTarget
 
 JOBS_PATH = "/jobs/deletions"
 NOT_A_TRIGGER = "not a purge trigger"
@@ -56,33 +56,24 @@ STATUS = {
 """ADT `delete-job-status` -> JobState; anything else is still running."""
 
 
-class AdtPurgeTarget:
+class AdtPurgeTarget(HttpTarget[AdtConnection, AdtPurgeSettings]):
     """Starts one delete job per batch that holds a trigger, and reports it per delivery."""
 
     kind = "adt_delete_job"
     key_match = EXACT_KEYS
 
-    def __init__(
-        self,
-        name: str,
-        connection: AdtConnection,
-        settings: AdtPurgeSettings,
-        *,
-        http: HttpClient | None = None,
-    ) -> None:
-        problem = check_purge_confirmation(connection, settings, name)
-        if problem:
-            raise FatalError(problem, connection=name)
-        self.name = name
-        self.settings = settings
-        self.batch_size = settings.batch_size
-        self._http = http or connection.http_client(
-            name, base_url=connection.url, classify=classify
-        )
-        self.api = AdtClient(name, connection, self._http)
+    api: AdtClient
 
-    async def aclose(self) -> None:
-        await self._http.aclose()
+    def problem(
+        self, name: str, connection: AdtConnection, settings: AdtPurgeSettings
+    ) -> str | None:
+        return check_purge_confirmation(connection, settings, name)
+
+    def client(self, name: str, connection: AdtConnection) -> HttpClient:
+        return http_client(name, connection)
+
+    def setup(self, connection: AdtConnection) -> None:
+        self.api = AdtClient(self.name, connection, self._http)
 
     def triggers(self, items: Sequence[Delivery]) -> list[Delivery]:
         return [d for d in items if self.settings.is_trigger(d.key)]
@@ -114,23 +105,20 @@ class AdtPurgeTarget:
         if response.is_success:
             return self._handle(what, response, {"operation_location": _location(response)})
         code = error_code(response)
-        if response.status_code == 400 and code == JOB_LIMIT_REACHED:
+        if response.status_code == 400 and code in (JOB_LIMIT_REACHED, VALIDATION_FAILED):
+            # Both can mean our own job already exists (a lost answer, re-sent).
             ours = await self._adopt(job, what, response)
             if ours is not None:
                 return ours
-            raise RetriableError(
-                f"{self.name}: {what}: another delete job is running on the instance "
-                f"({JOB_LIMIT_REACHED}); submitting again later",
-                connection=self.name,
-                retry_after=self.settings.poll_interval,
+            why = (
+                f"another delete job is running on the instance ({JOB_LIMIT_REACHED}); "
+                "submitting again later"
+                if code == JOB_LIMIT_REACHED
+                else f"{VALIDATION_FAILED} ({self.api.message(response)}) and no delete job "
+                f"{job.client_id!r} can be read; trying again later"
             )
-        if response.status_code == 400 and code == VALIDATION_FAILED:
-            ours = await self._adopt(job, what, response)
-            if ours is not None:
-                return ours
             raise RetriableError(
-                f"{self.name}: {what}: {VALIDATION_FAILED} ({self.api.message(response)}) and "
-                f"no delete job {job.client_id!r} can be read; trying again later",
+                f"{self.name}: {what}: {why}",
                 connection=self.name,
                 retry_after=self.settings.poll_interval,
             )

@@ -15,12 +15,13 @@ from dataclasses import dataclass, replace
 
 import httpx
 
-from connectors.adt.auth import AdtClient, classify, error_code
+from connectors.adt.auth import AdtClient, error_code, http_client
 from connectors.adt.settings import AdtConnection, AdtTwinsSettings
 from connectors.contract import EXACT_KEYS, Delivery, Outcome, RemoteError, RetriableError
 from connectors.http import HttpClient, json_object
 from connectors.keys import UnmappedKey
 from connectors.paths import path_segment, segment_problem
+from connectors.target_kit import HttpTarget
 
 TWIN_NOT_FOUND = "DigitalTwinNotFound"
 RELATIONSHIPS_NOT_DELETED = "RelationshipsNotDeleted"
@@ -47,31 +48,19 @@ class _Absent(Exception):
     """The twin does not exist (any more)."""
 
 
-class AdtTwinsTarget:
+class AdtTwinsTarget(HttpTarget[AdtConnection, AdtTwinsSettings]):
     """Deletes twins by id, removing the relationships that reference them first."""
 
     key_match = EXACT_KEYS
     """Twin ids are case-sensitive."""
+    api: AdtClient
 
-    def __init__(
-        self,
-        name: str,
-        connection: AdtConnection,
-        settings: AdtTwinsSettings,
-        *,
-        http: HttpClient | None = None,
-    ) -> None:
-        self.name = name
-        self.settings = settings
-        self.batch_size = settings.batch_size
-        self._template = settings.key_template()
-        self._http = http or connection.http_client(
-            name, base_url=connection.url, classify=classify
-        )
-        self.api = AdtClient(name, connection, self._http)
+    def client(self, name: str, connection: AdtConnection) -> HttpClient:
+        return http_client(name, connection)
 
-    async def aclose(self) -> None:
-        await self._http.aclose()
+    def setup(self, connection: AdtConnection) -> None:
+        self._template = self.settings.key_template()
+        self.api = AdtClient(self.name, connection, self._http)
 
     async def preview(self, batch: Sequence[Delivery]) -> list[Outcome]:
         """Read-only: the twin each delivery would delete (after its relationships)."""

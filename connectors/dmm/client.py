@@ -16,6 +16,7 @@ shared HttpClient.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -31,6 +32,7 @@ from connectors.http import (
     StaticAuth,
     excerpt,
     json_object,
+    remote_error,
 )
 
 Operation = Literal["start", "stop", "status", "outputs"]
@@ -121,12 +123,19 @@ class DmmClient:
                 raise AmbiguousError(text, connection=self.name)
             raise RemoteError(text, connection=self.name, code=str(response.status_code))
         if not response.is_success and not is_dmm_body(answer):
-            raise RemoteError(
-                f"{self.name}: {what}: HTTP {response.status_code}: {self.message(response)}",
-                connection=self.name,
-                code=str(response.status_code),
-            )
+            raise remote_error(self.name, what, response, self.message(response))
         return answer
+
+    def status_of(self, answer: Mapping[str, Any]) -> str:
+        """DMM's Status of an execution; RemoteError for a status answer without one."""
+        raw = answer.get("Status")
+        if not isinstance(raw, str) or not raw.strip():
+            said = self.error_message(answer) or excerpt(json.dumps(answer), self.secrets)
+            raise RemoteError(
+                f"{self.name}: POST {self.path('status')}: an answer without Status: {said}",
+                connection=self.name,
+            )
+        return raw.strip()
 
     def _fatal(self, what: str) -> FatalError:
         return FatalError(

@@ -53,7 +53,6 @@ from typing import Any
 from connectors.contract import (
     AmbiguousError,
     Delivery,
-    FatalError,
     Outcome,
     RemoteError,
     RetriableError,
@@ -62,18 +61,18 @@ from connectors.contract import (
 from connectors.dmm.client import DmmClient, succeeded
 from connectors.dmm.logs import MAX_LOG_BYTES, LogEvent, parse_lines, read_log_zip, split_lines
 from connectors.dmm.settings import DmmConnection, DmmTargetSettings, otp_problem, record_name
+from connectors.handles import HandleKeys
 from connectors.http import HttpClient, excerpt
 from connectors.jobs import (
     JobHandle,
     JobProgress,
     JobSpec,
     JobState,
-    item_outcomes,
     map_status,
-    outcome_to_json,
 )
 from connectors.keys import KeyTemplate, UnmappedKey, UnsafeKey
 from connectors.sql import Dialect, literal
+from connectors.target_kit import HttpTarget
 
 STATUS: dict[str, JobState] = {
     "QUEUED": JobState.QUEUED,
@@ -96,6 +95,16 @@ MAX_LOG_PAGES = 200
 SHOWN_WHERE = 200
 ABSENT = "absent"
 COUNTED = ("deleted", "failed", "absent", "unconfirmed")
+RECORDS_ONLY: Mapping[str, Any] = {
+    "ApplicationDeletionMode": False,
+    "ApplicationsToDelete": [],
+    "FilterTenants": False,
+    "TenantsList": [],
+    "IncludeProtectedApplications": False,
+}
+"""The rest of a delete Configuration: records of the entities listed, never a whole
+application, in every tenant (FilterTenants off), never a protected application."""
+_KEYS = HandleKeys("keys", "the job handle has no key for this delivery")
 """Per-key counts in a finished job's detail; unconfirmed: done or retried without
 the log naming the key."""
 
@@ -156,11 +165,7 @@ class Plan:
     outcomes: dict[int, Outcome]
 
     def detail(self) -> dict[str, Any]:
-        """The plan as JSON for the job handle, which the engine stores and restores."""
-        return {
-            "keys": {str(k): v for k, v in self.keys.items()},
-            "outcomes": {str(k): outcome_to_json(o) for k, o in self.outcomes.items()},
-        }
+        return _KEYS.detail(self.keys, self.outcomes)
 
 
 @dataclass
@@ -177,34 +182,27 @@ class Verdicts:
 # --- the target ------------------------------------------------------------------------------
 
 
-class DmmDeleteTarget:
+class DmmDeleteTarget(HttpTarget[DmmConnection, DmmTargetSettings]):
     """Deletes the records deliveries name, one DMM delete execution per batch."""
 
     kind = "dmm_delete"
 
-    def __init__(
-        self,
-        name: str,
-        connection: DmmConnection,
-        settings: DmmTargetSettings,
-        *,
-        http: HttpClient | None = None,
-    ) -> None:
-        problem = otp_problem(connection, name)
-        if problem:
-            raise FatalError(problem, connection=name)
-        self.name = name
+    api: DmmClient
+
+    def problem(
+        self, name: str, connection: DmmConnection, settings: DmmTargetSettings
+    ) -> str | None:
+        return otp_problem(connection, name)
+
+    def client(self, name: str, connection: DmmConnection) -> HttpClient:
+        return connection.http_client(name, base_url=connection.url)
+
+    def setup(self, connection: DmmConnection) -> None:
         self.url = connection.url
         self.dialect = connection.dialect
-        self.settings = settings
-        self.batch_size = settings.batch_size
         self.key_match = sql_server_keys(connection.collation == "case_sensitive")
-        self._template: KeyTemplate = settings.key_template()
-        self._http = http or connection.http_client(name, base_url=connection.url)
-        self.api = DmmClient(name, connection, self._http)
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
+        self._template: KeyTemplate = self.settings.key_template()
+        self.api = DmmClient(self.name, connection, self._http)
 
     @property
     def entity(self) -> str:
@@ -257,25 +255,18 @@ class DmmDeleteTarget:
         if not where.strip():
             raise ValueError("refusing an empty WhereClause: DMM would delete the whole entity")
         entity = self.settings.entity
-        return {
-            "Type": "Delete",
-            "Configuration": {
-                "DestinationDBConnection": self.settings.destination,
-                "EntitiesToDelete": [
-                    {
-                        "OSEntityName": entity.name,
-                        "OSEntitySSKey": entity.ss_key,
-                        "ESpaceSsKey": entity.espace_ss_key,
-                        "WhereClause": where,
-                    }
-                ],
-                "ApplicationDeletionMode": False,
-                "ApplicationsToDelete": [],
-                "FilterTenants": False,
-                "TenantsList": [],
-                "IncludeProtectedApplications": False,
-            },
+        to_delete = {
+            "OSEntityName": entity.name,
+            "OSEntitySSKey": entity.ss_key,
+            "ESpaceSsKey": entity.espace_ss_key,
+            "WhereClause": where,
         }
+        configuration = {
+            "DestinationDBConnection": self.settings.destination,
+            "EntitiesToDelete": [to_delete],
+            **RECORDS_ONLY,
+        }
+        return {"Type": "Delete", "Configuration": configuration}
 
     # -- the AsyncTarget contract ------------------------------------------------------------
 
@@ -348,7 +339,7 @@ class DmmDeleteTarget:
         if not handle.remote_id:
             return JobProgress(
                 JobState.SUCCEEDED,
-                outcomes=self._outcomes(job, known, {}),
+                outcomes=_KEYS.outcomes(job, known, {}),
                 detail={"execution": None, "reason": "no key to delete: nothing was started"},
             )
         tracker = _tracker_value(known, handle.remote_id)
@@ -357,13 +348,7 @@ class DmmDeleteTarget:
             {"MainExecutionTrackerId": tracker, "IncludeReports": True, "IncludeLogs": False},
             idempotent=True,
         )
-        raw = answer.get("Status")
-        if not isinstance(raw, str) or not raw.strip():
-            said = self.api.error_message(answer) or excerpt(json.dumps(answer), self.api.secrets)
-            raise RemoteError(
-                f"{self.name}: POST {self.api.path('status')}: an answer without Status: {said}",
-                connection=self.name,
-            )
+        raw = self.api.status_of(answer)
         state = map_status(raw, STATUS)
         if not state.terminal:
             return JobProgress(
@@ -469,7 +454,7 @@ class DmmDeleteTarget:
             problems.append(f"execution {remote} {raw}" + (f": {error}" if error else ""))
         return JobProgress(
             state,
-            outcomes=self._outcomes(job, known, by_key),
+            outcomes=_KEYS.outcomes(job, known, by_key),
             detail=detail,
             message="; ".join(problems),
             artifacts=artifacts,
@@ -574,7 +559,7 @@ class DmmDeleteTarget:
         key_type = str(known.get("key_type") or self.settings.key_type)
         entity = str(known.get("entity") or self.entity).casefold()
         attribute = str(known.get("attribute") or self.settings.key_attribute).casefold()
-        batch = set(_key_map(known).values())
+        batch = set(_KEYS.read(known).values())
         verdicts = Verdicts()
         for event in events:
             if event.entity.casefold() != entity:
@@ -618,7 +603,7 @@ class DmmDeleteTarget:
             unnamed = ABSENT
         by_key: dict[str, Outcome] = {}
         counts: Counter[str] = Counter()
-        for key in set(_key_map(known).values()):
+        for key in set(_KEYS.read(known).values()):
             if key in verdicts.deleted:
                 by_key[key] = Outcome.done(
                     0, f"deleted by execution {remote}", self.effect(key, known)
@@ -643,18 +628,6 @@ class DmmDeleteTarget:
                 )
                 counts["unconfirmed"] += 1
         return by_key, counts
-
-    def _outcomes(
-        self, job: JobSpec, known: Mapping[str, Any], by_key: Mapping[str, Outcome]
-    ) -> list[Outcome]:
-        """One outcome per item: decided before the execution, or by its key's fate."""
-        return item_outcomes(
-            job.items,
-            known.get("outcomes"),
-            _key_map(known),
-            by_key,
-            "the job handle has no key for this delivery",
-        )
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -729,11 +702,6 @@ def _error_report_summary(decoded: Any, secrets: Sequence[str]) -> dict[str, Any
         if isinstance(e, dict)
     ]
     return {"entries": len(entries), "errors": errors[:5]}
-
-
-def _key_map(known: Mapping[str, Any]) -> dict[str, str]:
-    keys = known.get("keys")
-    return {str(k): str(v) for k, v in keys.items()} if isinstance(keys, dict) else {}
 
 
 __all__ = [

@@ -50,6 +50,7 @@ from connectors.goose.source import (
 )
 from connectors.http import HttpClient, excerpt
 from connectors.keys import UnmappedKey
+from connectors.target_kit import HttpTarget
 
 MAX_ID_LENGTH = 25
 """RECORD_ID is varchar(25): a longer id names no Goose record."""
@@ -78,39 +79,32 @@ class _TooLong(Exception):
     """The rendered id cannot be a Goose RECORD_ID."""
 
 
-class GooseDeleteTarget:
+class GooseDeleteTarget(HttpTarget[GooseConnection, GooseTargetSettings]):
     """Deletes records of one Goose table by RECORD_ID through OPERATION DELETE."""
 
     key_match = EXACT_KEYS
 
-    def __init__(
-        self,
-        name: str,
-        connection: GooseConnection,
-        settings: GooseTargetSettings,
-        *,
-        http: HttpClient | None = None,
-    ) -> None:
+    def problem(
+        self, name: str, connection: GooseConnection, settings: GooseTargetSettings
+    ) -> str | None:
         problem = operation_url_problem(connection, name)
         if problem is not None or connection.operation_url is None:
-            raise FatalError(f"goose target: {problem}", connection=name)
-        self.name = name
-        self.connection = connection
-        self.settings = settings
-        self.batch_size = settings.batch_size
-        self.url: str = connection.operation_url
-        self._template = settings.key_template()
-        self._key = connection.key.get_secret_value()
-        self._http = http or connection.http_client(
-            name,
-            secrets=[self._key],
-            classify=classify,
-            default_calls_per_second=DOCUMENTED_CALLS_PER_SECOND,
-        )
-        self._http.add_secret(self._key)
+            return f"goose target: {problem}"
+        return None
 
-    async def aclose(self) -> None:
-        await self._http.aclose()
+    def client(self, name: str, connection: GooseConnection) -> HttpClient:
+        return connection.http_client(
+            name, classify=classify, default_calls_per_second=DOCUMENTED_CALLS_PER_SECOND
+        )
+
+    def setup(self, connection: GooseConnection) -> None:
+        assert connection.operation_url is not None  # refused by `problem` otherwise
+        self.connection = connection
+        self.url: str = connection.operation_url
+        self._template = self.settings.key_template()
+        self._key = connection.key.get_secret_value()
+        # A client handed in does not know the key yet.
+        self._http.add_secret(self._key)
 
     def effect(self, record_id: str) -> str:
         """The deleted record's name, as the Goose source gives it in `origin`."""

@@ -79,20 +79,31 @@ class Dialect(Protocol):
         ...
 
 
-class V1:
-    url_hint = "for api v1 it ends with /MGRESTService.svc"
+class _Shared:
+    """What the two versions do alike, told apart by a few names."""
+
+    token_path: str
+    user_header: str
+    props_param: str
+    load_path: str
+    """With {ido} in it."""
 
     def token_by_headers(self, config: str, user: str, password: str) -> Call:
-        return Call(
-            "GET", f"/json/token/{segment(config)}", headers={"userid": user, "password": password}
-        )
+        headers = {self.user_header: user, "password": password}
+        return Call("GET", f"{self.token_path}/{segment(config)}", headers=headers)
+
+    def load(self, ido: str, props: Sequence[str], where: str) -> Call:
+        params = {self.props_param: ",".join(props), "filter": where, "recordcap": ALL_ROWS}
+        return Call("GET", self.load_path.format(ido=ido), params=params)
+
+
+class V1(_Shared):
+    url_hint = "for api v1 it ends with /MGRESTService.svc"
+    token_path, user_header = "/json/token", "userid"
+    props_param, load_path = "props", "/json/{ido}/adv"
 
     def token_by_path(self, config: str, user: str, password: str) -> Call | None:
         return None  # v1 documents the header form only
-
-    def load(self, ido: str, props: Sequence[str], where: str) -> Call:
-        params = {"props": ",".join(props), "filter": where, "recordcap": ALL_ROWS}
-        return Call("GET", f"/json/{ido}/adv", params=params)
 
     def delete(self, ido: str, item_ids: Sequence[str], method: str) -> Call:
         item_id_property = {"IsNull": False, "Modified": False, "Name": ITEM_ID, "Value": None}
@@ -109,23 +120,16 @@ class V1:
         return "set the target's delete_method to the other verb (DELETE or POST)"
 
 
-class V2:
+class V2(_Shared):
     url_hint = "for api v2 it ends with /IDORequestService, without /ido"
-
-    def token_by_headers(self, config: str, user: str, password: str) -> Call:
-        return Call(
-            "GET", f"/ido/token/{segment(config)}", headers={"username": user, "password": password}
-        )
+    token_path, user_header = "/ido/token", "username"
+    props_param, load_path = "properties", "/ido/load/{ido}"
 
     def token_by_path(self, config: str, user: str, password: str) -> Call | None:
-        base = f"/ido/token/{segment(config)}/{segment(user)}"
+        base = f"{self.token_path}/{segment(config)}/{segment(user)}"
         if not password:  # the password segment is optional
             return Call("GET", base)
         return Call("GET", f"{base}/{segment(password)}", shown=f"{base}/***")
-
-    def load(self, ido: str, props: Sequence[str], where: str) -> Call:
-        params = {"properties": ",".join(props), "filter": where, "recordcap": ALL_ROWS}
-        return Call("GET", f"/ido/load/{ido}", params=params)
 
     def delete(self, ido: str, item_ids: Sequence[str], method: str) -> Call:
         """UpdateCollection; every write example of the v2 guide posts, whatever `method`."""

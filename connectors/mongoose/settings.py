@@ -41,6 +41,13 @@ class MongooseConnection(ConnectionBase):
     api: ApiVersion = Field(
         "v1", description="v1 (MGRESTService.svc) or v2 (/ido/..., what ION API gateways expose)"
     )
+    max_query_string: int = Field(
+        2048,
+        ge=512,
+        le=1_048_576,
+        description="longest query string the server accepts, in bytes once URL-encoded "
+        "(IIS's maxQueryString, 2048 by default); LoadCollection filters are cut to fit it",
+    )
 
     @field_validator("config")
     @classmethod

@@ -20,279 +20,32 @@ template produce its new ItemId.
 
 from __future__ import annotations
 
-import math
-import re
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import quote
-
-import httpx
 
 from connectors.contract import (
     ConnectorError,
     Delivery,
-    FatalError,
-    KeyMatch,
     Outcome,
     RemoteError,
     RetriableError,
     sql_server_keys,
 )
-from connectors.http import (
-    DEFAULT_RENEW,
-    Action,
-    Auth,
-    ErrorRule,
-    ErrorTable,
-    HttpClient,
-    StaticAuth,
-    excerpt,
-    json_object,
-)
+from connectors.http import HttpClient
 from connectors.keys import UnmappedKey
-from connectors.mongoose import api
+from connectors.mongoose.client import DeleteAnswer, MongooseApi
+from connectors.mongoose.filters import (
+    FilterBudget,
+    in_filter,
+    match_rows,
+    quote_literal,
+    row_pointer,
+)
 from connectors.mongoose.settings import MongooseConnection, MongooseTargetSettings
-from connectors.sql import Dialect, literal
-from connectors.token_cache import CachedToken, TokenAuth
+from connectors.target_kit import HttpTarget
 
 ROW_POINTER = "RowPointer"
-# IIS rejects query strings over 2048 bytes by default (maxQueryString), so
-# one LoadCollection filter carries at most this many URL-encoded characters.
-MAX_FILTER_CHARS = 1500
-_ITEM_ID = re.compile(r"PBT=\[[^\]]*\]\s+\S+\.DT=\[[^\]]*\]\s+\S+\.ID=\[(?P<row>[^\]]+)\]")
-
-
-def quote_literal(value: str) -> str:
-    """A SQL string literal for a Mongoose filter: IDOs run their filters on SQL Server,
-    whose only escape is a doubled quote. UnsafeKey for a value no literal carries
-    safely (see connectors/sql.py)."""
-    return literal(value, Dialect.SQLSERVER)
-
-
-def in_filter(prop: str, values: Sequence[str]) -> str:
-    return f"{prop} IN ({','.join(quote_literal(v) for v in values)})"
-
-
-def filter_chunks(prop: str, values: Sequence[str]) -> Iterator[list[str]]:
-    """Split values so each IN filter stays under MAX_FILTER_CHARS once URL-encoded."""
-    chunk: list[str] = []
-    for value in values:
-        if chunk and len(quote(in_filter(prop, [*chunk, value]), safe="")) > MAX_FILTER_CHARS:
-            yield chunk
-            chunk = []
-        chunk.append(value)
-    if chunk:
-        yield chunk
-
-
-def row_pointer(item_id: str) -> str | None:
-    match = _ITEM_ID.search(item_id)
-    return match.group("row") if match else None
-
-
-def match_rows(
-    keys: Sequence[str], rows: Sequence[Sequence[Any]], collation: KeyMatch
-) -> dict[str, list[str]]:
-    """key -> ItemIds of the returned rows that have it.
-
-    The server matched the filter with its own collation, so a row may come
-    back for 'JRossi' holding 'jrossi'. Exact matches win; otherwise a key
-    takes the rows equal to it under the connection's collation. Every row
-    used was selected by the server for some key of the batch.
-    """
-    exact: dict[str, list[str]] = defaultdict(list)
-    loose: dict[str, list[str]] = defaultdict(list)
-    for item_id, value in rows:
-        if value is None:
-            continue
-        exact[str(value)].append(item_id)
-        loose[collation.fold(str(value))].append(item_id)
-    return {
-        key: list(dict.fromkeys(exact.get(key) or loose.get(collation.fold(key), [])))
-        for key in keys
-    }
-
-
-# --- authentication ------------------------------------------------------------
-
-
-class _SecurityToken:
-    """GetSecurityToken, fetched once and kept until refused; sent raw as
-    Authorization (no "Bearer").
-
-    Asked for with credentials in headers, as documented. A v2 server older
-    than the header form answers it 404: the documented path form
-    (`/ido/token/{config}/{user}/{password}`) is tried once, and kept for the
-    connection if the server knows it. The password then travels in the path,
-    so its encoded form is a secret of the client, scrubbed from every message.
-    """
-
-    def __init__(self, name: str, connection: MongooseConnection, http: HttpClient) -> None:
-        assert connection.user is not None and connection.password is not None
-        self._name = name
-        spoken = api.dialect(connection.api)
-        secret = connection.password.get_secret_value()
-        self._url_hint = spoken.url_hint
-        self._by_headers = spoken.token_by_headers(connection.config, connection.user, secret)
-        self._by_path = spoken.token_by_path(connection.config, connection.user, secret)
-        self._path_known = False
-        http.add_secret(api.segment(secret))
-        self._http = http
-        # The token carries no lifetime: it is kept until a call is refused with it.
-        self.auth = TokenAuth(CachedToken(self._fetch, 0.0), self.fatal, scheme="")
-
-    def fatal(self, what: str) -> FatalError:
-        return FatalError(
-            f"mongoose connection {self._name!r}: credentials rejected ({what}); "
-            f"check connections.{self._name}.user/password and "
-            f"connections.{self._name}.config",
-            connection=self._name,
-        )
-
-    async def _fetch(self) -> tuple[str, float]:
-        path_form = self._by_path if self._path_known else None
-        call = path_form or self._by_headers
-        response = await self._get(call)
-        if response.status_code == 404 and path_form is None and self._by_path is not None:
-            tried, call = call.what, self._by_path
-            response = await self._get(call)
-            if response.status_code == 404:
-                raise self._not_found(f"{tried} and {call.what} answered 404")
-            self._path_known = True
-        what = call.what
-        if response.status_code in (401, 403):
-            raise self.fatal(f"HTTP {response.status_code} from {what}")
-        if response.status_code == 404:
-            raise self._not_found(f"{what} answered 404")
-        body = json_object(response)
-        token = api.read_token(body) if body is not None else None
-        if not response.is_success or token is None:
-            message = excerpt(response.text, self._http.secrets)
-            if response.is_success:
-                raise self.fatal(f"{what} gave no token: {message}")
-            raise RemoteError(
-                f"{self._name}: {what}: HTTP {response.status_code}: {message}",
-                connection=self._name,
-                code=str(response.status_code),
-            )
-        self._http.add_secret(token)
-        return token, math.inf
-
-    async def _get(self, call: api.Call) -> httpx.Response:
-        return await self._http.request(
-            call.method, call.path, idempotent=True, headers=call.headers
-        )
-
-    def _not_found(self, what: str) -> FatalError:
-        return FatalError(
-            f"mongoose connection {self._name!r}: {what}; check "
-            f"connections.{self._name}.url ({self._url_hint}) and connections.{self._name}.api",
-            connection=self._name,
-        )
-
-
-def _bearer_token(name: str, connection: MongooseConnection) -> StaticAuth:
-    """An ION API OAuth2 token: the configuration travels in a header."""
-    assert connection.token is not None
-
-    def fatal(what: str) -> FatalError:
-        return FatalError(
-            f"mongoose connection {name!r}: the ION API bearer token was rejected "
-            f"({what}); check connections.{name}.token and connections.{name}.config",
-            connection=name,
-        )
-
-    headers = {
-        "Authorization": f"Bearer {connection.token.get_secret_value()}",
-        "X-Infor-MongooseConfig": connection.config,
-    }
-    return StaticAuth(headers, fatal)
-
-
-# --- the API -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DeleteAnswer:
-    ok: bool
-    message: str = ""
-
-
-class MongooseApi:
-    """The two calls the target makes, in the connection's API version,
-    authenticated, with one renewal on 401."""
-
-    def __init__(self, name: str, connection: MongooseConnection, http: HttpClient) -> None:
-        self.name = name
-        self.http = http
-        self.dialect = api.dialect(connection.api)
-        self._auth: Auth = (
-            _bearer_token(name, connection)
-            if connection.token is not None
-            else _SecurityToken(name, connection, http).auth
-        )
-
-    async def load(self, ido: str, props: Sequence[str], where: str) -> list[list[Any]]:
-        """LoadCollection; rows as positional lists in `props` order, whichever shape
-        the server sent them in."""
-        call = self.dialect.load(ido, props, where)
-        response = await self._call(call, idempotent=True)
-        body = json_object(response)
-        if not response.is_success or body is None:
-            raise self._remote(call.what, response)
-        try:
-            return api.read_rows(body, props)
-        except api.BadAnswer as exc:
-            raise RemoteError(
-                f"{self.name}: {call.what}: {excerpt(str(exc), self.http.secrets)}",
-                connection=self.name,
-                code=exc.code,
-            ) from None
-
-    async def delete_items(self, ido: str, item_ids: Sequence[str], method: str) -> DeleteAnswer:
-        """DeleteItems (v1) or UpdateCollection with Action 4 (v2). An error answer is
-        returned, not raised: the caller re-checks.
-
-        Sent as idempotent: after a lost answer the re-send either deletes or
-        fails on rows already gone, which the caller's re-check resolves.
-        """
-        call = self.dialect.delete(ido, item_ids, method)
-        not_allowed = ErrorRule(
-            405,
-            Action.FATAL,
-            "mongoose connection {name!r}: {what} is not allowed (HTTP 405); "
-            + self.dialect.not_allowed(self.name).replace("{", "{{").replace("}", "}}"),
-        )
-        response = await self._call(call, idempotent=True, errors=(*DEFAULT_RENEW, not_allowed))
-        answer = json_object(response)
-        if not response.is_success or answer is None:
-            return DeleteAnswer(False, str(self._remote(call.what, response)))
-        if self.dialect.deleted(answer):
-            return DeleteAnswer(True)
-        return DeleteAnswer(False, excerpt(api.message(answer), self.http.secrets))
-
-    async def _call(
-        self, call: api.Call, *, idempotent: bool, errors: ErrorTable = DEFAULT_RENEW
-    ) -> httpx.Response:
-        return await self.http.call(
-            call.method,
-            call.path,
-            idempotent=idempotent,
-            auth=self._auth,
-            errors=errors,
-            params=call.params,
-            json=call.json,
-        )
-
-    def _remote(self, what: str, response: httpx.Response) -> RemoteError:
-        return RemoteError(
-            f"{self.name}: {what}: HTTP {response.status_code}: "
-            f"{excerpt(response.text, self.http.secrets)}",
-            connection=self.name,
-            code=str(response.status_code),
-        )
 
 
 # --- the target -------------------------------------------------------------------
@@ -344,27 +97,36 @@ def _by_key(items: Sequence[_Pending]) -> dict[str, list[_Pending]]:
     return groups
 
 
-class MongooseTarget:
+class MongooseTarget(HttpTarget[MongooseConnection, MongooseTargetSettings]):
     """Deletes the rows of one IDO that deliveries name, by natural key or ItemId."""
 
-    def __init__(
-        self,
-        name: str,
-        connection: MongooseConnection,
-        settings: MongooseTargetSettings,
-        *,
-        http: HttpClient | None = None,
-    ) -> None:
-        self.name = name
-        self.settings = settings
-        self.batch_size = settings.batch_size
-        self.key_match = sql_server_keys(connection.collation == "case_sensitive")
-        self._template = settings.key_template()
-        self._http = http or connection.http_client(name, base_url=connection.url)
-        self.api = MongooseApi(name, connection, self._http)
+    api: MongooseApi
 
-    async def aclose(self) -> None:
-        await self._http.aclose()
+    def client(self, name: str, connection: MongooseConnection) -> HttpClient:
+        return connection.http_client(name, base_url=connection.url)
+
+    def setup(self, connection: MongooseConnection) -> None:
+        self.key_match = sql_server_keys(connection.collation == "case_sensitive")
+        self._template = self.settings.key_template()
+        self.api = MongooseApi(self.name, connection, self._http)
+        self._budget = self._filter_budget(connection.max_query_string)
+
+    def _filter_budget(self, limit: int) -> FilterBudget:
+        """The query-string budget of the one filter shape this target sends in bulk:
+        the lookup's IN list, or the RowPointer re-check of an ItemId."""
+        ido, lookup, dialect = self.settings.ido, self.settings.lookup, self.api.dialect
+        if lookup is None:
+            return FilterBudget.of(
+                lambda where: dialect.load(ido, ["_ItemId"], where).params or {},
+                f"{ROW_POINTER} = ",
+                limit,
+            )
+        prop = lookup.property
+        return FilterBudget.of(
+            lambda where: dialect.load(ido, ["_ItemId", prop], where).params or {},
+            in_filter(prop, []),
+            limit,
+        )
 
     async def population(self) -> int | None:
         """How many rows the IDO holds, for the mass-delete guard's max_fraction.
@@ -390,52 +152,77 @@ class MongooseTarget:
     async def _plan(
         self, batch: Sequence[Delivery], verdicts: _Verdicts
     ) -> dict[str, list[_Pending]]:
-        keyed: list[_Pending] = []
+        groups: dict[str, list[_Pending]] = {}
+        # key -> the literal its filter carries (the key, or the RowPointer of an
+        # ItemId), made once per key before any call, so no filter is ever sent
+        # half-planned. An ItemId key without a RowPointer has none.
+        literals: dict[str, str] = {}
+        render, lookup = self._template.render, self.settings.lookup is not None
         for index, delivery in enumerate(batch):
             try:
-                key = self._template.render(delivery.fields)
-                self._check_filter_value(key)
+                key = render(delivery.fields)
+                if key not in groups:
+                    value = key if lookup else row_pointer(key)
+                    if value is not None:
+                        literals[key] = quote_literal(value)
             except UnmappedKey as exc:
                 verdicts.dead([_Pending(index, delivery, "")], exc.verdict)
+                continue
+            pending = _Pending(index, delivery, key)
+            if key in groups:
+                groups[key].append(pending)
             else:
-                keyed.append(_Pending(index, delivery, key))
+                groups[key] = [pending]
         if self.settings.lookup is None:
-            return self._plan_item_ids(keyed, verdicts)
-        return await self._plan_lookup(self.settings.lookup.property, keyed, verdicts)
+            return self._plan_item_ids(groups, literals, verdicts)
+        return await self._plan_lookup(self.settings.lookup.property, groups, literals, verdicts)
 
-    def _check_filter_value(self, key: str) -> None:
-        """UnsafeKey when the value a filter would carry for this key (the key itself,
-        or the RowPointer a re-check reads) cannot be written as a literal; checked
-        before any call, so no filter is ever sent half-planned."""
-        value = key if self.settings.lookup is not None else row_pointer(key)
-        if value is not None:
-            quote_literal(value)
+    def _too_long(self, key: str, needed: int) -> str:
+        shown = key if len(key) <= 60 else key[:60] + "..."
+        return (
+            f"key too long: a LoadCollection for {shown!r} needs a query string of {needed} "
+            f"bytes, over connections.{self.name}.max_query_string ({self._budget.limit}, "
+            "the server's IIS maxQueryString); shorten the key or raise both limits"
+        )
 
     # -- planning: which ItemId each delivery deletes
 
     def _plan_item_ids(
-        self, keyed: Sequence[_Pending], verdicts: _Verdicts
+        self,
+        groups: Mapping[str, list[_Pending]],
+        literals: Mapping[str, str],
+        verdicts: _Verdicts,
     ) -> dict[str, list[_Pending]]:
-        plan: dict[str, list[_Pending]] = defaultdict(list)
-        for p in keyed:
-            if row_pointer(p.key) is None:
+        plan: dict[str, list[_Pending]] = {}
+        for key, items in groups.items():
+            pointer = literals.get(key)
+            if pointer is None:
                 verdicts.dead(
-                    [p],
-                    f"no key: {p.key!r} is not a Mongoose ItemId (PBT=[..] ..DT=[..] ..ID=[..]); "
+                    items,
+                    f"no key: {key!r} is not a Mongoose ItemId (PBT=[..] ..DT=[..] ..ID=[..]); "
                     "to delete by a natural key set the target's lookup.property",
                 )
+            elif (needed := self._budget.alone(pointer)) > self._budget.limit:
+                # Its failure could never be re-checked, so it is not deleted blind.
+                verdicts.dead(items, self._too_long(key, needed))
             else:
-                plan[p.key].append(p)
+                plan[key] = items
         return plan
 
     async def _plan_lookup(
-        self, prop: str, keyed: Sequence[_Pending], verdicts: _Verdicts
+        self,
+        prop: str,
+        groups: Mapping[str, list[_Pending]],
+        literals: Mapping[str, str],
+        verdicts: _Verdicts,
     ) -> dict[str, list[_Pending]]:
         plan: dict[str, list[_Pending]] = defaultdict(list)
-        groups = _by_key(keyed)
-        for chunk in filter_chunks(prop, list(groups)):
+        chunks, too_long = self._budget.split(literals)
+        for key, needed in too_long.items():
+            verdicts.dead(groups[key], self._too_long(key, needed))
+        for chunk in chunks:
             try:
-                found = await self._find(prop, chunk)
+                found = await self._find(prop, chunk, [literals[key] for key in chunk])
             except (RetriableError, RemoteError) as exc:
                 verdicts.failed([p for key in chunk for p in groups[key]], exc)
                 continue
@@ -449,8 +236,11 @@ class MongooseTarget:
                     plan[item_ids[0]].extend(groups[key])
         return plan
 
-    async def _find(self, prop: str, keys: Sequence[str]) -> dict[str, list[str]]:
-        rows = await self.api.load(self.settings.ido, ["_ItemId", prop], in_filter(prop, keys))
+    async def _find(
+        self, prop: str, keys: Sequence[str], literals: Sequence[str]
+    ) -> dict[str, list[str]]:
+        """ItemIds per key; `literals` are the keys' quoted forms, in the same order."""
+        rows = await self.api.load(self.settings.ido, ["_ItemId", prop], in_filter(prop, literals))
         return match_rows(keys, rows, self.key_match)
 
     def _ambiguous(self, prop: str, key: str, count: int) -> str:
@@ -512,7 +302,7 @@ class MongooseTarget:
     ) -> None:
         """Look the key up again: gone is done, a fresh ItemId is tried once."""
         try:
-            now = (await self._find(prop, [key]))[key]
+            now = (await self._find(prop, [key], [quote_literal(key)]))[key]
         except (RetriableError, RemoteError) as exc:
             verdicts.retry(items, f"{message}; re-check failed: {exc}")
             return

@@ -18,13 +18,23 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Unpack
 
 import httpx
 
 from connectors.contract import FatalError, RemoteError
-from connectors.http import Action, ErrorRule, ErrorTable, HttpClient, Resolution, excerpt
+from connectors.http import (
+    Action,
+    Body,
+    ErrorRule,
+    ErrorTable,
+    HttpClient,
+    Resolution,
+    as_int,
+    excerpt,
+    remote_error,
+)
 from connectors.reltio.settings import ReltioConnection
 from connectors.token_cache import CachedToken, TokenAuth, fetch_token
 
@@ -45,14 +55,7 @@ def json_body(response: httpx.Response) -> Any:
 def error_code(response: httpx.Response) -> int | None:
     """`errorCode` of Reltio's APIErrorRepresentation, when the body is one."""
     body = json_body(response)
-    code = body.get("errorCode") if isinstance(body, dict) else None
-    if isinstance(code, bool):
-        return None
-    if isinstance(code, int):
-        return code
-    if isinstance(code, str) and code.strip().isdigit():
-        return int(code)
-    return None
+    return as_int(body.get("errorCode")) if isinstance(body, dict) else None
 
 
 def classify(response: httpx.Response) -> Resolution | None:
@@ -155,29 +158,24 @@ class ReltioClient:
         path: str,
         *,
         idempotent: bool,
-        params: Mapping[str, str] | None = None,
-        json: Any = None,
+        **body: Unpack[Body],
     ) -> httpx.Response:
+        auth, errors = self.tokens.auth, self._errors
         return await self.http.call(
             method,
             path,
             idempotent=idempotent,
-            auth=self.tokens.auth,
-            errors=self._errors,
+            auth=auth,
+            errors=errors,
             detail=self.message,
-            params=params,
-            json=json,
+            **body,
         )
 
     def remote(self, what: str, response: httpx.Response) -> RemoteError:
         code = error_code(response)
-        return RemoteError(
-            f"{self.name}: {what}: HTTP {response.status_code}"
-            + (f" errorCode {code}" if code is not None else "")
-            + f": {self.message(response)}",
-            connection=self.name,
-            code=str(code if code is not None else response.status_code),
-        )
+        shown = "" if code is None else str(code)
+        message = self.message(response)
+        return remote_error(self.name, what, response, message, code=shown, label="errorCode ")
 
     def message(self, response: httpx.Response) -> str:
         """Reltio's errorMessage (or an OAuth error_description), else the body, scrubbed."""

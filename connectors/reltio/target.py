@@ -41,15 +41,14 @@ from connectors.contract import (
     RemoteError,
     RetriableError,
 )
-from connectors.http import HttpClient, excerpt
+from connectors.handles import HandleKeys
+from connectors.http import HttpClient, as_int, excerpt
 from connectors.jobs import (
     JobHandle,
     JobProgress,
     JobSpec,
     JobState,
-    item_outcomes,
     map_status,
-    outcome_to_json,
 )
 from connectors.keys import KeyTemplate, UnmappedKey
 from connectors.paths import path_segment, segment_problem
@@ -61,11 +60,13 @@ from connectors.reltio.settings import (
     ReltioTargetSettings,
     entity_name,
 )
+from connectors.target_kit import HttpTarget
 
 DELETE_TASK_TYPE = "com.reltio.businesslogic.tasks.delete.DeleteEntitiesTask"
 ENTITY_PREFIX = "entities/"
 TASK_PAGE = 100
 TASK_PAGES = 5
+_URIS = HandleKeys("uris", "the job handle has no entity for this delivery")
 """find() reads at most this many pages of the tenant's delete tasks, newest first."""
 ABSENT = "absent"
 
@@ -171,17 +172,6 @@ def current_state(task: Mapping[str, Any]) -> dict[str, Any]:
     return state if isinstance(state, dict) else {}
 
 
-def as_int(value: Any) -> int | None:
-    """A count from a task: an int, or digits in a string (taskParams); never a bool."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return None
-
-
 @dataclass(frozen=True)
 class Plan:
     """Per delivery: the entity URI it deletes, or an outcome known before any task."""
@@ -195,43 +185,26 @@ class Plan:
         return list(dict.fromkeys(self.uris.values()))
 
     def detail(self) -> dict[str, Any]:
-        """The plan as JSON for the job handle, which the engine stores and restores."""
-        return {
-            "uris": {str(k): v for k, v in self.uris.items()},
-            "outcomes": {str(k): outcome_to_json(o) for k, o in self.outcomes.items()},
-        }
+        return _URIS.detail(self.uris, self.outcomes)
 
 
-class ReltioDeleteTarget:
+class ReltioDeleteTarget(HttpTarget[ReltioConnection, ReltioTargetSettings]):
     """Deletes the entities deliveries name, one bulk delete task per batch."""
 
     kind = "reltio_delete"
     key_match = EXACT_KEYS
     """Entity URIs and crosswalk values are compared as they are written."""
 
-    def __init__(
-        self,
-        name: str,
-        connection: ReltioConnection,
-        settings: ReltioTargetSettings,
-        *,
-        http: HttpClient | None = None,
-    ) -> None:
-        self.name = name
-        self.settings = settings
-        self.tenant_url = connection.tenant_url
-        self.batch_size = settings.batch_size
-        self._entity: KeyTemplate | None = settings.entity_template()
-        self._crosswalk: CrosswalkSettings | None = settings.crosswalk
-        self._http = http or connection.http_client(
-            name,
-            base_url=connection.tenant_url,
-            classify=classify,
-        )
-        self.api = ReltioClient(name, connection, self._http)
+    api: ReltioClient
 
-    async def aclose(self) -> None:
-        await self._http.aclose()
+    def client(self, name: str, connection: ReltioConnection) -> HttpClient:
+        return connection.http_client(name, base_url=connection.tenant_url, classify=classify)
+
+    def setup(self, connection: ReltioConnection) -> None:
+        self.tenant_url = connection.tenant_url
+        self._entity: KeyTemplate | None = self.settings.entity_template()
+        self._crosswalk: CrosswalkSettings | None = self.settings.crosswalk
+        self.api = ReltioClient(self.name, connection, self._http)
 
     async def population(self) -> int | None:
         """How many active entities the tenant holds (`GET entities/_total`), for the
@@ -348,7 +321,7 @@ class ReltioDeleteTarget:
         known = handle.detail
         if not handle.remote_id:
             return JobProgress(
-                JobState.SUCCEEDED, outcomes=self._outcomes(job, known, {}), detail={"task": None}
+                JobState.SUCCEEDED, outcomes=_URIS.outcomes(job, known, {}), detail={"task": None}
             )
         path = f"/tasks/{path_segment(handle.remote_id)}"
         what = f"GET {path}"
@@ -517,7 +490,7 @@ class ReltioDeleteTarget:
         }
         counted = as_int(current.get("objectsFailedToDeleteCount"))
         count = len(listed) if counted is None else counted
-        submitted = list(dict.fromkeys(str(u) for u in _uri_map(known).values()))
+        submitted = list(dict.fromkeys(str(u) for u in _URIS.read(known).values()))
         # A doc example of a finished DeleteEntitiesTask carries no failure fields at
         # all: without a count, nothing says the task deleted everything.
         trusted = state is JobState.SUCCEEDED and counted is not None and count <= len(listed)
@@ -557,7 +530,7 @@ class ReltioDeleteTarget:
         detail = {**_task_detail(task, raw), "task": task_id, "checked": len(present)}
         return JobProgress(
             state,
-            outcomes=self._outcomes(job, known, by_uri),
+            outcomes=_URIS.outcomes(job, known, by_uri),
             detail=detail,
             message="" if state is JobState.SUCCEEDED else f"task {task_id} {failure}",
         )
@@ -566,23 +539,6 @@ class ReltioDeleteTarget:
         error = task.get("error") or task.get("internalErrorDetails")
         text = raw if not error else f"{raw}: {error}"
         return excerpt(str(text), self._http.secrets)
-
-    def _outcomes(
-        self, job: JobSpec, known: Mapping[str, Any], by_uri: Mapping[str, Outcome]
-    ) -> list[Outcome]:
-        """One outcome per item: decided before the task, or by its entity's fate."""
-        return item_outcomes(
-            job.items,
-            known.get("outcomes"),
-            _uri_map(known),
-            by_uri,
-            "the job handle has no entity for this delivery",
-        )
-
-
-def _uri_map(known: Mapping[str, Any]) -> dict[str, str]:
-    uris = known.get("uris")
-    return {str(k): str(v) for k, v in uris.items()} if isinstance(uris, dict) else {}
 
 
 def _task_detail(task: Mapping[str, Any], raw: str) -> dict[str, Any]:

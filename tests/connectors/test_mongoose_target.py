@@ -29,7 +29,7 @@ from connectors.mongoose import (
     build_target,
 )
 from connectors.mongoose.emulator import DEFAULT_BASE_PATH, MongooseEmulator, demo_rows
-from connectors.mongoose.target import MAX_FILTER_CHARS, filter_chunks, in_filter, match_rows
+from connectors.mongoose.filters import match_rows
 
 USER, PASSWORD, ION_TOKEN = "sync", "pw-9f8e7d-secret", "ion-bearer-5c4b3a-secret"
 FAST_RETRY = {"max_attempts": 2, "base_delay": 0.001, "max_delay": 0.005}
@@ -601,17 +601,6 @@ async def test_bad_lookup_answers_are_retry(
 
 
 # --- pure helpers ---------------------------------------------------------------------
-
-
-def test_filter_chunks_stay_short() -> None:
-    keys = [f"user-{i:04d}-" + "x" * 40 for i in range(200)]
-    chunks = list(filter_chunks("Username", keys))
-    assert [k for chunk in chunks for k in chunk] == keys
-    assert len(chunks) > 1
-    assert all(
-        len(httpx.QueryParams({"f": in_filter("Username", c)}).__str__()) < 2048 for c in chunks
-    )
-    assert max(len(in_filter("Username", c)) for c in chunks) <= MAX_FILTER_CHARS
 
 
 def test_match_rows_prefers_exact_then_collation() -> None:

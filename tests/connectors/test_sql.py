@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import sys
+import unicodedata
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from connectors.dmm.where import compile_where
 from connectors.keys import UnsafeKey
-from connectors.sql import BACKSLASH_ESCAPING, LOOKALIKES, Dialect, literal
+from connectors.sql import BACKSLASH_ESCAPING, LOOKALIKES, Dialect, literal, literal_problem
 
 INJECTION = "a\\' OR 1=1 -- "
 """Issue 10's example: closes a literal early wherever a backslash escapes a quote."""
@@ -90,3 +93,12 @@ def test_a_literal_reads_back_as_exactly_its_value(dialect: Dialect, value: str)
     predicate = compile_where(where, ["Email"], backslash_escapes=dialect in BACKSLASH_ESCAPING)
     assert predicate({"Email": value}) is True
     assert predicate({"Email": value + "x"}) is False
+
+
+def test_the_fast_scan_refuses_exactly_what_the_rules_name() -> None:
+    """`literal_problem` finds refused characters with one regex; over every code point it
+    must refuse exactly the control characters, surrogates and look-alikes."""
+    for code in range(sys.maxunicode + 1):
+        ch = chr(code)
+        refused = unicodedata.category(ch) in ("Cc", "Cs") or ch in LOOKALIKES
+        assert (literal_problem(f"a{ch}b") is not None) is refused, f"U+{code:04X}"
