@@ -6,7 +6,7 @@ from state.db import StoreError
 from state.lease import Lease, LeaseLost
 from state.lineage import DeletionNode, DeliveryNode, Handover, Lineage
 from state.models import DeliveryStatus, RunOutcome
-from state.store import (
+from state.records import (
     MALFORMED,
     ClaimedDelivery,
     CursorState,
@@ -19,9 +19,9 @@ from state.store import (
     ReadWindow,
     RetryRule,
     Screen,
-    Store,
     TargetCounts,
 )
+from state.store import Store
 
 __all__ = [
     "MALFORMED",

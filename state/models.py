@@ -134,7 +134,7 @@ class Delivery(SQLModel, table=True):
     __tablename__ = "delivery"
     __table_args__ = (
         UniqueConstraint("deletion_id", "target", name="uq_delivery"),
-        Index("ix_delivery_queue", "pipeline", "target", "status", "next_attempt_at"),
+        Index("ix_delivery_queue", "pipeline", "target", "status", "id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -126,6 +126,14 @@ class ClaimGuard:
         reasons = mass_delete_reasons(self.target.config.guard, counts, self.sent, self.population)
         return "guard: " + "; ".join(reasons) if reasons else None
 
+    @property
+    def weighs_limits(self) -> bool:
+        guard = self.target.config.guard
+        return any(
+            limit is not None
+            for limit in (guard.max_per_run, guard.max_per_hour, guard.max_fraction)
+        )
+
     def on_hold(self, count: int, reason: str) -> None:
         self.held += count
         self.reasons.append(reason)

@@ -20,7 +20,7 @@ from connectors.contract import AmbiguousError, Delivery, FatalError, RemoteErro
 from connectors.jobs import AsyncTarget, JobHandle, JobProgress, JobSpec, JobState
 from state import Lease, OutcomeRecord, Store
 from state.models import JobPhase, utcnow
-from state.store import JobRecord
+from state.records import JobRecord
 from syncengine import failpoints
 from syncengine.engine.guard import ClaimGuard, count_population
 from syncengine.engine.push import PushReport, complete_outcomes

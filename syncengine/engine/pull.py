@@ -265,6 +265,19 @@ async def _pull_stream(
                         )
                         result = _added(result, part, report, stream, log)
                         failpoints.hit("between_chunks")
+                        if stop.is_set():
+                            # A stop mid-answer is a crash mid-answer, on purpose: the
+                            # marker stays, the next run re-reads the call's window and
+                            # takes what is journaled now for duplicates. Waiting for the
+                            # rest of a million-record answer would outlast any grace
+                            # period a supervisor gives.
+                            log.warning(
+                                "answer_interrupted",
+                                reason=stop.reason or "stop requested",
+                                journaled=result.new,
+                                hint="the next run re-reads this call's window",
+                            )
+                            return
                         continue
                     failpoints.hit("after_fetch")
                     final = page

@@ -21,6 +21,7 @@ class KeyScreen:
     limit: int | None = None
     seen: list[GuardCounts] = field(default_factory=list)
     holds: list[tuple[int, str]] = field(default_factory=list)
+    weighs_limits: bool = True
 
     def protect(self, delivery: ClaimedDelivery) -> str | None:
         return f"legal hold: {delivery.key}" if delivery.key in self.protected else None
@@ -136,3 +137,22 @@ def test_a_job_batch_is_screened_in_the_transaction_that_fixes_it(store: Store) 
     assert store.claim_into_job("p", "a", "kind", 2, screen=held) is None
     assert held.holds == [(1, "guard: 1 due")]
     assert held.seen == [GuardCounts(due=1, done_last_hour=0, in_flight=2)]
+
+
+def test_a_screen_without_limits_is_never_asked_to_weigh_them(store: Store) -> None:
+    journal(store, ["1", "admin", "2"])
+    screen = KeyScreen({"admin"}, weighs_limits=False)
+    claimed = store.claim("p", "a", 10, "run", screen=screen)
+    assert [c.key for c in claimed] == ["1", "2"]
+    assert screen.seen == [] and screen.holds == []
+    assert status(store)["admin"] == (DeliveryStatus.DEAD, "legal hold: admin")
+
+
+def test_pending_and_due_failed_deliveries_are_claimed_oldest_first(store: Store) -> None:
+    journal(store, ["1", "2", "3", "4"])
+    first = store.claim("p", "a", 2, "run", now=T0)
+    failed = [OutcomeRecord(c.id, "retry", reason="busy", retry_after=0) for c in first]
+    store.record_outcomes(failed, RetryRule(base_delay=1, max_delay=1), now=T0)
+    later = T0 + timedelta(seconds=5)
+    assert [c.key for c in store.claim("p", "a", 3, "run", now=later)] == ["1", "2", "3"]
+    assert [c.key for c in store.claim("p", "a", 3, "run", now=later)] == ["4"]

@@ -141,3 +141,50 @@ def test_a_key_repeated_across_a_page_boundary_is_one_deletion(
     assert keys == ["a", "b", "c", "d", "e", "f"]
     assert sorted(sent) == keys
     assert report.pulled == 6 and report.duplicates == 2
+
+
+def test_a_stop_mid_answer_leaves_the_rest_to_a_recovery_read(
+    store: Store, small_pages: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM during a huge answer is honoured at the next page, not at the answer's
+    end: the marker stays, and the next run re-reads and journals the rest once."""
+    contacts = [f"0-{i}" for i in range(1, 23)]
+    emulator = GooseEmulator(timezone="Europe/Rome")
+    emulator.seed({CODE: [KEY, USER_KEY]}, {"CON_TRO": [{"RECORD_ID": c} for c in contacts]})
+    emulator.delete("CON_TRO", contacts)
+    stop = StopToken()
+    pages: list[str] = []
+
+    def sigterm_after_the_first_page(name: str) -> None:
+        if name == "between_chunks":
+            pages.append(name)
+            stop.request("SIGTERM received")
+
+    with serve(emulator.app) as running:
+        settings = GooseSourceSettings.model_validate({"tables": ["CON_TRO"]})
+        src = GooseSource("g", connection(f"{running.url}/deleted/"), settings)
+        monkeypatch.setattr(failpoints, "hit", sigterm_after_the_first_page)
+
+        async def stopped() -> PullReport:
+            try:
+                return await pull(store, runtime(src), 1, stop, targets=["t"])
+            finally:
+                await src.aclose()
+
+        report = asyncio.run(stopped())
+        assert pages == ["between_chunks"], "no page is journaled after the stop"
+        assert report.pulled == PAGE
+        keys, _ = journal(store)
+        assert keys == contacts[:PAGE]
+        assert store.cursor("p", "CON_TRO").in_flight is not None, "the call is still in flight"
+
+        monkeypatch.undo()
+        monkeypatch.setattr(goose_source, "CHUNK_RECORDS", PAGE)
+        restarted = GooseSource("g", connection(f"{running.url}/deleted/"), settings)
+        again = run_pull(store, restarted)
+
+    keys, sent = journal(store)
+    assert sorted(keys) == sorted(contacts), "every deletion journaled exactly once"
+    assert sorted(sent) == sorted(contacts), "one delivery per deletion, none twice"
+    assert again.recoveries == 1 and again.duplicates == PAGE
+    assert store.cursor("p", "CON_TRO").in_flight is None

@@ -1,0 +1,193 @@
+"""Claiming due deliveries, and the guards' verdicts applied in the claim's transaction.
+
+A claim is two look-ups (the oldest pending, the oldest failed that are due, each
+by the queue index and bounded by the batch) and one UPDATE of the rows taken.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, Row, Select, and_, func, or_, select, update
+from sqlalchemy.engine import Connection
+
+from state.base import DELETION, DELIVERY
+from state.models import DeliveryStatus
+from state.outcomes import apply_outcomes
+from state.records import ClaimedDelivery, GuardCounts, OutcomeRecord, RetryRule, Screen
+
+_COLUMNS = (
+    DELIVERY.c.id,
+    DELIVERY.c.attempts,
+    DELIVERY.c.approved,
+    DELETION.c.stream,
+    DELETION.c.record_key,
+    DELETION.c.fields,
+)
+
+
+def claimed_of(row: Row[Any]) -> ClaimedDelivery:
+    """A row of `with_deletions` as the engine sees it."""
+    return ClaimedDelivery(
+        id=row.id,
+        attempts=row.attempts,
+        stream=row.stream,
+        key=row.record_key,
+        fields=dict(row.fields),
+        approved=bool(row.approved),
+    )
+
+
+def with_deletions(*where: ColumnElement[bool]) -> Select[Any]:
+    """Deliveries with what they delete, oldest first."""
+    return (
+        select(*_COLUMNS)
+        .join_from(DELIVERY, DELETION, DELETION.c.id == DELIVERY.c.deletion_id)
+        .where(*where)
+        .order_by(DELIVERY.c.id)
+    )
+
+
+def due_condition(pipeline: str, target: str, now: datetime) -> ColumnElement[bool]:
+    return and_(
+        DELIVERY.c.pipeline == pipeline,
+        DELIVERY.c.target == target,
+        or_(
+            DELIVERY.c.status == DeliveryStatus.PENDING,
+            and_(
+                DELIVERY.c.status == DeliveryStatus.FAILED,
+                DELIVERY.c.next_attempt_at <= now,
+            ),
+        ),
+    )
+
+
+def _due_rows(
+    conn: Connection,
+    pipeline: str,
+    target: str,
+    now: datetime,
+    fresh_before: datetime | None,
+    limit: int,
+) -> list[ClaimedDelivery]:
+    """The `limit` oldest due deliveries. Pending and failed are looked up apart, so
+    each look-up walks the queue index (pipeline, target, status, id) in order and
+    stops at `limit`, however many deliveries are done or waiting."""
+    mine = (DELIVERY.c.pipeline == pipeline, DELIVERY.c.target == target)
+    failed = [DELIVERY.c.status == DeliveryStatus.FAILED, DELIVERY.c.next_attempt_at <= now]
+    if fresh_before is not None:
+        # A run does not retry, in a loop, what failed during that same run.
+        failed.append(DELIVERY.c.updated_at < fresh_before)
+    found: list[ClaimedDelivery] = []
+    for condition in ([DELIVERY.c.status == DeliveryStatus.PENDING], failed):
+        query = with_deletions(*mine, *condition).limit(limit)
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True, of=DELIVERY)
+        found.extend(claimed_of(row) for row in conn.execute(query))
+    found.sort(key=lambda c: c.id)
+    return found[:limit]
+
+
+def claim_due(
+    conn: Connection,
+    pipeline: str,
+    target: str,
+    limit: int,
+    claim: str,
+    now: datetime,
+    fresh_before: datetime | None,
+    screen: Screen | None,
+    epoch: int | None,
+) -> list[ClaimedDelivery]:
+    """Move up to `limit` due deliveries to in flight, oldest first. What a screen takes
+    out (dead or held) is replaced by the next due deliveries, so a batch is short
+    only when nothing more may be sent."""
+    claimed: list[ClaimedDelivery] = []
+    while len(claimed) < limit:
+        rows = _due_rows(conn, pipeline, target, now, fresh_before, limit - len(claimed))
+        if not rows:
+            break
+        if screen is not None:
+            rows = _screen(conn, pipeline, target, now, screen, rows)
+        if rows:
+            conn.execute(
+                update(DELIVERY)
+                .where(DELIVERY.c.id.in_([c.id for c in rows]))
+                .values(
+                    status=DeliveryStatus.IN_FLIGHT,
+                    claim=claim,
+                    claim_epoch=epoch,
+                    updated_at=now,
+                )
+            )
+            claimed.extend(rows)
+    return claimed
+
+
+def _screen(
+    conn: Connection,
+    pipeline: str,
+    target: str,
+    now: datetime,
+    screen: Screen,
+    rows: list[ClaimedDelivery],
+) -> list[ClaimedDelivery]:
+    """The rows that may be sent: the protected ones become dead; over a limit,
+    every due delivery not approved is held and only approved rows remain."""
+    protected = _protect(conn, screen, rows, now)
+    rows = [r for r in rows if r.id not in protected]
+    if not screen.weighs_limits:
+        return rows
+    counts = guard_counts(conn, pipeline, target, now)
+    reason = screen.hold(counts) if counts.due else None
+    if reason is None:
+        return rows
+    # Held for numbers: what the legal hold protects is never due, so it is taken
+    # out of the whole due set before the numbers are weighed again.
+    unapproved = (due_condition(pipeline, target, now), DELIVERY.c.approved.is_(False))
+    due = [claimed_of(row) for row in conn.execute(with_deletions(*unapproved))]
+    if _protect(conn, screen, due, now):
+        counts = guard_counts(conn, pipeline, target, now)
+        reason = screen.hold(counts) if counts.due else None
+    if reason is None:
+        return rows
+    held = conn.execute(
+        update(DELIVERY)
+        .where(*unapproved)
+        .values(status=DeliveryStatus.HELD, last_error=reason, updated_at=now)
+    )
+    screen.on_hold(int(held.rowcount or 0), reason)
+    return [r for r in rows if r.approved]
+
+
+def _protect(
+    conn: Connection, screen: Screen, rows: Sequence[ClaimedDelivery], now: datetime
+) -> set[int]:
+    """Make dead, with the screen's reason, each row it protects; their ids."""
+    dead = [
+        OutcomeRecord(row.id, "dead", reason=reason)
+        for row in rows
+        if (reason := screen.protect(row)) is not None
+    ]
+    apply_outcomes(conn, dead, RetryRule(), now)
+    return {o.delivery_id for o in dead}
+
+
+def guard_counts(conn: Connection, pipeline: str, target: str, now: datetime) -> GuardCounts:
+    def count(*where: ColumnElement[bool]) -> int:
+        return int(
+            conn.execute(select(func.count()).select_from(DELIVERY).where(*where)).scalar_one()
+        )
+
+    mine = (DELIVERY.c.pipeline == pipeline, DELIVERY.c.target == target)
+    return GuardCounts(
+        due=count(due_condition(pipeline, target, now), DELIVERY.c.approved.is_(False)),
+        done_last_hour=count(
+            *mine,
+            DELIVERY.c.status == DeliveryStatus.DONE,
+            DELIVERY.c.finished_at >= now - timedelta(hours=1),
+        ),
+        in_flight=count(*mine, DELIVERY.c.status == DeliveryStatus.IN_FLIGHT),
+    )

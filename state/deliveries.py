@@ -1,0 +1,274 @@
+"""Deliveries: claimed, answered or released by a run; held, approved, retried or
+dropped by an operator.
+
+The run's part (claim, outcomes, release) is Core statements per batch, see
+`state.claims` and `state.outcomes`; the operator's part reads and writes few rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, update
+from sqlmodel import Session, col, select
+
+from state.base import StoreBase
+from state.claims import claim_due, claimed_of, due_condition, with_deletions
+from state.lease import Lease, check_lease
+from state.models import Deletion, Delivery, DeliveryStatus, utcnow
+from state.outcomes import apply_outcomes
+from state.records import (
+    CHUNK,
+    ClaimedDelivery,
+    HeldCountMismatch,
+    OutcomeCounts,
+    OutcomeRecord,
+    RetryRule,
+    Screen,
+    TargetCounts,
+)
+
+
+class Deliveries(StoreBase):
+    """Each (deletion, target) pair's way to done or dead."""
+
+    def release_orphans(self, pipeline: str, target: str, *, lease: Lease | None = None) -> int:
+        """Deliveries left in flight by a crashed run go back to pending.
+
+        Called under the pipeline lock, so no live run owns them. Re-sending is
+        safe: deleting what is already gone counts as done.
+        """
+        with self._tx() as s:
+            check_lease(s, lease, lock_row=self.locks_rows)
+            result = s.execute(
+                update(Delivery)
+                .where(
+                    and_(
+                        col(Delivery.pipeline) == pipeline,
+                        col(Delivery.target) == target,
+                        col(Delivery.status) == DeliveryStatus.IN_FLIGHT,
+                        col(Delivery.job_id).is_(None),
+                    )
+                )
+                .values(status=DeliveryStatus.PENDING, claim=None, updated_at=utcnow())
+            )
+            return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    def claim(
+        self,
+        pipeline: str,
+        target: str,
+        limit: int,
+        claim: str,
+        now: datetime | None = None,
+        fresh_before: datetime | None = None,
+        screen: Screen | None = None,
+        *,
+        lease: Lease | None = None,
+    ) -> list[ClaimedDelivery]:
+        """Move up to `limit` due deliveries to in flight, oldest first.
+
+        `fresh_before` keeps a run from retrying, in a loop, what failed
+        during that same run: failed deliveries updated since then wait.
+        `screen` applies the guards to each delivery in this same transaction.
+        Under a lease, nothing is claimed (so nothing sent) once it is lost.
+        """
+        with self._core() as conn:
+            check_lease(conn, lease, lock_row=self.locks_rows)
+            epoch = None if lease is None else lease.epoch
+            return claim_due(
+                conn, pipeline, target, limit, claim, now or utcnow(), fresh_before, screen, epoch
+            )
+
+    def record_outcomes(
+        self,
+        outcomes: Iterable[OutcomeRecord],
+        rule: RetryRule,
+        now: datetime | None = None,
+        *,
+        lease: Lease | None = None,
+    ) -> OutcomeCounts:
+        """Under a lease that was lost, nothing is written (LeaseLost): the new owner
+        releases those deliveries and sends them again."""
+        with self._core() as conn:
+            check_lease(conn, lease, lock_row=self.locks_rows)
+            return apply_outcomes(conn, outcomes, rule, now or utcnow())
+
+    def release(
+        self, delivery_ids: Sequence[int], reason: str = "", *, lease: Lease | None = None
+    ) -> None:
+        """Return claimed deliveries to pending without counting an attempt
+        (the run stopped before sending them, or the target's credentials failed)."""
+        if not delivery_ids:
+            return
+        with self._tx() as s:
+            check_lease(s, lease, lock_row=self.locks_rows)
+            s.execute(
+                update(Delivery)
+                .where(
+                    and_(
+                        col(Delivery.id).in_(list(delivery_ids)),
+                        col(Delivery.status) == DeliveryStatus.IN_FLIGHT,
+                    )
+                )
+                .values(
+                    status=DeliveryStatus.PENDING,
+                    claim=None,
+                    updated_at=utcnow(),
+                    last_error=reason,
+                )
+            )
+
+    def delivery_counts(self, pipeline: str | None = None) -> list[TargetCounts]:
+        with Session(self.engine) as s:
+            query = select(
+                col(Delivery.pipeline), col(Delivery.target), col(Delivery.status), func.count()
+            ).group_by(col(Delivery.pipeline), col(Delivery.target), col(Delivery.status))
+            if pipeline is not None:
+                query = query.where(col(Delivery.pipeline) == pipeline)
+            grouped: dict[tuple[str, str], dict[str, int]] = {}
+            for pipe, target, status, count in s.exec(query).all():
+                grouped.setdefault((pipe, target), {})[status] = int(count)
+            return [TargetCounts(p, t, c) for (p, t), c in sorted(grouped.items())]
+
+    def deliveries(
+        self,
+        *,
+        pipeline: str | None = None,
+        target: str | None = None,
+        status: str | None = None,
+        limit: int = 1000,
+    ) -> list[tuple[Delivery, Deletion]]:
+        with Session(self.engine) as s:
+            query = select(Delivery, Deletion).join(
+                Deletion, col(Deletion.id) == col(Delivery.deletion_id)
+            )
+            if pipeline is not None:
+                query = query.where(col(Delivery.pipeline) == pipeline)
+            if target is not None:
+                query = query.where(col(Delivery.target) == target)
+            if status is not None:
+                query = query.where(col(Delivery.status) == status)
+            rows = s.exec(query.order_by(col(Delivery.id)).limit(limit)).all()
+            return [(d, e) for d, e in rows]
+
+    def due_deliveries(
+        self, pipeline: str, target: str, now: datetime | None = None
+    ) -> list[ClaimedDelivery]:
+        """What the next claims would take (for a plan)."""
+        with self.engine.connect() as conn:
+            query = with_deletions(due_condition(pipeline, target, now or utcnow()))
+            return [claimed_of(row) for row in conn.execute(query)]
+
+    def approve_held(self, pipeline: str, target: str, count: int) -> int:
+        """Release exactly `count` held deliveries; refused (0) unless that is how many are held."""
+        with self._tx() as s:
+            ids = list(
+                s.exec(
+                    select(col(Delivery.id)).where(
+                        col(Delivery.pipeline) == pipeline,
+                        col(Delivery.target) == target,
+                        col(Delivery.status) == DeliveryStatus.HELD,
+                    )
+                ).all()
+            )
+            if len(ids) != count:
+                raise HeldCountMismatch(len(ids))
+            s.execute(
+                update(Delivery)
+                .where(col(Delivery.id).in_(ids))
+                .values(
+                    status=DeliveryStatus.PENDING,
+                    approved=True,
+                    last_error="",
+                    updated_at=utcnow(),
+                )
+            )
+            return len(ids)
+
+    def reject_held(self, pipeline: str, target: str, reason: str) -> int:
+        now = utcnow()
+        with self._tx() as s:
+            result = s.execute(
+                update(Delivery)
+                .where(
+                    col(Delivery.pipeline) == pipeline,
+                    col(Delivery.target) == target,
+                    col(Delivery.status) == DeliveryStatus.HELD,
+                )
+                .values(
+                    status=DeliveryStatus.DEAD,
+                    last_error=f"rejected by an operator: {reason}",
+                    finished_at=now,
+                    updated_at=now,
+                )
+            )
+            return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    def dead_letters(
+        self,
+        *,
+        pipeline: str | None = None,
+        target: str | None = None,
+        error: str | None = None,
+        limit: int = 10_000,
+    ) -> list[tuple[Delivery, Deletion]]:
+        rows = self.deliveries(
+            pipeline=pipeline, target=target, status=DeliveryStatus.DEAD, limit=limit
+        )
+        if error:
+            needle = error.lower()
+            rows = [(d, e) for d, e in rows if needle in d.last_error.lower()]
+        return rows
+
+    def retry_dead(self, delivery_ids: Sequence[int]) -> int:
+        """Dead -> pending with a fresh attempt count; guards and legal hold apply again.
+
+        A malformed record's dead letters are never retried: no target could act on
+        a record the source could not name (see `malformed_of`).
+        """
+        return self._from_dead(
+            sorted(set(delivery_ids) - self.malformed_of(delivery_ids)),
+            status=DeliveryStatus.PENDING,
+            attempts=0,
+            finished_at=None,
+        )
+
+    def malformed_of(self, delivery_ids: Sequence[int]) -> set[int]:
+        """Which of these deliveries are dead letters of malformed records."""
+        found: set[int] = set()
+        ids = list(delivery_ids)
+        with Session(self.engine) as s:
+            for start in range(0, len(ids), CHUNK):
+                found.update(
+                    i
+                    for i in s.exec(
+                        select(col(Delivery.id))
+                        .join(Deletion, col(Deletion.id) == col(Delivery.deletion_id))
+                        .where(
+                            col(Delivery.id).in_(ids[start : start + CHUNK]),
+                            col(Deletion.rejected).is_not(None),
+                        )
+                    ).all()
+                    if i is not None
+                )
+        return found
+
+    def drop_dead(self, delivery_ids: Sequence[int]) -> int:
+        return self._from_dead(delivery_ids, status=DeliveryStatus.DROPPED)
+
+    def _from_dead(self, delivery_ids: Sequence[int], **values: Any) -> int:
+        if not delivery_ids:
+            return 0
+        with self._tx() as s:
+            result = s.execute(
+                update(Delivery)
+                .where(
+                    col(Delivery.id).in_(list(delivery_ids)),
+                    col(Delivery.status) == DeliveryStatus.DEAD,
+                )
+                .values(updated_at=utcnow(), **values)
+            )
+            return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -1,0 +1,252 @@
+"""Asynchronous jobs: a batch of deliveries fixed as one remote job, submitted once,
+polled until it ends, then answered item by item."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, update
+from sqlmodel import Session, col, select
+
+from state.base import DELIVERY, StoreBase
+from state.claims import claim_due, claimed_of, with_deletions
+from state.lease import Lease, check_lease
+from state.models import OPEN_PHASES, Delivery, DeliveryStatus, Job, JobPhase, utcnow
+from state.outcomes import apply_outcomes
+from state.records import JobRecord, OutcomeCounts, OutcomeRecord, RetryRule, Screen
+
+
+class Jobs(StoreBase):
+    """The job rows and the deliveries they carry."""
+
+    def claim_into_job(
+        self,
+        pipeline: str,
+        target: str,
+        kind: str,
+        limit: int,
+        now: datetime | None = None,
+        fresh_before: datetime | None = None,
+        screen: Screen | None = None,
+        *,
+        lease: Lease | None = None,
+    ) -> JobRecord | None:
+        """Claim due deliveries and fix them as one job's batch, in one transaction
+        (with `screen`, the guards' verdicts too).
+
+        The client-chosen id carries a random part, so a job of a reset or
+        another store can never be mistaken for this one.
+        """
+        now = now or utcnow()
+        epoch = None if lease is None else lease.epoch
+        with self._tx() as s:
+            check_lease(s, lease, lock_row=self.locks_rows)
+            claimed = claim_due(
+                s.connection(), pipeline, target, limit, "job", now, fresh_before, screen, epoch
+            )
+            if not claimed:
+                return None
+            job = Job(
+                pipeline=pipeline,
+                target=target,
+                kind=kind,
+                client_id=f"syncengine-{uuid.uuid4().hex}",
+                items=len(claimed),
+                claim_epoch=epoch,
+                created_at=now,
+                updated_at=now,
+            )
+            s.add(job)
+            s.flush()
+            assert job.id is not None
+            s.execute(
+                update(Delivery)
+                .where(col(Delivery.id).in_([c.id for c in claimed]))
+                .values(job_id=job.id, claim=f"job-{job.id}")
+            )
+            return self._job_record(s, job)
+
+    def _job_record(self, s: Session, job: Job) -> JobRecord:
+        assert job.id is not None
+        query = with_deletions(
+            DELIVERY.c.job_id == job.id, DELIVERY.c.status == DeliveryStatus.IN_FLIGHT
+        )
+        items = [claimed_of(row) for row in s.connection().execute(query)]
+        return JobRecord(
+            id=job.id,
+            pipeline=job.pipeline,
+            target=job.target,
+            kind=job.kind,
+            client_id=job.client_id,
+            phase=job.phase,
+            remote_id=job.remote_id,
+            state=job.state,
+            handle=job.handle,
+            items=items,
+            created_at=job.created_at,
+            next_poll_at=job.next_poll_at,
+            cancel_requested=job.cancel_requested,
+            submit_attempts=job.submit_attempts,
+        )
+
+    def open_jobs(self, pipeline: str, target: str) -> list[JobRecord]:
+        with self._tx() as s:
+            jobs = s.exec(
+                select(Job)
+                .where(
+                    col(Job.pipeline) == pipeline,
+                    col(Job.target) == target,
+                    col(Job.phase).in_(list(OPEN_PHASES)),
+                )
+                .order_by(col(Job.id))
+            ).all()
+            return [self._job_record(s, job) for job in jobs]
+
+    def job(self, job_id: int) -> JobRecord | None:
+        with self._tx() as s:
+            job = s.get(Job, job_id)
+            return None if job is None else self._job_record(s, job)
+
+    def _update_job(self, job_id: int, lease: Lease | None = None, **values: Any) -> None:
+        with self._tx() as s:
+            check_lease(s, lease, lock_row=self.locks_rows)
+            s.execute(
+                update(Job).where(col(Job.id) == job_id).values(updated_at=utcnow(), **values)
+            )
+
+    def mark_submitting(self, job_id: int, *, lease: Lease | None = None) -> None:
+        """Before the request: from now on a crash means "look before re-sending".
+        Under a lost lease it raises LeaseLost, so the request is never sent."""
+        with self._tx() as s:
+            check_lease(s, lease, lock_row=self.locks_rows)
+            job = s.get(Job, job_id)
+            assert job is not None
+            job.phase = JobPhase.SUBMITTING
+            job.submit_attempts += 1
+            job.updated_at = utcnow()
+
+    def record_submitted(
+        self,
+        job_id: int,
+        remote_id: str,
+        state: str,
+        handle: dict[str, Any],
+        next_poll_at: datetime,
+        *,
+        lease: Lease | None = None,
+    ) -> None:
+        now = utcnow()
+        self._update_job(
+            job_id,
+            lease,
+            phase=JobPhase.OPEN,
+            remote_id=remote_id,
+            state=state,
+            handle=handle,
+            next_poll_at=next_poll_at,
+            submitted_at=now,
+            error="",
+        )
+
+    def record_not_submitted(
+        self, job_id: int, error: str, retry_at: datetime, *, lease: Lease | None = None
+    ) -> None:
+        """The request was certainly not applied: back to created, try again later."""
+        self._update_job(job_id, lease, phase=JobPhase.CREATED, error=error, next_poll_at=retry_at)
+
+    def record_poll(
+        self, job_id: int, state: str, next_poll_at: datetime, detail: dict[str, Any] | None = None
+    ) -> None:
+        with self._tx() as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            job.state = state
+            job.polls += 1
+            job.next_poll_at = next_poll_at
+            job.updated_at = utcnow()
+            if detail is not None:
+                job.detail = detail
+
+    def finish_job(
+        self,
+        job_id: int,
+        state: str,
+        outcomes: Sequence[OutcomeRecord],
+        rule: RetryRule,
+        *,
+        detail: dict[str, Any] | None = None,
+        error: str = "",
+        phase: JobPhase = JobPhase.FINISHED,
+        lease: Lease | None = None,
+    ) -> OutcomeCounts:
+        """Close the job and record its items' outcomes together (nothing, under a lost
+        lease: the new owner polls the job again)."""
+        now = utcnow()
+        with self._tx() as s:
+            check_lease(s, lease, lock_row=self.locks_rows)
+            job = s.get(Job, job_id)
+            assert job is not None
+            job.phase = phase
+            job.state = state
+            job.polls += 1
+            job.finished_at = now
+            job.updated_at = now
+            job.next_poll_at = None
+            job.error = error
+            if detail is not None:
+                job.detail = detail
+            return apply_outcomes(s.connection(), outcomes, rule, now)
+
+    def release_job(
+        self,
+        job_id: int,
+        *,
+        to_dead: bool,
+        reason: str,
+        phase: JobPhase,
+        lease: Lease | None = None,
+    ) -> int:
+        """A stuck or cancelled job lets go of its items: back to pending, or dead."""
+        now = utcnow()
+        with self._tx() as s:
+            check_lease(s, lease, lock_row=self.locks_rows)
+            job = s.get(Job, job_id)
+            assert job is not None
+            job.phase = phase
+            job.error = reason
+            job.finished_at = now
+            job.updated_at = now
+            job.next_poll_at = None
+            values: dict[str, Any] = {"claim": None, "updated_at": now, "last_error": reason}
+            if to_dead:
+                values.update(status=DeliveryStatus.DEAD, finished_at=now)
+            else:
+                values.update(status=DeliveryStatus.PENDING, job_id=None)
+            result = s.execute(
+                update(Delivery)
+                .where(
+                    and_(
+                        col(Delivery.job_id) == job_id,
+                        col(Delivery.status) == DeliveryStatus.IN_FLIGHT,
+                    )
+                )
+                .values(**values)
+            )
+            return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    def request_cancel(self, job_id: int) -> None:
+        self._update_job(job_id, cancel_requested=True)
+
+    def jobs(
+        self, *, pipeline: str | None = None, open_only: bool = False, limit: int = 200
+    ) -> list[Job]:
+        with Session(self.engine) as s:
+            query = select(Job)
+            if pipeline is not None:
+                query = query.where(col(Job.pipeline) == pipeline)
+            if open_only:
+                query = query.where(col(Job.phase).in_(list(OPEN_PHASES)))
+            return list(s.exec(query.order_by(col(Job.id).desc()).limit(limit)).all())

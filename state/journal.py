@@ -1,0 +1,372 @@
+"""The journal: what each source read reported, its cursors, and the deliveries it owes.
+
+A source call is marked in flight before it is sent; its records, their deliveries
+and the next cursor are committed together. The records go in as a few statements
+per chunk (a look-up of the keys already journaled, one executemany insert with
+RETURNING, an INSERT ... SELECT of their deliveries), whatever the chunk's size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, func, insert, literal, or_, select
+from sqlalchemy.engine import Connection
+from sqlmodel import Session, col
+
+from state.base import DELETION, DELIVERY, StoreBase
+from state.lease import Lease, check_lease
+from state.models import Cursor, Deletion, DeliveryStatus, utcnow
+from state.records import (
+    CHUNK,
+    MALFORMED,
+    UNBOUNDED,
+    Cause,
+    CursorState,
+    JournalResult,
+    NewRecord,
+    ReadWindow,
+)
+
+_INSERT_DELETIONS = insert(DELETION).returning(DELETION.c.id, DELETION.c.record_key)
+
+
+def _overlapping(window: ReadWindow) -> list[ColumnElement[bool]]:
+    """Conditions on a deletion's window: it overlaps `window` (unbounded ends always do)."""
+    conditions: list[ColumnElement[bool]] = []
+    if window.end is not None:
+        start = DELETION.c.window_start
+        conditions.append(or_(start.is_(None), start < window.end))
+    if window.start is not None:
+        end = DELETION.c.window_end
+        conditions.append(or_(end.is_(None), end > window.start))
+    return conditions
+
+
+def _journaled(
+    conn: Connection | Session,
+    pipeline: str,
+    stream: str,
+    records: Sequence[NewRecord],
+    window: ReadWindow,
+) -> set[str]:
+    """Keys of these records already journaled from a read overlapping `window`.
+
+    A record continuing an upstream delivery (a chain) is the same deletion
+    exactly when that delivery is continued already, whatever the window.
+    """
+    linked = {r.origin_delivery_id: r.key for r in records if r.origin_delivery_id}
+    keys = [r.key for r in records if not r.origin_delivery_id]
+    found: set[str] = set()
+    mine = (DELETION.c.pipeline == pipeline, DELETION.c.stream == stream)
+    if linked:
+        rows = conn.execute(
+            select(DELETION.c.origin_delivery_id).where(
+                *mine, DELETION.c.origin_delivery_id.in_(list(linked))
+            )
+        ).scalars()
+        found.update(linked[i] for i in rows if i is not None)
+    if keys:
+        found.update(
+            conn.execute(
+                select(DELETION.c.record_key).where(
+                    *mine, DELETION.c.record_key.in_(keys), *_overlapping(window)
+                )
+            ).scalars()
+        )
+    return found
+
+
+def _caused_by_us(
+    conn: Connection, records: Sequence[NewRecord], window: ReadWindow
+) -> dict[str, Cause]:
+    """origin -> the done delivery of this engine whose effect it is.
+
+    Only a delivery that finished after the read's window began can be what the
+    read reports: a record this engine deleted long ago, restored and then
+    deleted by someone else is not an echo.
+    """
+    origins = sorted({r.origin for r in records if r.origin})
+    found: dict[str, Cause] = {}
+    since = [] if window.start is None else [DELIVERY.c.finished_at >= window.start]
+    for start in range(0, len(origins), CHUNK):
+        rows = conn.execute(
+            select(DELIVERY.c.effect, DELIVERY.c.id, DELIVERY.c.pipeline, DELIVERY.c.target)
+            .where(
+                DELIVERY.c.effect.in_(origins[start : start + CHUNK]),
+                DELIVERY.c.status == DeliveryStatus.DONE,
+                *since,
+            )
+            .order_by(DELIVERY.c.id)
+        )
+        for effect, delivery_id, pipe, target in rows:
+            if effect is not None:
+                found.setdefault(effect, Cause(delivery_id, pipe, target))
+    return found
+
+
+def _insert_deletions(
+    conn: Connection,
+    pipeline: str,
+    stream: str,
+    records: Sequence[NewRecord],
+    run_id: int | None,
+    now: datetime,
+    echo_of: Mapping[str, int],
+    window: ReadWindow,
+) -> list[tuple[int, str]]:
+    """(id, key) of each deletion that was new; duplicates are skipped.
+
+    Look-up then insert, with no unique constraint to fall back on: only the
+    holder of the pipeline's lease journals for it, so no other writer can
+    slip a row in between (see `Deletion`). Within one answer, a key is one
+    deletion, so the key names its row in what RETURNING gives back.
+    """
+    unique: dict[str, NewRecord] = {}
+    for record in records:
+        unique.setdefault(record.key, record)
+    new_ids: list[tuple[int, str]] = []
+    chunks = list(unique.values())
+    for start in range(0, len(chunks), CHUNK):
+        chunk = chunks[start : start + CHUNK]
+        seen = _journaled(conn, pipeline, stream, chunk, window)
+        rows = [
+            {
+                "pipeline": pipeline,
+                "stream": stream,
+                "record_key": r.key,
+                "fields": dict(r.fields),
+                "seen_at": now,
+                "run_id": run_id,
+                "window_start": window.start,
+                "window_end": window.end,
+                "rejected": r.rejected or None,
+                "origin": r.origin or None,
+                "origin_delivery_id": r.origin_delivery_id,
+                "echo_of_delivery_id": echo_of.get(r.key),
+            }
+            for r in chunk
+            if r.key not in seen
+        ]
+        if rows:
+            new_ids.extend((int(i), str(k)) for i, k in conn.execute(_INSERT_DELETIONS, rows))
+    return new_ids
+
+
+def _insert_deliveries(
+    conn: Connection,
+    pipeline: str,
+    targets: Sequence[str],
+    deletion_ids: Sequence[int],
+    now: datetime,
+    dead_reason: str | None = None,
+) -> None:
+    """One delivery per deletion and target, as INSERT ... SELECT from the deletions
+    just written: a statement per target and CHUNK ids, with nothing to bind per row.
+    With `dead_reason`, the deliveries are dead at once (a malformed record)."""
+    status = DeliveryStatus.PENDING if dead_reason is None else DeliveryStatus.DEAD
+    columns = ["deletion_id", "pipeline", "target", "status", "last_error"]
+    columns += ["created_at", "updated_at", "finished_at"]
+    for target in targets:
+        for start in range(0, len(deletion_ids), CHUNK):
+            rows = select(
+                DELETION.c.id,
+                literal(pipeline, DELIVERY.c.pipeline.type),
+                literal(target, DELIVERY.c.target.type),
+                literal(status, DELIVERY.c.status.type),
+                literal(dead_reason or "", DELIVERY.c.last_error.type),
+                literal(now, DELIVERY.c.created_at.type),
+                literal(now, DELIVERY.c.updated_at.type),
+                literal(None if dead_reason is None else now, DELIVERY.c.finished_at.type),
+            ).where(DELETION.c.id.in_(deletion_ids[start : start + CHUNK]))
+            conn.execute(insert(DELIVERY).from_select(columns, rows))
+
+
+def _dead_letter(reason: str) -> str:
+    return (
+        f"{MALFORMED}: {reason}; never sent: no retry can fix it, "
+        "correct or remove it in the source"
+    )
+
+
+class Journal(StoreBase):
+    """Cursors, in-flight markers and the journaled deletions of every source read."""
+
+    def cursor(self, pipeline: str, stream: str) -> CursorState:
+        with Session(self.engine) as s:
+            row = s.get(Cursor, (pipeline, stream))
+            if row is None:
+                return CursorState(None, None, None)
+            return CursorState(row.value, row.in_flight, row.in_flight_since)
+
+    def cursor_last_success(self, pipeline: str, stream: str) -> datetime | None:
+        with Session(self.engine) as s:
+            row = s.get(Cursor, (pipeline, stream))
+            return None if row is None else row.last_success_at
+
+    def cursors(self, pipeline: str | None = None) -> list[Cursor]:
+        with Session(self.engine) as s:
+            query = select(Cursor).order_by(col(Cursor.pipeline), col(Cursor.stream))
+            if pipeline is not None:
+                query = query.where(col(Cursor.pipeline) == pipeline)
+            return list(s.scalars(query).all())
+
+    def known_keys(
+        self,
+        pipeline: str,
+        stream: str,
+        records: Sequence[NewRecord],
+        window: ReadWindow = UNBOUNDED,
+    ) -> set[str]:
+        """The keys of these records a journal of a read over `window` would take for
+        duplicates (what `plan` leaves out of "new")."""
+        found: set[str] = set()
+        with self.engine.connect() as conn:
+            for start in range(0, len(records), CHUNK):
+                found |= _journaled(conn, pipeline, stream, records[start : start + CHUNK], window)
+        return found
+
+    def register_stream(self, pipeline: str, stream: str) -> bool:
+        """Add a stream for the next runs to read (a task an operator asks to follow);
+        False when the pipeline already knows it."""
+        with self._tx() as s:
+            if s.get(Cursor, (pipeline, stream)) is not None:
+                return False
+            s.add(Cursor(pipeline=pipeline, stream=stream))
+            return True
+
+    def mark_in_flight(
+        self,
+        pipeline: str,
+        stream: str,
+        params: Mapping[str, Any],
+        started_at: datetime,
+        *,
+        lease: Lease | None = None,
+    ) -> None:
+        """Durably note a call before sending it. An earlier marker is kept:
+        the window to recover starts at the last journaled call, not this one."""
+        with self._tx() as s:
+            check_lease(s, lease, lock_row=self.locks_rows)
+            row = s.get(Cursor, (pipeline, stream))
+            if row is None:
+                row = Cursor(pipeline=pipeline, stream=stream)
+                s.add(row)
+            marker = {"params": dict(params), "started_at": started_at.isoformat()}
+            if row.in_flight is None:
+                row.in_flight_since = started_at
+            row.in_flight = marker
+
+    def journal(
+        self,
+        pipeline: str,
+        stream: str,
+        records: Sequence[NewRecord],
+        *,
+        cursor: dict[str, Any] | None,
+        targets: Sequence[str],
+        run_id: int | None,
+        recovered: Mapping[str, Any] | None = None,
+        advance_cursor: bool = True,
+        own_effects: Sequence[tuple[str, str]] = (),
+        problem: str = "",
+        window: ReadWindow = UNBOUNDED,
+        lease: Lease | None = None,
+    ) -> JournalResult:
+        """Journal a call's answer: deletions, their deliveries, the next cursor and
+        the cleared in-flight marker, in one transaction.
+
+        A record is a duplicate when its key was journaled from a read whose window
+        overlaps `window` (a recovery re-read, a timestamp overlap, a backfill); the
+        same key from a read that cannot overlap is a new deletion (the record was
+        restored and deleted again). Within one answer, a key is one deletion.
+
+        A record whose origin names what one of this engine's deliveries deleted is
+        an echo: journaled with that link, given no deliveries, never propagated.
+        Except where the source follows that very target's jobs (`own_effects`
+        lists those (pipeline, target) pairs): there the match is the chain link.
+        A rejected record gets a dead delivery per target, with the reason.
+        """
+        now = utcnow()
+        with self._tx() as s:
+            conn = s.connection()
+            check_lease(conn, lease, lock_row=self.locks_rows)
+            causes = _caused_by_us(conn, records, window)
+            prepared: list[NewRecord] = []
+            echo_of: dict[str, int] = {}
+            rejected: dict[str, str] = {}
+            for record in records:
+                cause = causes.get(record.origin) if record.origin_delivery_id is None else None
+                if record.rejected:
+                    rejected[record.key] = record.rejected
+                elif cause is not None and (cause.pipeline, cause.target) in own_effects:
+                    record = replace(record, origin_delivery_id=cause.delivery_id)
+                elif cause is not None:
+                    echo_of[record.key] = cause.delivery_id
+                prepared.append(record)
+            inserted = _insert_deletions(
+                conn, pipeline, stream, prepared, run_id, now, echo_of, window
+            )
+            new_ids = [i for i, key in inserted if key not in echo_of and key not in rejected]
+            dead = [(i, rejected[key]) for i, key in inserted if key in rejected]
+            _insert_deliveries(conn, pipeline, targets, new_ids, now)
+            for deletion_id, reason in dead:
+                _insert_deliveries(
+                    conn, pipeline, targets, [deletion_id], now, _dead_letter(reason)
+                )
+            if advance_cursor:
+                row = s.get(Cursor, (pipeline, stream))
+                if row is None:
+                    row = Cursor(pipeline=pipeline, stream=stream)
+                    s.add(row)
+                row.value = cursor
+                row.in_flight = None
+                row.in_flight_since = None
+                row.updated_at = now
+                row.last_success_at = now
+                row.consecutive_errors = 0
+                row.last_error = problem
+                if recovered is not None:
+                    row.recoveries += 1
+                    row.last_recovery_at = now
+                    row.last_recovery = dict(recovered)
+            return JournalResult(
+                new=len(new_ids),
+                duplicates=len(records) - len(inserted),
+                echoes=len(echo_of.keys() & {key for _, key in inserted}),
+                rejected=len(dead),
+            )
+
+    def record_stream_error(self, pipeline: str, stream: str, error: str) -> int:
+        """Count consecutive failures of a stream; the cursor itself does not move."""
+        with self._tx() as s:
+            row = s.get(Cursor, (pipeline, stream))
+            if row is None:
+                row = Cursor(pipeline=pipeline, stream=stream)
+                s.add(row)
+            row.consecutive_errors += 1
+            row.last_error = error
+            return row.consecutive_errors
+
+    def deletion_count(self, pipeline: str | None = None) -> int:
+        """Deletions journaled, malformed records left out."""
+        with Session(self.engine) as s:
+            query = (
+                select(func.count()).select_from(Deletion).where(col(Deletion.rejected).is_(None))
+            )
+            if pipeline is not None:
+                query = query.where(col(Deletion.pipeline) == pipeline)
+            return int(s.execute(query).scalar_one())
+
+    def malformed_counts(self, pipeline: str) -> dict[str, int]:
+        """Per stream: records the source could not use, journaled as dead letters."""
+        with Session(self.engine) as s:
+            rows = s.execute(
+                select(col(Deletion.stream), func.count())
+                .where(col(Deletion.pipeline) == pipeline, col(Deletion.rejected).is_not(None))
+                .group_by(col(Deletion.stream))
+            ).all()
+            return {stream: int(count) for stream, count in rows}

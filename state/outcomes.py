@@ -1,0 +1,99 @@
+"""Recording the targets' verdicts: done, retried later, or dead.
+
+A batch's outcomes are one look-up of the rows' attempt counts and a statement per
+distinct verdict: deliveries answered alike (done with the same detail, dead for
+the same reason) are one UPDATE ... WHERE id IN (...); a retry, whose next attempt
+is jittered per delivery, is one executemany.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Update, bindparam, select, update
+from sqlalchemy.engine import Connection
+
+from state.base import DELIVERY
+from state.models import DeliveryStatus
+from state.records import CHUNK, OutcomeCounts, OutcomeRecord, RetryRule
+
+_FAILED = (
+    update(DELIVERY)
+    .where(DELIVERY.c.id == bindparam("b_id"))
+    .values(
+        status=DeliveryStatus.FAILED,
+        claim=None,
+        attempts=DELIVERY.c.attempts + 1,
+        updated_at=bindparam("b_now"),
+        last_error=bindparam("b_error"),
+        next_attempt_at=bindparam("b_next"),
+    )
+)
+
+
+def _answered(ids: list[int], now: datetime, values: Mapping[str, Any]) -> Update:
+    return (
+        update(DELIVERY)
+        .where(DELIVERY.c.id.in_(ids))
+        .values(
+            claim=None,
+            attempts=DELIVERY.c.attempts + 1,
+            updated_at=now,
+            finished_at=now,
+            **values,
+        )
+    )
+
+
+def _attempts(conn: Connection, ids: list[int]) -> dict[int, int]:
+    found: dict[int, int] = {}
+    for start in range(0, len(ids), CHUNK):
+        rows = conn.execute(
+            select(DELIVERY.c.id, DELIVERY.c.attempts).where(
+                DELIVERY.c.id.in_(ids[start : start + CHUNK])
+            )
+        )
+        found.update((int(i), int(a)) for i, a in rows)
+    return found
+
+
+def apply_outcomes(
+    conn: Connection, outcomes: Iterable[OutcomeRecord], rule: RetryRule, now: datetime
+) -> OutcomeCounts:
+    """Write each delivery's outcome; an id the store does not hold is skipped. A retry
+    past the rule's attempts is dead, saying how many were made."""
+    by_id = {o.delivery_id: o for o in outcomes}
+    if not by_id:
+        return OutcomeCounts()
+    done: dict[tuple[str, str | None], list[int]] = defaultdict(list)
+    dead: dict[str, list[int]] = defaultdict(list)
+    failed: list[dict[str, Any]] = []
+    for delivery_id, before in _attempts(conn, list(by_id)).items():
+        outcome = by_id[delivery_id]
+        made = before + 1
+        if outcome.kind == "done":
+            done[(outcome.detail, outcome.effect or None)].append(delivery_id)
+        elif outcome.kind == "dead":
+            dead[outcome.reason].append(delivery_id)
+        elif made >= rule.max_attempts:
+            dead[f"gave up after {made} attempts: {outcome.reason}"].append(delivery_id)
+        else:
+            next_at = rule.next_attempt(now, made, outcome.retry_after)
+            failed.append(
+                {"b_id": delivery_id, "b_now": now, "b_error": outcome.reason, "b_next": next_at}
+            )
+    for (detail, effect), ids in done.items():
+        values = {"status": DeliveryStatus.DONE, "detail": detail, "effect": effect}
+        conn.execute(_answered(ids, now, values | {"next_attempt_at": None}))
+    for reason, ids in dead.items():
+        conn.execute(_answered(ids, now, {"status": DeliveryStatus.DEAD, "last_error": reason}))
+    if failed:
+        conn.execute(_FAILED, failed)
+    return OutcomeCounts(
+        done=sum(map(len, done.values())),
+        retried=len(failed),
+        dead=sum(map(len, dead.values())),
+    )
