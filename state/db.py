@@ -14,6 +14,8 @@ from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import URL, Connection, Engine, ExceptionContext, make_url
 from sqlmodel import create_engine
 
+from state.schema import HEAD_REVISION, VERSION_TABLE
+
 if TYPE_CHECKING:
     from alembic.script import ScriptDirectory
 
@@ -164,20 +166,53 @@ def upgrade(engine: Engine) -> None:
     A store written by a newer syncengine, or a SQLite file of another
     program, is refused before anything is written to it.
     """
-    from alembic import command  # alembic is slow to import and needed only to migrate
-    from alembic.config import Config
-    from alembic.script import ScriptDirectory
-
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             connection.execute(
                 text("SELECT pg_advisory_xact_lock(:id)"), {"id": _PG_MIGRATION_LOCK}
             )
+        if not inspect(connection).get_table_names():
+            create_at_head(connection)
+            return
+        from alembic import command  # slow to import, and needed only to migrate
+        from alembic.config import Config
+        from alembic.script import ScriptDirectory
+
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
         _check_ours(connection, ScriptDirectory.from_config(config), describe(engine.url))
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+def create_at_head(connection: Connection) -> None:
+    """A new, empty database gets the newest schema at once, stamped with its revision.
+
+    Running every migration instead would import alembic and copy tables a migration
+    alters (SQLite's batch mode), which is most of a first run's start-up; the result is
+    the same schema (tests/unit/test_lineage.py compares the migrations with the models).
+    """
+    from sqlalchemy import MetaData
+    from sqlmodel import SQLModel
+
+    import state.models  # noqa: F401  (the tables SQLModel.metadata holds)
+
+    # A copy per creation: after a create_all on PostgreSQL, whose ALTER adds the
+    # deletion -> delivery constraints (use_alter), a create_all of the same metadata on
+    # SQLite left them out (in one process; tests/unit/test_lineage.py found it).
+    schema = MetaData()
+    for table in SQLModel.metadata.tables.values():
+        table.to_metadata(schema)
+    schema.create_all(connection)
+    connection.execute(
+        text(
+            f"CREATE TABLE {VERSION_TABLE} (version_num VARCHAR(32) NOT NULL, "
+            f"CONSTRAINT {VERSION_TABLE}_pkc PRIMARY KEY (version_num))"
+        )
+    )
+    connection.execute(
+        text(f"INSERT INTO {VERSION_TABLE} (version_num) VALUES (:head)"), {"head": HEAD_REVISION}
+    )
 
 
 def _check_ours(connection: Connection, script: ScriptDirectory, where: str) -> None:

@@ -149,7 +149,14 @@ class Delivery(SQLModel, table=True):
     claim: str | None = None
     claim_epoch: int | None = None
     """The lease epoch of the run that claimed it last (see `PipelineLock.epoch`)."""
-    job_id: int | None = Field(default=None, foreign_key="job.id", index=True)
+    job_id: int | None = Field(
+        default=None,
+        # Named as migration 0002 names it: a store created from these models and one
+        # migrated to them must be the same to every later migration.
+        sa_column=Column(
+            Integer, ForeignKey("job.id", name="fk_delivery_job"), index=True, nullable=True
+        ),
+    )
     approved: bool = False
     """Released by an operator from `held`: the mass-delete guard lets it pass."""
     effect: str | None = Field(default=None, index=True)

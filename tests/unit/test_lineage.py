@@ -6,12 +6,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlmodel import SQLModel
 
 from state import NewRecord, OutcomeRecord, ReadWindow, RetryRule, Store
+from state.db import MIGRATIONS
 from state.models import DeliveryStatus
+from state.schema import at_head
 
 RULE = RetryRule(max_attempts=1, base_delay=0, max_delay=0)
 GOOSE_0_1 = "goose:DEV001:CON_TRO:0-1"
@@ -187,10 +191,34 @@ def test_job_remote_ids_for_followers(store: Store) -> None:
     assert store.lineage.job_remote_ids("p", "t") == ["exec-9"]
 
 
-def test_the_migrations_build_exactly_the_models(sqlite_store: Store) -> None:
-    with sqlite_store.engine.connect() as connection:
+def test_the_migrations_build_exactly_the_models(store: Store) -> None:
+    """A new store is created from the models (state.db.create_at_head); a store from
+    before is migrated: both must end with the same schema."""
+    downgrade_to_base(store)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with store.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+    with store.engine.connect() as connection:
         diff = compare_metadata(MigrationContext.configure(connection), SQLModel.metadata)
     assert diff == []
+
+
+def test_a_new_store_is_created_at_head_from_the_models(store: Store) -> None:
+    assert at_head(store.engine)
+    with store.engine.connect() as connection:
+        diff = compare_metadata(MigrationContext.configure(connection), SQLModel.metadata)
+    assert diff == []
+
+
+def downgrade_to_base(store: Store) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with store.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "base")
+    assert not at_head(store.engine)
 
 
 def test_trace_finds_a_record_by_key_origin_or_the_value_a_task_source_names(store: Store) -> None:

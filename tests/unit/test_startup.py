@@ -14,7 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from state import Store
 from tests.unit.test_config import VALID
+from tests.unit.test_schema import downgrade
 
 DAEMON_ONLY = ("apscheduler.schedulers", "uvicorn", "starlette", "prometheus_client")
 SANDBOX_ONLY = ("connectors.emulator_kit", "syncengine.sandbox", "syncengine.demo")
@@ -74,7 +76,15 @@ def test_run_once_loads_alembic_only_to_migrate_and_never_the_daemon_or_emulator
         )
     )
     first = imported("run", "--once", "-c", str(config), cwd=tmp_path)
-    assert "alembic" in first, "a new store is migrated by alembic"
+    assert under(first, "alembic", "mako") == [], "a new store is created at head"
+
+    older = Store.open(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        downgrade(older, "0006")
+    finally:
+        older.close()
+    migrated = imported("run", "--once", "-c", str(config), cwd=tmp_path)
+    assert "alembic" in migrated, "a store from an older version is migrated by alembic"
 
     again = imported("run", "--once", "-c", str(config), cwd=tmp_path)
     assert {"state.store", "syncengine.engine", "connectors.goose", "connectors.mongoose"} <= again
