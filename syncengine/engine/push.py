@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -98,6 +99,7 @@ async def push(
     flow = _Flow(
         store, pipe.name, target, f"run-{run_id}", run_started, stop, guard, report, log, lease
     )
+    flow.lease_ttl = pipe.lease
     try:
         await flow.run()
     finally:
@@ -114,13 +116,15 @@ REJECTED = "target credentials or configuration rejected"
 @dataclass
 class _Batch:
     deliveries: list[Delivery]
+    claimed_at: float
+    """When its claim (or a later confirmation) proved the lease held."""
 
     @property
     def ids(self) -> list[int]:
         return [d.delivery_id for d in self.deliveries]
 
 
-_StoreOp = Literal["claim", "record", "release"]
+_StoreOp = Literal["claim", "record", "release", "confirm"]
 
 
 class _Flow:
@@ -131,6 +135,10 @@ class _Flow:
     - `sending`: sends under way (at most `concurrency`);
     - `answered`: sent, outcomes waiting for the store;
     - `releases`: to hand back unsent (a stop, a FatalError).
+
+    A batch claimed ahead waits at most about one send; one that waited longer than
+    a lease renewal period (a pause, SIGSTOP) is sent only once the lease is
+    confirmed held, so a holder that lost its pipeline sends nothing it claimed ahead.
 
     A stop or a FatalError ends the run gracefully: nothing new is claimed or sent,
     what is claimed but unsent is released, and the sends under way finish and are
@@ -174,6 +182,8 @@ class _Flow:
         self.store_op: tuple[_StoreOp, _Batch | None] | None = None
         self.exhausted = False
         self.fatal: FatalError | None = None
+        self.lease_ttl = 30.0
+        """Seconds the lease lasts unrenewed; renewed every third of it."""
 
     @property
     def halting(self) -> bool:
@@ -209,10 +219,19 @@ class _Flow:
     def _start_send(self) -> None:
         """A send starts before the claim ahead of it, so a send that finds the lease
         lost (another process took over) is seen by that claim, which then fails."""
-        if self.ready is not None and len(self.sending) < self.width and not self.halting:
+        if self._may_send() and self._fresh():
+            assert self.ready is not None
             task = asyncio.create_task(self.sender.send(self.ready.deliveries))
             self.sending[task] = self.ready
             self.ready = None
+
+    def _may_send(self) -> bool:
+        return self.ready is not None and len(self.sending) < self.width and not self.halting
+
+    def _fresh(self) -> bool:
+        assert self.ready is not None
+        waited = time.monotonic() - self.ready.claimed_at
+        return self.lease is None or waited <= self.lease_ttl / 3
 
     def _start_store_call(self) -> None:
         if self.store_task is not None:
@@ -224,6 +243,8 @@ class _Flow:
         if self.releases:
             batch, reason = self.releases.popleft()
             self._store("release", batch, self.store.release, batch.ids, reason)
+        elif self._may_send() and not self._fresh():
+            self._store("confirm", self.ready, self.store.renew_lease, ttl=self.lease_ttl)
         elif wants_claim and len(self.sending) < self.width:
             self._claim()
         elif self.answered:
@@ -262,6 +283,12 @@ class _Flow:
         result = task.result()
         if op == "claim":
             self._claimed(result)
+        elif op == "confirm":
+            if not result:
+                assert self.lease is not None
+                raise LeaseLost(self.lease, "another process")
+            assert batch is not None
+            batch.claimed_at = time.monotonic()
         elif op == "record":
             assert batch is not None
             self._recorded(batch, result)
@@ -271,7 +298,8 @@ class _Flow:
             self.exhausted = True
             return
         self.guard.claimed(claimed)
-        self.ready = _Batch([Delivery(c.id, c.stream, c.key, c.fields) for c in claimed])
+        deliveries = [Delivery(c.id, c.stream, c.key, c.fields) for c in claimed]
+        self.ready = _Batch(deliveries, claimed_at=time.monotonic())
         failpoints.hit("after_claim")
 
     def _recorded(self, batch: _Batch, counts: OutcomeCounts) -> None:
