@@ -289,9 +289,13 @@ def _second_pass(raw: RawConfig, name: str) -> tuple[Config | None, list[ConfigI
                 issues,
             )
             fraction = _uncountable(built[0] if built else None, target, registry)
+            concurrent = _concurrency_problem(built, target, connections, registry)
             if fraction is not None:
                 where_guard = (*where, "targets", target_name, "guard", "max_fraction")
                 issues.append(ConfigIssue(where_guard, fraction))
+            elif concurrent is not None:
+                where_conc = (*where, "targets", target_name, "concurrency")
+                issues.append(ConfigIssue(where_conc, concurrent))
             elif built is not None:
                 targets[target_name] = TargetConfig(
                     name=target_name,
@@ -301,6 +305,7 @@ def _second_pass(raw: RawConfig, name: str) -> tuple[Config | None, list[ConfigI
                     jobs=target.jobs,
                     guard=target.guard,
                     settings=built[1],
+                    concurrency=target.concurrency,
                 )
         if source is not None and len(targets) == len(pipe.targets):
             pipelines[pipe_name] = PipelineConfig(
@@ -335,6 +340,36 @@ def _uncountable(kind: str | None, target: RawTarget, registry: Registry) -> str
     return (
         f"a {kind} target cannot count its records, so max_fraction cannot guard it; "
         f"max_fraction works on targets of type {able}; use max_per_run or max_per_hour here"
+    )
+
+
+def _concurrency_problem(
+    built: tuple[str, Any] | None,
+    target: RawTarget,
+    connections: Mapping[str, Any],
+    registry: Registry,
+) -> str | None:
+    """`concurrency` pipelines the batches of a synchronous target; a job target is
+    refused it rather than silently ignoring it (its submissions already return at once,
+    and its jobs stay open between polls). Whether a connector's target runs jobs can
+    depend on its block (adt: twins or purge), so the target is built to be asked: a
+    constructor makes no call, and an unused client holds no connection."""
+    if built is None or target.concurrency == 1:
+        return None
+    from connectors.contract import AsyncTarget, ConnectorError
+
+    kind, settings = built
+    factory = registry.get(kind).build_target
+    assert factory is not None, "a validated target block has a factory"
+    try:
+        probe = factory(target.connection, connections[target.connection], settings)
+    except ConnectorError:
+        return None  # the run reports what keeps this target from being built
+    if not isinstance(probe, AsyncTarget):
+        return None
+    return (
+        f"a {kind} target of this kind runs asynchronous jobs, which are submitted without "
+        "waiting for them; concurrency applies to synchronous targets only: remove it"
     )
 
 

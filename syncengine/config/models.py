@@ -109,7 +109,8 @@ class GuardSettings(StrictModel):
     legal_hold: LegalHold | None = None
 
 
-ENGINE_TARGET_KEYS = {"connection", "retry", "jobs", "guard"}
+MAX_CONCURRENCY = 32
+ENGINE_TARGET_KEYS = {"connection", "retry", "jobs", "guard", "concurrency"}
 ENGINE_SOURCE_KEYS = {"connection", "pipeline", "target", "follow_jobs_of"}
 
 
@@ -130,6 +131,13 @@ class RawTarget(StrictModel):
     retry: DeliveryRetry = DeliveryRetry()
     jobs: JobSettings = JobSettings()
     guard: GuardSettings = GuardSettings()
+    concurrency: int = Field(
+        1,
+        ge=1,
+        le=MAX_CONCURRENCY,
+        description="batches of a synchronous target in flight at once, all under the "
+        "connection's calls_per_second",
+    )
 
 
 class RawSource(StrictModel):
@@ -203,6 +211,7 @@ class TargetConfig(StrictModel):
     jobs: JobSettings
     guard: GuardSettings = GuardSettings()
     settings: Any
+    concurrency: int = 1
 
 
 CHAIN = "pipeline"

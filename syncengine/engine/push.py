@@ -3,14 +3,24 @@
 A claimed batch is either answered (each delivery done, retried later or
 dead) or released back to pending; an exception never strands it in flight
 beyond the next run, which releases orphans under the pipeline lock.
+
+The loop is a small pipeline, so the store's time hides behind the network's:
+the next batch is claimed while batches are being sent, and outcomes are
+recorded while the next batch goes out. Up to `concurrency` sends are in
+flight, with one more batch claimed ahead; store calls run one at a time, so
+each claim is screened against everything recorded before it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from connectors.contract import (
     ConnectorError,
@@ -20,7 +30,7 @@ from connectors.contract import (
     RetriableError,
     Target,
 )
-from state import Lease, OutcomeRecord, Store
+from state import ClaimedDelivery, Lease, LeaseLost, OutcomeCounts, OutcomeRecord, Store
 from syncengine import failpoints
 from syncengine.engine.guard import ClaimGuard, count_population
 from syncengine.engine.runtime import PipelineRuntime, TargetRuntime
@@ -86,10 +96,12 @@ async def push(
     if report.released:
         log.warning("released_orphans", count=report.released, reason="left in flight by a crash")
     guard = ClaimGuard(target, await count_population(target))
+    flow = _Flow(
+        store, pipe.name, target, f"run-{run_id}", run_started, stop, guard, report, log, lease
+    )
+    flow.lease_ttl = pipe.lease
     try:
-        await _claim_and_send(
-            store, pipe.name, target, f"run-{run_id}", run_started, stop, guard, report, log, lease
-        )
+        await flow.run()
     finally:
         report.dead += guard.protected
         report.held += guard.held
@@ -97,65 +109,264 @@ async def push(
     return report
 
 
-async def _claim_and_send(
-    store: Store,
-    pipeline: str,
-    target: TargetRuntime,
-    claim: str,
-    run_started: datetime,
-    stop: StopToken,
-    guard: ClaimGuard,
-    report: PushReport,
-    log: Any,
-    lease: Lease | None,
-) -> None:
-    """Each claim screens what it takes (legal hold, mass-delete limits) in its own
-    transaction, so a delivery made due during the run is screened too."""
-    sender = target.target
-    assert isinstance(sender, Target)
-    while not stop.is_set():
-        claimed = await asyncio.to_thread(
-            store.claim,
-            pipeline,
-            target.name,
-            sender.batch_size,
-            claim,
-            fresh_before=run_started,
-            screen=guard,
-            lease=lease,
-        )
-        if not claimed:
-            break
-        guard.claimed(claimed)
-        batch = [Delivery(c.id, c.stream, c.key, c.fields) for c in claimed]
-        ids = [d.delivery_id for d in batch]
-        failpoints.hit("after_claim")
+INTERRUPTED = "run interrupted"
+REJECTED = "target credentials or configuration rejected"
+
+
+@dataclass
+class _Batch:
+    deliveries: list[Delivery]
+    claimed_at: float
+    """When its claim (or a later confirmation) proved the lease held."""
+
+    @property
+    def ids(self) -> list[int]:
+        return [d.delivery_id for d in self.deliveries]
+
+
+_StoreOp = Literal["claim", "record", "release", "confirm"]
+
+
+class _Flow:
+    """One run's push to one target. Every claimed batch ends in exactly one of two
+    ways: its outcomes recorded, or released back to pending. What is in flight:
+
+    - `ready`: claimed, not sent (at most one batch, claimed ahead of need);
+    - `sending`: sends under way (at most `concurrency`);
+    - `answered`: sent, outcomes waiting for the store;
+    - `releases`: to hand back unsent (a stop, a FatalError).
+
+    A batch claimed ahead waits at most about one send; one that waited longer than
+    a lease renewal period (a pause, SIGSTOP) is sent only once the lease is
+    confirmed held, so a holder that lost its pipeline sends nothing it claimed ahead.
+
+    A stop or a FatalError ends the run gracefully: nothing new is claimed or sent,
+    what is claimed but unsent is released, and the sends under way finish and are
+    recorded. Anything else (cancellation, a lost lease, a store error) cuts the sends
+    under way and releases them; under a lost lease nothing more is written at all,
+    and the new owner releases what this run left in flight.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        pipeline: str,
+        target: TargetRuntime,
+        claim: str,
+        run_started: datetime,
+        stop: StopToken,
+        guard: ClaimGuard,
+        report: PushReport,
+        log: Any,
+        lease: Lease | None,
+    ) -> None:
+        sender = target.target
+        assert isinstance(sender, Target)
+        self.sender = sender
+        self.store = store
+        self.pipeline = pipeline
+        self.target = target
+        self.claim_name = claim
+        self.run_started = run_started
+        self.stop = stop
+        self.guard = guard
+        self.report = report
+        self.log = log
+        self.lease = lease
+        self.width = target.concurrency
+        self.ready: _Batch | None = None
+        self.sending: dict[asyncio.Task[list[Outcome]], _Batch] = {}
+        self.answered: deque[tuple[_Batch, list[OutcomeRecord]]] = deque()
+        self.releases: deque[tuple[_Batch, str]] = deque()
+        self.store_task: asyncio.Task[Any] | None = None
+        self.store_op: tuple[_StoreOp, _Batch | None] | None = None
+        self.exhausted = False
+        self.fatal: FatalError | None = None
+        self.lease_ttl = 30.0
+        """Seconds the lease lasts unrenewed; renewed every third of it."""
+
+    @property
+    def halting(self) -> bool:
+        return self.fatal is not None or self.stop.is_set()
+
+    async def run(self) -> None:
         try:
-            outcomes = await sender.send(batch)
-        except FatalError:
-            await asyncio.to_thread(
-                store.release, ids, "target credentials or configuration rejected", lease=lease
-            )
+            await self._loop()
+        except BaseException as exc:
+            await self._abort(exc)
             raise
+        if self.fatal is not None:
+            raise self.fatal
+
+    async def _loop(self) -> None:
+        while True:
+            self._start_send()
+            self._start_store_call()
+            tasks: list[asyncio.Task[Any]] = list(self.sending)
+            if self.store_task is not None:
+                tasks.append(self.store_task)
+            if not tasks:
+                return
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in tasks:  # in start order: sends, then the store call
+                if task not in done:
+                    continue
+                if task is self.store_task:
+                    self._store_done(task)
+                else:
+                    self._send_done(task)
+
+    def _start_send(self) -> None:
+        """A send starts before the claim ahead of it, so a send that finds the lease
+        lost (another process took over) is seen by that claim, which then fails."""
+        if self._may_send() and self._fresh():
+            assert self.ready is not None
+            task = asyncio.create_task(self.sender.send(self.ready.deliveries))
+            self.sending[task] = self.ready
+            self.ready = None
+
+    def _may_send(self) -> bool:
+        return self.ready is not None and len(self.sending) < self.width and not self.halting
+
+    def _fresh(self) -> bool:
+        assert self.ready is not None
+        waited = time.monotonic() - self.ready.claimed_at
+        return self.lease is None or waited <= self.lease_ttl / 3
+
+    def _start_store_call(self) -> None:
+        if self.store_task is not None:
+            return
+        if self.halting and self.ready is not None:
+            self.releases.append((self.ready, REJECTED if self.fatal else INTERRUPTED))
+            self.ready = None
+        wants_claim = not (self.halting or self.exhausted) and self.ready is None
+        if self.releases:
+            batch, reason = self.releases.popleft()
+            self._store("release", batch, self.store.release, batch.ids, reason)
+        elif self._may_send() and not self._fresh():
+            self._store("confirm", self.ready, self.store.renew_lease, ttl=self.lease_ttl)
+        elif wants_claim and len(self.sending) < self.width:
+            self._claim()
+        elif self.answered:
+            batch, records = self.answered.popleft()
+            self._store("record", batch, self.store.record_outcomes, records, self.target.rule)
+        elif wants_claim:
+            self._claim()
+
+    def _claim(self) -> None:
+        self._store(
+            "claim",
+            None,
+            self.store.claim,
+            self.pipeline,
+            self.target.name,
+            self.sender.batch_size,
+            self.claim_name,
+            fresh_before=self.run_started,
+            screen=self.guard,
+        )
+
+    def _store(
+        self, op: _StoreOp, batch: _Batch | None, call: Callable[..., Any], *args: Any, **kw: Any
+    ) -> None:
+        """Off the event loop, fenced by the lease like every store call of a run."""
+        self.store_task = asyncio.create_task(
+            asyncio.to_thread(call, *args, **kw, lease=self.lease)
+        )
+        self.store_op = (op, batch)
+
+    def _store_done(self, task: asyncio.Task[Any]) -> None:
+        assert self.store_op is not None
+        (op, batch), self.store_task, self.store_op = self.store_op, None, None
+        # A failed call wrote nothing (its transaction rolled back): what it was about
+        # stays in flight, for the next run's release of orphans.
+        result = task.result()
+        if op == "claim":
+            self._claimed(result)
+        elif op == "confirm":
+            if not result:
+                assert self.lease is not None
+                raise LeaseLost(self.lease, "another process")
+            assert batch is not None
+            batch.claimed_at = time.monotonic()
+        elif op == "record":
+            assert batch is not None
+            self._recorded(batch, result)
+
+    def _claimed(self, claimed: list[ClaimedDelivery]) -> None:
+        if not claimed:
+            self.exhausted = True
+            return
+        self.guard.claimed(claimed)
+        deliveries = [Delivery(c.id, c.stream, c.key, c.fields) for c in claimed]
+        self.ready = _Batch(deliveries, claimed_at=time.monotonic())
+        failpoints.hit("after_claim")
+
+    def _recorded(self, batch: _Batch, counts: OutcomeCounts) -> None:
+        self.report.batches += 1
+        self.report.done += counts.done
+        self.report.retried += counts.retried
+        self.report.dead += counts.dead
+        self.log.info(
+            "batch_sent",
+            size=len(batch.deliveries),
+            done=counts.done,
+            retried=counts.retried,
+            dead=counts.dead,
+        )
+
+    def _send_done(self, task: asyncio.Task[list[Outcome]]) -> None:
+        batch = self.sending.pop(task)
+        ids = batch.ids
+        try:
+            outcomes = task.result()
+        except FatalError as exc:
+            self.fatal = self.fatal or exc
+            self.releases.append((batch, REJECTED))
+            return
         except RetriableError as exc:
             outcomes = [Outcome.retry(i, str(exc), exc.retry_after) for i in ids]
         except ConnectorError as exc:
             outcomes = [Outcome.retry(i, str(exc)) for i in ids]
         except BaseException:
-            await asyncio.to_thread(store.release, ids, "run interrupted", lease=lease)
+            self.releases.append((batch, INTERRUPTED))
             raise
         failpoints.hit("after_send")
-        counts = await asyncio.to_thread(
-            store.record_outcomes, complete_outcomes(batch, outcomes), target.rule, lease=lease
-        )
-        report.batches += 1
-        report.done += counts.done
-        report.retried += counts.retried
-        report.dead += counts.dead
-        log.info(
-            "batch_sent",
-            size=len(batch),
-            done=counts.done,
-            retried=counts.retried,
-            dead=counts.dead,
-        )
+        self.answered.append((batch, complete_outcomes(batch.deliveries, outcomes)))
+
+    async def _abort(self, exc: BaseException) -> None:
+        """Cut the sends under way, then settle every batch in hand: answered ones are
+        recorded, the rest released (a cut send may or may not have reached the target;
+        sending it again is safe). Under a lost lease nothing is written."""
+        for task in self.sending:
+            task.cancel()
+        pending = [*self.sending, *([self.store_task] if self.store_task else [])]
+        if pending:
+            await asyncio.wait(pending)
+        for task in list(self.sending):
+            with contextlib.suppress(BaseException):  # it lands in answered or releases
+                self._send_done(task)
+        if self.store_task is not None:
+            with contextlib.suppress(BaseException):  # a failed call wrote nothing
+                self._store_done(self.store_task)
+        if self.ready is not None:
+            self.releases.append((self.ready, INTERRUPTED))
+            self.ready = None
+        if isinstance(exc, LeaseLost):
+            return
+        try:
+            while self.answered:
+                batch, records = self.answered.popleft()
+                counts = await asyncio.to_thread(
+                    self.store.record_outcomes, records, self.target.rule, lease=self.lease
+                )
+                self._recorded(batch, counts)
+            while self.releases:
+                batch, reason = self.releases.popleft()
+                await asyncio.to_thread(self.store.release, batch.ids, reason, lease=self.lease)
+        except Exception as cleanup:  # the run's own error is the one raised
+            self.log.error(
+                "push_cleanup_failed",
+                error=f"{type(cleanup).__name__}: {cleanup}",
+                left_in_flight="released by the next run",
+            )

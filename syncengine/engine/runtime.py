@@ -23,6 +23,11 @@ class TargetRuntime:
     capabilities: Capabilities = field(default_factory=Capabilities)
     """What the registry entry declares `target` can do besides sending."""
 
+    @property
+    def concurrency(self) -> int:
+        """Batches push keeps in flight at once (`concurrency` of the target's block)."""
+        return self.config.concurrency
+
 
 @dataclass
 class PipelineRuntime:
