@@ -258,33 +258,6 @@ class Knobs(Protocol):
     def update(self, values: Mapping[str, Any]) -> None: ...
 
 
-def knob_routes(knobs: Knobs, reset: Callable[[], None]) -> list[BaseRoute]:
-    """`/_admin/settings` (GET, PUT: ValueError from `update` is a 400) and `/_admin/reset`."""
-
-    async def get_settings(request: Request) -> Response:
-        return JSONResponse(asdict(knobs))  # type: ignore[call-overload]
-
-    async def put_settings(request: Request) -> Response:
-        try:
-            body = await request.json()
-            if not isinstance(body, dict):
-                raise ValueError("send an object of settings")
-            knobs.update(body)
-        except ValueError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
-        return JSONResponse(asdict(knobs))  # type: ignore[call-overload]
-
-    async def do_reset(request: Request) -> Response:
-        reset()
-        return JSONResponse({"reset": True})
-
-    return [
-        Route(f"{ADMIN_PREFIX}/settings", get_settings, methods=["GET"]),
-        Route(f"{ADMIN_PREFIX}/settings", put_settings, methods=["PUT"]),
-        Route(f"{ADMIN_PREFIX}/reset", do_reset, methods=["POST"]),
-    ]
-
-
 def build_app(
     routes: Sequence[BaseRoute],
     faults: Faults,

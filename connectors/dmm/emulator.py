@@ -81,31 +81,30 @@ import io
 import json
 import math
 import re
-import threading
 import time
 import unicodedata
 import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp
 
 from connectors.dmm.logs import format_deleted, format_failed, format_line
 from connectors.dmm.where import Key, SqlError, compile_where
-from connectors.emulator_kit import (
-    ADMIN_PREFIX,
-    DEMO_PEOPLE,
-    Faults,
-    RequestLog,
-    apply_settings,
-    build_app,
-    knob_routes,
+from connectors.emulator_admin import (
+    SteppedEmulator,
+    Unknown,
+    admin_get,
+    admin_post,
+    dicts,
+    json_object,
+    settled,
 )
+from connectors.emulator_kit import DEMO_PEOPLE, Faults, apply_settings
 
 BASE_PATH = "/DMM_API/rest/DMMAPI"
 RUNTIME_CONNECTION = "Runtime Connection"
@@ -259,12 +258,15 @@ class DeletedRow:
     at: str
 
 
-class DmmEmulator:
+class DmmEmulator(SteppedEmulator):
     """An environment's entities and DMM delete executions behind DMM's routes.
 
     `clock` gives seconds since the epoch; `step()` moves it forward, so tests
     walk an execution through its states without sleeping.
     """
+
+    knobs: Knobs
+    seed_usage = 'send {"<Entity>": {"key": .., "rows": []}}'
 
     def __init__(
         self,
@@ -282,32 +284,25 @@ class DmmEmulator:
         self.otps = set(otps)
         self.connections = {RUNTIME_CONNECTION, *connections}
         self.base_path = base_path.rstrip("/")
+        super().__init__(faults)
         self.knobs = Knobs(step_seconds=step_seconds, chunk_size=chunk_size)
-        self.faults = faults or Faults()
-        self.log = RequestLog()
         self.clock = clock
-        self._offset = 0.0
-        self._lock = threading.Lock()
         self._tables: dict[str, Table] = {}
         self._protected: set[tuple[str, Key]] = set()
         self._deleted: list[DeletedRow] = []
         self._executions: dict[int, Execution] = {}
         self._used_otps: set[str] = set()
         self._next_id = 1
-        mutating = (f"{self.base_path}/StartExecution", f"{self.base_path}/StopExecution")
-        self._app: ASGIApp = build_app(
-            self._vendor_routes() + self._admin_routes(),
-            self.faults,
-            self.log,
-            is_mutating=lambda method, path: method == "POST" and path.rstrip("/") in mutating,
-        )
 
-    @property
-    def app(self) -> ASGIApp:
-        return self._app
+    def is_mutating(self, method: str, path: str) -> bool:
+        mutating = (f"{self.base_path}/StartExecution", f"{self.base_path}/StopExecution")
+        return method == "POST" and path.rstrip("/") in mutating
 
     def now(self) -> float:
         return self.clock() + self._offset
+
+    def now_json(self) -> float:
+        return self.now()
 
     # -- ground truth and admin helpers (also served under /_admin) ----------------------
 
@@ -396,37 +391,26 @@ class DmmEmulator:
                 raise ValueError(ALREADY_RUNNING)
             return self._create(body, entities, started_by="operator").id
 
+    @settled
     def rows(self, entity: str) -> list[dict[str, Any]]:
-        with self._lock:
-            self._advance()
-            return [dict(r) for r in self._tables[entity].rows.values()]
+        return [dict(r) for r in self._tables[entity].rows.values()]
 
+    @settled
     def deleted(self) -> list[DeletedRow]:
-        with self._lock:
-            self._advance()
-            return list(self._deleted)
+        return list(self._deleted)
 
+    @settled
     def executions(self) -> list[dict[str, Any]]:
-        with self._lock:
-            self._advance()
-            return [self._execution_json(e) for e in self._executions.values()]
+        return [self._execution_json(e) for e in self._executions.values()]
 
-    def step(self, seconds: float) -> float:
-        with self._lock:
-            self._offset += seconds
-            self._advance()
-            return self.now()
-
-    def reset(self) -> None:
-        with self._lock:
-            self._tables.clear()
-            self._protected.clear()
-            self._deleted.clear()
-            self._executions.clear()
-            self._used_otps.clear()
-            self._next_id = 1
-            self._offset = 0.0
-        self.log.clear()
+    def clear(self) -> None:
+        self._tables.clear()
+        self._protected.clear()
+        self._deleted.clear()
+        self._executions.clear()
+        self._used_otps.clear()
+        self._next_id = 1
+        self._offset = 0.0
 
     # -- execution lifecycle (callers hold the lock) ------------------------------------------
 
@@ -650,9 +634,10 @@ class DmmEmulator:
 
     # -- vendor routes ------------------------------------------------------------------------
 
-    def _vendor_routes(self) -> list[BaseRoute]:
+    def routes(self) -> list[BaseRoute]:
         base = self.base_path
         return [
+            *self._admin_routes(),
             Route(f"{base}/StartExecution", self._start_execution, methods=["POST"]),
             Route(f"{base}/StopExecution", self._stop_execution, methods=["POST"]),
             Route(f"{base}/GetExecutionStatus", self._get_status, methods=["POST"]),
@@ -677,7 +662,7 @@ class DmmEmulator:
         otp, refused = self._authorize(request, start=True)
         if refused is not None:
             return refused
-        body = await _json_object(request)
+        body = await json_object(request)
         if body is None:
             return _unparsable()
         kind = body.get("Type")
@@ -753,7 +738,7 @@ class DmmEmulator:
         _, refused = self._authorize(request, start=False)
         if refused is not None:
             return refused
-        body = await _json_object(request)
+        body = await json_object(request)
         return _unparsable() if body is None else body
 
     async def _stop_execution(self, request: Request) -> Response:
@@ -849,82 +834,51 @@ class DmmEmulator:
     # -- admin routes -------------------------------------------------------------------------
 
     def _admin_routes(self) -> list[BaseRoute]:
-        async def seed(request: Request) -> Response:
-            body = await _json_object(request)
-            if body is None:
-                return JSONResponse({"error": 'send {"<Entity>": {"key": .., "rows": []}}'}, 400)
-            try:
-                return JSONResponse(self.seed(body))
-            except ValueError as exc:
-                return JSONResponse({"error": str(exc)}, 400)
-
-        async def protect(request: Request) -> Response:
-            body = await _json_object(request) or {}
-            entity, keys = body.get("entity"), body.get("keys")
-            if not isinstance(entity, str) or not isinstance(keys, list):
-                return JSONResponse({"error": 'send {"entity": "..", "keys": [..]}'}, 400)
-            if not all(isinstance(k, int | str) and not isinstance(k, bool) for k in keys):
-                return JSONResponse({"error": "keys are text or integers"}, 400)
-            try:
-                return JSONResponse({"protected": self.protect(entity, keys)})
-            except KeyError:
-                return JSONResponse({"error": f"unknown entity {entity}"}, 404)
-
-        async def start_execution(request: Request) -> Response:
-            body = await _json_object(request) or {}
-            entity, where, destination = (
-                body.get("entity"),
-                body.get("where"),
-                body.get("destination"),
-            )
-            if (
-                not isinstance(entity, str)
-                or "where" not in body
-                or not isinstance(where, str | None)
-                or not isinstance(destination, str | None)
-            ):
-                return JSONResponse(
-                    {
-                        "error": 'send {"entity": "..", "where": ".." or null (null deletes '
-                        'every row), "destination": ".." (optional)}'
-                    },
-                    400,
-                )
-            try:
-                tracker = self.start_execution(entity, where, destination=destination)
-            except ValueError as exc:
-                return JSONResponse({"error": str(exc)}, 400)
-            return JSONResponse({"MainExecutionTrackerId": tracker})
-
-        async def rows(request: Request) -> Response:
-            try:
-                return JSONResponse(self.rows(request.path_params["entity"]))
-            except KeyError:
-                return JSONResponse({"error": "unknown entity"}, 404)
-
-        async def deleted(request: Request) -> Response:
-            return JSONResponse([asdict(d) for d in self.deleted()])
-
-        async def executions(request: Request) -> Response:
-            return JSONResponse(self.executions())
-
-        async def step(request: Request) -> Response:
-            body = await _json_object(request) or {}
-            seconds = body.get("seconds")
-            if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds < 0:
-                return JSONResponse({"error": 'send {"seconds": <number >= 0>}'}, 400)
-            return JSONResponse({"now": self.step(float(seconds))})
-
         return [
-            Route(f"{ADMIN_PREFIX}/seed", seed, methods=["POST"]),
-            Route(f"{ADMIN_PREFIX}/protect", protect, methods=["POST"]),
-            Route(f"{ADMIN_PREFIX}/start_execution", start_execution, methods=["POST"]),
-            Route(f"{ADMIN_PREFIX}/rows/{{entity}}", rows, methods=["GET"]),
-            Route(f"{ADMIN_PREFIX}/deleted", deleted, methods=["GET"]),
-            Route(f"{ADMIN_PREFIX}/executions", executions, methods=["GET"]),
-            Route(f"{ADMIN_PREFIX}/step", step, methods=["POST"]),
-            *knob_routes(self.knobs, self.reset),
+            admin_post("protect", self._protect_json, 'send {"entity": "..", "keys": [..]}'),
+            admin_post("start_execution", self._start_json, _START_USAGE),
+            admin_get("rows/{entity}", lambda params: self._known_rows(params["entity"])),
+            admin_get("deleted", lambda _: dicts(self.deleted())),
+            admin_get("executions", lambda _: self.executions()),
         ]
+
+    def seed_json(self, body: dict[str, Any]) -> Any:
+        return self.seed(body)
+
+    def _known_rows(self, entity: str) -> list[dict[str, Any]]:
+        try:
+            return self.rows(entity)
+        except KeyError:
+            raise Unknown("unknown entity") from None
+
+    def _protect_json(self, body: dict[str, Any]) -> Any:
+        entity, keys = body.get("entity"), body.get("keys")
+        if not isinstance(entity, str) or not isinstance(keys, list):
+            raise ValueError('send {"entity": "..", "keys": [..]}')
+        if not all(isinstance(k, int | str) and not isinstance(k, bool) for k in keys):
+            raise ValueError("keys are text or integers")
+        try:
+            return {"protected": self.protect(entity, keys)}
+        except KeyError:
+            raise Unknown(f"unknown entity {entity}") from None
+
+    def _start_json(self, body: dict[str, Any]) -> Any:
+        entity, where, destination = body.get("entity"), body.get("where"), body.get("destination")
+        if (
+            not isinstance(entity, str)
+            or "where" not in body
+            or not isinstance(where, str | None)
+            or not isinstance(destination, str | None)
+        ):
+            raise ValueError(_START_USAGE)
+        tracker = self.start_execution(entity, where, destination=destination)
+        return {"MainExecutionTrackerId": tracker}
+
+
+_START_USAGE = (
+    'send {"entity": "..", "where": ".." or null (null deletes every row), "destination": ".." '
+    "(optional)}"
+)
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -933,14 +887,6 @@ class DmmEmulator:
 def _same_key(given: Any, known: str | None) -> bool:
     """An SS key narrows the entity only when both sides have one."""
     return given in (None, "") or known is None or given == known
-
-
-async def _json_object(request: Request) -> dict[str, Any] | None:
-    try:
-        body = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return body if isinstance(body, dict) else None
 
 
 def _failure(message: str, status: int = 200) -> Response:

@@ -72,11 +72,10 @@ import argparse
 import base64
 import re
 import secrets
-import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import unquote
@@ -84,17 +83,9 @@ from urllib.parse import unquote
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp
 
-from connectors.emulator_kit import (
-    ADMIN_PREFIX,
-    DEMO_PEOPLE,
-    Faults,
-    RequestLog,
-    apply_settings,
-    build_app,
-    knob_routes,
-)
+from connectors.emulator_admin import Emulator, Unknown, admin_get, admin_post, dicts
+from connectors.emulator_kit import DEMO_PEOPLE, Faults, apply_settings
 
 DEFAULT_BASE_PATH = "/IDORequestService/MGRESTService.svc"
 DEFAULT_V2_BASE_PATH = "/IDORequestService"
@@ -224,8 +215,12 @@ class MongooseError(Exception):
         self.status = status
 
 
-class MongooseEmulator:
+class MongooseEmulator(Emulator):
     """In-memory IDO collections behind the v1 and v2 REST routes, safe across threads."""
+
+    knobs: Knobs
+    issues_tokens = True
+    seed_usage = 'send {"<ido>": [{...row...}, ...]}'
 
     def __init__(
         self,
@@ -241,28 +236,17 @@ class MongooseEmulator:
         self.bearer_tokens = set(bearer_tokens)
         self.base_path = base_path.rstrip("/")
         self.v2_base_path = v2_base_path.rstrip("/")
+        super().__init__(faults)
         self.knobs = Knobs()
-        self.faults = faults or Faults()
-        self.log = RequestLog()
-        self._lock = threading.Lock()
         self._rows: dict[str, list[dict[str, Any]]] = {}
         self._props: dict[str, set[str]] = {}
         self._tokens: set[str] = set()
         self._deleted: list[DeletedRow] = []
         self._attempts: Counter[str] = Counter()
         self._last_dt = datetime.min
-        self._app = build_app(
-            self._vendor_routes() + self._admin_routes(),
-            self.faults,
-            self.log,
-            is_mutating=lambda method, path: (
-                path.endswith("/deleteitems") or f"{self.v2_base_path}/ido/update/" in path
-            ),
-        )
 
-    @property
-    def app(self) -> ASGIApp:
-        return self._app
+    def is_mutating(self, method: str, path: str) -> bool:
+        return path.endswith("/deleteitems") or f"{self.v2_base_path}/ido/update/" in path
 
     # -- ground truth and admin helpers (also served under /_admin) ----------
 
@@ -312,14 +296,12 @@ class MongooseEmulator:
             self._tokens.clear()
             return count
 
-    def reset(self) -> None:
-        with self._lock:
-            self._rows.clear()
-            self._props.clear()
-            self._tokens.clear()
-            self._deleted.clear()
-            self._attempts.clear()
-        self.log.clear()
+    def clear(self) -> None:
+        self._rows.clear()
+        self._props.clear()
+        self._tokens.clear()
+        self._deleted.clear()
+        self._attempts.clear()
 
     def item_id(self, ido: str, row: Mapping[str, Any]) -> str:
         return f"PBT=[{ido}] {ido}.DT=[{row['RecordDate']}] {ido}.ID=[{row['RowPointer']}]"
@@ -338,9 +320,10 @@ class MongooseEmulator:
 
     # -- vendor routes ---------------------------------------------------------------
 
-    def _vendor_routes(self) -> list[BaseRoute]:
+    def routes(self) -> list[BaseRoute]:
         base, v2 = self.base_path, f"{self.v2_base_path}/ido"
         return [
+            *self._admin_routes(),
             Route(f"{base}/{{rt}}/token/{{config}}", self._token, methods=["GET"]),
             Route(f"{base}/json/{{ido}}/adv", self._load, methods=["GET"]),
             Route(f"{base}/json/{{ido}}/deleteitems", self._delete, methods=["DELETE", "POST"]),
@@ -571,44 +554,28 @@ class MongooseEmulator:
     # -- admin routes -----------------------------------------------------------------
 
     def _admin_routes(self) -> list[BaseRoute]:
-        async def seed(request: Request) -> Response:
-            body = await request.json()
-            if not isinstance(body, dict) or not all(isinstance(v, list) for v in body.values()):
-                return JSONResponse({"error": 'send {"<ido>": [{...row...}, ...]}'}, 400)
-            return JSONResponse(self.seed(body))
-
-        async def rows(request: Request) -> Response:
-            ido = request.path_params["ido"]
-            with self._lock:
-                known = ido in self._rows
-            if not known:
-                return JSONResponse({"error": f"unknown IDO {ido}"}, 404)
-            return JSONResponse(self.rows(ido))
-
-        async def deleted(request: Request) -> Response:
-            return JSONResponse([asdict(d) for d in self.deleted()])
-
-        async def attempts(request: Request) -> Response:
-            return JSONResponse(self.attempts())
-
-        async def touch(request: Request) -> Response:
-            body = await request.json()
-            if not isinstance(body, dict) or not isinstance(body.get("match"), dict):
-                return JSONResponse({"error": 'send {"ido": "...", "match": {...}}'}, 400)
-            return JSONResponse({"touched": self.touch(str(body.get("ido")), body["match"])})
-
-        async def expire(request: Request) -> Response:
-            return JSONResponse({"expired": self.expire_tokens()})
-
         return [
-            Route(f"{ADMIN_PREFIX}/seed", seed, methods=["POST"]),
-            Route(f"{ADMIN_PREFIX}/rows/{{ido}}", rows, methods=["GET"]),
-            Route(f"{ADMIN_PREFIX}/deleted", deleted, methods=["GET"]),
-            Route(f"{ADMIN_PREFIX}/attempts", attempts, methods=["GET"]),
-            Route(f"{ADMIN_PREFIX}/touch", touch, methods=["POST"]),
-            Route(f"{ADMIN_PREFIX}/expire_tokens", expire, methods=["POST"]),
-            *knob_routes(self.knobs, self.reset),
+            admin_get("rows/{ido}", lambda params: self._known_rows(params["ido"])),
+            admin_get("deleted", lambda _: dicts(self.deleted())),
+            admin_get("attempts", lambda _: self.attempts()),
+            admin_post("touch", self._touch_json, 'send {"ido": "...", "match": {...}}'),
         ]
+
+    def seed_json(self, body: dict[str, Any]) -> Any:
+        if not all(isinstance(rows, list) for rows in body.values()):
+            raise ValueError(self.seed_usage)
+        return self.seed(body)
+
+    def _known_rows(self, ido: str) -> list[dict[str, Any]]:
+        with self._lock:
+            if ido not in self._rows:
+                raise Unknown(f"unknown IDO {ido}")
+            return self.rows(ido)
+
+    def _touch_json(self, body: dict[str, Any]) -> Any:
+        if not isinstance(body.get("match"), dict):
+            raise ValueError('send {"ido": "...", "match": {...}}')
+        return {"touched": self.touch(str(body.get("ido")), body["match"])}
 
 
 def _recordcap(text: str) -> int:
