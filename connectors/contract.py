@@ -503,6 +503,9 @@ class SandboxSpec:
     port: int
     """Its default loopback port in the sandbox."""
     emulator: str
+    contract: str = ""
+    """"module:function" giving its targets' cases for the target contract suite
+    (`connectors.emulator_contract.ContractCases`); empty for a connector without targets."""
 
 
 @dataclass(frozen=True)
@@ -605,11 +608,14 @@ def register(
 ) -> ConnectorInfo:
     """Register connector `name`, as its package's `__init__` does when imported.
 
-    Its emulator, when it has a `sandbox_port`, is `connectors.<name>.sandbox:emulated`:
-    every package keeps it in the same place, so the entry names only the port."""
+    Its emulator, when it has a `sandbox_port`, is `connectors.<name>.sandbox:emulated`,
+    and its targets' contract cases `...:contract_cases` there: every package keeps them
+    in the same place, so the entry names only the port."""
     sandbox = None
     if sandbox_port is not None:
-        sandbox = SandboxSpec(sandbox_port, f"connectors.{name}.sandbox:emulated")
+        module = f"connectors.{name}.sandbox"
+        contract = f"{module}:contract_cases" if target else ""
+        sandbox = SandboxSpec(sandbox_port, f"{module}:emulated", contract)
     info = ConnectorInfo(
         name=name,
         connection_settings=connection,

@@ -324,6 +324,10 @@ class SandboxEmulator:
     `seed` is posted to its `/_admin/seed` route once it listens; `describe` gives
     the lines `syncengine sandbox` prints about it, from the URL it listens on;
     `emulator` is the emulator object itself, for tests that turn its knobs.
+
+    The sandbox offers the demo and the end-to-end tests `<name>_url` (the emulator's
+    root) and, by name, the `urls` (a path under the root, such as the API's base) and
+    the `actions` (called with the root URL first: what a user of the system does).
     """
 
     title: str
@@ -331,6 +335,8 @@ class SandboxEmulator:
     seed: Any
     emulator: Any
     describe: Callable[[str], list[str]]
+    urls: Mapping[str, str] = field(default_factory=dict)
+    actions: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
 
 
 def apply_settings(
