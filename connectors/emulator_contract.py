@@ -27,7 +27,8 @@ LOST = "lost"
 NO_JOBS = {LOST: "deletes record by record, each call idempotent; it starts no job"}
 PATH_UNSAFE = ("..", ".", "%2e%2e")
 """Keys that would change the path of a request carrying the key in it."""
-FAST_RETRY = {"max_attempts": 2, "base_delay": 0.001, "max_delay": 0.005}
+SANDBOX_RETRY = {"max_attempts": 3, "base_delay": 0.05, "max_delay": 0.1}
+"""Backoff for a job target's connection in the sandbox, whose emulators answer at once."""
 
 
 @dataclass
@@ -36,7 +37,8 @@ class ContractCase:
 
     emulator: Emulator
     connection: Callable[[str], dict[str, Any]]
-    """The `connections:` entry (without `type`) for the emulator at this URL."""
+    """The `connections:` entry for the emulator at this URL, without `type` (the
+    connector's name) and, unless it needs its own, `timeout` and `retry` (the suite's)."""
     target: Callable[[str], dict[str, Any]]
     """The pipeline's target block for the emulator at this URL."""
     key_field: str

@@ -6,8 +6,10 @@ tests can break the API while still reading the emulator's ground truth.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import pkgutil
 import random
 import socket
 import threading
@@ -328,15 +330,23 @@ class SandboxEmulator:
     The sandbox offers the demo and the end-to-end tests `<name>_url` (the emulator's
     root) and, by name, the `urls` (a path under the root, such as the API's base) and
     the `actions` (called with the root URL first: what a user of the system does).
+    `connection` is the entry the shipped config.yaml gives it (but its `type`), by that
+    config's name for it, pointed at the root URL it is given (end-to-end tests compose
+    configs from these).
     """
 
     title: str
-    app: ASGIApp
     seed: Any
     emulator: Any
     describe: Callable[[str], list[str]]
     urls: Mapping[str, str] = field(default_factory=dict)
     actions: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
+    connection: tuple[str, Callable[[str], dict[str, Any]]] | None = None
+
+    @property
+    def app(self) -> ASGIApp:
+        app: ASGIApp = self.emulator.app
+        return app
 
 
 def apply_settings(
@@ -353,3 +363,21 @@ def apply_settings(
             raise ValueError(f"bad value for {name}: {value!r}")
     for name, value in values.items():
         setattr(settings, name, value)
+
+
+def run_alone(name: str, argv: Sequence[str] | None = None) -> None:
+    """`python -m connectors.<name>.emulator`: that connector's emulator alone, as the
+    sandbox runs it (its demo data, its port), in the foreground."""
+    from connectors import load_registry
+
+    spec = load_registry().get(name).sandbox
+    assert spec is not None, f"{name} has no emulator"
+    parser = argparse.ArgumentParser(description=f"The {name} emulator, as in the sandbox.")
+    parser.add_argument("--port", type=int, default=spec.port)
+    parser.add_argument("--step-seconds", type=float, default=0.5, help="how fast jobs advance")
+    parser.add_argument("--empty", action="store_true", help="do not seed the demo data")
+    args = parser.parse_args(argv)
+    made: SandboxEmulator = pkgutil.resolve_name(spec.emulator)(args.step_seconds)
+    if not args.empty:
+        made.emulator.seed_json(made.seed)
+    uvicorn.run(made.app, host="127.0.0.1", port=args.port, log_level="warning")

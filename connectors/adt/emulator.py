@@ -44,7 +44,6 @@ Ground truth and admin routes are never faulted:
 
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
 import secrets
@@ -60,7 +59,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from connectors.emulator_admin import SteppedEmulator, admin_call, admin_get, settled
-from connectors.emulator_kit import Faults
+from connectors.emulator_kit import Faults, run_alone
 
 API_VERSION = "2023-10-31"
 TWIN_API_VERSIONS = ("2020-10-31", "2022-05-31", API_VERSION)
@@ -696,20 +695,5 @@ def _check_if_match(request: Request, etag: str) -> None:
         raise _Refused(412, "PreconditionFailed", "The If-Match etag does not match.")
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m connectors.adt.emulator`: the sandbox instance with the demo graph."""
-    import uvicorn
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--port", type=int, default=8704)
-    parser.add_argument("--step-seconds", type=float, default=0.5)
-    parser.add_argument("--empty", action="store_true", help="do not seed the demo graph")
-    args = parser.parse_args(argv)
-    emulator = AdtEmulator(step_seconds=args.step_seconds)
-    if not args.empty:
-        emulator.seed(demo_graph())
-    uvicorn.run(emulator.app, host="127.0.0.1", port=args.port, log_level="warning")
-
-
 if __name__ == "__main__":
-    main()
+    run_alone("adt")

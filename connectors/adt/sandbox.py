@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from connectors.adt.emulator import AdtEmulator, demo_graph
 from connectors.emulator_contract import (
     AMBIGUOUS,
-    FAST_RETRY,
     KEYED,
     NO_JOBS,
     PATH_UNSAFE,
+    SANDBOX_RETRY,
     UNSAFE,
     ContractCase,
     ContractCases,
@@ -29,9 +30,19 @@ def describe(url: str) -> list[str]:
     ]
 
 
+def entry(url: str) -> dict[str, Any]:
+    return {"url": url, "token": ADT_TOKEN, "retry": SANDBOX_RETRY}
+
+
 def emulated(step_seconds: float) -> SandboxEmulator:
     emulator = AdtEmulator(tokens=(ADT_TOKEN,), step_seconds=step_seconds)
-    return SandboxEmulator("Azure Digital Twins", emulator.app, demo_graph(), emulator, describe)
+    return SandboxEmulator(
+        "Azure Digital Twins",
+        demo_graph(),
+        emulator,
+        describe,
+        connection=("twins", entry),
+    )
 
 
 CONTRACT_TOKEN = "static-tok-51c0-secret"  # noqa: S105  (the contract suite's own)
@@ -58,8 +69,6 @@ def twins_case() -> ContractCase:
             "token_url": f"{url}/oauth2/token",
             "client_id": CONTRACT_CLIENT,
             "client_secret": CONTRACT_SECRET,
-            "timeout": 5,
-            "retry": FAST_RETRY,
         },
         target=lambda url: {"kind": "twins", "twin_id": "{RECORD_ID}"},
         key_field="RECORD_ID",
@@ -82,8 +91,6 @@ def purge_case() -> ContractCase:
         connection=lambda url: {
             "url": url,
             "token": CONTRACT_TOKEN,
-            "timeout": 5,
-            "retry": FAST_RETRY,
         },
         target=lambda url: {
             "kind": "purge",

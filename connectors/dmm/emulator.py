@@ -74,7 +74,6 @@ faulted:
 
 from __future__ import annotations
 
-import argparse
 import base64
 import copy
 import io
@@ -84,7 +83,7 @@ import re
 import time
 import unicodedata
 import zipfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -104,7 +103,7 @@ from connectors.emulator_admin import (
     json_object,
     settled,
 )
-from connectors.emulator_kit import DEMO_PEOPLE, Faults, apply_settings
+from connectors.emulator_kit import DEMO_PEOPLE, Faults, apply_settings, run_alone
 
 BASE_PATH = "/DMM_API/rest/DMMAPI"
 RUNTIME_CONNECTION = "Runtime Connection"
@@ -733,102 +732,97 @@ class DmmEmulator(SteppedEmulator):
             return int(value)
         return None
 
-    async def _asked(self, request: Request) -> dict[str, Any] | Response:
-        """The JSON body of an authorized call about an execution, or the refusal."""
+    async def _about_execution(
+        self,
+        request: Request,
+        answer: Callable[[dict[str, Any], Execution | None], Response],
+    ) -> Response:
+        """An authorized call naming an execution by tracker id: `answer` gets its body and
+        the execution (None when unknown) under the lock, the clock's due work done."""
         _, refused = self._authorize(request, start=False)
         if refused is not None:
             return refused
         body = await json_object(request)
-        return _unparsable() if body is None else body
-
-    async def _stop_execution(self, request: Request) -> Response:
-        asked = await self._asked(request)
-        if isinstance(asked, Response):
-            return asked
-        body = asked
+        if body is None:
+            return _unparsable()
         tracker = self._tracker(body)
         with self._lock:
             self._advance()
-            execution = self._executions.get(tracker) if tracker is not None else None
-            if execution is None:
-                return _failure(f"Execution not found: {body.get('MainExecutionTrackerId')!r}")
-            if execution.ended is not None:
-                return _failure(f"The execution is not running (status {execution.status})")
-            self._stop(execution)
+            return answer(body, self._executions.get(tracker) if tracker is not None else None)
+
+    async def _stop_execution(self, request: Request) -> Response:
+        return await self._about_execution(request, self._stop_answer)
+
+    def _stop_answer(self, body: dict[str, Any], execution: Execution | None) -> Response:
+        if execution is None:
+            return _failure(f"Execution not found: {body.get('MainExecutionTrackerId')!r}")
+        if execution.ended is not None:
+            return _failure(f"The execution is not running (status {execution.status})")
+        self._stop(execution)
         return JSONResponse({"Success": True, "ErrorMessage": ""})
 
     async def _get_status(self, request: Request) -> Response:
-        asked = await self._asked(request)
-        if isinstance(asked, Response):
-            return asked
-        body = asked
+        return await self._about_execution(request, self._status_answer)
+
+    def _status_answer(self, body: dict[str, Any], execution: Execution | None) -> Response:
         records, page = body.get("LogRecords", 10), body.get("LogPage", 1)
         if not _integer(records) or records < 1 or not _integer(page) or page < 1:
             return _failure("LogRecords and LogPage must be integers of at least 1")
-        tracker = self._tracker(body)
-        with self._lock:
-            self._advance()
-            execution = self._executions.get(tracker) if tracker is not None else None
-            if execution is None:
-                return _not_found()
-            answer: dict[str, Any] = {
-                "Status": execution.status,
-                "Result": "ERROR" if execution.status == "InError" else "OK",
-                "Success": True,
-                "ErrorMessage": execution.error,
-                "Logs": "",
-                "LogNumPages": math.ceil(len(execution.log) / records),
-            }
-            if body.get("IncludeLogs") is True:
-                lines = execution.log[(page - 1) * records : page * records]
-                answer["Logs"] = _b64("".join(line + "\n" for line in lines).encode())
-                if self.knobs.corrupt_logs and lines:
-                    answer["Logs"] = "%" + answer["Logs"][1:]
-            if body.get("IncludeReports") is True:
-                answer["Report"] = self._status_report(execution)
+        if execution is None:
+            return _not_found()
+        answer: dict[str, Any] = {
+            "Status": execution.status,
+            "Result": "ERROR" if execution.status == "InError" else "OK",
+            "Success": True,
+            "ErrorMessage": execution.error,
+            "Logs": "",
+            "LogNumPages": math.ceil(len(execution.log) / records),
+        }
+        if body.get("IncludeLogs") is True:
+            lines = execution.log[(page - 1) * records : page * records]
+            answer["Logs"] = _b64("".join(line + "\n" for line in lines).encode())
+            if self.knobs.corrupt_logs and lines:
+                answer["Logs"] = "%" + answer["Logs"][1:]
+        if body.get("IncludeReports") is True:
+            answer["Report"] = self._status_report(execution)
         return JSONResponse(answer)
 
     async def _get_outputs(self, request: Request) -> Response:
-        asked = await self._asked(request)
-        if isinstance(asked, Response):
-            return asked
-        body = asked
-        tracker = self._tracker(body)
-        with self._lock:
-            self._advance()
-            execution = self._executions.get(tracker) if tracker is not None else None
-            if execution is None:
-                return _not_found()
-            status = execution.status
-            result = "ERROR" if status == "InError" else "OK"
-            if execution.ended is None:
-                return JSONResponse(
-                    {
-                        "Status": status,
-                        "Result": result,
-                        "Success": False,
-                        "ErrorMessage": f"The execution has not finished yet (status {status}); "
-                        "outputs exist once it is Complete or InError",
-                    }
-                )
-            answer: dict[str, Any] = {
-                "Status": status,
-                "Result": result,
-                "Success": True,
-                "ErrorMessage": execution.error,
-                "Logs": None,
-                "ZipFile": None,
-                "Report": None,
-                "ErrorReport": None,
-            }
-            if body.get("IncludeLogs") is True:
-                data = self._log_zip(execution)
-                answer["Logs"] = _b64(data[: len(data) // 2] if self.knobs.corrupt_logs else data)
-            if body.get("IncludeReports") is True:
-                answer["Report"] = self._outputs_report(execution)
-            errors = self._error_report(execution)
-            if body.get("IncludeErrorReport") is True and errors:
-                answer["ErrorReport"] = _b64(json.dumps(errors).encode())
+        return await self._about_execution(request, self._outputs_answer)
+
+    def _outputs_answer(self, body: dict[str, Any], execution: Execution | None) -> Response:
+        if execution is None:
+            return _not_found()
+        status = execution.status
+        result = "ERROR" if status == "InError" else "OK"
+        if execution.ended is None:
+            return JSONResponse(
+                {
+                    "Status": status,
+                    "Result": result,
+                    "Success": False,
+                    "ErrorMessage": f"The execution has not finished yet (status {status}); "
+                    "outputs exist once it is Complete or InError",
+                }
+            )
+        answer: dict[str, Any] = {
+            "Status": status,
+            "Result": result,
+            "Success": True,
+            "ErrorMessage": execution.error,
+            "Logs": None,
+            "ZipFile": None,
+            "Report": None,
+            "ErrorReport": None,
+        }
+        if body.get("IncludeLogs") is True:
+            data = self._log_zip(execution)
+            answer["Logs"] = _b64(data[: len(data) // 2] if self.knobs.corrupt_logs else data)
+        if body.get("IncludeReports") is True:
+            answer["Report"] = self._outputs_report(execution)
+        errors = self._error_report(execution)
+        if body.get("IncludeErrorReport") is True and errors:
+            answer["ErrorReport"] = _b64(json.dumps(errors).encode())
         return JSONResponse(answer)
 
     # -- admin routes -------------------------------------------------------------------------
@@ -928,28 +922,5 @@ def _duration(seconds: float) -> str:
     return f"{whole // 3600:02d}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m connectors.dmm.emulator`: the sandbox server with the demo entities."""
-    import uvicorn
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--port", type=int, default=8705)
-    parser.add_argument("--token", default=DEMO_TOKEN, help="accepted X-DMM-Token")
-    parser.add_argument("--otp", default=DEMO_OTP, help="accepted X-DMM-Token-OTP")
-    parser.add_argument("--step-seconds", type=float, default=0.5)
-    parser.add_argument("--chunk-size", type=int, default=5)
-    parser.add_argument("--empty", action="store_true", help="do not seed the demo entities")
-    args = parser.parse_args(argv)
-    emulator = DmmEmulator(
-        tokens=[args.token],
-        otps=[args.otp],
-        step_seconds=args.step_seconds,
-        chunk_size=args.chunk_size,
-    )
-    if not args.empty:
-        emulator.seed(demo_entities())
-    uvicorn.run(emulator.app, host="127.0.0.1", port=args.port, log_level="warning")
-
-
 if __name__ == "__main__":
-    main()
+    run_alone("dmm")

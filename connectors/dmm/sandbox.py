@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 
 from connectors.dmm.emulator import BASE_PATH, DEMO_OTP, DEMO_TOKEN, DmmEmulator, demo_entities
-from connectors.emulator_contract import AMBIGUOUS, FAST_RETRY, LOST, ContractCase, ContractCases
+from connectors.emulator_contract import (
+    AMBIGUOUS,
+    LOST,
+    SANDBOX_RETRY,
+    ContractCase,
+    ContractCases,
+)
 from connectors.emulator_kit import DEMO_PEOPLE, SandboxEmulator
 
 __all__ = ["DMM_BASE", "DMM_OTP", "DMM_TOKEN"]
@@ -58,16 +66,20 @@ def delete_in_crm(url: str, entity: str, attribute: str, keys: list[str]) -> str
         return str(response.json()["MainExecutionTrackerId"])
 
 
+def entry(url: str) -> dict[str, Any]:
+    return {"url": f"{url}{DMM_BASE}", "token": DMM_TOKEN, "otp": DMM_OTP, "retry": SANDBOX_RETRY}
+
+
 def emulated(step_seconds: float) -> SandboxEmulator:
     emulator = DmmEmulator(step_seconds=step_seconds, chunk_size=5)
     return SandboxEmulator(
         "DMM",
-        emulator.app,
         demo_entities(),
         emulator,
         describe,
         urls={"dmm_url": DMM_BASE},
         actions={"delete_in_crm": delete_in_crm},
+        connection=("crm", entry),
     )
 
 
@@ -91,8 +103,6 @@ def contract_case() -> ContractCase:
             "url": f"{url}{DMM_BASE}",
             "token": CONTRACT_TOKEN,
             "otp": CONTRACT_OTP,
-            "timeout": 5,
-            "retry": FAST_RETRY,
         },
         target=lambda url: {
             "entity": {"name": "Customer"},

@@ -39,7 +39,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from connectors.emulator_admin import Emulator, admin_get, admin_post
-from connectors.emulator_kit import DEMO_PEOPLE, Faults
+from connectors.emulator_kit import DEMO_PEOPLE, Faults, run_alone
 from connectors.goose.settings import TIMESTAMP_FORMAT, parse_goose_time
 
 Clock = Callable[[], datetime]
@@ -487,3 +487,7 @@ class GooseEmulator(Emulator):
 
 
 _OBJECT = "the body must be a JSON object"
+
+
+if __name__ == "__main__":
+    run_alone("goose")

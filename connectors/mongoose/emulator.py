@@ -68,7 +68,6 @@ and deletes nothing. Ground truth and the admin routes are never faulted:
 
 from __future__ import annotations
 
-import argparse
 import base64
 import re
 import secrets
@@ -85,7 +84,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from connectors.emulator_admin import Emulator, Unknown, admin_get, admin_post, dicts
-from connectors.emulator_kit import DEMO_PEOPLE, Faults, apply_settings
+from connectors.emulator_kit import DEMO_PEOPLE, Faults, apply_settings, run_alone
 
 DEFAULT_BASE_PATH = "/IDORequestService/MGRESTService.svc"
 DEFAULT_V2_BASE_PATH = "/IDORequestService"
@@ -606,19 +605,5 @@ def _unauthorized_v2() -> Response:
     return _refused_v2("Unauthorized: missing, invalid or expired token", 401)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m connectors.mongoose.emulator`: the sandbox server with the demo rows."""
-    import uvicorn
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--port", type=int, default=8702)
-    parser.add_argument("--empty", action="store_true", help="do not seed the demo rows")
-    args = parser.parse_args(argv)
-    emulator = MongooseEmulator()
-    if not args.empty:
-        emulator.seed(demo_rows())
-    uvicorn.run(emulator.app, host="127.0.0.1", port=args.port, log_level="warning")
-
-
 if __name__ == "__main__":
-    main()
+    run_alone("mongoose")

@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-from connectors.emulator_contract import FAST_RETRY, NO_JOBS, ContractCase, ContractCases
+from connectors.emulator_contract import NO_JOBS, ContractCase, ContractCases
 from connectors.emulator_kit import DEMO_EMPLOYEES, DEMO_PEOPLE, SandboxEmulator
 from connectors.mongoose.emulator import DEFAULT_BASE_PATH, MongooseEmulator, demo_rows
 
@@ -44,15 +44,24 @@ def mongoose_rows(url: str, ido: str) -> list[dict[str, Any]]:
         return rows
 
 
+def entry(url: str) -> dict[str, Any]:
+    return {
+        "url": f"{url}{MONGOOSE_BASE}",
+        "config": MONGOOSE_CONFIG,
+        "user": MONGOOSE_USER,
+        "password": MONGOOSE_PASSWORD,
+    }
+
+
 def emulated(step_seconds: float) -> SandboxEmulator:
     emulator = MongooseEmulator(config=MONGOOSE_CONFIG, users={MONGOOSE_USER: MONGOOSE_PASSWORD})
     return SandboxEmulator(
         "Mongoose",
-        emulator.app,
         mongoose_seed(),
         emulator,
         describe,
         actions={"mongoose_rows": mongoose_rows},
+        connection=("erp", entry),
     )
 
 
@@ -77,8 +86,6 @@ def contract_case() -> ContractCase:
             "config": MONGOOSE_CONFIG,
             "user": MONGOOSE_USER,
             "password": CONTRACT_PASSWORD,
-            "timeout": 5,
-            "retry": FAST_RETRY,
         },
         target=lambda url: {
             "ido": "UserNames",

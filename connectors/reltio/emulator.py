@@ -77,7 +77,6 @@ Ground truth and the admin routes are never faulted:
 
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
 import json
@@ -106,7 +105,7 @@ from connectors.emulator_admin import (
     dicts,
     settled,
 )
-from connectors.emulator_kit import DEMO_PEOPLE, Faults, apply_settings
+from connectors.emulator_kit import DEMO_PEOPLE, Faults, apply_settings, run_alone
 
 DELETE_TASK_TYPE = "com.reltio.businesslogic.tasks.delete.DeleteEntitiesTask"
 FAILED_LIST_LIMIT = 100
@@ -880,21 +879,5 @@ def _not_found(what: str) -> Response:
     return _error(404, 101, f"Object with id={what} not found", "No object with specified id found")
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m connectors.reltio.emulator`: the sandbox server with the demo entities."""
-    import uvicorn
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--port", type=int, default=8703)
-    parser.add_argument("--tenant", default="TENANT")
-    parser.add_argument("--step-seconds", type=float, default=0.5)
-    parser.add_argument("--empty", action="store_true", help="do not seed the demo entities")
-    args = parser.parse_args(argv)
-    emulator = ReltioEmulator(tenant=args.tenant, step_seconds=args.step_seconds)
-    if not args.empty:
-        emulator.seed(demo_entities())
-    uvicorn.run(emulator.app, host="127.0.0.1", port=args.port, log_level="warning")
-
-
 if __name__ == "__main__":
-    main()
+    run_alone("reltio")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from connectors.emulator_contract import (
     AMBIGUOUS,
-    FAST_RETRY,
     PATH_UNSAFE,
+    SANDBOX_RETRY,
     ContractCase,
     ContractCases,
 )
@@ -31,6 +33,16 @@ def describe(url: str) -> list[str]:
     ]
 
 
+def entry(url: str) -> dict[str, Any]:
+    return {
+        "tenant_url": f"{url}/reltio/api/{RELTIO_TENANT}",
+        "auth_url": f"{url}/oauth/token",
+        "client_id": RELTIO_CLIENT,
+        "client_secret": RELTIO_SECRET,
+        "retry": SANDBOX_RETRY,
+    }
+
+
 def emulated(step_seconds: float) -> SandboxEmulator:
     emulator = ReltioEmulator(
         tenant=RELTIO_TENANT, clients={RELTIO_CLIENT: RELTIO_SECRET}, step_seconds=step_seconds
@@ -38,11 +50,11 @@ def emulated(step_seconds: float) -> SandboxEmulator:
     seed = {"entities": demo_entities()}
     return SandboxEmulator(
         "Reltio",
-        emulator.app,
         seed,
         emulator,
         describe,
         urls={"reltio_tenant_url": f"/reltio/api/{RELTIO_TENANT}"},
+        connection=("mdm", entry),
     )
 
 
@@ -72,8 +84,6 @@ def contract_case() -> ContractCase:
             "auth_url": f"{url}/oauth/token",
             "client_id": RELTIO_CLIENT,
             "client_secret": CONTRACT_SECRET,
-            "timeout": 5,
-            "retry": FAST_RETRY,
         },
         target=lambda url: {"entity": "entities/{RELTIO_ID}", "poll_interval": CONTRACT_STEP},
         key_field="RELTIO_ID",

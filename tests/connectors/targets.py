@@ -83,6 +83,8 @@ class Harness:
 
 
 Factory = Callable[[], contextlib.AbstractAsyncContextManager[Harness]]
+QUICK = {"timeout": 5, "retry": {"max_attempts": 2, "base_delay": 0.001, "max_delay": 0.005}}
+"""Connection settings that keep the suite fast against emulators that answer at once."""
 
 
 def _factory(info: ConnectorInfo, make: Callable[[], ContractCase]) -> Factory:
@@ -92,7 +94,7 @@ def _factory(info: ConnectorInfo, make: Callable[[], ContractCase]) -> Factory:
         case = make()
         with serve(case.emulator.app) as running:
             connection = info.connection_settings.model_validate(
-                {"type": info.name, **case.connection(running.url)}
+                {"type": info.name, **QUICK, **case.connection(running.url)}
             )
             settings = info.target_settings.model_validate(case.target(running.url))
             target = info.build_target(info.name, connection, settings)
