@@ -126,7 +126,8 @@ class Emulator:
 
     knobs: Knobs | None = None
     issues_tokens = False
-    """It hands out tokens that `/_admin/expire_tokens` can take back (`expire_tokens`)."""
+    """It hands out tokens, kept in `_tokens` (token -> what the emulator notes about it),
+    that `/_admin/expire_tokens` takes back and `reset` forgets."""
     seed_usage = "send a JSON object"
     """What `/_admin/seed` expects, for the 400 a malformed body gets."""
 
@@ -135,6 +136,7 @@ class Emulator:
         self.log = RequestLog()
         self._lock = threading.RLock()
         self._app: ASGIApp | None = None
+        self._tokens: dict[str, Any] = {}
 
     # -- what each emulator writes ---------------------------------------------------
 
@@ -152,7 +154,10 @@ class Emulator:
 
     def expire_tokens(self) -> int:
         """Every token issued stops working; answers how many there were."""
-        raise NotImplementedError
+        with self._lock:
+            count = len(self._tokens)
+            self._tokens.clear()
+            return count
 
     def is_mutating(self, method: str, path: str) -> bool:
         """Which vendor calls change data, so tests can count them (reads may be POSTs)."""
@@ -166,6 +171,7 @@ class Emulator:
 
     def reset(self) -> None:
         with self._lock:
+            self._tokens.clear()
             self.clear()
         self.log.clear()
 

@@ -229,6 +229,7 @@ class AdtEmulator(SteppedEmulator):
     """In-memory models, twins, relationships and delete jobs, safe across threads."""
 
     issues_tokens = True
+    _tokens: dict[str, datetime]
     seed_usage = 'send {"models": [], "twins": [], ...}'
 
     def __init__(
@@ -255,7 +256,6 @@ class AdtEmulator(SteppedEmulator):
         self._twins: dict[str, _Twin] = {}
         self._relationships: dict[tuple[str, str], _Relationship] = {}
         self._jobs: dict[str, _DeleteJob] = {}
-        self._issued: dict[str, datetime] = {}
         self._deleted = _Deleted()
         self._fail_next_job = False
 
@@ -348,18 +348,11 @@ class AdtEmulator(SteppedEmulator):
         with self._lock:
             self._fail_next_job = True
 
-    def expire_tokens(self) -> int:
-        with self._lock:
-            count = len(self._issued)
-            self._issued.clear()
-            return count
-
     def clear(self) -> None:
         self._models.clear()
         self._twins.clear()
         self._relationships.clear()
         self._jobs.clear()
-        self._issued.clear()
         self._deleted = _Deleted()
         self._fail_next_job = False
         self._offset = 0.0
@@ -443,7 +436,7 @@ class AdtEmulator(SteppedEmulator):
         if token in self.tokens:
             return True
         with self._lock:
-            expires = self._issued.get(token)
+            expires = self._tokens.get(token)
             return expires is not None and self.now() < expires
 
     def _base(self, request: Request) -> str:
@@ -537,7 +530,7 @@ class AdtEmulator(SteppedEmulator):
             )
         token = secrets.token_urlsafe(32)
         with self._lock:
-            self._issued[token] = self.now() + timedelta(seconds=self.token_lifetime)
+            self._tokens[token] = self.now() + timedelta(seconds=self.token_lifetime)
         return JSONResponse(
             {"token_type": "Bearer", "expires_in": self.token_lifetime, "access_token": token}
         )

@@ -239,7 +239,6 @@ class MongooseEmulator(Emulator):
         self.knobs = Knobs()
         self._rows: dict[str, list[dict[str, Any]]] = {}
         self._props: dict[str, set[str]] = {}
-        self._tokens: set[str] = set()
         self._deleted: list[DeletedRow] = []
         self._attempts: Counter[str] = Counter()
         self._last_dt = datetime.min
@@ -289,16 +288,9 @@ class MongooseEmulator(Emulator):
                     touched.append(self._public(ido, row))
         return touched
 
-    def expire_tokens(self) -> int:
-        with self._lock:
-            count = len(self._tokens)
-            self._tokens.clear()
-            return count
-
     def clear(self) -> None:
         self._rows.clear()
         self._props.clear()
-        self._tokens.clear()
         self._deleted.clear()
         self._attempts.clear()
 
@@ -380,7 +372,7 @@ class MongooseEmulator(Emulator):
     def _new_token(self) -> str:
         token = base64.b64encode(secrets.token_bytes(48)).decode("ascii")
         with self._lock:
-            self._tokens.add(token)
+            self._tokens[token] = None
         return token
 
     def _authorized(self, request: Request) -> bool:
@@ -393,41 +385,33 @@ class MongooseEmulator(Emulator):
         with self._lock:
             return bool(auth) and auth in self._tokens and not self.knobs.refuse_tokens
 
+    def _loaded(self, request: Request, props: str, documented: str) -> tuple[list[Any], bool]:
+        """LoadCollection in either version: the items in the row shape asked, and whether
+        more rows exist. `props` names the query parameter listing the properties."""
+        query = request.query_params
+        names, rows, more = self._select(
+            request.path_params["ido"], query.get(props, ""), query.get("filter", ""), query
+        )
+        return self._items(names, rows, documented), more
+
     async def _load(self, request: Request) -> Response:
         if not self._authorized(request):
             return _unauthorized()
-        ido = request.path_params["ido"]
-        query = request.query_params
         try:
-            props, rows, _ = self._select(
-                ido, query.get("props", ""), query.get("filter", ""), query
-            )
+            items, _ = self._loaded(request, "props", "arrays")
         except MongooseError as exc:
             return JSONResponse({"Items": None, "Message": exc.message, "MessageCode": exc.code})
-        items = self._items(props, rows, "arrays")
         return JSONResponse({"Items": items, "Message": None, "MessageCode": 0})
 
     async def _load_v2(self, request: Request) -> Response:
         if not self._authorized(request):
             return _unauthorized_v2()
-        ido = request.path_params["ido"]
-        query = request.query_params
         try:
-            props, rows, more = self._select(
-                ido, query.get("properties", ""), query.get("filter", ""), query
-            )
+            items, more = self._loaded(request, "properties", "objects")
         except MongooseError as exc:
             return _refused_v2(exc.message, Items=None, Bookmark=None, MoreRowsExist=False)
-        items = self._items(props, rows, "objects")
-        return JSONResponse(
-            {
-                "Items": items,
-                "Bookmark": None,
-                "MoreRowsExist": more,
-                "Success": True,
-                "Message": None,
-            }
-        )
+        answer = {"Items": items, "Bookmark": None, "MoreRowsExist": more}
+        return JSONResponse({**answer, "Success": True, "Message": None})
 
     def _items(
         self, props: Sequence[str], rows: Sequence[Mapping[str, Any]], documented: str

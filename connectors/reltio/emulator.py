@@ -247,6 +247,7 @@ class ReltioEmulator(SteppedEmulator):
 
     knobs: Knobs
     issues_tokens = True
+    _tokens: dict[str, _Token]
     seed_usage = 'send {"entities": [{...}, ...]}'
 
     def __init__(
@@ -269,7 +270,6 @@ class ReltioEmulator(SteppedEmulator):
         self._protected: set[str] = set()
         self._deleted: list[DeletedEntity] = []
         self._tasks: dict[str, Task] = {}
-        self._tokens: dict[str, _Token] = {}
         self._refresh: dict[str, str] = {}
 
     def is_mutating(self, method: str, path: str) -> bool:
@@ -430,17 +430,14 @@ class ReltioEmulator(SteppedEmulator):
 
     def expire_tokens(self) -> int:
         with self._lock:
-            count = len(self._tokens)
-            self._tokens.clear()
             self._refresh.clear()
-            return count
+            return super().expire_tokens()
 
     def clear(self) -> None:
         self._entities.clear()
         self._protected.clear()
         self._deleted.clear()
         self._tasks.clear()
-        self._tokens.clear()
         self._refresh.clear()
         self._offset = 0.0
 
