@@ -50,6 +50,8 @@ async def json_object(request: Request) -> dict[str, Any] | None:
 def _refused(exc: Exception) -> Response:
     if isinstance(exc, Unknown):
         return JSONResponse({"error": str(exc.args[0])}, status_code=404)
+    if isinstance(exc, KeyError):
+        return JSONResponse({"error": f"the body lacks {exc.args[0]!r}"}, status_code=400)
     return JSONResponse({"error": str(exc)}, status_code=400)
 
 
