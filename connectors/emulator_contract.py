@@ -27,8 +27,6 @@ LOST = "lost"
 NO_JOBS = {LOST: "deletes record by record, each call idempotent; it starts no job"}
 PATH_UNSAFE = ("..", ".", "%2e%2e")
 """Keys that would change the path of a request carrying the key in it."""
-SANDBOX_RETRY = {"max_attempts": 3, "base_delay": 0.05, "max_delay": 0.1}
-"""Backoff for a job target's connection in the sandbox, whose emulators answer at once."""
 
 
 @dataclass

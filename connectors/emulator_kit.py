@@ -319,6 +319,10 @@ def serve(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> Iterator[Runn
 AsyncHandler = Callable[[Request], Awaitable[Response]]
 
 
+SANDBOX_RETRY = {"max_attempts": 3, "base_delay": 0.05, "max_delay": 0.1}
+"""Backoff for a job target's connection in the sandbox, whose emulators answer at once."""
+
+
 @dataclass
 class SandboxEmulator:
     """A connector's emulator as the sandbox runs it (see `contract.SandboxSpec`).
@@ -330,9 +334,9 @@ class SandboxEmulator:
     The sandbox offers the demo and the end-to-end tests `<name>_url` (the emulator's
     root) and, by name, the `urls` (a path under the root, such as the API's base) and
     the `actions` (called with the root URL first: what a user of the system does).
-    `connection` is the entry the shipped config.yaml gives it (but its `type`), by that
-    config's name for it, pointed at the root URL it is given (end-to-end tests compose
-    configs from these).
+    `connection` is its entry in a config run against the sandbox (but its `type`), under
+    the name the shipped config.yaml gives it, pointed at the root URL it is given
+    (end-to-end tests compose configs from these).
     """
 
     title: str

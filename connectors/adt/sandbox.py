@@ -11,12 +11,11 @@ from connectors.emulator_contract import (
     KEYED,
     NO_JOBS,
     PATH_UNSAFE,
-    SANDBOX_RETRY,
     UNSAFE,
     ContractCase,
     ContractCases,
 )
-from connectors.emulator_kit import SandboxEmulator
+from connectors.emulator_kit import SANDBOX_RETRY, SandboxEmulator
 
 __all__ = ["ADT_TOKEN"]
 

@@ -10,11 +10,10 @@ from connectors.dmm.emulator import BASE_PATH, DEMO_OTP, DEMO_TOKEN, DmmEmulator
 from connectors.emulator_contract import (
     AMBIGUOUS,
     LOST,
-    SANDBOX_RETRY,
     ContractCase,
     ContractCases,
 )
-from connectors.emulator_kit import DEMO_PEOPLE, SandboxEmulator
+from connectors.emulator_kit import DEMO_PEOPLE, SANDBOX_RETRY, SandboxEmulator
 
 __all__ = ["DMM_BASE", "DMM_OTP", "DMM_TOKEN"]
 

@@ -7,11 +7,10 @@ from typing import Any
 from connectors.emulator_contract import (
     AMBIGUOUS,
     PATH_UNSAFE,
-    SANDBOX_RETRY,
     ContractCase,
     ContractCases,
 )
-from connectors.emulator_kit import DEMO_PEOPLE, SandboxEmulator
+from connectors.emulator_kit import DEMO_PEOPLE, SANDBOX_RETRY, SandboxEmulator
 from connectors.reltio.emulator import ReltioEmulator, demo_entities
 
 __all__ = ["RELTIO_CLIENT", "RELTIO_SECRET", "RELTIO_TENANT"]
