@@ -503,6 +503,9 @@ class SandboxSpec:
     port: int
     """Its default loopback port in the sandbox."""
     emulator: str
+    contract: str = ""
+    """"module:function" giving its targets' cases for the target contract suite
+    (`connectors.emulator_contract.ContractCases`); empty for a connector without targets."""
 
 
 @dataclass(frozen=True)
@@ -582,3 +585,47 @@ class Registry:
 
 registry = Registry()
 """The process-wide registry; each connector package registers itself on import."""
+
+
+@dataclass(frozen=True)
+class Side:
+    """A connector's source or target: the model validating its block in a pipeline,
+    and what builds it from (connection name, connection settings, that block)."""
+
+    settings: builtins.type[Any]
+    build: Callable[[str, Any, Any], Any]
+
+
+def register(
+    name: str,
+    connection: builtins.type[Any],
+    *,
+    target: Side | None = None,
+    source: Side | None = None,
+    sandbox_port: int | None = None,
+    task_source: bool = False,
+    capabilities: Capabilities = Capabilities(),
+) -> ConnectorInfo:
+    """Register connector `name`, as its package's `__init__` does when imported.
+
+    Its emulator, when it has a `sandbox_port`, is `connectors.<name>.sandbox:emulated`,
+    and its targets' contract cases `...:contract_cases` there: every package keeps them
+    in the same place, so the entry names only the port."""
+    sandbox = None
+    if sandbox_port is not None:
+        module = f"connectors.{name}.sandbox"
+        contract = f"{module}:contract_cases" if target else ""
+        sandbox = SandboxSpec(sandbox_port, f"{module}:emulated", contract)
+    info = ConnectorInfo(
+        name=name,
+        connection_settings=connection,
+        source_settings=source.settings if source else None,
+        target_settings=target.settings if target else None,
+        build_source=source.build if source else None,
+        build_target=target.build if target else None,
+        task_source=task_source,
+        capabilities=capabilities,
+        sandbox=sandbox,
+    )
+    registry.register(info)
+    return info

@@ -6,8 +6,10 @@ tests can break the API while still reading the emulator's ground truth.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import pkgutil
 import random
 import socket
 import threading
@@ -258,33 +260,6 @@ class Knobs(Protocol):
     def update(self, values: Mapping[str, Any]) -> None: ...
 
 
-def knob_routes(knobs: Knobs, reset: Callable[[], None]) -> list[BaseRoute]:
-    """`/_admin/settings` (GET, PUT: ValueError from `update` is a 400) and `/_admin/reset`."""
-
-    async def get_settings(request: Request) -> Response:
-        return JSONResponse(asdict(knobs))  # type: ignore[call-overload]
-
-    async def put_settings(request: Request) -> Response:
-        try:
-            body = await request.json()
-            if not isinstance(body, dict):
-                raise ValueError("send an object of settings")
-            knobs.update(body)
-        except ValueError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
-        return JSONResponse(asdict(knobs))  # type: ignore[call-overload]
-
-    async def do_reset(request: Request) -> Response:
-        reset()
-        return JSONResponse({"reset": True})
-
-    return [
-        Route(f"{ADMIN_PREFIX}/settings", get_settings, methods=["GET"]),
-        Route(f"{ADMIN_PREFIX}/settings", put_settings, methods=["PUT"]),
-        Route(f"{ADMIN_PREFIX}/reset", do_reset, methods=["POST"]),
-    ]
-
-
 def build_app(
     routes: Sequence[BaseRoute],
     faults: Faults,
@@ -344,6 +319,10 @@ def serve(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> Iterator[Runn
 AsyncHandler = Callable[[Request], Awaitable[Response]]
 
 
+SANDBOX_RETRY = {"max_attempts": 3, "base_delay": 0.05, "max_delay": 0.1}
+"""Backoff for a job target's connection in the sandbox, whose emulators answer at once."""
+
+
 @dataclass
 class SandboxEmulator:
     """A connector's emulator as the sandbox runs it (see `contract.SandboxSpec`).
@@ -351,13 +330,27 @@ class SandboxEmulator:
     `seed` is posted to its `/_admin/seed` route once it listens; `describe` gives
     the lines `syncengine sandbox` prints about it, from the URL it listens on;
     `emulator` is the emulator object itself, for tests that turn its knobs.
+
+    The sandbox offers the demo and the end-to-end tests `<name>_url` (the emulator's
+    root) and, by name, the `urls` (a path under the root, such as the API's base) and
+    the `actions` (called with the root URL first: what a user of the system does).
+    `connection` is its entry in a config run against the sandbox (but its `type`), under
+    the name the shipped config.yaml gives it, pointed at the root URL it is given
+    (end-to-end tests compose configs from these).
     """
 
     title: str
-    app: ASGIApp
     seed: Any
     emulator: Any
     describe: Callable[[str], list[str]]
+    urls: Mapping[str, str] = field(default_factory=dict)
+    actions: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
+    connection: tuple[str, Callable[[str], dict[str, Any]]] | None = None
+
+    @property
+    def app(self) -> ASGIApp:
+        app: ASGIApp = self.emulator.app
+        return app
 
 
 def apply_settings(
@@ -374,3 +367,21 @@ def apply_settings(
             raise ValueError(f"bad value for {name}: {value!r}")
     for name, value in values.items():
         setattr(settings, name, value)
+
+
+def run_alone(name: str, argv: Sequence[str] | None = None) -> None:
+    """`python -m connectors.<name>.emulator`: that connector's emulator alone, as the
+    sandbox runs it (its demo data, its port), in the foreground."""
+    from connectors import load_registry
+
+    spec = load_registry().get(name).sandbox
+    assert spec is not None, f"{name} has no emulator"
+    parser = argparse.ArgumentParser(description=f"The {name} emulator, as in the sandbox.")
+    parser.add_argument("--port", type=int, default=spec.port)
+    parser.add_argument("--step-seconds", type=float, default=0.5, help="how fast jobs advance")
+    parser.add_argument("--empty", action="store_true", help="do not seed the demo data")
+    args = parser.parse_args(argv)
+    made: SandboxEmulator = pkgutil.resolve_name(spec.emulator)(args.step_seconds)
+    if not args.empty:
+        made.emulator.seed_json(made.seed)
+    uvicorn.run(made.app, host="127.0.0.1", port=args.port, log_level="warning")

@@ -4,9 +4,9 @@ the secrets a connection holds and the value types several connectors use."""
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -17,6 +17,7 @@ from pydantic import (
     Field,
     GetCoreSchemaHandler,
     SecretStr,
+    ValidationInfo,
 )
 from pydantic_core import core_schema
 
@@ -154,3 +155,38 @@ class ConnectionBase(StrictModel):
             classify=classify,
             observer=observer,
         )
+
+
+C = TypeVar("C")
+
+
+def check_connection(
+    info: ValidationInfo, kind: type[C], problem: Callable[[C, str | None], str | None]
+) -> None:
+    """A target block's check that needs its connection's settings. The config loader
+    passes the connection and its name as validation context, so `syncengine check`
+    reports the problem at the block; without a context the target checks when built."""
+    context = info.context or {}
+    connection = context.get("connection")
+    if isinstance(connection, kind):
+        found = problem(connection, context.get("connection_name"))
+        if found:
+            raise ValueError(found)
+
+
+def id_list(
+    values: list[str],
+    what: str,
+    problem: Callable[[str], str | None],
+    normal: Callable[[str], str] = str,
+) -> list[str]:
+    """A list of remote ids (tasks, executions) each read as a stream of its own: each
+    stripped, checked by `problem`, written the one way `normal` gives; none twice."""
+    ids = [value.strip() for value in values]
+    for found in filter(None, map(problem, ids)):
+        raise ValueError(found)
+    ids = [normal(value) for value in ids]
+    twice = sorted({value for value in ids if ids.count(value) > 1})
+    if twice:
+        raise ValueError(f"{what} listed more than once: {', '.join(twice)}")
+    return ids

@@ -7,6 +7,8 @@ path can be followed from Goose to every target.
 
 from __future__ import annotations
 
+import functools
+import importlib
 import pkgutil
 import signal
 import socket
@@ -19,44 +21,14 @@ from typing import Any
 import httpx
 
 from connectors import load_registry
-from connectors.adt.sandbox import ADT_TOKEN
 from connectors.contract import SandboxSpec
-from connectors.dmm.emulator import BASE_PATH as DMM_BASE
-from connectors.dmm.emulator import DEMO_OTP as DMM_OTP
-from connectors.dmm.emulator import DEMO_TOKEN as DMM_TOKEN
 from connectors.emulator_kit import DEMO_EMPLOYEES, DEMO_PEOPLE, RunningServer, SandboxEmulator
-from connectors.goose.sandbox import GOOSE_CODE, GOOSE_ENGINE_KEY, GOOSE_USER_KEY
-from connectors.mongoose.sandbox import (
-    MONGOOSE_BASE,
-    MONGOOSE_CONFIG,
-    MONGOOSE_PASSWORD,
-    MONGOOSE_USER,
-)
-from connectors.reltio.sandbox import RELTIO_CLIENT, RELTIO_SECRET, RELTIO_TENANT
 
 HOST = "127.0.0.1"
 PEOPLE = list(DEMO_PEOPLE)
 EMPLOYEES = list(DEMO_EMPLOYEES)
 
-__all__ = [
-    "ADT_TOKEN",
-    "DMM_BASE",
-    "DMM_OTP",
-    "DMM_TOKEN",
-    "GOOSE_CODE",
-    "GOOSE_ENGINE_KEY",
-    "GOOSE_USER_KEY",
-    "MONGOOSE_BASE",
-    "MONGOOSE_CONFIG",
-    "MONGOOSE_PASSWORD",
-    "MONGOOSE_USER",
-    "RELTIO_CLIENT",
-    "RELTIO_SECRET",
-    "RELTIO_TENANT",
-    "Sandbox",
-    "SandboxError",
-    "default_ports",
-]
+__all__ = ["EMPLOYEES", "HOST", "PEOPLE", "Sandbox", "SandboxError", "default_ports"]
 
 
 def sandboxed() -> dict[str, SandboxSpec]:
@@ -65,6 +37,17 @@ def sandboxed() -> dict[str, SandboxSpec]:
     specs = {name: registry.get(name).sandbox for name in registry.names()}
     found = {name: spec for name, spec in specs.items() if spec is not None}
     return dict(sorted(found.items(), key=lambda item: item[1].port))
+
+
+def __getattr__(name: str) -> Any:
+    """A connector's published demo credentials (its sandbox module's `__all__`), by name:
+    the demo and the end-to-end tests import them from here, whichever connector
+    publishes them, so a new connector adds none here."""
+    for spec in sandboxed().values():
+        module = importlib.import_module(spec.emulator.partition(":")[0])
+        if name in getattr(module, "__all__", ()):
+            return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def default_ports() -> dict[str, int]:
@@ -128,29 +111,20 @@ class Sandbox:
     def url(self, name: str) -> str:
         return self.emulators[name].url
 
-    @property
-    def goose_url(self) -> str:
-        return self.url("goose")
-
-    @property
-    def mongoose_url(self) -> str:
-        return self.url("mongoose")
-
-    @property
-    def adt_url(self) -> str:
-        return self.url("adt")
-
-    @property
-    def reltio_url(self) -> str:
-        return self.url("reltio")
-
-    @property
-    def reltio_tenant_url(self) -> str:
-        return f"{self.reltio_url}/reltio/api/{RELTIO_TENANT}"
-
-    @property
-    def dmm_url(self) -> str:
-        return f"{self.url('dmm')}{DMM_BASE}"
+    def __getattr__(self, name: str) -> Any:
+        """`<connector>_url`, and what each emulator declares: its named `urls` and its
+        `actions`, the latter bound to its root URL (see `SandboxEmulator`)."""
+        emulators = self.__dict__.get("emulators", {})
+        for emu in emulators.values():
+            declared = emu.emulated
+            if name in declared.actions:
+                return functools.partial(declared.actions[name], emu.url)
+            if name in declared.urls:
+                return emu.url + declared.urls[name]
+        connector = name.removesuffix("_url")
+        if name.endswith("_url") and connector in emulators:
+            return self.url(connector)
+        raise AttributeError(f"{type(self).__name__!r} has no attribute {name!r}")
 
     def __enter__(self) -> Sandbox:
         for emu in self.emulators.values():
@@ -203,51 +177,9 @@ class Sandbox:
 
     # --- helpers the demo and tests use -------------------------------------
 
-    def delete_in_goose(self, table: str, ids: list[str], by_key: str | None = None) -> None:
-        with httpx.Client(timeout=10) as client:
-            client.post(
-                f"{self.goose_url}/_admin/delete",
-                json={"table": table, "ids": ids, "by_key": by_key},
-            ).raise_for_status()
-
     def admin_get(self, emulator: str, path: str) -> list[dict[str, Any]]:
         with httpx.Client(timeout=10) as client:
             response = client.get(f"{self.url(emulator)}{path}")
             response.raise_for_status()
             rows: list[dict[str, Any]] = response.json()
             return rows
-
-    def mongoose_rows(self, ido: str) -> list[dict[str, Any]]:
-        return self.admin_get("mongoose", f"/_admin/rows/{ido}")
-
-    def delete_in_crm(self, entity: str, attribute: str, keys: list[str]) -> str:
-        """An operator's own DMM delete execution, started through the DMM API as an
-        operator would; its tracker id is returned for `syncengine follow`."""
-        literals = ", ".join("'" + key.replace("'", "''") + "'" for key in keys)
-        body = {
-            "Type": "Delete",
-            "Configuration": {
-                "DestinationDBConnection": None,
-                "EntitiesToDelete": [
-                    {
-                        "OSEntityName": entity,
-                        "OSEntitySSKey": None,
-                        "ESpaceSsKey": None,
-                        "WhereClause": f"[{attribute}] IN ({literals})",
-                    }
-                ],
-                "ApplicationDeletionMode": False,
-                "ApplicationsToDelete": [],
-                "FilterTenants": False,
-                "TenantsList": [],
-                "IncludeProtectedApplications": False,
-            },
-        }
-        with httpx.Client(timeout=10) as client:
-            response = client.post(
-                f"{self.dmm_url}/StartExecution",
-                json=body,
-                headers={"X-DMM-Token": DMM_TOKEN, "X-DMM-Token-OTP": DMM_OTP},
-            )
-            response.raise_for_status()
-            return str(response.json()["MainExecutionTrackerId"])

@@ -16,7 +16,9 @@ from connectors.adt.settings import (
     check_purge_confirmation,
 )
 from connectors.adt.twins import AdtTwinsTarget
-from connectors.contract import Capabilities, ConnectorInfo, SandboxSpec, registry
+from connectors.contract import Capabilities, Side, register
+
+NO_CANCEL = "Azure Digital Twins delete jobs cannot be cancelled or deleted once started"
 
 
 def build_target(
@@ -31,18 +33,12 @@ def build_target(
     return AdtTwinsTarget(name, connection, block)
 
 
-registry.register(
-    ConnectorInfo(
-        name="adt",
-        connection_settings=AdtConnection,
-        target_settings=AdtTargetSettings,
-        build_target=build_target,
-        sandbox=SandboxSpec(8704, "connectors.adt.sandbox:emulated"),
-        capabilities=Capabilities(
-            preview=True,
-            no_cancel="Azure Digital Twins delete jobs cannot be cancelled or deleted once started",
-        ),
-    )
+register(
+    "adt",
+    AdtConnection,
+    target=Side(AdtTargetSettings, build_target),
+    sandbox_port=8704,
+    capabilities=Capabilities(preview=True, no_cancel=NO_CANCEL),
 )
 
 __all__ = [

@@ -44,11 +44,9 @@ Ground truth and admin routes are never faulted:
 
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
 import secrets
-import threading
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -59,9 +57,9 @@ from urllib.parse import parse_qs, quote, urlencode
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp
 
-from connectors.emulator_kit import ADMIN_PREFIX, Faults, RequestLog, build_app
+from connectors.emulator_admin import SteppedEmulator, admin_call, admin_get, settled
+from connectors.emulator_kit import Faults, run_alone
 
 API_VERSION = "2023-10-31"
 TWIN_API_VERSIONS = ("2020-10-31", "2022-05-31", API_VERSION)
@@ -227,8 +225,12 @@ def _twin_not_found(twin_id: str) -> _Refused:
     )
 
 
-class AdtEmulator:
+class AdtEmulator(SteppedEmulator):
     """In-memory models, twins, relationships and delete jobs, safe across threads."""
+
+    issues_tokens = True
+    _tokens: dict[str, datetime]
+    seed_usage = 'send {"models": [], "twins": [], ...}'
 
     def __init__(
         self,
@@ -248,33 +250,23 @@ class AdtEmulator:
         self.step_seconds = step_seconds
         self.page_size = page_size
         self.token_lifetime = token_lifetime
-        self.faults = faults or Faults()
-        self.log = RequestLog()
+        super().__init__(faults)
         self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
-        self._offset = timedelta()
-        self._lock = threading.RLock()
         self._models: dict[str, dict[str, Any]] = {}
         self._twins: dict[str, _Twin] = {}
         self._relationships: dict[tuple[str, str], _Relationship] = {}
         self._jobs: dict[str, _DeleteJob] = {}
-        self._issued: dict[str, datetime] = {}
         self._deleted = _Deleted()
         self._fail_next_job = False
-        self._app = build_app(
-            self._vendor_routes() + self._admin_routes(),
-            self.faults,
-            self.log,
-            is_mutating=lambda method, path: (
-                method == "DELETE" or (method == "POST" and path == "/jobs/deletions")
-            ),
-        )
 
-    @property
-    def app(self) -> ASGIApp:
-        return self._app
+    def is_mutating(self, method: str, path: str) -> bool:
+        return method == "DELETE" or (method == "POST" and path == "/jobs/deletions")
 
     def now(self) -> datetime:
-        return self.clock() + self._offset
+        return self.clock() + timedelta(seconds=self._offset)
+
+    def now_json(self) -> str:
+        return _stamp(self.now())
 
     # -- ground truth and admin helpers (also served under /_admin) -------------------
 
@@ -324,69 +316,46 @@ class AdtEmulator:
                 counts["relationships"] += 1
         return counts
 
+    @settled
     def models(self) -> list[str]:
-        with self._lock:
-            self._advance()
-            return list(self._models)
+        return list(self._models)
 
+    @settled
     def twins(self) -> list[dict[str, Any]]:
-        with self._lock:
-            self._advance()
-            return [t.json() for t in self._twins.values()]
+        return [t.json() for t in self._twins.values()]
 
+    @settled
     def twin_ids(self) -> set[str]:
-        with self._lock:
-            self._advance()
-            return set(self._twins)
+        return set(self._twins)
 
+    @settled
     def relationships(self) -> list[dict[str, Any]]:
-        with self._lock:
-            self._advance()
-            return [r.plain() for r in self._relationships.values()]
+        return [r.plain() for r in self._relationships.values()]
 
+    @settled
     def jobs(self) -> list[dict[str, Any]]:
-        with self._lock:
-            self._advance()
-            return [
-                {**j.json(), "timeoutInMinutes": j.timeout_in_minutes} for j in self._jobs.values()
-            ]
+        return [{**j.json(), "timeoutInMinutes": j.timeout_in_minutes} for j in self._jobs.values()]
 
+    @settled
     def deleted(self) -> dict[str, list[dict[str, Any]]]:
-        with self._lock:
-            self._advance()
-            return {
-                "twins": [dict(d) for d in self._deleted.twins],
-                "relationships": [dict(d) for d in self._deleted.relationships],
-                "purges": [dict(d) for d in self._deleted.purges],
-            }
-
-    def step(self, seconds: float) -> None:
-        """Move the clock forward; jobs advance as if that time had passed."""
-        with self._lock:
-            self._offset += timedelta(seconds=seconds)
-            self._advance()
+        return {
+            "twins": [dict(d) for d in self._deleted.twins],
+            "relationships": [dict(d) for d in self._deleted.relationships],
+            "purges": [dict(d) for d in self._deleted.purges],
+        }
 
     def fail_next_job(self) -> None:
         with self._lock:
             self._fail_next_job = True
 
-    def expire_tokens(self) -> int:
-        with self._lock:
-            count = len(self._issued)
-            self._issued.clear()
-            return count
-
-    def reset(self) -> None:
-        with self._lock:
-            self._models.clear()
-            self._twins.clear()
-            self._relationships.clear()
-            self._jobs.clear()
-            self._issued.clear()
-            self._deleted = _Deleted()
-            self._fail_next_job = False
-            self._offset = timedelta()
-        self.log.clear()
+    def clear(self) -> None:
+        self._models.clear()
+        self._twins.clear()
+        self._relationships.clear()
+        self._jobs.clear()
+        self._deleted = _Deleted()
+        self._fail_next_job = False
+        self._offset = 0.0
 
     # -- job lifecycle ----------------------------------------------------------------
 
@@ -467,7 +436,7 @@ class AdtEmulator:
         if token in self.tokens:
             return True
         with self._lock:
-            expires = self._issued.get(token)
+            expires = self._tokens.get(token)
             return expires is not None and self.now() < expires
 
     def _base(self, request: Request) -> str:
@@ -497,6 +466,9 @@ class AdtEmulator:
         return JSONResponse(body)
 
     # -- vendor routes ----------------------------------------------------------------
+
+    def routes(self) -> list[BaseRoute]:
+        return self._vendor_routes() + self._admin_routes()
 
     def _vendor_routes(self) -> list[BaseRoute]:
         jobs = (API_VERSION,)
@@ -558,7 +530,7 @@ class AdtEmulator:
             )
         token = secrets.token_urlsafe(32)
         with self._lock:
-            self._issued[token] = self.now() + timedelta(seconds=self.token_lifetime)
+            self._tokens[token] = self.now() + timedelta(seconds=self.token_lifetime)
         return JSONResponse(
             {"token_type": "Bearer", "expires_in": self.token_lifetime, "access_token": token}
         )
@@ -690,61 +662,24 @@ class AdtEmulator:
     # -- admin routes -----------------------------------------------------------------
 
     def _admin_routes(self) -> list[BaseRoute]:
-        async def seed(request: Request) -> Response:
-            body = await request.json()
-            if not isinstance(body, dict):
-                return JSONResponse({"error": 'send {"models": [], "twins": [], ...}'}, 400)
-            try:
-                return JSONResponse(self.seed(body))
-            except (ValueError, AttributeError, TypeError) as exc:
-                return JSONResponse({"error": str(exc)}, 400)
-
-        async def models(request: Request) -> Response:
-            return JSONResponse(self.models())
-
-        async def twins(request: Request) -> Response:
-            return JSONResponse(self.twins())
-
-        async def relationships(request: Request) -> Response:
-            return JSONResponse(self.relationships())
-
-        async def jobs(request: Request) -> Response:
-            return JSONResponse(self.jobs())
-
-        async def deleted(request: Request) -> Response:
-            return JSONResponse(self.deleted())
-
-        async def step(request: Request) -> Response:
-            body = await request.json()
-            seconds = body.get("seconds") if isinstance(body, dict) else None
-            if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds < 0:
-                return JSONResponse({"error": 'send {"seconds": <non-negative number>}'}, 400)
-            self.step(float(seconds))
-            return JSONResponse({"now": _stamp(self.now())})
-
-        async def fail_next_job(request: Request) -> Response:
-            self.fail_next_job()
-            return JSONResponse({"fail_next_job": True})
-
-        async def expire(request: Request) -> Response:
-            return JSONResponse({"expired": self.expire_tokens()})
-
-        async def reset(request: Request) -> Response:
-            self.reset()
-            return JSONResponse({"reset": True})
-
         return [
-            Route(f"{ADMIN_PREFIX}/seed", seed, methods=["POST"]),
-            Route(f"{ADMIN_PREFIX}/models", models, methods=["GET"]),
-            Route(f"{ADMIN_PREFIX}/twins", twins, methods=["GET"]),
-            Route(f"{ADMIN_PREFIX}/relationships", relationships, methods=["GET"]),
-            Route(f"{ADMIN_PREFIX}/jobs", jobs, methods=["GET"]),
-            Route(f"{ADMIN_PREFIX}/deleted", deleted, methods=["GET"]),
-            Route(f"{ADMIN_PREFIX}/step", step, methods=["POST"]),
-            Route(f"{ADMIN_PREFIX}/fail_next_job", fail_next_job, methods=["POST"]),
-            Route(f"{ADMIN_PREFIX}/expire_tokens", expire, methods=["POST"]),
-            Route(f"{ADMIN_PREFIX}/reset", reset, methods=["POST"]),
+            admin_get("models", lambda _: self.models()),
+            admin_get("twins", lambda _: self.twins()),
+            admin_get("relationships", lambda _: self.relationships()),
+            admin_get("jobs", lambda _: self.jobs()),
+            admin_get("deleted", lambda _: self.deleted()),
+            admin_call("fail_next_job", self._fail_next_job_json),
         ]
+
+    def seed_json(self, body: dict[str, Any]) -> Any:
+        try:
+            return self.seed(body)
+        except AttributeError as exc:
+            raise ValueError(str(exc)) from exc
+
+    def _fail_next_job_json(self) -> dict[str, bool]:
+        self.fail_next_job()
+        return {"fail_next_job": True}
 
 
 def _check_if_match(request: Request, etag: str) -> None:
@@ -753,20 +688,5 @@ def _check_if_match(request: Request, etag: str) -> None:
         raise _Refused(412, "PreconditionFailed", "The If-Match etag does not match.")
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m connectors.adt.emulator`: the sandbox instance with the demo graph."""
-    import uvicorn
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--port", type=int, default=8704)
-    parser.add_argument("--step-seconds", type=float, default=0.5)
-    parser.add_argument("--empty", action="store_true", help="do not seed the demo graph")
-    args = parser.parse_args(argv)
-    emulator = AdtEmulator(step_seconds=args.step_seconds)
-    if not args.empty:
-        emulator.seed(demo_graph())
-    uvicorn.run(emulator.app, host="127.0.0.1", port=args.port, log_level="warning")
-
-
 if __name__ == "__main__":
-    main()
+    run_alone("adt")

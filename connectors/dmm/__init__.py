@@ -3,7 +3,7 @@ reading which records such executions deleted."""
 
 from __future__ import annotations
 
-from connectors.contract import Capabilities, ConnectorInfo, SandboxSpec, registry
+from connectors.contract import Capabilities, Side, register
 from connectors.dmm.settings import (
     DmmConnection,
     DmmPaths,
@@ -28,18 +28,14 @@ def build_source(
     return DmmOutputsSource(name, connection, settings)
 
 
-registry.register(
-    ConnectorInfo(
-        name="dmm",
-        connection_settings=DmmConnection,
-        source_settings=DmmSourceSettings,
-        target_settings=DmmTargetSettings,
-        build_source=build_source,
-        build_target=build_target,
-        task_source=True,
-        sandbox=SandboxSpec(8705, "connectors.dmm.sandbox:emulated"),
-        capabilities=Capabilities(preview=True, cancel=True),
-    )
+register(
+    "dmm",
+    DmmConnection,
+    source=Side(DmmSourceSettings, build_source),
+    target=Side(DmmTargetSettings, build_target),
+    sandbox_port=8705,
+    task_source=True,
+    capabilities=Capabilities(preview=True, cancel=True),
 )
 
 __all__ = [

@@ -74,38 +74,36 @@ faulted:
 
 from __future__ import annotations
 
-import argparse
 import base64
 import copy
 import io
 import json
 import math
 import re
-import threading
 import time
 import unicodedata
 import zipfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp
 
 from connectors.dmm.logs import format_deleted, format_failed, format_line
 from connectors.dmm.where import Key, SqlError, compile_where
-from connectors.emulator_kit import (
-    ADMIN_PREFIX,
-    DEMO_PEOPLE,
-    Faults,
-    RequestLog,
-    apply_settings,
-    build_app,
-    knob_routes,
+from connectors.emulator_admin import (
+    SteppedEmulator,
+    Unknown,
+    admin_get,
+    admin_post,
+    dicts,
+    json_object,
+    settled,
 )
+from connectors.emulator_kit import DEMO_PEOPLE, Faults, apply_settings, run_alone
 
 BASE_PATH = "/DMM_API/rest/DMMAPI"
 RUNTIME_CONNECTION = "Runtime Connection"
@@ -259,12 +257,15 @@ class DeletedRow:
     at: str
 
 
-class DmmEmulator:
+class DmmEmulator(SteppedEmulator):
     """An environment's entities and DMM delete executions behind DMM's routes.
 
     `clock` gives seconds since the epoch; `step()` moves it forward, so tests
     walk an execution through its states without sleeping.
     """
+
+    knobs: Knobs
+    seed_usage = 'send {"<Entity>": {"key": .., "rows": []}}'
 
     def __init__(
         self,
@@ -282,32 +283,25 @@ class DmmEmulator:
         self.otps = set(otps)
         self.connections = {RUNTIME_CONNECTION, *connections}
         self.base_path = base_path.rstrip("/")
+        super().__init__(faults)
         self.knobs = Knobs(step_seconds=step_seconds, chunk_size=chunk_size)
-        self.faults = faults or Faults()
-        self.log = RequestLog()
         self.clock = clock
-        self._offset = 0.0
-        self._lock = threading.Lock()
         self._tables: dict[str, Table] = {}
         self._protected: set[tuple[str, Key]] = set()
         self._deleted: list[DeletedRow] = []
         self._executions: dict[int, Execution] = {}
         self._used_otps: set[str] = set()
         self._next_id = 1
-        mutating = (f"{self.base_path}/StartExecution", f"{self.base_path}/StopExecution")
-        self._app: ASGIApp = build_app(
-            self._vendor_routes() + self._admin_routes(),
-            self.faults,
-            self.log,
-            is_mutating=lambda method, path: method == "POST" and path.rstrip("/") in mutating,
-        )
 
-    @property
-    def app(self) -> ASGIApp:
-        return self._app
+    def is_mutating(self, method: str, path: str) -> bool:
+        mutating = (f"{self.base_path}/StartExecution", f"{self.base_path}/StopExecution")
+        return method == "POST" and path.rstrip("/") in mutating
 
     def now(self) -> float:
         return self.clock() + self._offset
+
+    def now_json(self) -> float:
+        return self.now()
 
     # -- ground truth and admin helpers (also served under /_admin) ----------------------
 
@@ -396,37 +390,26 @@ class DmmEmulator:
                 raise ValueError(ALREADY_RUNNING)
             return self._create(body, entities, started_by="operator").id
 
+    @settled
     def rows(self, entity: str) -> list[dict[str, Any]]:
-        with self._lock:
-            self._advance()
-            return [dict(r) for r in self._tables[entity].rows.values()]
+        return [dict(r) for r in self._tables[entity].rows.values()]
 
+    @settled
     def deleted(self) -> list[DeletedRow]:
-        with self._lock:
-            self._advance()
-            return list(self._deleted)
+        return list(self._deleted)
 
+    @settled
     def executions(self) -> list[dict[str, Any]]:
-        with self._lock:
-            self._advance()
-            return [self._execution_json(e) for e in self._executions.values()]
+        return [self._execution_json(e) for e in self._executions.values()]
 
-    def step(self, seconds: float) -> float:
-        with self._lock:
-            self._offset += seconds
-            self._advance()
-            return self.now()
-
-    def reset(self) -> None:
-        with self._lock:
-            self._tables.clear()
-            self._protected.clear()
-            self._deleted.clear()
-            self._executions.clear()
-            self._used_otps.clear()
-            self._next_id = 1
-            self._offset = 0.0
-        self.log.clear()
+    def clear(self) -> None:
+        self._tables.clear()
+        self._protected.clear()
+        self._deleted.clear()
+        self._executions.clear()
+        self._used_otps.clear()
+        self._next_id = 1
+        self._offset = 0.0
 
     # -- execution lifecycle (callers hold the lock) ------------------------------------------
 
@@ -650,9 +633,10 @@ class DmmEmulator:
 
     # -- vendor routes ------------------------------------------------------------------------
 
-    def _vendor_routes(self) -> list[BaseRoute]:
+    def routes(self) -> list[BaseRoute]:
         base = self.base_path
         return [
+            *self._admin_routes(),
             Route(f"{base}/StartExecution", self._start_execution, methods=["POST"]),
             Route(f"{base}/StopExecution", self._stop_execution, methods=["POST"]),
             Route(f"{base}/GetExecutionStatus", self._get_status, methods=["POST"]),
@@ -677,7 +661,7 @@ class DmmEmulator:
         otp, refused = self._authorize(request, start=True)
         if refused is not None:
             return refused
-        body = await _json_object(request)
+        body = await json_object(request)
         if body is None:
             return _unparsable()
         kind = body.get("Type")
@@ -748,183 +732,147 @@ class DmmEmulator:
             return int(value)
         return None
 
-    async def _asked(self, request: Request) -> dict[str, Any] | Response:
-        """The JSON body of an authorized call about an execution, or the refusal."""
+    async def _about_execution(
+        self,
+        request: Request,
+        answer: Callable[[dict[str, Any], Execution | None], Response],
+    ) -> Response:
+        """An authorized call naming an execution by tracker id: `answer` gets its body and
+        the execution (None when unknown) under the lock, the clock's due work done."""
         _, refused = self._authorize(request, start=False)
         if refused is not None:
             return refused
-        body = await _json_object(request)
-        return _unparsable() if body is None else body
-
-    async def _stop_execution(self, request: Request) -> Response:
-        asked = await self._asked(request)
-        if isinstance(asked, Response):
-            return asked
-        body = asked
+        body = await json_object(request)
+        if body is None:
+            return _unparsable()
         tracker = self._tracker(body)
         with self._lock:
             self._advance()
-            execution = self._executions.get(tracker) if tracker is not None else None
-            if execution is None:
-                return _failure(f"Execution not found: {body.get('MainExecutionTrackerId')!r}")
-            if execution.ended is not None:
-                return _failure(f"The execution is not running (status {execution.status})")
-            self._stop(execution)
+            return answer(body, self._executions.get(tracker) if tracker is not None else None)
+
+    async def _stop_execution(self, request: Request) -> Response:
+        return await self._about_execution(request, self._stop_answer)
+
+    def _stop_answer(self, body: dict[str, Any], execution: Execution | None) -> Response:
+        if execution is None:
+            return _failure(f"Execution not found: {body.get('MainExecutionTrackerId')!r}")
+        if execution.ended is not None:
+            return _failure(f"The execution is not running (status {execution.status})")
+        self._stop(execution)
         return JSONResponse({"Success": True, "ErrorMessage": ""})
 
     async def _get_status(self, request: Request) -> Response:
-        asked = await self._asked(request)
-        if isinstance(asked, Response):
-            return asked
-        body = asked
+        return await self._about_execution(request, self._status_answer)
+
+    def _status_answer(self, body: dict[str, Any], execution: Execution | None) -> Response:
         records, page = body.get("LogRecords", 10), body.get("LogPage", 1)
         if not _integer(records) or records < 1 or not _integer(page) or page < 1:
             return _failure("LogRecords and LogPage must be integers of at least 1")
-        tracker = self._tracker(body)
-        with self._lock:
-            self._advance()
-            execution = self._executions.get(tracker) if tracker is not None else None
-            if execution is None:
-                return _not_found()
-            answer: dict[str, Any] = {
-                "Status": execution.status,
-                "Result": "ERROR" if execution.status == "InError" else "OK",
-                "Success": True,
-                "ErrorMessage": execution.error,
-                "Logs": "",
-                "LogNumPages": math.ceil(len(execution.log) / records),
-            }
-            if body.get("IncludeLogs") is True:
-                lines = execution.log[(page - 1) * records : page * records]
-                answer["Logs"] = _b64("".join(line + "\n" for line in lines).encode())
-                if self.knobs.corrupt_logs and lines:
-                    answer["Logs"] = "%" + answer["Logs"][1:]
-            if body.get("IncludeReports") is True:
-                answer["Report"] = self._status_report(execution)
+        if execution is None:
+            return _not_found()
+        answer: dict[str, Any] = {
+            "Status": execution.status,
+            "Result": "ERROR" if execution.status == "InError" else "OK",
+            "Success": True,
+            "ErrorMessage": execution.error,
+            "Logs": "",
+            "LogNumPages": math.ceil(len(execution.log) / records),
+        }
+        if body.get("IncludeLogs") is True:
+            lines = execution.log[(page - 1) * records : page * records]
+            answer["Logs"] = _b64("".join(line + "\n" for line in lines).encode())
+            if self.knobs.corrupt_logs and lines:
+                answer["Logs"] = "%" + answer["Logs"][1:]
+        if body.get("IncludeReports") is True:
+            answer["Report"] = self._status_report(execution)
         return JSONResponse(answer)
 
     async def _get_outputs(self, request: Request) -> Response:
-        asked = await self._asked(request)
-        if isinstance(asked, Response):
-            return asked
-        body = asked
-        tracker = self._tracker(body)
-        with self._lock:
-            self._advance()
-            execution = self._executions.get(tracker) if tracker is not None else None
-            if execution is None:
-                return _not_found()
-            status = execution.status
-            result = "ERROR" if status == "InError" else "OK"
-            if execution.ended is None:
-                return JSONResponse(
-                    {
-                        "Status": status,
-                        "Result": result,
-                        "Success": False,
-                        "ErrorMessage": f"The execution has not finished yet (status {status}); "
-                        "outputs exist once it is Complete or InError",
-                    }
-                )
-            answer: dict[str, Any] = {
-                "Status": status,
-                "Result": result,
-                "Success": True,
-                "ErrorMessage": execution.error,
-                "Logs": None,
-                "ZipFile": None,
-                "Report": None,
-                "ErrorReport": None,
-            }
-            if body.get("IncludeLogs") is True:
-                data = self._log_zip(execution)
-                answer["Logs"] = _b64(data[: len(data) // 2] if self.knobs.corrupt_logs else data)
-            if body.get("IncludeReports") is True:
-                answer["Report"] = self._outputs_report(execution)
-            errors = self._error_report(execution)
-            if body.get("IncludeErrorReport") is True and errors:
-                answer["ErrorReport"] = _b64(json.dumps(errors).encode())
+        return await self._about_execution(request, self._outputs_answer)
+
+    def _outputs_answer(self, body: dict[str, Any], execution: Execution | None) -> Response:
+        if execution is None:
+            return _not_found()
+        status = execution.status
+        result = "ERROR" if status == "InError" else "OK"
+        if execution.ended is None:
+            return JSONResponse(
+                {
+                    "Status": status,
+                    "Result": result,
+                    "Success": False,
+                    "ErrorMessage": f"The execution has not finished yet (status {status}); "
+                    "outputs exist once it is Complete or InError",
+                }
+            )
+        answer: dict[str, Any] = {
+            "Status": status,
+            "Result": result,
+            "Success": True,
+            "ErrorMessage": execution.error,
+            "Logs": None,
+            "ZipFile": None,
+            "Report": None,
+            "ErrorReport": None,
+        }
+        if body.get("IncludeLogs") is True:
+            data = self._log_zip(execution)
+            answer["Logs"] = _b64(data[: len(data) // 2] if self.knobs.corrupt_logs else data)
+        if body.get("IncludeReports") is True:
+            answer["Report"] = self._outputs_report(execution)
+        errors = self._error_report(execution)
+        if body.get("IncludeErrorReport") is True and errors:
+            answer["ErrorReport"] = _b64(json.dumps(errors).encode())
         return JSONResponse(answer)
 
     # -- admin routes -------------------------------------------------------------------------
 
     def _admin_routes(self) -> list[BaseRoute]:
-        async def seed(request: Request) -> Response:
-            body = await _json_object(request)
-            if body is None:
-                return JSONResponse({"error": 'send {"<Entity>": {"key": .., "rows": []}}'}, 400)
-            try:
-                return JSONResponse(self.seed(body))
-            except ValueError as exc:
-                return JSONResponse({"error": str(exc)}, 400)
-
-        async def protect(request: Request) -> Response:
-            body = await _json_object(request) or {}
-            entity, keys = body.get("entity"), body.get("keys")
-            if not isinstance(entity, str) or not isinstance(keys, list):
-                return JSONResponse({"error": 'send {"entity": "..", "keys": [..]}'}, 400)
-            if not all(isinstance(k, int | str) and not isinstance(k, bool) for k in keys):
-                return JSONResponse({"error": "keys are text or integers"}, 400)
-            try:
-                return JSONResponse({"protected": self.protect(entity, keys)})
-            except KeyError:
-                return JSONResponse({"error": f"unknown entity {entity}"}, 404)
-
-        async def start_execution(request: Request) -> Response:
-            body = await _json_object(request) or {}
-            entity, where, destination = (
-                body.get("entity"),
-                body.get("where"),
-                body.get("destination"),
-            )
-            if (
-                not isinstance(entity, str)
-                or "where" not in body
-                or not isinstance(where, str | None)
-                or not isinstance(destination, str | None)
-            ):
-                return JSONResponse(
-                    {
-                        "error": 'send {"entity": "..", "where": ".." or null (null deletes '
-                        'every row), "destination": ".." (optional)}'
-                    },
-                    400,
-                )
-            try:
-                tracker = self.start_execution(entity, where, destination=destination)
-            except ValueError as exc:
-                return JSONResponse({"error": str(exc)}, 400)
-            return JSONResponse({"MainExecutionTrackerId": tracker})
-
-        async def rows(request: Request) -> Response:
-            try:
-                return JSONResponse(self.rows(request.path_params["entity"]))
-            except KeyError:
-                return JSONResponse({"error": "unknown entity"}, 404)
-
-        async def deleted(request: Request) -> Response:
-            return JSONResponse([asdict(d) for d in self.deleted()])
-
-        async def executions(request: Request) -> Response:
-            return JSONResponse(self.executions())
-
-        async def step(request: Request) -> Response:
-            body = await _json_object(request) or {}
-            seconds = body.get("seconds")
-            if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds < 0:
-                return JSONResponse({"error": 'send {"seconds": <number >= 0>}'}, 400)
-            return JSONResponse({"now": self.step(float(seconds))})
-
         return [
-            Route(f"{ADMIN_PREFIX}/seed", seed, methods=["POST"]),
-            Route(f"{ADMIN_PREFIX}/protect", protect, methods=["POST"]),
-            Route(f"{ADMIN_PREFIX}/start_execution", start_execution, methods=["POST"]),
-            Route(f"{ADMIN_PREFIX}/rows/{{entity}}", rows, methods=["GET"]),
-            Route(f"{ADMIN_PREFIX}/deleted", deleted, methods=["GET"]),
-            Route(f"{ADMIN_PREFIX}/executions", executions, methods=["GET"]),
-            Route(f"{ADMIN_PREFIX}/step", step, methods=["POST"]),
-            *knob_routes(self.knobs, self.reset),
+            admin_post("protect", self._protect_json, 'send {"entity": "..", "keys": [..]}'),
+            admin_post("start_execution", self._start_json, _START_USAGE),
+            admin_get("rows/{entity}", lambda params: self._known_rows(params["entity"])),
+            admin_get("deleted", lambda _: dicts(self.deleted())),
+            admin_get("executions", lambda _: self.executions()),
         ]
+
+    def seed_json(self, body: dict[str, Any]) -> Any:
+        return self.seed(body)
+
+    def _known_rows(self, entity: str) -> list[dict[str, Any]]:
+        try:
+            return self.rows(entity)
+        except KeyError:
+            raise Unknown("unknown entity") from None
+
+    def _protect_json(self, body: dict[str, Any]) -> Any:
+        entity, keys = body.get("entity"), body.get("keys")
+        if not isinstance(entity, str) or not isinstance(keys, list):
+            raise ValueError('send {"entity": "..", "keys": [..]}')
+        if not all(isinstance(k, int | str) and not isinstance(k, bool) for k in keys):
+            raise ValueError("keys are text or integers")
+        try:
+            return {"protected": self.protect(entity, keys)}
+        except KeyError:
+            raise Unknown(f"unknown entity {entity}") from None
+
+    def _start_json(self, body: dict[str, Any]) -> Any:
+        entity, where, destination = body.get("entity"), body.get("where"), body.get("destination")
+        if (
+            not isinstance(entity, str)
+            or "where" not in body
+            or not isinstance(where, str | None)
+            or not isinstance(destination, str | None)
+        ):
+            raise ValueError(_START_USAGE)
+        tracker = self.start_execution(entity, where, destination=destination)
+        return {"MainExecutionTrackerId": tracker}
+
+
+_START_USAGE = (
+    'send {"entity": "..", "where": ".." or null (null deletes every row), "destination": ".." '
+    "(optional)}"
+)
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -933,14 +881,6 @@ class DmmEmulator:
 def _same_key(given: Any, known: str | None) -> bool:
     """An SS key narrows the entity only when both sides have one."""
     return given in (None, "") or known is None or given == known
-
-
-async def _json_object(request: Request) -> dict[str, Any] | None:
-    try:
-        body = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return body if isinstance(body, dict) else None
 
 
 def _failure(message: str, status: int = 200) -> Response:
@@ -982,28 +922,5 @@ def _duration(seconds: float) -> str:
     return f"{whole // 3600:02d}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m connectors.dmm.emulator`: the sandbox server with the demo entities."""
-    import uvicorn
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--port", type=int, default=8705)
-    parser.add_argument("--token", default=DEMO_TOKEN, help="accepted X-DMM-Token")
-    parser.add_argument("--otp", default=DEMO_OTP, help="accepted X-DMM-Token-OTP")
-    parser.add_argument("--step-seconds", type=float, default=0.5)
-    parser.add_argument("--chunk-size", type=int, default=5)
-    parser.add_argument("--empty", action="store_true", help="do not seed the demo entities")
-    args = parser.parse_args(argv)
-    emulator = DmmEmulator(
-        tokens=[args.token],
-        otps=[args.otp],
-        step_seconds=args.step_seconds,
-        chunk_size=args.chunk_size,
-    )
-    if not args.empty:
-        emulator.seed(demo_entities())
-    uvicorn.run(emulator.app, host="127.0.0.1", port=args.port, log_level="warning")
-
-
 if __name__ == "__main__":
-    main()
+    run_alone("dmm")

@@ -14,7 +14,15 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from connectors.keys import KeyTemplate
-from connectors.settings import ConnectionBase, HttpUrl, KeyTemplateText, Seconds, StrictModel
+from connectors.settings import (
+    ConnectionBase,
+    HttpUrl,
+    KeyTemplateText,
+    Seconds,
+    StrictModel,
+    check_connection,
+    id_list,
+)
 from connectors.sql import Dialect
 
 URL_EXAMPLE = "https://myenv.outsystemsenterprise.com/DMM_API/rest/DMMAPI"
@@ -66,14 +74,19 @@ def _visible(value: str, what: str) -> str:
     return value
 
 
-def _connection_name(value: str | None) -> str | None:
-    """A DestinationDBConnection name; None is the Runtime Connection."""
+def _name(value: str | None, what: str, blank: str = "is blank") -> str | None:
+    """An optional OutSystems name: stripped, never blank, no control character."""
     if value is None:
         return None
     value = value.strip()
     if not value:
-        raise ValueError("is blank; leave it out to use the Runtime Connection")
-    return _visible(value, "connection name")
+        raise ValueError(blank)
+    return _visible(value, what)
+
+
+def _connection_name(value: str | None) -> str | None:
+    """A DestinationDBConnection name; None is the Runtime Connection."""
+    return _name(value, "connection name", "is blank; leave it out to use the Runtime Connection")
 
 
 class DmmPaths(StrictModel):
@@ -170,12 +183,7 @@ class EntityRef(StrictModel):
     @field_validator("name", "ss_key", "espace_ss_key")
     @classmethod
     def _names(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        value = value.strip()
-        if not value:
-            raise ValueError("is blank")
-        return _visible(value, "name")
+        return _name(value, "name")
 
 
 class DmmTargetSettings(StrictModel):
@@ -211,13 +219,7 @@ class DmmTargetSettings(StrictModel):
 
     @model_validator(mode="after")
     def _otp_given(self, info: ValidationInfo) -> DmmTargetSettings:
-        """The config loader passes the connection as context; without it the target checks."""
-        context = info.context or {}
-        connection = context.get("connection")
-        if isinstance(connection, DmmConnection):
-            problem = otp_problem(connection, context.get("connection_name"))
-            if problem:
-                raise ValueError(problem)
+        check_connection(info, DmmConnection, otp_problem)
         return self
 
     @field_validator("key_attribute")
@@ -272,16 +274,7 @@ class DmmSourceSettings(StrictModel):
     @field_validator("executions")
     @classmethod
     def _executions(cls, value: list[str]) -> list[str]:
-        value = [execution.strip() for execution in value]
-        for execution in value:
-            problem = execution_id_problem(execution)
-            if problem is not None:
-                raise ValueError(problem)
-        value = [normal_execution_id(execution) for execution in value]
-        twice = sorted({e for e in value if value.count(e) > 1})
-        if twice:
-            raise ValueError(f"executions listed more than once: {', '.join(twice)}")
-        return value
+        return id_list(value, "executions", execution_id_problem, normal_execution_id)
 
     @field_validator("destination")
     @classmethod

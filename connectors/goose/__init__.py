@@ -3,7 +3,7 @@ OPERATION service as a target deleting records by RECORD_ID."""
 
 from __future__ import annotations
 
-from connectors.contract import Capabilities, ConnectorInfo, SandboxSpec, registry
+from connectors.contract import Capabilities, Side, register
 from connectors.goose.settings import (
     GooseConnection,
     GooseSourceSettings,
@@ -13,17 +13,13 @@ from connectors.goose.settings import (
 from connectors.goose.source import GooseSource, build_source
 from connectors.goose.target import GooseDeleteTarget, build_target
 
-registry.register(
-    ConnectorInfo(
-        name="goose",
-        connection_settings=GooseConnection,
-        source_settings=GooseSourceSettings,
-        target_settings=GooseTargetSettings,
-        build_source=build_source,
-        build_target=build_target,
-        sandbox=SandboxSpec(8701, "connectors.goose.sandbox:emulated"),
-        capabilities=Capabilities(preview=True),
-    )
+register(
+    "goose",
+    GooseConnection,
+    source=Side(GooseSourceSettings, build_source),
+    target=Side(GooseTargetSettings, build_target),
+    sandbox_port=8701,
+    capabilities=Capabilities(preview=True),
 )
 
 __all__ = [

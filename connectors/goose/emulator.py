@@ -27,7 +27,6 @@ as given, to model a damaged row such as one without RECORD_ID.
 from __future__ import annotations
 
 import json
-import threading
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -37,10 +36,10 @@ from zoneinfo import ZoneInfo
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
-from starlette.types import ASGIApp
+from starlette.routing import BaseRoute, Route
 
-from connectors.emulator_kit import DEMO_PEOPLE, Faults, RequestLog, build_app
+from connectors.emulator_admin import Emulator, admin_get, admin_post
+from connectors.emulator_kit import DEMO_PEOPLE, Faults, run_alone
 from connectors.goose.settings import TIMESTAMP_FORMAT, parse_goose_time
 
 Clock = Callable[[], datetime]
@@ -106,13 +105,15 @@ def demo_data(
     return {"companies": {"DEV001": [engine_key, user_key]}, "tables": {"CON_TRO": contacts}}
 
 
-class GooseEmulator:
+class GooseEmulator(Emulator):
     """Goose's DELETED and OPERATION services over an in-memory, thread-safe state.
 
     The Python helpers (`seed`, `delete`, `deletions`, `records`, `drop_next`)
     mirror the `/_admin/...` endpoints, so in-process tests and the sandbox
     drive the same state.
     """
+
+    seed_usage = 'send {"companies": {"<code>": ["<key>", ...]}, "tables": {"<table>": [...]}}'
 
     def __init__(
         self,
@@ -131,32 +132,27 @@ class GooseEmulator:
             "codes_as_strings": codes_as_strings,
         }
         self._initial_clock: Clock = clock or _system_clock
-        self.faults = Faults()
-        self.log = RequestLog()
-        self._lock = threading.RLock()
-        self._app: ASGIApp | None = None
+        super().__init__()
         self.reset()
 
-    def reset(self) -> None:
+    def clear(self) -> None:
         """Back to the state just after construction: no data, the constructor's
-        knobs and clock, no faults, an empty request log."""
-        with self._lock:
-            self.rate_limit_per_second: int | None = self._initial["rate_limit_per_second"]
-            self.daily_limit: int | None = self._initial["daily_limit"]
-            allowed = self._initial["allowed_ips"]
-            self.allowed_ips: list[str] | None = None if allowed is None else list(allowed)
-            self.codes_as_strings: bool = self._initial["codes_as_strings"]
-            self.clock: Clock = self._initial_clock
-            self.clock_offset = timedelta()
-            self._keys: dict[str, str] = {}
-            self._tables: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
-            self._deleted: list[DeletedRecord] = []
-            self._latest: dict[tuple[str, str, str], int] = {}
-            self._calls: dict[str, deque[float]] = defaultdict(deque)
-            self._daily: dict[tuple[str, date], int] = defaultdict(int)
-            self._drop_next = 0
-            self.faults.update(asdict(Faults()))
-            self.log.clear()
+        knobs and clock, no faults (and, by `reset`, an empty request log)."""
+        self.rate_limit_per_second: int | None = self._initial["rate_limit_per_second"]
+        self.daily_limit: int | None = self._initial["daily_limit"]
+        allowed = self._initial["allowed_ips"]
+        self.allowed_ips: list[str] | None = None if allowed is None else list(allowed)
+        self.codes_as_strings: bool = self._initial["codes_as_strings"]
+        self.clock: Clock = self._initial_clock
+        self.clock_offset = timedelta()
+        self._keys: dict[str, str] = {}
+        self._tables: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+        self._deleted: list[DeletedRecord] = []
+        self._latest: dict[tuple[str, str, str], int] = {}
+        self._calls: dict[str, deque[float]] = defaultdict(deque)
+        self._daily: dict[tuple[str, date], int] = defaultdict(int)
+        self._drop_next = 0
+        self.faults.update(asdict(Faults()))
 
     def now(self) -> datetime:
         """The emulator's one source of time, always aware."""
@@ -446,101 +442,52 @@ class GooseEmulator:
 
     # --- admin (never faulted) ---------------------------------------------
 
-    @staticmethod
-    async def _admin_body(request: Request) -> dict[str, Any]:
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):
-            raise ValueError("the body must be a JSON object")
-        return body
+    def seed_json(self, body: dict[str, Any]) -> Any:
+        self.seed(body.get("companies", {}), body.get("tables", {}))
+        return {"ok": True}
 
-    async def _admin(self, request: Request, action: Callable[[dict[str, Any]], Any]) -> Response:
-        try:
-            result = action(await self._admin_body(request))
-        except (KeyError, TypeError, ValueError) as exc:
-            return JSONResponse({"error": f"{type(exc).__name__}: {exc}"}, status_code=400)
-        return JSONResponse(result)
+    def _delete_json(self, body: dict[str, Any]) -> Any:
+        return {"deleted": self.delete(body["table"], list(body["ids"]), body.get("by_key"))}
 
-    async def admin_reset(self, request: Request) -> Response:
-        self.reset()
-        return JSONResponse({"ok": True})
+    def _raw_deletion_json(self, body: dict[str, Any]) -> Any:
+        self.add_raw_deletion(body["table"], body["row"])
+        return {"ok": True}
 
-    async def admin_seed(self, request: Request) -> Response:
-        def action(body: dict[str, Any]) -> Any:
-            self.seed(body.get("companies", {}), body.get("tables", {}))
-            return {"ok": True}
+    def _drop_next_json(self, body: dict[str, Any]) -> Any:
+        self.drop_next(int(body.get("count", 1)))
+        return {"drop_next": self.pending_drops()}
 
-        return await self._admin(request, action)
+    def _clock_json(self, body: dict[str, Any]) -> Any:
+        with self._lock:
+            self.clock_offset = timedelta(seconds=float(body.get("offset_seconds", 0)))
+        return {"now": self.wall_time(self.now()).strftime(TIMESTAMP_FORMAT)}
 
-    async def admin_delete(self, request: Request) -> Response:
-        def action(body: dict[str, Any]) -> Any:
-            return {"deleted": self.delete(body["table"], list(body["ids"]), body.get("by_key"))}
+    def _config_json(self, body: dict[str, Any]) -> Any:
+        self.configure(body)
+        return self.settings()
 
-        return await self._admin(request, action)
+    def is_mutating(self, method: str, path: str) -> bool:
+        return path.startswith("/operation")
 
-    async def admin_raw_deletion(self, request: Request) -> Response:
-        def action(body: dict[str, Any]) -> Any:
-            self.add_raw_deletion(body["table"], body["row"])
-            return {"ok": True}
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/deleted/", self.deleted_service, methods=["POST"]),
+            Route("/deleted", self.deleted_service, methods=["POST"]),
+            Route("/operation/", self.operation_service, methods=["POST"]),
+            Route("/operation", self.operation_service, methods=["POST"]),
+            admin_post("delete", self._delete_json, 'send {"table": "..", "ids": [..]}'),
+            admin_get("deletions", lambda _: self.deletions()),
+            admin_post("raw_deletion", self._raw_deletion_json, 'send {"table", "row"}'),
+            admin_get("tables/{table}", lambda params: self.records(params["table"])),
+            admin_post("drop_next", self._drop_next_json, 'send {"count": n}'),
+            admin_post("clock", self._clock_json, 'send {"offset_seconds": x}'),
+            admin_get("config", lambda _: self.settings()),
+            admin_post("config", self._config_json, _OBJECT, method="PUT"),
+        ]
 
-        return await self._admin(request, action)
 
-    async def admin_deletions(self, request: Request) -> Response:
-        return JSONResponse(self.deletions())
+_OBJECT = "the body must be a JSON object"
 
-    async def admin_records(self, request: Request) -> Response:
-        return JSONResponse(self.records(request.path_params["table"]))
 
-    async def admin_drop_next(self, request: Request) -> Response:
-        def action(body: dict[str, Any]) -> Any:
-            self.drop_next(int(body.get("count", 1)))
-            return {"drop_next": self.pending_drops()}
-
-        return await self._admin(request, action)
-
-    async def admin_clock(self, request: Request) -> Response:
-        def action(body: dict[str, Any]) -> Any:
-            with self._lock:
-                self.clock_offset = timedelta(seconds=float(body.get("offset_seconds", 0)))
-            return {"now": self.wall_time(self.now()).strftime(TIMESTAMP_FORMAT)}
-
-        return await self._admin(request, action)
-
-    async def admin_get_config(self, request: Request) -> Response:
-        return JSONResponse(self.settings())
-
-    async def admin_put_config(self, request: Request) -> Response:
-        def action(body: dict[str, Any]) -> Any:
-            self.configure(body)
-            return self.settings()
-
-        return await self._admin(request, action)
-
-    @property
-    def app(self) -> ASGIApp:
-        if self._app is None:
-            routes = [
-                Route("/deleted/", self.deleted_service, methods=["POST"]),
-                Route("/deleted", self.deleted_service, methods=["POST"]),
-                Route("/operation/", self.operation_service, methods=["POST"]),
-                Route("/operation", self.operation_service, methods=["POST"]),
-                Route("/_admin/reset", self.admin_reset, methods=["POST"]),
-                Route("/_admin/seed", self.admin_seed, methods=["POST"]),
-                Route("/_admin/delete", self.admin_delete, methods=["POST"]),
-                Route("/_admin/deletions", self.admin_deletions, methods=["GET"]),
-                Route("/_admin/raw_deletion", self.admin_raw_deletion, methods=["POST"]),
-                Route("/_admin/tables/{table}", self.admin_records, methods=["GET"]),
-                Route("/_admin/drop_next", self.admin_drop_next, methods=["POST"]),
-                Route("/_admin/clock", self.admin_clock, methods=["POST"]),
-                Route("/_admin/config", self.admin_get_config, methods=["GET"]),
-                Route("/_admin/config", self.admin_put_config, methods=["PUT"]),
-            ]
-            self._app = build_app(
-                routes,
-                self.faults,
-                self.log,
-                is_mutating=lambda method, path: path.startswith("/operation"),
-            )
-        return self._app
+if __name__ == "__main__":
+    run_alone("goose")

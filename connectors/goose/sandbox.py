@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
+
+from connectors.emulator_contract import AMBIGUOUS, NO_JOBS, UNSAFE, ContractCase, ContractCases
 from connectors.emulator_kit import DEMO_EMPLOYEES, DEMO_PEOPLE, SandboxEmulator
 from connectors.goose.emulator import GooseEmulator
+
+__all__ = ["GOOSE_CODE", "GOOSE_ENGINE_KEY", "GOOSE_USER_KEY"]
 
 GOOSE_CODE = "DEV001"
 GOOSE_ENGINE_KEY = "sbx-engine-4f1c9a7e2b"
@@ -44,6 +49,69 @@ def describe(url: str) -> list[str]:
     ]
 
 
+def delete_in_goose(url: str, table: str, ids: list[str], by_key: str | None = None) -> None:
+    """Records deleted as a Goose user would (`by_key`: as the API with that key)."""
+    with httpx.Client(timeout=10) as client:
+        client.post(
+            f"{url}/_admin/delete", json={"table": table, "ids": ids, "by_key": by_key}
+        ).raise_for_status()
+
+
+def entry(url: str) -> dict[str, Any]:
+    # The emulator has no rate limit; the demo need not wait as Goose's 5 calls a second would.
+    return {
+        "url": f"{url}/deleted/",
+        "code": GOOSE_CODE,
+        "key": GOOSE_ENGINE_KEY,
+        "calls_per_second": 50,
+    }
+
+
 def emulated(step_seconds: float) -> SandboxEmulator:
     emulator = GooseEmulator(timezone="Europe/Rome")
-    return SandboxEmulator("Goose", emulator.app, goose_seed(), emulator, describe)
+    return SandboxEmulator(
+        "Goose",
+        goose_seed(),
+        emulator,
+        describe,
+        actions={"delete_in_goose": delete_in_goose},
+        connection=("goose", entry),
+    )
+
+
+CONTRACT_KEY = "engine-key-0123456789abcdef"
+CONTRACT_USER_KEY = "user-key-9876543210"
+
+
+def contract_case() -> ContractCase:
+    emulator = GooseEmulator(timezone="Europe/Rome")
+    emulator.seed(
+        {GOOSE_CODE: [CONTRACT_KEY, CONTRACT_USER_KEY]},
+        {"CON_TRO": [{"RECORD_ID": "0-1", "SYKEY": "user1"}]},
+    )
+    return ContractCase(
+        emulator,
+        connection=lambda url: {
+            "url": f"{url}/deleted/",
+            "code": GOOSE_CODE,
+            "key": CONTRACT_KEY,
+            "timezone": "Europe/Rome",
+            "calls_per_second": 1000,
+        },
+        target=lambda url: {"table": "CON_TRO", "id": "{RECORD_ID}"},
+        key_field="RECORD_ID",
+        present="0-1",
+        absent="0-99",
+        secrets=(CONTRACT_KEY, CONTRACT_USER_KEY),
+        revoke=lambda: emulator.seed({"ANOTHER": [CONTRACT_KEY]}, {}),
+        hint="key",
+        not_applicable={
+            UNSAFE: "Goose takes the id as a JSON value in the body; every text is safe",
+            AMBIGUOUS: "a RECORD_ID names one record of its table",
+            **NO_JOBS,
+        },
+    )
+
+
+def contract_cases() -> ContractCases:
+    return {"": contract_case}

@@ -21,7 +21,14 @@ from pydantic import (
 
 from connectors.contract import ServerCursor
 from connectors.keys import KeyTemplate
-from connectors.settings import ConnectionBase, HttpUrl, KeyTemplateText, Seconds, StrictModel
+from connectors.settings import (
+    ConnectionBase,
+    HttpUrl,
+    KeyTemplateText,
+    Seconds,
+    StrictModel,
+    check_connection,
+)
 
 TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
 DOCUMENTED_CALLS_PER_SECOND = 5.0
@@ -206,12 +213,7 @@ class GooseTargetSettings(StrictModel):
 
     @model_validator(mode="after")
     def _operation_url_known(self, info: ValidationInfo) -> GooseTargetSettings:
-        context = info.context or {}
-        connection = context.get("connection")
-        if isinstance(connection, GooseConnection):
-            problem = operation_url_problem(connection, context.get("connection_name"))
-            if problem:
-                raise ValueError(problem)
+        check_connection(info, GooseConnection, operation_url_problem)
         return self
 
     def key_template(self) -> KeyTemplate:

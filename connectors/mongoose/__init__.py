@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from connectors.contract import Capabilities, ConnectorInfo, SandboxSpec, registry
+from connectors.contract import Capabilities, Side, register
 from connectors.mongoose.settings import LookupSettings, MongooseConnection, MongooseTargetSettings
 from connectors.mongoose.target import MongooseTarget
 
@@ -13,15 +13,12 @@ def build_target(
     return MongooseTarget(name, connection, settings)
 
 
-registry.register(
-    ConnectorInfo(
-        name="mongoose",
-        connection_settings=MongooseConnection,
-        target_settings=MongooseTargetSettings,
-        build_target=build_target,
-        sandbox=SandboxSpec(8702, "connectors.mongoose.sandbox:emulated"),
-        capabilities=Capabilities(preview=True, count=True),
-    )
+register(
+    "mongoose",
+    MongooseConnection,
+    target=Side(MongooseTargetSettings, build_target),
+    sandbox_port=8702,
+    capabilities=Capabilities(preview=True, count=True),
 )
 
 __all__ = [

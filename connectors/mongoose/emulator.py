@@ -68,15 +68,13 @@ and deletes nothing. Ground truth and the admin routes are never faulted:
 
 from __future__ import annotations
 
-import argparse
 import base64
 import re
 import secrets
-import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import unquote
@@ -84,17 +82,9 @@ from urllib.parse import unquote
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp
 
-from connectors.emulator_kit import (
-    ADMIN_PREFIX,
-    DEMO_PEOPLE,
-    Faults,
-    RequestLog,
-    apply_settings,
-    build_app,
-    knob_routes,
-)
+from connectors.emulator_admin import Emulator, Unknown, admin_get, admin_post, dicts
+from connectors.emulator_kit import DEMO_PEOPLE, Faults, apply_settings, run_alone
 
 DEFAULT_BASE_PATH = "/IDORequestService/MGRESTService.svc"
 DEFAULT_V2_BASE_PATH = "/IDORequestService"
@@ -224,8 +214,12 @@ class MongooseError(Exception):
         self.status = status
 
 
-class MongooseEmulator:
+class MongooseEmulator(Emulator):
     """In-memory IDO collections behind the v1 and v2 REST routes, safe across threads."""
+
+    knobs: Knobs
+    issues_tokens = True
+    seed_usage = 'send {"<ido>": [{...row...}, ...]}'
 
     def __init__(
         self,
@@ -241,28 +235,16 @@ class MongooseEmulator:
         self.bearer_tokens = set(bearer_tokens)
         self.base_path = base_path.rstrip("/")
         self.v2_base_path = v2_base_path.rstrip("/")
+        super().__init__(faults)
         self.knobs = Knobs()
-        self.faults = faults or Faults()
-        self.log = RequestLog()
-        self._lock = threading.Lock()
         self._rows: dict[str, list[dict[str, Any]]] = {}
         self._props: dict[str, set[str]] = {}
-        self._tokens: set[str] = set()
         self._deleted: list[DeletedRow] = []
         self._attempts: Counter[str] = Counter()
         self._last_dt = datetime.min
-        self._app = build_app(
-            self._vendor_routes() + self._admin_routes(),
-            self.faults,
-            self.log,
-            is_mutating=lambda method, path: (
-                path.endswith("/deleteitems") or f"{self.v2_base_path}/ido/update/" in path
-            ),
-        )
 
-    @property
-    def app(self) -> ASGIApp:
-        return self._app
+    def is_mutating(self, method: str, path: str) -> bool:
+        return path.endswith("/deleteitems") or f"{self.v2_base_path}/ido/update/" in path
 
     # -- ground truth and admin helpers (also served under /_admin) ----------
 
@@ -306,20 +288,11 @@ class MongooseEmulator:
                     touched.append(self._public(ido, row))
         return touched
 
-    def expire_tokens(self) -> int:
-        with self._lock:
-            count = len(self._tokens)
-            self._tokens.clear()
-            return count
-
-    def reset(self) -> None:
-        with self._lock:
-            self._rows.clear()
-            self._props.clear()
-            self._tokens.clear()
-            self._deleted.clear()
-            self._attempts.clear()
-        self.log.clear()
+    def clear(self) -> None:
+        self._rows.clear()
+        self._props.clear()
+        self._deleted.clear()
+        self._attempts.clear()
 
     def item_id(self, ido: str, row: Mapping[str, Any]) -> str:
         return f"PBT=[{ido}] {ido}.DT=[{row['RecordDate']}] {ido}.ID=[{row['RowPointer']}]"
@@ -338,9 +311,10 @@ class MongooseEmulator:
 
     # -- vendor routes ---------------------------------------------------------------
 
-    def _vendor_routes(self) -> list[BaseRoute]:
+    def routes(self) -> list[BaseRoute]:
         base, v2 = self.base_path, f"{self.v2_base_path}/ido"
         return [
+            *self._admin_routes(),
             Route(f"{base}/{{rt}}/token/{{config}}", self._token, methods=["GET"]),
             Route(f"{base}/json/{{ido}}/adv", self._load, methods=["GET"]),
             Route(f"{base}/json/{{ido}}/deleteitems", self._delete, methods=["DELETE", "POST"]),
@@ -398,7 +372,7 @@ class MongooseEmulator:
     def _new_token(self) -> str:
         token = base64.b64encode(secrets.token_bytes(48)).decode("ascii")
         with self._lock:
-            self._tokens.add(token)
+            self._tokens[token] = None
         return token
 
     def _authorized(self, request: Request) -> bool:
@@ -411,41 +385,33 @@ class MongooseEmulator:
         with self._lock:
             return bool(auth) and auth in self._tokens and not self.knobs.refuse_tokens
 
+    def _loaded(self, request: Request, props: str, documented: str) -> tuple[list[Any], bool]:
+        """LoadCollection in either version: the items in the row shape asked, and whether
+        more rows exist. `props` names the query parameter listing the properties."""
+        query = request.query_params
+        names, rows, more = self._select(
+            request.path_params["ido"], query.get(props, ""), query.get("filter", ""), query
+        )
+        return self._items(names, rows, documented), more
+
     async def _load(self, request: Request) -> Response:
         if not self._authorized(request):
             return _unauthorized()
-        ido = request.path_params["ido"]
-        query = request.query_params
         try:
-            props, rows, _ = self._select(
-                ido, query.get("props", ""), query.get("filter", ""), query
-            )
+            items, _ = self._loaded(request, "props", "arrays")
         except MongooseError as exc:
             return JSONResponse({"Items": None, "Message": exc.message, "MessageCode": exc.code})
-        items = self._items(props, rows, "arrays")
         return JSONResponse({"Items": items, "Message": None, "MessageCode": 0})
 
     async def _load_v2(self, request: Request) -> Response:
         if not self._authorized(request):
             return _unauthorized_v2()
-        ido = request.path_params["ido"]
-        query = request.query_params
         try:
-            props, rows, more = self._select(
-                ido, query.get("properties", ""), query.get("filter", ""), query
-            )
+            items, more = self._loaded(request, "properties", "objects")
         except MongooseError as exc:
             return _refused_v2(exc.message, Items=None, Bookmark=None, MoreRowsExist=False)
-        items = self._items(props, rows, "objects")
-        return JSONResponse(
-            {
-                "Items": items,
-                "Bookmark": None,
-                "MoreRowsExist": more,
-                "Success": True,
-                "Message": None,
-            }
-        )
+        answer = {"Items": items, "Bookmark": None, "MoreRowsExist": more}
+        return JSONResponse({**answer, "Success": True, "Message": None})
 
     def _items(
         self, props: Sequence[str], rows: Sequence[Mapping[str, Any]], documented: str
@@ -571,44 +537,28 @@ class MongooseEmulator:
     # -- admin routes -----------------------------------------------------------------
 
     def _admin_routes(self) -> list[BaseRoute]:
-        async def seed(request: Request) -> Response:
-            body = await request.json()
-            if not isinstance(body, dict) or not all(isinstance(v, list) for v in body.values()):
-                return JSONResponse({"error": 'send {"<ido>": [{...row...}, ...]}'}, 400)
-            return JSONResponse(self.seed(body))
-
-        async def rows(request: Request) -> Response:
-            ido = request.path_params["ido"]
-            with self._lock:
-                known = ido in self._rows
-            if not known:
-                return JSONResponse({"error": f"unknown IDO {ido}"}, 404)
-            return JSONResponse(self.rows(ido))
-
-        async def deleted(request: Request) -> Response:
-            return JSONResponse([asdict(d) for d in self.deleted()])
-
-        async def attempts(request: Request) -> Response:
-            return JSONResponse(self.attempts())
-
-        async def touch(request: Request) -> Response:
-            body = await request.json()
-            if not isinstance(body, dict) or not isinstance(body.get("match"), dict):
-                return JSONResponse({"error": 'send {"ido": "...", "match": {...}}'}, 400)
-            return JSONResponse({"touched": self.touch(str(body.get("ido")), body["match"])})
-
-        async def expire(request: Request) -> Response:
-            return JSONResponse({"expired": self.expire_tokens()})
-
         return [
-            Route(f"{ADMIN_PREFIX}/seed", seed, methods=["POST"]),
-            Route(f"{ADMIN_PREFIX}/rows/{{ido}}", rows, methods=["GET"]),
-            Route(f"{ADMIN_PREFIX}/deleted", deleted, methods=["GET"]),
-            Route(f"{ADMIN_PREFIX}/attempts", attempts, methods=["GET"]),
-            Route(f"{ADMIN_PREFIX}/touch", touch, methods=["POST"]),
-            Route(f"{ADMIN_PREFIX}/expire_tokens", expire, methods=["POST"]),
-            *knob_routes(self.knobs, self.reset),
+            admin_get("rows/{ido}", lambda params: self._known_rows(params["ido"])),
+            admin_get("deleted", lambda _: dicts(self.deleted())),
+            admin_get("attempts", lambda _: self.attempts()),
+            admin_post("touch", self._touch_json, 'send {"ido": "...", "match": {...}}'),
         ]
+
+    def seed_json(self, body: dict[str, Any]) -> Any:
+        if not all(isinstance(rows, list) for rows in body.values()):
+            raise ValueError(self.seed_usage)
+        return self.seed(body)
+
+    def _known_rows(self, ido: str) -> list[dict[str, Any]]:
+        with self._lock:
+            if ido not in self._rows:
+                raise Unknown(f"unknown IDO {ido}")
+            return self.rows(ido)
+
+    def _touch_json(self, body: dict[str, Any]) -> Any:
+        if not isinstance(body.get("match"), dict):
+            raise ValueError('send {"ido": "...", "match": {...}}')
+        return {"touched": self.touch(str(body.get("ido")), body["match"])}
 
 
 def _recordcap(text: str) -> int:
@@ -639,19 +589,5 @@ def _unauthorized_v2() -> Response:
     return _refused_v2("Unauthorized: missing, invalid or expired token", 401)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m connectors.mongoose.emulator`: the sandbox server with the demo rows."""
-    import uvicorn
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--port", type=int, default=8702)
-    parser.add_argument("--empty", action="store_true", help="do not seed the demo rows")
-    args = parser.parse_args(argv)
-    emulator = MongooseEmulator()
-    if not args.empty:
-        emulator.seed(demo_rows())
-    uvicorn.run(emulator.app, host="127.0.0.1", port=args.port, log_level="warning")
-
-
 if __name__ == "__main__":
-    main()
+    run_alone("mongoose")

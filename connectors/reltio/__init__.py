@@ -3,7 +3,7 @@ source reading which entities such tasks deleted."""
 
 from __future__ import annotations
 
-from connectors.contract import Capabilities, ConnectorInfo, SandboxSpec, registry
+from connectors.contract import Capabilities, Side, register
 from connectors.reltio.settings import (
     CrosswalkSettings,
     ReltioConnection,
@@ -13,6 +13,11 @@ from connectors.reltio.settings import (
 )
 from connectors.reltio.source import ReltioTaskSource
 from connectors.reltio.target import ReltioDeleteTarget
+
+NO_CANCEL = (
+    "Reltio's bulk delete (DeleteEntitiesTask) offers no cancel call the engine can rely on; "
+    "the task runs to its end, and entities it did not delete are retried"
+)
 
 
 def build_target(
@@ -27,25 +32,14 @@ def build_source(
     return ReltioTaskSource(name, connection, settings)
 
 
-registry.register(
-    ConnectorInfo(
-        name="reltio",
-        connection_settings=ReltioConnection,
-        source_settings=ReltioSourceSettings,
-        target_settings=ReltioTargetSettings,
-        build_source=build_source,
-        build_target=build_target,
-        task_source=True,
-        sandbox=SandboxSpec(8703, "connectors.reltio.sandbox:emulated"),
-        capabilities=Capabilities(
-            preview=True,
-            count=True,
-            no_cancel=(
-                "Reltio's bulk delete (DeleteEntitiesTask) offers no cancel call the engine can "
-                "rely on; the task runs to its end, and entities it did not delete are retried"
-            ),
-        ),
-    )
+register(
+    "reltio",
+    ReltioConnection,
+    source=Side(ReltioSourceSettings, build_source),
+    target=Side(ReltioTargetSettings, build_target),
+    sandbox_port=8703,
+    task_source=True,
+    capabilities=Capabilities(preview=True, count=True, no_cancel=NO_CANCEL),
 )
 
 __all__ = [

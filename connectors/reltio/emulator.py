@@ -77,7 +77,6 @@ Ground truth and the admin routes are never faulted:
 
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
 import json
@@ -85,11 +84,10 @@ import random
 import re
 import secrets
 import string
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import parse_qsl
@@ -99,15 +97,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from connectors.emulator_kit import (
-    ADMIN_PREFIX,
-    DEMO_PEOPLE,
-    Faults,
-    RequestLog,
-    apply_settings,
-    build_app,
-    knob_routes,
+from connectors.emulator_admin import (
+    SteppedEmulator,
+    Unknown,
+    admin_get,
+    admin_post,
+    dicts,
+    settled,
 )
+from connectors.emulator_kit import DEMO_PEOPLE, Faults, apply_settings, run_alone
 
 DELETE_TASK_TYPE = "com.reltio.businesslogic.tasks.delete.DeleteEntitiesTask"
 FAILED_LIST_LIMIT = 100
@@ -240,12 +238,17 @@ class _Token:
     expires: float
 
 
-class ReltioEmulator:
+class ReltioEmulator(SteppedEmulator):
     """One tenant's entities and delete tasks behind Reltio's routes, safe across threads.
 
     `clock` gives seconds since the epoch; `step()` moves it forward, so tests
     can walk a task through its states without sleeping.
     """
+
+    knobs: Knobs
+    issues_tokens = True
+    _tokens: dict[str, _Token]
+    seed_usage = 'send {"entities": [{...}, ...]}'
 
     def __init__(
         self,
@@ -260,34 +263,26 @@ class ReltioEmulator:
         self.tenant = tenant
         self.clients = dict(clients if clients is not None else {"syncengine": "secret"})
         self.users = dict(users or {})
+        super().__init__(faults)
         self.knobs = Knobs(step_seconds=step_seconds)
-        self.faults = faults or Faults()
-        self.log = RequestLog()
         self.clock = clock
-        self._offset = 0.0
-        self._lock = threading.Lock()
         self._entities: dict[str, dict[str, Any]] = {}
         self._protected: set[str] = set()
         self._deleted: list[DeletedEntity] = []
         self._tasks: dict[str, Task] = {}
-        self._tokens: dict[str, _Token] = {}
         self._refresh: dict[str, str] = {}
-        app = build_app(
-            self._vendor_routes() + self._admin_routes(),
-            self.faults,
-            self.log,
-            is_mutating=lambda method, path: (
-                method == "POST" and path.rstrip("/").endswith("/entities/_delete")
-            ),
-        )
-        self._app: ASGIApp = _RetryAfterFilter(app, self.knobs)
 
-    @property
-    def app(self) -> ASGIApp:
-        return self._app
+    def is_mutating(self, method: str, path: str) -> bool:
+        return method == "POST" and path.rstrip("/").endswith("/entities/_delete")
+
+    def wrap(self, app: ASGIApp) -> ASGIApp:
+        return _RetryAfterFilter(app, self.knobs)
 
     def now(self) -> float:
         return self.clock() + self._offset
+
+    def now_json(self) -> float:
+        return self.now()
 
     # -- ground truth and admin helpers (also served under /_admin) ----------
 
@@ -318,28 +313,24 @@ class ReltioEmulator:
             self._protected.update(uris)
             return len(self._protected)
 
+    @settled
     def entities(self) -> list[dict[str, Any]]:
-        with self._lock:
-            self._advance()
-            return [json.loads(json.dumps(e)) for e in self._entities.values()]
+        return [json.loads(json.dumps(e)) for e in self._entities.values()]
 
+    @settled
     def deleted(self) -> list[DeletedEntity]:
-        with self._lock:
-            self._advance()
-            return list(self._deleted)
+        return list(self._deleted)
 
+    @settled
     def tasks(self) -> list[dict[str, Any]]:
         """Every task as the API shows it, newest first."""
-        with self._lock:
-            self._advance()
-            ordered = sorted(self._tasks.values(), key=lambda t: t.created, reverse=True)
-            return [self._task_json(t) for t in ordered]
+        ordered = sorted(self._tasks.values(), key=lambda t: t.created, reverse=True)
+        return [self._task_json(t) for t in ordered]
 
+    @settled
     def task(self, task_id: str) -> dict[str, Any] | None:
-        with self._lock:
-            self._advance()
-            task = self._tasks.get(task_id)
-            return self._task_json(task) if task is not None else None
+        task = self._tasks.get(task_id)
+        return self._task_json(task) if task is not None else None
 
     def force_status(
         self,
@@ -439,27 +430,16 @@ class ReltioEmulator:
 
     def expire_tokens(self) -> int:
         with self._lock:
-            count = len(self._tokens)
-            self._tokens.clear()
             self._refresh.clear()
-            return count
+            return super().expire_tokens()
 
-    def step(self, seconds: float) -> float:
-        with self._lock:
-            self._offset += seconds
-            self._advance()
-            return self.now()
-
-    def reset(self) -> None:
-        with self._lock:
-            self._entities.clear()
-            self._protected.clear()
-            self._deleted.clear()
-            self._tasks.clear()
-            self._tokens.clear()
-            self._refresh.clear()
-            self._offset = 0.0
-        self.log.clear()
+    def clear(self) -> None:
+        self._entities.clear()
+        self._protected.clear()
+        self._deleted.clear()
+        self._tasks.clear()
+        self._refresh.clear()
+        self._offset = 0.0
 
     # -- task lifecycle (callers hold the lock) ---------------------------------------
 
@@ -568,6 +548,9 @@ class ReltioEmulator:
         return body
 
     # -- vendor routes ---------------------------------------------------------------
+
+    def routes(self) -> list[BaseRoute]:
+        return self._vendor_routes() + self._admin_routes()
 
     def _vendor_routes(self) -> list[BaseRoute]:
         return [
@@ -770,109 +753,67 @@ class ReltioEmulator:
     # -- admin routes -----------------------------------------------------------------
 
     def _admin_routes(self) -> list[BaseRoute]:
-        async def seed(request: Request) -> Response:
-            body = await request.json()
-            entities = body.get("entities") if isinstance(body, dict) else None
-            if not isinstance(entities, list) or not all(isinstance(e, dict) for e in entities):
-                return JSONResponse({"error": 'send {"entities": [{...}, ...]}'}, 400)
-            return JSONResponse(self.seed(entities))
-
-        async def protect(request: Request) -> Response:
-            body = await request.json()
-            uris = body.get("uris") if isinstance(body, dict) else None
-            if not isinstance(uris, list) or not all(isinstance(u, str) for u in uris):
-                return JSONResponse({"error": 'send {"uris": ["entities/..", ...]}'}, 400)
-            return JSONResponse({"protected": self.protect(uris)})
-
-        async def entities(request: Request) -> Response:
-            return JSONResponse(self.entities())
-
-        async def deleted(request: Request) -> Response:
-            return JSONResponse([asdict(d) for d in self.deleted()])
-
-        async def tasks(request: Request) -> Response:
-            return JSONResponse(self.tasks())
-
-        async def task_status(request: Request) -> Response:
-            body = await request.json()
-            body = body if isinstance(body, dict) else {}
-            task_id, status = body.get("id"), body.get("status")
-            error, processed = body.get("error"), body.get("processed")
-            if (
-                not isinstance(task_id, str)
-                or not (status is None or isinstance(status, str))
-                or not (error is None or isinstance(error, str))
-                or not (processed is None or type(processed) is int)
-            ):
-                return JSONResponse(
-                    {
-                        "error": 'send {"id": "..", "status": "FAILED"} (optionally "error": '
-                        '"text", "processed": <entities reached>)'
-                    },
-                    400,
-                )
-            try:
-                return JSONResponse(
-                    self.force_status(task_id, status, error=error, processed=processed)
-                )
-            except KeyError:
-                return JSONResponse({"error": f"unknown task {task_id}"}, 404)
-            except BadTaskRequest as exc:
-                return JSONResponse({"error": str(exc)}, 400)
-
-        async def delete_task(request: Request) -> Response:
-            try:
-                body = await request.json()
-            except ValueError:
-                body = None
-            if not isinstance(body, dict):
-                body = {}
-            mode, created_by = body.get("mode", "soft"), body.get("created_by", "operator")
-            uris, text = body.get("uris"), body.get("filter")
-            if (uris is None) == (text is None) or not (
-                isinstance(mode, str) and isinstance(created_by, str)
-            ):
-                return JSONResponse(
-                    {
-                        "error": 'send {"uris": ["entities/..", ...]} or {"filter": '
-                        '"equals(type,\'configuration/entityTypes/..\')", "excludeList": '
-                        '[...]}, optionally "mode": "soft" | "hard" and "created_by"'
-                    },
-                    400,
-                )
-            objects = (
-                {"list": uris}
-                if uris is not None
-                else {"filter": text, "excludeList": body.get("excludeList", [])}
-            )
-            try:
-                task = self._new_task(objects, mode.lower(), False, created_by)
-            except BadTaskRequest as exc:
-                return JSONResponse({"error": str(exc)}, 400)
-            return JSONResponse(self._schedule(task))
-
-        async def expire(request: Request) -> Response:
-            return JSONResponse({"expired": self.expire_tokens()})
-
-        async def step(request: Request) -> Response:
-            body = await request.json()
-            seconds = body.get("seconds") if isinstance(body, dict) else None
-            if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds < 0:
-                return JSONResponse({"error": 'send {"seconds": <number >= 0>}'}, 400)
-            return JSONResponse({"now": self.step(float(seconds))})
-
         return [
-            Route(f"{ADMIN_PREFIX}/seed", seed, methods=["POST"]),
-            Route(f"{ADMIN_PREFIX}/protect", protect, methods=["POST"]),
-            Route(f"{ADMIN_PREFIX}/entities", entities, methods=["GET"]),
-            Route(f"{ADMIN_PREFIX}/deleted", deleted, methods=["GET"]),
-            Route(f"{ADMIN_PREFIX}/tasks", tasks, methods=["GET"]),
-            Route(f"{ADMIN_PREFIX}/task_status", task_status, methods=["POST"]),
-            Route(f"{ADMIN_PREFIX}/delete_task", delete_task, methods=["POST"]),
-            Route(f"{ADMIN_PREFIX}/expire_tokens", expire, methods=["POST"]),
-            Route(f"{ADMIN_PREFIX}/step", step, methods=["POST"]),
-            *knob_routes(self.knobs, self.reset),
+            admin_post("protect", self._protect_json, _PROTECT_USAGE),
+            admin_get("entities", lambda _: self.entities()),
+            admin_get("deleted", lambda _: dicts(self.deleted())),
+            admin_get("tasks", lambda _: self.tasks()),
+            admin_post("task_status", self._task_status_json, _TASK_STATUS_USAGE),
+            admin_post("delete_task", self._delete_task_json, _DELETE_TASK_USAGE),
         ]
+
+    def seed_json(self, body: dict[str, Any]) -> Any:
+        entities = body.get("entities")
+        if not isinstance(entities, list) or not all(isinstance(e, dict) for e in entities):
+            raise ValueError(self.seed_usage)
+        return self.seed(entities)
+
+    def _protect_json(self, body: dict[str, Any]) -> Any:
+        uris = body.get("uris")
+        if not isinstance(uris, list) or not all(isinstance(u, str) for u in uris):
+            raise ValueError(_PROTECT_USAGE)
+        return {"protected": self.protect(uris)}
+
+    def _task_status_json(self, body: dict[str, Any]) -> Any:
+        task_id, status = body.get("id"), body.get("status")
+        error, processed = body.get("error"), body.get("processed")
+        if (
+            not isinstance(task_id, str)
+            or not (status is None or isinstance(status, str))
+            or not (error is None or isinstance(error, str))
+            or not (processed is None or type(processed) is int)
+        ):
+            raise ValueError(_TASK_STATUS_USAGE)
+        try:
+            return self.force_status(task_id, status, error=error, processed=processed)
+        except KeyError:
+            raise Unknown(f"unknown task {task_id}") from None
+
+    def _delete_task_json(self, body: dict[str, Any]) -> Any:
+        mode, created_by = body.get("mode", "soft"), body.get("created_by", "operator")
+        uris, text = body.get("uris"), body.get("filter")
+        if (uris is None) == (text is None) or not (
+            isinstance(mode, str) and isinstance(created_by, str)
+        ):
+            raise ValueError(_DELETE_TASK_USAGE)
+        objects = (
+            {"list": uris}
+            if uris is not None
+            else {"filter": text, "excludeList": body.get("excludeList", [])}
+        )
+        return self._schedule(self._new_task(objects, mode.lower(), False, created_by))
+
+
+_PROTECT_USAGE = 'send {"uris": ["entities/..", ...]}'
+_TASK_STATUS_USAGE = (
+    'send {"id": "..", "status": "FAILED"} (optionally "error": "text", "processed": '
+    "<entities reached>)"
+)
+_DELETE_TASK_USAGE = (
+    'send {"uris": ["entities/..", ...]} or {"filter": '
+    '"equals(type,\'configuration/entityTypes/..\')", "excludeList": [...]}, optionally '
+    '"mode": "soft" | "hard" and "created_by"'
+)
 
 
 class _RetryAfterFilter:
@@ -935,21 +876,5 @@ def _not_found(what: str) -> Response:
     return _error(404, 101, f"Object with id={what} not found", "No object with specified id found")
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m connectors.reltio.emulator`: the sandbox server with the demo entities."""
-    import uvicorn
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--port", type=int, default=8703)
-    parser.add_argument("--tenant", default="TENANT")
-    parser.add_argument("--step-seconds", type=float, default=0.5)
-    parser.add_argument("--empty", action="store_true", help="do not seed the demo entities")
-    args = parser.parse_args(argv)
-    emulator = ReltioEmulator(tenant=args.tenant, step_seconds=args.step_seconds)
-    if not args.empty:
-        emulator.seed(demo_entities())
-    uvicorn.run(emulator.app, host="127.0.0.1", port=args.port, log_level="warning")
-
-
 if __name__ == "__main__":
-    main()
+    run_alone("reltio")

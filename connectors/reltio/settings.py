@@ -8,7 +8,14 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from connectors.keys import KeyTemplate
 from connectors.paths import segment_problem
-from connectors.settings import ConnectionBase, HttpUrl, KeyTemplateText, Seconds, StrictModel
+from connectors.settings import (
+    ConnectionBase,
+    HttpUrl,
+    KeyTemplateText,
+    Seconds,
+    StrictModel,
+    id_list,
+)
 
 DEFAULT_AUTH_URL = "https://auth.reltio.com/oauth/token"
 TENANT_URL_EXAMPLE = "https://eu-360.reltio.com/reltio/api/<tenantId>"
@@ -160,12 +167,4 @@ class ReltioSourceSettings(StrictModel):
     @field_validator("tasks")
     @classmethod
     def _tasks(cls, value: list[str]) -> list[str]:
-        value = [task.strip() for task in value]
-        for task in value:
-            problem = task_id_problem(task)
-            if problem is not None:
-                raise ValueError(problem)
-        twice = sorted({t for t in value if value.count(t) > 1})
-        if twice:
-            raise ValueError(f"tasks listed more than once: {', '.join(twice)}")
-        return value
+        return id_list(value, "tasks", task_id_problem)

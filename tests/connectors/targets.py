@@ -1,25 +1,26 @@
-"""One factory per registered target (and kind), for the target contract suite.
+"""Every registered target kind, as the target contract suite runs it.
 
-Each factory starts the connector's emulator on a free loopback port, seeds a present
-key and builds the target with the same connection and settings helpers its own test
-module uses, so the suite and the per-connector tests cannot drift apart. A case that
-does not apply to a target is declared here, with the reason, in `not_applicable`:
-the suite skips it naming that reason, never passes it silently.
+Nothing here names a connector: each registry entry points at its package's
+`contract_cases()` (`SandboxSpec.contract`), and the target is built through the entry
+itself, from the case's connection and target blocks validated by the entry's models,
+so the suite also proves what a configuration would build. A case that does not apply
+to a target is declared by its package, with the reason, in `not_applicable`: the suite
+skips it naming that reason, never passes it silently.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+import pkgutil
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from connectors.adt import AdtTwinsTarget
-from connectors.adt.emulator import AdtEmulator, demo_graph
-from connectors.adt.purge import AdtPurgeTarget
+from connectors import load_registry
 from connectors.contract import (
     AsyncTarget,
+    ConnectorInfo,
     Delivery,
     JobHandle,
     JobSpec,
@@ -27,71 +28,29 @@ from connectors.contract import (
     Previewable,
     Target,
 )
-from connectors.dmm import DmmDeleteTarget
-from connectors.dmm.emulator import DmmEmulator, demo_entities
+from connectors.emulator_contract import ContractCase, ContractCases
 from connectors.emulator_kit import LoggedRequest, serve
-from connectors.goose import GooseDeleteTarget
-from connectors.goose.emulator import GooseEmulator
-from connectors.mongoose import MongooseTarget
-from connectors.mongoose.emulator import DEFAULT_BASE_PATH, MongooseEmulator, demo_rows
-from connectors.reltio import ReltioDeleteTarget
-from connectors.reltio.emulator import ReltioEmulator
-from connectors.reltio.emulator import demo_entities as reltio_entities
-from tests.connectors import (
-    test_adt_purge as adt_purge,
-)
-from tests.connectors import (
-    test_adt_twins as adt_twins,
-)
-from tests.connectors import (
-    test_dmm_target as dmm,
-)
-from tests.connectors import (
-    test_goose_target as goose,
-)
-from tests.connectors import (
-    test_mongoose_target as mongoose,
-)
-from tests.connectors import (
-    test_reltio_target as reltio,
-)
-
-KEYED = "keyed"
-"""Cases about one record's key (absent, empty): a target that addresses records by key."""
-UNSAFE = "unsafe"
-"""Keys no request can carry safely."""
-AMBIGUOUS = "ambiguous"
-"""A key that matches several records."""
-LOST = "lost"
-"""A job whose start was applied but whose answer was lost."""
-NO_JOBS = {LOST: "deletes record by record, each call idempotent; it starts no job"}
 
 
 @dataclass
 class Harness:
-    """A built target, its emulator and what the suite needs to address it."""
+    """A built target, its emulator and the case that says how to address it."""
 
     target: Target | AsyncTarget
-    emulator: Any
-    delivery: Callable[[int, str], Delivery]
-    present: str
-    absent: str = ""
-    unsafe: Sequence[str] = ()
-    """Keys this target can never send safely (they would change the request)."""
-    step: float = 0.05
-    secrets: Sequence[str] = ()
-    """Every secret the connection holds, none of which may show in an error or a log."""
-    revoke: Callable[[], None] = lambda: None
-    """Makes the emulator refuse the connection's credentials from now on, fresh ones too."""
-    token_path: str = ""
-    """Where the connection fetches a token; empty for credentials it cannot renew."""
-    hint: str = ""
-    """The settings a refusal must name (`connections.<name>.<setting>`)."""
-    jobs: Callable[[], int] | None = None
-    """How many jobs the emulator has been asked to start (job targets)."""
-    ambiguous: Callable[[], str] | None = None
-    """Seeds a second record under one key and returns that key."""
-    not_applicable: Mapping[str, str] = field(default_factory=dict)
+    case: ContractCase
+    connection: str
+    """The connection's name, as a refusal must name it (`connections.<name>.`)."""
+
+    @property
+    def emulator(self) -> Any:
+        return self.case.emulator
+
+    @property
+    def hint(self) -> str:
+        return f"connections.{self.connection}.{self.case.hint}"
+
+    def delivery(self, n: int, key: str) -> Delivery:
+        return self.case.delivery(n, key)
 
     async def deliver(self, batch: Sequence[Delivery]) -> list[Outcome]:
         """`send`, or a job submitted and polled to its end, moving the emulator's clock."""
@@ -110,7 +69,7 @@ class Harness:
             progress = await self.target.poll(job, handle)
             if progress.state.terminal:
                 return list(progress.outcomes)
-            self.emulator.step(self.step)
+            self.emulator.step(self.case.step)
         raise AssertionError("the job never ended")
 
     async def preview(self, batch: Sequence[Delivery]) -> list[Outcome]:
@@ -124,202 +83,44 @@ class Harness:
 
 
 Factory = Callable[[], contextlib.AbstractAsyncContextManager[Harness]]
-PATH_UNSAFE = ("..", ".", "%2e%2e")
+QUICK = {"timeout": 5, "retry": {"max_attempts": 2, "base_delay": 0.001, "max_delay": 0.005}}
+"""Connection settings that keep the suite fast against emulators that answer at once."""
 
 
-def second_jrossi(emulator: MongooseEmulator) -> str:
-    emulator.seed({"UserNames": [{"Username": "jrossi", "UserDesc": "Another Rossi"}]})
-    return "jrossi"
-
-
-@contextlib.asynccontextmanager
-async def mongoose_target() -> AsyncIterator[Harness]:
-    emulator = MongooseEmulator(
-        users={mongoose.USER: mongoose.PASSWORD}, bearer_tokens=[mongoose.ION_TOKEN]
-    )
-    emulator.seed(demo_rows())
-    with serve(emulator.app) as running:
-        url = running.url + DEFAULT_BASE_PATH
-        async with contextlib.aclosing(
-            MongooseTarget("erp", mongoose.connection(url), mongoose.target_settings())
-        ) as target:
-            yield Harness(
-                target,
-                emulator,
-                lambda n, key: Delivery(n, "CON_TRO", f"0-{n}", {"SYKEY": key}),
-                present="jrossi",
-                secrets=(mongoose.PASSWORD, mongoose.ION_TOKEN),
-                revoke=lambda: emulator.knobs.update({"refuse_tokens": True}),
-                token_path="/json/token/",
-                hint="connections.erp.",
-                ambiguous=lambda: second_jrossi(emulator),
-                not_applicable=NO_JOBS,
-                absent="exemployee",
-                unsafe=("a\x00b", "o\u02bcbrien"),
+def _factory(info: ConnectorInfo, make: Callable[[], ContractCase]) -> Factory:
+    @contextlib.asynccontextmanager
+    async def built() -> AsyncIterator[Harness]:
+        assert info.build_target is not None and info.target_settings is not None
+        case = make()
+        with serve(case.emulator.app) as running:
+            connection = info.connection_settings.model_validate(
+                {"type": info.name, **QUICK, **case.connection(running.url)}
             )
+            settings = info.target_settings.model_validate(case.target(running.url))
+            target = info.build_target(info.name, connection, settings)
+            try:
+                yield Harness(target, case, info.name)
+            finally:
+                await target.aclose()
+
+    return built
 
 
-@contextlib.asynccontextmanager
-async def reltio_target() -> AsyncIterator[Harness]:
-    emulator = ReltioEmulator(
-        clients={reltio.CLIENT: reltio.SECRET},
-        users={reltio.USER: reltio.PASSWORD},
-        step_seconds=reltio.STEP,
-    )
-    entities = reltio_entities()
-    emulator.seed(entities)
-    with serve(emulator.app) as running:
-        async with contextlib.aclosing(
-            ReltioDeleteTarget("mdm", reltio.connection(running.url), reltio.settings())
-        ) as target:
-            yield Harness(
-                target,
-                emulator,
-                lambda n, key: Delivery(n, "CON_TRO", f"0-{n}", {"RELTIO_ID": key}),
-                present=str(entities[0]["id"]),
-                secrets=(reltio.SECRET, reltio.PASSWORD),
-                revoke=lambda: refuse_reltio_tokens(emulator),
-                token_path="/oauth/token",
-                hint="connections.mdm.",
-                jobs=lambda: len(emulator.tasks()),
-                not_applicable={AMBIGUOUS: "an entity id names one entity"},
-                absent="nosuchentity",
-                unsafe=PATH_UNSAFE,
-                step=reltio.STEP,
-            )
+def registered_targets() -> dict[str, Factory]:
+    """Every target kind of every registered connector with a target, by case id."""
+    registry = load_registry()
+    factories: dict[str, Factory] = {}
+    for name in registry.names():
+        info = registry.get(name)
+        if info.build_target is None:
+            continue
+        assert info.sandbox is not None and info.sandbox.contract, (
+            f"{name}: a target needs an emulator and contract cases in its sandbox.py"
+        )
+        cases: ContractCases = pkgutil.resolve_name(info.sandbox.contract)()
+        for kind, make in cases.items():
+            factories["-".join(filter(None, (name, kind)))] = _factory(info, make)
+    return factories
 
 
-def refuse_reltio_tokens(emulator: ReltioEmulator) -> None:
-    """Tokens issued from now on expire at once, and those held already are gone."""
-    emulator.knobs.update({"token_lifetime": 1e-9})
-    emulator.expire_tokens()
-
-
-def refuse_adt_tokens(emulator: AdtEmulator) -> None:
-    emulator.token_lifetime = 0
-    emulator.expire_tokens()
-
-
-def _adt_delivery(n: int, key: str) -> Delivery:
-    return Delivery(n, "CON_TRO", key, {"RECORD_ID": key})
-
-
-@contextlib.asynccontextmanager
-async def adt_twins_target() -> AsyncIterator[Harness]:
-    emulator = AdtEmulator(tokens=[adt_twins.STATIC], clients={adt_twins.CLIENT: adt_twins.SECRET})
-    emulator.seed(demo_graph())
-    with serve(emulator.app) as running:
-        async with contextlib.aclosing(
-            AdtTwinsTarget("twins", adt_twins.connection(running.url), adt_twins.twins_settings())
-        ) as target:
-            yield Harness(
-                target,
-                emulator,
-                _adt_delivery,
-                present="0-1",
-                absent="no-such-twin",
-                secrets=(adt_twins.SECRET, adt_twins.STATIC),
-                revoke=lambda: refuse_adt_tokens(emulator),
-                token_path="/oauth2/token",
-                hint="connections.twins.client_id",
-                not_applicable={AMBIGUOUS: "a twin id names one twin", **NO_JOBS},
-                unsafe=PATH_UNSAFE,
-            )
-
-
-PURGE_IS_WHOLE_INSTANCE = (
-    "the ADT purge deletes the whole instance on a trigger key; it addresses no record by key"
-)
-
-
-@contextlib.asynccontextmanager
-async def adt_purge_target() -> AsyncIterator[Harness]:
-    emulator = AdtEmulator(
-        tokens=[adt_purge.TOKEN], step_seconds=adt_purge.STEP, clock=lambda: adt_purge.T0
-    )
-    emulator.seed(demo_graph())
-    with serve(emulator.app) as running:
-        settings = adt_purge.purge_settings(confirm_purge=adt_purge.host_of(running.url))
-        async with contextlib.aclosing(
-            AdtPurgeTarget("twinsprod", adt_purge.connection(running.url), settings)
-        ) as target:
-            yield Harness(
-                target,
-                emulator,
-                _adt_delivery,
-                present="PURGE-1",
-                secrets=(adt_purge.TOKEN,),
-                revoke=emulator.tokens.clear,
-                hint="connections.twinsprod.token",
-                jobs=lambda: len(emulator.jobs()),
-                step=adt_purge.STEP,
-                not_applicable=dict.fromkeys((UNSAFE, KEYED, AMBIGUOUS), PURGE_IS_WHOLE_INSTANCE),
-            )
-
-
-@contextlib.asynccontextmanager
-async def dmm_target() -> AsyncIterator[Harness]:
-    emulator = DmmEmulator(
-        tokens=[dmm.TOKEN], otps=[dmm.OTP], step_seconds=dmm.STEP, clock=dmm.frozen
-    )
-    emulator.seed(demo_entities())
-    with serve(emulator.app) as running:
-        async with contextlib.aclosing(
-            DmmDeleteTarget("dmm", dmm.connection(running.url), dmm.settings())
-        ) as target:
-            yield Harness(
-                target,
-                emulator,
-                lambda n, key: Delivery(n, "T", key, {"RECORD_ID": key}),
-                present="0-1",
-                absent="9-99",
-                secrets=(dmm.TOKEN, dmm.OTP),
-                revoke=emulator.tokens.clear,
-                hint="connections.dmm.token",
-                not_applicable={
-                    AMBIGUOUS: "DMM deletes every row its WhereClause matches",
-                    LOST: "DMM takes no client id and lists no executions, so a lost start "
-                    "cannot be found and the batch is started again (DmmDeleteTarget.find)",
-                },
-                unsafe=("o\u02bcbrien",),
-                step=dmm.STEP,
-            )
-
-
-@contextlib.asynccontextmanager
-async def goose_target() -> AsyncIterator[Harness]:
-    emulator = GooseEmulator(timezone="Europe/Rome")
-    emulator.seed(
-        {goose.CODE: [goose.KEY, goose.USER_KEY]},
-        {"CON_TRO": [{"RECORD_ID": "0-1", "SYKEY": "user1"}]},
-    )
-    with serve(emulator.app) as running:
-        async with contextlib.aclosing(
-            GooseDeleteTarget("goose", goose.connection(running.url), goose.target_settings())
-        ) as target:
-            yield Harness(
-                target,
-                emulator,
-                lambda n, key: Delivery(n, "CON_TRO", key, {"RECORD_ID": key}),
-                present="0-1",
-                absent="0-99",
-                secrets=(goose.KEY, goose.USER_KEY),
-                revoke=lambda: emulator.seed({"ANOTHER": [goose.KEY]}, {}),
-                hint="connections.goose.key",
-                not_applicable={
-                    UNSAFE: "Goose takes the id as a JSON value in the body; every text is safe",
-                    AMBIGUOUS: "a RECORD_ID names one record of its table",
-                    **NO_JOBS,
-                },
-            )
-
-
-FACTORIES: dict[str, Factory] = {
-    "mongoose": mongoose_target,
-    "reltio": reltio_target,
-    "adt-twins": adt_twins_target,
-    "adt-purge": adt_purge_target,
-    "dmm": dmm_target,
-    "goose": goose_target,
-}
-"""Every registered target type, ADT once per kind; the suite checks none is missing."""
+FACTORIES = registered_targets()

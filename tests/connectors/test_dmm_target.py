@@ -528,15 +528,6 @@ async def test_integer_keys_with_a_trailing_newline_are_dead(
     assert 3 in remaining(emulator, "Contact")
 
 
-async def test_text_keys_no_literal_carries_safely_are_dead(
-    make_target: MakeTarget, emulator: DmmEmulator
-) -> None:
-    _, progress = await run(make_target(**TAG), emulator, spec(records("o\u02bcbrien", "x")))
-    assert progress.outcomes[0].kind is OutcomeKind.DEAD
-    assert progress.outcomes[0].reason.startswith("unsafe key: 'o\u02bcbrien' holds U+02BC")
-    assert where_sent(emulator) == ["[Label] IN ('x')"]
-
-
 async def test_a_batch_without_keys_starts_nothing(
     make_target: MakeTarget, emulator: DmmEmulator
 ) -> None:

@@ -361,3 +361,18 @@ def test_demo_data_is_a_small_realistic_seed() -> None:
     assert 10 <= len(contacts) <= 15
     assert contacts[0]["SYKEY"] == "jrossi"
     assert len({c["RECORD_ID"] for c in contacts}) == len(contacts)
+
+
+def test_admin_refusals_are_one_line_and_the_kit_routes_answer_alike(
+    client: httpx.Client, emulator: GooseEmulator
+) -> None:
+    """The kit's admin handlers: a body that is no object gets the route's usage, a
+    missing field is named, and reset clears the request log as on every emulator."""
+    not_object = client.post("/_admin/delete", content=b"[1]")
+    assert not_object.status_code == 400 and "table" in not_object.json()["error"]
+    missing = client.post("/_admin/delete", json={"ids": ["0-1"]})
+    assert (missing.status_code, missing.json()) == (400, {"error": "the body lacks 'table'"})
+    deleted(client)
+    assert emulator.log.entries
+    assert client.post("/_admin/reset").json() == {"reset": True}
+    assert emulator.log.entries == [] and emulator.records("CON_TRO") == []

@@ -162,24 +162,6 @@ async def test_deletes_each_record_and_names_it_as_the_effect(
     assert [(c["method"], c["status"], c["mutating"]) for c in calls] == [("POST", 200, True)] * 3
 
 
-async def test_an_absent_record_is_done_so_resending_is_harmless(
-    emulator: GooseEmulator, make_target: Callable[..., GooseDeleteTarget]
-) -> None:
-    emulator.delete("CON_TRO", ["0-2"], by_key=USER_KEY)
-    target = make_target()
-    first = await target.send(batch("0-2", "0-3"))
-    assert first == [
-        Outcome.done(1, "absent", "goose:DEV001:CON_TRO:0-2"),
-        Outcome.done(2, "deleted", "goose:DEV001:CON_TRO:0-3"),
-    ]
-    again = await target.send(batch("0-2", "0-3"))
-    assert [(o.kind, o.detail, o.effect) for o in again] == [
-        (OutcomeKind.DONE, "absent", "goose:DEV001:CON_TRO:0-2"),
-        (OutcomeKind.DONE, "absent", "goose:DEV001:CON_TRO:0-3"),
-    ]
-    assert [d["RECORD_ID"] for d in emulator.deletions()] == ["0-2", "0-3"]
-
-
 async def test_unmappable_and_too_long_ids_are_dead_and_never_sent(
     emulator: GooseEmulator, make_target: Callable[..., GooseDeleteTarget]
 ) -> None:

@@ -227,20 +227,6 @@ async def test_post_verb(make_target: MakeTarget, emulator: MongooseEmulator) ->
     assert deleted_usernames(emulator) == ["jrossi"]
 
 
-async def test_ambiguous_key_is_dead_and_nothing_deleted(
-    make_target: MakeTarget, emulator: MongooseEmulator
-) -> None:
-    emulator.seed({"UserNames": [{"Username": "jrossi", "UserDesc": "Another Rossi"}]})
-    target = make_target()
-    outcomes = await send(target, deliveries("jrossi", "mbianchi"))
-    assert outcomes[0].kind is OutcomeKind.DEAD
-    assert outcomes[0].reason == (
-        "ambiguous: 2 rows of UserNames have Username='jrossi'; nothing deleted"
-    )
-    assert kinds(outcomes[1:]) == [("done", "deleted")]
-    assert deleted_usernames(emulator) == ["mbianchi"]
-
-
 async def test_missing_field_is_dead(make_target: MakeTarget, emulator: MongooseEmulator) -> None:
     target = make_target()
     batch = [*deliveries("jrossi"), *deliveries(None, start=2), *deliveries("x", field="OTHER")]

@@ -15,7 +15,8 @@ from structlog.testing import capture_logs
 
 from connectors import load_registry
 from connectors.contract import AmbiguousError, AsyncTarget, ConnectorError, FatalError, OutcomeKind
-from tests.connectors.targets import AMBIGUOUS, FACTORIES, KEYED, LOST, UNSAFE, Harness
+from connectors.emulator_contract import AMBIGUOUS, KEYED, LOST, UNSAFE
+from tests.connectors.targets import FACTORIES, Harness
 
 
 @pytest.fixture(params=sorted(FACTORIES))
@@ -25,31 +26,31 @@ async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
 
 
 def applies(harness: Harness, case: str) -> None:
-    reason = harness.not_applicable.get(case)
+    reason = harness.case.not_applicable.get(case)
     if reason is not None:
         pytest.skip(f"not applicable: {reason}")
 
 
-def test_every_registered_target_has_a_factory() -> None:
+def test_every_registered_target_is_in_the_suite() -> None:
     registry = load_registry()
     with_targets = {
         name for name in registry.names() if registry.get(name).build_target is not None
     }
-    covered = {name.split("-")[0] for name in FACTORIES}
-    assert with_targets == covered
+    covered = {case_id.split("-")[0] for case_id in FACTORIES}
+    assert with_targets and with_targets == covered
 
 
 async def test_an_unsafe_key_is_dead_and_never_reaches_the_emulator(harness: Harness) -> None:
     applies(harness, UNSAFE)
-    assert harness.unsafe, "a target that declares no unsafe key must say why instead"
-    batch = [harness.delivery(n, key) for n, key in enumerate(harness.unsafe, start=1)]
+    assert harness.case.unsafe, "a target that declares no unsafe key must say why instead"
+    batch = [harness.delivery(n, key) for n, key in enumerate(harness.case.unsafe, start=1)]
     outcomes = await harness.deliver(batch)
     assert [o.delivery_id for o in outcomes] == [d.delivery_id for d in batch]
-    for outcome, key in zip(outcomes, harness.unsafe, strict=True):
+    for outcome, key in zip(outcomes, harness.case.unsafe, strict=True):
         assert outcome.kind is OutcomeKind.DEAD, key
         assert outcome.reason.startswith("unsafe key: "), (key, outcome.reason)
     sent = await harness.requests()
-    for key in harness.unsafe:
+    for key in harness.case.unsafe:
         assert not [e for e in sent if key in e.path], (key, sent)
     assert not [e for e in sent if e.mutating], sent
 
@@ -64,7 +65,7 @@ async def test_an_empty_key_is_dead_and_never_reaches_the_emulator(harness: Harn
 
 async def test_an_absent_key_is_done_and_sending_again_is_harmless(harness: Harness) -> None:
     applies(harness, KEYED)
-    batch = [harness.delivery(1, harness.present), harness.delivery(2, harness.absent)]
+    batch = [harness.delivery(1, harness.case.present), harness.delivery(2, harness.case.absent)]
     first = await harness.deliver(batch)
     assert [o.delivery_id for o in first] == [1, 2]
     assert [o.kind for o in first] == [OutcomeKind.DONE] * 2, first
@@ -76,10 +77,10 @@ async def test_an_absent_key_is_done_and_sending_again_is_harmless(harness: Harn
 
 async def test_preview_answers_every_delivery_and_changes_nothing(harness: Harness) -> None:
     """The plan and a dry run rely on it: one outcome per delivery, and no mutating call."""
-    batch = [harness.delivery(1, harness.present)]
-    keyed = KEYED not in harness.not_applicable
+    batch = [harness.delivery(1, harness.case.present)]
+    keyed = KEYED not in harness.case.not_applicable
     if keyed:
-        batch += [harness.delivery(2, ""), harness.delivery(3, harness.absent)]
+        batch += [harness.delivery(2, ""), harness.delivery(3, harness.case.absent)]
     outcomes = await harness.preview(batch)
     assert [o.delivery_id for o in outcomes] == [d.delivery_id for d in batch]
     assert outcomes[0].kind is OutcomeKind.DONE, outcomes[0]
@@ -101,7 +102,7 @@ async def test_errors_and_logs_carry_no_secret_when_the_server_echoes_the_reques
     texts: list[str] = []
     with capture_logs() as logs:
         try:
-            outcomes = await harness.deliver([harness.delivery(1, harness.present)])
+            outcomes = await harness.deliver([harness.delivery(1, harness.case.present)])
         except ConnectorError as exc:
             texts += [str(exc), repr(exc.args)]
         else:
@@ -110,7 +111,7 @@ async def test_errors_and_logs_carry_no_secret_when_the_server_echoes_the_reques
     texts += [repr(entry) for entry in logs]
     assert [e for e in await harness.requests() if e.fault == "echo"], "nothing was echoed"
     for text in texts:
-        for secret in harness.secrets:
+        for secret in harness.case.secrets:
             assert secret not in text, (secret, text)
         assert not re.search(r"bearer\s+[\w.~+/-]{8,}", text, re.IGNORECASE), text
 
@@ -122,24 +123,24 @@ async def test_refused_credentials_are_renewed_once_then_stop_with_a_hint(
     for credentials that cannot be renewed), then the pipeline stops naming the setting."""
 
     async def token_calls() -> int:
-        if not harness.token_path:
+        if not harness.case.renews_at:
             return 0
-        return sum(harness.token_path in e.path for e in await harness.requests())
+        return sum(harness.case.renews_at in e.path for e in await harness.requests())
 
-    first = await harness.deliver([harness.delivery(1, harness.present)])
+    first = await harness.deliver([harness.delivery(1, harness.case.present)])
     assert first[0].kind is OutcomeKind.DONE, first
     before = await token_calls()
-    harness.revoke()
+    harness.case.revoke()
     with pytest.raises(FatalError) as info:
-        await harness.deliver([harness.delivery(2, harness.absent or harness.present)])
+        await harness.deliver([harness.delivery(2, harness.case.absent or harness.case.present)])
     assert harness.hint and harness.hint in str(info.value), str(info.value)
-    assert await token_calls() - before == (1 if harness.token_path else 0)
+    assert await token_calls() - before == (1 if harness.case.renews_at else 0)
 
 
 async def test_an_ambiguous_key_is_dead_and_nothing_is_deleted(harness: Harness) -> None:
     applies(harness, AMBIGUOUS)
-    assert harness.ambiguous, "a target without ambiguous keys must say why instead"
-    key = harness.ambiguous()
+    assert harness.case.ambiguous, "a target without ambiguous keys must say why instead"
+    key = harness.case.ambiguous()
     outcomes = await harness.deliver([harness.delivery(1, key)])
     assert outcomes[0].kind is OutcomeKind.DEAD, outcomes
     assert outcomes[0].reason.startswith("ambiguous: "), outcomes
@@ -150,9 +151,9 @@ async def test_a_lost_answer_never_starts_a_second_job(harness: Harness) -> None
     """The start was applied and its answer lost. The engine asks `find` and starts the
     batch again only when it finds nothing: either way one job is started, no more."""
     applies(harness, LOST)
-    target, jobs = harness.target, harness.jobs
+    target, jobs = harness.target, harness.case.jobs
     assert isinstance(target, AsyncTarget) and jobs is not None
-    job = harness.job([harness.delivery(1, harness.present)])
+    job = harness.job([harness.delivery(1, harness.case.present)])
     assert await target.find(job) is None, "found a job never started"  # also fetches a token
     harness.emulator.faults.update({"drop_after_apply_rate": 1.0})
     with pytest.raises(AmbiguousError):

@@ -17,16 +17,11 @@ import pytest
 
 from connectors.emulator_kit import free_port
 from syncengine.sandbox import (
-    ADT_TOKEN,
-    DMM_OTP,
-    DMM_TOKEN,
     GOOSE_CODE,
     GOOSE_ENGINE_KEY,
     MONGOOSE_CONFIG,
     MONGOOSE_PASSWORD,
     MONGOOSE_USER,
-    RELTIO_CLIENT,
-    RELTIO_SECRET,
     Sandbox,
     default_ports,
 )
@@ -95,50 +90,14 @@ class Env:
         return self.config
 
     def connection(self, name: str) -> str:
-        """The YAML block of one sandbox connection, by the name the shipped config uses."""
-        blocks = {
-            "goose": f"""
-              goose:
-                type: goose
-                url: "{self.box.goose_url}/deleted/"
-                code: {GOOSE_CODE}
-                key: "${{TEST_GOOSE_KEY}}"
-                calls_per_second: 50
-            """,
-            "erp": f"""
-              erp:
-                type: mongoose
-                url: "{self.box.mongoose_url}/IDORequestService/MGRESTService.svc"
-                config: {MONGOOSE_CONFIG}
-                user: {MONGOOSE_USER}
-                password: "${{TEST_MONGOOSE_PASSWORD}}"
-            """,
-            "mdm": f"""
-              mdm:
-                type: reltio
-                tenant_url: "{self.box.reltio_tenant_url}"
-                auth_url: "{self.box.reltio_url}/oauth/token"
-                client_id: {RELTIO_CLIENT}
-                client_secret: "{RELTIO_SECRET}"
-                retry: {{max_attempts: 3, base_delay: 0.05, max_delay: 0.1}}
-            """,
-            "twins": f"""
-              twins:
-                type: adt
-                url: "{self.box.adt_url}"
-                token: "{ADT_TOKEN}"
-                retry: {{max_attempts: 3, base_delay: 0.05, max_delay: 0.1}}
-            """,
-            "crm": f"""
-              crm:
-                type: dmm
-                url: "{self.box.dmm_url}"
-                token: "{DMM_TOKEN}"
-                otp: "{DMM_OTP}"
-                retry: {{max_attempts: 3, base_delay: 0.05, max_delay: 0.1}}
-            """,
+        """The YAML entry of one sandbox connection, by the name the shipped config uses;
+        each connector's sandbox declares its own."""
+        entries = {
+            declared[0]: {"type": emu.name, **declared[1](emu.url)}
+            for emu in self.box.emulators.values()
+            if (declared := emu.emulated.connection) is not None
         }
-        return textwrap.dedent(blocks[name]).strip("\n")
+        return f"{name}: {json.dumps(entries[name])}"
 
     def compose(self, connections: list[str], pipelines: str) -> Path:
         """Write a config: the sandbox `connections` by name, and the `pipelines:` block."""

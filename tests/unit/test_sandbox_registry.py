@@ -3,6 +3,7 @@ default port hang on its registry entry, so adding a target edits no sandbox cod
 
 from __future__ import annotations
 
+import dataclasses
 import pkgutil
 import re
 from pathlib import Path
@@ -11,9 +12,11 @@ import pytest
 from typer.testing import CliRunner
 
 from connectors import load_registry
+from connectors.contract import Registry, SandboxSpec
 from connectors.emulator_kit import SandboxEmulator
 from syncengine.cli import app
 from syncengine.sandbox import Sandbox, SandboxError, default_ports
+from tests.connectors import targets
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,3 +57,32 @@ def test_sandbox_port_option_errors_are_one_line(given: str, expected: str) -> N
     assert result.exit_code == 2
     text = re.sub(r"\s+", " ", result.output)
     assert expected in text and "Traceback" not in text
+
+
+def test_a_new_target_needs_nothing_but_its_registry_entry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A connector registered under a new name, with its emulator and contract cases
+    (borrowed from a registered one), is run by the sandbox, gets a URL and its actions
+    there, and joins the contract suite: no shared file lists connectors."""
+    registry = load_registry()
+    infos = [registry.get(name) for name in registry.names()]
+    model = next(info for info in infos if info.build_target and info.sandbox)
+    assert model.sandbox is not None
+    spec = SandboxSpec(9999, model.sandbox.emulator, model.sandbox.contract)
+    fresh = Registry()
+    for info in [*infos, dataclasses.replace(model, name="newcomer", sandbox=spec)]:
+        fresh.register(info)
+    monkeypatch.setattr("syncengine.sandbox.load_registry", lambda: fresh)
+    monkeypatch.setattr(targets, "load_registry", lambda: fresh)
+
+    assert default_ports()["newcomer"] == 9999
+    box = Sandbox()
+    assert box.newcomer_url == "http://127.0.0.1:9999"
+    declared = box.emulators["newcomer"].emulated
+    for action in declared.actions:
+        assert getattr(box, action).args == ("http://127.0.0.1:9999",)
+    suite = targets.registered_targets()
+    assert any(case_id.split("-")[0] == "newcomer" for case_id in suite)
+    with_targets = {name for name in fresh.names() if fresh.get(name).build_target}
+    assert {case_id.split("-")[0] for case_id in suite} == with_targets

@@ -19,7 +19,13 @@ from tests.unit.test_config import VALID
 from tests.unit.test_schema import downgrade
 
 DAEMON_ONLY = ("apscheduler.schedulers", "uvicorn", "starlette", "prometheus_client")
-SANDBOX_ONLY = ("connectors.emulator_kit", "syncengine.sandbox", "syncengine.demo")
+SANDBOX_ONLY = (
+    "connectors.emulator_kit",
+    "connectors.emulator_admin",
+    "connectors.emulator_contract",
+    "syncengine.sandbox",
+    "syncengine.demo",
+)
 UNUSED_CONNECTORS = ("connectors.adt", "connectors.reltio", "connectors.dmm")
 
 
