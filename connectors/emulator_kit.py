@@ -281,13 +281,24 @@ class RunningServer:
     """A uvicorn server on loopback in a background thread."""
 
     def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> None:
+        """Port 0: any free port. The socket is bound here and handed to uvicorn, so
+        the port cannot be taken between choosing it and listening on it (tests in
+        parallel processes did take each other's ports when it was chosen first)."""
         self.host = host
-        self.port = port or free_port(host)
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            self._socket.bind((host, port))
+        except OSError:
+            self._socket.close()
+            raise
+        self.port: int = self._socket.getsockname()[1]
         config = uvicorn.Config(
             app, host=host, port=self.port, log_level="warning", access_log=False, lifespan="off"
         )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True
+        )
 
     @property
     def url(self) -> str:
@@ -305,6 +316,7 @@ class RunningServer:
     def stop(self) -> None:
         self._server.should_exit = True
         self._thread.join(timeout=10)
+        self._socket.close()
 
 
 @contextlib.contextmanager

@@ -88,7 +88,7 @@ class Emulated:
 
 class Sandbox:
     """Every registered connector's emulator, each on its port (`ports` overrides the
-    registry's defaults by connector name)."""
+    registry's defaults by connector name; 0 is any free port, known once started)."""
 
     def __init__(self, ports: Mapping[str, int] | None = None, step_seconds: float = 0.2) -> None:
         specs = sandboxed()
@@ -128,7 +128,7 @@ class Sandbox:
 
     def __enter__(self) -> Sandbox:
         for emu in self.emulators.values():
-            if not _port_free(emu.port):
+            if emu.port and not _port_free(emu.port):
                 raise SandboxError(
                     f"{emu.emulated.title} emulator: port {emu.port} on {HOST} is in use "
                     f"(another sandbox?); stop it, or pass --port {emu.name}=PORT and change "
@@ -138,6 +138,7 @@ class Sandbox:
             with httpx.Client(timeout=10) as client:
                 for emu in self.emulators.values():
                     emu.server = RunningServer(emu.emulated.app, HOST, emu.port).start()
+                    emu.port = emu.server.port
                     seed = emu.emulated.seed
                     client.post(f"{emu.url}/_admin/seed", json=seed).raise_for_status()
         except BaseException:

@@ -122,7 +122,11 @@ async def run(
 
 @pytest.fixture(scope="module")
 def shared() -> Iterator[tuple[ReltioEmulator, str]]:
-    emu = ReltioEmulator(clients={CLIENT: SECRET}, users={USER: PASSWORD}, step_seconds=STEP)
+    # A frozen clock: tasks move only when a test steps it, never because the machine
+    # was slow between two calls.
+    emu = ReltioEmulator(
+        clients={CLIENT: SECRET}, users={USER: PASSWORD}, step_seconds=STEP, clock=lambda: 1.7e9
+    )
     with serve(emu.app) as running:
         yield emu, running.url
 

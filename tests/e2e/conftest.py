@@ -15,7 +15,6 @@ from typing import Any
 import httpx
 import pytest
 
-from connectors.emulator_kit import free_port
 from syncengine.sandbox import (
     GOOSE_CODE,
     GOOSE_ENGINE_KEY,
@@ -212,7 +211,7 @@ class Env:
 
 @pytest.fixture
 def e2e(tmp_path: Path) -> Iterator[Env]:
-    with Sandbox({name: free_port() for name in default_ports()}) as box:
+    with Sandbox(dict.fromkeys(default_ports(), 0)) as box:
         env = Env(box=box, tmp=tmp_path, config=tmp_path / "config.yaml")
         env.write_config()
         yield env
