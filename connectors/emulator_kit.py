@@ -285,7 +285,9 @@ class RunningServer:
         the port cannot be taken between choosing it and listening on it (tests in
         parallel processes did take each other's ports when it was chosen first)."""
         self.host = host
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP named, not 0: asyncio turns Nagle off (TCP_NODELAY) only on sockets
+        # whose protocol says TCP, and with Nagle on, each answer waited ~40 ms for an ACK.
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
             self._socket.bind((host, port))
         except OSError:
