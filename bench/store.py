@@ -162,6 +162,14 @@ def run_raw(path: Path, rows: Sequence[NewRecord], batch: int) -> float:
         conn.close()
 
 
+def done_count(path: Path) -> int:
+    """Deliveries done in a contender's database: each must have done all the work."""
+    with sqlite3.connect(path) as conn:
+        row = conn.execute("SELECT count(*) FROM delivery WHERE status = 'done'").fetchone()
+    count: int = row[0]
+    return count
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=20000)
@@ -180,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
             for name in order:
                 path = Path(workdir) / f"{round_}-{name.replace(' ', '-')}.db"
                 seconds[name].append(contenders[name](path, rows, args.batch))
+                if done_count(path) != args.records:
+                    raise SystemExit(f"{name}: {done_count(path)} of {args.records} done")
     medians = {name: statistics.median(values) for name, values in seconds.items()}
     print(
         f"store hot path: journal + claim + outcome of {args.records:,} records, "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from bench import store
 from bench.figures import BARE, HEADERS, KINDS
 from bench.throughput import main
 
@@ -53,3 +54,14 @@ def test_memory_mode_finds_nothing_to_delete_and_still_measures_both() -> None:
     for row in rows.values():
         assert row.peak_rss_mb is not None and row.peak_rss_mb > 0
         assert set(row.requests) == set(KINDS)
+
+
+def test_the_store_microbench_does_the_same_work_both_ways(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Each contender must leave every delivery done (the bench checks it) and both are
+    printed with their ratio."""
+    figures = store.main(["--records", "300", "--batch", "50", "--rounds", "2"])
+    printed = capsys.readouterr().out
+    assert figures["store"] > 0 and figures["raw sqlite3"] > 0 and figures["ratio"] > 0
+    assert "store / raw sqlite3:" in printed and "µs/record" in printed
