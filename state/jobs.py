@@ -19,6 +19,18 @@ from state.outcomes import apply_outcomes
 from state.records import JobRecord, OutcomeCounts, OutcomeRecord, RetryRule, Screen
 
 
+def _closed(s: Session, job_id: int, phase: JobPhase, error: str, now: datetime) -> Job:
+    """The job row, ended in `phase` with `error` (nothing more to poll)."""
+    job = s.get(Job, job_id)
+    assert job is not None
+    job.phase = phase
+    job.error = error
+    job.finished_at = now
+    job.updated_at = now
+    job.next_poll_at = None
+    return job
+
+
 class Jobs(StoreBase):
     """The job rows and the deliveries they carry."""
 
@@ -187,15 +199,9 @@ class Jobs(StoreBase):
         now = utcnow()
         with self._tx() as s:
             check_lease(s, lease, lock_row=self.locks_rows)
-            job = s.get(Job, job_id)
-            assert job is not None
-            job.phase = phase
+            job = _closed(s, job_id, phase, error, now)
             job.state = state
             job.polls += 1
-            job.finished_at = now
-            job.updated_at = now
-            job.next_poll_at = None
-            job.error = error
             if detail is not None:
                 job.detail = detail
             return apply_outcomes(s.connection(), outcomes, rule, now)
@@ -213,13 +219,7 @@ class Jobs(StoreBase):
         now = utcnow()
         with self._tx() as s:
             check_lease(s, lease, lock_row=self.locks_rows)
-            job = s.get(Job, job_id)
-            assert job is not None
-            job.phase = phase
-            job.error = reason
-            job.finished_at = now
-            job.updated_at = now
-            job.next_poll_at = None
+            _closed(s, job_id, phase, reason, now)
             values: dict[str, Any] = {"claim": None, "updated_at": now, "last_error": reason}
             if to_dead:
                 values.update(status=DeliveryStatus.DEAD, finished_at=now)

@@ -84,6 +84,16 @@ def journal(store: Store) -> tuple[list[str], list[str]]:
     return keys, sent
 
 
+def assert_recovered_once(store: Store, contacts: list[str], report: PullReport) -> None:
+    """After the recovery read: every deletion journaled and sent once, the first page's
+    records taken for duplicates, the call no longer in flight."""
+    keys, sent = journal(store)
+    assert sorted(keys) == sorted(contacts), "every deletion journaled exactly once"
+    assert sorted(sent) == sorted(contacts), "one delivery per deletion, none twice"
+    assert report.recoveries == 1 and report.duplicates == PAGE
+    assert store.cursor("p", "CON_TRO").in_flight is None
+
+
 def test_a_crash_between_pages_loses_nothing_and_creates_nothing_twice(
     store: Store, small_pages: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -111,12 +121,8 @@ def test_a_crash_between_pages_loses_nothing_and_creates_nothing_twice(
         restarted = GooseSource("g", connection(f"{running.url}/deleted/"), settings)
         report = run_pull(store, restarted)
 
-    keys, sent = journal(store)
-    assert sorted(keys) == sorted(contacts), "every deletion journaled exactly once"
-    assert sorted(sent) == sorted(contacts), "one delivery per deletion, none twice"
-    assert report.recoveries == 1 and report.pulled == len(contacts) - PAGE
-    assert report.duplicates == PAGE
-    assert store.cursor("p", "CON_TRO").in_flight is None
+    assert_recovered_once(store, contacts, report)
+    assert report.pulled == len(contacts) - PAGE
 
 
 def test_a_key_repeated_across_a_page_boundary_is_one_deletion(
@@ -183,8 +189,4 @@ def test_a_stop_mid_answer_leaves_the_rest_to_a_recovery_read(
         restarted = GooseSource("g", connection(f"{running.url}/deleted/"), settings)
         again = run_pull(store, restarted)
 
-    keys, sent = journal(store)
-    assert sorted(keys) == sorted(contacts), "every deletion journaled exactly once"
-    assert sorted(sent) == sorted(contacts), "one delivery per deletion, none twice"
-    assert again.recoveries == 1 and again.duplicates == PAGE
-    assert store.cursor("p", "CON_TRO").in_flight is None
+    assert_recovered_once(store, contacts, again)
