@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, Select, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, Row, Select, and_, bindparam, func, or_, select, update
 from sqlalchemy.engine import Connection
 
 from state.base import DELETION, DELIVERY
@@ -64,6 +64,42 @@ def due_condition(pipeline: str, target: str, now: datetime) -> ColumnElement[bo
     )
 
 
+def _due_query(status: DeliveryStatus, fresh: bool, lock: bool) -> Select[Any]:
+    """The oldest `b_limit` deliveries of a target in `status`; failed ones only once
+    due (and, with `fresh`, not failed during this run: a run does not retry, in a
+    loop, what failed during that same run)."""
+    where = [
+        DELIVERY.c.pipeline == bindparam("b_pipeline"),
+        DELIVERY.c.target == bindparam("b_target"),
+        DELIVERY.c.status == status,
+    ]
+    if status is DeliveryStatus.FAILED:
+        where.append(DELIVERY.c.next_attempt_at <= bindparam("b_now"))
+        if fresh:
+            where.append(DELIVERY.c.updated_at < bindparam("b_fresh"))
+    query = with_deletions(*where).limit(bindparam("b_limit"))
+    return query.with_for_update(skip_locked=True, of=DELIVERY) if lock else query
+
+
+# Built once: a claim binds its values, so no statement is built, coerced or keyed again.
+_DUE = {
+    (status, fresh, lock): _due_query(status, fresh, lock)
+    for status in (DeliveryStatus.PENDING, DeliveryStatus.FAILED)
+    for fresh in (False, True)
+    for lock in (False, True)
+}
+_CLAIM = (
+    update(DELIVERY)
+    .where(DELIVERY.c.id.in_(bindparam("b_ids", expanding=True)))
+    .values(
+        status=DeliveryStatus.IN_FLIGHT,
+        claim=bindparam("b_claim"),
+        claim_epoch=bindparam("b_epoch"),
+        updated_at=bindparam("b_now"),
+    )
+)
+
+
 def _due_rows(
     conn: Connection,
     pipeline: str,
@@ -75,17 +111,19 @@ def _due_rows(
     """The `limit` oldest due deliveries. Pending and failed are looked up apart, so
     each look-up walks the queue index (pipeline, target, status, id) in order and
     stops at `limit`, however many deliveries are done or waiting."""
-    mine = (DELIVERY.c.pipeline == pipeline, DELIVERY.c.target == target)
-    failed = [DELIVERY.c.status == DeliveryStatus.FAILED, DELIVERY.c.next_attempt_at <= now]
-    if fresh_before is not None:
-        # A run does not retry, in a loop, what failed during that same run.
-        failed.append(DELIVERY.c.updated_at < fresh_before)
+    fresh = fresh_before is not None
+    lock = conn.dialect.name == "postgresql"
+    values = {
+        "b_pipeline": pipeline,
+        "b_target": target,
+        "b_now": now,
+        "b_fresh": fresh_before,
+        "b_limit": limit,
+    }
     found: list[ClaimedDelivery] = []
-    for condition in ([DELIVERY.c.status == DeliveryStatus.PENDING], failed):
-        query = with_deletions(*mine, *condition).limit(limit)
-        if conn.dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True, of=DELIVERY)
-        found.extend(claimed_of(row) for row in conn.execute(query))
+    for status in (DeliveryStatus.PENDING, DeliveryStatus.FAILED):
+        query = _DUE[(status, fresh and status is DeliveryStatus.FAILED, lock)]
+        found.extend(claimed_of(row) for row in conn.execute(query, values))
     found.sort(key=lambda c: c.id)
     return found[:limit]
 
@@ -112,16 +150,8 @@ def claim_due(
         if screen is not None:
             rows = _screen(conn, pipeline, target, now, screen, rows)
         if rows:
-            conn.execute(
-                update(DELIVERY)
-                .where(DELIVERY.c.id.in_([c.id for c in rows]))
-                .values(
-                    status=DeliveryStatus.IN_FLIGHT,
-                    claim=claim,
-                    claim_epoch=epoch,
-                    updated_at=now,
-                )
-            )
+            ids = [c.id for c in rows]
+            conn.execute(_CLAIM, {"b_ids": ids, "b_claim": claim, "b_epoch": epoch, "b_now": now})
             claimed.extend(rows)
     return claimed
 

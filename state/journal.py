@@ -8,12 +8,13 @@ RETURNING, an INSERT ... SELECT of their deliveries), whatever the chunk's size.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, insert, literal, or_, select
+from sqlalchemy import Select, bindparam, func, insert, literal, or_, select
 from sqlalchemy.engine import Connection
 from sqlmodel import Session, col
 
@@ -32,18 +33,6 @@ from state.records import (
 )
 
 _INSERT_DELETIONS = insert(DELETION).returning(DELETION.c.id, DELETION.c.record_key)
-
-
-def _overlapping(window: ReadWindow) -> list[ColumnElement[bool]]:
-    """Conditions on a deletion's window: it overlaps `window` (unbounded ends always do)."""
-    conditions: list[ColumnElement[bool]] = []
-    if window.end is not None:
-        start = DELETION.c.window_start
-        conditions.append(or_(start.is_(None), start < window.end))
-    if window.start is not None:
-        end = DELETION.c.window_end
-        conditions.append(or_(end.is_(None), end > window.start))
-    return conditions
 
 
 def _journaled(
@@ -70,14 +59,34 @@ def _journaled(
         ).scalars()
         found.update(linked[i] for i in rows if i is not None)
     if keys:
-        found.update(
-            conn.execute(
-                select(DELETION.c.record_key).where(
-                    *mine, DELETION.c.record_key.in_(keys), *_overlapping(window)
-                )
-            ).scalars()
-        )
+        query = _keys_seen(window.start is not None, window.end is not None)
+        values = {
+            "b_pipeline": pipeline,
+            "b_stream": stream,
+            "b_keys": keys,
+            "b_start": window.start,
+            "b_end": window.end,
+        }
+        found.update(conn.execute(query, values).scalars())
     return found
+
+
+@functools.cache
+def _keys_seen(bounded_start: bool, bounded_end: bool) -> Select[Any]:
+    """Which of `b_keys` were journaled from a read overlapping [b_start, b_end): one
+    statement per kind of window, built once (unbounded ends always overlap)."""
+    where = [
+        DELETION.c.pipeline == bindparam("b_pipeline"),
+        DELETION.c.stream == bindparam("b_stream"),
+        DELETION.c.record_key.in_(bindparam("b_keys", expanding=True)),
+    ]
+    if bounded_end:
+        start = DELETION.c.window_start
+        where.append(or_(start.is_(None), start < bindparam("b_end")))
+    if bounded_start:
+        end = DELETION.c.window_end
+        where.append(or_(end.is_(None), end > bindparam("b_start")))
+    return select(DELETION.c.record_key).where(*where)
 
 
 def _caused_by_us(

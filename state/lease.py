@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, text, update
+from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col
@@ -47,6 +47,12 @@ class LeaseLost(Exception):
         self.lease = lease
 
 
+_HOLDER = select(PIPELINE_LOCK.c.owner, PIPELINE_LOCK.c.epoch).where(
+    PIPELINE_LOCK.c.pipeline == bindparam("b_pipeline")
+)
+_HOLDER_LOCKED = _HOLDER.with_for_update(read=True, key_share=True)
+
+
 def check_lease(s: Session | Connection, lease: Lease | None, *, lock_row: bool) -> None:
     """Raise LeaseLost unless the lock row still names this owner and epoch.
 
@@ -55,12 +61,8 @@ def check_lease(s: Session | Connection, lease: Lease | None, *, lock_row: bool)
     """
     if lease is None:
         return
-    query = select(PIPELINE_LOCK.c.owner, PIPELINE_LOCK.c.epoch).where(
-        PIPELINE_LOCK.c.pipeline == lease.pipeline
-    )
-    if lock_row:
-        query = query.with_for_update(read=True, key_share=True)
-    row = s.execute(query).first()
+    query = _HOLDER_LOCKED if lock_row else _HOLDER
+    row = s.execute(query, {"b_pipeline": lease.pipeline}).first()
     if row is None or row.owner != lease.owner or row.epoch != lease.epoch:
         raise LeaseLost(lease, None if row is None else row.owner)
 

@@ -34,28 +34,39 @@ _FAILED = (
 )
 
 
-def _answered(ids: list[int], now: datetime, values: Mapping[str, Any]) -> Update:
+def _answered(values: Mapping[str, Any]) -> Update:
+    """Deliveries answered alike, named by `b_ids`, all at once."""
     return (
         update(DELIVERY)
-        .where(DELIVERY.c.id.in_(ids))
+        .where(DELIVERY.c.id.in_(bindparam("b_ids", expanding=True)))
         .values(
             claim=None,
             attempts=DELIVERY.c.attempts + 1,
-            updated_at=now,
-            finished_at=now,
+            updated_at=bindparam("b_now"),
+            finished_at=bindparam("b_now"),
             **values,
         )
     )
 
 
+_DONE = _answered(
+    {
+        "status": DeliveryStatus.DONE,
+        "detail": bindparam("b_detail"),
+        "effect": bindparam("b_effect"),
+        "next_attempt_at": None,
+    }
+)
+_DEAD = _answered({"status": DeliveryStatus.DEAD, "last_error": bindparam("b_error")})
+_ATTEMPTS = select(DELIVERY.c.id, DELIVERY.c.attempts).where(
+    DELIVERY.c.id.in_(bindparam("b_ids", expanding=True))
+)
+
+
 def _attempts(conn: Connection, ids: list[int]) -> dict[int, int]:
     found: dict[int, int] = {}
     for start in range(0, len(ids), CHUNK):
-        rows = conn.execute(
-            select(DELIVERY.c.id, DELIVERY.c.attempts).where(
-                DELIVERY.c.id.in_(ids[start : start + CHUNK])
-            )
-        )
+        rows = conn.execute(_ATTEMPTS, {"b_ids": ids[start : start + CHUNK]})
         found.update((int(i), int(a)) for i, a in rows)
     return found
 
@@ -86,10 +97,9 @@ def apply_outcomes(
                 {"b_id": delivery_id, "b_now": now, "b_error": outcome.reason, "b_next": next_at}
             )
     for (detail, effect), ids in done.items():
-        values = {"status": DeliveryStatus.DONE, "detail": detail, "effect": effect}
-        conn.execute(_answered(ids, now, values | {"next_attempt_at": None}))
+        conn.execute(_DONE, {"b_ids": ids, "b_now": now, "b_detail": detail, "b_effect": effect})
     for reason, ids in dead.items():
-        conn.execute(_answered(ids, now, {"status": DeliveryStatus.DEAD, "last_error": reason}))
+        conn.execute(_DEAD, {"b_ids": ids, "b_now": now, "b_error": reason})
     if failed:
         conn.execute(_FAILED, failed)
     return OutcomeCounts(
