@@ -37,7 +37,7 @@ test: lint typecheck unit
 crash-test: $(STAMP)
 	SYNCENGINE_CRASH_CYCLES=150 $(BIN)/pytest -q -m slow tests/e2e/test_crash.py
 
-.PHONY: bench-memory bench-concurrency bench-store
+.PHONY: bench-memory bench-concurrency bench-store bench-sigterm
 
 # syncengine against a bare httpx loop at 2,000, 20,000 and 100,000 deletions, 3 rounds each,
 # within 14 minutes: rounds that would overrun are skipped and the output says so.
@@ -58,6 +58,11 @@ bench-concurrency: $(STAMP)
 # rows in the same transactions; 20,000 records, median of 5 rounds (about a minute).
 bench-store: $(STAMP)
 	$(BIN)/python -m bench.store
+
+# SIGTERM to `run --once` once 20,000 of a 1,000,000-deletion answer are journaled:
+# the seconds until it exits (about a minute, most of it seeding the emulator).
+bench-sigterm: $(STAMP)
+	$(BIN)/python -m bench.sigterm
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache data

@@ -273,7 +273,7 @@ async def _pull_stream(
                             # period a supervisor gives.
                             log.warning(
                                 "answer_interrupted",
-                                reason=stop.reason or "stop requested",
+                                reason=stop.why() or "stop requested",
                                 journaled=result.new,
                                 hint="the next run re-reads this call's window",
                             )

@@ -21,6 +21,12 @@ class StopToken:
             self.reason = reason
             self._event.set()
 
+    def why(self) -> str:
+        """The reason of whichever stop was requested, this token's or its parent's."""
+        if self._event.is_set():
+            return self.reason
+        return self._parent.why() if self._parent is not None else ""
+
     def is_set(self) -> bool:
         return self._event.is_set() or (self._parent is not None and self._parent.is_set())
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench import store
+from bench import sigterm, store
 from bench.figures import BARE, HEADERS, KINDS
 from bench.throughput import main
 
@@ -65,3 +65,15 @@ def test_the_store_microbench_does_the_same_work_both_ways(
     printed = capsys.readouterr().out
     assert figures["store"] > 0 and figures["raw sqlite3"] > 0 and figures["ratio"] > 0
     assert "store / raw sqlite3:" in printed and "µs/record" in printed
+
+
+def test_sigterm_mid_answer_stops_the_run_before_the_answer_is_journaled(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The small version of `make bench-sigterm`: a signal once the first chunk of an
+    answer of twelve chunks is journaled ends the run with the rest unread."""
+    figures = sigterm.main(["--records", "60000", "--after", "1"])
+    assert figures["exit_code"] == 0
+    assert figures["in_flight"] == 1, "the call stays in flight for the next run to re-read"
+    assert 0 < figures["journaled"] < 60000
+    assert "in-flight marker kept: yes" in capsys.readouterr().out

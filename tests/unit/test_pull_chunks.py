@@ -158,13 +158,14 @@ def test_a_stop_mid_answer_leaves_the_rest_to_a_recovery_read(
     emulator = GooseEmulator(timezone="Europe/Rome")
     emulator.seed({CODE: [KEY, USER_KEY]}, {"CON_TRO": [{"RECORD_ID": c} for c in contacts]})
     emulator.delete("CON_TRO", contacts)
-    stop = StopToken()
+    daemon = StopToken()
+    stop = daemon.child()
     pages: list[str] = []
 
     def sigterm_after_the_first_page(name: str) -> None:
         if name == "between_chunks":
             pages.append(name)
-            stop.request("SIGTERM received")
+            daemon.request("SIGTERM received")
 
     with serve(emulator.app) as running:
         settings = GooseSourceSettings.model_validate({"tables": ["CON_TRO"]})

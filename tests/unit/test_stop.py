@@ -13,3 +13,14 @@ async def test_child_follows_parent_but_not_the_other_way() -> None:
     other = daemon.child()
     daemon.request("SIGTERM")
     assert other.is_set()
+
+
+async def test_a_run_says_why_it_stopped_whoever_asked() -> None:
+    daemon = StopToken()
+    run = daemon.child()
+    assert run.why() == ""
+    daemon.request("SIGTERM received")
+    assert run.why() == "SIGTERM received"
+    lost = StopToken().child()
+    lost.request("lease lost")
+    assert lost.why() == "lease lost"
