@@ -104,6 +104,7 @@ from connectors.emulator_admin import (
     settled,
 )
 from connectors.emulator_kit import DEMO_PEOPLE, Faults, apply_settings, run_alone
+from connectors.http import as_int
 
 BASE_PATH = "/DMM_API/rest/DMMAPI"
 RUNTIME_CONNECTION = "Runtime Connection"
@@ -723,14 +724,7 @@ class DmmEmulator(SteppedEmulator):
         return "", entities
 
     def _tracker(self, body: Mapping[str, Any]) -> int | None:
-        value = body.get("MainExecutionTrackerId")
-        if isinstance(value, bool):
-            return None
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str) and value.strip().isdigit():
-            return int(value)
-        return None
+        return as_int(body.get("MainExecutionTrackerId"))
 
     async def _about_execution(
         self,
