@@ -163,6 +163,39 @@ def _check_retention(store: Store, pipe: PipelineRuntime, stream: str, log: Any)
         )
 
 
+async def _journal_page(
+    store: Store,
+    pipe: PipelineRuntime,
+    stream: str,
+    call: SourceCall,
+    page: SourcePage,
+    run_id: int,
+    targets: list[str],
+    lease: Lease | None,
+    *,
+    last: bool = False,
+    recovered: dict[str, Any] | None = None,
+) -> JournalResult:
+    """Journal one page of a call's answer, off the event loop. Only the last page
+    moves the cursor and clears the in-flight marker; the pages before it are
+    journaled under the marker (see `_pull_stream`)."""
+    return await asyncio.to_thread(
+        store.journal,
+        pipe.name,
+        stream,
+        page_records(pipe.source, page),
+        cursor=page.cursor if last else None,
+        targets=targets,
+        run_id=run_id,
+        recovered=recovered,
+        advance_cursor=last,
+        own_effects=own_effects(pipe),
+        problem=page.problem if last else "",
+        window=read_window(call),
+        lease=lease,
+    )
+
+
 async def pull(
     store: Store,
     pipe: PipelineRuntime,
@@ -250,18 +283,8 @@ async def _pull_stream(
                         # is a duplicate. Its deliveries may go out at once: a re-read
                         # never creates them twice, and each names a record the source
                         # reported deleted, so nothing is lost or sent twice.
-                        part = await asyncio.to_thread(
-                            store.journal,
-                            pipe.name,
-                            stream,
-                            page_records(pipe.source, page),
-                            cursor=None,
-                            targets=targets,
-                            run_id=run_id,
-                            advance_cursor=False,
-                            own_effects=own_effects(pipe),
-                            window=read_window(call),
-                            lease=lease,
+                        part = await _journal_page(
+                            store, pipe, stream, call, page, run_id, targets, lease
                         )
                         result = _added(result, part, report, stream, log)
                         failpoints.hit("between_chunks")
@@ -281,19 +304,17 @@ async def _pull_stream(
                         continue
                     failpoints.hit("after_fetch")
                     final = page
-                    last = await asyncio.to_thread(
-                        store.journal,
-                        pipe.name,
+                    last = await _journal_page(
+                        store,
+                        pipe,
                         stream,
-                        page_records(pipe.source, page),
-                        cursor=page.cursor,
-                        targets=targets,
-                        run_id=run_id,
+                        call,
+                        page,
+                        run_id,
+                        targets,
+                        lease,
+                        last=True,
                         recovered=recovered,
-                        own_effects=own_effects(pipe),
-                        problem=page.problem,
-                        window=read_window(call),
-                        lease=lease,
                     )
                     result = _added(result, last, report, stream, log)
                     break
@@ -352,18 +373,8 @@ async def pull_backfill(
         try:
             async with aclosing(answer_pages(source, call)) as pages:
                 async for page in pages:
-                    part = await asyncio.to_thread(
-                        store.journal,
-                        pipe.name,
-                        stream,
-                        page_records(source, page),
-                        cursor=None,
-                        targets=targets,
-                        run_id=run_id,
-                        advance_cursor=False,
-                        own_effects=own_effects(pipe),
-                        window=read_window(call),
-                        lease=lease,
+                    part = await _journal_page(
+                        store, pipe, stream, call, page, run_id, targets, lease
                     )
                     result = _added(result, part, report, stream, log.bind(stream=stream))
         except FatalError:
