@@ -90,6 +90,14 @@ def mass_delete_reasons(
     return reasons
 
 
+def weighs_limits(guard: GuardSettings) -> bool:
+    """Whether a mass-delete limit is set: then each claim must see every deletion due,
+    so the push waits for the whole pull instead of sending alongside it."""
+    return any(
+        limit is not None for limit in (guard.max_per_run, guard.max_per_hour, guard.max_fraction)
+    )
+
+
 def _fraction(limit: float, due: int, population: Population | None) -> list[str]:
     if population is None or population.count is None:
         problem = population.problem if population is not None else "no count was taken"
@@ -128,11 +136,7 @@ class ClaimGuard:
 
     @property
     def weighs_limits(self) -> bool:
-        guard = self.target.config.guard
-        return any(
-            limit is not None
-            for limit in (guard.max_per_run, guard.max_per_hour, guard.max_fraction)
-        )
+        return weighs_limits(self.target.config.guard)
 
     def on_hold(self, count: int, reason: str) -> None:
         self.held += count

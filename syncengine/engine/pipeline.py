@@ -7,17 +7,20 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from connectors.contract import FatalError
 from connectors.jobs import AsyncTarget
 from state import Lease, LeaseLost, RunOutcome, Store, StoreError
 from state.models import utcnow
+from syncengine.engine.feed import JournalFeed
+from syncengine.engine.guard import weighs_limits
 from syncengine.engine.jobs import JobPolicy, run_jobs
 from syncengine.engine.lease import LeaseKeeper
 from syncengine.engine.pull import PullReport, pull, pull_backfill
 from syncengine.engine.push import PushReport, push
-from syncengine.engine.runtime import PipelineRuntime
+from syncengine.engine.runtime import PipelineRuntime, TargetRuntime
 from syncengine.engine.stop import StopToken
 from syncengine.logs import SECRETS, get_logger
 
@@ -123,22 +126,14 @@ async def _run(
     log.info("run_started")
     report = RunReport(pipe.name, RunOutcome.RUNNING, run_id=run_id)
     try:
-        if backfill_from is None:
-            report.pull = await pull(
-                store, pipe, run_id, stop, targets=list(pipe.targets), lease=lease
-            )
-        else:
-            report.pull = await pull_backfill(
-                store,
-                pipe,
-                run_id,
-                stop,
-                targets=list(pipe.targets),
-                since=backfill_from,
-                lease=lease,
-            )
+        alongside = {n: t for n, t in pipe.targets.items() if pushes_alongside_pull(t)}
+        report.pull, early = await _pull_and_push(
+            store, pipe, run_id, started, stop, backfill_from, lease, alongside
+        )
         for name, target in pipe.targets.items():
-            if isinstance(target.target, AsyncTarget):
+            if name in early:
+                report.targets[name] = early[name]
+            elif isinstance(target.target, AsyncTarget):
                 policy = JobPolicy(
                     stuck_after=target.config.jobs.stuck_after,
                     on_stuck=target.config.jobs.on_stuck,
@@ -190,6 +185,76 @@ async def _run(
         dead=sum(t.dead for t in report.targets.values()),
     )
     return report
+
+
+def pushes_alongside_pull(target: TargetRuntime) -> bool:
+    """A synchronous target with no mass-delete limit is pushed while the pull still
+    journals: its claims screen each delivery (the legal hold) on their own. A limit
+    weighs everything due at once, and a job target submits whole jobs, so those
+    wait for the pull to end."""
+    return not isinstance(target.target, AsyncTarget) and not weighs_limits(target.config.guard)
+
+
+async def _pull_and_push(
+    store: Store,
+    pipe: PipelineRuntime,
+    run_id: int,
+    started: datetime,
+    stop: StopToken,
+    backfill_from: str | None,
+    lease: Lease,
+    alongside: dict[str, TargetRuntime],
+) -> tuple[PullReport, dict[str, PushReport]]:
+    """The pull, with the pushes of `alongside` sending each page's deliveries as soon
+    as it is journaled. The pushes end once the pull is over and nothing is due.
+
+    If the pull fails, the pushes stop as a stopped run does (what is being sent is
+    recorded, what is claimed but unsent is released) and the pull's error is the
+    run's. A push's own error is raised after the pull has journaled its answer,
+    in the order of the targets."""
+    feed = JournalFeed() if alongside else None
+    push_stop = stop.child()
+    pushes = {
+        name: asyncio.create_task(
+            push(store, pipe, target, run_id, started, push_stop, lease=lease, feed=feed)
+        )
+        for name, target in alongside.items()
+    }
+    try:
+        pulled = await _pull(store, pipe, run_id, stop, backfill_from, lease, feed)
+    except asyncio.CancelledError:
+        for task in pushes.values():
+            task.cancel()
+        await asyncio.gather(*pushes.values(), return_exceptions=True)
+        raise
+    except BaseException:
+        push_stop.request("the pull failed")
+        if feed is not None:
+            feed.close()
+        await asyncio.gather(*pushes.values(), return_exceptions=True)
+        raise
+    if feed is not None:
+        feed.close()
+    if pushes:
+        await asyncio.wait(pushes.values())
+    return pulled, {name: task.result() for name, task in pushes.items()}
+
+
+async def _pull(
+    store: Store,
+    pipe: PipelineRuntime,
+    run_id: int,
+    stop: StopToken,
+    backfill_from: str | None,
+    lease: Lease,
+    feed: JournalFeed | None,
+) -> PullReport:
+    targets = list(pipe.targets)
+    if backfill_from is None:
+        return await pull(store, pipe, run_id, stop, targets=targets, lease=lease, feed=feed)
+    return await pull_backfill(
+        store, pipe, run_id, stop, targets=targets, since=backfill_from, lease=lease, feed=feed
+    )
 
 
 def _finish(store: Store, report: RunReport, outcome: RunOutcome, error: str) -> None:

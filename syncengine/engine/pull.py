@@ -33,6 +33,7 @@ from state import JournalResult, Lease, NewRecord, ReadWindow, Store
 from state.models import utcnow
 from syncengine import failpoints
 from syncengine.engine.chain import ChainSource
+from syncengine.engine.feed import JournalFeed
 from syncengine.engine.rejects import rejected_records
 from syncengine.engine.runtime import PipelineRuntime
 from syncengine.engine.stop import StopToken
@@ -172,14 +173,16 @@ async def _journal_page(
     run_id: int,
     targets: list[str],
     lease: Lease | None,
+    feed: JournalFeed | None,
     *,
     last: bool = False,
     recovered: dict[str, Any] | None = None,
 ) -> JournalResult:
-    """Journal one page of a call's answer, off the event loop. Only the last page
-    moves the cursor and clears the in-flight marker; the pages before it are
-    journaled under the marker (see `_pull_stream`)."""
-    return await asyncio.to_thread(
+    """Journal one page of a call's answer, off the event loop, and tell the pushes
+    running alongside (`feed`) once it is committed. Only the last page moves the
+    cursor and clears the in-flight marker; the pages before it are journaled under
+    the marker (see `_pull_stream`)."""
+    result = await asyncio.to_thread(
         store.journal,
         pipe.name,
         stream,
@@ -194,6 +197,9 @@ async def _journal_page(
         window=read_window(call),
         lease=lease,
     )
+    if feed is not None:
+        feed.journaled()
+    return result
 
 
 async def pull(
@@ -204,9 +210,11 @@ async def pull(
     *,
     targets: list[str],
     lease: Lease | None = None,
+    feed: JournalFeed | None = None,
 ) -> PullReport:
     """Store calls run off the event loop; under `lease`, the marker and the journal
-    are fenced by it (LeaseLost once another process took the pipeline over)."""
+    are fenced by it (LeaseLost once another process took the pipeline over). Each
+    committed page is told to `feed`, for the pushes running alongside."""
     report = PullReport()
     log = get_logger(pipeline=pipe.name, run=run_id)
     for stream in await asyncio.to_thread(streams_to_read, store, pipe):
@@ -214,7 +222,7 @@ async def pull(
             break
         report.streams += 1
         try:
-            await _pull_stream(store, pipe, stream, run_id, stop, targets, report, lease)
+            await _pull_stream(store, pipe, stream, run_id, stop, targets, report, lease, feed)
         except FatalError:
             raise
         except (RemoteError, RetriableError) as exc:
@@ -235,6 +243,7 @@ async def _pull_stream(
     targets: list[str],
     report: PullReport,
     lease: Lease | None,
+    feed: JournalFeed | None,
 ) -> None:
     log = get_logger(pipeline=pipe.name, run=run_id, stream=stream)
     await asyncio.to_thread(_check_retention, store, pipe, stream, log)
@@ -284,7 +293,7 @@ async def _pull_stream(
                         # never creates them twice, and each names a record the source
                         # reported deleted, so nothing is lost or sent twice.
                         part = await _journal_page(
-                            store, pipe, stream, call, page, run_id, targets, lease
+                            store, pipe, stream, call, page, run_id, targets, lease, feed
                         )
                         result = _added(result, part, report, stream, log)
                         failpoints.hit("between_chunks")
@@ -313,6 +322,7 @@ async def _pull_stream(
                         run_id,
                         targets,
                         lease,
+                        feed,
                         last=True,
                         recovered=recovered,
                     )
@@ -357,6 +367,7 @@ async def pull_backfill(
     targets: list[str],
     since: str,
     lease: Lease | None = None,
+    feed: JournalFeed | None = None,
 ) -> PullReport:
     """Re-read every stream from `since`: journaled like any run, de-duplicated against
     what the journal holds, and without touching the daemon's cursor or its marker."""
@@ -374,7 +385,7 @@ async def pull_backfill(
             async with aclosing(answer_pages(source, call)) as pages:
                 async for page in pages:
                     part = await _journal_page(
-                        store, pipe, stream, call, page, run_id, targets, lease
+                        store, pipe, stream, call, page, run_id, targets, lease, feed
                     )
                     result = _added(result, part, report, stream, log.bind(stream=stream))
         except FatalError:

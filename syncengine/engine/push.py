@@ -9,6 +9,10 @@ the next batch is claimed while batches are being sent, and outcomes are
 recorded while the next batch goes out. Up to `concurrency` sends are in
 flight, with one more batch claimed ahead; store calls run one at a time, so
 each claim is screened against everything recorded before it.
+
+Given the pull's `JournalFeed`, the push runs alongside the pull: it sends
+each journaled page's deliveries while the next page is read and journaled,
+and ends only when a claim finds nothing due after the pull is over.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from connectors.contract import (
 )
 from state import ClaimedDelivery, Lease, LeaseLost, OutcomeCounts, OutcomeRecord, Store
 from syncengine import failpoints
+from syncengine.engine.feed import JournalFeed, Mark
 from syncengine.engine.guard import ClaimGuard, count_population
 from syncengine.engine.runtime import PipelineRuntime, TargetRuntime
 from syncengine.engine.stop import StopToken
@@ -83,9 +88,11 @@ async def push(
     stop: StopToken,
     *,
     lease: Lease | None = None,
+    feed: JournalFeed | None = None,
 ) -> PushReport:
     """Every store call runs off the event loop and, under `lease`, is fenced by it:
-    a claim under a lost lease raises LeaseLost, so nothing more is sent."""
+    a claim under a lost lease raises LeaseLost, so nothing more is sent. With
+    `feed`, the pull is still journaling: see `JournalFeed`."""
     report = PushReport()
     sender = target.target
     assert isinstance(sender, Target), "asynchronous targets go through the job runner"
@@ -99,6 +106,7 @@ async def push(
     flow = _Flow(
         store, pipe.name, target, f"run-{run_id}", run_started, stop, guard, report, log, lease
     )
+    flow.feed = feed
     flow.lease_ttl = pipe.lease
     try:
         await flow.run()
@@ -181,6 +189,12 @@ class _Flow:
         self.store_task: asyncio.Task[Any] | None = None
         self.store_op: tuple[_StoreOp, _Batch | None] | None = None
         self.exhausted = False
+        self.feed: JournalFeed | None = None
+        self.mark = Mark(0, pull_over=True)
+        """The feed as the last claim started."""
+        self.starved = False
+        """The last claim found nothing due, but the pull may journal more."""
+        self.feed_task: asyncio.Task[None] | None = None
         self.fatal: FatalError | None = None
         self.lease_ttl = 30.0
         """Seconds the lease lasts unrenewed; renewed every third of it."""
@@ -195,6 +209,9 @@ class _Flow:
         except BaseException as exc:
             await self._abort(exc)
             raise
+        finally:
+            if self.feed_task is not None:
+                self.feed_task.cancel()
         if self.fatal is not None:
             raise self.fatal
 
@@ -205,14 +222,20 @@ class _Flow:
             tasks: list[asyncio.Task[Any]] = list(self.sending)
             if self.store_task is not None:
                 tasks.append(self.store_task)
+            if self.starved and not self.halting:
+                assert self.feed is not None
+                self.feed_task = self.feed_task or asyncio.create_task(self.feed.wait(self.mark))
+                tasks.append(self.feed_task)
             if not tasks:
                 return
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for task in tasks:  # in start order: sends, then the store call
+            for task in tasks:  # in start order: sends, the store call, the feed
                 if task not in done:
                     continue
                 if task is self.store_task:
                     self._store_done(task)
+                elif task is self.feed_task:
+                    self.feed_task, self.starved = None, False
                 else:
                     self._send_done(task)
 
@@ -239,7 +262,7 @@ class _Flow:
         if self.halting and self.ready is not None:
             self.releases.append((self.ready, REJECTED if self.fatal else INTERRUPTED))
             self.ready = None
-        wants_claim = not (self.halting or self.exhausted) and self.ready is None
+        wants_claim = not (self.halting or self.exhausted or self.starved) and self.ready is None
         if self.releases:
             batch, reason = self.releases.popleft()
             self._store("release", batch, self.store.release, batch.ids, reason)
@@ -254,6 +277,8 @@ class _Flow:
             self._claim()
 
     def _claim(self) -> None:
+        if self.feed is not None:
+            self.mark = self.feed.mark()
         self._store(
             "claim",
             None,
@@ -295,7 +320,10 @@ class _Flow:
 
     def _claimed(self, claimed: list[ClaimedDelivery]) -> None:
         if not claimed:
-            self.exhausted = True
+            if self.mark.pull_over:
+                self.exhausted = True
+            else:
+                self.starved = True
             return
         self.guard.claimed(claimed)
         deliveries = [Delivery(c.id, c.stream, c.key, c.fields) for c in claimed]

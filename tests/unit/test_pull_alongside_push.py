@@ -1,0 +1,209 @@
+"""A synchronous target with no mass-delete limit is pushed while the pull journals
+the rest of a streamed answer; a target with a limit waits for the whole answer, so
+its guard weighs everything due; a pull that fails mid-answer stops the pushes with
+every claimed delivery either recorded or released."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, Iterator, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connectors.contract import (
+    EXACT_KEYS,
+    Delivery,
+    FatalError,
+    InFlightCall,
+    Outcome,
+    SourceCall,
+    SourcePage,
+    SourceRecord,
+)
+from state import RetryRule, RunOutcome, Store
+from state.models import DeliveryStatus
+from syncengine.config import (
+    DeliveryRetry,
+    JobSettings,
+    PipelineConfig,
+    Schedule,
+    SourceConfig,
+    TargetConfig,
+)
+from syncengine.config.models import GuardSettings
+from syncengine.engine.feed import JournalFeed
+from syncengine.engine.pipeline import run_pipeline
+from syncengine.engine.runtime import PipelineRuntime, TargetRuntime
+from syncengine.engine.stop import StopToken
+
+PAGE = 4
+SAFETY = 10.0
+"""Seconds a gate waits before giving up: only a broken engine ever waits that long."""
+
+
+class PagedSource:
+    """Two pages of one answer; the second is handed over only once `release` is set
+    (or after `wait` seconds), and `sent_before_last_page` says whether a delivery of
+    the first page had been sent by then."""
+
+    def __init__(
+        self, target: RecordingTarget, fail_after_first: bool = False, wait: float = SAFETY
+    ) -> None:
+        self.target = target
+        self.wait = wait
+        self.fail_after_first = fail_after_first
+        self.sent_before_last_page: bool | None = None
+
+    def streams(self) -> Sequence[str]:
+        return ["T"]
+
+    def plan(
+        self, stream: str, cursor: Any, interrupted: InFlightCall | None, now: datetime
+    ) -> SourceCall:
+        return SourceCall(stream, {"from": "latest"}, now)
+
+    async def fetch(self, call: SourceCall) -> SourcePage:
+        raise AssertionError("a streaming source is read through fetch_pages")
+
+    async def fetch_pages(self, call: SourceCall) -> AsyncGenerator[SourcePage, None]:
+        yield SourcePage(records(0, PAGE), cursor=None, partial=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.target.first_send.wait(), self.wait)
+        self.sent_before_last_page = self.target.first_send.is_set()
+        if self.fail_after_first:
+            raise FatalError("source credentials rejected", connection="src")
+        yield SourcePage(records(PAGE, 2 * PAGE), cursor={"done": True})
+
+    async def aclose(self) -> None:
+        return None
+
+
+def records(start: int, end: int) -> list[SourceRecord]:
+    return [SourceRecord("T", str(i), {"K": str(i)}) for i in range(start, end)]
+
+
+class RecordingTarget:
+    key_match = EXACT_KEYS
+
+    def __init__(self) -> None:
+        self.batch_size = 2
+        self.sent: list[str] = []
+        self.first_send = asyncio.Event()
+
+    async def send(self, batch: Sequence[Delivery]) -> list[Outcome]:
+        self.sent.extend(d.key for d in batch)
+        self.first_send.set()
+        await asyncio.sleep(0)
+        return [Outcome.done(d.delivery_id) for d in batch]
+
+    async def aclose(self) -> None:
+        return None
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store.open(f"sqlite:///{tmp_path / 'state.db'}")
+    yield s
+    s.close()
+
+
+def pipeline(source: PagedSource, target: RecordingTarget, guard: GuardSettings) -> PipelineRuntime:
+    spec = TargetConfig(
+        name="t",
+        connection="c",
+        connection_type="fake",
+        retry=DeliveryRetry(),
+        jobs=JobSettings(),
+        guard=guard,
+        settings=None,
+    )
+    config = PipelineConfig(
+        name="p",
+        schedule=Schedule(every=60),
+        enabled=True,
+        source=SourceConfig(connection="src", connection_type="fake"),
+        targets={"t": spec},
+    )
+    runtime = TargetRuntime("t", "c", target, RetryRule(), spec)
+    return PipelineRuntime("p", config, source=source, targets={"t": runtime})  # type: ignore[arg-type]
+
+
+def statuses(store: Store) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row, _ in store.deliveries(pipeline="p", target="t"):
+        counts[row.status] = counts.get(row.status, 0) + 1
+    return counts
+
+
+def test_the_first_page_is_sent_while_the_pull_reads_the_rest(store: Store) -> None:
+    target = RecordingTarget()
+    source = PagedSource(target)
+    report = asyncio.run(
+        run_pipeline(store, pipeline(source, target, GuardSettings()), StopToken())
+    )
+
+    assert source.sent_before_last_page is True
+    assert report.outcome is RunOutcome.OK
+    assert sorted(target.sent, key=int) == [str(i) for i in range(2 * PAGE)]
+    assert report.targets["t"].done == 2 * PAGE
+    assert statuses(store) == {DeliveryStatus.DONE: 2 * PAGE}
+
+
+def test_a_mass_delete_limit_waits_for_the_whole_answer(store: Store) -> None:
+    """Sent alongside, the first page (4 due, under the limit of 6) would go out before
+    the second made 8 due; waiting, the guard sees 8 and holds them all. The source
+    gives a push that would run alongside a second to send before the last page."""
+    target = RecordingTarget()
+    source = PagedSource(target, wait=1.0)
+    pipe = pipeline(source, target, GuardSettings(max_per_run=PAGE + 2))
+    report = asyncio.run(run_pipeline(store, pipe, StopToken()))
+
+    assert source.sent_before_last_page is False
+    assert target.sent == []
+    assert report.targets["t"].held == 2 * PAGE
+
+
+def test_a_pull_failing_mid_answer_stops_the_push_and_loses_nothing(store: Store) -> None:
+    target = RecordingTarget()
+    source = PagedSource(target, fail_after_first=True)
+    report = asyncio.run(
+        run_pipeline(store, pipeline(source, target, GuardSettings()), StopToken())
+    )
+
+    assert report.outcome is RunOutcome.FAILED and report.fatal
+    counts = statuses(store)
+    assert sum(counts.values()) == PAGE, "the first page stays journaled"
+    assert DeliveryStatus.IN_FLIGHT not in counts, "every claimed delivery recorded or released"
+    assert counts.get(DeliveryStatus.DONE, 0) == len(target.sent) > 0
+    rest = asyncio.run(
+        run_pipeline(store, pipeline(PagedSource(target), target, GuardSettings()), StopToken())
+    )
+    assert rest.outcome is RunOutcome.OK
+    assert sorted(set(target.sent), key=int) == [str(i) for i in range(2 * PAGE)]
+    assert len(target.sent) == len(set(target.sent)), "nothing sent twice"
+
+
+def test_a_page_journaled_during_a_claim_wakes_the_push() -> None:
+    async def scenario() -> list[str]:
+        feed = JournalFeed()
+        seen: list[str] = []
+        mark = feed.mark()  # a claim starts, and finds nothing due
+        feed.journaled()  # a page is committed while it runs
+        await asyncio.wait_for(feed.wait(mark), SAFETY)
+        seen.append("woken by the page")
+        mark = feed.mark()
+        waiter = asyncio.create_task(feed.wait(mark))
+        other = feed.mark()  # another target's claim cannot make this one miss a page
+        await asyncio.sleep(0)
+        assert not waiter.done()
+        feed.close()
+        await asyncio.wait_for(waiter, SAFETY)
+        seen.append("woken by the end of the pull")
+        assert feed.mark().pull_over and not other.pull_over
+        return seen
+
+    assert asyncio.run(scenario()) == ["woken by the page", "woken by the end of the pull"]
