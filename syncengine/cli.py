@@ -301,35 +301,43 @@ def run(
     if dry_run:
         _plan(config, pipeline, "text")
         return
-    from syncengine.daemon import Daemon
     from syncengine.engine import build_runtime
     from syncengine.logs import configure
-    from syncengine.observe import ObservabilityError, serve_observability
-    from syncengine.status import render_summary
 
     cfg = load(config)
     check_pipeline(cfg, pipeline)
     configure(cfg.logging.level, cfg.logging.format)
     store = open_store(cfg)
     runtime = build_runtime(cfg, store, only=pipeline)
+    serve = _once(runtime, store, job_wait) if once else _daemon(runtime, store, cfg)
+    raise typer.Exit(asyncio.run(serve))
 
-    async def main() -> int:
-        try:
-            if once:
-                reports = await run_once(runtime, job_wait=job_wait)
-                render_summary(reports, store, out)
-                return 1 if any(r.failed for r in reports) else 0
-            with serve_observability(store, cfg) as metrics:
-                on_report = metrics.record_run if metrics is not None else None
-                return await Daemon(runtime, on_report=on_report).serve()
-        finally:
-            await runtime.aclose()
+
+async def _once(runtime: Runtime, store: Store, job_wait: float) -> int:
+    from syncengine.status import render_summary
 
     try:
-        code = asyncio.run(main())
+        reports = await run_once(runtime, job_wait=job_wait)
+    finally:
+        await runtime.aclose()
+    render_summary(reports, store, out)
+    return 1 if any(r.failed for r in reports) else 0
+
+
+async def _daemon(runtime: Runtime, store: Store, cfg: Config) -> int:
+    """The scheduler and the metrics server are the daemon's alone: `run --once`
+    never imports them."""
+    from syncengine.daemon import Daemon
+    from syncengine.observe import ObservabilityError, serve_observability
+
+    try:
+        with serve_observability(store, cfg) as metrics:
+            on_report = metrics.record_run if metrics is not None else None
+            return await Daemon(runtime, on_report=on_report).serve()
     except ObservabilityError as exc:
         raise fail(str(exc)) from None
-    raise typer.Exit(code)
+    finally:
+        await runtime.aclose()
 
 
 @app.command()

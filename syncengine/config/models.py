@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from apscheduler.triggers.cron import CronTrigger
 from pydantic import Field, field_validator, model_validator
 
 from connectors.settings import Seconds, StrictModel
@@ -50,6 +49,9 @@ class Schedule(StrictModel):
     @classmethod
     def _cron_parses(cls, value: str | None) -> str | None:
         if value is not None:
+            # The scheduler's own parser, loaded only for a configuration that has a cron.
+            from apscheduler.triggers.cron import CronTrigger
+
             try:
                 CronTrigger.from_crontab(value)
             except ValueError as exc:

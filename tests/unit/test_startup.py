@@ -18,7 +18,14 @@ from state import Store
 from tests.unit.test_config import VALID
 from tests.unit.test_schema import downgrade
 
-DAEMON_ONLY = ("apscheduler.schedulers", "uvicorn", "starlette", "prometheus_client")
+DAEMON_ONLY = (
+    "apscheduler",
+    "uvicorn",
+    "starlette",
+    "prometheus_client",
+    "syncengine.daemon",
+    "syncengine.observe",
+)
 SANDBOX_ONLY = (
     "connectors.emulator_kit",
     "connectors.emulator_admin",
