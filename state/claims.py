@@ -29,14 +29,16 @@ _COLUMNS = (
 
 
 def claimed_of(row: Row[Any]) -> ClaimedDelivery:
-    """A row of `with_deletions` as the engine sees it."""
+    """A row of `with_deletions` as the engine sees it (unpacked by position, in the order
+    of `_COLUMNS`: a row's attributes are looked up by name, per row and column)."""
+    delivery_id, attempts, approved, stream, key, fields = tuple(row)
     return ClaimedDelivery(
-        id=row.id,
-        attempts=row.attempts,
-        stream=row.stream,
-        key=row.record_key,
-        fields=dict(row.fields),
-        approved=bool(row.approved),
+        id=delivery_id,
+        attempts=attempts,
+        stream=stream,
+        key=key,
+        fields=dict(fields),
+        approved=bool(approved),
     )
 
 

@@ -237,7 +237,7 @@ def _insert_deletions(
                 for row, value in zip(rows, values, strict=True):
                     row[name] = value
         statement = _insert_statement(tuple(rows[0]))
-        new_ids.extend((int(i), str(k)) for i, k in conn.execute(statement, rows))
+        new_ids.extend((int(i), str(k)) for i, k in conn.execute(statement, rows).all())
     return new_ids
 
 
