@@ -33,7 +33,11 @@ def records(count: int) -> list[NewRecord]:
     return [NewRecord(f"u0-{n}", {"SYKEY": f"u0-{n}", "TABLE": "CON_TRO"}) for n in range(count)]
 
 
-def run_store(path: Path, rows: Sequence[NewRecord], batch: int) -> float:
+Phases = tuple[float, float]
+"""Seconds spent journaling, then claiming and recording outcomes."""
+
+
+def run_store(path: Path, rows: Sequence[NewRecord], batch: int) -> Phases:
     store = Store.open(f"sqlite:///{path}")
     try:
         lease = store.acquire_lock(PIPELINE, "bench", ttl=600)
@@ -49,10 +53,11 @@ def run_store(path: Path, rows: Sequence[NewRecord], batch: int) -> float:
                 run_id=None,
                 lease=lease,
             )
+        journaled = time.perf_counter()
         while claimed := store.claim(PIPELINE, TARGET, batch, "run-1", lease=lease):
             done = [OutcomeRecord(c.id, "done", detail="deleted") for c in claimed]
             store.record_outcomes(done, RetryRule(), lease=lease)
-        return time.perf_counter() - started
+        return journaled - started, time.perf_counter() - journaled
     finally:
         store.close()
 
@@ -148,16 +153,17 @@ def _done_raw(conn: sqlite3.Connection, ids: list[int], now: str) -> None:
     conn.execute("COMMIT")
 
 
-def run_raw(path: Path, rows: Sequence[NewRecord], batch: int) -> float:
+def run_raw(path: Path, rows: Sequence[NewRecord], batch: int) -> Phases:
     conn = _connect(path)
     try:
         now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
         started = time.perf_counter()
         for start in range(0, len(rows), CHUNK_RECORDS):
             _journal_raw(conn, rows[start : start + CHUNK_RECORDS], now)
+        journaled = time.perf_counter()
         while ids := _claim_raw(conn, batch, now):
             _done_raw(conn, ids, now)
-        return time.perf_counter() - started
+        return journaled - started, time.perf_counter() - journaled
     finally:
         conn.close()
 
@@ -177,11 +183,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
     rows = records(args.records)
-    contenders: dict[str, Callable[[Path, Sequence[NewRecord], int], float]] = {
+    contenders: dict[str, Callable[[Path, Sequence[NewRecord], int], Phases]] = {
         "store": run_store,
         "raw sqlite3": run_raw,
     }
-    seconds: dict[str, list[float]] = {name: [] for name in contenders}
+    seconds: dict[str, list[Phases]] = {name: [] for name in contenders}
     with tempfile.TemporaryDirectory(prefix="bench-store-") as workdir:
         for round_ in range(args.rounds):
             order = list(contenders)[round_ % 2 :] + list(contenders)[: round_ % 2]
@@ -190,16 +196,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
                 seconds[name].append(contenders[name](path, rows, args.batch))
                 if done_count(path) != args.records:
                     raise SystemExit(f"{name}: {done_count(path)} of {args.records} done")
-    medians = {name: statistics.median(values) for name, values in seconds.items()}
+    medians = {name: statistics.median(map(sum, values)) for name, values in seconds.items()}
+    phases = {
+        f"{name} {phase}": statistics.median(v[n] for v in values)
+        for name, values in seconds.items()
+        for n, phase in enumerate(("journal", "claim+outcome"))
+    }
     print(
         f"store hot path: journal + claim + outcome of {args.records:,} records, "
         f"batch {args.batch}, median of {args.rounds} rounds"
     )
+    per_record = 1e6 / args.records
     for name, median in medians.items():
-        print(f"  {name:<12} {median:7.2f} s  {median / args.records * 1e6:6.1f} µs/record")
+        journal, claim = phases[f"{name} journal"], phases[f"{name} claim+outcome"]
+        print(
+            f"  {name:<12} {median:7.2f} s  {median * per_record:6.1f} µs/record"
+            f"  (journal {journal * per_record:5.1f}, claim + outcome {claim * per_record:5.1f})"
+        )
     ratio = medians["store"] / medians["raw sqlite3"]
     print(f"  store / raw sqlite3: {ratio:.2f}x")
-    return medians | {"ratio": ratio}
+    return medians | phases | {"ratio": ratio}
 
 
 if __name__ == "__main__":
