@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 from weakref import WeakKeyDictionary
 
-from sqlalchemy import Insert, Select, bindparam, func, insert, literal, or_, select
+from sqlalchemy import Insert, Select, bindparam, func, insert, or_, select
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.types import NullType, TypeDecorator, TypeEngine
 from sqlmodel import Session, col
@@ -241,6 +241,19 @@ def _insert_deletions(
     return new_ids
 
 
+_DELIVERY_COLUMNS = (
+    "pipeline", "target", "status", "last_error", "created_at", "updated_at", "finished_at",
+)  # fmt: skip
+# Built once: a journal binds its values, so no statement is built, coerced or keyed again.
+_INSERT_DELIVERIES = insert(DELIVERY).from_select(
+    ["deletion_id", *_DELIVERY_COLUMNS],
+    select(
+        DELETION.c.id,
+        *(bindparam(f"b_{name}", type_=DELIVERY.c[name].type) for name in _DELIVERY_COLUMNS),
+    ).where(DELETION.c.id.in_(bindparam("b_ids", expanding=True))),
+)
+
+
 def _insert_deliveries(
     conn: Connection,
     pipeline: str,
@@ -252,22 +265,18 @@ def _insert_deliveries(
     """One delivery per deletion and target, as INSERT ... SELECT from the deletions
     just written: a statement per target and CHUNK ids, with nothing to bind per row.
     With `dead_reason`, the deliveries are dead at once (a malformed record)."""
-    status = DeliveryStatus.PENDING if dead_reason is None else DeliveryStatus.DEAD
-    columns = ["deletion_id", "pipeline", "target", "status", "last_error"]
-    columns += ["created_at", "updated_at", "finished_at"]
+    values: dict[str, Any] = {
+        "b_pipeline": pipeline,
+        "b_status": DeliveryStatus.PENDING if dead_reason is None else DeliveryStatus.DEAD,
+        "b_last_error": dead_reason or "",
+        "b_created_at": now,
+        "b_updated_at": now,
+        "b_finished_at": None if dead_reason is None else now,
+    }
     for target in targets:
         for start in range(0, len(deletion_ids), CHUNK):
-            rows = select(
-                DELETION.c.id,
-                literal(pipeline, DELIVERY.c.pipeline.type),
-                literal(target, DELIVERY.c.target.type),
-                literal(status, DELIVERY.c.status.type),
-                literal(dead_reason or "", DELIVERY.c.last_error.type),
-                literal(now, DELIVERY.c.created_at.type),
-                literal(now, DELIVERY.c.updated_at.type),
-                literal(None if dead_reason is None else now, DELIVERY.c.finished_at.type),
-            ).where(DELETION.c.id.in_(deletion_ids[start : start + CHUNK]))
-            conn.execute(insert(DELIVERY).from_select(columns, rows))
+            ids = deletion_ids[start : start + CHUNK]
+            conn.execute(_INSERT_DELIVERIES, {**values, "b_target": target, "b_ids": ids})
 
 
 def _dead_letter(reason: str) -> str:
