@@ -233,7 +233,7 @@ def _insert_deletions(
         }
         for name, given in per_row.items():
             values = _bound(processors, name, given)
-            if any(value is not None for value in values):
+            if values.count(None) < len(values):
                 for row, value in zip(rows, values, strict=True):
                     row[name] = value
         statement = _insert_statement(tuple(rows[0]))
