@@ -193,8 +193,9 @@ def _insert_deletions(
     deletion, so the key names its row in what RETURNING gives back.
 
     What a chunk's rows share (the read, the run, the time) goes through its
-    column's processor once; only the key, the fields and what a few records
-    carry (a rejection, an origin, a link) differ from row to row.
+    column's processor once per chunk with rows to insert, not once per row; only
+    the key, the fields and what a few records carry (a rejection, an origin, a
+    link) differ from row to row.
     """
     processors = _processors(conn.dialect)
     shared = {
@@ -204,11 +205,6 @@ def _insert_deletions(
         "run_id": run_id,
         "window_start": window.start,
         "window_end": window.end,
-    }
-    constant = {
-        name: value
-        for name, given in shared.items()
-        if (value := _bound(processors, name, [given])[0]) is not None
     }
     unique: dict[str, NewRecord] = {}
     for record in records:
@@ -221,6 +217,11 @@ def _insert_deletions(
         new = [r for r in chunk if r.key not in seen]
         if not new:
             continue
+        constant = {
+            name: value
+            for name, given in shared.items()
+            if (value := _bound(processors, name, [given])[0]) is not None
+        }
         fields = _bound(processors, "fields", [dict(r.fields) for r in new])
         rows = [
             {**constant, "record_key": r.key, "fields": f} for r, f in zip(new, fields, strict=True)
