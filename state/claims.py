@@ -125,7 +125,7 @@ def _due_rows(
     found: list[ClaimedDelivery] = []
     for status in (DeliveryStatus.PENDING, DeliveryStatus.FAILED):
         query = _DUE[(status, fresh and status is DeliveryStatus.FAILED, lock)]
-        found.extend(claimed_of(row) for row in conn.execute(query, values))
+        found.extend(map(claimed_of, conn.execute(query, values).all()))
     found.sort(key=lambda c: c.id)
     return found[:limit]
 
