@@ -29,14 +29,16 @@ _COLUMNS = (
 
 
 def claimed_of(row: Row[Any]) -> ClaimedDelivery:
-    """A row of `with_deletions` as the engine sees it."""
+    """A row of `with_deletions` as the engine sees it (unpacked by position, in the order
+    of `_COLUMNS`: a row's attributes are looked up by name, per row and column)."""
+    delivery_id, attempts, approved, stream, key, fields = tuple(row)
     return ClaimedDelivery(
-        id=row.id,
-        attempts=row.attempts,
-        stream=row.stream,
-        key=row.record_key,
-        fields=dict(row.fields),
-        approved=bool(row.approved),
+        id=delivery_id,
+        attempts=attempts,
+        stream=stream,
+        key=key,
+        fields=dict(fields),
+        approved=bool(approved),
     )
 
 
@@ -123,7 +125,7 @@ def _due_rows(
     found: list[ClaimedDelivery] = []
     for status in (DeliveryStatus.PENDING, DeliveryStatus.FAILED):
         query = _DUE[(status, fresh and status is DeliveryStatus.FAILED, lock)]
-        found.extend(claimed_of(row) for row in conn.execute(query, values))
+        found.extend(map(claimed_of, conn.execute(query, values).all()))
     found.sort(key=lambda c: c.id)
     return found[:limit]
 

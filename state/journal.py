@@ -9,13 +9,15 @@ RETURNING, an INSERT ... SELECT of their deliveries), whatever the chunk's size.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
+from weakref import WeakKeyDictionary
 
-from sqlalchemy import Select, bindparam, func, insert, literal, or_, select
-from sqlalchemy.engine import Connection
+from sqlalchemy import Insert, Select, bindparam, func, insert, or_, select
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.types import NullType, TypeDecorator, TypeEngine
 from sqlmodel import Session, col
 
 from state.base import DELETION, DELIVERY, StoreBase
@@ -31,8 +33,6 @@ from state.records import (
     NewRecord,
     ReadWindow,
 )
-
-_INSERT_DELETIONS = insert(DELETION).returning(DELETION.c.id, DELETION.c.record_key)
 
 
 def _journaled(
@@ -117,6 +117,64 @@ def _caused_by_us(
     return found
 
 
+class _Bound(TypeDecorator[Any]):
+    """A value already through its column type's bind processor for this dialect.
+
+    The statement renders as the column's own would (PostgreSQL's casts included),
+    and the driver gets the value as it is: what a chunk's rows share goes through
+    the column's own processor once, instead of once per row.
+    """
+
+    impl: TypeEngine[Any] | type[TypeEngine[Any]] = NullType
+    cache_ok = True
+
+    def __init__(self, column_type: TypeEngine[Any]) -> None:
+        # Named by the constructor's argument, so that it is part of the cache key.
+        self.column_type = column_type
+        self.impl = (
+            column_type.impl_instance if isinstance(column_type, TypeDecorator) else column_type
+        )
+
+    def bind_processor(self, dialect: Dialect) -> None:
+        # Against TypeDecorator's advice, and on purpose: the impl's own processing is
+        # exactly what must not run twice.
+        return None
+
+
+@functools.cache
+def _insert_statement(columns: tuple[str, ...]) -> Insert:
+    """INSERT of `columns` with RETURNING of (id, key), built once per set of columns. A
+    column the driver would get NULL for in every row of a chunk is left out: no deletion
+    column has a default, so it is NULL all the same, for fewer values to bind per row."""
+    binds = {name: bindparam(name, type_=_Bound(DELETION.c[name].type)) for name in columns}
+    return insert(DELETION).values(binds).returning(DELETION.c.id, DELETION.c.record_key)
+
+
+_Processors = dict[str, Callable[[Any], Any]]
+_processors_of: WeakKeyDictionary[Dialect, _Processors] = WeakKeyDictionary()
+
+
+def _processors(dialect: Dialect) -> _Processors:
+    """Each deletion column's bind processor for `dialect`, as SQLAlchemy would apply it
+    (the TypeDecorator's own step, then the dialect type's); a column without one is
+    handed to the driver as it is."""
+    found = _processors_of.get(dialect)
+    if found is None:
+        found = {}
+        for column in DELETION.c:
+            process = column.type.dialect_impl(dialect).bind_processor(dialect)
+            if process is not None:
+                found[column.name] = process
+        _processors_of[dialect] = found
+    return found
+
+
+def _bound(processors: _Processors, name: str, values: list[Any]) -> list[Any]:
+    """Values of column `name` as SQLAlchemy would hand them to the driver."""
+    process = processors.get(name)
+    return values if process is None else [process(value) for value in values]
+
+
 def _insert_deletions(
     conn: Connection,
     pipeline: str,
@@ -133,7 +191,21 @@ def _insert_deletions(
     holder of the pipeline's lease journals for it, so no other writer can
     slip a row in between (see `Deletion`). Within one answer, a key is one
     deletion, so the key names its row in what RETURNING gives back.
+
+    What a chunk's rows share (the read, the run, the time) goes through its
+    column's processor once per chunk with rows to insert, not once per row; only
+    the key, the fields and what a few records carry (a rejection, an origin, a
+    link) differ from row to row.
     """
+    processors = _processors(conn.dialect)
+    shared = {
+        "pipeline": pipeline,
+        "stream": stream,
+        "seen_at": now,
+        "run_id": run_id,
+        "window_start": window.start,
+        "window_end": window.end,
+    }
     unique: dict[str, NewRecord] = {}
     for record in records:
         unique.setdefault(record.key, record)
@@ -142,27 +214,45 @@ def _insert_deletions(
     for start in range(0, len(chunks), CHUNK):
         chunk = chunks[start : start + CHUNK]
         seen = _journaled(conn, pipeline, stream, chunk, window)
+        new = [r for r in chunk if r.key not in seen]
+        if not new:
+            continue
+        constant = {
+            name: value
+            for name, given in shared.items()
+            if (value := _bound(processors, name, [given])[0]) is not None
+        }
+        fields = _bound(processors, "fields", [dict(r.fields) for r in new])
         rows = [
-            {
-                "pipeline": pipeline,
-                "stream": stream,
-                "record_key": r.key,
-                "fields": dict(r.fields),
-                "seen_at": now,
-                "run_id": run_id,
-                "window_start": window.start,
-                "window_end": window.end,
-                "rejected": r.rejected or None,
-                "origin": r.origin or None,
-                "origin_delivery_id": r.origin_delivery_id,
-                "echo_of_delivery_id": echo_of.get(r.key),
-            }
-            for r in chunk
-            if r.key not in seen
+            {**constant, "record_key": r.key, "fields": f} for r, f in zip(new, fields, strict=True)
         ]
-        if rows:
-            new_ids.extend((int(i), str(k)) for i, k in conn.execute(_INSERT_DELETIONS, rows))
+        per_row: dict[str, list[Any]] = {
+            "rejected": [r.rejected or None for r in new],
+            "origin": [r.origin or None for r in new],
+            "origin_delivery_id": [r.origin_delivery_id for r in new],
+            "echo_of_delivery_id": [echo_of.get(r.key) for r in new],
+        }
+        for name, given in per_row.items():
+            values = _bound(processors, name, given)
+            if values.count(None) < len(values):
+                for row, value in zip(rows, values, strict=True):
+                    row[name] = value
+        statement = _insert_statement(tuple(rows[0]))
+        new_ids.extend((int(i), str(k)) for i, k in conn.execute(statement, rows).all())
     return new_ids
+
+
+_DELIVERY_COLUMNS = (
+    "pipeline", "target", "status", "last_error", "created_at", "updated_at", "finished_at",
+)  # fmt: skip
+# Built once: a journal binds its values, so no statement is built, coerced or keyed again.
+_INSERT_DELIVERIES = insert(DELIVERY).from_select(
+    ["deletion_id", *_DELIVERY_COLUMNS],
+    select(
+        DELETION.c.id,
+        *(bindparam(f"b_{name}", type_=DELIVERY.c[name].type) for name in _DELIVERY_COLUMNS),
+    ).where(DELETION.c.id.in_(bindparam("b_ids", expanding=True))),
+)
 
 
 def _insert_deliveries(
@@ -176,22 +266,18 @@ def _insert_deliveries(
     """One delivery per deletion and target, as INSERT ... SELECT from the deletions
     just written: a statement per target and CHUNK ids, with nothing to bind per row.
     With `dead_reason`, the deliveries are dead at once (a malformed record)."""
-    status = DeliveryStatus.PENDING if dead_reason is None else DeliveryStatus.DEAD
-    columns = ["deletion_id", "pipeline", "target", "status", "last_error"]
-    columns += ["created_at", "updated_at", "finished_at"]
+    values: dict[str, Any] = {
+        "b_pipeline": pipeline,
+        "b_status": DeliveryStatus.PENDING if dead_reason is None else DeliveryStatus.DEAD,
+        "b_last_error": dead_reason or "",
+        "b_created_at": now,
+        "b_updated_at": now,
+        "b_finished_at": None if dead_reason is None else now,
+    }
     for target in targets:
         for start in range(0, len(deletion_ids), CHUNK):
-            rows = select(
-                DELETION.c.id,
-                literal(pipeline, DELIVERY.c.pipeline.type),
-                literal(target, DELIVERY.c.target.type),
-                literal(status, DELIVERY.c.status.type),
-                literal(dead_reason or "", DELIVERY.c.last_error.type),
-                literal(now, DELIVERY.c.created_at.type),
-                literal(now, DELIVERY.c.updated_at.type),
-                literal(None if dead_reason is None else now, DELIVERY.c.finished_at.type),
-            ).where(DELETION.c.id.in_(deletion_ids[start : start + CHUNK]))
-            conn.execute(insert(DELIVERY).from_select(columns, rows))
+            ids = deletion_ids[start : start + CHUNK]
+            conn.execute(_INSERT_DELIVERIES, {**values, "b_target": target, "b_ids": ids})
 
 
 def _dead_letter(reason: str) -> str:

@@ -75,35 +75,48 @@ def apply_outcomes(
     conn: Connection, outcomes: Iterable[OutcomeRecord], rule: RetryRule, now: datetime
 ) -> OutcomeCounts:
     """Write each delivery's outcome; an id the store does not hold is skipped. A retry
-    past the rule's attempts is dead, saying how many were made."""
+    past the rule's attempts is dead, saying how many were made.
+
+    Only a retry needs the attempts made so far, so only retries are looked up; a done
+    or dead delivery is counted by the rows its UPDATE matched (an unknown id, none).
+    """
     by_id = {o.delivery_id: o for o in outcomes}
-    if not by_id:
-        return OutcomeCounts()
     done: dict[tuple[str, str | None], list[int]] = defaultdict(list)
     dead: dict[str, list[int]] = defaultdict(list)
-    failed: list[dict[str, Any]] = []
-    for delivery_id, before in _attempts(conn, list(by_id)).items():
-        outcome = by_id[delivery_id]
-        made = before + 1
+    retries: list[int] = []
+    for delivery_id, outcome in by_id.items():
         if outcome.kind == "done":
             done[(outcome.detail, outcome.effect or None)].append(delivery_id)
         elif outcome.kind == "dead":
             dead[outcome.reason].append(delivery_id)
-        elif made >= rule.max_attempts:
+        else:
+            retries.append(delivery_id)
+    failed: list[dict[str, Any]] = []
+    for delivery_id, before in _attempts(conn, retries).items():
+        outcome = by_id[delivery_id]
+        made = before + 1
+        if made >= rule.max_attempts:
             dead[f"gave up after {made} attempts: {outcome.reason}"].append(delivery_id)
         else:
             next_at = rule.next_attempt(now, made, outcome.retry_after)
             failed.append(
                 {"b_id": delivery_id, "b_now": now, "b_error": outcome.reason, "b_next": next_at}
             )
+    counts = OutcomeCounts(retried=len(failed))
     for (detail, effect), ids in done.items():
-        conn.execute(_DONE, {"b_ids": ids, "b_now": now, "b_detail": detail, "b_effect": effect})
+        values = {"b_now": now, "b_detail": detail, "b_effect": effect}
+        counts.done += _answer(conn, _DONE, ids, values)
     for reason, ids in dead.items():
-        conn.execute(_DEAD, {"b_ids": ids, "b_now": now, "b_error": reason})
+        counts.dead += _answer(conn, _DEAD, ids, {"b_now": now, "b_error": reason})
     if failed:
         conn.execute(_FAILED, failed)
-    return OutcomeCounts(
-        done=sum(map(len, done.values())),
-        retried=len(failed),
-        dead=sum(map(len, dead.values())),
-    )
+    return counts
+
+
+def _answer(conn: Connection, statement: Update, ids: list[int], values: dict[str, Any]) -> int:
+    """Deliveries `ids` answered alike, CHUNK at a time; how many the store holds."""
+    matched = 0
+    for start in range(0, len(ids), CHUNK):
+        result = conn.execute(statement, {**values, "b_ids": ids[start : start + CHUNK]})
+        matched += int(result.rowcount)
+    return matched

@@ -161,6 +161,27 @@ def test_claim_outcomes_retry_and_dead(store: Store) -> None:
     assert reasons == ["gave up after 2 attempts: HTTP 503", "no key"]
 
 
+def test_outcomes_for_deliveries_the_store_does_not_hold_are_not_counted(store: Store) -> None:
+    journal(store, ["1", "2", "3"], 1, targets=("a",))
+    claimed = store.claim("p", "a", 10, "c1", now=T0)
+    unknown = max(c.id for c in claimed) + 1000
+    counts = store.record_outcomes(
+        [
+            OutcomeRecord(claimed[0].id, "done"),
+            OutcomeRecord(unknown, "done"),
+            OutcomeRecord(claimed[1].id, "retry", reason="HTTP 503"),
+            OutcomeRecord(unknown + 1, "retry", reason="HTTP 503"),
+            OutcomeRecord(claimed[2].id, "dead", reason="no key"),
+            OutcomeRecord(unknown + 2, "dead", reason="no key"),
+        ],
+        RetryRule(),
+        now=T0,
+    )
+    assert (counts.done, counts.retried, counts.dead) == (1, 1, 1)
+    counts = {c.target: c.counts for c in store.delivery_counts("p")}
+    assert counts == {"a": {"done": 1, "failed": 1, "dead": 1}}
+
+
 def test_failed_in_this_run_waits_for_the_next_run(store: Store) -> None:
     journal(store, ["1"], 1, targets=("a",))
     run_started = datetime.now(UTC)
