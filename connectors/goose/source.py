@@ -374,22 +374,31 @@ class Answer:
                 "Goose may have advanced its cursor",
                 connection=self._source.name,
             ) from None
-        pages = (self.pages.add(self._source._record(self._stream, row)) for row in rows)
-        return [page for page in pages if page is not None]
+        add, record, stream = self.pages.add, self._source._record, self._stream
+        full: list[SourcePage] = []
+        for row in rows:
+            page = add(record(stream, row))
+            if page is not None:
+                full.append(page)
+        return full
 
 
 def _row_problem(row: Any, table: str) -> str | None:
     """Why a row of a DELETED answer names no record of `table`, or None.
 
     RECORD_ID is Goose's key (varchar(25)); a number is taken as written. A row
-    whose TABLE names another table is not a deletion of this one.
+    whose TABLE names another table is not a deletion of this one. Called once per
+    row, so the usual row (a string RECORD_ID) is tested first.
     """
     if not isinstance(row, dict):
         return f"a row that is not an object ({type(row).__name__})"
     record_id = row.get("RECORD_ID")
-    if record_id is None or (isinstance(record_id, str) and not record_id.strip()):
+    if isinstance(record_id, str):
+        if not record_id.strip():
+            return "a record without RECORD_ID"
+    elif record_id is None:
         return "a record without RECORD_ID"
-    if isinstance(record_id, bool) or not isinstance(record_id, str | int):
+    elif isinstance(record_id, bool) or not isinstance(record_id, int):
         return f"RECORD_ID is a {type(record_id).__name__}, not a string"
     named = row.get("TABLE")
     if isinstance(named, str) and named.strip() and named.strip().upper() != table.upper():

@@ -28,7 +28,13 @@ from connectors.contract import (
 from connectors.emulator_kit import serve
 from connectors.goose.emulator import GooseEmulator
 from connectors.goose.settings import GooseConnection, GooseSourceSettings
-from connectors.goose.source import GooseSource, build_source, classify, goose_time
+from connectors.goose.source import (
+    GooseSource,
+    _row_problem,
+    build_source,
+    classify,
+    goose_time,
+)
 from connectors.http import HttpClient
 from connectors.settings import RetrySettings
 
@@ -391,6 +397,28 @@ async def test_every_malformed_row_is_a_reject_with_its_reason(row: Any, reason:
     assert rejected.reason.startswith(reason)
     assert dict(rejected.fields) == (row if isinstance(row, dict) else {"row": row})
     await src.aclose()
+
+
+@pytest.mark.parametrize(
+    ("row", "reason"),
+    [
+        ({"RECORD_ID": "0-1", "TABLE": "CON_TRO"}, None),
+        ({"RECORD_ID": 0}, None),  # a falsy number is still a key
+        ({"RECORD_ID": "0"}, None),
+        ({"RECORD_ID": "0-1", "TABLE": " con_tro "}, None),
+        ({"RECORD_ID": "0-1", "TABLE": "  "}, None),
+        ({"RECORD_ID": "0-1", "TABLE": 5}, None),
+        ({}, "a record without RECORD_ID"),
+        ({"RECORD_ID": "\t"}, "a record without RECORD_ID"),
+        ({"RECORD_ID": 1.0}, "RECORD_ID is a float, not a string"),
+        ({"RECORD_ID": False}, "RECORD_ID is a bool, not a string"),
+        ({"RECORD_ID": ["0-1"]}, "RECORD_ID is a list, not a string"),
+        ({"RECORD_ID": 7, "TABLE": "CON"}, "TABLE 'CON' is not the table read (CON_TRO)"),
+        (None, "a row that is not an object (NoneType)"),
+    ],
+)
+def test_row_problem_names_what_makes_a_row_no_record(row: Any, reason: str | None) -> None:
+    assert _row_problem(row, "CON_TRO") == reason
 
 
 async def test_a_lost_timestamp_answer_is_retried_in_line(
