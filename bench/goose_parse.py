@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> dict[int, dict[str, tuple[float, 
             print(f"\n{size:,} rows, body {len(body) / 2**20:.1f} MiB")
             print(f"  {'contender':<18} {'us/row':>8} {'vs json.loads':>14} {'peak MiB':>9}")
             for name, (per_row, peak) in figures[size].items():
-                ratio = per_row / reference
+                ratio = per_row / reference if reference else float("nan")
                 print(f"  {name:<18} {per_row:>8.2f} {ratio:>13.2f}x {peak / 2**20:>9.2f}")
     finally:
         asyncio.run(source.aclose())
