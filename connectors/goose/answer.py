@@ -50,6 +50,8 @@ class AnswerParser:
 
     def feed(self, data: bytes) -> list[Any]:
         """The rows completed by `data`."""
+        if not data:  # yajl takes an empty chunk for the end of the body
+            return []
         self._parser.send(data)
         return self._drain()
 
