@@ -447,6 +447,8 @@ class HttpClient:
             attempt += 1
 
     def _resend(self, error: RetriableError, idempotent: bool) -> bool:
+        """Not when the server may have applied a request that must not run twice, nor
+        when it asks for a wait too long to block on (the engine reschedules it)."""
         if isinstance(error, AmbiguousError) and not idempotent:
             return False
         wait = error.retry_after
