@@ -150,6 +150,13 @@ class MongooseApi:
             if connection.token is not None
             else _SecurityToken(name, connection, http).auth
         )
+        not_allowed = ErrorRule(
+            405,
+            Action.FATAL,
+            "mongoose connection {name!r}: {what} is not allowed (HTTP 405); "
+            + self.dialect.not_allowed(name).replace("{", "{{").replace("}", "}}"),
+        )
+        self._delete_errors: ErrorTable = (*DEFAULT_RENEW, not_allowed)
 
     async def load(self, ido: str, props: Sequence[str], where: str) -> list[list[Any]]:
         """LoadCollection; rows as positional lists in `props` order, whichever shape
@@ -176,13 +183,7 @@ class MongooseApi:
         fails on rows already gone, which the caller's re-check resolves.
         """
         call = self.dialect.delete(ido, item_ids, method)
-        not_allowed = ErrorRule(
-            405,
-            Action.FATAL,
-            "mongoose connection {name!r}: {what} is not allowed (HTTP 405); "
-            + self.dialect.not_allowed(self.name).replace("{", "{{").replace("}", "}}"),
-        )
-        response = await self._call(call, idempotent=True, errors=(*DEFAULT_RENEW, not_allowed))
+        response = await self._call(call, idempotent=True, errors=self._delete_errors)
         answer = json_object(response)
         if not response.is_success or answer is None:
             return DeleteAnswer(False, str(self._remote(call.what, response)))

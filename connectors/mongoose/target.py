@@ -21,8 +21,8 @@ template produce its new ItemId.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import chain
 
 from connectors.contract import (
     ConnectorError,
@@ -51,11 +51,12 @@ ROW_POINTER = "RowPointer"
 # --- the target -------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Pending:
-    index: int
-    delivery: Delivery
-    key: str
+Positions = list[int]
+"""Deliveries by their position in the batch: every delivery of every batch is
+planned, so the plan holds ints rather than an object per delivery."""
+
+Plan = dict[str, dict[str, Positions]]
+"""ItemId -> each key that found it -> the deliveries with that key."""
 
 
 class _Verdicts:
@@ -65,21 +66,22 @@ class _Verdicts:
         self._batch = batch
         self._outcomes: list[Outcome | None] = [None] * len(batch)
 
-    def done(self, items: Sequence[_Pending], detail: str) -> None:
-        for p in items:
-            self._outcomes[p.index] = Outcome.done(p.delivery.delivery_id, detail)
+    def done(self, positions: Iterable[int], detail: str) -> None:
+        batch, outcomes = self._batch, self._outcomes
+        for i in positions:
+            outcomes[i] = Outcome.done(batch[i].delivery_id, detail)
 
-    def retry(self, items: Sequence[_Pending], reason: str, after: float | None = None) -> None:
-        for p in items:
-            self._outcomes[p.index] = Outcome.retry(p.delivery.delivery_id, reason, after)
+    def retry(self, positions: Iterable[int], reason: str, after: float | None = None) -> None:
+        for i in positions:
+            self._outcomes[i] = Outcome.retry(self._batch[i].delivery_id, reason, after)
 
-    def dead(self, items: Sequence[_Pending], reason: str) -> None:
-        for p in items:
-            self._outcomes[p.index] = Outcome.dead(p.delivery.delivery_id, reason)
+    def dead(self, positions: Iterable[int], reason: str) -> None:
+        for i in positions:
+            self._outcomes[i] = Outcome.dead(self._batch[i].delivery_id, reason)
 
-    def failed(self, items: Sequence[_Pending], error: ConnectorError) -> None:
+    def failed(self, positions: Iterable[int], error: ConnectorError) -> None:
         after = error.retry_after if isinstance(error, RetriableError) else None
-        self.retry(items, str(error), after)
+        self.retry(positions, str(error), after)
 
     def result(self) -> list[Outcome]:
         missing = [
@@ -90,11 +92,8 @@ class _Verdicts:
         return [o for o in self._outcomes if o is not None]
 
 
-def _by_key(items: Sequence[_Pending]) -> dict[str, list[_Pending]]:
-    groups: dict[str, list[_Pending]] = defaultdict(list)
-    for p in items:
-        groups[p.key].append(p)
-    return groups
+def _every(by_key: Mapping[str, Positions]) -> Iterable[int]:
+    return chain.from_iterable(by_key.values())
 
 
 class MongooseTarget(HttpTarget[MongooseConnection, MongooseTargetSettings]):
@@ -145,14 +144,12 @@ class MongooseTarget(HttpTarget[MongooseConnection, MongooseTargetSettings]):
     async def preview(self, batch: Sequence[Delivery]) -> list[Outcome]:
         """What `send` would do, read-only: "would delete <ItemId>", absent, or dead."""
         verdicts = _Verdicts(batch)
-        for item_id, pending in (await self._plan(batch, verdicts)).items():
-            verdicts.done(pending, f"would delete {item_id}")
+        for item_id, by_key in (await self._plan(batch, verdicts)).items():
+            verdicts.done(_every(by_key), f"would delete {item_id}")
         return verdicts.result()
 
-    async def _plan(
-        self, batch: Sequence[Delivery], verdicts: _Verdicts
-    ) -> dict[str, list[_Pending]]:
-        groups: dict[str, list[_Pending]] = {}
+    async def _plan(self, batch: Sequence[Delivery], verdicts: _Verdicts) -> Plan:
+        groups: dict[str, Positions] = {}
         # key -> the literal its filter carries (the key, or the RowPointer of an
         # ItemId), made once per key before any call, so no filter is ever sent
         # half-planned. An ItemId key without a RowPointer has none.
@@ -161,18 +158,18 @@ class MongooseTarget(HttpTarget[MongooseConnection, MongooseTargetSettings]):
         for index, delivery in enumerate(batch):
             try:
                 key = render(delivery.fields)
-                if key not in groups:
+                group = groups.get(key)
+                if group is None:
                     value = key if lookup else row_pointer(key)
                     if value is not None:
                         literals[key] = quote_literal(value)
             except UnmappedKey as exc:
-                verdicts.dead([_Pending(index, delivery, "")], exc.verdict)
+                verdicts.dead([index], exc.verdict)
                 continue
-            pending = _Pending(index, delivery, key)
-            if key in groups:
-                groups[key].append(pending)
+            if group is None:
+                groups[key] = [index]
             else:
-                groups[key] = [pending]
+                group.append(index)
         if self.settings.lookup is None:
             return self._plan_item_ids(groups, literals, verdicts)
         return await self._plan_lookup(self.settings.lookup.property, groups, literals, verdicts)
@@ -189,11 +186,11 @@ class MongooseTarget(HttpTarget[MongooseConnection, MongooseTargetSettings]):
 
     def _plan_item_ids(
         self,
-        groups: Mapping[str, list[_Pending]],
+        groups: Mapping[str, Positions],
         literals: Mapping[str, str],
         verdicts: _Verdicts,
-    ) -> dict[str, list[_Pending]]:
-        plan: dict[str, list[_Pending]] = {}
+    ) -> Plan:
+        plan: Plan = {}
         for key, items in groups.items():
             pointer = literals.get(key)
             if pointer is None:
@@ -206,17 +203,17 @@ class MongooseTarget(HttpTarget[MongooseConnection, MongooseTargetSettings]):
                 # Its failure could never be re-checked, so it is not deleted blind.
                 verdicts.dead(items, self._too_long(key, needed))
             else:
-                plan[key] = items
+                plan[key] = {key: items}
         return plan
 
     async def _plan_lookup(
         self,
         prop: str,
-        groups: Mapping[str, list[_Pending]],
+        groups: Mapping[str, Positions],
         literals: Mapping[str, str],
         verdicts: _Verdicts,
-    ) -> dict[str, list[_Pending]]:
-        plan: dict[str, list[_Pending]] = defaultdict(list)
+    ) -> Plan:
+        plan: Plan = defaultdict(dict)
         chunks, too_long = self._budget.split(literals)
         for key, needed in too_long.items():
             verdicts.dead(groups[key], self._too_long(key, needed))
@@ -224,7 +221,7 @@ class MongooseTarget(HttpTarget[MongooseConnection, MongooseTargetSettings]):
             try:
                 found = await self._find(prop, chunk, [literals[key] for key in chunk])
             except (RetriableError, RemoteError) as exc:
-                verdicts.failed([p for key in chunk for p in groups[key]], exc)
+                verdicts.failed(chain.from_iterable(groups[key] for key in chunk), exc)
                 continue
             for key in chunk:
                 item_ids = found[key]
@@ -233,7 +230,7 @@ class MongooseTarget(HttpTarget[MongooseConnection, MongooseTargetSettings]):
                 elif len(item_ids) > 1:
                     verdicts.dead(groups[key], self._ambiguous(prop, key, len(item_ids)))
                 else:
-                    plan[item_ids[0]].extend(groups[key])
+                    plan[item_ids[0]][key] = groups[key]
         return plan
 
     async def _find(
@@ -251,19 +248,20 @@ class MongooseTarget(HttpTarget[MongooseConnection, MongooseTargetSettings]):
 
     # -- deleting
 
-    async def _delete(self, plan: Mapping[str, list[_Pending]], verdicts: _Verdicts) -> None:
+    async def _delete(self, plan: Plan, verdicts: _Verdicts) -> None:
         if not plan:
             return
+        everyone = [i for by_key in plan.values() for group in by_key.values() for i in group]
         try:
             answer = await self._delete_items(list(plan))
         except (RetriableError, RemoteError) as exc:
-            verdicts.failed([p for items in plan.values() for p in items], exc)
+            verdicts.failed(everyone, exc)
             return
         if answer.ok:
-            verdicts.done([p for items in plan.values() for p in items], "deleted")
+            verdicts.done(everyone, "deleted")
             return
-        for item_id, items in plan.items():
-            await self._delete_alone(item_id, items, answer if len(plan) == 1 else None, verdicts)
+        for item_id, by_key in plan.items():
+            await self._delete_alone(item_id, by_key, answer if len(plan) == 1 else None, verdicts)
 
     async def _delete_items(self, item_ids: Sequence[str]) -> DeleteAnswer:
         return await self.api.delete_items(self.settings.ido, item_ids, self.settings.delete_method)
@@ -271,10 +269,11 @@ class MongooseTarget(HttpTarget[MongooseConnection, MongooseTargetSettings]):
     async def _delete_alone(
         self,
         item_id: str,
-        items: Sequence[_Pending],
+        by_key: Mapping[str, Positions],
         failure: DeleteAnswer | None,
         verdicts: _Verdicts,
     ) -> None:
+        items = list(_every(by_key))
         if failure is None:
             try:
                 failure = await self._delete_items([item_id])
@@ -288,7 +287,7 @@ class MongooseTarget(HttpTarget[MongooseConnection, MongooseTargetSettings]):
             await self._recheck_item_id(item_id, items, failure.message, verdicts)
         else:
             prop = self.settings.lookup.property
-            for key, group in _by_key(items).items():
+            for key, group in by_key.items():
                 await self._recheck_key(prop, key, item_id, group, failure.message, verdicts)
 
     async def _recheck_key(
@@ -296,7 +295,7 @@ class MongooseTarget(HttpTarget[MongooseConnection, MongooseTargetSettings]):
         prop: str,
         key: str,
         item_id: str,
-        items: Sequence[_Pending],
+        items: Positions,
         message: str,
         verdicts: _Verdicts,
     ) -> None:
@@ -324,7 +323,7 @@ class MongooseTarget(HttpTarget[MongooseConnection, MongooseTargetSettings]):
                 verdicts.retry(items, again.message)
 
     async def _recheck_item_id(
-        self, item_id: str, items: Sequence[_Pending], message: str, verdicts: _Verdicts
+        self, item_id: str, items: Positions, message: str, verdicts: _Verdicts
     ) -> None:
         """Find the row by the RowPointer inside the ItemId: gone is done; a row
         modified since the source saw it cannot be fixed by retrying."""

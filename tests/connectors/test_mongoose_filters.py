@@ -24,6 +24,7 @@ from connectors.mongoose.filters import (
     in_filter,
     quote_literal,
 )
+from connectors.sql import literal_problem
 
 USER, PASSWORD = "sync", "pw-filters-secret"
 SHORT = [f"u0-{12345 + i}" for i in range(100)]
@@ -162,6 +163,38 @@ def test_budget_counts_the_whole_query_string() -> None:
     for key, needed in too_long.items():
         alone = params(in_filter("Username", [literals[key]]))
         assert needed == len(httpx.Request("GET", "http://h/p", params=alone).url.query) > 2048
+
+
+@given(
+    st.lists(st.text().filter(lambda k: literal_problem(k) is None), unique=True),
+    st.integers(min_value=0, max_value=400),
+)
+def test_split_is_greedy_and_every_list_fits_whether_or_not_the_batch_fits_whole(
+    keys: list[str], room: int
+) -> None:
+    """Over and under the limit: a batch that fits whole is one list, taken in one
+    measure; one that does not is cut where the next key would not fit."""
+
+    def query(where: str) -> str:
+        params = {"props": "_ItemId,Username", "filter": where, "recordcap": "0"}
+        return str(httpx.QueryParams(params))
+
+    empty = in_filter("Username", [])
+    limit = len(query(empty)) + room
+    budget = FilterBudget(len(query(empty)), limit)
+    literals = {k: quote_literal(k) for k in keys}
+    chunks, too_long = budget.split(literals)
+
+    def length(chunk: list[str]) -> int:
+        return len(query(in_filter("Username", [literals[k] for k in chunk])))
+
+    assert [k for chunk in chunks for k in chunk] == [k for k in keys if k not in too_long]
+    assert all(length(chunk) <= limit for chunk in chunks)
+    assert all(length([key]) == needed > limit for key, needed in too_long.items())
+    for first, then in itertools.pairwise(chunks):
+        assert length([*first, then[0]]) > limit
+    if keys and length(keys) <= limit:
+        assert chunks == [keys]
 
 
 # --- against the emulator ----------------------------------------------------------

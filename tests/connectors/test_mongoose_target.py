@@ -625,6 +625,35 @@ async def test_fresh_item_id_tried_once_then_retry(
     assert json.loads(delete.calls.last.request.content)[0]["ItemId"] == ITEM + "-fresh"
 
 
+async def test_keys_sharing_an_item_id_are_rechecked_one_by_one_into_their_own_places(
+    mocked: tuple[respx.MockRouter, MongooseTarget],
+) -> None:
+    """'JRossi' and 'jrossi' find one row (a case-insensitive collation); when its delete
+    fails, each key is looked up again and each verdict lands on its own deliveries."""
+    router, target = mocked
+    other = ITEM.replace("4b5b7da7", "0c0c0c0c")
+    router.get(f"{BASE}/json/token/DEMO").mock(return_value=token_ok())
+    loads = router.get(f"{BASE}/json/UserNames/adv").mock(
+        side_effect=[rows([ITEM, "jrossi"], [other, "lverdi"]), rows(), rows([ITEM, "jrossi"])]
+    )
+    failed = httpx.Response(200, json={"Message": "locked", "MessageCode": 500})
+    done = httpx.Response(200, json={"Message": "Delete successful.", "MessageCode": 202})
+    deletes = router.delete(f"{BASE}/json/UserNames/deleteitems").mock(
+        side_effect=[failed, failed, done]
+    )
+    outcomes = await send(target, deliveries("JRossi", "lverdi", "jrossi", "JRossi"))
+    assert kinds(outcomes) == [
+        ("done", "absent"),
+        ("done", "deleted"),
+        ("retry", "locked (MessageCode 500)"),
+        ("done", "absent"),
+    ]
+    rechecked = [call.request.url.params["filter"] for call in loads.calls[1:]]
+    assert rechecked == ["Username IN ('JRossi')", "Username IN ('jrossi')"]
+    sent = [[i["ItemId"] for i in json.loads(c.request.content)] for c in deletes.calls]
+    assert sent == [[ITEM, other], [ITEM], [other]]
+
+
 async def test_recheck_failure_is_retry_with_both_reasons(
     mocked: tuple[respx.MockRouter, MongooseTarget],
 ) -> None:
