@@ -9,7 +9,6 @@ path segment).
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import json as jsonlib
 import random
@@ -23,6 +22,7 @@ from typing import Any, Protocol, TypedDict, Unpack
 
 import httpx
 from aiolimiter import AsyncLimiter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from connectors import redact
 from connectors.contract import AmbiguousError, FatalError, RemoteError, RetriableError
@@ -100,21 +100,13 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - current)
 
 
-_ACCEPTED = Resolution(Action.OK)
-
-
 def default_classify(response: httpx.Response) -> Resolution:
-    status = response.status_code
-    if status in _NOT_APPLIED:
-        action = Action.RETRY
-    elif status in _MAYBE_APPLIED:
-        action = Action.AMBIGUOUS
-    else:
-        # Every accepted answer passes here: Retry-After is read only where it counts.
-        return _ACCEPTED
-    return Resolution(
-        action, f"HTTP {status}", parse_retry_after(response.headers.get("Retry-After"))
-    )
+    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    if response.status_code in _NOT_APPLIED:
+        return Resolution(Action.RETRY, f"HTTP {response.status_code}", retry_after)
+    if response.status_code in _MAYBE_APPLIED:
+        return Resolution(Action.AMBIGUOUS, f"HTTP {response.status_code}", retry_after)
+    return Resolution(Action.OK)
 
 
 def json_object(response: httpx.Response) -> dict[str, Any] | None:
@@ -370,7 +362,7 @@ class HttpClient:
             follow_redirects=False,
             transport=transport,
         )
-        self._sleep: Callable[[float], Any] = sleep or asyncio.sleep
+        self._sleep = sleep
 
     def add_secret(self, value: str) -> None:
         """Register a value obtained at run time (a token) for scrubbing."""
@@ -394,11 +386,7 @@ class HttpClient:
         idempotent: bool,
         **body: Unpack[Body],
     ) -> httpx.Response:
-        return await self._request(method, url, self.describe(method, url), idempotent, body)
-
-    async def _request(
-        self, method: str, url: str, what: str, idempotent: bool, body: Body
-    ) -> httpx.Response:
+        what = self.describe(method, url)
         return await self._retrying(idempotent, lambda: self._once(method, url, what, body))
 
     @asynccontextmanager
@@ -429,22 +417,27 @@ class HttpClient:
     async def _retrying(
         self, idempotent: bool, once: Callable[[], Awaitable[httpx.Response]]
     ) -> httpx.Response:
-        """`once` until it is answered, its failure is not worth sending again, or the
-        policy's attempts are spent; the policy's wait between attempts.
+        def should_retry(exc: BaseException) -> bool:
+            return isinstance(exc, _Retry) and self._resend(exc.error, idempotent)
 
-        A plain loop rather than a retry library: it runs around every request, and
-        the common request succeeds at once, so it should cost nothing then.
-        """
-        attempt = 1
-        while True:
-            try:
-                return await once()
-            except _Retry as exc:
-                error = exc.error
-            if attempt >= self.retry.max_attempts or not self._resend(error, idempotent):
-                raise error from None
-            await self._sleep(self.retry.wait(attempt, error.retry_after))
-            attempt += 1
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            ra = exc.error.retry_after if isinstance(exc, _Retry) else None
+            return self.retry.wait(state.attempt_number, ra)
+
+        kwargs: dict[str, Any] = {"stop": stop_after_attempt(self.retry.max_attempts)}
+        if self._sleep is not None:
+            kwargs["sleep"] = self._sleep
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(should_retry), wait=wait, reraise=True, **kwargs
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await once()
+        except _Retry as exc:
+            raise exc.error from None
+        raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
     def _resend(self, error: RetriableError, idempotent: bool) -> bool:
         """Not when the server may have applied a request that must not run twice, nor
@@ -477,7 +470,7 @@ class HttpClient:
         async def send(auth_headers: Mapping[str, str]) -> httpx.Response:
             sent = body.copy()
             sent["headers"] = {**(body.get("headers") or {}), **auth_headers}
-            return await self._request(method, url, what, idempotent, sent)
+            return await self.request(method, url, idempotent=idempotent, **sent)
 
         used = await auth.headers()
         response = await send(used)

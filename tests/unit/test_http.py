@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import httpx
 import pytest
 
-from connectors.contract import AmbiguousError, FatalError, RetriableError
-from connectors.http import HttpClient, RetryPolicy, StaticAuth, observers, parse_retry_after
+from connectors.contract import AmbiguousError, RetriableError
+from connectors.http import HttpClient, RetryPolicy, parse_retry_after
 
 FAST = RetryPolicy(max_attempts=4, base_delay=0, max_delay=0, max_retry_after=5)
 
@@ -37,10 +35,10 @@ def client(script: Script, **kwargs: object) -> HttpClient:
     async def sleep(seconds: float) -> None:
         waits.append(seconds)
 
-    kwargs.setdefault("retry", FAST)
     c = HttpClient(
         connection="conn",
         base_url="http://127.0.0.1:1",
+        retry=FAST,
         transport=httpx.MockTransport(script),
         sleep=sleep,
         **kwargs,  # type: ignore[arg-type]
@@ -134,74 +132,6 @@ async def test_redirects_are_not_followed() -> None:
     script = Script(httpx.Response(302, headers={"Location": "http://127.0.0.1:2/elsewhere"}))
     response = await client(script).request("POST", "/x", idempotent=False, json={"key": "k"})
     assert response.status_code == 302 and len(script.requests) == 1
-
-
-@dataclass(frozen=True)
-class CountedPolicy(RetryPolicy):
-    """Waits `attempt` seconds after attempt number `attempt`, so the waits say which
-    attempt numbers the loop handed the policy."""
-
-    def wait(self, attempt: int, retry_after: float | None) -> float:
-        return float(attempt) if retry_after is None else retry_after
-
-
-async def test_the_policy_spaces_every_attempt_and_no_wait_follows_the_last() -> None:
-    script = Script(*[httpx.Response(503) for _ in range(4)])
-    c = client(script, retry=CountedPolicy(max_attempts=4))
-    with pytest.raises(AmbiguousError, match="HTTP 503"):
-        await c.request("GET", "/x", idempotent=True)
-    assert len(script.requests) == 4
-    assert c.waits == [1.0, 2.0, 3.0]  # type: ignore[attr-defined]
-
-
-async def test_a_retry_after_is_passed_to_the_policy_of_its_own_attempt() -> None:
-    script = Script(
-        httpx.Response(503), httpx.Response(429, headers={"Retry-After": "4"}), httpx.Response(200)
-    )
-    c = client(script, retry=CountedPolicy(max_attempts=4))
-    assert (await c.request("GET", "/x", idempotent=True)).status_code == 200
-    assert c.waits == [1.0, 4.0]  # type: ignore[attr-defined]
-
-
-async def test_without_a_sleep_of_its_own_the_client_waits_on_the_event_loop() -> None:
-    script = Script(httpx.Response(429, headers={"Retry-After": "0.01"}), httpx.Response(200))
-    c = HttpClient(
-        connection="conn",
-        base_url="http://127.0.0.1:1",
-        retry=FAST,
-        transport=httpx.MockTransport(script),
-    )
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    assert (await c.request("GET", "/x", idempotent=True)).status_code == 200
-    assert loop.time() - started >= 0.01
-    await c.aclose()
-
-
-async def test_every_attempt_is_observed_with_its_status_or_0_for_no_answer() -> None:
-    seen: list[tuple[str, str, int]] = []
-    everywhere: list[tuple[str, str, int]] = []
-
-    def own(connection: str, method: str, status: int, seconds: float) -> None:
-        assert seconds >= 0
-        seen.append((connection, method, status))
-
-    def process_wide(connection: str, method: str, status: int, seconds: float) -> None:
-        everywhere.append((connection, method, status))
-
-    script = Script(httpx.ConnectError("refused"), httpx.Response(503), httpx.Response(200))
-    observers.append(process_wide)
-    try:
-        c = client(script, observer=own)
-        auth = StaticAuth({"Authorization": "k"}, lambda what: FatalError(what))
-        assert (await c.call("DELETE", "/x", idempotent=True, auth=auth)).status_code == 200
-    finally:
-        observers.remove(process_wide)
-    assert (
-        seen
-        == everywhere
-        == [("conn", "DELETE", 0), ("conn", "DELETE", 503), ("conn", "DELETE", 200)]
-    )
 
 
 def test_retry_after_parses_seconds_and_dates() -> None:
