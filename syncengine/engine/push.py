@@ -57,7 +57,8 @@ class PushReport:
 
 def complete_outcomes(batch: list[Delivery], outcomes: list[Outcome]) -> list[OutcomeRecord]:
     """Exactly one outcome per delivery: a missing one is retried, never assumed done."""
-    by_id = {o.delivery_id: o for o in outcomes if o.delivery_id in {d.delivery_id for d in batch}}
+    sent = {d.delivery_id for d in batch}
+    by_id = {o.delivery_id: o for o in outcomes if o.delivery_id in sent}
     records = []
     for delivery in batch:
         outcome = by_id.get(delivery.delivery_id)
