@@ -74,6 +74,15 @@ class JournalResult:
     rejected: int = 0
     """New records the source could not use: journaled as dead letters."""
 
+    def __add__(self, other: JournalResult) -> JournalResult:
+        """Two journal calls of one answer, counted as one."""
+        return JournalResult(
+            new=self.new + other.new,
+            duplicates=self.duplicates + other.duplicates,
+            echoes=self.echoes + other.echoes,
+            rejected=self.rejected + other.rejected,
+        )
+
 
 @dataclass(frozen=True)
 class ClaimedDelivery:

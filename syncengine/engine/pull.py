@@ -41,6 +41,8 @@ from syncengine.logs import get_logger
 
 MAX_CALLS_PER_STREAM = 100
 MAX_LOST_ANSWERS_PER_STREAM = 3
+SLICE = 500
+"""Records per journal transaction while pushes run alongside the pull."""
 
 
 @dataclass
@@ -105,12 +107,7 @@ def _added(
     report.pulled += part.new
     report.duplicates += part.duplicates
     report.echoes += part.echoes
-    return JournalResult(
-        new=total.new + part.new,
-        duplicates=total.duplicates + part.duplicates,
-        echoes=total.echoes + part.echoes,
-        rejected=total.rejected + part.rejected,
-    )
+    return total + part
 
 
 def read_window(call: SourceCall) -> ReadWindow:
@@ -178,28 +175,40 @@ async def _journal_page(
     last: bool = False,
     recovered: dict[str, Any] | None = None,
 ) -> JournalResult:
-    """Journal one page of a call's answer, off the event loop, and tell the pushes
-    running alongside (`feed`) once it is committed. Only the last page moves the
-    cursor and clears the in-flight marker; the pages before it are journaled under
-    the marker (see `_pull_stream`)."""
-    result = await asyncio.to_thread(
-        store.journal,
-        pipe.name,
-        stream,
-        page_records(pipe.source, page),
-        cursor=page.cursor if last else None,
-        targets=targets,
-        run_id=run_id,
-        recovered=recovered,
-        advance_cursor=last,
-        own_effects=own_effects(pipe),
-        problem=page.problem if last else "",
-        window=read_window(call),
-        lease=lease,
-    )
-    if feed is not None:
-        feed.journaled()
-    return result
+    """Journal one page of a call's answer, off the event loop. Only the last page
+    moves the cursor and clears the in-flight marker; the pages before it are
+    journaled under the marker (see `_pull_stream`).
+
+    With pushes running alongside (`feed`), the page goes in slices of SLICE records,
+    each its own transaction, told to `feed` once committed: a claim or an outcome
+    of those pushes waits for one slice, not a whole page (SQLite has one writer),
+    and the slices before the last are journaled under the marker like a partial
+    page, so a crash between them is recovered as between pages."""
+    records = page_records(pipe.source, page)
+    size = max(len(records), 1) if feed is None else SLICE
+    slices = [records[i : i + size] for i in range(0, len(records), size)] or [records]
+    total = JournalResult(new=0, duplicates=0)
+    for i, part in enumerate(slices):
+        final = last and i == len(slices) - 1
+        result = await asyncio.to_thread(
+            store.journal,
+            pipe.name,
+            stream,
+            part,
+            cursor=page.cursor if final else None,
+            targets=targets,
+            run_id=run_id,
+            recovered=recovered if final else None,
+            advance_cursor=final,
+            own_effects=own_effects(pipe),
+            problem=page.problem if final else "",
+            window=read_window(call),
+            lease=lease,
+        )
+        total += result
+        if feed is not None:
+            feed.journaled()
+    return total
 
 
 async def pull(

@@ -35,6 +35,7 @@ from syncengine.config import (
     TargetConfig,
 )
 from syncengine.config.models import GuardSettings
+from syncengine.engine import pull as pull_module
 from syncengine.engine.feed import JournalFeed
 from syncengine.engine.pipeline import run_pipeline
 from syncengine.engine.runtime import PipelineRuntime, TargetRuntime
@@ -207,3 +208,45 @@ def test_a_page_journaled_during_a_claim_wakes_the_push() -> None:
         return seen
 
     assert asyncio.run(scenario()) == ["woken by the page", "woken by the end of the pull"]
+
+
+class Crash(BaseException):
+    """A process dying mid-journal, as far as the run can tell."""
+
+
+def test_a_crash_between_journal_slices_loses_nothing_and_sends_nothing_twice(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pushed alongside, a page goes in slices of SLICE records, each committed on its
+    own: a crash after some slices of the last page leaves the call in flight, and the
+    next run's re-read takes what was journaled for duplicates."""
+    monkeypatch.setattr(pull_module, "SLICE", 2)
+    journal = store.journal
+    calls = 0
+
+    def crashing(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 4:  # the second slice of the last page: the one that moves the cursor
+            raise Crash
+        return journal(*args, **kwargs)
+
+    target = RecordingTarget()
+    monkeypatch.setattr(store, "journal", crashing)
+    with pytest.raises(Crash):
+        asyncio.run(
+            run_pipeline(store, pipeline(PagedSource(target), target, GuardSettings()), StopToken())
+        )
+    assert calls == 4
+    assert store.cursor("p", "T").in_flight is not None, "the call stays in flight"
+    assert len(store.deliveries(pipeline="p", target="t")) == PAGE + 2
+
+    monkeypatch.setattr(store, "journal", journal)
+    again = asyncio.run(
+        run_pipeline(store, pipeline(PagedSource(target), target, GuardSettings()), StopToken())
+    )
+    assert again.outcome is RunOutcome.OK
+    assert again.pull.duplicates == PAGE + 2
+    assert sorted(target.sent, key=int) == [str(i) for i in range(2 * PAGE)], "each once"
+    assert statuses(store) == {DeliveryStatus.DONE: 2 * PAGE}
+    assert store.cursor("p", "T").in_flight is None
