@@ -6,12 +6,22 @@ claim ends it as before. Each push takes a `Mark` as a claim starts, so a page
 committed while that claim runs is never missed: the claim either sees its
 deliveries or the push is woken to claim again. Several pushes (one per
 target) share one feed; none of them can make another miss a page.
+
+The feed also takes the store calls of the pull and of those pushes in turn,
+first come first served. SQLite has one writer and its busy handler sleeps and
+tries again, so a claim could wait behind slice after slice of the journal;
+here it waits for one at most.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -25,6 +35,12 @@ class JournalFeed:
         self._pages = 0
         self._closed = False
         self._changed = asyncio.Event()
+        self._turn = asyncio.Lock()  # hands itself to its waiters in the order they came
+
+    async def store_call(self, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """`call` off the event loop, after the store calls asked for before it."""
+        async with self._turn:
+            return await asyncio.to_thread(call, *args, **kwargs)
 
     def journaled(self) -> None:
         """A page and its deliveries are committed."""

@@ -190,7 +190,7 @@ async def _journal_page(
     total = JournalResult(new=0, duplicates=0)
     for i, part in enumerate(slices):
         final = last and i == len(slices) - 1
-        result = await asyncio.to_thread(
+        result = await (feed.store_call if feed is not None else asyncio.to_thread)(
             store.journal,
             pipe.name,
             stream,

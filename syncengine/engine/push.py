@@ -295,10 +295,10 @@ class _Flow:
     def _store(
         self, op: _StoreOp, batch: _Batch | None, call: Callable[..., Any], *args: Any, **kw: Any
     ) -> None:
-        """Off the event loop, fenced by the lease like every store call of a run."""
-        self.store_task = asyncio.create_task(
-            asyncio.to_thread(call, *args, **kw, lease=self.lease)
-        )
+        """Off the event loop, fenced by the lease like every store call of a run; in
+        turn with the pull's when it runs alongside."""
+        run = self.feed.store_call if self.feed is not None else asyncio.to_thread
+        self.store_task = asyncio.create_task(run(call, *args, **kw, lease=self.lease))
         self.store_op = (op, batch)
 
     def _store_done(self, task: asyncio.Task[Any]) -> None:
