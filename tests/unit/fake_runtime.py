@@ -1,5 +1,5 @@
-"""One pipeline with one target "t", built around a fake target, for engine tests that
-drive push or the job runner without a configuration file or a source."""
+"""One pipeline with one target "t", built around a fake target (and a fake source, for
+tests that run the whole pipeline), without a configuration file."""
 
 from __future__ import annotations
 
@@ -14,11 +14,16 @@ from syncengine.config import (
     SourceConfig,
     TargetConfig,
 )
+from syncengine.config.models import GuardSettings
 from syncengine.engine.runtime import PipelineRuntime, TargetRuntime
 
 
 def fake_runtime(
-    target: Any, rule: RetryRule | None = None
+    target: Any,
+    rule: RetryRule | None = None,
+    *,
+    source: Any = None,
+    guard: GuardSettings | None = None,
 ) -> tuple[PipelineRuntime, TargetRuntime]:
     spec = TargetConfig(
         name="t",
@@ -26,6 +31,7 @@ def fake_runtime(
         connection_type="fake",
         retry=DeliveryRetry(),
         jobs=JobSettings(),
+        guard=guard or GuardSettings(),
         settings=None,
     )
     config = PipelineConfig(
@@ -36,5 +42,5 @@ def fake_runtime(
         targets={"t": spec},
     )
     target_runtime = TargetRuntime("t", "c", target, rule or RetryRule(), spec)
-    pipe = PipelineRuntime("p", config, source=None, targets={"t": target_runtime})  # type: ignore[arg-type]
+    pipe = PipelineRuntime("p", config, source=source, targets={"t": target_runtime})
     return pipe, target_runtime

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,22 +23,15 @@ from connectors.contract import (
     SourcePage,
     SourceRecord,
 )
-from state import RetryRule, RunOutcome, Store
+from state import RunOutcome, Store
 from state.models import DeliveryStatus
-from syncengine.config import (
-    DeliveryRetry,
-    JobSettings,
-    PipelineConfig,
-    Schedule,
-    SourceConfig,
-    TargetConfig,
-)
 from syncengine.config.models import GuardSettings
 from syncengine.engine import pull as pull_module
 from syncengine.engine.feed import JournalFeed
 from syncengine.engine.pipeline import run_pipeline
-from syncengine.engine.runtime import PipelineRuntime, TargetRuntime
+from syncengine.engine.runtime import PipelineRuntime
 from syncengine.engine.stop import StopToken
+from tests.unit.fake_runtime import fake_runtime
 
 PAGE = 4
 SAFETY = 10.0
@@ -106,31 +98,12 @@ class RecordingTarget:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.open(f"sqlite:///{tmp_path / 'state.db'}")
-    yield s
-    s.close()
+def store(sqlite_store: Store) -> Store:
+    return sqlite_store
 
 
 def pipeline(source: PagedSource, target: RecordingTarget, guard: GuardSettings) -> PipelineRuntime:
-    spec = TargetConfig(
-        name="t",
-        connection="c",
-        connection_type="fake",
-        retry=DeliveryRetry(),
-        jobs=JobSettings(),
-        guard=guard,
-        settings=None,
-    )
-    config = PipelineConfig(
-        name="p",
-        schedule=Schedule(every=60),
-        enabled=True,
-        source=SourceConfig(connection="src", connection_type="fake"),
-        targets={"t": spec},
-    )
-    runtime = TargetRuntime("t", "c", target, RetryRule(), spec)
-    return PipelineRuntime("p", config, source=source, targets={"t": runtime})  # type: ignore[arg-type]
+    return fake_runtime(target, source=source, guard=guard)[0]
 
 
 def statuses(store: Store) -> dict[str, int]:
