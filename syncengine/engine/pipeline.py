@@ -127,13 +127,13 @@ async def _run(
     report = RunReport(pipe.name, RunOutcome.RUNNING, run_id=run_id)
     try:
         alongside = {n: t for n, t in pipe.targets.items() if pushes_alongside_pull(t)}
-        report.pull, early = await _pull_and_push(
-            store, pipe, run_id, started, stop, backfill_from, lease, alongside
+        report.pull = await _pull_and_push(
+            store, pipe, run_id, started, stop, backfill_from, lease, alongside, report.targets
         )
         for name, target in pipe.targets.items():
-            if name in early:
-                report.targets[name] = early[name]
-            elif isinstance(target.target, AsyncTarget):
+            if name in alongside:
+                continue
+            if isinstance(target.target, AsyncTarget):
                 policy = JobPolicy(
                     stuck_after=target.config.jobs.stuck_after,
                     on_stuck=target.config.jobs.on_stuck,
@@ -147,6 +147,7 @@ async def _run(
                 report.targets[name] = await push(
                     store, pipe, target, run_id, started, stop, lease=lease
                 )
+        report.targets = {n: report.targets[n] for n in pipe.targets if n in report.targets}
     except LeaseLost as exc:
         # The new owner closes this run as abandoned and sends what it left in flight;
         # this process records nothing more, not even the run's end.
@@ -204,9 +205,12 @@ async def _pull_and_push(
     backfill_from: str | None,
     lease: Lease,
     alongside: dict[str, TargetRuntime],
-) -> tuple[PullReport, dict[str, PushReport]]:
+    reports: dict[str, PushReport],
+) -> PullReport:
     """The pull, with the pushes of `alongside` sending each page's deliveries as soon
-    as it is journaled. The pushes end once the pull is over and nothing is due.
+    as it is journaled; each push's report goes into `reports`, even when the run
+    fails, so its summary counts what was sent. The pushes end once the pull is over
+    and nothing is due.
 
     If the pull fails, the pushes stop as a stopped run does (what is being sent is
     recorded, what is claimed but unsent is released) and the pull's error is the
@@ -225,19 +229,37 @@ async def _pull_and_push(
     except asyncio.CancelledError:
         for task in pushes.values():
             task.cancel()
-        await asyncio.gather(*pushes.values(), return_exceptions=True)
+        await _settled(pushes, reports)
         raise
     except BaseException:
         push_stop.request("the pull failed")
         if feed is not None:
             feed.close()
-        await asyncio.gather(*pushes.values(), return_exceptions=True)
+        await _settled(pushes, reports)
         raise
     if feed is not None:
         feed.close()
+    errors = await _settled(pushes, reports)
+    if errors:
+        raise errors[0]
+    return pulled
+
+
+async def _settled(
+    pushes: dict[str, asyncio.Task[PushReport]], reports: dict[str, PushReport]
+) -> list[BaseException]:
+    """Once every push has ended: the reports of those that ended well, in `reports`,
+    and the errors of the others, in the targets' order."""
     if pushes:
         await asyncio.wait(pushes.values())
-    return pulled, {name: task.result() for name, task in pushes.items()}
+    errors = []
+    for name, task in pushes.items():
+        error = None if task.cancelled() else task.exception()
+        if task.cancelled() or error is not None:
+            errors.append(error or asyncio.CancelledError())
+        else:
+            reports[name] = task.result()
+    return errors
 
 
 async def _pull(

@@ -153,6 +153,7 @@ def test_a_pull_failing_mid_answer_stops_the_push_and_loses_nothing(store: Store
     assert sum(counts.values()) == PAGE, "the first page stays journaled"
     assert DeliveryStatus.IN_FLIGHT not in counts, "every claimed delivery recorded or released"
     assert counts.get(DeliveryStatus.DONE, 0) == len(target.sent) > 0
+    assert report.targets["t"].done == len(target.sent), "the run's summary counts them"
     rest = asyncio.run(
         run_pipeline(store, pipeline(PagedSource(target), target, GuardSettings()), StopToken())
     )
@@ -223,3 +224,20 @@ def test_a_crash_between_journal_slices_loses_nothing_and_sends_nothing_twice(
     assert sorted(target.sent, key=int) == [str(i) for i in range(2 * PAGE)], "each once"
     assert statuses(store) == {DeliveryStatus.DONE: 2 * PAGE}
     assert store.cursor("p", "T").in_flight is None
+
+
+class RejectingTarget(RecordingTarget):
+    async def send(self, batch: Sequence[Delivery]) -> list[Outcome]:
+        self.first_send.set()
+        raise FatalError("credentials rejected", connection="c")
+
+
+def test_a_target_failing_alongside_the_pull_leaves_the_answer_journaled(store: Store) -> None:
+    target = RejectingTarget()
+    pipe = pipeline(PagedSource(target), target, GuardSettings())
+    report = asyncio.run(run_pipeline(store, pipe, StopToken()))
+
+    assert report.outcome is RunOutcome.FAILED and report.fatal
+    assert "credentials rejected" in report.error
+    assert store.cursor("p", "T").in_flight is None, "the whole answer was journaled"
+    assert statuses(store) == {DeliveryStatus.PENDING: 2 * PAGE}, "released for the next run"
