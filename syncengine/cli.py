@@ -9,6 +9,7 @@ traceback.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import signal
 import sys
@@ -265,6 +266,7 @@ def backfill(
         finally:
             await runtime.aclose()
 
+    settle_start_up()
     report = asyncio.run(main())
     render_summary([report], store, out)
     if report.run_id is None:
@@ -310,7 +312,16 @@ def run(
     store = open_store(cfg)
     runtime = build_runtime(cfg, store, only=pipeline)
     serve = _once(runtime, store, job_wait) if once else _daemon(runtime, store, cfg)
+    settle_start_up()
     raise typer.Exit(asyncio.run(serve))
+
+
+def settle_start_up() -> None:
+    """What start-up built (modules, the configuration, connectors, the store's
+    engine) lives as long as the process: frozen, the cyclic collector no longer
+    walks it at every full collection of a long run (about 0.1 s of CPU at 20,000
+    deletions)."""
+    gc.freeze()
 
 
 async def _once(runtime: Runtime, store: Store, job_wait: float) -> int:
@@ -655,6 +666,10 @@ def main(argv: list[str] | None = None) -> Any:
             raise
         err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
+    finally:
+        # The process is about to end and free everything: a last walk of every
+        # object by the collector at exit would take 0.1 s for nothing.
+        gc.freeze()
 
 
 if __name__ == "__main__":  # pragma: no cover
