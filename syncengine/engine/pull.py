@@ -185,8 +185,9 @@ async def _journal_page(
     and the slices before the last are journaled under the marker like a partial
     page, so a crash between them is recovered as between pages."""
     records = page_records(pipe.source, page)
-    size = max(len(records), 1) if feed is None else SLICE
-    slices = [records[i : i + size] for i in range(0, len(records), size)] or [records]
+    slices = [records]
+    if feed is not None and len(records) > SLICE:
+        slices = [records[i : i + SLICE] for i in range(0, len(records), SLICE)]
     total = JournalResult(new=0, duplicates=0)
     for i, part in enumerate(slices):
         final = last and i == len(slices) - 1
