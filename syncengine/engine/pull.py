@@ -188,6 +188,7 @@ async def _journal_page(
     slices = [records]
     if feed is not None and len(records) > SLICE:
         slices = [records[i : i + SLICE] for i in range(0, len(records), SLICE)]
+    effects, window = own_effects(pipe), read_window(call)
     total = JournalResult(new=0, duplicates=0)
     for i, part in enumerate(slices):
         final = last and i == len(slices) - 1
@@ -201,9 +202,9 @@ async def _journal_page(
             run_id=run_id,
             recovered=recovered if final else None,
             advance_cursor=final,
-            own_effects=own_effects(pipe),
+            own_effects=effects,
             problem=page.problem if final else "",
-            window=read_window(call),
+            window=window,
             lease=lease,
         )
         total += result
