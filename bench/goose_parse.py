@@ -35,7 +35,7 @@ from bench.scenario import GOOSE_CODE, GOOSE_KEY, TABLE, natural_key, record_id
 from connectors.goose.answer import AnswerParser
 from connectors.goose.settings import GooseConnection, GooseSourceSettings
 from connectors.goose.source import Answer, GooseSource
-from connectors.source_kit import Pages
+from connectors.kit.source import Pages
 
 Contender = Callable[[bytes, int], int]
 """Reads a body in chunks of the given size; returns the rows (or records) it got."""

@@ -44,8 +44,8 @@ from bench.scenario import (
     natural_key,
     record_id,
 )
-from connectors.emulator_kit import RunningServer
 from connectors.goose.emulator import GooseEmulator
+from connectors.kit.serving import RunningServer
 from connectors.mongoose.emulator import MongooseEmulator
 
 

@@ -56,7 +56,7 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def load(path: Path) -> Config:
-    from connectors.http import secret_listeners
+    from connectors.kit.http import secret_listeners
     from syncengine.config import ConfigError, load_config
     from syncengine.logs import SECRETS
 

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from connectors import redact
+from connectors.kit import redact
 
 REDACTED = redact.REDACTED
 SECRET_KEY_NAMES = {

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from connectors.http import observers
+from connectors.kit.http import observers
 from state import Store
 from state.models import utcnow
 from syncengine.config import Config
@@ -95,7 +95,7 @@ def serve_observability(store: Store, config: Config) -> Iterator[Metrics | None
         yield None
         return
     # The web server and Prometheus are loaded only here, where a daemon serves them.
-    from connectors.emulator_kit import RunningServer
+    from connectors.kit.serving import RunningServer
     from syncengine.metrics import Metrics
 
     settings = config.metrics

@@ -22,7 +22,8 @@ import httpx
 
 from connectors import load_registry
 from connectors.contract import SandboxSpec
-from connectors.emulator_kit import DEMO_EMPLOYEES, DEMO_PEOPLE, RunningServer, SandboxEmulator
+from connectors.emulation.kit import DEMO_EMPLOYEES, DEMO_PEOPLE, SandboxEmulator
+from connectors.kit.serving import RunningServer
 
 HOST = "127.0.0.1"
 PEOPLE = list(DEMO_PEOPLE)

@@ -17,7 +17,7 @@ import httpx
 
 from connectors.adt.settings import AdtConnection
 from connectors.contract import FatalError, RemoteError
-from connectors.http import (
+from connectors.kit.http import (
     Action,
     Auth,
     ErrorRule,
@@ -29,7 +29,7 @@ from connectors.http import (
     json_object,
     remote_error,
 )
-from connectors.token_cache import CachedToken, TokenAuth, fetch_token
+from connectors.kit.token_cache import CachedToken, TokenAuth, fetch_token
 
 RENEW_BEFORE = 300.0
 """Seconds before expiry at which a cached token is renewed (capped at half its life)."""

@@ -39,7 +39,7 @@ Ground truth and admin routes are never faulted:
     POST /_admin/fail_next_job         the next delete job created will fail
     POST /_admin/expire_tokens         every issued token stops working
     POST /_admin/reset                 state, clock offset, tokens and ground truth cleared
-    GET|PUT /_admin/faults, GET|DELETE /_admin/requests  (emulator_kit)
+    GET|PUT /_admin/faults, GET|DELETE /_admin/requests  (connectors.emulation.kit)
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from connectors.emulator_admin import SteppedEmulator, admin_call, admin_get, settled
-from connectors.emulator_kit import Faults, run_alone
+from connectors.emulation.admin import SteppedEmulator, admin_call, admin_get, settled
+from connectors.emulation.kit import Faults, run_alone
 
 API_VERSION = "2023-10-31"
 TWIN_API_VERSIONS = ("2020-10-31", "2022-05-31", API_VERSION)

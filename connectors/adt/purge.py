@@ -32,10 +32,10 @@ from connectors.contract import (
     RemoteError,
     RetriableError,
 )
-from connectors.http import HttpClient, excerpt, json_object
-from connectors.jobs import JobHandle, JobProgress, JobSpec, JobState, map_status
-from connectors.paths import path_segment, segment_problem
-from connectors.target_kit import HttpTarget
+from connectors.kit.http import HttpClient, excerpt, json_object
+from connectors.kit.jobs import JobHandle, JobProgress, JobSpec, JobState, map_status
+from connectors.kit.paths import path_segment, segment_problem
+from connectors.kit.target import HttpTarget
 
 JOBS_PATH = "/jobs/deletions"
 NOT_A_TRIGGER = "not a purge trigger"

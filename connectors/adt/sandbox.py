@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from connectors.adt.emulator import AdtEmulator, demo_graph
-from connectors.emulator_contract import (
+from connectors.emulation.contract_cases import (
     AMBIGUOUS,
     KEYED,
     NO_JOBS,
@@ -15,7 +15,7 @@ from connectors.emulator_contract import (
     ContractCase,
     ContractCases,
 )
-from connectors.emulator_kit import SANDBOX_RETRY, SandboxEmulator
+from connectors.emulation.kit import SANDBOX_RETRY, SandboxEmulator
 
 __all__ = ["ADT_TOKEN"]
 

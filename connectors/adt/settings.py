@@ -26,8 +26,8 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from connectors.keys import KeyTemplate
-from connectors.settings import (
+from connectors.kit.keys import KeyTemplate
+from connectors.kit.settings import (
     ConnectionBase,
     HttpUrl,
     KeyTemplateText,

@@ -18,10 +18,10 @@ import httpx
 from connectors.adt.auth import AdtClient, error_code, http_client
 from connectors.adt.settings import AdtConnection, AdtTwinsSettings
 from connectors.contract import EXACT_KEYS, Delivery, Outcome, RemoteError, RetriableError
-from connectors.http import HttpClient, json_object
-from connectors.keys import UnmappedKey
-from connectors.paths import path_segment, segment_problem
-from connectors.target_kit import HttpTarget
+from connectors.kit.http import HttpClient, json_object
+from connectors.kit.keys import UnmappedKey
+from connectors.kit.paths import path_segment, segment_problem
+from connectors.kit.target import HttpTarget
 
 TWIN_NOT_FOUND = "DigitalTwinNotFound"
 RELATIONSHIPS_NOT_DELETED = "RelationshipsNotDeleted"

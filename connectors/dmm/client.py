@@ -24,7 +24,7 @@ import httpx
 
 from connectors.contract import AmbiguousError, FatalError, RemoteError
 from connectors.dmm.settings import DmmConnection
-from connectors.http import (
+from connectors.kit.http import (
     Action,
     ErrorRule,
     ErrorTable,

@@ -69,7 +69,7 @@ faulted:
     POST /_admin/step      {"seconds": x}      move the emulator's clock forward
     GET|PUT /_admin/settings                   the `Knobs`
     POST /_admin/reset                         rows, executions and ground truth cleared
-    GET|PUT /_admin/faults, GET|DELETE /_admin/requests  (emulator_kit)
+    GET|PUT /_admin/faults, GET|DELETE /_admin/requests  (connectors.emulation.kit)
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ from starlette.routing import BaseRoute, Route
 
 from connectors.dmm.logs import format_deleted, format_failed, format_line
 from connectors.dmm.where import Key, SqlError, compile_where
-from connectors.emulator_admin import (
+from connectors.emulation.admin import (
     SteppedEmulator,
     Unknown,
     admin_get,
@@ -103,8 +103,8 @@ from connectors.emulator_admin import (
     json_object,
     settled,
 )
-from connectors.emulator_kit import DEMO_PEOPLE, Faults, apply_settings, run_alone
-from connectors.http import as_int
+from connectors.emulation.kit import DEMO_PEOPLE, Faults, apply_settings, run_alone
+from connectors.kit.http import as_int
 
 BASE_PATH = "/DMM_API/rest/DMMAPI"
 RUNTIME_CONNECTION = "Runtime Connection"

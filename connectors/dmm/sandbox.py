@@ -7,13 +7,13 @@ from typing import Any
 import httpx
 
 from connectors.dmm.emulator import BASE_PATH, DEMO_OTP, DEMO_TOKEN, DmmEmulator, demo_entities
-from connectors.emulator_contract import (
+from connectors.emulation.contract_cases import (
     AMBIGUOUS,
     LOST,
     ContractCase,
     ContractCases,
 )
-from connectors.emulator_kit import DEMO_PEOPLE, SANDBOX_RETRY, SandboxEmulator
+from connectors.emulation.kit import DEMO_PEOPLE, SANDBOX_RETRY, SandboxEmulator
 
 __all__ = ["DMM_BASE", "DMM_OTP", "DMM_TOKEN"]
 

@@ -13,8 +13,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
-from connectors.keys import KeyTemplate
-from connectors.settings import (
+from connectors.kit.keys import KeyTemplate
+from connectors.kit.settings import (
     ConnectionBase,
     HttpUrl,
     KeyTemplateText,
@@ -23,7 +23,7 @@ from connectors.settings import (
     check_connection,
     id_list,
 )
-from connectors.sql import Dialect
+from connectors.kit.sql import Dialect
 
 URL_EXAMPLE = "https://myenv.outsystemsenterprise.com/DMM_API/rest/DMMAPI"
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

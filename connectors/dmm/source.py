@@ -78,11 +78,11 @@ from connectors.dmm.settings import (
     record_name,
 )
 from connectors.dmm.target import STATUS
-from connectors.http import Action, HttpClient, excerpt, json_object, resolve
-from connectors.jobs import map_status
-from connectors.source_kit import Pages
-from connectors.spooled_json import Spooled, SpoolingParser, base64_to_file, text_chunks
-from connectors.task_streams import TaskSourceBase, TaskStreams
+from connectors.kit.http import Action, HttpClient, excerpt, json_object, resolve
+from connectors.kit.jobs import map_status
+from connectors.kit.source import Pages
+from connectors.kit.spooled_json import Spooled, SpoolingParser, base64_to_file, text_chunks
+from connectors.kit.task_streams import TaskSourceBase, TaskStreams
 
 STREAM_PREFIX = "execution-"
 NOT_FOUND = "NotFound"

@@ -8,7 +8,7 @@ outcomes are decided before any call and kept in the job handle.
 
 Keys are written as SQL literals: integers (checked to be integers in the
 64-bit range) as digits, text as a literal of the connection's `dialect`
-(connectors/sql.py: inner quotes doubled, backslashes escaped too where the
+(connectors/kit/sql.py: inner quotes doubled, backslashes escaped too where the
 database reads them as escapes), prefixed with N when it holds a non-ASCII
 character (a varchar literal would turn it into `?` on SQL Server, and then
 match another record). A key with a control character is refused: the log
@@ -61,18 +61,18 @@ from connectors.contract import (
 from connectors.dmm.client import DmmClient, succeeded
 from connectors.dmm.logs import MAX_LOG_BYTES, LogEvent, parse_lines, read_log_zip, split_lines
 from connectors.dmm.settings import DmmConnection, DmmTargetSettings, otp_problem, record_name
-from connectors.handles import HandleKeys
-from connectors.http import HttpClient, excerpt
-from connectors.jobs import (
+from connectors.kit.handles import HandleKeys
+from connectors.kit.http import HttpClient, excerpt
+from connectors.kit.jobs import (
     JobHandle,
     JobProgress,
     JobSpec,
     JobState,
     map_status,
 )
-from connectors.keys import KeyTemplate, UnmappedKey, UnsafeKey
-from connectors.sql import Dialect, literal
-from connectors.target_kit import HttpTarget
+from connectors.kit.keys import KeyTemplate, UnmappedKey, UnsafeKey
+from connectors.kit.sql import Dialect, literal
+from connectors.kit.target import HttpTarget
 
 STATUS: dict[str, JobState] = {
     "QUEUED": JobState.QUEUED,

@@ -38,8 +38,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from connectors.emulator_admin import Emulator, admin_get, admin_post
-from connectors.emulator_kit import DEMO_PEOPLE, Faults, run_alone
+from connectors.emulation.admin import Emulator, admin_get, admin_post
+from connectors.emulation.kit import DEMO_PEOPLE, Faults, run_alone
 from connectors.goose.settings import TIMESTAMP_FORMAT, parse_goose_time
 
 Clock = Callable[[], datetime]

@@ -6,8 +6,14 @@ from typing import Any
 
 import httpx
 
-from connectors.emulator_contract import AMBIGUOUS, NO_JOBS, UNSAFE, ContractCase, ContractCases
-from connectors.emulator_kit import DEMO_EMPLOYEES, DEMO_PEOPLE, SandboxEmulator
+from connectors.emulation.contract_cases import (
+    AMBIGUOUS,
+    NO_JOBS,
+    UNSAFE,
+    ContractCase,
+    ContractCases,
+)
+from connectors.emulation.kit import DEMO_EMPLOYEES, DEMO_PEOPLE, SandboxEmulator
 from connectors.goose.emulator import GooseEmulator
 
 __all__ = ["GOOSE_CODE", "GOOSE_ENGINE_KEY", "GOOSE_USER_KEY"]

@@ -20,8 +20,8 @@ from pydantic import (
 )
 
 from connectors.contract import ServerCursor
-from connectors.keys import KeyTemplate
-from connectors.settings import (
+from connectors.kit.keys import KeyTemplate
+from connectors.kit.settings import (
     ConnectionBase,
     HttpUrl,
     KeyTemplateText,

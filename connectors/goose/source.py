@@ -51,8 +51,8 @@ from connectors.goose.settings import (
     parse_goose_time,
     record_name,
 )
-from connectors.http import Action, HttpClient, Resolution, StreamedResponse, excerpt, scrub
-from connectors.source_kit import HttpSource, Pages, joined
+from connectors.kit.http import Action, HttpClient, Resolution, StreamedResponse, excerpt, scrub
+from connectors.kit.source import HttpSource, Pages, joined
 
 EPOCH = "1970-01-01 00:00:00"
 LATEST = "latest"

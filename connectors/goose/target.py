@@ -48,9 +48,9 @@ from connectors.goose.source import (
     classify,
     error_code,
 )
-from connectors.http import HttpClient, excerpt
-from connectors.keys import UnmappedKey
-from connectors.target_kit import HttpTarget
+from connectors.kit.http import HttpClient, excerpt
+from connectors.kit.keys import UnmappedKey
+from connectors.kit.target import HttpTarget
 
 MAX_ID_LENGTH = 25
 """RECORD_ID is varchar(25): a longer id names no Goose record."""

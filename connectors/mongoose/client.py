@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from connectors.contract import FatalError, RemoteError
-from connectors.http import (
+from connectors.kit.http import (
     DEFAULT_RENEW,
     Action,
     Auth,
@@ -28,9 +28,9 @@ from connectors.http import (
     json_object,
     remote_error,
 )
+from connectors.kit.token_cache import CachedToken, TokenAuth
 from connectors.mongoose import api
 from connectors.mongoose.settings import MongooseConnection
-from connectors.token_cache import CachedToken, TokenAuth
 
 # --- authentication ------------------------------------------------------------
 

@@ -63,7 +63,7 @@ and deletes nothing. Ground truth and the admin routes are never faulted:
     POST /_admin/expire_tokens                           every security token stops working
     POST /_admin/reset                                   rows, tokens and ground truth cleared
     GET|PUT /_admin/settings                             the knobs above
-    GET|PUT /_admin/faults, GET|DELETE /_admin/requests  (emulator_kit)
+    GET|PUT /_admin/faults, GET|DELETE /_admin/requests  (connectors.emulation.kit)
 """
 
 from __future__ import annotations
@@ -83,8 +83,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from connectors.emulator_admin import Emulator, Unknown, admin_get, admin_post, dicts
-from connectors.emulator_kit import DEMO_PEOPLE, Faults, apply_settings, run_alone
+from connectors.emulation.admin import Emulator, Unknown, admin_get, admin_post, dicts
+from connectors.emulation.kit import DEMO_PEOPLE, Faults, apply_settings, run_alone
 
 DEFAULT_BASE_PATH = "/IDORequestService/MGRESTService.svc"
 DEFAULT_V2_BASE_PATH = "/IDORequestService"

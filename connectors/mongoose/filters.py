@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from connectors.contract import KeyMatch
-from connectors.sql import Dialect, literal
+from connectors.kit.sql import Dialect, literal
 
 SEPARATOR = ","
 _KEPT = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~ ")
@@ -32,7 +32,7 @@ _ITEM_ID = re.compile(r"PBT=\[[^\]]*\]\s+\S+\.DT=\[[^\]]*\]\s+\S+\.ID=\[(?P<row>
 def quote_literal(value: str) -> str:
     """A SQL string literal for a Mongoose filter: IDOs run their filters on SQL Server,
     whose only escape is a doubled quote. UnsafeKey for a value no literal carries
-    safely (see connectors/sql.py)."""
+    safely (see connectors/kit/sql.py)."""
     return literal(value, Dialect.SQLSERVER)
 
 

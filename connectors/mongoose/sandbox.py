@@ -6,8 +6,8 @@ from typing import Any
 
 import httpx
 
-from connectors.emulator_contract import NO_JOBS, ContractCase, ContractCases
-from connectors.emulator_kit import DEMO_EMPLOYEES, DEMO_PEOPLE, SandboxEmulator
+from connectors.emulation.contract_cases import NO_JOBS, ContractCase, ContractCases
+from connectors.emulation.kit import DEMO_EMPLOYEES, DEMO_PEOPLE, SandboxEmulator
 from connectors.mongoose.emulator import DEFAULT_BASE_PATH, MongooseEmulator, demo_rows
 
 __all__ = ["MONGOOSE_BASE", "MONGOOSE_CONFIG", "MONGOOSE_PASSWORD", "MONGOOSE_USER"]

@@ -6,10 +6,10 @@ from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from connectors.keys import KeyTemplate
+from connectors.kit.keys import KeyTemplate
+from connectors.kit.paths import segment_problem
+from connectors.kit.settings import ConnectionBase, HttpUrl, KeyTemplateText, StrictModel
 from connectors.mongoose.api import ApiVersion
-from connectors.paths import segment_problem
-from connectors.settings import ConnectionBase, HttpUrl, KeyTemplateText, StrictModel
 
 # IDO and property names go into URL paths and filter expressions unquoted,
 # so they must be plain identifiers.

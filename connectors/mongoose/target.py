@@ -32,8 +32,9 @@ from connectors.contract import (
     RetriableError,
     sql_server_keys,
 )
-from connectors.http import HttpClient
-from connectors.keys import UnmappedKey
+from connectors.kit.http import HttpClient
+from connectors.kit.keys import UnmappedKey
+from connectors.kit.target import HttpTarget
 from connectors.mongoose.client import DeleteAnswer, MongooseApi
 from connectors.mongoose.filters import (
     FilterBudget,
@@ -43,7 +44,6 @@ from connectors.mongoose.filters import (
     row_pointer,
 )
 from connectors.mongoose.settings import MongooseConnection, MongooseTargetSettings
-from connectors.target_kit import HttpTarget
 
 ROW_POINTER = "RowPointer"
 

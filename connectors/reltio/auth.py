@@ -24,7 +24,7 @@ from typing import Any, Unpack
 import httpx
 
 from connectors.contract import FatalError, RemoteError
-from connectors.http import (
+from connectors.kit.http import (
     Action,
     Body,
     ErrorRule,
@@ -35,8 +35,8 @@ from connectors.http import (
     excerpt,
     remote_error,
 )
+from connectors.kit.token_cache import CachedToken, TokenAuth, fetch_token
 from connectors.reltio.settings import ReltioConnection
-from connectors.token_cache import CachedToken, TokenAuth, fetch_token
 
 RENEW_BEFORE = 60.0
 """Seconds before expiry at which a cached token is renewed (capped at half its life)."""

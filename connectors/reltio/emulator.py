@@ -72,7 +72,7 @@ Ground truth and the admin routes are never faulted:
     POST /_admin/step     {"seconds": x}   move the emulator's clock forward
     GET|PUT /_admin/settings               the `Knobs` (task timing, answer shapes...)
     POST /_admin/reset                     entities, tasks, tokens and ground truth cleared
-    GET|PUT /_admin/faults, GET|DELETE /_admin/requests  (emulator_kit)
+    GET|PUT /_admin/faults, GET|DELETE /_admin/requests  (connectors.emulation.kit)
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from connectors.emulator_admin import (
+from connectors.emulation.admin import (
     SteppedEmulator,
     Unknown,
     admin_get,
@@ -105,7 +105,7 @@ from connectors.emulator_admin import (
     dicts,
     settled,
 )
-from connectors.emulator_kit import DEMO_PEOPLE, Faults, apply_settings, run_alone
+from connectors.emulation.kit import DEMO_PEOPLE, Faults, apply_settings, run_alone
 
 DELETE_TASK_TYPE = "com.reltio.businesslogic.tasks.delete.DeleteEntitiesTask"
 FAILED_LIST_LIMIT = 100

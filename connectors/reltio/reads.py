@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from connectors.contract import FatalError, RemoteError, RetriableError
-from connectors.paths import path_segment
+from connectors.kit.paths import path_segment
 from connectors.reltio.auth import ReltioClient, is_not_found
 
 CONCURRENCY = 8

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from connectors.emulator_contract import (
+from connectors.emulation.contract_cases import (
     AMBIGUOUS,
     PATH_UNSAFE,
     ContractCase,
     ContractCases,
 )
-from connectors.emulator_kit import DEMO_PEOPLE, SANDBOX_RETRY, SandboxEmulator
+from connectors.emulation.kit import DEMO_PEOPLE, SANDBOX_RETRY, SandboxEmulator
 from connectors.reltio.emulator import ReltioEmulator, demo_entities
 
 __all__ = ["RELTIO_CLIENT", "RELTIO_SECRET", "RELTIO_TENANT"]

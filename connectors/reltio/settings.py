@@ -6,9 +6,9 @@ from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from connectors.keys import KeyTemplate
-from connectors.paths import segment_problem
-from connectors.settings import (
+from connectors.kit.keys import KeyTemplate
+from connectors.kit.paths import segment_problem
+from connectors.kit.settings import (
     ConnectionBase,
     HttpUrl,
     KeyTemplateText,

@@ -41,9 +41,11 @@ from connectors.contract import (
     SourcePage,
     SourceRecord,
 )
-from connectors.http import HttpClient, excerpt
-from connectors.jobs import JobState, map_status
-from connectors.paths import path_segment
+from connectors.kit.http import HttpClient, excerpt
+from connectors.kit.jobs import JobState, map_status
+from connectors.kit.paths import path_segment
+from connectors.kit.source import Pages
+from connectors.kit.task_streams import TaskSourceBase, TaskStreams
 from connectors.reltio.auth import ReltioClient, classify, is_not_found, json_body
 from connectors.reltio.reads import entity_present, gather
 from connectors.reltio.settings import (
@@ -62,8 +64,6 @@ from connectors.reltio.target import (
     task_params,
     task_uri_list,
 )
-from connectors.source_kit import Pages
-from connectors.task_streams import TaskSourceBase, TaskStreams
 
 STREAM_PREFIX = "task-"
 NOT_FOUND = "NOT_FOUND"

@@ -41,17 +41,18 @@ from connectors.contract import (
     RemoteError,
     RetriableError,
 )
-from connectors.handles import HandleKeys
-from connectors.http import HttpClient, as_int, excerpt
-from connectors.jobs import (
+from connectors.kit.handles import HandleKeys
+from connectors.kit.http import HttpClient, as_int, excerpt
+from connectors.kit.jobs import (
     JobHandle,
     JobProgress,
     JobSpec,
     JobState,
     map_status,
 )
-from connectors.keys import KeyTemplate, UnmappedKey
-from connectors.paths import path_segment, segment_problem
+from connectors.kit.keys import KeyTemplate, UnmappedKey
+from connectors.kit.paths import path_segment, segment_problem
+from connectors.kit.target import HttpTarget
 from connectors.reltio.auth import ReltioClient, classify, is_not_found, json_body
 from connectors.reltio.reads import entity_present, gather
 from connectors.reltio.settings import (
@@ -60,7 +61,6 @@ from connectors.reltio.settings import (
     ReltioTargetSettings,
     entity_name,
 )
-from connectors.target_kit import HttpTarget
 
 DELETE_TASK_TYPE = "com.reltio.businesslogic.tasks.delete.DeleteEntitiesTask"
 ENTITY_PREFIX = "entities/"

@@ -18,7 +18,7 @@ from pydantic import BaseModel, SecretStr, ValidationError
 
 from connectors import load_registry
 from connectors.contract import ConsumesServerCursors, Registry, UnknownConnectorType
-from connectors.redact import SHORTEST_SAFE
+from connectors.kit.redact import SHORTEST_SAFE
 from syncengine.config import yamlfile
 from syncengine.config.interpolate import Path, interpolate
 from syncengine.config.models import (

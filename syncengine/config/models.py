@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from connectors.settings import Seconds, StrictModel
+from connectors.kit.settings import Seconds, StrictModel
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
@@ -94,7 +94,7 @@ class LegalHold(StrictModel):
     @field_validator("key")
     @classmethod
     def _template(cls, value: str) -> str:
-        from connectors.keys import KeyTemplate
+        from connectors.kit.keys import KeyTemplate
 
         KeyTemplate(value)
         return value

@@ -18,7 +18,7 @@ from fnmatch import fnmatchcase
 from typing import Any, cast
 
 from connectors.contract import ConnectorError, Countable, KeyMatch
-from connectors.keys import KeyTemplate, UnmappedKey
+from connectors.kit.keys import KeyTemplate, UnmappedKey
 from state import ClaimedDelivery, GuardCounts
 from syncengine.config.models import GuardSettings, LegalHold
 from syncengine.engine.runtime import TargetRuntime

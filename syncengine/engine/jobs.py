@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from connectors.contract import AmbiguousError, Delivery, FatalError, RemoteError, RetriableError
-from connectors.jobs import AsyncTarget, JobHandle, JobProgress, JobSpec, JobState
+from connectors.kit.jobs import AsyncTarget, JobHandle, JobProgress, JobSpec, JobState
 from state import Lease, OutcomeRecord, Store
 from state.models import JobPhase, utcnow
 from state.records import JobRecord

@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 
 from connectors.contract import FatalError
-from connectors.jobs import AsyncTarget
+from connectors.kit.jobs import AsyncTarget
 from state import Lease, LeaseLost, RunOutcome, Store, StoreError
 from state.models import utcnow
 from syncengine.engine.feed import JournalFeed

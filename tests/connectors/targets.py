@@ -28,8 +28,9 @@ from connectors.contract import (
     Previewable,
     Target,
 )
-from connectors.emulator_contract import ContractCase, ContractCases
-from connectors.emulator_kit import LoggedRequest, serve
+from connectors.emulation.contract_cases import ContractCase, ContractCases
+from connectors.emulation.kit import LoggedRequest
+from connectors.kit.serving import serve
 
 
 @dataclass

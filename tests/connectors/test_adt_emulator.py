@@ -10,7 +10,8 @@ import httpx
 import pytest
 
 from connectors.adt.emulator import API_VERSION, SCOPE, AdtEmulator, demo_graph
-from connectors.emulator_kit import Faults, serve
+from connectors.emulation.kit import Faults
+from connectors.kit.serving import serve
 
 TOKEN = "sandbox-token"
 CLIENT, SECRET = "syncengine", "client-secret-7e1d"

@@ -30,8 +30,9 @@ from connectors.contract import (
     RemoteError,
     RetriableError,
 )
-from connectors.emulator_kit import Faults, LoggedRequest, serve
-from connectors.jobs import AsyncTarget, JobHandle, JobSpec, JobState, map_status
+from connectors.emulation.kit import Faults, LoggedRequest
+from connectors.kit.jobs import AsyncTarget, JobHandle, JobSpec, JobState, map_status
+from connectors.kit.serving import serve
 
 TOKEN = "purge-token-3f2e-secret"
 FAST_RETRY = {"max_attempts": 2, "base_delay": 0.001, "max_delay": 0.005}

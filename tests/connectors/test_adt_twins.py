@@ -22,8 +22,9 @@ from connectors.adt import (
 from connectors.adt.auth import classify
 from connectors.adt.emulator import AdtEmulator, demo_graph
 from connectors.contract import Delivery, FatalError, Outcome, OutcomeKind, Target, registry
-from connectors.emulator_kit import Faults, LoggedRequest, serve
-from connectors.http import HttpClient, RetryPolicy
+from connectors.emulation.kit import Faults, LoggedRequest
+from connectors.kit.http import HttpClient, RetryPolicy
+from connectors.kit.serving import serve
 
 STATIC, CLIENT, SECRET = "static-tok-51c0-secret", "syncengine", "cc-secret-0a9b8c"
 FAST_RETRY = {"max_attempts": 2, "base_delay": 0.001, "max_delay": 0.005}

@@ -22,7 +22,8 @@ from connectors.dmm.emulator import (
     demo_entities,
 )
 from connectors.dmm.logs import parse_lines, split_lines
-from connectors.emulator_kit import Faults, serve
+from connectors.emulation.kit import Faults
+from connectors.kit.serving import serve
 
 TOKEN, OTP = "api-key-4f2a", "otp-9c1d"
 STEP = 0.05

@@ -38,9 +38,10 @@ from connectors.dmm import (
 )
 from connectors.dmm.emulator import ALREADY_RUNNING, DmmEmulator, Knobs, demo_entities
 from connectors.dmm.logs import format_deleted, format_failed, format_line
-from connectors.emulator_kit import Faults, serve
-from connectors.http import HttpClient, RetryPolicy
-from connectors.jobs import JobSpec
+from connectors.emulation.kit import Faults
+from connectors.kit.http import HttpClient, RetryPolicy
+from connectors.kit.jobs import JobSpec
+from connectors.kit.serving import serve
 from tests.connectors.test_dmm_target import API, OTP, TOKEN, connection
 
 STEP = 0.05

@@ -30,10 +30,11 @@ from connectors.dmm.emulator import STOPPED, DmmEmulator, Knobs, demo_entities
 from connectors.dmm.logs import format_deleted, format_failed, format_line, read_log_zip
 from connectors.dmm.settings import record_name
 from connectors.dmm.target import STATUS, check_key, sql_literal, where_clause
-from connectors.emulator_kit import Faults, serve
-from connectors.http import HttpClient, RetryPolicy
-from connectors.jobs import AsyncTarget, JobHandle, JobProgress, JobSpec, JobState, map_status
-from connectors.sql import Dialect
+from connectors.emulation.kit import Faults
+from connectors.kit.http import HttpClient, RetryPolicy
+from connectors.kit.jobs import AsyncTarget, JobHandle, JobProgress, JobSpec, JobState, map_status
+from connectors.kit.serving import serve
+from connectors.kit.sql import Dialect
 
 TOKEN, OTP = "dmm-key-5e4d3c", "dmm-otp-8a7b6c"
 STEP = 0.05

@@ -18,10 +18,10 @@ from connectors.contract import (
     RetriableError,
     SourcePage,
 )
-from connectors.emulator_kit import RunningServer, serve
 from connectors.goose.emulator import GooseEmulator
 from connectors.goose.settings import GooseConnection, GooseSourceSettings
 from connectors.goose.source import GooseSource
+from connectors.kit.serving import RunningServer, serve
 
 KEY = "engine-key-0123456789"
 USER_KEY = "user-key-9876543210"

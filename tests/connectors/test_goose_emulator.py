@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from connectors.emulator_kit import serve
 from connectors.goose.emulator import GooseEmulator, demo_data
+from connectors.kit.serving import serve
 
 CODE = "DEV001"
 ENGINE = "engine-key-0123456789"

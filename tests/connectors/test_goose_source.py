@@ -25,7 +25,6 @@ from connectors.contract import (
     SourcePage,
     registry,
 )
-from connectors.emulator_kit import serve
 from connectors.goose.emulator import GooseEmulator
 from connectors.goose.settings import GooseConnection, GooseSourceSettings
 from connectors.goose.source import (
@@ -35,8 +34,9 @@ from connectors.goose.source import (
     classify,
     goose_time,
 )
-from connectors.http import HttpClient
-from connectors.settings import RetrySettings
+from connectors.kit.http import HttpClient
+from connectors.kit.serving import serve
+from connectors.kit.settings import RetrySettings
 
 CODE = "DEV001"
 KEY = "engine-key-0123456789abcdef"

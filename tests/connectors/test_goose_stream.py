@@ -15,8 +15,8 @@ from connectors.contract import CHUNK_RECORDS, AmbiguousError, SourcePage
 from connectors.goose.answer import AnswerParser, JSONError
 from connectors.goose.settings import GooseConnection, GooseSourceSettings
 from connectors.goose.source import GooseSource, classify
-from connectors.http import HttpClient
-from connectors.settings import RetrySettings
+from connectors.kit.http import HttpClient
+from connectors.kit.settings import RetrySettings
 from tests.connectors.test_goose_source import KEY, TINY_RETRY, connection, now
 
 

@@ -24,7 +24,6 @@ from connectors.contract import (
     Target,
     registry,
 )
-from connectors.emulator_kit import serve
 from connectors.goose.emulator import GooseEmulator
 from connectors.goose.settings import (
     GooseConnection,
@@ -34,7 +33,8 @@ from connectors.goose.settings import (
 )
 from connectors.goose.source import GooseSource, classify
 from connectors.goose.target import GooseDeleteTarget, build_target, until_midnight
-from connectors.http import HttpClient, RetryPolicy
+from connectors.kit.http import HttpClient, RetryPolicy
+from connectors.kit.serving import serve
 from syncengine.config import ConfigError, parse_config
 
 CODE = "DEV001"

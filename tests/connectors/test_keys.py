@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from connectors.keys import KeyTemplate, UnmappedKey
+from connectors.kit.keys import KeyTemplate, UnmappedKey
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
-from connectors.emulator_kit import Faults, LoggedRequest, RequestLog, serve
+from connectors.emulation.kit import Faults, LoggedRequest, RequestLog
+from connectors.kit.serving import serve
 from connectors.mongoose.emulator import (
     DEFAULT_BASE_PATH,
     IllegalFilter,

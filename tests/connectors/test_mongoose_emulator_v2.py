@@ -9,7 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from connectors.emulator_kit import Faults, serve
+from connectors.emulation.kit import Faults
+from connectors.kit.serving import serve
 from connectors.mongoose.emulator import (
     DEFAULT_BASE_PATH,
     DEFAULT_V2_BASE_PATH,

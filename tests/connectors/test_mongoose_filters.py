@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from connectors.contract import Delivery, OutcomeKind
-from connectors.emulator_kit import serve
-from connectors.http import HttpClient
+from connectors.kit.http import HttpClient
+from connectors.kit.serving import serve
+from connectors.kit.sql import literal_problem
 from connectors.mongoose import MongooseConnection, MongooseTarget, MongooseTargetSettings
 from connectors.mongoose.emulator import DEFAULT_BASE_PATH, DEFAULT_V2_BASE_PATH, MongooseEmulator
 from connectors.mongoose.filters import (
@@ -24,7 +25,6 @@ from connectors.mongoose.filters import (
     in_filter,
     quote_literal,
 )
-from connectors.sql import literal_problem
 
 USER, PASSWORD = "sync", "pw-filters-secret"
 SHORT = [f"u0-{12345 + i}" for i in range(100)]

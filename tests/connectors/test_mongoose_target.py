@@ -21,7 +21,8 @@ from connectors.contract import (
     registry,
     sql_server_keys,
 )
-from connectors.emulator_kit import Faults, LoggedRequest, serve
+from connectors.emulation.kit import Faults, LoggedRequest
+from connectors.kit.serving import serve
 from connectors.mongoose import (
     MongooseConnection,
     MongooseTarget,

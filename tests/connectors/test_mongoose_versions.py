@@ -18,9 +18,10 @@ import respx
 import structlog
 from pydantic import ValidationError
 
-from connectors import http as http_module
 from connectors.contract import FatalError, OutcomeKind
-from connectors.emulator_kit import Faults, serve
+from connectors.emulation.kit import Faults
+from connectors.kit import http as http_module
+from connectors.kit.serving import serve
 from connectors.mongoose import MongooseTarget
 from connectors.mongoose.emulator import (
     DEFAULT_BASE_PATH,

@@ -3,8 +3,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from connectors.keys import UnmappedKey, UnsafeKey
-from connectors.paths import path_segment, segment_problem
+from connectors.kit.keys import UnmappedKey, UnsafeKey
+from connectors.kit.paths import path_segment, segment_problem
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from connectors.emulator_kit import Faults, serve
+from connectors.emulation.kit import Faults
+from connectors.kit.serving import serve
 from connectors.reltio.emulator import (
     DELETE_TASK_TYPE,
     GOOSE,

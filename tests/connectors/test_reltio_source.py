@@ -23,9 +23,10 @@ from connectors.contract import (
     TaskSource,
     registry,
 )
-from connectors.emulator_kit import Faults, LoggedRequest, serve
-from connectors.http import HttpClient, RetryPolicy
-from connectors.jobs import JobSpec
+from connectors.emulation.kit import Faults, LoggedRequest
+from connectors.kit.http import HttpClient, RetryPolicy
+from connectors.kit.jobs import JobSpec
+from connectors.kit.serving import serve
 from connectors.reltio import (
     ReltioDeleteTarget,
     ReltioSourceSettings,

@@ -20,8 +20,9 @@ from connectors.contract import (
     RetriableError,
     registry,
 )
-from connectors.emulator_kit import Faults, LoggedRequest, serve
-from connectors.jobs import AsyncTarget, JobHandle, JobSpec, JobState, map_status
+from connectors.emulation.kit import Faults, LoggedRequest
+from connectors.kit.jobs import AsyncTarget, JobHandle, JobSpec, JobState, map_status
+from connectors.kit.serving import serve
 from connectors.reltio import (
     ReltioConnection,
     ReltioDeleteTarget,

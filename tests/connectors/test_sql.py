@@ -8,8 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from connectors.dmm.where import compile_where
-from connectors.keys import UnsafeKey
-from connectors.sql import BACKSLASH_ESCAPING, LOOKALIKES, Dialect, literal, literal_problem
+from connectors.kit.keys import UnsafeKey
+from connectors.kit.sql import BACKSLASH_ESCAPING, LOOKALIKES, Dialect, literal, literal_problem
 
 INJECTION = "a\\' OR 1=1 -- "
 """Issue 10's example: closes a literal early wherever a backslash escapes a quote."""

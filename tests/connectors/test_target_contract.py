@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 
 from connectors import load_registry
 from connectors.contract import AmbiguousError, AsyncTarget, ConnectorError, FatalError, OutcomeKind
-from connectors.emulator_contract import AMBIGUOUS, KEYED, LOST, UNSAFE
+from connectors.emulation.contract_cases import AMBIGUOUS, KEYED, LOST, UNSAFE
 from tests.connectors.targets import FACTORIES, Harness
 
 

@@ -23,10 +23,10 @@ from connectors.contract import (
     StreamingSource,
 )
 from connectors.dmm.logs import format_deleted, format_failed, log_zip_lines
-from connectors.http import HttpClient, RetryPolicy
+from connectors.kit.http import HttpClient, RetryPolicy
+from connectors.kit.spooled_json import LIMIT, SpoolingParser, base64_to_file, text_chunks
 from connectors.reltio import ReltioSourceSettings, ReltioTaskSource
 from connectors.reltio.emulator import DELETE_TASK_TYPE
-from connectors.spooled_json import LIMIT, SpoolingParser, base64_to_file, text_chunks
 from tests.connectors.test_dmm_source import Handler, api, b64, log_zip, scripted
 from tests.connectors.test_dmm_target import TOKEN
 from tests.connectors.test_reltio_target import connection as reltio_connection

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from connectors.emulator_kit import free_port
+from connectors.kit.serving import free_port
 from state import Store
 
 PAGE = 4096

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from connectors.emulator_kit import free_port
+from connectors.kit.serving import free_port
 from syncengine.cli import run_once
 from syncengine.config import parse_config
 from syncengine.demo import run_demo

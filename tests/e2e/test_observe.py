@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import httpx
 
-from connectors.emulator_kit import free_port
+from connectors.kit.serving import free_port
 from tests.e2e.conftest import Env
 
 

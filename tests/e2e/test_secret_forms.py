@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from connectors.emulator_kit import RunningServer, free_port, serve
+from connectors.kit.serving import RunningServer, free_port, serve
 
 KEY = "chiave-segretà-2024"
 """A Goose key with a non-ASCII letter: JSON with ensure_ascii writes it `segret\\u00e0`."""

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from connectors.contract import AmbiguousError, RetriableError
-from connectors.http import HttpClient, RetryPolicy, parse_retry_after
+from connectors.kit.http import HttpClient, RetryPolicy, parse_retry_after
 
 FAST = RetryPolicy(max_attempts=4, base_delay=0, max_delay=0, max_retry_after=5)
 

@@ -11,15 +11,15 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 from connectors.contract import FatalError, RemoteError
-from connectors.http import (
+from connectors.kit.http import (
     Action,
     ErrorRule,
     StaticAuth,
     json_object,
     resolve,
 )
-from connectors.settings import ConnectionBase, HttpUrl, KeyTemplateText, StrictModel, http_url
-from connectors.token_cache import CachedToken, TokenAuth, fetch_token
+from connectors.kit.settings import ConnectionBase, HttpUrl, KeyTemplateText, StrictModel, http_url
+from connectors.kit.token_cache import CachedToken, TokenAuth, fetch_token
 from tests.unit.test_http import Script, client
 
 

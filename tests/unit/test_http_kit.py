@@ -8,8 +8,8 @@ import httpx
 import pytest
 
 from connectors.contract import AmbiguousError, FatalError, RetriableError
-from connectors.http import HttpClient, RetryPolicy, as_int, remote_error
-from connectors.target_kit import HttpTarget
+from connectors.kit.http import HttpClient, RetryPolicy, as_int, remote_error
+from connectors.kit.target import HttpTarget
 
 ONCE = RetryPolicy(max_attempts=1, base_delay=0, max_delay=0)
 

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from connectors.contract import EXACT_KEYS, AmbiguousError, Outcome, RetriableError
-from connectors.jobs import CannotCancel, JobHandle, JobProgress, JobSpec, JobState
+from connectors.kit.jobs import CannotCancel, JobHandle, JobProgress, JobSpec, JobState
 from state import NewRecord, RetryRule, Store
 from state.models import DeliveryStatus, utcnow
 from syncengine.engine.jobs import JobPolicy, run_jobs

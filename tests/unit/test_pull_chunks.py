@@ -13,12 +13,12 @@ import httpx
 import pytest
 
 import connectors.goose.source as goose_source
-from connectors.emulator_kit import serve
 from connectors.goose.emulator import GooseEmulator
 from connectors.goose.settings import GooseSourceSettings
 from connectors.goose.source import GooseSource, classify
-from connectors.http import HttpClient
-from connectors.settings import RetrySettings
+from connectors.kit.http import HttpClient
+from connectors.kit.serving import serve
+from connectors.kit.settings import RetrySettings
 from state import Store
 from syncengine import failpoints
 from syncengine.config.models import PipelineConfig, Schedule, SourceConfig

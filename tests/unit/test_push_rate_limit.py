@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from connectors.contract import EXACT_KEYS, Delivery, Outcome
-from connectors.http import HttpClient
+from connectors.kit.http import HttpClient
 from state import NewRecord, Store
 from state.models import DeliveryStatus, utcnow
 from syncengine.engine.push import push

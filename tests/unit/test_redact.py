@@ -9,7 +9,7 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from connectors.redact import scrub, secret_forms
+from connectors.kit.redact import scrub, secret_forms
 
 SECRET = "clé/secrète+2024"
 """Non-ASCII letters, a slash and a plus: each encoding writes it differently."""

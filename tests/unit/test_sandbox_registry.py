@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from connectors import load_registry
 from connectors.contract import Registry, SandboxSpec
-from connectors.emulator_kit import SandboxEmulator
+from connectors.emulation.kit import SandboxEmulator
 from syncengine.cli import app
 from syncengine.sandbox import Sandbox, SandboxError, default_ports
 from tests.connectors import targets

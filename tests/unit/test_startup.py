@@ -27,9 +27,9 @@ DAEMON_ONLY = (
     "syncengine.observe",
 )
 SANDBOX_ONLY = (
-    "connectors.emulator_kit",
-    "connectors.emulator_admin",
-    "connectors.emulator_contract",
+    "connectors.emulation.kit",
+    "connectors.emulation.admin",
+    "connectors.emulation.contract_cases",
     "syncengine.sandbox",
     "syncengine.demo",
 )

@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 import httpx
 
 from connectors.contract import FatalError, RemoteError
-from connectors.http import HttpClient, excerpt, json_object
+from connectors.kit.http import HttpClient, excerpt, json_object
 
 Fetch = Callable[[], Awaitable[tuple[str, float]]]
 """Fetches a token: (the token, its lifetime in seconds)."""

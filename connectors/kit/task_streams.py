@@ -24,7 +24,7 @@ from connectors.contract import (
     SourceCall,
     SourcePage,
 )
-from connectors.source_kit import ConnectionT, HttpSource, SettingsT, joined
+from connectors.kit.source import ConnectionT, HttpSource, SettingsT, joined
 
 
 def _same(task_id: str) -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from connectors.contract import Delivery
-from connectors.emulator_admin import Emulator
+from connectors.emulation.admin import Emulator
 
 KEYED = "keyed"
 """Cases about one record's key (absent, empty): a target that addresses records by key."""

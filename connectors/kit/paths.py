@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from urllib.parse import quote, unquote
 
-from connectors.keys import UnsafeKey
+from connectors.kit.keys import UnsafeKey
 
 _SEPARATORS = re.compile(r"[/\\]")
 _DOT_SEGMENTS = frozenset({".", ".."})

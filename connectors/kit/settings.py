@@ -21,8 +21,8 @@ from pydantic import (
 )
 from pydantic_core import core_schema
 
-from connectors.http import Classifier, HttpClient, Observer, RetryPolicy
-from connectors.keys import KeyTemplate
+from connectors.kit.http import Classifier, HttpClient, Observer, RetryPolicy
+from connectors.kit.keys import KeyTemplate
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -88,7 +88,7 @@ def _key_template(value: str) -> str:
 
 
 KeyTemplateText = Annotated[str, AfterValidator(_key_template)]
-"""A key template (connectors/keys.py), refused at load time when it does not parse."""
+"""A key template (connectors/kit/keys.py), refused at load time when it does not parse."""
 
 
 class StrictModel(BaseModel):

@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
-from connectors.emulator_kit import (
+from connectors.emulation.kit import (
     ADMIN_PREFIX,
     MUTATING_METHODS,
     Faults,
@@ -122,7 +122,7 @@ class Emulator:
     """The kit's share of an emulator object.
 
     `faults` and `log` are the vendor routes' fault knobs and request log
-    (`emulator_kit`); `knobs`, when an emulator has behaviour switches, are served
+    (`connectors.emulation.kit`); `knobs`, when an emulator has behaviour switches, are served
     at `/_admin/settings`. `_lock` guards the emulator's state across server threads.
     """
 

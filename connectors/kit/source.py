@@ -21,7 +21,7 @@ from connectors.contract import (
     SourcePage,
     SourceRecord,
 )
-from connectors.http import HttpClient
+from connectors.kit.http import HttpClient
 
 ConnectionT = TypeVar("ConnectionT")
 SettingsT = TypeVar("SettingsT")

@@ -24,8 +24,8 @@ import httpx
 from aiolimiter import AsyncLimiter
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from connectors import redact
 from connectors.contract import AmbiguousError, FatalError, RemoteError, RetriableError
+from connectors.kit import redact
 
 BODY_EXCERPT = 300
 REDACTED = redact.REDACTED

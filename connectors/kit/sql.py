@@ -25,7 +25,7 @@ import enum
 import re
 import unicodedata
 
-from connectors.keys import UnsafeKey
+from connectors.kit.keys import UnsafeKey
 
 
 class Dialect(enum.StrEnum):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from connectors.contract import Outcome
-from connectors.jobs import JobSpec, item_outcomes, outcome_to_json
+from connectors.kit.jobs import JobSpec, item_outcomes, outcome_to_json
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from typing import Generic, Protocol, TypeVar
 
 from connectors.contract import FatalError
-from connectors.http import HttpClient
+from connectors.kit.http import HttpClient
 
 
 class Batched(Protocol):
