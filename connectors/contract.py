@@ -408,7 +408,7 @@ class Cancellable(Protocol):
 @runtime_checkable
 class AsyncTarget(Protocol):
     """A target whose API deletes in jobs: the engine records each job before `submit`
-    and polls it to its end (see connectors.jobs for the helpers)."""
+    and polls it to its end (see connectors.kit.jobs for the helpers)."""
 
     batch_size: int
     kind: str
@@ -465,6 +465,17 @@ class RemoteError(ConnectorError):
         self.code = code
 
 
+class MalformedAnswer(RemoteError):
+    """The answer breaks the API's own form or contradicts itself (an envelope key
+    given twice, a status that reads OK before the rows and an error after them).
+
+    Nothing more of such an answer may be journaled or sent, in this run or a later
+    one: the engine withdraws what it journaled from it and has not sent, and fails
+    the run naming how many of its deliveries had already gone out. Raised from a
+    streamed answer's iterator; a malformed single row is a `RejectedRecord` instead.
+    """
+
+
 # --- registry ---------------------------------------------------------------
 
 
@@ -498,14 +509,14 @@ class SandboxSpec:
     emulator. `emulator` is a "module:function" path, imported only when a sandbox
     starts, so a pipeline run never loads an emulator; the function takes the
     emulator's step in seconds (how fast its jobs advance) and returns a seeded
-    `connectors.emulator_kit.SandboxEmulator`."""
+    `connectors.emulation.kit.SandboxEmulator`."""
 
     port: int
     """Its default loopback port in the sandbox."""
     emulator: str
     contract: str = ""
     """"module:function" giving its targets' cases for the target contract suite
-    (`connectors.emulator_contract.ContractCases`); empty for a connector without targets."""
+    (`connectors.emulation.contract_cases.ContractCases`); empty for a connector without targets."""
 
 
 @dataclass(frozen=True)
