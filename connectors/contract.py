@@ -289,6 +289,21 @@ class Target(Protocol):
 
 
 @runtime_checkable
+class Unscoped(Protocol):
+    """A target whose delete reaches beyond the delivered key (an ADT delete job wipes
+    the whole instance). `unscoped` says how, for the operator.
+
+    No guard that weighs keys can hold on it: a legal hold cannot spare a record the
+    delete wipes anyway, and a limit counting deliveries cannot bound what one
+    delivery deletes. Nor can what it deleted be listed for a chained pipeline. So
+    `validate` refuses those guards and chains on such a target, rather than letting
+    them promise what they cannot keep.
+    """
+
+    unscoped: str
+
+
+@runtime_checkable
 class Backfillable(Protocol):
     """A source that can re-read its history from a point in time (a backfill).
 

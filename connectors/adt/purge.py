@@ -61,6 +61,7 @@ class AdtPurgeTarget(HttpTarget[AdtConnection, AdtPurgeSettings]):
 
     kind = "adt_delete_job"
     key_match = EXACT_KEYS
+    unscoped = "a purge: one trigger deletes every model, twin and relationship of the instance"
 
     api: AdtClient
 

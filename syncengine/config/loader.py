@@ -271,6 +271,7 @@ def _second_pass(raw: RawConfig, name: str) -> tuple[Config | None, list[ConfigI
             issues.extend(_pydantic_issues(exc, where, info.connection_settings))
 
     pipelines: dict[str, PipelineConfig] = {}
+    unscoped: dict[tuple[str, str], str] = {}
     for pipe_name, pipe in raw.pipelines.items():
         where = ("pipelines", pipe_name)
         if not re.fullmatch(NAME_PATTERN, pipe_name):
@@ -288,14 +289,19 @@ def _second_pass(raw: RawConfig, name: str) -> tuple[Config | None, list[ConfigI
                 "target",
                 issues,
             )
+            probe = _probe(built, target, connections, registry)
+            unscoped[(pipe_name, target_name)] = _unscoped(probe)
             fraction = _uncountable(built[0] if built else None, target, registry)
-            concurrent = _concurrency_problem(built, target, connections, registry)
+            concurrent = _concurrency_problem(built, target, probe)
+            unguardable = _unguardable(probe, target, (*where, "targets", target_name))
             if fraction is not None:
                 where_guard = (*where, "targets", target_name, "guard", "max_fraction")
                 issues.append(ConfigIssue(where_guard, fraction))
             elif concurrent is not None:
                 where_conc = (*where, "targets", target_name, "concurrency")
                 issues.append(ConfigIssue(where_conc, concurrent))
+            elif unguardable:
+                issues.extend(unguardable)
             elif built is not None:
                 targets[target_name] = TargetConfig(
                     name=target_name,
@@ -317,6 +323,7 @@ def _second_pass(raw: RawConfig, name: str) -> tuple[Config | None, list[ConfigI
                 targets=targets,
             )
     issues.extend(_loops(pipelines))
+    issues.extend(_chains_on_unscoped(pipelines, unscoped))
     issues.extend(_shared_server_cursors(pipelines, connections))
     if issues:
         return None, issues
@@ -343,34 +350,99 @@ def _uncountable(kind: str | None, target: RawTarget, registry: Registry) -> str
     )
 
 
-def _concurrency_problem(
+def _probe(
     built: tuple[str, Any] | None,
     target: RawTarget,
     connections: Mapping[str, Any],
     registry: Registry,
-) -> str | None:
-    """`concurrency` pipelines the batches of a synchronous target; a job target is
-    refused it rather than silently ignoring it (its submissions already return at once,
-    and its jobs stay open between polls). Whether a connector's target runs jobs can
-    depend on its block (adt: twins or purge), so the target is built to be asked: a
-    constructor makes no call, and an unused client holds no connection."""
-    if built is None or target.concurrency == 1:
+) -> object | None:
+    """The target built to be asked what it is: whether it runs jobs, or deletes beyond
+    its keys, can depend on its block (adt: twins or purge). A constructor makes no
+    call, and an unused client holds no connection. None when it cannot be built: the
+    run reports what keeps it from being built."""
+    if built is None:
         return None
-    from connectors.contract import AsyncTarget, ConnectorError
+    from connectors.contract import ConnectorError
 
     kind, settings = built
     factory = registry.get(kind).build_target
     assert factory is not None, "a validated target block has a factory"
     try:
-        probe = factory(target.connection, connections[target.connection], settings)
+        return factory(target.connection, connections[target.connection], settings)
     except ConnectorError:
-        return None  # the run reports what keeps this target from being built
+        return None
+
+
+def _concurrency_problem(
+    built: tuple[str, Any] | None, target: RawTarget, probe: object | None
+) -> str | None:
+    """`concurrency` pipelines the batches of a synchronous target; a job target is
+    refused it rather than silently ignoring it (its submissions already return at once,
+    and its jobs stay open between polls)."""
+    if built is None or target.concurrency == 1:
+        return None
+    from connectors.contract import AsyncTarget
+
     if not isinstance(probe, AsyncTarget):
         return None
     return (
-        f"a {kind} target of this kind runs asynchronous jobs, which are submitted without "
-        "waiting for them; concurrency applies to synchronous targets only: remove it"
+        f"a {built[0]} target of this kind runs asynchronous jobs, which are submitted "
+        "without waiting for them; concurrency applies to synchronous targets only: remove it"
     )
+
+
+def _unscoped(probe: object | None) -> str:
+    """How far beyond its keys this target deletes ("" when it deletes by key)."""
+    from connectors.contract import Unscoped
+
+    return probe.unscoped if isinstance(probe, Unscoped) else ""
+
+
+UNGUARDABLE = {
+    "legal_hold": "a held key would be deleted with everything else",
+    "max_per_run": "a count of deliveries cannot bound what one delivery deletes",
+    "max_per_hour": "a count of deliveries cannot bound what one delivery deletes",
+    "max_fraction": "a count of deliveries cannot bound what one delivery deletes",
+}
+"""The guards that weigh keys or count deliveries, and why each fails on an unscoped
+target; what does guard a purge is its own confirmation and trigger keys."""
+
+
+def _unguardable(probe: object | None, target: RawTarget, where: Path) -> list[ConfigIssue]:
+    how = _unscoped(probe)
+    if not how:
+        return []
+    return [
+        ConfigIssue(
+            (*where, "guard", name),
+            f"this target is {how}, so {name} cannot hold ({why}); remove it "
+            "(the purge is guarded by confirm_purge and trigger_keys)",
+        )
+        for name, why in UNGUARDABLE.items()
+        if getattr(target.guard, name) is not None
+    ]
+
+
+def _chains_on_unscoped(
+    pipelines: Mapping[str, PipelineConfig], unscoped: Mapping[tuple[str, str], str]
+) -> list[ConfigIssue]:
+    """A chain hands on what its upstream target really deleted; a target that deletes
+    beyond its keys cannot say what that was, so nothing may be chained on it."""
+    issues: list[ConfigIssue] = []
+    for name, pipe in pipelines.items():
+        ref = pipe.source.chain
+        if ref is None:
+            continue
+        how = unscoped.get((ref.pipeline, ref.target), "")
+        if how:
+            issues.append(
+                ConfigIssue(
+                    ("pipelines", name, "source", "target"),
+                    f"{ref.describe()} is {how}, so what it deleted cannot be listed "
+                    "and handed on; chain on a target that deletes records by key",
+                )
+            )
+    return issues
 
 
 def _source(
