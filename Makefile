@@ -44,7 +44,12 @@ test: lint typecheck unit
 crash-test: $(STAMP)
 	SYNCENGINE_CRASH_CYCLES=150 $(BIN)/pytest -q -m slow tests/e2e/test_crash.py
 
-.PHONY: bench-memory bench-concurrency bench-store bench-sigterm
+# The built wheel in a clean venv: --version, the demo on free ports, and a migration of
+# an old store, all from the installed copy (a minute or two, most of it pip).
+wheel-check: $(STAMP)
+	$(BIN)/pytest -q -m install tests/e2e/test_wheel.py
+
+.PHONY: bench-memory bench-concurrency bench-store bench-sigterm wheel-check
 
 # syncengine against a bare httpx loop at 2,000, 20,000 and 100,000 deletions, 3 rounds each,
 # within 14 minutes: rounds that would overrun are skipped and the output says so.

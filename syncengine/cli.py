@@ -13,7 +13,7 @@ import gc
 import json
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -50,18 +50,47 @@ TargetOption = Annotated[str, typer.Option("--target", "-t", help="the target's 
 RequiredPipeline = Annotated[str, typer.Option("--pipeline", "-p", help="the pipeline's name")]
 
 
+def _print_version(asked: bool) -> None:
+    """The installed distribution's version, read from its metadata, so a wheel, an
+    editable install and a container all answer what pip installed."""
+    if not asked:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        installed = version("syncengine")
+    except PackageNotFoundError:
+        installed = "unknown (not installed: run from a source tree without pip install)"
+    out.print(f"syncengine {installed}", highlight=False)
+    raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="print the version and exit", is_eager=True, callback=_print_version
+        ),
+    ] = False,
+) -> None:
+    """Keep deletions consistent across business systems."""
+
+
 def fail(message: str, code: int = 2) -> typer.Exit:
     err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
-def load(path: Path) -> Config:
+def load(path: Path, moved_ports: Mapping[int, int] | None = None) -> Config:
+    """The configuration at `path`; `moved_ports` (old -> new) points its loopback URLs at
+    emulators the demo started elsewhere, so the demo's config follows its sandbox."""
     from connectors.kit.http import secret_listeners
     from syncengine.config import ConfigError, load_config
     from syncengine.logs import SECRETS
 
     try:
-        config = load_config(path)
+        config = load_config(path, moved_ports=moved_ports)
     except ConfigError as exc:
         for issue in exc.issues:
             err.print(
@@ -636,19 +665,49 @@ def sandbox(
         raise fail(str(exc)) from None
 
 
+def _write_example(path: Path) -> None:
+    """An installed tool has no source tree to find config.yaml in: the example ships
+    inside the package, and the demo writes it out once, for the user to read and edit."""
+    from importlib.resources import files
+
+    try:
+        path.write_text(files("syncengine").joinpath("demo.yaml").read_text("utf-8"), "utf-8")
+    except OSError as exc:
+        raise fail(
+            f"{path}: cannot write the example configuration ({exc.strerror}); "
+            "run the demo from a folder you can write to, or pass -c FILE"
+        ) from None
+    out.print(f"No {path} here: wrote the shipped example to {path.resolve()}", highlight=False)
+
+
 @app.command()
-def demo(config: ConfigOption = Path("config.yaml")) -> None:
+def demo(
+    config: ConfigOption = Path("config.yaml"),
+    port: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="move an emulator as `sandbox --port` does, NAME=PORT (repeatable); the "
+            "configuration's URLs on that emulator's shipped port follow it",
+            metavar="NAME=PORT",
+        ),
+    ] = None,
+) -> None:
     """Start the sandbox, delete some records in Goose, run every pipeline once,
     show what reached the targets, stop the sandbox."""
     from syncengine.demo import run_demo
     from syncengine.logs import configure
-    from syncengine.sandbox import SandboxError
+    from syncengine.sandbox import Sandbox, SandboxError, default_ports
 
-    cfg = load(config)
+    if config == Path("config.yaml") and not config.exists():
+        _write_example(config)
+    ports = _sandbox_ports(port or [])
+    shipped = default_ports()
+    moved = {shipped[name]: new for name, new in ports.items() if name in shipped}
+    cfg = load(config, moved)
     # The demo tells its own story on stdout; only warnings and errors are logged.
     configure("warning", cfg.logging.format)
     try:
-        code = run_demo(cfg, out, run_once_fn=run_once)
+        code = run_demo(cfg, out, run_once_fn=run_once, sandbox=Sandbox(ports))
     except SandboxError as exc:
         raise fail(str(exc)) from None
     raise typer.Exit(code)

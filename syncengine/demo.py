@@ -11,6 +11,8 @@ real system.
 from __future__ import annotations
 
 import asyncio
+import shutil
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -194,8 +196,9 @@ def _story(config: Config, console: Console, run_once_fn: RunOnce, box: Sandbox,
         if ok
         else "\n[red]Demo FAILED[/red]: the emulators do not hold what the sources reported."
     )
-    say(f"Inspect it: .venv/bin/syncengine status -c {config.path}", highlight=False)
-    say(f"            .venv/bin/syncengine trace 0-4 -c {config.path}", highlight=False)
+    command = _command_name()
+    say(f"Inspect it: {command} status -c {config.path}", highlight=False)
+    say(f"            {command} trace 0-4 -c {config.path}", highlight=False)
     return 0 if ok else 1
 
 
@@ -291,6 +294,20 @@ def _run(config: Config, run_once_fn: RunOnce, console: Console) -> list[RunRepo
             await runtime.aclose()
 
     return asyncio.run(main())
+
+
+def _command_name() -> str:
+    """How the user can call the tool again: `syncengine` when the shell finds this very
+    program by that name (an installed tool), else the path it was started by
+    (`.venv/bin/syncengine` in a source tree)."""
+    started = Path(sys.argv[0])
+    found = shutil.which("syncengine")
+    if found is not None and Path(found).resolve() == started.resolve():
+        return "syncengine"
+    try:
+        return str(started.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(started)
 
 
 __all__ = ["check_demo_safe", "run_demo"]

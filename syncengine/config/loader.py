@@ -168,7 +168,14 @@ def _short_secrets(connections: Mapping[str, Any]) -> list[ConfigIssue]:
     ]
 
 
-def load_config(file: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+def load_config(
+    file: str | os.PathLike[str],
+    env: Mapping[str, str] | None = None,
+    moved_ports: Mapping[int, int] | None = None,
+) -> Config:
+    """`moved_ports` (old -> new) rewrites every loopback `host:port` before parsing (the
+    URLs and a purge's `confirm_purge`): the demo's emulators may listen elsewhere than
+    the shipped file says."""
     name = str(file)
     try:
         text = FsPath(file).read_text(encoding="utf-8")
@@ -178,6 +185,8 @@ def load_config(file: str | os.PathLike[str], env: Mapping[str, str] | None = No
         ) from None
     except OSError as exc:
         raise ConfigError(name, [ConfigIssue((), f"cannot read: {exc.strerror}")]) from None
+    for old, new in (moved_ports or {}).items():
+        text = re.sub(rf"\b(127\.0\.0\.1|localhost):{old}\b", rf"\g<1>:{new}", text)
     return parse_config(text, name, os.environ if env is None else env)
 
 
