@@ -20,7 +20,7 @@ from connectors import load_registry
 from connectors.contract import ConsumesServerCursors, Registry, UnknownConnectorType
 from connectors.kit.redact import SHORTEST_SAFE
 from syncengine.config import yamlfile
-from syncengine.config.interpolate import Path, interpolate
+from syncengine.config.interpolate import MissingVariable, Path, interpolate
 from syncengine.config.models import (
     CHAIN,
     ENGINE_SOURCE_KEYS,
@@ -33,6 +33,7 @@ from syncengine.config.models import (
     RawSource,
     RawTarget,
     SourceConfig,
+    StateSettings,
     TargetConfig,
     TargetRef,
 )
@@ -168,6 +169,20 @@ def _short_secrets(connections: Mapping[str, Any]) -> list[ConfigIssue]:
     ]
 
 
+def _unresolved(missing: MissingVariable) -> str:
+    if missing.problem:
+        return missing.problem
+    if missing.bad_syntax:
+        return (
+            f"bad variable syntax ${{{missing.name}}}; write ${{NAME}}, ${{NAME:-default}} "
+            "or ${file:PATH}"
+        )
+    return (
+        f"environment variable {missing.name} is not set; "
+        f"export it or write ${{{missing.name}:-default}}"
+    )
+
+
 def load_config(
     file: str | os.PathLike[str],
     env: Mapping[str, str] | None = None,
@@ -219,17 +234,8 @@ def parse_config(text: str, name: str, env: Mapping[str, str]) -> Config:
             name, [ConfigIssue((), "the file must be a mapping with connections and pipelines")]
         )
     lines = _line_map(root)
-    tree, missing = interpolate(tree, env)
-    issues = [
-        ConfigIssue(
-            m.path,
-            f"bad variable syntax ${{{m.name}}}; write ${{NAME}} or ${{NAME:-default}}"
-            if m.bad_syntax
-            else f"environment variable {m.name} is not set; "
-            f"export it or write ${{{m.name}:-default}}",
-        )
-        for m in missing
-    ]
+    tree, missing = interpolate(tree, env, base=FsPath(name).resolve().parent)
+    issues = [ConfigIssue(m.path, _unresolved(m)) for m in missing]
     config: Config | None = None
     try:
         raw = RawConfig.model_validate(tree)
@@ -338,7 +344,7 @@ def _second_pass(raw: RawConfig, name: str) -> tuple[Config | None, list[ConfigI
         return None, issues
     config = Config(
         path=name,
-        state=raw.state,
+        state=_anchored(raw.state, name),
         logging=raw.logging,
         metrics=raw.metrics,
         connections=connections,
@@ -346,6 +352,25 @@ def _second_pass(raw: RawConfig, name: str) -> tuple[Config | None, list[ConfigI
         secrets=collect_secrets(list(connections.values())),
     )
     return config, []
+
+
+SQLITE_FILE = re.compile(r"sqlite(\+\w+)?:///(?!/)(?!:memory:)(?!file:)([^?]+)(\?.*)?")
+"""A SQLite URL naming a relative file (four slashes would be an absolute one)."""
+
+
+def _anchored(state: StateSettings, file: str) -> StateSettings:
+    """Relative paths of the store are taken from the configuration file's folder, not
+    from wherever the command runs: `status` run from / once created /data/my.db and
+    said "never run", beside a daemon's real store."""
+    base = FsPath(file).resolve().parent
+    update: dict[str, str] = {}
+    found = SQLITE_FILE.fullmatch(state.url)
+    if found is not None:
+        driver, path, query = found.group(1) or "", found.group(2), found.group(3) or ""
+        update["url"] = f"sqlite{driver}:///{base / path}{query}"
+    if not FsPath(state.artifacts).is_absolute():
+        update["artifacts"] = str(base / state.artifacts)
+    return state.model_copy(update=update) if update else state
 
 
 def _uncountable(kind: str | None, target: RawTarget, registry: Registry) -> str | None:

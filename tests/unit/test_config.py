@@ -135,7 +135,7 @@ def test_default_applies_when_variable_missing() -> None:
 def test_variable_value_cannot_change_structure() -> None:
     sneaky = {"GOOSE_KEY": "x\nstate: {url: 'sqlite:///evil.db'}"}
     config = parse_config(VALID, "my.yaml", sneaky)
-    assert config.state.url == "sqlite:///tmp/x.db"
+    assert config.state.url == f"sqlite:///{Path('my.yaml').resolve().parent / 'tmp' / 'x.db'}"
     assert config.connections["goose"].key.get_secret_value() == sneaky["GOOSE_KEY"]
 
 

@@ -45,3 +45,25 @@ def test_a_malformed_demo_port_is_one_line() -> None:
     assert result.exit_code == 2
     assert "--port 'goose=99999': write it as NAME=PORT" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_relative_store_is_taken_from_the_config_files_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not from the working directory: `status` run from / created /data/my.db."""
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    text = (ROOT / "config.yaml").read_text("utf-8")
+    (folder / "c.yaml").write_text(text, "utf-8")
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config = load_config(folder / "c.yaml", env={})
+    assert config.state.url == f"sqlite:///{folder / 'data' / 'sandbox.db'}"
+    assert config.state.artifacts == str(folder / "data" / "artifacts")
+    absolute = text.replace("sqlite:///data/sandbox.db", f"sqlite:///{tmp_path}/abs.db")
+    (folder / "abs.yaml").write_text(absolute, "utf-8")
+    assert load_config(folder / "abs.yaml", env={}).state.url == f"sqlite:///{tmp_path}/abs.db"
+    memory = text.replace("sqlite:///data/sandbox.db", "sqlite:///:memory:")
+    (folder / "mem.yaml").write_text(memory, "utf-8")
+    assert load_config(folder / "mem.yaml", env={}).state.url == "sqlite:///:memory:"
