@@ -327,6 +327,16 @@ def run(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="show the plan; no mutating call, nothing journaled")
     ] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            help="serve /metrics and /healthz on this port, whatever the file says (two "
+            "daemons on one host each need their own)",
+            envvar="SYNCENGINE_METRICS_PORT",
+            min=1,
+            max=65535,
+        ),
+    ] = None,
 ) -> None:
     """Run the daemon (every pipeline on its schedule), or one cycle with --once."""
     if dry_run:
@@ -336,6 +346,8 @@ def run(
     from syncengine.logs import configure
 
     cfg = load(config)
+    if metrics_port is not None:
+        cfg = with_metrics_port(cfg, metrics_port)
     check_pipeline(cfg, pipeline)
     configure(cfg.logging.level, cfg.logging.format)
     store = open_store(cfg)
@@ -343,6 +355,14 @@ def run(
     serve = _once(runtime, store, job_wait) if once else _daemon(runtime, store, cfg)
     settle_start_up()
     raise typer.Exit(asyncio.run(serve))
+
+
+def with_metrics_port(config: Config, port: int) -> Config:
+    """The file's metrics block on another port (or the default block, if it has none)."""
+    from syncengine.config.models import MetricsSettings
+
+    metrics = (config.metrics or MetricsSettings()).model_copy(update={"port": port})
+    return config.model_copy(update={"metrics": metrics})
 
 
 def settle_start_up() -> None:

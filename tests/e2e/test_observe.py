@@ -83,3 +83,24 @@ def test_health_fails_when_a_pipeline_keeps_failing(e2e: Env) -> None:
         assert metric(base, 'syncengine_runs_total{outcome="failed",pipeline="contacts"}') >= 1
     finally:
         stop(daemon)
+
+
+def test_the_metrics_port_can_be_moved_from_the_command_line_and_the_environment(
+    e2e: Env,
+) -> None:
+    """Two daemons on one host share a file but not a port."""
+    e2e.write_config()
+    written = free_port()
+    with e2e.config.open("a") as config:
+        config.write(f"metrics: {{host: 127.0.0.1, port: {written}}}\n")
+    by_option, by_env = free_port(), free_port()
+    first = e2e.popen("run", "-c", str(e2e.config), "--metrics-port", str(by_option))
+    second = e2e.popen("run", "-c", str(e2e.config), SYNCENGINE_METRICS_PORT=str(by_env))
+    try:
+        for port in (by_option, by_env):
+            url = f"http://127.0.0.1:{port}/healthz"
+            wait_for(lambda url=url: httpx.get(url, timeout=5).status_code in (200, 503))
+        assert first.poll() is None and second.poll() is None, "neither lost its port"
+    finally:
+        stop(first)
+        stop(second)
