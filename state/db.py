@@ -185,6 +185,24 @@ def upgrade(engine: Engine) -> None:
         command.upgrade(config, "head")
 
 
+def refuse_old_schema(engine: Engine) -> None:
+    """Raise unless the store is new (no tables yet): its schema is behind the code's."""
+    with engine.connect() as connection:
+        if not inspect(connection).get_table_names():
+            return
+        found: list[str] = []
+        if inspect(connection).has_table(VERSION_TABLE):
+            found = list(
+                connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars()
+            )
+    at = found[0] if found else "none"
+    raise StoreError(
+        f"{describe(engine.url)}: the store's schema is at revision {at} "
+        f"and this syncengine needs {HEAD_REVISION}; back the store up, then run "
+        "`syncengine state migrate` (state.migrate is manual)"
+    )
+
+
 def create_at_head(connection: Connection) -> None:
     """A new, empty database gets the newest schema at once, stamped with its revision.
 

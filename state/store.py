@@ -13,7 +13,7 @@ from __future__ import annotations
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
-from state.db import StoreError, make_engine, upgrade
+from state.db import StoreError, make_engine, refuse_old_schema, upgrade
 from state.deliveries import Deliveries
 from state.jobs import Jobs
 from state.journal import Journal
@@ -39,10 +39,15 @@ class Store(Leases, Runs, Journal, Deliveries, Jobs):
         self.lineage = Lineage(self.engine)
 
     @classmethod
-    def open(cls, url: str, *, scrub: Scrub | None = None) -> Store:
+    def open(cls, url: str, *, scrub: Scrub | None = None, migrate: bool = True) -> Store:
+        """`migrate=False` (state.migrate: manual) refuses a store behind the code's schema
+        instead of upgrading it, for operators who upgrade deliberately (after a backup);
+        a new, empty database is still created at the newest schema."""
         store = cls(url, scrub=scrub)
         try:
             if not at_head(store.engine):
+                if not migrate:
+                    refuse_old_schema(store.engine)
                 upgrade(store.engine)
         except DBAPIError as exc:
             store.close()

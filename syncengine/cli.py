@@ -108,7 +108,9 @@ def open_store(config: Config) -> Store:
     from syncengine.logs import SECRETS
 
     try:
-        return Store.open(config.state.url, scrub=SECRETS.scrub)
+        return Store.open(
+            config.state.url, scrub=SECRETS.scrub, migrate=config.state.migrate == "auto"
+        )
     except StoreError as exc:
         raise fail(f"{config.path}: {exc}") from None
 
@@ -472,6 +474,81 @@ def reject(
     with opened(config, pipeline, target) as (_, store):
         rejected = store.reject_held(pipeline, target, reason)
     out.print(f"rejected {rejected} held deliveries of {pipeline}/{target}: now dead ({reason})")
+
+
+state_app = FlowingTyper(help="The store itself: what it holds, its schema, a backup.")
+app.add_typer(state_app, name="state")
+
+
+@state_app.command("info")
+def state_info(config: ConfigOption = Path("config.yaml"), output: OutputOption = "text") -> None:
+    """Schema revision, size, deliveries per status, open jobs and who holds each lease;
+    it never migrates (an old store is shown as it is)."""
+    from dataclasses import asdict
+
+    from state import StoreError
+    from state.admin import store_info
+    from state.db import make_engine
+    from syncengine.status import render_store_info
+
+    cfg = load(config)
+    try:
+        engine = make_engine(cfg.state.url)
+        try:
+            info = store_info(engine)
+        finally:
+            engine.dispose()
+    except StoreError as exc:
+        raise fail(f"{cfg.path}: {exc}") from None
+    emit(asdict(info) | {"behind": info.behind}, output, lambda: render_store_info(info, out))
+
+
+@state_app.command("migrate")
+def state_migrate(config: ConfigOption = Path("config.yaml")) -> None:
+    """Upgrade the store's schema to this version's (what every command does by itself
+    unless `state.migrate: manual`). Back the store up first."""
+    from state import StoreError
+    from state.admin import revision
+    from state.db import make_engine, upgrade
+
+    cfg = load(config)
+    try:
+        engine = make_engine(cfg.state.url)
+        try:
+            before = revision(engine)
+            upgrade(engine)
+            after = revision(engine)
+        finally:
+            engine.dispose()
+    except StoreError as exc:
+        raise fail(f"{cfg.path}: {exc}") from None
+    if before == after:
+        out.print(f"schema already at revision {after}: nothing to do", highlight=False)
+    else:
+        out.print(f"schema migrated: {before or 'new store'} -> {after}", highlight=False)
+
+
+@state_app.command("backup")
+def state_backup(
+    destination: Annotated[Path, typer.Argument(help="a new file for the copy")],
+    config: ConfigOption = Path("config.yaml"),
+) -> None:
+    """A consistent copy of a SQLite store, safe while a daemon runs (SQLite's online
+    backup). For PostgreSQL it says which tool to use instead."""
+    from state import StoreError
+    from state.admin import backup
+    from state.db import make_engine
+
+    cfg = load(config)
+    try:
+        engine = make_engine(cfg.state.url)
+        try:
+            size = backup(engine, destination)
+        finally:
+            engine.dispose()
+    except StoreError as exc:
+        raise fail(f"{cfg.path}: {exc}") from None
+    out.print(f"backed up to {destination} ({size:,} bytes)", highlight=False)
 
 
 dlq_app = FlowingTyper(help="Dead letters: deliveries that gave up, kept with their reason.")

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from state import DeletionNode, DeliveryNode, Store
+from state.admin import StoreInfo
 from state.models import Deletion, Delivery, DeliveryStatus, utcnow
 from syncengine.config import Config
 from syncengine.engine import RunReport
@@ -178,6 +179,29 @@ def render_jobs(jobs: list[dict[str, Any]], console: Console, title: str) -> Non
             str(job["items"]),
         )
     console.print(table)
+
+
+def render_store_info(info: StoreInfo, console: Console) -> None:
+    say = console.print
+    say(f"store: {info.where} ({info.backend})", highlight=False)
+    if info.revision is None:
+        say("schema: none (a new store: the first command that opens it creates it)")
+        return
+    behind = f" (behind {info.head}: run `syncengine state migrate`)" if info.behind else ""
+    say(f"schema: revision {info.revision}{behind}", highlight=False)
+    if info.size_bytes is not None:
+        say(f"size: {info.size_bytes:,} bytes", highlight=False)
+    counts = ", ".join(f"{status} {n:,}" for status, n in sorted(info.deliveries.items()))
+    say(f"deletions: {info.deletions:,}; deliveries: {counts or 'none'}", highlight=False)
+    say(f"open jobs: {info.open_jobs:,}", highlight=False)
+    now = utcnow()
+    for lease in info.leases:
+        live = "held" if lease.expires_at > now else "expired"
+        say(
+            f"lease {lease.pipeline}: {live} by {lease.owner} (epoch {lease.epoch}, "
+            f"until {lease.expires_at:%Y-%m-%d %H:%M:%S} UTC)",
+            highlight=False,
+        )
 
 
 def render_status(data: dict[str, Any], console: Console) -> None:

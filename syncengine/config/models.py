@@ -25,6 +25,11 @@ class StateSettings(StrictModel):
     artifacts: str = Field(
         "data/artifacts", description="folder for files asynchronous jobs return (DMM log zips)"
     )
+    migrate: Literal["auto", "manual"] = Field(
+        "auto",
+        description="auto: a store behind this version's schema is upgraded when opened; "
+        "manual: commands refuse it until `syncengine state migrate`",
+    )
     lease: Seconds = Field(
         30.0,
         gt=0,
