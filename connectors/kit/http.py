@@ -1,4 +1,6 @@
-"""One HTTP client per connection: timeouts, classified retries, a rate limit.
+"""One HTTP client per connection: timeouts, classified retries, a rate limit, and
+for every call a total deadline and a cap on its answer's bytes (a server that never
+stops sending is cut off, as a lost answer).
 
 The client returns responses or raises a classified `ConnectorError`; it
 never logs or prints a body. Error messages carry the method, the path
