@@ -303,7 +303,7 @@ class DmmOutputsSource(TaskSourceBase[DmmConnection, DmmSourceSettings]):
             if not 200 <= response.status_code < 300:
                 refusal = httpx.Response(
                     response.status_code,
-                    content=await response.read(),
+                    content=await response.read_refusal(),
                     headers={"content-type": response.headers.get("content-type", "")},
                 )
                 return self._refusal(refusal)

@@ -254,7 +254,7 @@ class GooseSource(HttpSource[GooseConnection, GooseSourceSettings]):
                 connection=self.name,
             )
         if status >= 400:
-            text = (await response.read()).decode("utf-8", "replace")
+            text = (await response.read_refusal()).decode("utf-8", "replace")
             raise RemoteError(
                 f"{where}: HTTP {status}: {excerpt(text, self._secrets())}",
                 connection=self.name,

@@ -1,4 +1,6 @@
-"""One HTTP client per connection: timeouts, classified retries, a rate limit.
+"""One HTTP client per connection: timeouts, classified retries, a rate limit, and
+for every call a total deadline and a cap on its answer's bytes (a server that never
+stops sending is cut off, as a lost answer).
 
 The client returns responses or raises a classified `ConnectorError`; it
 never logs or prints a body. Error messages carry the method, the path
@@ -9,16 +11,17 @@ path segment).
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import json as jsonlib
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Protocol, TypedDict, Unpack
+from typing import Any, Protocol, TypedDict, Unpack, cast
 
 import httpx
 from aiolimiter import AsyncLimiter
@@ -29,6 +32,16 @@ from connectors.kit import redact
 
 BODY_EXCERPT = 300
 REDACTED = redact.REDACTED
+
+ERROR_BODY_BYTES = 64 * 1024
+"""What is read of a refused answer's body: far more than any vendor's error says, and
+a server that keeps sending costs nothing more (the rest is never read)."""
+
+CALL_DEADLINE = 30 * 60.0
+"""Seconds one call may take, retries and its whole answer included, unless configured."""
+
+MAX_ANSWER_BYTES = 4 * 1024**3
+"""Bytes one answer may hold, unless configured: far beyond any real answer."""
 
 
 secret_listeners: list[Callable[[str], None]] = []
@@ -257,16 +270,91 @@ class _Retry(Exception):
         self.error = error
 
 
-async def _refusal_text(response: httpx.Response) -> str:
-    """The body of a refused streamed answer, for its excerpt; a refusal that breaks
-    off leaves none (its classification already says what to do)."""
+def _size(count: int) -> str:
+    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if count >= scale:
+            return f"{count / scale:g} {unit}"
+    return f"{count} bytes"
+
+
+class _Limits:
+    """One call's deadline (on the event loop's clock, set when the call begins, so
+    retries count) and its answer's byte cap. Either ends the call as a lost answer
+    (`AmbiguousError`): the server may have applied it, and what it said is cut off."""
+
+    def __init__(self, connection: str, what: str, seconds: float, max_bytes: int) -> None:
+        self.connection = connection
+        self.what = what
+        self.seconds = seconds
+        self.max_bytes = max_bytes
+        self.deadline = asyncio.get_running_loop().time() + seconds
+
+    def late(self, received: int) -> AmbiguousError:
+        return AmbiguousError(
+            f"connections.{self.connection}.call_deadline: {self.what} had no complete answer "
+            f"after {self.seconds:g}s ({received} bytes of its body read); "
+            "raise the setting if this is real",
+            connection=self.connection,
+        )
+
+    def too_large(self) -> AmbiguousError:
+        return AmbiguousError(
+            f"connections.{self.connection}.max_answer_bytes: the answer to {self.what} passed "
+            f"{_size(self.max_bytes)}; raise the setting if this is real",
+            connection=self.connection,
+        )
+
+    @asynccontextmanager
+    async def watch(self, received: int) -> AsyncIterator[None]:
+        """Awaits under the deadline. Checked on entry too: a read that never has to wait
+        (data already buffered) would never give the timeout a chance to fire."""
+        if asyncio.get_running_loop().time() >= self.deadline:
+            raise self.late(received)
+        try:
+            async with asyncio.timeout_at(self.deadline):
+                yield
+        except TimeoutError:
+            raise self.late(received) from None
+
+    async def next(self, parts: AsyncIterator[bytes], received: int) -> bytes | None:
+        async with self.watch(received):
+            return await anext(parts, None)
+
+
+def _chunks(response: httpx.Response) -> AsyncGenerator[bytes, None]:
+    """The decoded body in parts. httpx types it as an iterator, yet it is a generator,
+    which a reader that stops early closes at once rather than whenever it is collected."""
+    return cast(AsyncGenerator[bytes, None], response.aiter_bytes())
+
+
+async def _read_body(response: httpx.Response, limit: int, limits: _Limits) -> bool:
+    """At most `limit` bytes of the body, kept in `response` (so `.text` and `.json()`
+    read them) and the response closed; True when more followed, which is never read."""
+    parts: list[bytes] = []
+    size = 0
+    chunks = _chunks(response)
     try:
-        await response.aread()
-        return response.text
-    except httpx.HTTPError:
-        return ""
+        while size <= limit and (part := await limits.next(chunks, size)) is not None:
+            parts.append(part)
+            size += len(part)
     finally:
+        await chunks.aclose()
         await response.aclose()
+    # Where httpx keeps a body read whole (`Response.aread`); a body read in parts
+    # under a cap is kept the same way, so every reader of the response sees it.
+    response._content = b"".join(parts)[:limit]
+    return size > limit
+
+
+async def _refusal_text(response: httpx.Response, limits: _Limits) -> str:
+    """The start of a refused streamed answer's body, for its excerpt; a refusal that
+    breaks off or outlasts the deadline leaves none (its classification already says
+    what to do)."""
+    try:
+        await _read_body(response, ERROR_BODY_BYTES, limits)
+    except (httpx.HTTPError, AmbiguousError):
+        return ""
+    return response.text
 
 
 _CANNOT_CONNECT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
@@ -295,25 +383,41 @@ def _transport_failure(exc: Exception) -> tuple[type[RetriableError], str]:
 
 
 class StreamedResponse:
-    """An accepted answer whose body is read as it arrives, once."""
+    """An accepted answer whose body is read as it arrives, once, within its call's
+    deadline and byte cap."""
 
-    def __init__(self, response: httpx.Response, what: str, connection: str) -> None:
+    def __init__(
+        self, response: httpx.Response, what: str, connection: str, limits: _Limits
+    ) -> None:
         self.status_code = response.status_code
         self.headers = response.headers
         self._response = response
         self._what = what
         self._connection = connection
+        self._limits = limits
         self.received = 0
         """Bytes of the body read so far, for a message about a broken answer."""
 
-    async def read(self) -> bytes:
-        """The whole body, for an answer known to be small (an error)."""
-        return b"".join([part async for part in self.aiter_bytes()])
+    async def read_refusal(self) -> bytes:
+        """The start of a refused answer's body (at most ERROR_BODY_BYTES), for its
+        message; the rest is never read."""
+        parts: list[bytes] = []
+        size = 0
+        async with aclosing(self.aiter_bytes()) as body:
+            async for part in body:
+                parts.append(part)
+                size += len(part)
+                if size >= ERROR_BODY_BYTES:
+                    break
+        return b"".join(parts)[:ERROR_BODY_BYTES]
 
-    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+    async def aiter_bytes(self) -> AsyncGenerator[bytes, None]:
+        parts = _chunks(self._response)
         try:
-            async for part in self._response.aiter_bytes():
+            while (part := await self._limits.next(parts, self.received)) is not None:
                 self.received += len(part)
+                if self.received > self._limits.max_bytes:
+                    raise self._limits.too_large()
                 yield part
         except (httpx.TimeoutException, httpx.TransportError, httpx.DecodingError) as exc:
             # Whatever the server did with the request, the rest of its answer is lost.
@@ -322,6 +426,8 @@ class StreamedResponse:
                 f"({type(exc).__name__})",
                 connection=self._connection,
             ) from None
+        finally:
+            await parts.aclose()
 
 
 class HttpClient:
@@ -345,8 +451,12 @@ class HttpClient:
         observer: Observer | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Any] | None = None,
+        call_deadline: float = CALL_DEADLINE,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
     ) -> None:
         self.connection = connection
+        self.call_deadline = call_deadline
+        self.max_answer_bytes = max_answer_bytes
         self.retry = retry or RetryPolicy()
         self.secrets: list[str] = []
         for secret in secrets:
@@ -387,7 +497,11 @@ class HttpClient:
         **body: Unpack[Body],
     ) -> httpx.Response:
         what = self.describe(method, url)
-        return await self._retrying(idempotent, lambda: self._once(method, url, what, body))
+        limits = self._limits(what)
+        return await self._retrying(idempotent, lambda: self._once(method, url, what, body, limits))
+
+    def _limits(self, what: str) -> _Limits:
+        return _Limits(self.connection, what, self.call_deadline, self.max_answer_bytes)
 
     @asynccontextmanager
     async def stream(
@@ -403,14 +517,16 @@ class HttpClient:
         The status and headers are classified and retried exactly as `request` does,
         before any of the body is read (a connector classifier sees an unread
         response: `httpx.ResponseNotRead` on reading it). Once the body flows, nothing
-        is re-sent: a body that breaks off is an `AmbiguousError`, the answer is lost.
+        is re-sent: a body that breaks off is an `AmbiguousError`, the answer is lost,
+        and so is one still arriving at the call's deadline or past its byte cap.
         """
         what = self.describe(method, url)
+        limits = self._limits(what)
         response = await self._retrying(
-            idempotent, lambda: self._once(method, url, what, body, stream=True)
+            idempotent, lambda: self._once(method, url, what, body, limits, stream=True)
         )
         try:
-            yield StreamedResponse(response, f"{self.connection}: {what}", self.connection)
+            yield StreamedResponse(response, f"{self.connection}: {what}", self.connection, limits)
         finally:
             await response.aclose()
 
@@ -501,15 +617,25 @@ class HttpClient:
         url: str,
         what: str,
         body: Body,
+        limits: _Limits,
         *,
         stream: bool = False,
     ) -> httpx.Response:
+        """One attempt. Every answer is received as a stream, so that a whole one is read
+        under the call's deadline and byte cap too (httpx alone bounds only each read);
+        a refusal's body is read only up to ERROR_BODY_BYTES."""
         if self._limiter is not None:
             await self._limiter.acquire()
         started = time.monotonic()
         try:
             request = self._client.build_request(method, url, **body)
-            response = await self._client.send(request, stream=stream)
+            async with limits.watch(0):
+                response = await self._client.send(request, stream=True)
+            refused = response.status_code >= 400
+            if not stream:
+                cap = ERROR_BODY_BYTES if refused else limits.max_bytes
+                if await _read_body(response, cap, limits) and not refused:
+                    raise limits.too_large()
         except _TRANSPORT_FAILURES as exc:
             self._observe(method, 0, started)
             error_type, why = _transport_failure(exc)
@@ -522,7 +648,7 @@ class HttpClient:
         )
         if resolution.action is Action.OK:
             return response
-        text = await _refusal_text(response) if stream else response.text
+        text = await _refusal_text(response, limits) if stream else response.text
         message = (
             f"{self.connection}: {what}: {resolution.reason or response.status_code}: "
             f"{excerpt(text, self.secrets)}"

@@ -21,7 +21,14 @@ from pydantic import (
 )
 from pydantic_core import core_schema
 
-from connectors.kit.http import Classifier, HttpClient, Observer, RetryPolicy
+from connectors.kit.http import (
+    CALL_DEADLINE,
+    MAX_ANSWER_BYTES,
+    Classifier,
+    HttpClient,
+    Observer,
+    RetryPolicy,
+)
 from connectors.kit.keys import KeyTemplate
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -43,6 +50,28 @@ def parse_duration(value: Any) -> Any:
 
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
 """A duration in seconds, written as a number or with a unit (ms, s, m, h, d)."""
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_UNIT_BYTES = {
+    "b": 1,
+    **{f"{p}b": 1000**i for i, p in enumerate("kmgt", 1)},
+    **{f"{p}ib": 1024**i for i, p in enumerate("kmgt", 1)},
+}
+
+
+def parse_size(value: Any) -> Any:
+    """`1048576`, `64KiB`, `500MB`, `4GiB` -> bytes; anything else not an int is refused
+    (without echoing it: it may be a pasted secret)."""
+    if isinstance(value, str):
+        match = _SIZE.match(value)
+        if not match:
+            raise ValueError("not a size; write a number of bytes or e.g. 64KiB, 500MB, 4GiB")
+        return int(float(match.group(1)) * _UNIT_BYTES[(match.group(2) or "b").lower()])
+    return value
+
+
+Bytes = Annotated[int, BeforeValidator(parse_size)]
+"""A size in bytes, written as a number or with a unit (KB, MB, GB, TB; KiB, MiB, GiB, TiB)."""
 
 
 def http_url(value: str, example: str, *, query: bool = True, slash: bool = False) -> str:
@@ -122,6 +151,10 @@ class ConnectionBase(StrictModel):
     timeout: Seconds = Field(30.0, gt=0, description="per HTTP request")
     retry: RetrySettings = RetrySettings()
     calls_per_second: float | None = Field(None, gt=0, description="client-side rate limit")
+    call_deadline: Seconds = Field(
+        CALL_DEADLINE, gt=0, description="one call, retries and its whole answer included"
+    )
+    max_answer_bytes: Bytes = Field(MAX_ANSWER_BYTES, gt=0, description="one answer's body")
 
     def secret_values(self) -> list[str]:
         """Every non-empty `SecretStr` setting, in declaration order: a secret field is
@@ -154,6 +187,8 @@ class ConnectionBase(StrictModel):
             secrets=[*self.secret_values(), *secrets],
             classify=classify,
             observer=observer,
+            call_deadline=self.call_deadline,
+            max_answer_bytes=self.max_answer_bytes,
         )
 
 
