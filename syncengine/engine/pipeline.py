@@ -60,6 +60,8 @@ class RunReport:
     targets: dict[str, PushReport] = field(default_factory=dict)
     error: str = ""
     fatal: bool = False
+    cancelled: bool = False
+    """Cut by a second signal: recorded as interrupted, its sends handed back."""
 
     @property
     def failed(self) -> bool:
