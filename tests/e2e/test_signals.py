@@ -3,15 +3,23 @@ recorded, then the process exits 0; a second cancels at once, without a tracebac
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.routing import Route
 
+from connectors.kit.serving import serve
 from syncengine.sandbox import PEOPLE
 from tests.e2e.conftest import Env
 
@@ -121,3 +129,47 @@ def _wait_for_claim(e2e: Env, daemon: subprocess.Popen[str]) -> None:
         time.sleep(0.1)
     daemon.kill()
     raise AssertionError(f"nothing was claimed: {daemon.communicate()[1]}")
+
+
+class Endless:
+    """A server whose answer is OK and whose rows never start: whitespace between JSON
+    tokens, forever, in small slow pieces (no size or nesting limit is ever reached,
+    no read times out)."""
+
+    def __init__(self) -> None:
+        self.answering = threading.Event()
+        self.app = Starlette(routes=[Route("/{path:path}", self.answer, methods=["POST"])])
+
+    async def answer(self, request: Request) -> StreamingResponse:
+        return StreamingResponse(self.body(), media_type="application/json")
+
+    async def body(self) -> AsyncIterator[bytes]:
+        yield b'{"status": "OK", "result": {"total": 1, "data": ['
+        self.answering.set()
+        while True:
+            yield b" " * 1024
+            await asyncio.sleep(0.05)
+
+
+def test_a_second_sigterm_cuts_run_once_inside_an_endless_answer(e2e: Env) -> None:
+    endless = Endless()
+    with serve(endless.app) as server:
+        e2e.config.write_text(e2e.config.read_text().replace(e2e.box.goose_url, server.url))
+        run = e2e.popen("run", "--once", "-c", str(e2e.config))
+        if not endless.answering.wait(timeout=60):
+            run.kill()
+            raise AssertionError(f"the run never asked: {run.communicate()[1]}")
+        stderr = _signal_twice(run)
+    assert run.returncode == 1, stderr
+    assert "Traceback" not in stderr, stderr
+    lines = _log_lines(stderr)
+    assert [e for e in lines if e.get("level") in ("error", "critical", "raw")] == [], stderr
+    assert [e["event"] for e in lines if e["event"].startswith("shutdown_")] == [
+        "shutdown_requested",
+        "shutdown_forced",
+    ]
+    with sqlite3.connect(e2e.tmp / "state.db") as db:
+        outcomes = db.execute("SELECT outcome, error FROM run").fetchall()
+        marked = db.execute("SELECT count(*) FROM cursor WHERE in_flight IS NOT NULL").fetchone()
+    assert outcomes == [("interrupted", "cancelled")]
+    assert marked == (1,), "the call stays in flight: the next run re-reads its window"
