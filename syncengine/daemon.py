@@ -140,6 +140,7 @@ class Daemon:
         # No new run starts; the runs under way end at their next stop point (or on
         # a second signal) before the scheduler's shutdown, which cancels its jobs.
         self._scheduler.pause()
+        await asyncio.sleep(0)  # a job submitted just before starts, sees the stop, ends
         while self._jobs:
             await asyncio.wait(list(self._jobs))
         self._scheduler.shutdown(wait=False)
