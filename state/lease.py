@@ -80,8 +80,9 @@ class Leases(StoreBase):
     ) -> Lease | None:
         """Take or renew the pipeline's lease; None while another owner holds it.
 
-        `replace` names a holder known to be dead (the engine checks its pid),
-        whose unexpired lease may be taken over. Changing hands moves the epoch
+        `replace` names a holder proven dead (the engine checks its pid, where it
+        shares the holder's boot and PID namespace), whose unexpired lease may be
+        taken over. Changing hands moves the epoch
         on; the same owner keeps its epoch. The row lock (FOR UPDATE) waits for
         the old holder's fenced writes in progress, which hold it shared.
         """

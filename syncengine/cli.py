@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import signal
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -171,19 +170,19 @@ DEFAULT_JOB_WAIT = 120.0
 async def run_once(
     runtime: Runtime, stop: StopToken | None = None, job_wait: float = DEFAULT_JOB_WAIT
 ) -> list[RunReport]:
+    """Each pipeline once. A first SIGTERM/SIGINT stops the runs at their next stop
+    point; a second cancels the run under way, which then reports itself cancelled."""
     from syncengine.engine import StopToken, run_pipeline
+    from syncengine.engine.stop import Shutdown
 
     stop = stop or StopToken()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.request, f"{signal.Signals(sig).name} received")
-    try:
-        reports = []
+    reports = []
+    with Shutdown(stop) as shutdown:
         for pipe in runtime.pipelines.values():
             if stop.is_set():
                 break
-            reports.append(
-                await run_pipeline(
+            task = asyncio.create_task(
+                run_pipeline(
                     runtime.store,
                     pipe,
                     stop,
@@ -191,10 +190,26 @@ async def run_once(
                     artifacts_dir=runtime.config.state.artifacts,
                 )
             )
-        return reports
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
+            shutdown.tasks.add(task)
+            try:
+                reports.append(await task)
+            except asyncio.CancelledError:
+                if not shutdown.cut(task):
+                    raise
+                reports.append(cancelled_report(pipe.name))
+    return reports
+
+
+def cancelled_report(pipeline: str) -> RunReport:
+    from state.models import RunOutcome
+    from syncengine.engine import RunReport
+
+    return RunReport(
+        pipeline,
+        RunOutcome.INTERRUPTED,
+        error="cancelled by a second signal; what was being sent goes back to pending",
+        cancelled=True,
+    )
 
 
 def _plan(config: Path, pipeline: str | None, output: str, since: str | None = None) -> None:
@@ -248,6 +263,7 @@ def backfill(
     from connectors.contract import Backfillable
     from state.models import utcnow
     from syncengine.engine import StopToken, build_runtime, run_pipeline
+    from syncengine.engine.stop import Shutdown
     from syncengine.logs import configure
     from syncengine.progress import BackfillProgress
     from syncengine.status import render_summary
@@ -277,20 +293,27 @@ def backfill(
     async def main() -> RunReport:
         stop = StopToken()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.request, "interrupted")
         deadline = loop.time() + wait
         try:
-            with BackfillProgress(store, pipe, out):
+            with Shutdown(stop) as shutdown, BackfillProgress(store, pipe, out):
                 while True:
-                    report = await run_pipeline(
-                        store,
-                        pipe,
-                        stop,
-                        job_wait=job_wait,
-                        artifacts_dir=cfg.state.artifacts,
-                        backfill_from=since,
+                    task = asyncio.create_task(
+                        run_pipeline(
+                            store,
+                            pipe,
+                            stop,
+                            job_wait=job_wait,
+                            artifacts_dir=cfg.state.artifacts,
+                            backfill_from=since,
+                        )
                     )
+                    shutdown.tasks.add(task)
+                    try:
+                        report = await task
+                    except asyncio.CancelledError:
+                        if not shutdown.cut(task):
+                            raise
+                        return cancelled_report(pipeline)
                     if report.run_id is not None or loop.time() > deadline or stop.is_set():
                         return report
                     await asyncio.sleep(1.0)
@@ -300,6 +323,8 @@ def backfill(
     settle_start_up()
     report = asyncio.run(main())
     render_summary([report], store, out)
+    if report.cancelled:
+        raise typer.Exit(1)
     if report.run_id is None:
         raise fail(f"pipeline {pipeline} stayed busy for {wait:g}s ({report.error}); try again")
     raise typer.Exit(1 if report.failed else 0)
@@ -383,7 +408,7 @@ async def _once(runtime: Runtime, store: Store, job_wait: float) -> int:
     finally:
         await runtime.aclose()
     render_summary(reports, store, out)
-    return 1 if any(r.failed for r in reports) else 0
+    return 1 if any(r.failed or r.cancelled for r in reports) else 0
 
 
 async def _daemon(runtime: Runtime, store: Store, cfg: Config) -> int:

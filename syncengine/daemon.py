@@ -2,14 +2,15 @@
 
 Schedules are rebuilt from the YAML at every start (APScheduler's memory
 job store; all durable state lives in our own tables). SIGTERM/SIGINT ask
-running pipelines to stop after their current batch; a second signal
-cancels them (claimed deliveries are released, nothing is lost).
+running pipelines to stop after their current batch, and the daemon waits for
+them before it stops the scheduler (whose shutdown cancels whatever job is still
+running); a second signal cancels them (claimed deliveries are released,
+nothing is lost).
 """
 
 from __future__ import annotations
 
 import asyncio
-import signal
 from collections.abc import Callable
 
 from apscheduler.triggers.cron import CronTrigger
@@ -19,6 +20,7 @@ from state import StoreError
 from state.models import utcnow
 from syncengine.config import Schedule
 from syncengine.engine import RunReport, Runtime, StopToken, run_pipeline
+from syncengine.engine.stop import Shutdown
 from syncengine.logs import get_logger
 
 CRON_JOB_WAIT = 60.0
@@ -46,15 +48,25 @@ class Daemon:
         self.runtime = runtime
         self.stop = StopToken()
         self.on_report = on_report
-        self._running: set[asyncio.Task[RunReport]] = set()
+        self.shutdown = Shutdown(self.stop)
+        self._jobs: set[asyncio.Task[object]] = set()
+        """The scheduler's job tasks under way, each awaiting its pipeline's run."""
         self._stopped_pipelines: dict[str, str] = {}
         self._store_error: StoreError | None = None
-        self._signals = 0
         self.log = get_logger("syncengine.daemon")
 
     async def _job(self, name: str) -> None:
         if self.stop.is_set() or name in self._stopped_pipelines:
             return
+        job = asyncio.current_task()
+        assert job is not None
+        self._jobs.add(job)
+        try:
+            await self._run(name)
+        finally:
+            self._jobs.discard(job)
+
+    async def _run(self, name: str) -> None:
         pipe = self.runtime.pipelines[name]
         task = asyncio.create_task(
             run_pipeline(
@@ -65,7 +77,7 @@ class Daemon:
                 artifacts_dir=self.runtime.config.state.artifacts,
             )
         )
-        self._running.add(task)
+        self.shutdown.tasks.add(task)
         try:
             report = await task
         except StoreError as exc:
@@ -73,8 +85,14 @@ class Daemon:
             self._store_error = exc
             self.stop.request(str(exc))
             return
+        except asyncio.CancelledError:
+            if not self.shutdown.cut(task):
+                raise
+            # The run recorded itself as interrupted and handed back what it was
+            # sending: a forced shutdown, said once by the signal's log line.
+            return
         finally:
-            self._running.discard(task)
+            self.shutdown.tasks.discard(task)
         if self.on_report is not None:
             self.on_report(report)
         if report.fatal:
@@ -90,26 +108,16 @@ class Daemon:
             if len(self._stopped_pipelines) == len(self.runtime.pipelines):
                 self.stop.request("every pipeline stopped on a fatal error")
 
-    def _on_signal(self, signum: int) -> None:
-        self._signals += 1
-        name = signal.Signals(signum).name
-        if self._signals == 1:
-            self.log.info("shutdown_requested", signal=name, running=len(self._running))
-            self.stop.request(f"{name} received")
-        else:
-            self.log.warning("shutdown_forced", signal=name, cancelling=len(self._running))
-            for task in self._running:
-                task.cancel()
-
     async def serve(self) -> int:
         # The scheduler's package pulls in multiprocessing and thread pools: loaded here
         # so that `run --once` and the other commands never pay for it.
         from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._on_signal, sig)
         self._scheduler = AsyncIOScheduler(timezone="UTC")
+        with self.shutdown:
+            return await self._serve()
+
+    async def _serve(self) -> int:
         for name, pipe in self.runtime.pipelines.items():
             self._scheduler.add_job(
                 self._job,
@@ -129,12 +137,14 @@ class Daemon:
         self._scheduler.start()
         self.log.info("daemon_started", pipelines=len(self.runtime.pipelines))
         await self.stop.wait()
+        # No new run starts; the runs under way end at their next stop point (or on
+        # a second signal) before the scheduler's shutdown, which cancels its jobs.
+        self._scheduler.pause()
+        await asyncio.sleep(0)  # a job submitted just before starts, sees the stop, ends
+        while self._jobs:
+            await asyncio.wait(list(self._jobs))
         self._scheduler.shutdown(wait=False)
-        if self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-        self.log.info("daemon_stopped", reason=self.stop.reason)
+        self.log.info("daemon_stopped", reason=self.stop.reason, forced=self.shutdown.forced)
         if self._store_error is not None:
             raise self._store_error
-        return 1 if self._stopped_pipelines else 0
+        return 1 if self._stopped_pipelines or self.shutdown.forced else 0

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -17,7 +15,7 @@ from state.models import utcnow
 from syncengine.engine.feed import JournalFeed
 from syncengine.engine.guard import weighs_limits
 from syncengine.engine.jobs import JobPolicy, run_jobs
-from syncengine.engine.lease import LeaseKeeper
+from syncengine.engine.lease import LeaseKeeper, holder_is_gone, owner_name
 from syncengine.engine.pull import PullReport, pull, pull_backfill
 from syncengine.engine.push import PushReport, push
 from syncengine.engine.runtime import PipelineRuntime, TargetRuntime
@@ -26,29 +24,7 @@ from syncengine.logs import SECRETS, get_logger
 
 LOCK_TTL = 30.0
 """The lease's default length (`state.lease`), for holders outside a run."""
-HOST = socket.gethostname()
-OWNER = f"{HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def _dead_local_holder(holder: str | None) -> bool:
-    """A lease held by a process of this host that no longer exists (SIGKILL, OOM):
-    waiting for its expiry would only delay recovery."""
-    if holder is None:
-        return False
-    host, _, rest = holder.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != HOST or not pid_text.isdigit():
-        return False
-    pid = int(pid_text)
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+OWNER = owner_name(os.getpid())
 
 
 @dataclass
@@ -60,6 +36,8 @@ class RunReport:
     targets: dict[str, PushReport] = field(default_factory=dict)
     error: str = ""
     fatal: bool = False
+    cancelled: bool = False
+    """Cut by a second signal: recorded as interrupted, its sends handed back."""
 
     @property
     def failed(self) -> bool:
@@ -81,7 +59,7 @@ async def run_pipeline(
     lease = await asyncio.to_thread(store.acquire_lock, pipe.name, OWNER, pipe.lease)
     if lease is None:
         holder = await asyncio.to_thread(store.lock_holder, pipe.name)
-        if _dead_local_holder(holder):
+        if holder_is_gone(holder):
             lease = await asyncio.to_thread(
                 store.acquire_lock, pipe.name, OWNER, pipe.lease, replace=holder
             )
