@@ -1,14 +1,16 @@
 """Every send is screened, including a job submitted later than it was created: a DMM
-execution refused by a throttle, then sent in a later run, meets the guards of that
-later run (a legal hold added meanwhile), through the real CLI and the DMM emulator."""
+execution or a Reltio task refused by a throttle, then sent in a later run, meets the
+guards of that later run (a legal hold added meanwhile), through the real CLI and the
+emulators. (The Reltio refusal is tried again after 30 s, so its settle takes that long.)"""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from tests.e2e.conftest import Env
-from tests.e2e.test_async_targets import customers_left, executions
+from tests.e2e.test_async_targets import customers_left, executions, goose_ids_left, reltio_config
 
 KEYS = ["0-4", "0-5", "0-6"]
 
@@ -61,3 +63,28 @@ def test_a_job_created_before_a_legal_hold_is_screened_when_it_is_submitted(e2e:
     assert "0-5" not in where
     traced = e2e.cli("trace", "0-5", "-c", str(e2e.config))
     assert "legal hold" in traced.stdout and "deleted by execution" not in traced.stdout
+
+
+def test_a_reltio_task_created_before_a_legal_hold_is_screened_when_it_is_submitted(
+    e2e: Env,
+) -> None:
+    """The same job runner carries Reltio's tasks: the task sent later leaves the held
+    entity out."""
+    hold = '{legal_hold: {key: "{RECORD_ID}", patterns: ["0-5"]}}'
+    reltio_config(e2e)
+    reltio = e2e.box.url("reltio")
+    e2e.faults(reltio, throttle_rate=1.0, retry_after=0.05)
+    e2e.box.delete_in_goose("CON_TRO", KEYS)
+    first = e2e.cli("run", "--once", "-c", str(e2e.config), "--job-wait", "0")
+    assert "Traceback" not in first.stderr, first.stderr
+    [job] = e2e.status()["jobs"]
+    assert job["phase"] == "created" and job["items"] == 3, job
+
+    text = e2e.config.read_text()
+    e2e.config.write_text(re.sub(r"( +)poll_interval: 0.1s\n", rf"\g<0>\1guard: {hold}\n", text))
+    e2e.faults(reltio, throttle_rate=0.0)
+    counts = e2e.settle()[("contacts", "mdm_people")]
+    assert counts["done"] == 2 and counts["dead"] == 1, counts
+    assert goose_ids_left(e2e) & set(KEYS) == {"0-5"}
+    [task] = e2e.admin("reltio", "/_admin/tasks")
+    assert len(task["parameters"]["entityUriList"]) == 2
