@@ -16,7 +16,14 @@ from sqlalchemy.engine import Connection
 from state.base import DELETION, DELIVERY
 from state.models import DeliveryStatus
 from state.outcomes import apply_outcomes
-from state.records import ClaimedDelivery, GuardCounts, OutcomeRecord, RetryRule, Screen
+from state.records import (
+    CHUNK,
+    ClaimedDelivery,
+    GuardCounts,
+    OutcomeRecord,
+    RetryRule,
+    Screen,
+)
 
 _COLUMNS = (
     DELIVERY.c.id,
@@ -192,6 +199,32 @@ def _screen(
     )
     screen.on_hold(int(held.rowcount or 0), reason)
     return [r for r in rows if r.approved]
+
+
+def rescreen(
+    conn: Connection,
+    pipeline: str,
+    target: str,
+    now: datetime,
+    screen: Screen,
+    rows: list[ClaimedDelivery],
+) -> list[ClaimedDelivery]:
+    """The rows of a job not yet submitted that the guards allow now, screened exactly
+    as a fresh claim would screen them: they are made due again first (inside the
+    caller's transaction, so no other claim sees them), and each one the screen takes
+    out is left where its verdict puts it (dead, held), with no claim and no job. The
+    caller claims the rows returned."""
+    ids = [r.id for r in rows]
+    for start in range(0, len(ids), CHUNK):
+        conn.execute(_UNCLAIM, {"b_ids": ids[start : start + CHUNK]})
+    return _screen(conn, pipeline, target, now, screen, rows)
+
+
+_UNCLAIM = (
+    update(DELIVERY)
+    .where(DELIVERY.c.id.in_(bindparam("b_ids", expanding=True)))
+    .values(status=DeliveryStatus.PENDING, claim=None, job_id=None)
+)
 
 
 def _protect(

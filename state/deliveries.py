@@ -11,13 +11,13 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, update
+from sqlalchemy import and_, func, or_, update
 from sqlmodel import Session, col, select
 
-from state.base import StoreBase
+from state.base import DELIVERY, StoreBase
 from state.claims import claim_due, claimed_of, due_condition, with_deletions
 from state.lease import Lease, check_lease
-from state.models import Deletion, Delivery, DeliveryStatus, utcnow
+from state.models import Deletion, Delivery, DeliveryStatus, Job, JobPhase, utcnow
 from state.outcomes import apply_outcomes
 from state.records import (
     CHUNK,
@@ -157,9 +157,18 @@ class Deliveries(StoreBase):
     def due_deliveries(
         self, pipeline: str, target: str, now: datetime | None = None
     ) -> list[ClaimedDelivery]:
-        """What the next claims would take (for a plan)."""
+        """What the next run would send (for a plan): what its claims would take, and
+        the batches of jobs the target may not have yet (created, or whose submission's
+        answer was lost: sent again unless the target finds it), which are screened
+        again when they are submitted."""
+        unsent = select(col(Job.id)).where(
+            col(Job.pipeline) == pipeline,
+            col(Job.target) == target,
+            col(Job.phase).in_([JobPhase.CREATED, JobPhase.SUBMITTING]),
+        )
+        waiting = and_(DELIVERY.c.status == DeliveryStatus.IN_FLIGHT, DELIVERY.c.job_id.in_(unsent))
         with self.engine.connect() as conn:
-            query = with_deletions(due_condition(pipeline, target, now or utcnow()))
+            query = with_deletions(or_(due_condition(pipeline, target, now or utcnow()), waiting))
             return [claimed_of(row) for row in conn.execute(query)]
 
     def approve_held(self, pipeline: str, target: str, count: int) -> int:

@@ -12,11 +12,19 @@ from sqlalchemy import and_, update
 from sqlmodel import Session, col, select
 
 from state.base import DELIVERY, StoreBase
-from state.claims import claim_due, claimed_of, with_deletions
+from state.claims import claim_due, claimed_of, rescreen, with_deletions
 from state.lease import Lease, check_lease
 from state.models import OPEN_PHASES, Delivery, DeliveryStatus, Job, JobPhase, utcnow
 from state.outcomes import apply_outcomes
-from state.records import JobRecord, OutcomeCounts, OutcomeRecord, RetryRule, Screen
+from state.records import (
+    CHUNK,
+    ClaimedDelivery,
+    JobRecord,
+    OutcomeCounts,
+    OutcomeRecord,
+    RetryRule,
+    Screen,
+)
 
 
 def _closed(s: Session, job_id: int, phase: JobPhase, error: str, now: datetime) -> Job:
@@ -29,6 +37,17 @@ def _closed(s: Session, job_id: int, phase: JobPhase, error: str, now: datetime)
     job.updated_at = now
     job.next_poll_at = None
     return job
+
+
+def _carry(s: Session, job_id: int, items: Sequence[ClaimedDelivery]) -> None:
+    """Items the guards allowed, in flight again as this job's batch."""
+    ids = [c.id for c in items]
+    for start in range(0, len(ids), CHUNK):
+        s.execute(
+            update(Delivery)
+            .where(col(Delivery.id).in_(ids[start : start + CHUNK]))
+            .values(status=DeliveryStatus.IN_FLIGHT, job_id=job_id, claim=f"job-{job_id}")
+        )
 
 
 class Jobs(StoreBase):
@@ -129,16 +148,78 @@ class Jobs(StoreBase):
                 update(Job).where(col(Job.id) == job_id).values(updated_at=utcnow(), **values)
             )
 
-    def mark_submitting(self, job_id: int, *, lease: Lease | None = None) -> None:
+    def mark_submitting(
+        self, job_id: int, *, screen: Screen | None = None, lease: Lease | None = None
+    ) -> JobRecord | None:
         """Before the request: from now on a crash means "look before re-sending".
-        Under a lost lease it raises LeaseLost, so the request is never sent."""
+        Under a lost lease it raises LeaseLost, so the request is never sent.
+
+        With `screen`, the job's batch meets the guards again in this same transaction
+        (a hold added, an approval or a limit changed since it was created), so what
+        is sent is what they allow now. The job to send is returned: this one when
+        they allow all of it; else one rebuilt from what they allow, under a client id
+        of its own (never mistaken for this one, which may have reached the target),
+        this one ending as rescreened; None when they allow nothing.
+        """
+        now = utcnow()
         with self._tx() as s:
             check_lease(s, lease, lock_row=self.locks_rows)
-            job = s.get(Job, job_id)
+            job: Job | None = s.get(Job, job_id)
             assert job is not None
+            if screen is not None:
+                epoch = job.claim_epoch if lease is None else lease.epoch
+                job = self._rescreen(s, job, screen, now, epoch)
+                if job is None:
+                    return None
             job.phase = JobPhase.SUBMITTING
             job.submit_attempts += 1
-            job.updated_at = utcnow()
+            job.updated_at = now
+            s.flush()
+            return self._job_record(s, job)
+
+    def _rescreen(
+        self, s: Session, job: Job, screen: Screen, now: datetime, epoch: int | None
+    ) -> Job | None:
+        assert job.id is not None
+        items = self._job_record(s, job).items
+        conn = s.connection()
+        allowed = rescreen(conn, job.pipeline, job.target, now, screen, items)
+        if len(allowed) == len(items):
+            _carry(s, job.id, allowed)
+            return job
+        unsent = (
+            ""
+            if job.phase == JobPhase.CREATED
+            else (
+                "; an earlier submission's answer was lost and the target could not find it, "
+                "so it may have reached the target"
+            )
+        )
+        gone = f"{len(items) - len(allowed)} of its {len(items)} deliveries"
+        rebuilt: Job | None = None
+        if allowed:
+            rebuilt = Job(
+                pipeline=job.pipeline,
+                target=job.target,
+                kind=job.kind,
+                client_id=f"syncengine-{uuid.uuid4().hex}",
+                items=len(allowed),
+                claim_epoch=epoch,
+                cancel_requested=job.cancel_requested,
+                created_at=now,
+                updated_at=now,
+            )
+            s.add(rebuilt)
+            s.flush()
+            assert rebuilt.id is not None
+            _carry(s, rebuilt.id, allowed)
+        rest = "nothing was submitted" if rebuilt is None else f"the rest is job #{rebuilt.id}"
+        error = (
+            f"screened again before submission: the guards no longer allow {gone} "
+            f"(each dead or held with its reason); {rest}{unsent}"
+        )
+        _closed(s, job.id, JobPhase.RESCREENED, error, now)
+        return rebuilt
 
     def record_submitted(
         self,

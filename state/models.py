@@ -232,6 +232,8 @@ class JobPhase(enum.StrEnum):
     created: the row and its batch exist, nothing was sent. submitting: the
     request may have been sent (a crash here means: look for the remote job
     before sending again). open: the remote job exists and is polled.
+    rescreened: its batch met the guards again before a (re)submission and no longer
+    passed whole; what they still allow went to a new job, under a new client id.
     """
 
     CREATED = "created"
@@ -240,6 +242,7 @@ class JobPhase(enum.StrEnum):
     FINISHED = "finished"
     STUCK = "stuck"
     CANCELLED = "cancelled"
+    RESCREENED = "rescreened"
 
 
 OPEN_PHASES = (JobPhase.CREATED, JobPhase.SUBMITTING, JobPhase.OPEN)

@@ -145,6 +145,10 @@ class ClaimGuard:
     def claimed(self, items: list[ClaimedDelivery]) -> None:
         self.sent += sum(1 for item in items if not item.approved)
 
+    def returned(self, items: list[ClaimedDelivery]) -> None:
+        """Claimed items about to be weighed again (a job screened anew at its submission)."""
+        self.sent -= sum(1 for item in items if not item.approved)
+
     def report(self, pipeline: str, log: Any) -> None:
         if self.protected:
             log.warning("legal_hold_applied", protected=self.protected)

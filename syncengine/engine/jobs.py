@@ -18,7 +18,7 @@ from typing import Any
 
 from connectors.contract import AmbiguousError, Delivery, FatalError, RemoteError, RetriableError
 from connectors.kit.jobs import AsyncTarget, JobHandle, JobProgress, JobSpec, JobState
-from state import Lease, OutcomeRecord, Store
+from state import ClaimedDelivery, Lease, OutcomeRecord, Store
 from state.models import JobPhase, utcnow
 from state.records import JobRecord
 from syncengine import failpoints
@@ -92,26 +92,29 @@ class JobRunner:
         self.stop = stop
         self.policy = policy
         self.report = PushReport()
+        self.guard = ClaimGuard(target)
+        self.counted: dict[int, list[ClaimedDelivery]] = {}
+        """Jobs whose items this run's guard counts as claimed for sending."""
         self.log = get_logger(pipeline=pipe.name, run=run_id, target=target.name)
 
     async def run(self, run_started: datetime) -> PushReport:
+        self.guard = ClaimGuard(self.target, await count_population(self.target))
         for job in await asyncio.to_thread(self.store.open_jobs, self.pipe.name, self.target.name):
             if job.phase != JobPhase.OPEN:
                 self.log.info("job_resumed", job=job.id, phase=job.phase, remote_id=job.remote_id)
             await self._drive(job, force=job.phase == JobPhase.SUBMITTING)
-        guard = ClaimGuard(self.target, await count_population(self.target))
         try:
-            await self._claim_and_submit(run_started, guard)
+            await self._claim_and_submit(run_started)
+            await self._poll_until_settled()
         finally:
-            self.report.dead += guard.protected
-            self.report.held += guard.held
-            guard.report(self.pipe.name, self.log)
-        await self._poll_until_settled()
+            self.report.dead += self.guard.protected
+            self.report.held += self.guard.held
+            self.guard.report(self.pipe.name, self.log)
         return self.report
 
-    async def _claim_and_submit(self, run_started: datetime, guard: ClaimGuard) -> None:
+    async def _claim_and_submit(self, run_started: datetime) -> None:
         """Each claim screens its batch (legal hold, mass-delete limits) in the
-        transaction that fixes it as a job, before anything is submitted."""
+        transaction that fixes it as a job; its submission screens it again."""
         while not self.stop.is_set():
             new = await asyncio.to_thread(
                 self.store.claim_into_job,
@@ -120,12 +123,11 @@ class JobRunner:
                 self.api.kind,
                 self.api.batch_size,
                 fresh_before=run_started,
-                screen=guard,
+                screen=self.guard,
                 lease=self.lease,
             )
             if new is None:
                 break
-            guard.claimed(new.items)
             self.log.info("job_created", job=new.id, client_id=new.client_id, items=len(new.items))
             await self._submit(new)
 
@@ -209,7 +211,10 @@ class JobRunner:
         )
 
     async def _submit(self, job: JobRecord) -> None:
-        await asyncio.to_thread(self.store.mark_submitting, job.id, lease=self.lease)
+        job_or_none = await self._screen(job)
+        if job_or_none is None:
+            return
+        job = job_or_none
         failpoints.hit("before_submit")
         try:
             handle = await self.api.submit(_spec(job))
@@ -249,6 +254,29 @@ class JobRunner:
             refreshed = await asyncio.to_thread(self.store.job, job.id)
             if refreshed is not None:
                 await self._poll(refreshed)
+
+    async def _screen(self, job: JobRecord) -> JobRecord | None:
+        """Every send is screened, a job sent later than it was created too: the guards
+        of this run (legal hold, limits, approvals) are asked again in the transaction
+        that marks the job submitting, and what they no longer allow is left out."""
+        counted = self.counted.pop(job.id, None)
+        if counted is not None:  # weighed again below, as due: not twice
+            self.guard.returned(counted)
+        screened = await asyncio.to_thread(
+            self.store.mark_submitting, job.id, screen=self.guard, lease=self.lease
+        )
+        if screened is None or screened.id != job.id:
+            self.log.warning(
+                "job_rescreened",
+                job=job.id,
+                items=len(job.items),
+                allowed=0 if screened is None else len(screened.items),
+                rebuilt_as=None if screened is None else screened.id,
+            )
+        if screened is not None:
+            self.guard.claimed(screened.items)
+            self.counted[screened.id] = screened.items
+        return screened
 
     async def _poll(self, job: JobRecord) -> None:
         try:
