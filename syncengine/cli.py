@@ -172,32 +172,25 @@ async def run_once(
 ) -> list[RunReport]:
     """Each pipeline once. A first SIGTERM/SIGINT stops the runs at their next stop
     point; a second cancels the run under way, which then reports itself cancelled."""
-    from syncengine.engine import StopToken, run_pipeline
+    from syncengine.api import run_pipelines
+    from syncengine.engine import StopToken
     from syncengine.engine.stop import Shutdown
 
     stop = stop or StopToken()
-    reports = []
     with Shutdown(stop) as shutdown:
-        for pipe in runtime.pipelines.values():
-            if stop.is_set():
-                break
-            task = asyncio.create_task(
-                run_pipeline(
-                    runtime.store,
-                    pipe,
-                    stop,
-                    job_wait=job_wait,
-                    artifacts_dir=runtime.config.state.artifacts,
-                )
-            )
+        running: list[tuple[str, asyncio.Task[RunReport]]] = []
+
+        def started(pipeline: str, task: asyncio.Task[RunReport]) -> None:
             shutdown.tasks.add(task)
-            try:
-                reports.append(await task)
-            except asyncio.CancelledError:
-                if not shutdown.cut(task):
-                    raise
-                reports.append(cancelled_report(pipe.name))
-    return reports
+            running.append((pipeline, task))
+
+        try:
+            return await run_pipelines(runtime, stop, job_wait, started)
+        except asyncio.CancelledError:
+            pipeline, task = running[-1]
+            if not shutdown.cut(task):
+                raise
+            return [*(t.result() for _, t in running[:-1]), cancelled_report(pipeline)]
 
 
 def cancelled_report(pipeline: str) -> RunReport:
@@ -364,10 +357,15 @@ def run(
             max=65535,
         ),
     ] = None,
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="with --once or --dry-run: text or json")
+    ] = "text",
 ) -> None:
     """Run the daemon (every pipeline on its schedule), or one cycle with --once."""
+    if output not in ("text", "json") or (output == "json" and not once and not dry_run):
+        raise fail(f"--output {output!r}: use text, or json with --once or --dry-run")
     if dry_run:
-        _plan(config, pipeline, "text")
+        _plan(config, pipeline, output)
         return
     from syncengine.engine import build_runtime
     from syncengine.logs import configure
@@ -379,7 +377,7 @@ def run(
     configure(cfg.logging.level, cfg.logging.format)
     store = open_store(cfg)
     runtime = build_runtime(cfg, store, only=pipeline)
-    serve = _once(runtime, store, job_wait) if once else _daemon(runtime, store, cfg)
+    serve = _once(runtime, store, job_wait, output) if once else _daemon(runtime, store, cfg)
     settle_start_up()
     raise typer.Exit(asyncio.run(serve))
 
@@ -400,15 +398,21 @@ def settle_start_up() -> None:
     gc.freeze()
 
 
-async def _once(runtime: Runtime, store: Store, job_wait: float) -> int:
+async def _once(runtime: Runtime, store: Store, job_wait: float, output: str) -> int:
+    """The summary as a table, or as the JSON `syncengine.api.run_once` returns."""
+    from syncengine.api import summarize
     from syncengine.status import render_summary
 
     try:
         reports = await run_once(runtime, job_wait=job_wait)
     finally:
         await runtime.aclose()
-    render_summary(reports, store, out)
-    return 1 if any(r.failed or r.cancelled for r in reports) else 0
+    summary = summarize(reports, store)
+    if output == "json":
+        sys.stdout.write(summary.to_json() + "\n")
+    else:
+        render_summary(reports, store, out)
+    return summary.exit_code
 
 
 async def _daemon(runtime: Runtime, store: Store, cfg: Config) -> int:

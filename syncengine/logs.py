@@ -160,6 +160,19 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
 
 
+def ensure_redacted(level: str = "info") -> None:
+    """For a library caller (`syncengine.api`): logging as the CLI sets it up when nobody
+    has configured structlog yet, else the caller's configuration with the redaction
+    put in before its last processor (the renderer), so no secret reaches any log."""
+    if not structlog.is_configured():
+        configure(level, "json")
+        return
+    processors = list(structlog.get_config()["processors"])
+    if redact_processor in processors:
+        return
+    structlog.configure(processors=[*processors[:-1], redact_processor, *processors[-1:]])
+
+
 def get_logger(name: str = "syncengine", **bound: Any) -> Any:
     return structlog.get_logger(name).bind(**bound)
 
