@@ -166,17 +166,14 @@ def summarize(reports: Sequence[RunReport], store: Store) -> RunSummary:
 def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
     """The configuration at `path`, validated (`ConfigInvalid` with every problem);
     `env` replaces the process environment for `${VAR}` substitution."""
-    from connectors.kit.http import secret_listeners
     from syncengine.config import ConfigError, load_config
-    from syncengine.logs import SECRETS
+    from syncengine.logs import remember_secrets
 
     try:
         config = load_config(path, env=env)
     except ConfigError as exc:
         raise ConfigInvalid(exc.file, [issue.render(exc.file) for issue in exc.issues]) from None
-    SECRETS.add_all(config.secrets)
-    if SECRETS.add not in secret_listeners:
-        secret_listeners.append(SECRETS.add)
+    remember_secrets(config.secrets)
     return config
 
 

@@ -84,9 +84,8 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 def load(path: Path, moved_ports: Mapping[int, int] | None = None) -> Config:
     """The configuration at `path`; `moved_ports` (old -> new) points its loopback URLs at
     emulators the demo started elsewhere, so the demo's config follows its sandbox."""
-    from connectors.kit.http import secret_listeners
     from syncengine.config import ConfigError, load_config
-    from syncengine.logs import SECRETS
+    from syncengine.logs import remember_secrets
 
     try:
         config = load_config(path, moved_ports=moved_ports)
@@ -96,9 +95,7 @@ def load(path: Path, moved_ports: Mapping[int, int] | None = None) -> Config:
                 f"[red]error:[/red] {issue.render(exc.file)}", highlight=False, soft_wrap=True
             )
         raise typer.Exit(2) from None
-    SECRETS.add_all(config.secrets)
-    if SECRETS.add not in secret_listeners:
-        secret_listeners.append(SECRETS.add)
+    remember_secrets(config.secrets)
     return config
 
 
@@ -377,7 +374,11 @@ def run(
     configure(cfg.logging.level, cfg.logging.format)
     store = open_store(cfg)
     runtime = build_runtime(cfg, store, only=pipeline)
-    serve = _once(runtime, store, job_wait, output) if once else _daemon(runtime, store, cfg)
+    serve = (
+        _once(runtime, store, job_wait, output)
+        if once
+        else _daemon(runtime, store, cfg, _reloader(config, metrics_port), pipeline)
+    )
     settle_start_up()
     raise typer.Exit(asyncio.run(serve))
 
@@ -415,7 +416,28 @@ async def _once(runtime: Runtime, store: Store, job_wait: float, output: str) ->
     return summary.exit_code
 
 
-async def _daemon(runtime: Runtime, store: Store, cfg: Config) -> int:
+def _reloader(path: Path, metrics_port: int | None) -> Callable[[], Config]:
+    """How the daemon reads its file again on SIGHUP: validated as at start (ConfigError
+    when wrong), its secrets registered for redaction, the command line's overrides
+    applied again."""
+    from syncengine.config import load_config
+    from syncengine.logs import remember_secrets
+
+    def reload() -> Config:
+        config = load_config(path)
+        remember_secrets(config.secrets)
+        return config if metrics_port is None else with_metrics_port(config, metrics_port)
+
+    return reload
+
+
+async def _daemon(
+    runtime: Runtime,
+    store: Store,
+    cfg: Config,
+    reload: Callable[[], Config],
+    only: str | None,
+) -> int:
     """The scheduler and the metrics server are the daemon's alone: `run --once`
     never imports them."""
     from syncengine.daemon import Daemon
@@ -424,7 +446,8 @@ async def _daemon(runtime: Runtime, store: Store, cfg: Config) -> int:
     try:
         with serve_observability(store, cfg) as metrics:
             on_report = metrics.record_run if metrics is not None else None
-            return await Daemon(runtime, on_report=on_report).serve()
+            daemon = Daemon(runtime, on_report=on_report, reload=reload, only=only)
+            return await daemon.serve()
     except ObservabilityError as exc:
         raise fail(str(exc)) from None
     finally:

@@ -5,23 +5,28 @@ job store; all durable state lives in our own tables). SIGTERM/SIGINT ask
 running pipelines to stop after their current batch, and the daemon waits for
 them before it stops the scheduler (whose shutdown cancels whatever job is still
 running); a second signal cancels them (claimed deliveries are released,
-nothing is lost).
+nothing is lost). SIGHUP reloads the configuration between runs (see
+`Daemon.reload_config`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Callable
 
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from connectors.contract import ConnectorError
 from state import StoreError
 from state.models import utcnow
-from syncengine.config import Schedule
+from syncengine.config import Config, ConfigError, Schedule
 from syncengine.engine import RunReport, Runtime, StopToken, run_pipeline
+from syncengine.engine.runtime import PipelineRuntime, build_pipeline
 from syncengine.engine.stop import Shutdown
 from syncengine.logs import get_logger
+from syncengine.reload import diff, refused
 
 CRON_JOB_WAIT = 60.0
 MAX_JOB_WAIT = 300.0
@@ -41,16 +46,30 @@ def trigger_for(schedule: Schedule) -> IntervalTrigger | CronTrigger:
     return CronTrigger.from_crontab(schedule.cron)
 
 
+Reloader = Callable[[], Config]
+"""Reads and validates the configuration file again; raises ConfigError when it is wrong."""
+
+
 class Daemon:
     def __init__(
-        self, runtime: Runtime, on_report: Callable[[RunReport], None] | None = None
+        self,
+        runtime: Runtime,
+        on_report: Callable[[RunReport], None] | None = None,
+        reload: Reloader | None = None,
+        only: str | None = None,
     ) -> None:
         self.runtime = runtime
         self.stop = StopToken()
         self.on_report = on_report
         self.shutdown = Shutdown(self.stop)
+        self._reload = reload
+        self._only = only
+        self._reloading = asyncio.Lock()
         self._jobs: set[asyncio.Task[object]] = set()
         """The scheduler's job tasks under way, each awaiting its pipeline's run."""
+        self._running: set[str] = set()
+        self._retired: list[tuple[str, PipelineRuntime]] = []
+        """Pipelines a reload replaced or removed, closed once no run of theirs is under way."""
         self._stopped_pipelines: dict[str, str] = {}
         self._store_error: StoreError | None = None
         self.log = get_logger("syncengine.daemon")
@@ -58,13 +77,18 @@ class Daemon:
     async def _job(self, name: str) -> None:
         if self.stop.is_set() or name in self._stopped_pipelines:
             return
+        if name not in self.runtime.pipelines:
+            return  # removed by a reload after this run was scheduled
         job = asyncio.current_task()
         assert job is not None
         self._jobs.add(job)
+        self._running.add(name)
         try:
             await self._run(name)
         finally:
             self._jobs.discard(job)
+            self._running.discard(name)
+            await self._close_retired()
 
     async def _run(self, name: str) -> None:
         pipe = self.runtime.pipelines[name]
@@ -117,23 +141,112 @@ class Daemon:
         with self.shutdown:
             return await self._serve()
 
+    def _schedule(self, name: str, pipe: PipelineRuntime) -> None:
+        self._scheduler.add_job(
+            self._job,
+            trigger_for(pipe.config.schedule),
+            args=[name],
+            id=name,
+            name=name,
+            replace_existing=True,
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+            next_run_time=utcnow(),
+        )
+        self.log.info("pipeline_scheduled", pipeline=name, schedule=pipe.config.schedule.describe())
+
+    def _on_hangup(self) -> None:
+        self.log.info("reload_requested", signal="SIGHUP")
+        task = asyncio.get_running_loop().create_task(self.reload_config())
+        self._jobs.add(task)
+        task.add_done_callback(self._jobs.discard)
+
+    async def reload_config(self) -> bool:
+        """Read the file again and apply it between runs: pipelines added, removed or
+        changed take effect at their next run; runs under way, their leases and what
+        they have in flight are untouched. A file that does not validate changes
+        nothing. True when the new configuration was applied."""
+        if self._reload is None:
+            return False
+        async with self._reloading:
+            return await self._apply_reload(self._reload)
+
+    async def _apply_reload(self, reload: Reloader) -> bool:
+        old = self.runtime.config
+        try:
+            new = reload()
+        except ConfigError as exc:
+            self._reload_failed([issue.render(exc.file) for issue in exc.issues])
+            return False
+        problems = refused(old, new)
+        if problems:
+            self._reload_failed([f"{new.path}: {p}" for p in problems])
+            return False
+        change = diff(old, new, self._only)
+        try:
+            rebuilt = {
+                name: build_pipeline(new, new.pipelines[name], self.runtime.store)
+                for name in [*change.added, *change.changed]
+            }
+        except ConnectorError as exc:
+            self._reload_failed([str(exc)])
+            return False
+        self.runtime.config = new
+        for name in change.removed:
+            if self._scheduler.get_job(name) is not None:
+                self._scheduler.remove_job(name)
+            self._retired.append((name, self.runtime.pipelines.pop(name)))
+            self._stopped_pipelines.pop(name, None)
+        for name, pipe in rebuilt.items():
+            previous = self.runtime.pipelines.get(name)
+            if previous is not None:
+                self._retired.append((name, previous))
+            self.runtime.pipelines[name] = pipe
+            # A pipeline stopped for its credentials gets another chance once it changed.
+            self._stopped_pipelines.pop(name, None)
+            if previous is None or previous.config.schedule != pipe.config.schedule:
+                self._schedule(name, pipe)
+        await self._close_retired()
+        self.log.info(
+            "config_reloaded",
+            added=change.added,
+            removed=change.removed,
+            changed=change.changed,
+            unchanged=len(self.runtime.pipelines) - len(rebuilt),
+        )
+        return True
+
+    def _reload_failed(self, problems: list[str]) -> None:
+        self.log.error(
+            "alert_config_reload_failed",
+            problems=problems,
+            kept="the configuration running before the reload",
+        )
+
+    async def _close_retired(self) -> None:
+        keep = []
+        for name, pipe in self._retired:
+            if name in self._running:
+                keep.append((name, pipe))
+                continue
+            await pipe.source.aclose()
+            for target in pipe.targets.values():
+                await target.target.aclose()
+        self._retired = keep
+
     async def _serve(self) -> int:
         for name, pipe in self.runtime.pipelines.items():
-            self._scheduler.add_job(
-                self._job,
-                trigger_for(pipe.config.schedule),
-                args=[name],
-                id=name,
-                name=name,
-                replace_existing=True,
-                max_instances=1,
-                coalesce=True,
-                misfire_grace_time=None,
-                next_run_time=utcnow(),
-            )
-            self.log.info(
-                "pipeline_scheduled", pipeline=name, schedule=pipe.config.schedule.describe()
-            )
+            self._schedule(name, pipe)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
+        try:
+            return await self._serve_until_stopped()
+        finally:
+            loop.remove_signal_handler(signal.SIGHUP)
+            await self._close_retired()
+
+    async def _serve_until_stopped(self) -> int:
         self._scheduler.start()
         self.log.info("daemon_started", pipelines=len(self.runtime.pipelines))
         await self.stop.wait()

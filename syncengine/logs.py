@@ -160,6 +160,16 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
 
 
+def remember_secrets(secrets: Iterable[str]) -> None:
+    """Redact these values from every log line, and the tokens the HTTP clients obtain
+    later as they obtain them."""
+    from connectors.kit.http import secret_listeners
+
+    SECRETS.add_all(secrets)
+    if SECRETS.add not in secret_listeners:
+        secret_listeners.append(SECRETS.add)
+
+
 def ensure_redacted(level: str = "info") -> None:
     """For a library caller (`syncengine.api`): logging as the CLI sets it up when nobody
     has configured structlog yet, else the caller's configuration with the redaction
