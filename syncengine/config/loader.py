@@ -134,9 +134,9 @@ def _without_input(message: str, given: Any) -> str:
     """The message with every text the refused input holds taken out: what was pasted
     in the wrong place (a password as a timeout) must not reach a terminal or a CI log,
     whichever validator, of whichever connector, quoted it, whole or a word of it (a
-    cron parser quotes the field it could not read). Quoted forms go first; a text of
-    4 characters or more also where it stands as a word of its own (shorter ones would
-    hit the words of the message itself)."""
+    cron parser quotes the field it could not read, a validator may quote the value
+    it made of it). Quoted forms go first, then a text of 4 characters or more wherever
+    it stands: shorter ones would hit the words of the message itself."""
     leaves = _texts(given)
     words = {word for leaf in leaves for word in leaf.split()}
     texts = sorted({t for t in (*leaves, *words) if t}, key=len, reverse=True)
@@ -144,7 +144,7 @@ def _without_input(message: str, given: Any) -> str:
         message = message.replace(repr(text), HIDDEN)
     for text in texts:
         if len(text) >= 4:
-            message = re.sub(rf"(?<!\w){re.escape(text)}(?!\w)", HIDDEN, message)
+            message = message.replace(text, HIDDEN)
     return message
 
 
