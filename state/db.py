@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import URL, Connection, Engine, ExceptionContext, make_url
+from sqlalchemy.exc import NoSuchModuleError
 from sqlmodel import create_engine
 
 from state.schema import HEAD_REVISION, VERSION_TABLE
@@ -100,16 +101,27 @@ def make_engine(url_text: str) -> Engine:
     try:
         url = make_url(url_text)
     except Exception as exc:  # sqlalchemy raises ArgumentError and ValueError here
-        raise StoreError(f"state.url {url_text!r} is not a database URL: {exc}") from None
+        # Neither the URL nor SQLAlchemy's message (which quotes it): it may hold a password.
+        raise StoreError(
+            f"state.url is not a database URL ({type(exc).__name__}); write "
+            "sqlite:///path/to/file.db or postgresql://user@host/db"
+        ) from None
     path = sqlite_path(url)
     if path is not None:
         try:
             _make_private(path)
         except OSError as exc:
             raise StoreError(f"state.url: cannot create {path}: {exc.strerror}") from None
-    backend = url.get_backend_name()
-    if backend == "postgresql" and url.drivername == "postgresql":
-        url = url.set(drivername="postgresql+psycopg")
+    backend, _, driver = url.drivername.partition("+")
+    if backend == "postgres":  # the name most tools take; SQLAlchemy knows only postgresql
+        backend = "postgresql"
+    if backend not in ("sqlite", "postgresql"):
+        raise StoreError(
+            f"state.url: {backend!r} is not supported: the store runs on SQLite or "
+            "PostgreSQL; write sqlite:///path/to/file.db or postgresql://user@host/db"
+        )
+    if backend == "postgresql":
+        url = url.set(drivername=f"postgresql+{driver or 'psycopg'}")
     kwargs: dict[str, Any] = {}
     if backend == "sqlite":
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
@@ -121,7 +133,13 @@ def make_engine(url_text: str) -> Engine:
         kwargs["connect_args"] = {
             "options": f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"
         }
-    engine = create_engine(url, **kwargs)
+    try:
+        engine = create_engine(url, **kwargs)
+    except (ImportError, NoSuchModuleError) as error:
+        raise StoreError(
+            f"state.url: the {url.drivername} driver is not installed ({error}); write "
+            f"{backend}:// to use the one syncengine brings"
+        ) from None
     if backend == "sqlite":
         _configure_sqlite(engine)
         _refuse_damaged_files(engine)

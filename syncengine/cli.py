@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import math
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from state import Store
     from syncengine.config import Config
     from syncengine.engine import RunReport, Runtime, StopToken
+    from syncengine.engine.runtime import PipelineRuntime
 
 app = FlowingTyper(
     add_completion=False,
@@ -79,6 +81,27 @@ def _root(
 def fail(message: str, code: int = 2) -> typer.Exit:
     err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
+
+
+LARGEST = 2**63 - 1
+"""The store's integers are 64-bit: a larger job number or count names nothing."""
+
+
+def within(low: float, high: float, what: str) -> Callable[[typer.CallbackParam, Any], Any]:
+    """The one rule of every number a command takes (seconds, counts, job numbers): a
+    finite number from `low` to `high`, or one line naming the option and `what` to
+    write, and exit 2. `nan` compares false with everything, so it is refused too."""
+
+    def check(param: typer.CallbackParam, value: Any) -> Any:
+        if value is None or (math.isfinite(value) and low <= value <= high):
+            return value
+        name = param.opts[0] if param.opts[0].startswith("-") else str(param.name).upper()
+        raise fail(f"{name} {value}: write {what}")
+
+    return check
+
+
+SECONDS = within(0, math.inf, "a number of seconds, 0 or more")
 
 
 def load(path: Path, moved_ports: Mapping[int, int] | None = None) -> Config:
@@ -215,6 +238,8 @@ def _plan(config: Path, pipeline: str | None, output: str, since: str | None = N
     configure(cfg.logging.level, cfg.logging.format)
     store = open_store(cfg)
     runtime = build_runtime(cfg, store, only=pipeline)
+    if since is not None and pipeline is not None:
+        check_since(runtime.pipelines[pipeline], since)
 
     async def main() -> list[Any]:
         try:
@@ -227,6 +252,25 @@ def _plan(config: Path, pipeline: str | None, output: str, since: str | None = N
         sys.stdout.write(json.dumps([p.as_json() for p in plans], indent=2, default=str) + "\n")
     else:
         render_plans(plans, out)
+
+
+def check_since(pipe: PipelineRuntime, since: str) -> None:
+    """`--from` as the source reads it, tried before anything is read or planned. A
+    time its zone cannot place (before year 1 or after 9999 once in UTC) overflows."""
+    from connectors.contract import Backfillable
+    from state.models import utcnow
+
+    if not isinstance(pipe.source, Backfillable):
+        return
+    try:
+        pipe.source.plan_backfill(pipe.source.streams()[0], since, utcnow())
+    except ValueError as exc:
+        raise fail(f"--from {exc}") from None
+    except OverflowError:
+        raise fail(
+            f"--from {since!r}: in the source connection's time zone this falls before year 1 "
+            "or after 9999 in UTC; write a time within them"
+        ) from None
 
 
 @app.command()
@@ -242,16 +286,18 @@ def backfill(
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="show the plan only")] = False,
     wait: Annotated[
-        float, typer.Option(help="seconds to wait for a run of the pipeline in progress")
+        float,
+        typer.Option(
+            help="seconds to wait for a run of the pipeline in progress", callback=SECONDS
+        ),
     ] = 300.0,
-    job_wait: Annotated[float, typer.Option(help="seconds to follow asynchronous jobs")] = (
-        DEFAULT_JOB_WAIT
-    ),
+    job_wait: Annotated[
+        float, typer.Option(help="seconds to follow asynchronous jobs", callback=SECONDS)
+    ] = DEFAULT_JOB_WAIT,
 ) -> None:
     """Re-read a source from a time and propagate what it finds, without moving the
     daemon's cursor. Safe while the daemon runs; run it again to resume."""
     from connectors.contract import Backfillable
-    from state.models import utcnow
     from syncengine.engine import StopToken, build_runtime, run_pipeline
     from syncengine.engine.stop import Shutdown
     from syncengine.logs import configure
@@ -275,10 +321,7 @@ def backfill(
     pipe = runtime.pipelines[pipeline]
     if not isinstance(pipe.source, Backfillable):
         raise fail(f"the {source_type} source of pipeline {pipeline} cannot be backfilled")
-    try:
-        pipe.source.plan_backfill(pipe.source.streams()[0], since, utcnow())
-    except ValueError as exc:
-        raise fail(f"--from {exc}") from None
+    check_since(pipe, since)
 
     async def main() -> RunReport:
         stop = StopToken()
@@ -339,7 +382,10 @@ def run(
     pipeline: PipelineOption = None,
     job_wait: Annotated[
         float,
-        typer.Option(help="with --once: seconds to follow asynchronous jobs before exiting"),
+        typer.Option(
+            help="with --once: seconds to follow asynchronous jobs before exiting",
+            callback=SECONDS,
+        ),
     ] = DEFAULT_JOB_WAIT,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="show the plan; no mutating call, nothing journaled")
@@ -350,8 +396,7 @@ def run(
             help="serve /metrics and /healthz on this port, whatever the file says (two "
             "daemons on one host each need their own)",
             envvar="SYNCENGINE_METRICS_PORT",
-            min=1,
-            max=65535,
+            callback=within(1, 65535, "a port from 1 to 65535"),
         ),
     ] = None,
     output: Annotated[
@@ -496,7 +541,15 @@ def held(
 def approve(
     pipeline: RequiredPipeline,
     target: TargetOption,
-    count: Annotated[int, typer.Option("--count", "-n", help="how many are held: must match")],
+    count: Annotated[
+        int,
+        typer.Option(
+            "--count",
+            "-n",
+            help="how many are held: must match",
+            callback=within(0, LARGEST, f"a count from 0 to {LARGEST}"),
+        ),
+    ],
     config: ConfigOption = Path("config.yaml"),
 ) -> None:
     """Release exactly COUNT held deliveries of a target (refused if the number differs)."""
@@ -750,7 +803,13 @@ def jobs_list(
 
 @jobs_app.command("cancel")
 def jobs_cancel(
-    job_id: Annotated[int, typer.Argument(help="the job number shown by status")],
+    job_id: Annotated[
+        int,
+        typer.Argument(
+            help="the job number shown by status",
+            callback=within(1, LARGEST, "a job number shown by `syncengine jobs list`"),
+        ),
+    ],
     config: ConfigOption = Path("config.yaml"),
 ) -> None:
     """Ask the target's API to stop a job, where the API can (DMM StopExecution).

@@ -42,7 +42,7 @@ def parse_duration(value: Any) -> Any:
         match = _DURATION.match(value)
         if not match:
             raise ValueError(
-                f"{value!r} is not a duration; write a number of seconds or e.g. 90s, 5m, 2h, 1d"
+                "this value is not a duration; write a number of seconds or e.g. 90s, 5m, 2h, 1d"
             )
         return float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"]
     return value
@@ -79,7 +79,9 @@ def http_url(value: str, example: str, *, query: bool = True, slash: bool = Fals
     (`slash=True` keeps it, for a URL called as written).
 
     `query=False` refuses a query string or fragment, which a base URL that
-    paths are appended to would silently lose or misplace."""
+    paths are appended to would silently lose or misplace.
+
+    A message never quotes the value: a URL can carry a password or a key."""
     value = value.strip() if slash else value.strip().rstrip("/")
     parts = urlsplit(value)
     if (
@@ -87,9 +89,15 @@ def http_url(value: str, example: str, *, query: bool = True, slash: bool = Fals
         or not parts.hostname
         or any(c.isspace() for c in value)
     ):
-        raise ValueError(f"{value!r} is not an http(s) URL; write e.g. {example}")
+        raise ValueError(f"this value is not an http(s) URL; write e.g. {example}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0  # beyond 65535 or not a number: every request would fail, not the check
+    if port == 0:
+        raise ValueError(f"this URL's port is not a number from 1 to 65535; write e.g. {example}")
     if not query and (parts.query or parts.fragment):
-        raise ValueError(f"{value!r}: the base URL takes no query string or fragment")
+        raise ValueError("this URL is a base URL, which takes no query string or fragment")
     return value
 
 

@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path as FsPath
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from pydantic import BaseModel, SecretStr, ValidationError
@@ -123,8 +123,41 @@ def _pydantic_issues(
             message = "required key is missing"
         elif message.startswith("Value error, "):
             message = message.removeprefix("Value error, ")
-        issues.append(ConfigIssue((*prefix, *loc), message))
+        issues.append(ConfigIssue((*prefix, *loc), _without_input(message, item["input"])))
     return issues
+
+
+HIDDEN = "***"
+"""What a settings error shows in place of the value it refused, as the logs do."""
+
+
+def _without_input(message: str, given: Any) -> str:
+    """The message with every text the refused input holds taken out: what was pasted
+    in the wrong place (a password as a timeout) must not reach a terminal or a CI log,
+    whichever validator, of whichever connector, quoted it, whole or a word of it (a
+    cron parser quotes the field it could not read, a validator may quote the value
+    it made of it). Quoted forms go first, then a text of 4 characters or more wherever
+    it stands: shorter ones would hit the words of the message itself."""
+    leaves = _texts(given)
+    words = {word for leaf in leaves for word in leaf.split()}
+    texts = sorted({t for t in (*leaves, *words) if t}, key=len, reverse=True)
+    for text in texts:
+        message = message.replace(repr(text), HIDDEN)
+    for text in texts:
+        if len(text) >= 4:
+            message = message.replace(text, HIDDEN)
+    return message
+
+
+def _texts(given: Any) -> list[str]:
+    """Every string in an input: the value, or the leaves of a block a model refused."""
+    if isinstance(given, str):
+        return [given]
+    if isinstance(given, Mapping):
+        return [t for value in given.values() for t in _texts(value)]
+    if isinstance(given, list | tuple):
+        return [t for value in given for t in _texts(value)]
+    return []
 
 
 def _secret_fields(models: Mapping[str, Any], prefix: Path) -> list[tuple[Path, str]]:
@@ -149,6 +182,30 @@ def _secret_fields(models: Mapping[str, Any], prefix: Path) -> list[tuple[Path, 
     for name, model in models.items():
         walk(model, (*prefix, name))
     return found
+
+
+def _empty_secrets(model: type[BaseModel], block: Mapping[str, Any]) -> list[str]:
+    """The secret keys of a connection block that are given but empty (or blank): most
+    often a variable exported empty, which would send no credential at all and fail
+    only at the first call, or be taken as anonymous by a lenient server."""
+    return [
+        key
+        for name, field in model.model_fields.items()
+        if (SecretStr is field.annotation or SecretStr in get_args(field.annotation))
+        and isinstance(value := block.get(key := field.alias or name), str)
+        and not value.strip()
+    ]
+
+
+def _empty(written: Any) -> str:
+    names = _VARIABLE.findall(written) if isinstance(written, str) else []
+    if names:
+        given = " and ".join(f"environment variable {n}" for n in dict.fromkeys(names))
+        return f"this secret is empty: {given} gives an empty value; export it with the secret"
+    return "this secret is empty; write it, or ${NAME} to read it from the environment"
+
+
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
 
 
 def collect_secrets(models: Sequence[Any]) -> tuple[str, ...]:
@@ -234,6 +291,7 @@ def parse_config(text: str, name: str, env: Mapping[str, str]) -> Config:
             name, [ConfigIssue((), "the file must be a mapping with connections and pipelines")]
         )
     lines = _line_map(root)
+    written = tree
     tree, missing = interpolate(tree, env, base=FsPath(name).resolve().parent)
     issues = [ConfigIssue(m.path, _unresolved(m)) for m in missing]
     config: Config | None = None
@@ -242,7 +300,7 @@ def parse_config(text: str, name: str, env: Mapping[str, str]) -> Config:
     except ValidationError as exc:
         issues.extend(_pydantic_issues(exc, (), RawConfig))
     else:
-        config, more = _second_pass(raw, name)
+        config, more = _second_pass(raw, name, written)
         issues.extend(more)
     if issues:
         # A missing variable already explains any complaint about the value it left empty.
@@ -260,7 +318,9 @@ def parse_config(text: str, name: str, env: Mapping[str, str]) -> Config:
     return config.model_copy(update={"warnings": tuple(warnings)}) if warnings else config
 
 
-def _second_pass(raw: RawConfig, name: str) -> tuple[Config | None, list[ConfigIssue]]:
+def _second_pass(
+    raw: RawConfig, name: str, written: Mapping[str, Any]
+) -> tuple[Config | None, list[ConfigIssue]]:
     registry = load_registry()
     issues: list[ConfigIssue] = []
     connections: dict[str, Any] = {}
@@ -278,8 +338,15 @@ def _second_pass(raw: RawConfig, name: str) -> tuple[Config | None, list[ConfigI
         try:
             info = registry.get(kind)
         except UnknownConnectorType as exc:
-            issues.append(ConfigIssue((*where, "type"), str(exc)))
+            known = ", ".join(exc.known)
+            issues.append(ConfigIssue((*where, "type"), f"unknown connection type; known: {known}"))
             continue
+        empty = _empty_secrets(info.connection_settings, block)
+        as_written = written.get("connections", {}).get(conn_name, {})
+        issues.extend(ConfigIssue((*where, key), _empty(as_written.get(key))) for key in empty)
+        # Validated as if given, so the block's other problems are still told, and the
+        # empty one once, here.
+        block = {**block, **dict.fromkeys(empty, "x" * SHORTEST_SAFE)}
         try:
             connections[conn_name] = info.connection_settings.model_validate(block)
         except ValidationError as exc:
@@ -694,9 +761,7 @@ def _block(
     if connection not in raw_connections:
         known = ", ".join(sorted(raw_connections)) or "none"
         issues.append(
-            ConfigIssue(
-                (*where, "connection"), f"unknown connection {connection!r}; defined: {known}"
-            )
+            ConfigIssue((*where, "connection"), f"no connection of that name; defined: {known}")
         )
         return None
     settings_owner = connections.get(connection)

@@ -17,6 +17,12 @@ from connectors.kit.settings import Seconds, StrictModel
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
+STORE_DRIVERS = {"sqlite": ("pysqlite",), "postgresql": ("psycopg",), "postgres": ("psycopg",)}
+"""The databases the store runs on, with the one driver each that is installed; a bare
+`postgresql://` or `postgres://` (the form most tools take) uses psycopg."""
+STORE_URLS = "sqlite:///path/to/file.db or postgresql://user@host/db"
+
+
 class StateSettings(StrictModel):
     url: str = Field(
         "sqlite:///data/syncengine.db",
@@ -37,6 +43,27 @@ class StateSettings(StrictModel):
         "third of it); another daemon takes a pipeline over within this time after its "
         "holder dies",
     )
+
+    @field_validator("url")
+    @classmethod
+    def _supported(cls, value: str) -> str:
+        """Checked here so `validate` refuses a store the run could not open; without
+        importing the store (state/db.py opens it, and refuses the same URLs)."""
+        scheme, sep, _ = value.partition("://")
+        backend, _, driver = scheme.strip().lower().partition("+")
+        if not sep or not backend:
+            raise ValueError(f"this value is not a database URL; write {STORE_URLS}")
+        if backend not in STORE_DRIVERS:
+            raise ValueError(
+                f"{backend!r} is not supported: the store runs on SQLite or PostgreSQL; "
+                f"write {STORE_URLS}"
+            )
+        if driver and driver not in STORE_DRIVERS[backend]:
+            raise ValueError(
+                f"driver {driver!r} is not supported (not installed); write {backend}:// "
+                f"to use {STORE_DRIVERS[backend][0]}"
+            )
+        return value
 
 
 class LoggingSettings(StrictModel):

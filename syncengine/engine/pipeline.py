@@ -105,8 +105,8 @@ async def _run(
     report = RunReport(pipe.name, RunOutcome.RUNNING, run_id=run_id)
     try:
         alongside = {n: t for n, t in pipe.targets.items() if pushes_alongside_pull(t)}
-        report.pull = await _pull_and_push(
-            store, pipe, run_id, started, stop, backfill_from, lease, alongside, report.targets
+        await _pull_and_push(
+            store, pipe, run_id, started, stop, backfill_from, lease, alongside, report
         )
         for name, target in pipe.targets.items():
             if name in alongside:
@@ -183,12 +183,12 @@ async def _pull_and_push(
     backfill_from: str | None,
     lease: Lease,
     alongside: dict[str, TargetRuntime],
-    reports: dict[str, PushReport],
-) -> PullReport:
+    run: RunReport,
+) -> None:
     """The pull, with the pushes of `alongside` sending each page's deliveries as soon
-    as it is journaled; each push's report goes into `reports`, even when the run
-    fails, so its summary counts what was sent. The pushes end once the pull is over
-    and nothing is due.
+    as it is journaled; the pull's report and each push's go into `run`, even when a
+    push fails, so its summary counts what was journaled and sent. The pushes end
+    once the pull is over and nothing is due.
 
     If the pull fails, the pushes stop as a stopped run does (what is being sent is
     recorded, what is claimed but unsent is released) and the pull's error is the
@@ -203,24 +203,23 @@ async def _pull_and_push(
         for name, target in alongside.items()
     }
     try:
-        pulled = await _pull(store, pipe, run_id, stop, backfill_from, lease, feed)
+        run.pull = await _pull(store, pipe, run_id, stop, backfill_from, lease, feed)
     except asyncio.CancelledError:
         for task in pushes.values():
             task.cancel()
-        await _settled(pushes, reports)
+        await _settled(pushes, run.targets)
         raise
     except BaseException:
         push_stop.request("the pull failed")
         if feed is not None:
             feed.close()
-        await _settled(pushes, reports)
+        await _settled(pushes, run.targets)
         raise
     if feed is not None:
         feed.close()
-    errors = await _settled(pushes, reports)
+    errors = await _settled(pushes, run.targets)
     if errors:
         raise errors[0]
-    return pulled
 
 
 async def _settled(

@@ -65,12 +65,12 @@ INVALID = [
         "unknown connection",
         VALID.replace("connection: erp,", "connection: erpp,"),
         "pipelines.contacts.targets.erp_users.connection: "
-        "unknown connection 'erpp'; defined: erp, goose",
+        "no connection of that name; defined: erp, goose",
     ),
     (
         "unknown type",
         VALID.replace("type: mongoose", "type: mongo"),
-        "connections.erp.type: unknown connection type 'mongo'; known types: adt, dmm, goose,",
+        "connections.erp.type: unknown connection type; known: adt, dmm, goose,",
     ),
     (
         "wrong role",
@@ -95,7 +95,7 @@ INVALID = [
     (
         "bad duration",
         VALID.replace("{every: 60s}", "{every: soon}"),
-        "'soon' is not a duration",
+        "pipelines.contacts.schedule.every: this value is not a duration",
     ),
     (
         "wrong value type",
