@@ -3,10 +3,10 @@ once per job: a key whose look-up fails is looked up again alone, and a restart 
 the look-ups and the submission reuses those already made, so a target under faults and
 frequent restarts makes steady progress (issue 18 item 10).
 
-Each test runs the engine's job runner over a real store against the Reltio emulator,
-and counts the look-ups in the emulator's request log. A "crash" is a BaseException
-raised inside the run, where SIGKILL would stop the process: the store keeps what was
-committed, memory is lost, and the next life is a new target and runner.
+Each test runs the engine's job runner over a real store (SQLite and PostgreSQL) against
+the Reltio emulator, and counts the look-ups in the emulator's request log. A "crash" is
+a BaseException raised inside the run, where SIGKILL would stop the process: the store
+keeps what was committed, memory is lost, and the next life is a new target and runner.
 """
 
 from __future__ import annotations
@@ -50,13 +50,6 @@ def reltio() -> Iterator[tuple[ReltioEmulator, str]]:
     emu = ReltioEmulator(clients={CLIENT: SECRET}, step_seconds=0.01)
     with serve(emu.app) as running:
         yield emu, running.url
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    opened = Store.open(f"sqlite:///{tmp_path / 'state.db'}")
-    yield opened
-    opened.close()
 
 
 def values(n: int) -> list[str]:
