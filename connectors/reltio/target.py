@@ -24,6 +24,11 @@ recognises its own task among the tenant's delete tasks by the entity URIs
 it carries. With crosswalks, entities the task already deleted no longer
 resolve: the task must then hold every entity still present, and only
 entities now gone besides.
+
+Crosswalk look-ups are the engine's `resolve` step: each result is kept with
+the job as it arrives and comes back in `JobSpec.resolved`, so `submit` and
+`find` look up only what was never resolved (or was resolved more than
+RESOLVED_FOR ago), and `find` then sees exactly the URIs the task was given.
 """
 
 from __future__ import annotations
