@@ -322,7 +322,13 @@ class JobRunner:
                     _later(exc.retry_after, RETRY_SUBMIT_AFTER),
                     lease=self.lease,
                 )
-                self.log.warning("job_lookups_retry_later", job=job.id, error=str(exc))
+                self.log.warning(
+                    "job_lookups_retry_later",
+                    job=job.id,
+                    resolved=len(_fresh(job.resolved)),
+                    items=len(job.items),
+                    error=str(exc),
+                )
                 return None
             except RemoteError:
                 pass  # left for submit, which answers each key the API refused
