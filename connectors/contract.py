@@ -13,7 +13,7 @@ from __future__ import annotations
 import builtins
 import enum
 import importlib
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from fnmatch import fnmatchcase
@@ -381,6 +381,9 @@ class JobSpec:
     job_id: int
     client_id: str
     items: Sequence[Delivery]
+    resolved: Mapping[str, Any] = field(default_factory=dict)
+    """What `Resolving.resolve` kept for this job, by look-up key, still fresh enough to
+    use: `submit` and `find` take these instead of looking the keys up again."""
 
 
 @dataclass(frozen=True)
@@ -440,6 +443,37 @@ class AsyncTarget(Protocol):
     async def poll(self, job: JobSpec, handle: JobHandle) -> JobProgress: ...
 
     async def aclose(self) -> None: ...
+
+
+Keep = Callable[[str, Any], Awaitable[None]]
+"""Hands one look-up's result (plain JSON) to the engine; it returns once the result is
+stored with the job."""
+
+
+@runtime_checkable
+class Resolving(Protocol):
+    """An `AsyncTarget` that must read the target before it can say what a job deletes
+    (Reltio: the entity holding each crosswalk).
+
+    Those reads cost most of a submission under faults, so the engine runs them
+    as a step of their own before the job is submitted, stores each result with
+    the job as it arrives, and gives the fresh ones back in `JobSpec.resolved`
+    to every later `resolve`, `submit` and `find` of that job: a failed key is
+    looked up again alone, and a restart looks up only what was never resolved.
+    A result is used for that job only, and for `resolved_for` seconds at most,
+    so it cannot outlive the job or grow stale beyond that bound.
+    """
+
+    resolved_for: float
+    """Seconds a look-up's result may be used after it was read."""
+
+    async def resolve(self, job: JobSpec, keep: Keep) -> None:
+        """Look up the keys of `job` not in `job.resolved`, reads only, calling
+        `keep(key, result)` as each one succeeds. Raises RetriableError once the keys
+        under way are done when some could not be looked up now (their results kept
+        stay kept), FatalError as anywhere; a key the API answers with an error is left
+        for `submit` to judge."""
+        ...
 
 
 # --- errors, grouped by what the caller should do -------------------------

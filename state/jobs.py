@@ -36,6 +36,7 @@ def _closed(s: Session, job_id: int, phase: JobPhase, error: str, now: datetime)
     job.finished_at = now
     job.updated_at = now
     job.next_poll_at = None
+    job.resolved = None
     return job
 
 
@@ -121,6 +122,7 @@ class Jobs(StoreBase):
             next_poll_at=job.next_poll_at,
             cancel_requested=job.cancel_requested,
             submit_attempts=job.submit_attempts,
+            resolved=job.resolved,
         )
 
     def open_jobs(self, pipeline: str, target: str) -> list[JobRecord]:
@@ -206,6 +208,8 @@ class Jobs(StoreBase):
                 items=len(allowed),
                 claim_epoch=epoch,
                 cancel_requested=job.cancel_requested,
+                # The look-ups already made serve the rest of the batch as well.
+                resolved=job.resolved,
                 created_at=now,
                 updated_at=now,
             )
@@ -242,7 +246,20 @@ class Jobs(StoreBase):
             next_poll_at=next_poll_at,
             submitted_at=now,
             error="",
+            resolved=None,
         )
+
+    def record_resolved(
+        self, job_id: int, resolved: dict[str, Any], *, lease: Lease | None = None
+    ) -> None:
+        """Add look-up results to the job's, before it is submitted (nothing, under a
+        lost lease)."""
+        with self._tx() as s:
+            check_lease(s, lease, lock_row=self.locks_rows)
+            job = s.get(Job, job_id)
+            assert job is not None
+            job.resolved = {**(job.resolved or {}), **resolved}
+            job.updated_at = utcnow()
 
     def record_not_submitted(
         self, job_id: int, error: str, retry_at: datetime, *, lease: Lease | None = None

@@ -269,6 +269,9 @@ class Job(SQLModel, table=True):
     error: str = Field(default="", sa_type=ErrorText)
     handle: dict[str, Any] | None = Field(default=None, sa_type=JSON)
     detail: dict[str, Any] | None = Field(default=None, sa_type=JSON)
+    resolved: dict[str, Any] | None = Field(default=None, sa_type=JSON)
+    """Look-ups done for this batch before submission, by key, each with the time it
+    may be used until; cleared when the job ends (see connectors.contract.Resolving)."""
     cancel_requested: bool = False
     claim_epoch: int | None = None
     """The lease epoch of the run that fixed its batch."""

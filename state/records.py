@@ -202,3 +202,4 @@ class JobRecord:
     next_poll_at: datetime | None
     cancel_requested: bool
     submit_attempts: int
+    resolved: dict[str, Any] | None = None

@@ -25,8 +25,10 @@ from connectors.contract import (
     JobProgress,
     JobSpec,
     JobState,
+    Keep,
     Outcome,
     OutcomeKind,
+    Resolving,
 )
 
 
@@ -99,6 +101,8 @@ __all__ = [
     "JobProgress",
     "JobSpec",
     "JobState",
+    "Keep",
+    "Resolving",
     "item_outcomes",
     "map_status",
     "outcome_from_json",

@@ -50,6 +50,7 @@ Errors use Reltio's APIErrorRepresentation (`severity`, `errorMessage`,
 |  other than equals(type,'...')              |      |                           |
 | backpressure (knob backpressure_next)       | 503  | errorCode 2001            |
 | entity read broken (knob read_errors)       | any  | errorCode 0 (ASSUME)      |
+| look-up broken (knob lookup_errors)         | any  | errorCode 0 (ASSUME)      |
 | throttled (fault knob throttle_rate)        | 429  | no Retry-After (knob)     |
 
 Ground truth and the admin routes are never faulted:
@@ -168,6 +169,9 @@ class Knobs:
     read_errors: dict[str, int] = field(default_factory=dict)
     """Entity URI -> HTTP status (400..599) its `GET` answers: an entity that cannot be
     read back while the rest of the tenant answers."""
+    lookup_errors: dict[str, int] = field(default_factory=dict)
+    """Crosswalk value -> HTTP status (400..599) its `_byCrosswalk` look-up answers: one
+    look-up failing while the others answer."""
 
     def update(self, values: Mapping[str, Any]) -> None:
         checks: dict[str, Callable[[Any], bool]] = {
@@ -180,6 +184,7 @@ class Knobs:
             "backpressure_next": lambda v: isinstance(v, int) and not isinstance(v, bool),
             "retry_after_header": lambda v: isinstance(v, bool),
             "read_errors": _read_errors,
+            "lookup_errors": _read_errors,
         }
         apply_settings(self, values, checks)
 
@@ -677,6 +682,9 @@ class ReltioEmulator(SteppedEmulator):
         if refused is not None:
             return refused
         value = request.path_params["value"]
+        broken = self.knobs.lookup_errors.get(value)
+        if broken is not None:
+            return _error(broken, 0, f"Emulated failure looking up crosswalk {value}")
         source = request.query_params.get("type", "")
         if not source:
             return _error(400, 100, "Parameter 'type' is required")

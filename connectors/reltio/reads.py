@@ -39,10 +39,11 @@ async def gather(
     keys: Sequence[str], work: Callable[[str], Awaitable[T]], concurrency: int = CONCURRENCY
 ) -> dict[str, T | RemoteError]:
     """work(key) for every key, a few at a time. A RemoteError stays with its key;
-    the first FatalError or RetriableError stops new work and is raised (a FatalError
-    first, since no retry fixes it)."""
+    the first FatalError or RetriableError stops new work and is raised once the work
+    under way has ended (a FatalError first, since no retry fixes it), so what that work
+    did is never lost. Any other error is raised the same way, before those."""
     results: dict[str, T | RemoteError] = {}
-    stopped: list[FatalError | RetriableError] = []
+    stopped: list[Exception] = []
     slots = asyncio.Semaphore(concurrency)
 
     async def one(key: str) -> None:
@@ -53,13 +54,19 @@ async def gather(
                 results[key] = await work(key)
             except RemoteError as exc:
                 results[key] = exc
-            except (FatalError, RetriableError) as exc:
+            except Exception as exc:
                 stopped.append(exc)
 
     await asyncio.gather(*(one(key) for key in keys))
     if stopped:
-        raise next((e for e in stopped if isinstance(e, FatalError)), stopped[0])
+        raise min(stopped, key=_urgency)
     return results
+
+
+def _urgency(error: Exception) -> int:
+    """Which error a stopped gather raises: an unexpected one, then FatalError, then the
+    first RetriableError."""
+    return 2 if isinstance(error, RetriableError) else 1 if isinstance(error, FatalError) else 0
 
 
 __all__ = ["CONCURRENCY", "entity_present", "gather"]

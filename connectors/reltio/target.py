@@ -24,6 +24,11 @@ recognises its own task among the tenant's delete tasks by the entity URIs
 it carries. With crosswalks, entities the task already deleted no longer
 resolve: the task must then hold every entity still present, and only
 entities now gone besides.
+
+Crosswalk look-ups are the engine's `resolve` step: each result is kept with
+the job as it arrives and comes back in `JobSpec.resolved`, so `submit` and
+`find` look up only what was never resolved (or was resolved more than
+RESOLVED_FOR ago), and `find` then sees exactly the URIs the task was given.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from connectors.kit.jobs import (
     JobProgress,
     JobSpec,
     JobState,
+    Keep,
     map_status,
 )
 from connectors.kit.keys import KeyTemplate, UnmappedKey
@@ -69,6 +75,10 @@ TASK_PAGES = 5
 _URIS = HandleKeys("uris", "the job handle has no entity for this delivery")
 """find() reads at most this many pages of the tenant's delete tasks, newest first."""
 ABSENT = "absent"
+RESOLVED_FOR = 600.0
+"""Seconds a crosswalk look-up kept with its job may be used: a crosswalk moved to another
+entity within that time could name the entity it left, as it could between a look-up
+and a task reaching it at any time; beyond it, the crosswalk is looked up again."""
 
 STATUS: dict[str, JobState] = {
     "SCHEDULED": JobState.QUEUED,
@@ -194,6 +204,7 @@ class ReltioDeleteTarget(HttpTarget[ReltioConnection, ReltioTargetSettings]):
     kind = "reltio_delete"
     key_match = EXACT_KEYS
     """Entity URIs and crosswalk values are compared as they are written."""
+    resolved_for = RESOLVED_FOR
 
     api: ReltioClient
 
@@ -218,9 +229,22 @@ class ReltioDeleteTarget(HttpTarget[ReltioConnection, ReltioTargetSettings]):
 
     # -- the AsyncTarget contract ---------------------------------------------------
 
+    async def resolve(self, job: JobSpec, keep: Keep) -> None:
+        """Look up the crosswalks not yet resolved for this job, each result kept as it
+        arrives; with URI templates there is nothing to look up."""
+        if self._crosswalk is None:
+            return
+        keyed, _ = self._keys(job.items)
+        wanted = [k for k in dict.fromkeys(k for _, k in keyed) if k not in job.resolved]
+
+        async def one(value: str) -> None:
+            await keep(value, {"uris": await self._lookup(value)})
+
+        await self._gather(wanted, one)
+
     async def submit(self, job: JobSpec) -> JobHandle:
         try:
-            plan = await self._plan(job.items, strict=False)
+            plan = await self._plan(job.items, strict=False, resolved=job.resolved)
         except AmbiguousError as exc:
             # Only lookups (reads) were sent: nothing to find, the batch may simply be sent later.
             raise RetriableError(
@@ -268,7 +292,7 @@ class ReltioDeleteTarget(HttpTarget[ReltioConnection, ReltioTargetSettings]):
             ) from None
 
     async def _find(self, job: JobSpec) -> JobHandle | None:
-        plan = await self._plan(job.items, strict=True)
+        plan = await self._plan(job.items, strict=True, resolved=job.resolved)
         wanted = set(plan.uri_list())
         if not wanted:
             return None
@@ -384,10 +408,10 @@ class ReltioDeleteTarget(HttpTarget[ReltioConnection, ReltioTargetSettings]):
 
     # -- planning: which entity each delivery deletes ------------------------------
 
-    async def _plan(self, items: Sequence[Delivery], *, strict: bool) -> Plan:
-        """`strict` (for find) turns a lookup's error into RetriableError instead of a
-        per-delivery retry, since a guessed URI set could adopt the wrong task."""
-        uris: dict[int, str] = {}
+    def _keys(
+        self, items: Sequence[Delivery]
+    ) -> tuple[list[tuple[Delivery, str]], dict[int, Outcome]]:
+        """Each delivery's key (entity URI or crosswalk value), or its dead outcome."""
         outcomes: dict[int, Outcome] = {}
         keyed: list[tuple[Delivery, str]] = []
         template = self._entity or (self._crosswalk.value_template() if self._crosswalk else None)
@@ -403,6 +427,20 @@ class ReltioDeleteTarget(HttpTarget[ReltioConnection, ReltioTargetSettings]):
                 outcomes[d.delivery_id] = Outcome.dead(d.delivery_id, exc.verdict)
             else:
                 keyed.append((d, key))
+        return keyed, outcomes
+
+    async def _plan(
+        self,
+        items: Sequence[Delivery],
+        *,
+        strict: bool,
+        resolved: Mapping[str, Any] | None = None,
+    ) -> Plan:
+        """`strict` (for find) turns a lookup's error into RetriableError instead of a
+        per-delivery retry, since a guessed URI set could adopt the wrong task.
+        `resolved`: the job's look-ups already made (see `resolve`), used as they are."""
+        uris: dict[int, str] = {}
+        keyed, outcomes = self._keys(items)
         if self._crosswalk is None:
             for d, key in keyed:
                 uri = entity_uri(key)
@@ -414,7 +452,9 @@ class ReltioDeleteTarget(HttpTarget[ReltioConnection, ReltioTargetSettings]):
                 else:
                     uris[d.delivery_id] = uri
             return Plan(uris, outcomes, len(keyed))
-        found = await self._gather(list(dict.fromkeys(k for _, k in keyed)), self._lookup)
+        found: dict[str, list[str] | RemoteError] = dict(_known(resolved or {}))
+        missing = [k for k in dict.fromkeys(k for _, k in keyed) if k not in found]
+        found.update(await self._gather(missing, self._lookup))
         for d, key in keyed:
             result = found[key]
             if isinstance(result, RemoteError):
@@ -539,6 +579,20 @@ class ReltioDeleteTarget(HttpTarget[ReltioConnection, ReltioTargetSettings]):
         error = task.get("error") or task.get("internalErrorDetails")
         text = raw if not error else f"{raw}: {error}"
         return excerpt(str(text), self._http.secrets)
+
+
+def _known(resolved: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Crosswalk value -> entity URIs from the job's kept look-ups; an entry of another
+    shape is left out, so its crosswalk is looked up again."""
+    known: dict[str, list[str]] = {}
+    for value, result in resolved.items():
+        listed = result.get("uris") if isinstance(result, dict) else None
+        if not isinstance(listed, list):
+            continue
+        uris = [entity_uri(u) if isinstance(u, str) else None for u in listed]
+        if all(u is not None for u in uris):
+            known[value] = [u for u in uris if u is not None]
+    return known
 
 
 def _task_detail(task: Mapping[str, Any], raw: str) -> dict[str, Any]:

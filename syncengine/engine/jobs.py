@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from connectors.contract import AmbiguousError, Delivery, FatalError, RemoteError, RetriableError
-from connectors.kit.jobs import AsyncTarget, JobHandle, JobProgress, JobSpec, JobState
+from connectors.kit.jobs import AsyncTarget, JobHandle, JobProgress, JobSpec, JobState, Resolving
 from state import ClaimedDelivery, Lease, OutcomeRecord, Store
 from state.models import JobPhase, utcnow
 from state.records import JobRecord
@@ -45,7 +45,23 @@ def _spec(job: JobRecord) -> JobSpec:
         job_id=job.id,
         client_id=job.client_id,
         items=[Delivery(i.id, i.stream, i.key, i.fields) for i in job.items],
+        resolved=_fresh(job.resolved),
     )
+
+
+def _fresh(resolved: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The job's look-up results still within their use-by time; an entry that cannot be
+    read is left out, so its key is simply looked up again."""
+    now = utcnow()
+    fresh: dict[str, Any] = {}
+    for key, entry in (resolved or {}).items():
+        try:
+            until = datetime.fromisoformat(entry["until"])
+        except (TypeError, KeyError, ValueError):
+            continue
+        if until.tzinfo is not None and until > now and "value" in entry:
+            fresh[key] = entry["value"]
+    return fresh
 
 
 def _handle(job: JobRecord) -> JobHandle:
@@ -211,7 +227,13 @@ class JobRunner:
         )
 
     async def _submit(self, job: JobRecord) -> None:
-        job_or_none = await self._screen(job)
+        # Look-ups first, while the job is still created (reads only: a key the screen
+        # then leaves out cost a look-up, never a delete); then the screen, in the
+        # transaction that marks the job submitting.
+        resolved = await self._resolve(job)
+        if resolved is None:
+            return
+        job_or_none = await self._screen(resolved)
         if job_or_none is None:
             return
         job = job_or_none
@@ -277,6 +299,72 @@ class JobRunner:
             self.guard.claimed(screened.items)
             self.counted[screened.id] = screened.items
         return screened
+
+    async def _resolve(self, job: JobRecord) -> JobRecord | None:
+        """The target's look-ups (reads only, see `Resolving`), each stored with the job as
+        it completes, so neither a failed key nor a crash makes the others run again.
+
+        Passes repeat while they make progress (a failed key is tried again alone); a
+        pass that resolves nothing new, or an API asking for a wait, leaves the job
+        created until later. The job, with its look-ups, once all could be made; None
+        when it must wait.
+        """
+        if not isinstance(self.api, Resolving):
+            return job
+        api: Resolving = self.api
+        lock = asyncio.Lock()
+        waiting: dict[str, Any] = {}
+
+        async def keep(key: str, value: Any) -> None:
+            until = utcnow() + timedelta(seconds=api.resolved_for)
+            waiting[key] = {"until": until.isoformat(), "value": value}
+            async with lock:
+                if not waiting:
+                    return  # an earlier writer stored this one with its own
+                batch = dict(waiting)
+                waiting.clear()
+                await asyncio.to_thread(self.store.record_resolved, job.id, batch, lease=self.lease)
+
+        while True:
+            known = len(_fresh(job.resolved))
+            try:
+                await api.resolve(_spec(job), keep)
+            except FatalError:
+                await asyncio.to_thread(
+                    self.store.record_not_submitted,
+                    job.id,
+                    "credentials or configuration rejected",
+                    utcnow(),
+                    lease=self.lease,
+                )
+                raise
+            except RetriableError as exc:
+                refreshed = await asyncio.to_thread(self.store.job, job.id)
+                assert refreshed is not None
+                job = refreshed
+                progress = len(_fresh(job.resolved)) > known
+                if progress and exc.retry_after is None and not self.stop.is_set():
+                    continue
+                await asyncio.to_thread(
+                    self.store.record_not_submitted,
+                    job.id,
+                    str(exc),
+                    _later(exc.retry_after, RETRY_SUBMIT_AFTER),
+                    lease=self.lease,
+                )
+                self.log.warning(
+                    "job_lookups_retry_later",
+                    job=job.id,
+                    resolved=len(_fresh(job.resolved)),
+                    items=len(job.items),
+                    error=str(exc),
+                )
+                return None
+            except RemoteError:
+                pass  # left for submit, which answers each key the API refused
+            refreshed = await asyncio.to_thread(self.store.job, job.id)
+            assert refreshed is not None
+            return refreshed
 
     async def _poll(self, job: JobRecord) -> None:
         try:

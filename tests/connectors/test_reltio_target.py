@@ -3,7 +3,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import pytest
@@ -728,6 +728,88 @@ async def test_lookup_errors_before_submission_are_plainly_retriable(
     assert not isinstance(info.value, AmbiguousError)
     assert "GET /entities/_byCrosswalk/0-1" in str(info.value)
     assert emulator.tasks() == []
+
+
+def looked_up(log: Sequence[LoggedRequest]) -> list[str]:
+    """The crosswalk values looked up, in the order the emulator answered them."""
+    return sorted(e.path.rsplit("/_byCrosswalk/", 1)[1] for e in log if "/_byCrosswalk/" in e.path)
+
+
+async def test_resolve_keeps_each_look_up_and_a_failed_one_is_made_again_alone(
+    make_target: MakeTarget, emulator: ReltioEmulator
+) -> None:
+    target = make_target(**CROSSWALK)
+    job = spec(by_record("0-1", "0-2", "0-3", "9-9", "0-1"))
+    kept: dict[str, Any] = {}
+
+    async def keep(key: str, value: Any) -> None:
+        kept[key] = json.loads(json.dumps(value))
+
+    emulator.knobs.update({"lookup_errors": {"0-2": 503}})
+    with pytest.raises(RetriableError, match="_byCrosswalk/0-2"):
+        await target.resolve(job, keep)
+    assert kept == {"0-1": {"uris": [uri(1)]}, "0-3": {"uris": [uri(3)]}, "9-9": {"uris": []}}
+    emulator.knobs.update({"lookup_errors": {}})
+    emulator.log.clear()
+    await target.resolve(replace(job, resolved=dict(kept)), keep)
+    assert looked_up(await settled_log(emulator)) == ["0-2"]
+    assert kept["0-2"] == {"uris": [uri(2)]}
+
+    emulator.log.clear()
+    handle, outcomes, _ = await run(target, emulator, replace(job, resolved=dict(kept)))
+    assert looked_up(await settled_log(emulator)) == [], "submit uses the kept look-ups"
+    assert handle.detail["uris"] == {"1": uri(1), "2": uri(2), "3": uri(3), "5": uri(1)}
+    assert [o.kind for o in outcomes] == [OutcomeKind.DONE] * 5
+    assert deleted(emulator) == sorted([uri(1), uri(2), uri(3)])
+
+
+async def test_a_kept_look_up_that_cannot_be_read_is_made_again(
+    make_target: MakeTarget, emulator: ReltioEmulator
+) -> None:
+    target = make_target(**CROSSWALK)
+    kept = {"0-1": {"uris": ["entities/../x"]}, "0-2": ["entities/a"], "0-3": {"uris": [uri(3)]}}
+    job = replace(spec(by_record("0-1", "0-2", "0-3")), resolved=kept)
+    await target.resolve(job, lambda key, value: asyncio.sleep(0))
+    handle = await target.submit(job)
+    assert looked_up(await settled_log(emulator)) == ["0-1", "0-2"]
+    assert handle.detail["uris"] == {"1": uri(1), "2": uri(2), "3": uri(3)}
+
+
+async def test_a_look_up_the_api_refuses_is_left_to_submit(
+    make_target: MakeTarget, emulator: ReltioEmulator
+) -> None:
+    """Not retriable: resolve lets submit answer that delivery (retry), the rest go."""
+    target = make_target(**CROSSWALK)
+    emulator.knobs.update({"lookup_errors": {"0-2": 400}})
+    kept: dict[str, Any] = {}
+
+    async def keep(key: str, value: Any) -> None:
+        kept[key] = value
+
+    job = spec(by_record("0-1", "0-2"))
+    await target.resolve(job, keep)
+    assert set(kept) == {"0-1"}
+    _, outcomes, _ = await run(target, emulator, replace(job, resolved=kept))
+    assert [o.kind for o in outcomes] == [OutcomeKind.DONE, OutcomeKind.RETRY]
+    assert looked_up(await settled_log(emulator)) == ["0-1", "0-2", "0-2"]
+
+
+async def test_find_uses_the_kept_look_ups(
+    make_target: MakeTarget, emulator: ReltioEmulator
+) -> None:
+    """The task is recognised by exactly the entities it was given, looked up before it."""
+    target = make_target(**CROSSWALK)
+    kept = {"0-1": {"uris": [uri(1)]}, "0-2": {"uris": [uri(2)]}}
+    job = replace(spec(by_record("0-1", "0-2")), resolved=kept)
+    await target.population()  # a token first: its request would lose its answer too
+    emulator.faults.update({"drop_after_apply_rate": 1.0})
+    with pytest.raises(AmbiguousError):
+        await target.submit(job)
+    emulator.faults.update({"drop_after_apply_rate": 0.0})
+    emulator.step(2 * STEP)
+    found = await target.find(job)
+    assert found is not None and found.remote_id == emulator.tasks()[0]["id"]
+    assert looked_up(await settled_log(emulator)) == []
 
 
 async def test_find_errors_are_retriable(make_target: MakeTarget, emulator: ReltioEmulator) -> None:

@@ -60,6 +60,8 @@ def test_reltio_killed_around_a_task_resumes_it_and_never_starts_two(e2e: Env, p
     assert not goose_ids_left(e2e) & set(CONTACTS)
     deleted = [d["uri"] for d in e2e.admin("reltio", "/_admin/deleted")]
     assert len(deleted) == 3, "each entity deleted once, nothing else"
+    lookups = [r for r in e2e.admin("reltio", "/_admin/requests") if "/_byCrosswalk/" in r["path"]]
+    assert len(lookups) == 3, "each crosswalk looked up once: the look-ups outlive the kill"
 
 
 def test_reltio_partial_failure_retries_only_the_refused_then_dead_with_the_reason(
