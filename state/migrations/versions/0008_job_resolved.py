@@ -5,7 +5,7 @@ every finished look-up to one failed key or a restart, and under faults with
 frequent restarts never reached a submit. Each result is now stored here as it
 arrives, with the time it may be used until, and cleared when the job ends.
 
-Revision ID: 0008_job_resolved
+Revision ID: 0008
 Revises: 0007
 """
 
