@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from syncengine.engine.runtime import PipelineRuntime
 
 app = FlowingTyper(
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     help="Keep deletions consistent across business systems.",
     pretty_exceptions_enable=False,
