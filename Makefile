@@ -49,7 +49,16 @@ crash-test: $(STAMP)
 wheel-check: $(STAMP)
 	$(BIN)/pytest -q -m install tests/e2e/test_wheel.py
 
-.PHONY: bench-memory bench-concurrency bench-store bench-sigterm wheel-check
+# The README's Dagster recipe materialized for real against the sandbox, in a venv of
+# its own with Dagster installed (not a dependency of syncengine; a few minutes, most of
+# it pip). Not part of `make test`.
+DAGSTER_VENV := .venv-dagster
+dagster-check: $(STAMP)
+	test -x $(DAGSTER_VENV)/bin/python || $(PYTHON) -m venv $(DAGSTER_VENV)
+	$(DAGSTER_VENV)/bin/python -m pip install --quiet "dagster>=1.8" -e .
+	$(DAGSTER_VENV)/bin/python -m tests.orchestrators.dagster_check
+
+.PHONY: bench-memory bench-concurrency bench-store bench-sigterm wheel-check dagster-check
 
 # syncengine against a bare httpx loop at 2,000, 20,000 and 100,000 deletions, 3 rounds each,
 # within 14 minutes: rounds that would overrun are skipped and the output says so.

@@ -178,7 +178,10 @@ def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> 
 
 
 def _config(config: Config | str | os.PathLike[str], pipeline: str | None) -> Config:
+    from syncengine.logs import remember_secrets
+
     loaded = config if not isinstance(config, str | os.PathLike) else load(config)
+    remember_secrets(loaded.secrets)  # a Config built elsewhere is redacted too
     if pipeline is not None and pipeline not in loaded.pipelines:
         raise UnknownPipeline(
             f"{loaded.path}: no pipeline named {pipeline!r}; defined: {', '.join(loaded.pipelines)}"
