@@ -61,9 +61,34 @@ def _flaw_of(text: str) -> str | None:
     return "a NUL character" if char == "\x00" else f"a lone surrogate (U+{ord(char):04X})"
 
 
+_PLAIN = frozenset({int, bool, type(None)})
+
+
+def _plainly_storable(record: SourceRecord) -> bool:
+    """The common case in one regular-expression search: flat fields of text, whole
+    numbers and finite floats, nothing the store cannot hold (every record of every
+    answer passes here, so it is kept cheap)."""
+    texts = [record.key, record.origin]
+    for name, value in record.fields.items():
+        if type(name) is not str:
+            return False
+        texts.append(name)
+        kind = type(value)
+        if kind is str:
+            texts.append(value)
+        elif kind is float:
+            if not math.isfinite(value):
+                return False
+        elif kind not in _PLAIN:
+            return False
+    return _UNSTORABLE.search("".join(texts)) is None
+
+
 def unstorable(record: SourceRecord) -> str | None:
     """Why the store cannot hold `record` as it is, or None. Walks the fields without
     recursion: a source's nesting depth is not this check's to bound."""
+    if _plainly_storable(record):
+        return None
     for text, where in ((record.key, "its key"), (record.origin, "its origin")):
         if (flaw := _flaw_of(text)) is not None:
             return f"{flaw} in {where}, which no store can hold"
