@@ -15,7 +15,18 @@ from datetime import datetime
 from typing import Any
 from weakref import WeakKeyDictionary
 
-from sqlalchemy import Insert, Select, bindparam, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Insert,
+    Select,
+    and_,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.types import NullType, TypeDecorator, TypeEngine
 from sqlmodel import Session, col
@@ -298,6 +309,12 @@ def _dead_letter(reason: str) -> str:
     )
 
 
+def _malformed() -> ColumnElement[bool]:
+    """A record the source could not use (not one withdrawn with its answer)."""
+    rejected = DELETION.c.rejected
+    return and_(rejected.is_not(None), ~rejected.startswith(WITHDRAWN))
+
+
 class Journal(StoreBase):
     """Cursors, in-flight markers and the journaled deletions of every source read."""
 
@@ -521,11 +538,11 @@ class Journal(StoreBase):
             return row.consecutive_errors
 
     def deletion_count(self, pipeline: str | None = None) -> int:
-        """Deletions journaled, malformed records left out."""
+        """Deletions journaled, malformed records left out (records withdrawn with a
+        malformed answer are counted: they were journaled, and their deliveries say
+        which went out)."""
         with Session(self.engine) as s:
-            query = (
-                select(func.count()).select_from(Deletion).where(col(Deletion.rejected).is_(None))
-            )
+            query = select(func.count()).select_from(Deletion).where(~_malformed())
             if pipeline is not None:
                 query = query.where(col(Deletion.pipeline) == pipeline)
             return int(s.execute(query).scalar_one())
@@ -535,7 +552,7 @@ class Journal(StoreBase):
         with Session(self.engine) as s:
             rows = s.execute(
                 select(col(Deletion.stream), func.count())
-                .where(col(Deletion.pipeline) == pipeline, col(Deletion.rejected).is_not(None))
+                .where(col(Deletion.pipeline) == pipeline, _malformed())
                 .group_by(col(Deletion.stream))
             ).all()
             return {stream: int(count) for stream, count in rows}

@@ -132,6 +132,8 @@ def test_pages_sent_alongside_are_counted_and_the_rest_is_withdrawn(store: Store
     cursor = store.cursor("p", "T")
     assert cursor.value is None and cursor.in_flight is not None, "the cursor stays put"
     assert store.cursors("p")[0].consecutive_errors == 1
+    assert store.malformed_counts("p") == {}, "its records were well formed: not malformed"
+    assert store.deletion_count("p") == 3 * PAGE
 
     # The next run reads the same answer again: its records are duplicates, nothing is sent.
     again = run(store, StreamedAnswer(target, pages=3), target)
