@@ -257,7 +257,7 @@ async def pull(
         except (FatalError, LeaseLost, StoreError):
             raise  # the whole pipeline's trouble, not this stream's
         except (RemoteError, RetriableError) as exc:
-            error, expected = str(exc), True
+            error, expected = escape(str(exc)), True  # it may quote the answer: stored below
         except Exception as exc:
             # Any other error is this stream's failure too (a bug, a row the store
             # refused): the next streams are still read, and the call stays in flight,
