@@ -11,7 +11,6 @@ from collections.abc import AsyncGenerator, Sequence
 from datetime import datetime
 from typing import Any
 
-import pytest
 from structlog.testing import capture_logs
 
 from connectors.contract import (
@@ -94,11 +93,6 @@ class StreamedAnswer:
         return None
 
 
-@pytest.fixture
-def store(sqlite_store: Store) -> Store:
-    return sqlite_store
-
-
 def run(store: Store, source: StreamedAnswer, target: RecordingTarget) -> Any:
     pipe = fake_runtime(target, source=source)[0]
     return asyncio.run(run_pipeline(store, pipe, StopToken()))
@@ -111,7 +105,8 @@ def by_status(store: Store) -> dict[str, list[tuple[str, str]]]:
     return found
 
 
-def test_pages_sent_alongside_are_counted_and_the_rest_is_withdrawn(store: Store) -> None:
+def test_pages_sent_alongside_are_counted_and_the_rest_is_withdrawn(sqlite_store: Store) -> None:
+    store = sqlite_store
     target = RecordingTarget()
     report = run(store, StreamedAnswer(target, pages=3), target)
 
@@ -153,8 +148,9 @@ def test_pages_sent_alongside_are_counted_and_the_rest_is_withdrawn(store: Store
     assert store.cursor("p", "T").value == {"done": True}
 
 
-def test_a_one_page_answer_sends_nothing(store: Store) -> None:
+def test_a_one_page_answer_sends_nothing(sqlite_store: Store) -> None:
     """The page is journaled, and the contradiction read before any push claims it."""
+    store = sqlite_store
     target = RecordingTarget()
     report = run(store, StreamedAnswer(target, pages=1), target)
 
@@ -165,7 +161,8 @@ def test_a_one_page_answer_sends_nothing(store: Store) -> None:
     assert store.cursor("p", "T").in_flight is not None
 
 
-def test_an_answer_malformed_before_its_first_page_journals_nothing(store: Store) -> None:
+def test_an_answer_malformed_before_its_first_page_journals_nothing(sqlite_store: Store) -> None:
+    store = sqlite_store
     target = RecordingTarget()
     report = run(store, StreamedAnswer(target, pages=0), target)
 
@@ -176,7 +173,8 @@ def test_an_answer_malformed_before_its_first_page_journals_nothing(store: Store
 
 def test_a_claim_made_before_the_withdrawal_is_never_sent_again(store: Store) -> None:
     """A claim in progress finishes its send, and counts as sent; if that send fails, or
-    the batch is released, or its run dies, the next claim makes it dead, not due."""
+    the batch is released, or its run dies, the next claim makes it dead, not due (on
+    SQLite and PostgreSQL)."""
     after = store.last_deletion_id()
     store.journal(
         "p", "T", [NewRecord(str(i), {}) for i in range(4)], cursor=None, targets=["t"],
