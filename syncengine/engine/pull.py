@@ -307,15 +307,25 @@ async def _withdraw(
         SECRETS.scrub(f"{WITHDRAWN}: the answer of {call} to stream {stream} was malformed ({exc})")
     )
     withdraw = feed.store_call if feed is not None else asyncio.to_thread
-    done = await withdraw(
-        store.withdraw,
-        pipe.name,
-        stream,
-        run_id=run_id,
-        after_id=after_id,
-        reason=reason,
-        lease=lease,
-    )
+    try:
+        done = await withdraw(
+            store.withdraw,
+            pipe.name,
+            stream,
+            run_id=run_id,
+            after_id=after_id,
+            reason=reason,
+            lease=lease,
+        )
+    except (LeaseLost, StoreError):
+        raise
+    except Exception as error:
+        # Not this stream's failure alone: the pushes alongside must stop at once, or
+        # they would send what could not be withdrawn.
+        raise StoreError(
+            f"{pipe.name}: stream {stream}: a malformed answer's records could not be "
+            f"withdrawn ({one_line(error)}); the run stops sending"
+        ) from None
     log.error(
         "answer_malformed",
         error=str(exc),
