@@ -8,6 +8,7 @@ from state.lineage import DeletionNode, DeliveryNode, Handover, Lineage
 from state.models import DeliveryStatus, RunOutcome
 from state.records import (
     MALFORMED,
+    WITHDRAWN,
     ClaimedDelivery,
     CursorState,
     GuardCounts,
@@ -20,11 +21,13 @@ from state.records import (
     RetryRule,
     Screen,
     TargetCounts,
+    Withdrawal,
 )
 from state.store import Store
 
 __all__ = [
     "MALFORMED",
+    "WITHDRAWN",
     "ClaimedDelivery",
     "CursorState",
     "DeletionNode",
@@ -47,4 +50,5 @@ __all__ = [
     "Store",
     "StoreError",
     "TargetCounts",
+    "Withdrawal",
 ]

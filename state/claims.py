@@ -32,13 +32,14 @@ _COLUMNS = (
     DELETION.c.stream,
     DELETION.c.record_key,
     DELETION.c.fields,
+    DELETION.c.rejected,
 )
 
 
 def claimed_of(row: Row[Any]) -> ClaimedDelivery:
     """A row of `with_deletions` as the engine sees it (unpacked by position, in the order
     of `_COLUMNS`: a row's attributes are looked up by name, per row and column)."""
-    delivery_id, attempts, approved, stream, key, fields = tuple(row)
+    delivery_id, attempts, approved, stream, key, fields, rejected = tuple(row)
     return ClaimedDelivery(
         id=delivery_id,
         attempts=attempts,
@@ -46,6 +47,7 @@ def claimed_of(row: Row[Any]) -> ClaimedDelivery:
         key=key,
         fields=dict(fields),
         approved=bool(approved),
+        rejected=rejected or "",
     )
 
 
@@ -150,12 +152,20 @@ def claim_due(
 ) -> list[ClaimedDelivery]:
     """Move up to `limit` due deliveries to in flight, oldest first. What a screen takes
     out (dead or held) is replaced by the next due deliveries, so a batch is short
-    only when nothing more may be sent."""
+    only when nothing more may be sent.
+
+    A delivery whose record was withdrawn with its malformed answer becomes dead here
+    whatever brought it back (a send claimed before the withdrawal that failed, a
+    release, a crash's orphans), in this transaction, so no claim ever sends it."""
     claimed: list[ClaimedDelivery] = []
     while len(claimed) < limit:
         rows = _due_rows(conn, pipeline, target, now, fresh_before, limit - len(claimed))
         if not rows:
             break
+        if any(r.rejected for r in rows):
+            withdrawn = [OutcomeRecord(r.id, "dead", reason=r.rejected) for r in rows if r.rejected]
+            apply_outcomes(conn, withdrawn, RetryRule(), now)
+            rows = [r for r in rows if not r.rejected]
         if screen is not None:
             rows = _screen(conn, pipeline, target, now, screen, rows)
         if rows:

@@ -21,6 +21,7 @@ from state.models import Deletion, Delivery, DeliveryStatus, Job, JobPhase, utcn
 from state.outcomes import apply_outcomes
 from state.records import (
     CHUNK,
+    WITHDRAWN,
     ClaimedDelivery,
     HeldCountMismatch,
     OutcomeCounts,
@@ -236,17 +237,31 @@ class Deliveries(StoreBase):
         """Dead -> pending with a fresh attempt count; guards and legal hold apply again.
 
         A malformed record's dead letters are never retried: no target could act on
-        a record the source could not name (see `malformed_of`).
+        a record the source could not name (see `malformed_of`). A record withdrawn
+        with its malformed answer is well formed: retried by an operator who checked
+        it with the source, it is a deletion like any other again (its mark is cleared,
+        or the next claim would make it dead once more).
         """
-        return self._from_dead(
-            sorted(set(delivery_ids) - self.malformed_of(delivery_ids)),
-            status=DeliveryStatus.PENDING,
-            attempts=0,
-            finished_at=None,
-        )
+        ids = sorted(set(delivery_ids) - self.malformed_of(delivery_ids))
+        with self._tx() as s:
+            for start in range(0, len(ids), CHUNK):
+                retried = select(col(Delivery.deletion_id)).where(
+                    col(Delivery.id).in_(ids[start : start + CHUNK]),
+                    col(Delivery.status) == DeliveryStatus.DEAD,
+                )
+                s.execute(
+                    update(Deletion)
+                    .where(
+                        col(Deletion.id).in_(retried),
+                        col(Deletion.rejected).startswith(WITHDRAWN),
+                    )
+                    .values(rejected=None)
+                )
+        return self._from_dead(ids, status=DeliveryStatus.PENDING, attempts=0, finished_at=None)
 
     def malformed_of(self, delivery_ids: Sequence[int]) -> set[int]:
-        """Which of these deliveries are dead letters of malformed records."""
+        """Which of these deliveries are dead letters of malformed records (not those
+        withdrawn with a malformed answer: their records were well formed)."""
         found: set[int] = set()
         ids = list(delivery_ids)
         with Session(self.engine) as s:
@@ -259,6 +274,7 @@ class Deliveries(StoreBase):
                         .where(
                             col(Delivery.id).in_(ids[start : start + CHUNK]),
                             col(Deletion.rejected).is_not(None),
+                            ~col(Deletion.rejected).startswith(WITHDRAWN),
                         )
                     ).all()
                     if i is not None

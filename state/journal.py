@@ -15,7 +15,18 @@ from datetime import datetime
 from typing import Any
 from weakref import WeakKeyDictionary
 
-from sqlalchemy import Insert, Select, bindparam, func, insert, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Insert,
+    Select,
+    and_,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.types import NullType, TypeDecorator, TypeEngine
 from sqlmodel import Session, col
@@ -27,11 +38,13 @@ from state.records import (
     CHUNK,
     MALFORMED,
     UNBOUNDED,
+    WITHDRAWN,
     Cause,
     CursorState,
     JournalResult,
     NewRecord,
     ReadWindow,
+    Withdrawal,
 )
 
 
@@ -41,8 +54,11 @@ def _journaled(
     stream: str,
     records: Sequence[NewRecord],
     window: ReadWindow,
+    withdrawn: set[str] | None = None,
 ) -> set[str]:
-    """Keys of these records already journaled from a read overlapping `window`.
+    """Keys of these records already journaled from a read overlapping `window`; those
+    journaled from a read later withdrawn as malformed go into `withdrawn` too (still
+    duplicates: a re-read of that answer sends nothing).
 
     A record continuing an upstream delivery (a chain) is the same deletion
     exactly when that delivery is continued already, whatever the window.
@@ -67,14 +83,18 @@ def _journaled(
             "b_start": window.start,
             "b_end": window.end,
         }
-        found.update(conn.execute(query, values).scalars())
+        for key, rejected in conn.execute(query, values):
+            found.add(key)
+            if withdrawn is not None and rejected and rejected.startswith(WITHDRAWN):
+                withdrawn.add(key)
     return found
 
 
 @functools.cache
 def _keys_seen(bounded_start: bool, bounded_end: bool) -> Select[Any]:
-    """Which of `b_keys` were journaled from a read overlapping [b_start, b_end): one
-    statement per kind of window, built once (unbounded ends always overlap)."""
+    """Which of `b_keys` were journaled from a read overlapping [b_start, b_end), with
+    why each was rejected, if it was: one statement per kind of window, built once
+    (unbounded ends always overlap)."""
     where = [
         DELETION.c.pipeline == bindparam("b_pipeline"),
         DELETION.c.stream == bindparam("b_stream"),
@@ -86,7 +106,7 @@ def _keys_seen(bounded_start: bool, bounded_end: bool) -> Select[Any]:
     if bounded_start:
         end = DELETION.c.window_end
         where.append(or_(end.is_(None), end > bindparam("b_start")))
-    return select(DELETION.c.record_key).where(*where)
+    return select(DELETION.c.record_key, DELETION.c.rejected).where(*where)
 
 
 def _caused_by_us(
@@ -184,8 +204,10 @@ def _insert_deletions(
     now: datetime,
     echo_of: Mapping[str, int],
     window: ReadWindow,
+    withdrawn: set[str],
 ) -> list[tuple[int, str]]:
-    """(id, key) of each deletion that was new; duplicates are skipped.
+    """(id, key) of each deletion that was new; duplicates are skipped (the keys of
+    those withdrawn with a malformed answer are added to `withdrawn`).
 
     Look-up then insert, with no unique constraint to fall back on: only the
     holder of the pipeline's lease journals for it, so no other writer can
@@ -213,7 +235,7 @@ def _insert_deletions(
     chunks = list(unique.values())
     for start in range(0, len(chunks), CHUNK):
         chunk = chunks[start : start + CHUNK]
-        seen = _journaled(conn, pipeline, stream, chunk, window)
+        seen = _journaled(conn, pipeline, stream, chunk, window, withdrawn)
         new = [r for r in chunk if r.key not in seen]
         if not new:
             continue
@@ -285,6 +307,12 @@ def _dead_letter(reason: str) -> str:
         f"{MALFORMED}: {reason}; never sent: no retry can fix it, "
         "correct or remove it in the source"
     )
+
+
+def _malformed() -> ColumnElement[bool]:
+    """A record the source could not use (not one withdrawn with its answer)."""
+    rejected = DELETION.c.rejected
+    return and_(rejected.is_not(None), ~rejected.startswith(WITHDRAWN))
 
 
 class Journal(StoreBase):
@@ -402,8 +430,9 @@ class Journal(StoreBase):
                 elif cause is not None:
                     echo_of[record.key] = cause.delivery_id
                 prepared.append(record)
+            withdrawn: set[str] = set()
             inserted = _insert_deletions(
-                conn, pipeline, stream, prepared, run_id, now, echo_of, window
+                conn, pipeline, stream, prepared, run_id, now, echo_of, window, withdrawn
             )
             new_ids = [i for i, key in inserted if key not in echo_of and key not in rejected]
             dead = [(i, rejected[key]) for i, key in inserted if key in rejected]
@@ -433,7 +462,69 @@ class Journal(StoreBase):
                 duplicates=len(records) - len(inserted),
                 echoes=len(echo_of.keys() & {key for _, key in inserted}),
                 rejected=len(dead),
+                withdrawn=len(withdrawn),
             )
+
+    def last_deletion_id(self) -> int:
+        """The newest deletion's id (0 for none): what a call journals from now on has
+        greater ids, since only the lease holder journals for its pipeline."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.max(DELETION.c.id))).scalar() or 0)
+
+    def withdraw(
+        self,
+        pipeline: str,
+        stream: str,
+        *,
+        run_id: int,
+        after_id: int,
+        reason: str,
+        lease: Lease | None = None,
+    ) -> Withdrawal:
+        """Withdraw what run `run_id` journaled in `stream` since deletion `after_id`
+        (one call's answer, found malformed): its records are marked with `reason`
+        and every delivery of them not sent yet is dead with it, in one transaction.
+
+        A delivery in flight is a claim made before this began: its send finishes
+        and counts as sent. Whatever that send leaves due again (a retry, a release)
+        is made dead by the next claim (`claim_due`); a re-read of the same answer
+        takes its records for duplicates, so nothing of it is sent in a later run.
+        """
+        now = utcnow()
+        of_call = (
+            DELETION.c.pipeline == pipeline,
+            DELETION.c.stream == stream,
+            DELETION.c.run_id == run_id,
+            DELETION.c.id > after_id,
+        )
+        deletions = select(DELETION.c.id).where(*of_call).scalar_subquery()
+        mine = DELIVERY.c.deletion_id.in_(deletions)
+        unsent = (DeliveryStatus.PENDING, DeliveryStatus.FAILED, DeliveryStatus.HELD)
+        with self._core() as conn:
+            check_lease(conn, lease, lock_row=self.locks_rows)
+            conn.execute(
+                update(DELETION)
+                .where(*of_call, DELETION.c.rejected.is_(None))
+                .values(rejected=reason)
+            )
+            withdrawn = conn.execute(
+                update(DELIVERY)
+                .where(mine, DELIVERY.c.status.in_(unsent))
+                .values(
+                    status=DeliveryStatus.DEAD,
+                    last_error=reason,
+                    claim=None,
+                    next_attempt_at=None,
+                    updated_at=now,
+                    finished_at=now,
+                )
+            ).rowcount
+            sent = conn.execute(
+                select(func.count()).where(
+                    mine, DELIVERY.c.status.in_((DeliveryStatus.DONE, DeliveryStatus.IN_FLIGHT))
+                )
+            ).scalar_one()
+            return Withdrawal(sent=int(sent), withdrawn=int(withdrawn or 0))
 
     def record_stream_error(self, pipeline: str, stream: str, error: str) -> int:
         """Count consecutive failures of a stream; the cursor itself does not move."""
@@ -447,11 +538,11 @@ class Journal(StoreBase):
             return row.consecutive_errors
 
     def deletion_count(self, pipeline: str | None = None) -> int:
-        """Deletions journaled, malformed records left out."""
+        """Deletions journaled, malformed records left out (records withdrawn with a
+        malformed answer are counted: they were journaled, and their deliveries say
+        which went out)."""
         with Session(self.engine) as s:
-            query = (
-                select(func.count()).select_from(Deletion).where(col(Deletion.rejected).is_(None))
-            )
+            query = select(func.count()).select_from(Deletion).where(~_malformed())
             if pipeline is not None:
                 query = query.where(col(Deletion.pipeline) == pipeline)
             return int(s.execute(query).scalar_one())
@@ -461,7 +552,7 @@ class Journal(StoreBase):
         with Session(self.engine) as s:
             rows = s.execute(
                 select(col(Deletion.stream), func.count())
-                .where(col(Deletion.pipeline) == pipeline, col(Deletion.rejected).is_not(None))
+                .where(col(Deletion.pipeline) == pipeline, _malformed())
                 .group_by(col(Deletion.stream))
             ).all()
             return {stream: int(count) for stream, count in rows}

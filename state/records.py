@@ -45,6 +45,9 @@ UNBOUNDED = ReadWindow()
 MALFORMED = "malformed record"
 """How the dead letter of a record the source could not use begins (`dlq list --error`)."""
 
+WITHDRAWN = "withdrawn"
+"""How the reason of a record withdrawn with its malformed answer begins (`dlq list --error`)."""
+
 CHUNK = 500
 """Keys per query: well under SQLite's and PostgreSQL's bound-parameter limits."""
 
@@ -73,6 +76,8 @@ class JournalResult:
     """New deletions this engine had caused itself: journaled, not propagated."""
     rejected: int = 0
     """New records the source could not use: journaled as dead letters."""
+    withdrawn: int = 0
+    """Duplicates of records withdrawn with a malformed answer: they stay dead."""
 
     def __add__(self, other: JournalResult) -> JournalResult:
         """Two journal calls of one answer, counted as one."""
@@ -81,7 +86,18 @@ class JournalResult:
             duplicates=self.duplicates + other.duplicates,
             echoes=self.echoes + other.echoes,
             rejected=self.rejected + other.rejected,
+            withdrawn=self.withdrawn + other.withdrawn,
         )
+
+
+@dataclass(frozen=True)
+class Withdrawal:
+    """The deliveries of an answer found malformed, as its withdrawal left them."""
+
+    sent: int
+    """Done or being sent when the withdrawal began (a claim in progress finishes)."""
+    withdrawn: int
+    """Made dead by it: never sent."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +109,9 @@ class ClaimedDelivery:
     fields: dict[str, Any]
     approved: bool = False
     """An operator released it from a mass-delete hold (never from a legal hold)."""
+    rejected: str = ""
+    """Why its record must never be sent (withdrawn with a malformed answer): a claim
+    makes it dead instead (see `state.claims.claim_due`)."""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from syncengine.engine.feed import JournalFeed
 from syncengine.engine.guard import weighs_limits
 from syncengine.engine.jobs import JobPolicy, run_jobs
 from syncengine.engine.lease import LeaseKeeper, holder_is_gone, owner_name
-from syncengine.engine.pull import PullReport, pull, pull_backfill
+from syncengine.engine.pull import PullReport, one_line, pull, pull_backfill
 from syncengine.engine.push import PushReport, push
 from syncengine.engine.runtime import PipelineRuntime, TargetRuntime
 from syncengine.engine.stop import StopToken
@@ -141,7 +141,9 @@ async def _run(
     except StoreError:
         raise  # the store cannot record this run either; the caller says why in one line
     except Exception as exc:
-        report.outcome, report.error = RunOutcome.FAILED, f"{type(exc).__name__}: {exc}"
+        # One line in the run's summary: a database error's full text quotes the
+        # statement and its parameters (a source's data); the traceback is in the log.
+        report.outcome, report.error = RunOutcome.FAILED, one_line(exc)
         log.exception("run_crashed")
     else:
         if report.pull.errors and len(report.pull.errors) >= report.pull.streams:

@@ -20,6 +20,7 @@ from connectors.contract import (
     Backfillable,
     FatalError,
     InFlightCall,
+    MalformedAnswer,
     RemoteError,
     RetriableError,
     Source,
@@ -29,15 +30,24 @@ from connectors.contract import (
     StreamingSource,
     TaskSource,
 )
-from state import JournalResult, Lease, NewRecord, ReadWindow, Store
+from state import (
+    WITHDRAWN,
+    JournalResult,
+    Lease,
+    LeaseLost,
+    NewRecord,
+    ReadWindow,
+    Store,
+    StoreError,
+)
 from state.models import utcnow
 from syncengine import failpoints
 from syncengine.engine.chain import ChainSource
 from syncengine.engine.feed import JournalFeed
-from syncengine.engine.rejects import rejected_records
+from syncengine.engine.rejects import escape, rejected_records, screened
 from syncengine.engine.runtime import PipelineRuntime
 from syncengine.engine.stop import StopToken
-from syncengine.logs import get_logger
+from syncengine.logs import SECRETS, get_logger
 
 MAX_CALLS_PER_STREAM = 100
 MAX_LOST_ANSWERS_PER_STREAM = 3
@@ -104,6 +114,14 @@ def _added(
     """Counts a journaled page in the run's report as soon as it is committed (a call
     that breaks off later still journaled it), and in the call's running total."""
     _count_malformed(report, stream, part.rejected, log)
+    if part.withdrawn:
+        log.warning(
+            "withdrawn_reported_again",
+            count=part.withdrawn,
+            reason="records of an answer withdrawn as malformed were read again: duplicates, "
+            "and what it had not sent stays dead",
+            hint="once the source confirms them: syncengine dlq retry --error withdrawn",
+        )
     report.pulled += part.new
     report.duplicates += part.duplicates
     report.echoes += part.echoes
@@ -115,8 +133,10 @@ def read_window(call: SourceCall) -> ReadWindow:
 
 
 def page_records(source: Source, page: SourcePage) -> list[NewRecord]:
-    """The page's records and the records it could not use, as the journal takes them."""
-    return new_records(source, page.records) + rejected_records(page.rejected)
+    """The page's records and the records it could not use (or the store could not
+    hold), as the journal takes them."""
+    records, unstorable = screened(page.records)
+    return new_records(source, records) + rejected_records([*page.rejected, *unstorable])
 
 
 def _count_malformed(report: PullReport, stream: str, count: int, log: Any) -> None:
@@ -234,15 +254,91 @@ async def pull(
         report.streams += 1
         try:
             await _pull_stream(store, pipe, stream, run_id, stop, targets, report, lease, feed)
-        except FatalError:
-            raise
+        except (FatalError, LeaseLost, StoreError):
+            raise  # the whole pipeline's trouble, not this stream's
         except (RemoteError, RetriableError) as exc:
-            streak = await asyncio.to_thread(store.record_stream_error, pipe.name, stream, str(exc))
-            report.errors[stream] = str(exc)
-            log.warning("source_error", stream=stream, error=str(exc), consecutive=streak)
-            if streak >= pipe.config.alerts.source_errors_in_a_row:
-                log.error("alert_source_failing", stream=stream, consecutive=streak, error=str(exc))
+            error, expected = escape(str(exc)), True  # it may quote the answer: stored below
+        except Exception as exc:
+            # Any other error is this stream's failure too (a bug, a row the store
+            # refused): the next streams are still read, and the call stays in flight,
+            # so the next run re-reads it.
+            error, expected = one_line(exc), False
+        else:
+            continue
+        streak = await asyncio.to_thread(store.record_stream_error, pipe.name, stream, error)
+        report.errors[stream] = error
+        if expected:
+            log.warning("source_error", stream=stream, error=error, consecutive=streak)
+        else:
+            log.error("stream_failed", stream=stream, error=error, consecutive=streak)
+        if streak >= pipe.config.alerts.source_errors_in_a_row:
+            log.error("alert_source_failing", stream=stream, consecutive=streak, error=error)
     return report
+
+
+def one_line(exc: BaseException) -> str:
+    """An unexpected error in one line: its type and the first line of its message.
+    A database error is told by the driver's own error: SQLAlchemy's message quotes
+    the statement and its parameters, which are a source's data."""
+    orig = getattr(exc, "orig", None)
+    cause = orig if isinstance(orig, BaseException) else exc
+    first = next(iter(str(cause).splitlines()), "")
+    return escape(SECRETS.scrub(f"{type(cause).__name__}: {first}"))[:300]
+
+
+async def _withdraw(
+    store: Store,
+    pipe: PipelineRuntime,
+    stream: str,
+    run_id: int,
+    after_id: int,
+    call: str,
+    exc: MalformedAnswer,
+    lease: Lease | None,
+    feed: JournalFeed | None,
+    log: Any,
+) -> MalformedAnswer:
+    """Withdraw what the malformed answer journaled and has not sent; the error that
+    fails its stream, saying how many of its deliveries had gone out already.
+
+    In turn with the pushes' store calls (`feed`): a claim made before the withdrawal
+    finishes its send, and none made after it finds a delivery of that answer."""
+    reason = escape(
+        SECRETS.scrub(f"{WITHDRAWN}: the answer of {call} to stream {stream} was malformed ({exc})")
+    )
+    withdraw = feed.store_call if feed is not None else asyncio.to_thread
+    try:
+        done = await withdraw(
+            store.withdraw,
+            pipe.name,
+            stream,
+            run_id=run_id,
+            after_id=after_id,
+            reason=reason,
+            lease=lease,
+        )
+    except (LeaseLost, StoreError):
+        raise
+    except Exception as error:
+        # Not this stream's failure alone: the pushes alongside must stop at once, or
+        # they would send what could not be withdrawn.
+        raise StoreError(
+            f"{pipe.name}: stream {stream}: a malformed answer's records could not be "
+            f"withdrawn ({one_line(error)}); the run stops sending"
+        ) from None
+    log.error(
+        "answer_malformed",
+        error=str(exc),
+        sent=done.sent,
+        withdrawn=done.withdrawn,
+        hint="its cursor stays; the next run reads the call again, its records as duplicates",
+    )
+    return MalformedAnswer(
+        f"{exc}; the answer was malformed: {done.sent} of its deliveries were already "
+        f"sent, {done.withdrawn} withdrawn (dead, never sent)",
+        connection=exc.connection,
+        code=exc.code,
+    )
 
 
 async def _pull_stream(
@@ -259,7 +355,7 @@ async def _pull_stream(
     log = get_logger(pipeline=pipe.name, run=run_id, stream=stream)
     await asyncio.to_thread(_check_retention, store, pipe, stream, log)
     lost = 0
-    for _ in range(MAX_CALLS_PER_STREAM):
+    for number in range(1, MAX_CALLS_PER_STREAM + 1):
         state = await asyncio.to_thread(store.cursor, pipe.name, stream)
         interrupted = _interrupted(state.in_flight)
         try:
@@ -280,6 +376,7 @@ async def _pull_stream(
             store.mark_in_flight, pipe.name, stream, call.params, call.started_at, lease=lease
         )
         failpoints.hit("after_mark_in_flight")
+        after_id = await asyncio.to_thread(store.last_deletion_id)
         recovered = (
             {
                 "params": dict(call.params),
@@ -344,6 +441,11 @@ async def _pull_stream(
                     f"{pipe.name}: stream {stream}: the answer ended before its last page",
                     connection=pipe.name,
                 )
+        except MalformedAnswer as exc:
+            label = f"run {run_id}'s call {number} ({call.started_at.isoformat()})"
+            raise await _withdraw(
+                store, pipe, stream, run_id, after_id, label, exc, lease, feed, log
+            ) from None
         except AmbiguousError as exc:
             lost += 1
             log.warning("source_answer_lost", error=str(exc), attempt=lost, journaled=result.new)
@@ -393,17 +495,28 @@ async def pull_backfill(
         call = source.plan_backfill(stream, since, utcnow())
         result = JournalResult(new=0, duplicates=0)
         try:
-            async with aclosing(answer_pages(source, call)) as pages:
-                async for page in pages:
-                    part = await _journal_page(
-                        store, pipe, stream, call, page, run_id, targets, lease, feed
-                    )
-                    result = _added(result, part, report, stream, log.bind(stream=stream))
-        except FatalError:
+            after_id = await asyncio.to_thread(store.last_deletion_id)
+            try:
+                async with aclosing(answer_pages(source, call)) as pages:
+                    async for page in pages:
+                        part = await _journal_page(
+                            store, pipe, stream, call, page, run_id, targets, lease, feed
+                        )
+                        result = _added(result, part, report, stream, log.bind(stream=stream))
+            except MalformedAnswer as exc:
+                label = f"backfill run {run_id}'s call ({call.started_at.isoformat()})"
+                raise await _withdraw(
+                    store, pipe, stream, run_id, after_id, label, exc, lease, feed, log
+                ) from None
+        except (FatalError, LeaseLost, StoreError):
             raise
         except (RemoteError, RetriableError) as exc:
             report.errors[stream] = str(exc)
             log.warning("backfill_source_error", stream=stream, error=str(exc))
+            continue
+        except Exception as exc:
+            report.errors[stream] = one_line(exc)
+            log.error("backfill_stream_failed", stream=stream, error=report.errors[stream])
             continue
         log.info("backfill_journaled", stream=stream, new=result.new, duplicates=result.duplicates)
     return report
