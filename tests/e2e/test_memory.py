@@ -92,7 +92,6 @@ def test_what_a_run_holds_does_not_grow_with_deliveries(
     assert tally["rows_left"] == 0  # every lookup found its row and deleted it
 
     grown = large - small
-    print("DBG", small, large, grown)
     assert grown < BYTES_PER_DELIVERY * (LARGE - SMALL), (
         f"{small:,} B held at {SMALL:,} deletions, {large:,} B at {LARGE:,}: "
         f"{grown / (LARGE - SMALL):.0f} B more per extra delivery"
