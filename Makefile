@@ -53,7 +53,7 @@ bench: $(STAMP) bytecode
 
 # Runs that really delete 20,000, 200,000 and 1,000,000 rows (Mongoose holds them all):
 # each contender's peak RSS per size and its flat-ness (peak at 1,000,000 / at 20,000).
-# About 25 minutes on 2 cores; a contender past 20 minutes is killed and reported
+# 10 to 25 minutes on 2 cores, as loaded; a contender past 20 minutes is killed and reported
 # with its peak RSS so far.
 bench-memory: $(STAMP) bytecode
 	$(BIN)/python -m bench.throughput --memory --import-repeats 0 --child-timeout 1200 --max-seconds 2700
