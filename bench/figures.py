@@ -50,10 +50,11 @@ def importtime_seconds(stderr: str) -> float:
     return micros / 1e6
 
 
-GROWTH = 2.0
-"""What a round costs beyond linear when the size grows: the Mongoose emulator scans
-its whole table on every lookup, so each lookup costs more at a larger size (on
-2 cores, 100,000 records took 6x to 14x as long as 20,000, not 5x)."""
+GROWTH = 1.5
+"""What a round costs beyond linear when the size grows: the journal's indexes and
+the emulators' tables are bigger (the Mongoose emulator indexes its lookups, so a
+lookup no longer costs more at a larger size; 200,000 records took about 8x as long
+as 20,000 on 2 cores)."""
 
 
 def estimate_round(size: int, seconds: Mapping[int, Sequence[float]]) -> float | None:
@@ -220,6 +221,34 @@ def row_cells(row: Row) -> list[str]:
         _times(row.vs_bare_cpu),
         row.note,
     ]
+
+
+def flatness(rows: Sequence[Row], contender: str) -> tuple[list[tuple[int, float]], float | None]:
+    """`contender`'s peak RSS per size, smallest size first, and the peak at the largest
+    size over the peak at the smallest (None with fewer than two sizes measured)."""
+    peaks = sorted(
+        (r.size, r.peak_rss_mb) for r in rows if r.contender == contender and r.peak_rss_mb
+    )
+    if len(peaks) < 2:
+        return peaks, None
+    return peaks, peaks[-1][1] / peaks[0][1]
+
+
+def render_flatness(rows: Sequence[Row]) -> list[str]:
+    """One line per contender: its peak RSS at each size and the flat-ness ratio, which
+    is 1.00x when nothing is kept per delivery (a peak "so far" of a child killed at
+    its timeout is shown as such: a lower bound)."""
+    lines = ["peak RSS per size (flat-ness: peak at the largest size / peak at the smallest):"]
+    for contender in dict.fromkeys(r.contender for r in rows):
+        peaks, ratio = flatness(rows, contender)
+        if not peaks:
+            continue
+        cut = {r.size for r in rows if r.contender == contender and "timed out" in r.note}
+        sizes = ", ".join(
+            f"{mb:.0f} MB at {size:,}{' (so far)' if size in cut else ''}" for size, mb in peaks
+        )
+        lines.append(f"  {contender}: {sizes}; flat-ness {_times(ratio)}")
+    return lines
 
 
 def render_table(rows: Sequence[Row]) -> str:

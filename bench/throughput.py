@@ -10,8 +10,10 @@ seeded the same way before each run, in an order rotated every round. What a
 child cost comes from `wait4`; what it asked for, from the emulators' request
 logs. `--set name=value` adds a contender: syncengine with that setting in its
 target (shown "n/a (setting not supported)" while the configuration refuses
-it). `--memory`: Mongoose holds no row any lookup finds, so the figure is the
-client's memory for one huge Goose answer, not the emulator's speed.
+it). Mongoose holds a row for every record, so every run really deletes.
+`--memory`: one round at 20,000, 200,000 and 1,000,000 deletions, and each
+contender's peak RSS at the largest size over its peak at the smallest: what a
+run keeps per delivery shows as a ratio above 1.
 
 Figures to compare within one run on one machine; never a threshold.
 """
@@ -45,6 +47,7 @@ from bench.figures import (
     Row,
     estimate_round,
     importtime_seconds,
+    render_flatness,
     render_table,
     rotate,
     summarize,
@@ -54,7 +57,7 @@ from bench.scenario import config_text, parse_setting
 ROOT = Path(__file__).resolve().parent.parent
 SYNCENGINE = "syncengine"
 DEFAULT_SIZES = (2000, 20000, 100000)
-MEMORY_SIZE = 1_000_000
+MEMORY_SIZES = (20_000, 200_000, 1_000_000)
 IMPORT_RUN_RECORDS = 100
 VALIDATE_TIMEOUT = 120.0
 
@@ -121,7 +124,11 @@ def emulators() -> Iterator[Urls]:
 
 
 class Bench:
-    def __init__(self, urls: Urls, workdir: Path, batch: int, latency: float, rows: bool) -> None:
+    def __init__(
+        self, urls: Urls, workdir: Path, batch: int, latency: float, rows: bool = True
+    ) -> None:
+        """`rows`: Mongoose holds a row for every record (else one no lookup finds, for
+        a harness that only needs the Goose answer)."""
         self.urls = urls
         self.workdir = workdir
         self.batch = batch
@@ -314,7 +321,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--sizes",
-        help="records per run, comma-separated (default 2000,20000,100000; with --memory 1000000)",
+        help="records per run, comma-separated (default 2000,20000,100000; with --memory "
+        "20000,200000,1000000)",
     )
     parser.add_argument("--rounds", type=int, help="rounds per size (default 3; --memory 1)")
     parser.add_argument("--batch", type=int, default=100, help="the target's batch_size")
@@ -348,8 +356,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--memory",
         action="store_true",
-        help="Mongoose holds no row any lookup finds: the client's memory "
-        "for one huge Goose answer",
+        help="one round per size (default 20000,200000,1000000) and each contender's "
+        "peak RSS at the largest size over its peak at the smallest",
     )
     parser.add_argument(
         "--import-repeats",
@@ -360,7 +368,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     try:
         args.settings = dict(parse_setting(text) for text in args.set)
-        default = (MEMORY_SIZE,) if args.memory else DEFAULT_SIZES
+        default = MEMORY_SIZES if args.memory else DEFAULT_SIZES
         args.size_list = [int(s) for s in args.sizes.split(",")] if args.sizes else list(default)
     except ValueError as exc:
         parser.error(str(exc))
@@ -438,11 +446,7 @@ def measure(args: argparse.Namespace, bench: Bench, deadline: float) -> Report:
 
 
 def render(args: argparse.Namespace, report: Report) -> str:
-    mode = (
-        "memory: Mongoose holds no row any lookup finds"
-        if args.memory
-        else "every record's row is in Mongoose"
-    )
+    mode = "every record's row is in Mongoose"
     lines = [
         f"Goose -> Mongoose, batch {args.batch}, emulator latency {args.latency * 1000:g} ms, "
         f"{args.rounds} round(s) per size, order rotated each round; {mode}",
@@ -452,6 +456,8 @@ def render(args: argparse.Namespace, report: Report) -> str:
     ]
     lines += [f"{what}: {value:.2f} s" for what, value in report.imports]
     lines += ["", render_table(report.rows), "", LEGEND]
+    if args.memory:
+        lines += ["", *render_flatness(report.rows)]
     if report.notes:
         lines += ["", *report.notes]
     if report.failures:
@@ -463,7 +469,7 @@ def main(argv: Sequence[str] | None = None) -> Report:
     args = parse_args(argv)
     deadline = time.monotonic() + args.max_seconds
     with emulators() as urls, tempfile.TemporaryDirectory(prefix="syncengine-bench-") as tmp:
-        bench = Bench(urls, Path(tmp), args.batch, args.latency, rows=not args.memory)
+        bench = Bench(urls, Path(tmp), args.batch, args.latency)
         try:
             report = measure(args, bench, deadline)
         finally:

@@ -196,8 +196,7 @@ def _screen(
     # Held for numbers: what the legal hold protects is never due, so it is taken
     # out of the whole due set before the numbers are weighed again.
     unapproved = (due_condition(pipeline, target, now), DELIVERY.c.approved.is_(False))
-    due = [claimed_of(row) for row in conn.execute(with_deletions(*unapproved))]
-    if _protect(conn, screen, due, now):
+    if _protect_all(conn, screen, unapproved, now):
         counts = guard_counts(conn, pipeline, target, now)
         reason = screen.hold(counts) if counts.due else None
     if reason is None:
@@ -248,6 +247,27 @@ def _protect(
     ]
     apply_outcomes(conn, dead, RetryRule(), now)
     return {o.delivery_id for o in dead}
+
+
+SCREEN_CHUNK = 1000
+"""Deliveries read at a time when a whole due set is screened: a mass delete of a
+million rows costs the memory of a thousand."""
+
+
+def _protect_all(
+    conn: Connection, screen: Screen, where: Sequence[ColumnElement[bool]], now: datetime
+) -> bool:
+    """`_protect` over every delivery `where` selects, a chunk at a time in id order
+    (those it makes dead leave the selection, the others are passed by id); whether it
+    protected any."""
+    protected, after = False, 0
+    while True:
+        query = with_deletions(*where, DELIVERY.c.id > after).limit(SCREEN_CHUNK)
+        chunk = [claimed_of(row) for row in conn.execute(query)]
+        if not chunk:
+            return protected
+        protected = bool(_protect(conn, screen, chunk, now)) or protected
+        after = chunk[-1].id
 
 
 def guard_counts(conn: Connection, pipeline: str, target: str, now: datetime) -> GuardCounts:

@@ -290,7 +290,8 @@ def render_summary(reports: list[RunReport], store: Store, console: Console) -> 
             console.print(f"[red]{report.pipeline}[/red]: {report.error}")
         for target, push in report.targets.items():
             if push.jobs:
-                console.print(f"{report.pipeline} -> {target}: jobs {'; '.join(push.jobs)}")
+                more = f"; and {push.more_jobs} more" if push.more_jobs else ""
+                console.print(f"{report.pipeline} -> {target}: jobs {'; '.join(push.jobs)}{more}")
             open_jobs = [
                 j
                 for j in store.jobs(pipeline=report.pipeline, open_only=True)

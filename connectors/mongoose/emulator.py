@@ -69,6 +69,7 @@ and deletes nothing. Ground truth and the admin routes are never faulted:
 from __future__ import annotations
 
 import base64
+import itertools
 import re
 import secrets
 import uuid
@@ -237,7 +238,16 @@ class MongooseEmulator(Emulator):
         self.v2_base_path = v2_base_path.rstrip("/")
         super().__init__(faults)
         self.knobs = Knobs()
-        self._rows: dict[str, list[dict[str, Any]]] = {}
+        self._rows: dict[str, dict[str, dict[str, Any]]] = {}
+        """Per IDO, its rows in the order they were added, by RowPointer (casefolded)."""
+        self._added: dict[tuple[str, str], int] = {}
+        """Per (IDO, RowPointer casefolded), when its row was added: table order."""
+        self._adds = itertools.count()
+        self._index: dict[tuple[str, str], dict[str, set[str]]] = {}
+        """Per (IDO, property), the RowPointers of each collated value: a lookup or a
+        delete costs the same with a million rows as with ten, so a benchmark measures
+        the client, not this table. Built at the first filter on the property, dropped
+        when rows are added or modified, kept up to date by deletes."""
         self._props: dict[str, set[str]] = {}
         self._deleted: list[DeletedRow] = []
         self._attempts: Counter[str] = Counter()
@@ -253,21 +263,26 @@ class MongooseEmulator(Emulator):
         added: dict[str, list[dict[str, Any]]] = {}
         with self._lock:
             for ido, rows in collections.items():
-                table = self._rows.setdefault(ido, [])
+                table = self._rows.setdefault(ido, {})
+                self._drop_index(ido)
                 props = self._props.setdefault(ido, {"_ItemId", "RowPointer", "RecordDate"})
                 added[ido] = []
                 for given in rows:
                     row = {k: v for k, v in given.items() if k != "_ItemId"}
                     row.setdefault("RowPointer", str(uuid.uuid4()))
                     row.setdefault("RecordDate", self._next_dt())
+                    pointer = str(row["RowPointer"]).casefold()
+                    if pointer in table:
+                        raise ValueError(f"{ido}: RowPointer {row['RowPointer']} is already held")
                     props.update(row)
-                    table.append(row)
+                    table[pointer] = row
+                    self._added[(ido, pointer)] = next(self._adds)
                     added[ido].append(self._public(ido, row))
         return added
 
     def rows(self, ido: str) -> list[dict[str, Any]]:
         with self._lock:
-            return [self._public(ido, row) for row in self._rows.get(ido, [])]
+            return [self._public(ido, row) for row in self._rows.get(ido, {}).values()]
 
     def deleted(self) -> list[DeletedRow]:
         with self._lock:
@@ -282,7 +297,8 @@ class MongooseEmulator(Emulator):
         """Modify the matching rows as another user would: their ItemIds go stale."""
         touched = []
         with self._lock:
-            for row in self._rows.get(ido, []):
+            self._drop_index(ido)
+            for row in self._rows.get(ido, {}).values():
                 if all(collate(row.get(k)) == collate(v) for k, v in match.items()):
                     row["RecordDate"] = self._next_dt()
                     touched.append(self._public(ido, row))
@@ -290,6 +306,8 @@ class MongooseEmulator(Emulator):
 
     def clear(self) -> None:
         self._rows.clear()
+        self._index.clear()
+        self._added.clear()
         self._props.clear()
         self._deleted.clear()
         self._attempts.clear()
@@ -435,7 +453,7 @@ class MongooseEmulator(Emulator):
         with self._lock:
             if ido not in self._rows:
                 raise MongooseError(f"IDO {ido} not found", 500)
-            rows, known = self._rows[ido], self._props[ido]
+            known = self._props[ido]
             props = [p.strip() for p in props_text.split(",") if p.strip()]
             if props == ["*"]:
                 props = sorted(known)
@@ -446,7 +464,7 @@ class MongooseEmulator(Emulator):
                     raise MongooseError(f"Property {name} not found in IDO {ido}", 500)
             wanted = [(prop, {collate(v) for v in values}) for prop, values in clauses]
             items: list[dict[str, Any]] = []
-            for row in rows:
+            for row in self._candidates(ido, wanted):
                 public = self._public(ido, row)
                 if wanted and not any(
                     public.get(prop) is not None and collate(public[prop]) in values
@@ -510,29 +528,57 @@ class MongooseEmulator(Emulator):
             if ido not in self._rows:
                 raise MongooseError(f"Delete failed: IDO {ido} not found", 404)
             table = self._rows[ido]
-            doomed: dict[int, dict[str, Any]] = {}
+            doomed: dict[str, dict[str, Any]] = {}
             for item_id in item_ids:
-                index = self._find(ido, table, item_id)
-                if index in doomed:
+                pointer = self._find(ido, table, item_id)
+                if pointer in doomed:
                     raise MongooseError(f"Delete failed: item {item_id} not found", 404)
-                doomed[index] = table[index]
+                doomed[pointer] = table[pointer]
             at = datetime.now(UTC).isoformat()
-            for row in doomed.values():
+            for pointer, row in doomed.items():
                 self._deleted.append(DeletedRow(ido, self.item_id(ido, row), dict(row), at))
-            self._rows[ido] = [row for i, row in enumerate(table) if i not in doomed]
+                del table[pointer], self._added[(ido, pointer)]
+                for (indexed, prop), index in self._index.items():
+                    if indexed == ido and row.get(prop) is not None:
+                        index.get(collate(row[prop]), set()).discard(pointer)
 
-    def _find(self, ido: str, table: list[dict[str, Any]], item_id: str) -> int:
+    def _find(self, ido: str, table: dict[str, dict[str, Any]], item_id: str) -> str:
+        """The RowPointer (casefolded) of the row `item_id` names."""
         parsed = ITEM_ID.match(item_id)
         if parsed is not None and parsed["table"] == ido:
-            for index, row in enumerate(table):
-                if str(row["RowPointer"]).casefold() == parsed["row"].casefold():
-                    if row["RecordDate"] != parsed["dt"]:
-                        raise MongooseError(
-                            f"Delete failed: the row has been modified by another user ({item_id})",
-                            409,
-                        )
-                    return index
+            pointer = parsed["row"].casefold()
+            row = table.get(pointer)
+            if row is not None:
+                if row["RecordDate"] != parsed["dt"]:
+                    raise MongooseError(
+                        f"Delete failed: the row has been modified by another user ({item_id})",
+                        409,
+                    )
+                return pointer
         raise MongooseError(f"Delete failed: item {item_id} not found", 404)
+
+    def _candidates(self, ido: str, wanted: list[tuple[str, set[str]]]) -> Iterable[dict[str, Any]]:
+        """The rows that may match `wanted` (any clause), in table order: every row
+        without a filter or when one names `_ItemId` (built, never stored), else those
+        the index finds for each clause's values."""
+        table = self._rows[ido]
+        if not wanted or any(prop == "_ItemId" for prop, _ in wanted):
+            return list(table.values())
+        found: set[str] = set()
+        for prop, values in wanted:
+            index = self._index.get((ido, prop))
+            if index is None:
+                index = self._index[(ido, prop)] = {}
+                for pointer, row in table.items():
+                    if row.get(prop) is not None:
+                        index.setdefault(collate(row[prop]), set()).add(pointer)
+            for value in values:
+                found.update(index.get(value, ()))
+        return [table[p] for p in sorted(found, key=lambda p: self._added[(ido, p)])]
+
+    def _drop_index(self, ido: str) -> None:
+        for key in [key for key in self._index if key[0] == ido]:
+            del self._index[key]
 
     # -- admin routes -----------------------------------------------------------------
 

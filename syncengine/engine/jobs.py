@@ -417,7 +417,7 @@ class JobRunner:
             lease=self.lease,
         )
         self.report.batches += 1
-        self.report.jobs.append(f"#{job.id} {job.remote_id or '(none)'} {progress.state.value}")
+        self.report.job_ended(f"#{job.id} {job.remote_id or '(none)'} {progress.state.value}")
         self.report.done += counts.done
         self.report.retried += counts.retried
         self.report.dead += counts.dead

@@ -42,6 +42,8 @@ from syncengine.engine.runtime import PipelineRuntime, TargetRuntime
 from syncengine.engine.stop import StopToken
 from syncengine.logs import get_logger
 
+JOB_LINES = 20
+
 
 @dataclass
 class PushReport:
@@ -52,7 +54,16 @@ class PushReport:
     released: int = 0
     held: int = 0
     jobs: list[str] = field(default_factory=list)
-    """One line per job that ended in this run: `#id remote-id state`."""
+    """One line per job that ended in this run, `#id remote-id state`: the first
+    JOB_LINES of them, the rest counted in `more_jobs`, so a run of ten thousand jobs
+    keeps (and its summary prints) twenty lines."""
+    more_jobs: int = 0
+
+    def job_ended(self, line: str) -> None:
+        if len(self.jobs) < JOB_LINES:
+            self.jobs.append(line)
+        else:
+            self.more_jobs += 1
 
 
 def complete_outcomes(batch: list[Delivery], outcomes: list[Outcome]) -> list[OutcomeRecord]:

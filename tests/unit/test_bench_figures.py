@@ -14,8 +14,11 @@ from bench.figures import (
     GROWTH,
     HEADERS,
     Measurement,
+    Row,
     estimate_round,
+    flatness,
     importtime_seconds,
+    render_flatness,
     render_table,
     request_kind,
     rotate,
@@ -102,6 +105,27 @@ def test_a_timed_out_run_is_shown_with_its_peak_rss_not_counted() -> None:
     for header in HEADERS:
         assert header in table
     assert "timed out after 9 s" in table
+
+
+def test_flatness_is_the_peak_at_the_largest_size_over_the_peak_at_the_smallest() -> None:
+    rows = [
+        Row("syncengine", 1_000_000, "0 of 1", peak_rss_mb=120.0, note="timed out after 1200 s"),
+        Row("syncengine", 20_000, "1", peak_rss_mb=80.0),
+        Row("syncengine", 200_000, "1", peak_rss_mb=90.0),
+        Row(BARE, 20_000, "1", peak_rss_mb=40.0),
+        Row("syncengine x=1", 20_000, "0", note="n/a (setting not supported)"),
+    ]
+    peaks, ratio = flatness(rows, "syncengine")
+    assert peaks == [(20_000, 80.0), (200_000, 90.0), (1_000_000, 120.0)]
+    assert ratio == pytest.approx(1.5)
+    assert flatness(rows, BARE) == ([(20_000, 40.0)], None)
+    lines = render_flatness(rows)
+    assert lines[1] == (
+        "  syncengine: 80 MB at 20,000, 90 MB at 200,000, 120 MB at 1,000,000 (so far); "
+        "flat-ness 1.50x"
+    )
+    assert lines[2] == "  bare: 40 MB at 20,000; flat-ness -"
+    assert len(lines) == 3  # nothing measured, nothing to say
 
 
 def test_a_round_estimate_scales_the_nearest_smaller_size() -> None:

@@ -44,16 +44,22 @@ def test_every_contender_is_measured_and_every_column_printed(
     assert all(seconds > 0 for _, seconds in report.imports)
 
 
-def test_memory_mode_finds_nothing_to_delete_and_still_measures_both() -> None:
-    report = main(["--memory", "--sizes", "300", "--import-repeats", "0"])
+def test_memory_mode_really_deletes_at_each_size_and_prints_the_flatness(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    report = main(["--memory", "--sizes", "300,600", "--import-repeats", "0"])
+    printed = capsys.readouterr().out
 
-    assert report.failures == []
-    rows = {row.contender: row for row in report.rows}
-    assert rows[BARE].requests == {"goose": 1, "token": 1, "load": 3, "delete": 0}
-    assert rows["syncengine"].requests["delete"] == 0
+    assert report.failures == []  # every row deleted, every run delivered them all
+    rows = {(row.contender, row.size): row for row in report.rows}
+    assert rows[(BARE, 600)].requests == {"goose": 1, "token": 1, "load": 6, "delete": 6}
+    assert rows[("syncengine", 600)].requests["delete"] == 6
     for row in rows.values():
         assert row.peak_rss_mb is not None and row.peak_rss_mb > 0
         assert set(row.requests) == set(KINDS)
+    assert "peak RSS per size" in printed
+    for name in ("syncengine", BARE):
+        assert f"  {name}: " in printed and "at 300" in printed and "at 600" in printed
 
 
 def test_the_store_microbench_does_the_same_work_both_ways(

@@ -4,10 +4,14 @@ it, on SQLite and PostgreSQL alike."""
 
 from __future__ import annotations
 
+import tracemalloc
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import func, select
+
 from state import ClaimedDelivery, GuardCounts, NewRecord, OutcomeRecord, RetryRule, Store
+from state.base import DELIVERY
 from state.models import DeliveryStatus
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -156,3 +160,45 @@ def test_pending_and_due_failed_deliveries_are_claimed_oldest_first(store: Store
     later = T0 + timedelta(seconds=5)
     assert [c.key for c in store.claim("p", "a", 3, "run", now=later)] == ["1", "2", "3"]
     assert [c.key for c in store.claim("p", "a", 3, "run", now=later)] == ["4"]
+
+
+def peak_of_a_held_claim(store: Store, pipeline: str, due: int) -> int:
+    """Peak bytes tracemalloc saw during one claim that holds `due` deliveries, every
+    hundredth of them protected by the legal hold."""
+    keys = [f"hold-{n}" if n % 100 == 0 else f"k{n}" for n in range(due)]
+    store.journal(
+        pipeline,
+        "T",
+        [NewRecord(k, {"K": k}) for k in keys],
+        cursor=None,
+        targets=["a"],
+        run_id=None,
+    )
+    screen = KeyScreen({k for k in keys if k.startswith("hold-")}, limit=0)
+    tracemalloc.start()
+    try:
+        began = tracemalloc.get_traced_memory()[0]
+        claimed = store.claim(pipeline, "a", 100, "run", screen=screen)
+        peak = tracemalloc.get_traced_memory()[1] - began
+    finally:
+        tracemalloc.stop()
+    assert claimed == []
+    with store.engine.connect() as conn:
+        query = (
+            select(DELIVERY.c.status, func.count())
+            .where(DELIVERY.c.pipeline == pipeline)
+            .group_by(DELIVERY.c.status)
+        )
+        statuses = {status: count for status, count in conn.execute(query)}
+    assert statuses == {DeliveryStatus.DEAD: due // 100, DeliveryStatus.HELD: due - due // 100}
+    assert screen.holds == [(due - due // 100, f"guard: {due - due // 100} due")]
+    return peak
+
+
+def test_a_claim_over_a_limit_screens_the_whole_due_set_in_bounded_memory(store: Store) -> None:
+    """Held for numbers, every due delivery is screened first (what the legal hold
+    protects becomes dead, never held, so an approval cannot release it); a mass
+    delete of a million rows must not be read into memory to do it."""
+    small = peak_of_a_held_claim(store, "small", 2_000)
+    large = peak_of_a_held_claim(store, "large", 20_000)
+    assert large - small < 40 * 18_000, f"peak {small:,} B at 2,000 due, {large:,} B at 20,000"

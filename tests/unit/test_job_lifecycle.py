@@ -19,13 +19,17 @@ from pathlib import Path
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from rich.console import Console
 
 from connectors.contract import EXACT_KEYS, AmbiguousError, Outcome, RetriableError
 from connectors.kit.jobs import CannotCancel, JobHandle, JobProgress, JobSpec, JobState
-from state import NewRecord, RetryRule, Store
+from state import NewRecord, RetryRule, RunOutcome, Store
 from state.models import DeliveryStatus, utcnow
 from syncengine.engine.jobs import JobPolicy, run_jobs
+from syncengine.engine.pipeline import RunReport
+from syncengine.engine.push import JOB_LINES
 from syncengine.engine.stop import StopToken
+from syncengine.status import render_summary
 from tests.unit.fake_runtime import fake_runtime
 
 
@@ -216,5 +220,30 @@ def test_a_cancelled_job_does_not_send_again_what_it_did_not_delete() -> None:
         assert set(dead) == set(remote.refused) and dead
         assert all("cancelled by an operator" in reason for reason in dead.values())
         assert len(machine.api.jobs) == 1, "nothing was submitted again"
+    finally:
+        machine.teardown()
+
+
+def test_a_run_of_many_jobs_keeps_twenty_lines_of_them_and_counts_the_rest() -> None:
+    """What a run holds (and its summary prints) about the jobs it ended does not grow
+    with them: a million deletions in jobs of a hundred are ten thousand jobs."""
+    machine = JobLifecycle()
+    try:
+        machine.new_deletions(75)
+        machine._run()  # 25 jobs of 3 submitted
+        for job in machine.api.jobs.values():
+            job.done = True
+        policy = JobPolicy(wait=0, artifacts_dir=Path(machine.tmp.name))
+        report = asyncio.run(
+            run_jobs(machine.store, machine.pipe, machine.target, 2, utcnow(), StopToken(), policy)
+        )
+        assert len(machine.api.jobs) == 25 and report.batches == 25
+        assert len(report.jobs) == JOB_LINES and report.more_jobs == 25 - JOB_LINES
+        assert report.jobs[0].startswith("#1 ")
+        console = Console(record=True, width=2000)
+        run = RunReport("p", RunOutcome.OK, run_id=2, targets={machine.target.name: report})
+        render_summary([run], machine.store, console)
+        printed = console.export_text()
+        assert "#20 r19 succeeded; and 5 more" in printed and "#21 " not in printed
     finally:
         machine.teardown()
