@@ -123,15 +123,12 @@ def load(path: Path, moved_ports: Mapping[int, int] | None = None) -> Config:
 
 
 def open_store(config: Config) -> Store:
-    from state import Store, StoreError
-    from syncengine.logs import SECRETS
+    from syncengine import api
 
     try:
-        return Store.open(
-            config.state.url, scrub=SECRETS.scrub, migrate=config.state.migrate == "auto"
-        )
-    except StoreError as exc:
-        raise fail(f"{config.path}: {exc}") from None
+        return api.open_store(config)
+    except api.StoreUnavailable as exc:
+        raise fail(str(exc)) from None
 
 
 @contextmanager

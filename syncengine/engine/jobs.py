@@ -241,13 +241,7 @@ class JobRunner:
         try:
             handle = await self.api.submit(_spec(job))
         except FatalError:
-            await asyncio.to_thread(
-                self.store.record_not_submitted,
-                job.id,
-                "credentials or configuration rejected",
-                utcnow(),
-                lease=self.lease,
-            )
+            await self._rejected(job)
             raise
         except AmbiguousError as exc:
             self.log.warning("job_submit_answer_lost", job=job.id, error=str(exc))
@@ -300,6 +294,17 @@ class JobRunner:
             self.counted[screened.id] = screened.items
         return screened
 
+    async def _rejected(self, job: JobRecord) -> None:
+        """Credentials or configuration refused before anything was sent: the job goes
+        back to created, for the run after the operator fixed them."""
+        await asyncio.to_thread(
+            self.store.record_not_submitted,
+            job.id,
+            "credentials or configuration rejected",
+            utcnow(),
+            lease=self.lease,
+        )
+
     async def _resolve(self, job: JobRecord) -> JobRecord | None:
         """The target's look-ups (reads only, see `Resolving`), each stored with the job as
         it completes, so neither a failed key nor a crash makes the others run again.
@@ -330,13 +335,7 @@ class JobRunner:
             try:
                 await api.resolve(_spec(job), keep)
             except FatalError:
-                await asyncio.to_thread(
-                    self.store.record_not_submitted,
-                    job.id,
-                    "credentials or configuration rejected",
-                    utcnow(),
-                    lease=self.lease,
-                )
+                await self._rejected(job)
                 raise
             except RetriableError as exc:
                 refreshed = await asyncio.to_thread(self.store.job, job.id)
