@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 MAX_FIELD_BYTES = 1024 * 1024
 """Bytes (as written, escaped) past which a string of the answer is not read: its row
@@ -28,6 +29,10 @@ is rejected. A deletion's fields are short; a longer one is an answer gone wrong
 MAX_NUMBER_CHARS = 4300
 """Characters past which a number is not read, Python's own limit on an integer's
 digits (`sys.get_int_max_str_digits`), which `json.loads` also applies."""
+
+MAX_DEPTH = 64
+"""Levels of nesting an answer read whole may have (an object or a list is one); code
+that walks a value recursively (json.dumps, redaction) fails on much deeper ones."""
 
 STAND_IN = b'"\\ufffd"'
 """What the parser is given in place of a value it cannot be trusted with."""
@@ -194,4 +199,59 @@ class Screen:
         return None
 
 
-__all__ = ["MAX_FIELD_BYTES", "MAX_NUMBER_CHARS", "STAND_IN", "Flaw", "Screen"]
+class DuplicateKey(ValueError):
+    """An object of the answer gives one key twice: which value counts is anyone's guess."""
+
+
+def loads(data: bytes | str, *, max_depth: int = MAX_DEPTH, unique_keys: bool = False) -> Any:
+    """`json.loads` for an answer read whole, whose only error is ValueError: a body that
+    is not JSON, nests more than `max_depth` levels (never RecursionError, which no
+    caller expects) or, with `unique_keys`, gives a key twice (`DuplicateKey`)."""
+    hook: Callable[[list[tuple[str, Any]]], dict[str, Any]] | None = None
+    if unique_keys:
+        hook = _unique
+    try:
+        value = json.loads(data, object_pairs_hook=hook)
+    except RecursionError:
+        raise ValueError(f"JSON nested more than {max_depth} levels deep") from None
+    if _deeper_than(value, max_depth):
+        raise ValueError(f"JSON nested more than {max_depth} levels deep")
+    return value
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKey(f"the key {key!r} given twice")
+            seen.add(key)
+    return value
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Walked without recursion, so a deep value cannot fail the walk itself."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, list):
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in item if isinstance(child, dict | list))
+    return False
+
+
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_FIELD_BYTES",
+    "MAX_NUMBER_CHARS",
+    "STAND_IN",
+    "DuplicateKey",
+    "Flaw",
+    "Screen",
+    "loads",
+]
