@@ -95,37 +95,46 @@ class _Builder:
         return self._stack[-1] if self._stack else None
 
     def event(self, event: str, value: Any) -> bool:
-        """Take one event; True once the value is complete."""
+        """Take one event; True once the value is complete. Called for every event of
+        every row: the usual ones (a key, a scalar) are taken first, in line."""
         if self._deep:
             if event in _OPENS:
                 self._deep += 1
             elif event in _CLOSES:
                 self._deep -= 1
             return not self._deep and not self._stack
+        stack = self._stack
         if event == "map_key":
-            if value in self._stack[-1]:
+            if value in stack[-1]:
                 self.flag(f"the key {value!r} given twice")
             self.key = value
             return False
-        if event in _OPENS:
-            if len(self._stack) >= self._limit:
-                self.flag(f"values nested more than {self._limit} levels deep")
-                self._add(_STAND_IN)
-                self._deep = 1
-                return False
-            container: Any = {} if event == "start_map" else []
-            self.path.append(self.key if isinstance(self.top(), dict) else None)
-            self._add(container)
-            self._stack.append(container)
+        if event not in _OPENS and event not in _CLOSES:
+            if value.__class__ is Decimal:
+                value = self.number(value)
+            if not stack:
+                self.value = value
+                return True
+            top = stack[-1]
+            if top.__class__ is dict:
+                top[self.key] = value
+            else:
+                top.append(value)
             return False
         if event in _CLOSES:
-            self._stack.pop()
+            stack.pop()
             self.path.pop()
-            return not self._stack
-        if isinstance(value, Decimal):
-            value = self.number(value)
-        self._add(value)
-        return not self._stack
+            return not stack
+        if len(stack) >= self._limit:
+            self.flag(f"values nested more than {self._limit} levels deep")
+            self._add(_STAND_IN)
+            self._deep = 1
+            return False
+        container: Any = {} if event == "start_map" else []
+        self.path.append(self.key if isinstance(self.top(), dict) else None)
+        self._add(container)
+        stack.append(container)
+        return False
 
     def number(self, value: Decimal) -> Any:
         """A non-integer as `json.loads` reads it (a float); one beyond a float's range

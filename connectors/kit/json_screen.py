@@ -39,9 +39,21 @@ STAND_IN = b'"\\ufffd"'
 
 _WHOLE = re.compile(rb'[^"]*(?:"[^"\\]*(?:\\.[^"\\]*)*"[^"]*)*', re.DOTALL)
 """The longest start of a piece that ends outside a string (or where one opens)."""
+_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+"""An escaped surrogate: a pair is fine, a lone half is not (sends a piece down the slow
+path, token by token)."""
+_NUMBERISH = bytes(ord("1") if byte in b"0123456789+-.eE" else ord(" ") for byte in range(256))
 _STRING_REST = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*', re.DOTALL)
 _NUMBER_CHARS = b"0123456789+-.eE"
 _TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[-+0-9.eE]+', re.DOTALL)
+
+
+def _open_string(buf: bytes) -> int:
+    """Where a string that `buf` (starting outside any string) does not close opens, or
+    its length. Without a backslash every quote is a real one: counted, in C."""
+    if b"\\" not in buf:
+        return buf.rfind(b'"') if buf.count(b'"') % 2 else len(buf)
+    return _WHOLE.match(buf).end()  # type: ignore[union-attr]  # matches the empty start
 
 
 @dataclass(frozen=True)
@@ -67,11 +79,15 @@ class Screen:
         """"string" or "number" while the rest of a value past its limit is dropped."""
         self._escaped = False
         """The open or skipped string's last byte so far is a backslash that escapes."""
-        self._suspect = re.compile(rb"\\u[dD][89a-fA-F]|[-+0-9.eE]{%d}" % (max_number + 1))
-        """What sends a piece down the slow path (token by token): an escaped surrogate
-        (a pair is fine, a lone half is not) or a run of number characters past the limit."""
+        self._long_number = b"1" * (max_number + 1)
+        """A run of number characters past the limit, in a piece `_NUMBERISH` translated."""
 
     def feed(self, data: bytes) -> Iterator[bytes | Flaw]:
+        # A string that starts and ends within one piece is no longer than the piece.
+        for start in range(0, len(data), self.max_field):
+            yield from self._piece(data[start : start + self.max_field])
+
+    def _piece(self, data: bytes) -> Iterator[bytes | Flaw]:
         pos = 0
         if self._skipping:
             pos = self._skip(data)
@@ -93,7 +109,7 @@ class Screen:
             return
         buf = self._pending + data[pos:] if self._pending else data[pos:]
         self._pending = b""
-        cut = _WHOLE.match(buf).end()  # type: ignore[union-attr]  # matches the empty start
+        cut = _open_string(buf)
         body, rest = buf[:cut], buf[cut:]
         if rest:  # an open string
             yield from self._checked(body)
@@ -163,7 +179,9 @@ class Screen:
             return
         try:
             body.decode("utf-8")
-            clean = self._suspect.search(body) is None
+            clean = (b"\\u" not in body or _SURROGATE.search(body) is None) and (
+                self._long_number not in body.translate(_NUMBERISH)
+            )
         except UnicodeDecodeError:
             clean = False
         if clean:

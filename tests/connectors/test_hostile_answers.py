@@ -90,3 +90,45 @@ def test_a_hostile_goose_answer_is_read_in_bounded_memory_with_its_good_rows() -
     assert "a row larger than" in reasons["tiny"]
     peak = result["peak"]
     assert isinstance(peak, int) and peak < PEAK_RSS_BYTES, peak
+
+
+DMM_CHILD = textwrap.dedent(
+    """
+    import json, resource
+    resource.setrlimit(resource.RLIMIT_AS, ({cap}, {cap}))
+    from connectors.kit.spooled_json import Spooled, SpoolingParser
+
+    mega = 1024 * 1024
+
+    def read(parts):
+        parser = SpoolingParser()
+        try:
+            for part in parts:
+                for start in range(0, len(part), 65536):
+                    parser.feed(part[start : start + 65536])
+            value = parser.close()
+            return {{k: "spooled" if isinstance(v, Spooled) else v for k, v in value.items()}}
+        except ValueError as exc:
+            return str(exc)
+        finally:
+            parser.discard()
+
+    head = b'{{"Status":"Complete","Success":true,'
+    out = {{
+        "deep": read([head + b'"Report":' + b"[" * 100_000 + b"]" * 100_000 + b"}}"]),
+        "small": read([head + b'"Report":[', *[b"1," * (mega // 2)] * 60, b"1]}}"]),
+        "logs": read([head + b'"Logs":"', *[b"QUJD" * (mega // 4)] * 150, b'"}}']),
+    }}
+    out["peak"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps(out))
+    """
+)
+
+
+def test_a_hostile_dmm_answer_is_refused_in_bounded_memory_and_a_long_log_still_read() -> None:
+    result = run_child(DMM_CHILD)
+    assert "nested more than 64 levels" in str(result["deep"])
+    assert "bytes of small fields" in str(result["small"])
+    assert result["logs"] == {"Status": "Complete", "Success": True, "Logs": "spooled"}
+    peak = result["peak"]
+    assert isinstance(peak, int) and peak < PEAK_RSS_BYTES, peak
