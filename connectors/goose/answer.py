@@ -24,7 +24,7 @@ from typing import Any
 import ijson
 
 from connectors.contract import CHUNK_RECORDS
-from connectors.kit.json_screen import MAX_FIELD_BYTES, Flaw, Screen
+from connectors.kit.json_screen import MAX_DEPTH, MAX_FIELD_BYTES, Flaw, Screen
 
 try:
     _BACKEND = ijson.get_backend("yajl2_c")
@@ -34,9 +34,6 @@ except ImportError:  # no compiled yajl on this platform: the pure-Python parser
 JSONError = ijson.JSONError
 """What a body that is not (complete) JSON raises, from `feed` or `close`."""
 
-MAX_DEPTH = 32
-"""Levels of nesting in a row (the row itself is one) or in the envelope; deeper
-values are not built (code that walks a row recursively would fail on them)."""
 MAX_ROW_BYTES = 2 * 1024 * 1024
 """About how many bytes of the answer one row may take; a larger row is not kept."""
 MAX_ENVELOPE_BYTES = 1024 * 1024
@@ -329,7 +326,6 @@ class AnswerParser:
 
 
 __all__ = [
-    "MAX_DEPTH",
     "MAX_ENVELOPE_BYTES",
     "MAX_ROWS_BEFORE_STATUS",
     "MAX_ROW_BYTES",

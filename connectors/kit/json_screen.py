@@ -31,8 +31,9 @@ MAX_NUMBER_CHARS = 4300
 digits (`sys.get_int_max_str_digits`), which `json.loads` also applies."""
 
 MAX_DEPTH = 64
-"""Levels of nesting an answer read whole may have (an object or a list is one); code
-that walks a value recursively (json.dumps, redaction) fails on much deeper ones."""
+"""Levels of nesting an answer (read whole) or a row (streamed) may have, an object or
+a list being one; code that walks a value recursively (json.dumps, redaction) fails on
+much deeper ones."""
 
 STAND_IN = b'"\\ufffd"'
 """What the parser is given in place of a value it cannot be trusted with."""

@@ -73,7 +73,7 @@ HOSTILE = [
     b'{"RECORD_ID":"1","v":1e999}',
     b"-1E+400",
     b'{"RECORD_ID":"1","v":' + b"9" * 4301 + b"}",
-    b'{"RECORD_ID":"1","v":' + b"[" * 40 + b"]" * 40 + b"}",
+    b'{"RECORD_ID":"1","v":' + b"[" * 70 + b"]" * 70 + b"}",
     b'{"RECORD_ID":"1","RECORD_ID":"2"}',
     b'{"RECORD_ID":"1","v":"\xed\xa0\x80"}',
 ]
