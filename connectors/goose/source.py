@@ -54,6 +54,7 @@ from connectors.goose.settings import (
     record_name,
 )
 from connectors.kit.http import Action, HttpClient, Resolution, StreamedResponse, excerpt, scrub
+from connectors.kit.json_screen import loads
 from connectors.kit.source import HttpSource, Pages, joined
 
 EPOCH = "1970-01-01 00:00:00"
@@ -83,7 +84,7 @@ def classify(response: httpx.Response) -> Resolution | None:
     for successes; every other Goose error is left to `fetch`.
     """
     try:
-        body = response.json()
+        body = loads(response.content)
     except (ValueError, httpx.ResponseNotRead):
         # A streamed answer is classified before its body is read: `fetch_pages`
         # tells error 50 once the answer is parsed.

@@ -596,3 +596,9 @@ async def test_a_task_answer_nested_too_deep_is_a_remote_error_not_a_crash() -> 
     body = body[:-1] + b', "x": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
     with pytest.raises(RemoteError):
         await fetch_mocked(body)
+
+
+async def test_a_task_with_json_in_a_string_nested_too_deep_is_read_not_a_crash() -> None:
+    deep = "[" * 50_000 + "]" * 50_000
+    page = await fetch_mocked(task_body(parameters={"entityUriList": deep}))
+    assert page.records == [] and page.cursor["finished"] is True
