@@ -14,7 +14,7 @@ import pytest
 from connectors.contract import CHUNK_RECORDS, AmbiguousError, MalformedAnswer, SourcePage
 from connectors.goose.answer import AnswerParser, JSONError
 from connectors.goose.settings import GooseConnection, GooseSourceSettings
-from connectors.goose.source import GooseSource, classify
+from connectors.goose.source import PAGE_BYTES, GooseSource, classify
 from connectors.kit.http import HttpClient
 from connectors.kit.settings import RetrySettings
 from tests.connectors.test_goose_source import KEY, TINY_RETRY, connection, now
@@ -116,6 +116,24 @@ async def test_a_large_answer_comes_in_bounded_pages_and_only_the_last_is_whole(
     assert pages[-1].cursor["last_ok_started_at"]
     keys = [r.key for p in pages for r in p.records]
     assert keys == [f"0-{i}" for i in range(count)]
+
+
+async def test_large_rows_come_in_pages_of_a_bounded_size_in_bytes() -> None:
+    """A page holds at most CHUNK_RECORDS rows and about PAGE_BYTES of the answer."""
+
+    def big_rows() -> Iterator[bytes]:
+        yield b'{"status":"OK","result":{"total":3000,"data":['
+        for i in range(3000):
+            row = {"RECORD_ID": f"0-{i}", "NOTE": "x" * 4000}
+            yield (b"," if i else b"") + json.dumps(row).encode()
+        yield b"]}}"
+
+    pages = await pages_of(source(lambda: Body(big_rows())))
+    sizes = [len(p.records) for p in pages]
+    assert sum(sizes) == 3000 and len(pages) >= 3, sizes
+    assert all(size * 4000 < 2 * PAGE_BYTES for size in sizes), sizes
+    assert [r.key for p in pages for r in p.records] == [f"0-{i}" for i in range(3000)]
+    assert [p.partial for p in pages] == [True] * (len(pages) - 1) + [False]
 
 
 async def test_malformed_rows_are_still_rejected_in_a_streamed_answer() -> None:
