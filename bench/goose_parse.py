@@ -72,6 +72,7 @@ def contenders(source: GooseSource) -> dict[str, Contender]:
         records += sum(len(page.records) for page in answer.close(len(body)))
         if answer.error() is not None:
             raise RuntimeError(f"the answer was refused: {answer.error()}")
+        records += sum(len(page.records) for page in answer.held())
         return records + len(answer.pages.records)
 
     def stream_parse(body: bytes, chunk: int) -> int:

@@ -49,6 +49,7 @@ from connectors.contract import (
     CHUNK_RECORDS,
     JSON,
     FatalError,
+    MalformedAnswer,
     RemoteError,
     SourcePage,
     SourceRecord,
@@ -80,6 +81,7 @@ from connectors.dmm.settings import (
 from connectors.dmm.target import STATUS
 from connectors.kit.http import Action, HttpClient, excerpt, json_object, resolve
 from connectors.kit.jobs import map_status
+from connectors.kit.json_screen import DuplicateKey, loads
 from connectors.kit.source import Pages
 from connectors.kit.spooled_json import Spooled, SpoolingParser, base64_to_file, text_chunks
 from connectors.kit.task_streams import TaskSourceBase, TaskStreams
@@ -311,6 +313,11 @@ class DmmOutputsSource(TaskSourceBase[DmmConnection, DmmSourceSettings]):
                 parser.feed(part)
         try:
             answer = parser.close()
+        except DuplicateKey as exc:
+            raise MalformedAnswer(
+                f"{self.name}: POST {path}: a malformed answer: {exc}; nothing of it is used",
+                connection=self.name,
+            ) from None
         except ValueError as exc:
             answer = str(exc)
         if not isinstance(answer, dict):
@@ -478,8 +485,8 @@ class DmmOutputsSource(TaskSourceBase[DmmConnection, DmmSourceSettings]):
         if text is None or (isinstance(text, str) and not text.strip()):
             return counts
         try:
-            entries = json.loads(_b64(text)) if isinstance(text, str) else None
-        except (ValueError, UnicodeDecodeError):
+            entries = loads(_b64(text)) if isinstance(text, str) else None
+        except ValueError:  # not base64, not JSON, or nested too deep
             return None
         if not isinstance(entries, list):
             return None

@@ -70,6 +70,7 @@ from connectors.kit.jobs import (
     JobState,
     map_status,
 )
+from connectors.kit.json_screen import loads
 from connectors.kit.keys import KeyTemplate, UnmappedKey, UnsafeKey
 from connectors.kit.sql import Dialect, literal
 from connectors.kit.target import HttpTarget
@@ -494,8 +495,8 @@ class DmmDeleteTarget(HttpTarget[DmmConnection, DmmTargetSettings]):
         errors = answer.get("ErrorReport")
         if isinstance(errors, str) and errors.strip():
             try:
-                decoded = json.loads(_b64(errors))
-            except (ValueError, UnicodeDecodeError):
+                decoded = loads(_b64(errors))
+            except ValueError:  # not base64, not JSON, or nested too deep
                 detail["error_report"] = "unreadable (not base64 of JSON)"
             else:
                 artifacts[f"{stem}-error-report.json"] = _json_bytes(decoded)

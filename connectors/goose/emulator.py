@@ -55,7 +55,16 @@ class DeletedRecord:
     deleted_at: datetime
     by_key: str | None
     raw: Any = None
-    """A row answered exactly as given (a damaged log row, e.g. without RECORD_ID)."""
+    """A row answered exactly as given (a damaged log row, e.g. without RECORD_ID); a
+    `RawJSON` is written into the answer as its text, byte for byte."""
+
+
+@dataclass(frozen=True)
+class RawJSON:
+    """JSON text the answer carries verbatim: what a hostile or broken server writes
+    and `json.dumps` never would (a key given twice, a lone surrogate, `1e999`)."""
+
+    text: str
 
 
 class GooseError(Exception):
@@ -152,6 +161,9 @@ class GooseEmulator(Emulator):
         self._calls: dict[str, deque[float]] = defaultdict(deque)
         self._daily: dict[tuple[str, date], int] = defaultdict(int)
         self._drop_next = 0
+        self.answer_tail = ""
+        """JSON members written after `result` in every DELETED answer (e.g. a second
+        `,"status":"error"`): a server that contradicts itself after the rows."""
         self.faults.update(asdict(Faults()))
 
     def now(self) -> datetime:
@@ -366,7 +378,13 @@ class GooseEmulator(Emulator):
             return JSONResponse(
                 {"error": "injected: answer lost after the cursor moved"}, status_code=500
             )
-        return JSONResponse({"status": "OK", "result": {"total": len(rows), "data": rows}})
+        if not self.answer_tail and not any(isinstance(row, RawJSON) for row in rows):
+            return JSONResponse({"status": "OK", "result": {"total": len(rows), "data": rows}})
+        data = ",".join(row.text if isinstance(row, RawJSON) else json.dumps(row) for row in rows)
+        text = (
+            f'{{"status":"OK","result":{{"total":{len(rows)},"data":[{data}]}}{self.answer_tail}}}'
+        )
+        return Response(text.encode("utf-8", "surrogatepass"), media_type="application/json")
 
     @staticmethod
     def _table_name(body: dict[str, Any]) -> str:
@@ -450,8 +468,14 @@ class GooseEmulator(Emulator):
         return {"deleted": self.delete(body["table"], list(body["ids"]), body.get("by_key"))}
 
     def _raw_deletion_json(self, body: dict[str, Any]) -> Any:
-        self.add_raw_deletion(body["table"], body["row"])
+        row = RawJSON(body["text"]) if "text" in body else body["row"]
+        self.add_raw_deletion(body["table"], row)
         return {"ok": True}
+
+    def _answer_tail_json(self, body: dict[str, Any]) -> Any:
+        with self._lock:
+            self.answer_tail = str(body.get("text", ""))
+        return {"answer_tail": self.answer_tail}
 
     def _drop_next_json(self, body: dict[str, Any]) -> Any:
         self.drop_next(int(body.get("count", 1)))
@@ -477,7 +501,12 @@ class GooseEmulator(Emulator):
             Route("/operation", self.operation_service, methods=["POST"]),
             admin_post("delete", self._delete_json, 'send {"table": "..", "ids": [..]}'),
             admin_get("deletions", lambda _: self.deletions()),
-            admin_post("raw_deletion", self._raw_deletion_json, 'send {"table", "row"}'),
+            admin_post(
+                "raw_deletion",
+                self._raw_deletion_json,
+                'send {"table", "row" or "text"}',
+            ),
+            admin_post("answer_tail", self._answer_tail_json, 'send {"text": ",\\"status\\":..."}'),
             admin_get("tables/{table}", lambda params: self.records(params["table"])),
             admin_post("drop_next", self._drop_next_json, 'send {"count": n}'),
             admin_post("clock", self._clock_json, 'send {"offset_seconds": x}'),

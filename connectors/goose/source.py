@@ -22,8 +22,9 @@ that is as fine as it gets.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -35,6 +36,7 @@ from connectors.contract import (
     AmbiguousError,
     FatalError,
     InFlightCall,
+    MalformedAnswer,
     RejectedRecord,
     RemoteError,
     RetriableError,
@@ -42,7 +44,7 @@ from connectors.contract import (
     SourcePage,
     SourceRecord,
 )
-from connectors.goose.answer import AnswerParser, JSONError
+from connectors.goose.answer import AnswerParser, BadRow, JSONError, Malformed
 from connectors.goose.settings import (
     DOCUMENTED_CALLS_PER_SECOND,
     TIMESTAMP_FORMAT,
@@ -52,6 +54,7 @@ from connectors.goose.settings import (
     record_name,
 )
 from connectors.kit.http import Action, HttpClient, Resolution, StreamedResponse, excerpt, scrub
+from connectors.kit.json_screen import loads
 from connectors.kit.source import HttpSource, Pages, joined
 
 EPOCH = "1970-01-01 00:00:00"
@@ -62,6 +65,9 @@ SQL_ERROR = "120"
 RATE_LIMIT_WAIT = 1.0
 """Seconds to wait after error 50: Goose counts calls per second."""
 _DST_LOOKAHEAD = timedelta(hours=3)
+PAGE_BYTES = 4 * 1024 * 1024
+"""Bytes of the answer past which the rows read so far make a page, however few:
+what a page of large rows holds in memory stays bounded."""
 
 
 def error_code(body: Any) -> str:
@@ -78,7 +84,7 @@ def classify(response: httpx.Response) -> Resolution | None:
     for successes; every other Goose error is left to `fetch`.
     """
     try:
-        body = response.json()
+        body = loads(response.content)
     except (ValueError, httpx.ResponseNotRead):
         # A streamed answer is classified before its body is read: `fetch_pages`
         # tells error 50 once the answer is parsed.
@@ -219,6 +225,8 @@ class GooseSource(HttpSource[GooseConnection, GooseSourceSettings]):
                     yield page
             error = answer.error()
             if error is None:
+                for page in answer.held():
+                    yield page
                 yield answer.pages.last(self._next_cursor(call), more=self._more(call))
                 return
             if not (answer.rate_limited() and attempt < self.http.retry.max_attempts):
@@ -325,7 +333,12 @@ class GooseSource(HttpSource[GooseConnection, GooseSourceSettings]):
 
 class Answer:
     """One DELETED answer being read: its rows turned into pages of records as they
-    come, and its envelope checked at the end (status, `total` against the rows)."""
+    come, and its envelope checked at the end (status, `total` against the rows).
+
+    A full page is handed on only once a row after it has been read: the answer's
+    last page, full or not, waits for the end of the body and the envelope's check,
+    so an answer of one page that turns out malformed sends nothing.
+    """
 
     def __init__(self, source: GooseSource, where: str, stream: str) -> None:
         self._source = source
@@ -333,9 +346,19 @@ class Answer:
         self._stream = stream
         self._parser = AnswerParser()
         self.pages = Pages(CHUNK_RECORDS)
+        self._full: SourcePage | None = None
+        """The last full page, held until a row follows it."""
+        self._page_bytes = 0
+        """Bytes of the answer read since the last page was completed."""
 
-    def feed(self, data: bytes) -> list[SourcePage]:
-        return self._take(lambda: self._parser.feed(data), 0)
+    def feed(self, data: bytes) -> Iterator[SourcePage]:
+        for start in range(0, len(data), PAGE_BYTES):
+            part = data[start : start + PAGE_BYTES]
+            yield from self._take(partial(self._parser.feed, part), 0)
+            self._page_bytes += len(part)
+            if self._page_bytes > PAGE_BYTES:  # large rows: a page of fewer of them
+                self._page_bytes = 0
+                yield from self._hold(self.pages.flush())
 
     def close(self, received: int) -> list[SourcePage]:
         """The pages the end of the body completes; raises if the JSON is cut short."""
@@ -365,6 +388,11 @@ class Answer:
     def rate_limited(self) -> bool:
         return error_code(self._parser.envelope) == RATE_LIMIT_PER_SECOND
 
+    def held(self) -> list[SourcePage]:
+        """The full page still held, once the whole answer was found sound."""
+        full, self._full = self._full, None
+        return [full] if full is not None else []
+
     def _take(self, parse: Callable[[], list[Any]], received: int) -> list[SourcePage]:
         try:
             rows = parse()
@@ -374,13 +402,36 @@ class Answer:
                 "Goose may have advanced its cursor",
                 connection=self._source.name,
             ) from None
+        except Malformed as exc:
+            raise MalformedAnswer(
+                f"{self._where}: a malformed answer: {exc}; nothing more of it is used",
+                connection=self._source.name,
+            ) from None
         add, record, stream = self.pages.add, self._source._record, self._stream
         full: list[SourcePage] = []
         for row in rows:
-            page = add(record(stream, row))
+            if self._full is not None:
+                full.append(self._full)
+                self._full = None
+            if isinstance(row, BadRow):
+                page = add(_bad_row(stream, row))
+            else:
+                page = add(record(stream, row))
             if page is not None:
-                full.append(page)
+                self._full, self._page_bytes = page, 0
         return full
+
+    def _hold(self, page: SourcePage | None) -> list[SourcePage]:
+        """Hold `page` until a row follows it; the one it replaces goes on now."""
+        if page is None:
+            return []
+        before, self._full = self._full, page
+        return [before] if before is not None else []
+
+
+def _bad_row(stream: str, row: BadRow) -> RejectedRecord:
+    fields = row.fields if isinstance(row.fields, dict) else {"row": row.fields}
+    return RejectedRecord(stream=stream, fields=fields, reason=row.reason)
 
 
 def _row_problem(row: Any, table: str) -> str | None:

@@ -14,7 +14,6 @@ engine compares the two names so it never propagates its own deletion back.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import replace
@@ -49,6 +48,7 @@ from connectors.goose.source import (
     error_code,
 )
 from connectors.kit.http import HttpClient, excerpt
+from connectors.kit.json_screen import loads
 from connectors.kit.keys import UnmappedKey
 from connectors.kit.target import HttpTarget
 
@@ -211,7 +211,7 @@ class GooseDeleteTarget(HttpTarget[GooseConnection, GooseTargetSettings]):
                 code=str(status),
             )
         try:
-            answer = json.loads(response.text)
+            answer = loads(response.text)
         except ValueError:
             answer = None
         if not isinstance(answer, dict):

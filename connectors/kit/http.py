@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import json as jsonlib
 import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -29,6 +28,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from connectors.contract import AmbiguousError, FatalError, RemoteError, RetriableError
 from connectors.kit import redact
+from connectors.kit.json_screen import loads
 
 BODY_EXCERPT = 300
 REDACTED = redact.REDACTED
@@ -125,8 +125,8 @@ def default_classify(response: httpx.Response) -> Resolution:
 def json_object(response: httpx.Response) -> dict[str, Any] | None:
     """The body as a JSON object, or None when it is not one (an HTML error page, a list)."""
     try:
-        body = response.json()
-    except (jsonlib.JSONDecodeError, UnicodeDecodeError):
+        body = loads(response.content)
+    except ValueError:  # not JSON, not UTF-8, or nested too deep to walk
         return None
     return body if isinstance(body, dict) else None
 

@@ -29,6 +29,11 @@ def segment_problem(value: str) -> str | None:
     """Why `value` cannot be written as one URL path segment, or None when it can."""
     if not value:
         return "an empty value would address the collection instead of one record"
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"{value!r} holds a lone surrogate, which no URL can carry"
     reading = value
     while True:
         for part in _SEPARATORS.split(reading):

@@ -46,6 +46,12 @@ class Pages:
             self.rejected.append(item)
         if len(self.records) + len(self.rejected) < self.size:
             return None
+        return self.flush()
+
+    def flush(self) -> SourcePage | None:
+        """What is gathered as a page before it is full (a page of large rows), or None."""
+        if not self.records and not self.rejected:
+            return None
         page = SourcePage(records=self.records, rejected=self.rejected, cursor={}, partial=True)
         self.records, self.rejected = [], []
         return page

@@ -21,8 +21,13 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
+from connectors.kit.json_screen import loads
+
 LIMIT = 64 * 1024
 """Bytes past which a string is spooled to a file rather than kept."""
+MAX_KEPT = 16 * 1024 * 1024
+"""Bytes of the answer kept besides its long strings (a few small fields in a sound
+answer): past them the answer is refused rather than held."""
 _CHUNK = 64 * 1024
 _SPECIAL = re.compile(rb'["\\]')
 _WHOLE_ESCAPES = re.compile(r'(?:[^\\]+|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*')
@@ -109,8 +114,10 @@ class SpoolingParser:
     Raises ValueError from `close` when the body is not one complete JSON value.
     """
 
-    def __init__(self, limit: int = LIMIT) -> None:
+    def __init__(self, limit: int = LIMIT, max_kept: int = MAX_KEPT) -> None:
         self.limit = limit
+        self.max_kept = max_kept
+        self._too_large = False
         self._kept = bytearray()
         """The body with every long string replaced by its placeholder."""
         self._string: bytearray | None = None
@@ -122,6 +129,13 @@ class SpoolingParser:
         self._mark = f"\x00spooled:{secrets.token_hex(8)}:"
 
     def feed(self, data: bytes) -> None:
+        if self._too_large:
+            return
+        self._feed(data)
+        if len(self._kept) > self.max_kept:
+            self._too_large, self._kept = True, bytearray()
+
+    def _feed(self, data: bytes) -> None:
         pos = 0
         while pos < len(data):
             if self._string is None and self._file is None:
@@ -150,10 +164,14 @@ class SpoolingParser:
             pos = end + 1
 
     def close(self) -> Any:
+        """Raises `DuplicateKey` (a ValueError) when an object gives a key twice: the
+        answer contradicts itself, which no re-read of it makes right."""
+        if self._too_large:
+            raise ValueError(f"the answer holds more than {self.max_kept} bytes of small fields")
         if self._string is not None or self._file is not None:
             raise ValueError("the answer ends inside a string")
         try:
-            value = json.loads(bytes(self._kept))
+            value = loads(bytes(self._kept), unique_keys=True)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ValueError(f"the answer is not JSON ({exc.__class__.__name__})") from None
         return self._restore(value)
@@ -196,4 +214,4 @@ class SpoolingParser:
         return value
 
 
-__all__ = ["LIMIT", "Spooled", "SpoolingParser", "base64_to_file", "text_chunks"]
+__all__ = ["LIMIT", "MAX_KEPT", "Spooled", "SpoolingParser", "base64_to_file", "text_chunks"]

@@ -16,7 +16,6 @@ that never happened.
 from __future__ import annotations
 
 import base64
-import json
 import time
 from collections.abc import Callable
 from typing import Any, Unpack
@@ -35,6 +34,7 @@ from connectors.kit.http import (
     excerpt,
     remote_error,
 )
+from connectors.kit.json_screen import loads
 from connectors.kit.token_cache import CachedToken, TokenAuth, fetch_token
 from connectors.reltio.settings import ReltioConnection
 
@@ -47,8 +47,8 @@ INVALID_TOKEN = "invalid_token"  # noqa: S105 - an OAuth error code, not a secre
 
 def json_body(response: httpx.Response) -> Any:
     try:
-        return response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        return loads(response.content)
+    except ValueError:  # not JSON, not UTF-8, or nested too deep to walk
         return None
 
 

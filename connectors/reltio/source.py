@@ -33,9 +33,12 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
+import httpx
+
 from connectors.contract import (
     CHUNK_RECORDS,
     JSON,
+    MalformedAnswer,
     RemoteError,
     RetriableError,
     SourcePage,
@@ -43,10 +46,11 @@ from connectors.contract import (
 )
 from connectors.kit.http import HttpClient, excerpt
 from connectors.kit.jobs import JobState, map_status
+from connectors.kit.json_screen import DuplicateKey, loads
 from connectors.kit.paths import path_segment
 from connectors.kit.source import Pages
 from connectors.kit.task_streams import TaskSourceBase, TaskStreams
-from connectors.reltio.auth import ReltioClient, classify, is_not_found, json_body
+from connectors.reltio.auth import ReltioClient, classify, is_not_found
 from connectors.reltio.reads import entity_present, gather
 from connectors.reltio.settings import (
     ReltioConnection,
@@ -113,7 +117,7 @@ class ReltioTaskSource(TaskSourceBase[ReltioConnection, ReltioSourceSettings]):
                 "check the task id",
             )
             return
-        task = task_object(json_body(response)) if response.is_success else None
+        task = task_object(self._task_body(what, response)) if response.is_success else None
         if task is None:
             raise self.api.remote(what, response)
         if task["id"] != task_id:
@@ -164,6 +168,19 @@ class ReltioTaskSource(TaskSourceBase[ReltioConnection, ReltioSourceSettings]):
         yield pages.last(
             _ended_cursor(raw, pages.handed, len(asked) - pages.handed), problem=problem
         )
+
+    def _task_body(self, what: str, response: httpx.Response) -> Any:
+        """The task as JSON, None when it is not JSON. A key given twice (two statuses,
+        two entity lists) makes the answer malformed: which one counts is a guess."""
+        try:
+            return loads(response.content, unique_keys=True)
+        except DuplicateKey as exc:
+            raise MalformedAnswer(
+                f"{self.name}: {what}: a malformed answer: {exc}; nothing of it is used",
+                connection=self.name,
+            ) from None
+        except ValueError:
+            return None
 
     def _candidates(
         self, task: Mapping[str, Any], asked: list[str], state: JobState

@@ -33,7 +33,6 @@ RESOLVED_FOR ago), and `find` then sees exactly the URIs the task was given.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -56,6 +55,7 @@ from connectors.kit.jobs import (
     Keep,
     map_status,
 )
+from connectors.kit.json_screen import loads
 from connectors.kit.keys import KeyTemplate, UnmappedKey
 from connectors.kit.paths import path_segment, segment_problem
 from connectors.kit.target import HttpTarget
@@ -162,7 +162,7 @@ def task_uri_list(task: Mapping[str, Any]) -> list[str] | None:
     listed = task_params(task).get("entityUriList")
     if isinstance(listed, str):
         try:
-            listed = json.loads(listed)
+            listed = loads(listed)
         except ValueError:
             listed = [part for part in listed.strip("[]").split(",") if part.strip()]
     if not isinstance(listed, list):
@@ -176,7 +176,7 @@ def current_state(task: Mapping[str, Any]) -> dict[str, Any]:
     state = task.get("currentState")
     if isinstance(state, str):
         try:
-            state = json.loads(state)
+            state = loads(state)
         except ValueError:
             return {}
     return state if isinstance(state, dict) else {}

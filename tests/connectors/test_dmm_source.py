@@ -20,6 +20,7 @@ from connectors.contract import (
     Delivery,
     FatalError,
     InFlightCall,
+    MalformedAnswer,
     OutcomeKind,
     RemoteError,
     RetriableError,
@@ -852,3 +853,41 @@ async def test_an_empty_paged_log_finishes() -> None:
     page = await fetch(scripted(api(pages=[]), logs_from="status"))
     ended(page, "Complete", deleted=0, failed=0, page=1, logged=0)
     assert page.problem == ""
+
+
+# --- hostile answers ----------------------------------------------------------------------
+
+
+def raw_outputs(body: bytes) -> Handler:
+    """GetExecutionStatus as usual; GetExecutionOutputs answers with `body` as written."""
+    status = api()
+
+    def handle(operation: str, request: dict[str, Any]) -> httpx.Response:
+        if operation == "GetExecutionOutputs":
+            return httpx.Response(200, content=body)
+        return status(operation, request)
+
+    return handle
+
+
+async def test_an_outputs_answer_giving_a_key_twice_is_malformed() -> None:
+    logs = log_zip([DELETED_A]).encode()
+    body = b'{"Status":"Complete","Success":true,"Logs":"' + logs + b'","Success":false}'
+    with pytest.raises(MalformedAnswer, match="'Success' given twice"):
+        await fetch(scripted(raw_outputs(body)))
+
+
+@pytest.mark.parametrize("depth", [100, 20_000, 100_000])
+async def test_an_outputs_answer_nested_too_deep_is_a_remote_error_not_a_crash(depth: int) -> None:
+    nested = b"[" * depth + b"]" * depth
+    body = b'{"Status":"Complete","Success":true,"Report":' + nested + b',"Logs":""}'
+    with pytest.raises(RemoteError, match="nested more than 64 levels"):
+        await fetch(scripted(raw_outputs(body)))
+
+
+async def test_a_status_answer_nested_too_deep_is_a_remote_error_not_a_crash() -> None:
+    def handle(operation: str, request: dict[str, Any]) -> httpx.Response:
+        return httpx.Response(200, content=b'{"Status":' + b"[" * 50_000 + b"]" * 50_000 + b"}")
+
+    with pytest.raises(RemoteError):
+        await fetch(scripted(handle))

@@ -12,19 +12,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectors.goose.answer import AnswerParser, JSONError
+from connectors.goose.answer import AnswerParser, BadRow, JSONError, Malformed
 
 # --- an oracle ------------------------------------------------------------------------------
 
 
 def read(body: bytes, size: int) -> tuple[list[Any], AnswerParser]:
-    """Every row the parser releases when fed `body` in pieces of `size` bytes."""
+    """Every row the parser releases when fed `body` in pieces of `size` bytes; a row
+    it rejects as "BAD"."""
     parser = AnswerParser()
     rows: list[Any] = []
     for start in range(0, len(body), size):
         rows += parser.feed(body[start : start + size])
     rows += parser.close()
-    return rows, parser
+    return ["BAD" if isinstance(row, BadRow) else row for row in rows], parser
 
 
 def status_of(answer: Any) -> str | None:
@@ -35,7 +36,10 @@ def status_of(answer: Any) -> str | None:
 
 
 def expected(body: bytes) -> tuple[list[Any], Any, str | None, int]:
-    """Released rows, envelope, status and row count, from the whole body at once."""
+    """Released rows, envelope, status and row count, from the whole body at once (a
+    hostile row, which `json.loads` would take in or choke on, as "BAD")."""
+    for raw in HOSTILE:
+        body = body.replace(raw, b'"BAD"')
     answer = json.loads(body)
     result = answer.get("result") if isinstance(answer, dict) else None
     data = result.get("data") if isinstance(result, dict) else None
@@ -49,8 +53,7 @@ def expected(body: bytes) -> tuple[list[Any], Any, str | None, int]:
 SCALARS = st.one_of(
     st.none(),
     st.booleans(),
-    # yajl reads 64-bit integers; beyond them it refuses the answer (tested below).
-    st.integers(min_value=-(2**63) + 1, max_value=2**63 - 1),
+    st.integers(),  # beyond 64 bits too, which yajl alone cannot read
     st.floats(allow_nan=False, allow_infinity=False),
     st.text(st.characters(blacklist_categories=("Cs",)), max_size=12),
 )
@@ -62,12 +65,46 @@ VALUES = st.recursive(
     ),
     max_leaves=12,
 )
+HOSTILE = [
+    b'{"RECORD_ID":"1","\\udc00x":1}',
+    b'{"RECORD_ID":"1","\\ud800":1}',
+    b'{"RECORD_ID":"1","v":["a\\udfffb"]}',
+    b'"\\ud800"',
+    b'{"RECORD_ID":"1","v":1e999}',
+    b"-1E+400",
+    b'{"RECORD_ID":"1","v":' + b"9" * 4301 + b"}",
+    b'{"RECORD_ID":"1","v":' + b"[" * 70 + b"]" * 70 + b"}",
+    b'{"RECORD_ID":"1","RECORD_ID":"2"}',
+    b'{"RECORD_ID":"1","v":"\xed\xa0\x80"}',
+]
+"""Rows that cannot be read right: each must come out as a BadRow, the rest as usual."""
+
+
+class Hostile(str):
+    """A place in a generated answer that the raw bytes of a hostile row take."""
+
+    raw: bytes
+
+    def __new__(cls, raw: bytes) -> Hostile:
+        made = super().__new__(cls, f"\x00hostile:{HOSTILE.index(raw)}\x00")
+        made.raw = raw
+        return made
+
+
+def with_hostile_rows(text: str) -> bytes:
+    body = text.encode()
+    for number, raw in enumerate(HOSTILE):
+        body = body.replace(b'"\\u0000hostile:%d\\u0000"' % number, raw)
+    return body
+
+
 ROWS = st.lists(
     st.one_of(
         st.fixed_dictionaries(
             {"TABLE": st.just("CON_TRO"), "RECORD_ID": st.text(max_size=8), "SYKEY": VALUES}
         ),
         VALUES,
+        st.sampled_from(HOSTILE).map(Hostile),
     ),
     max_size=12,
 )
@@ -95,7 +132,7 @@ def answers(draw: st.DrawFn) -> bytes:
         separators=draw(st.sampled_from([(",", ":"), (", ", ": ")])),
     )
     space = draw(st.sampled_from(["", " ", "\n", "\r\n\t "]))
-    return (space + text + space).encode()
+    return with_hostile_rows(space + text + space)
 
 
 @settings(max_examples=300, deadline=None)
@@ -197,13 +234,22 @@ def test_rows_of_an_answer_whose_status_is_not_ok_are_never_released(status: byt
         assert parser.status != "OK"
 
 
-def test_the_first_status_is_the_one_that_counts() -> None:
-    released, parser = read(
-        b'{"status":"error","result":{"total":1,"data":[{"RECORD_ID":"1"}]},"status":"OK"}', 5
-    )
-    assert released == []
-    assert parser.status == "ERROR"
-    assert parser.envelope["status"] == "OK"  # the envelope is the answer as JSON reads it
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"status":"OK","result":{"total":1,"data":[{"RECORD_ID":"1"}]},"status":"error"}',
+        b'{"status":"error","result":{"total":1,"data":[{"RECORD_ID":"1"}]},"status":"OK"}',
+        b'{"status":"OK","result":{"total":1,"data":[{"RECORD_ID":"1"}],"total":2}}',
+        b'{"status":"OK","result":{"total":1,"data":[]},"result":{"total":0,"data":[]}}',
+        b'{"status":"OK","error":{"code":1,"code":2},"result":{"total":0,"data":[]}}',
+    ],
+)
+def test_a_key_the_envelope_gives_twice_makes_the_answer_malformed(body: bytes) -> None:
+    """One reading: the status the rows are released by is the one the envelope keeps,
+    so an answer that says OK, then error, is neither: it is malformed."""
+    for size in (1, 5, len(body)):
+        with pytest.raises(Malformed, match="given twice"):
+            read(body, size)
 
 
 def test_an_error_answer_keeps_its_error_in_the_envelope() -> None:
@@ -302,12 +348,11 @@ def test_a_malformed_frame_is_not_json(body: bytes) -> None:
         read(body, 3)
 
 
-def test_an_integer_beyond_64_bits_fails_the_answer_loudly() -> None:
-    """yajl cannot read it: the answer is refused as not JSON, so the call stays in flight
-    and the operator sees why, instead of rows going missing."""
-    body = HEAD + b'{"RECORD_ID":123456789012345678901234567890}' + TAIL
-    with pytest.raises(JSONError):
-        read(body, 8)
+def test_an_integer_beyond_64_bits_is_read_exactly_as_json_loads_reads_it() -> None:
+    """yajl cannot read it as an integer (it refused the whole answer, and every re-read
+    of the table with it); read as written, it is an integer like any other."""
+    row = b'{"RECORD_ID":123456789012345678901234567890,"n":-98765432109876543210987654321}'
+    assert read(HEAD + row + TAIL, 8)[0] == [json.loads(row)]
 
 
 def test_an_empty_chunk_is_no_end_of_the_body() -> None:
@@ -315,3 +360,61 @@ def test_an_empty_chunk_is_no_end_of_the_body() -> None:
     assert parser.feed(b'{"status":"OK","result":{"total":2,"data":[{"a":1}') == [{"a": 1}]
     assert parser.feed(b"") == []
     assert parser.feed(b',{"a":2}]}}') + parser.close() == [{"a": 2}]
+
+
+# --- rows that cannot be read right: each is a BadRow with its reason, the rest goes on -----
+
+GOOD = b'{"RECORD_ID":"a"}'
+
+
+@pytest.mark.parametrize(
+    ("row", "reason"),
+    [
+        (b'{"RECORD_ID":"h","\\udc00x":1}', "a lone surrogate (\\udc00)"),
+        (b'{"RECORD_ID":"h","\\ud800":1}', "a lone surrogate (\\ud800)"),
+        (b'{"RECORD_ID":"h","v":1e999}', "a number beyond a float's range (1E+999)"),
+        (b'{"RECORD_ID":"h","v":' + b"1" * 5000 + b"}", "more than 4300 characters"),
+        (b'{"RECORD_ID":"h","v":"' + b"x" * 1_100_000 + b'"}', "a string longer than"),
+        (b'{"RECORD_ID":"h","v":"' + b"\\\\" * 600_000 + b'"}', "a string longer than"),
+        (b'{"RECORD_ID":"h","v":' + b"[" * 20_000 + b"]" * 20_000 + b"}", "nested more than"),
+        (b'{"RECORD_ID":"h","v":[' + b'"abc",' * 400_000 + b"0]}", "a row larger than"),
+        (b'{"RECORD_ID":"h","RECORD_ID":"h"}', "the key 'RECORD_ID' given twice"),
+        (b'{"RECORD_ID":"h","v":"\xed\xb0\x80"}', "a lone surrogate (\\udc00)"),
+        (b'{"RECORD_ID":"h","v":"\xff"}', "a string that is not UTF-8"),
+    ],
+)
+def test_a_row_that_cannot_be_read_right_is_a_bad_row_and_the_rest_goes_on(
+    row: bytes, reason: str
+) -> None:
+    body = HEAD.replace(b'"total":1', b'"total":3') + GOOD + b"," + row + b"," + GOOD + TAIL
+    for size in (7, 4096, 65536, len(body)):
+        parser = AnswerParser()
+        rows: list[Any] = []
+        for start in range(0, len(body), size):
+            rows += parser.feed(body[start : start + size])
+        rows += parser.close()
+        assert rows[0] == rows[2] == {"RECORD_ID": "a"}, size
+        assert isinstance(rows[1], BadRow) and reason in rows[1].reason, (size, rows[1])
+        assert rows[1].fields["RECORD_ID"] == "h"  # what the dead letter shows
+        assert parser.rows == 3
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"status":"\\ud800OK","result":{"total":0,"data":[]}}',
+        b'{"status":"OK","result":{"total":1e999,"data":[]}}',
+        b'{"status":"OK","x":' + b"[" * 100 + b"]" * 100 + b',"result":{"total":0,"data":[]}}',
+        b'{"status":"OK","x":"' + b"x" * 1_100_000 + b'","result":{"total":0,"data":[]}}',
+    ],
+)
+def test_an_envelope_that_cannot_be_read_right_makes_the_answer_malformed(body: bytes) -> None:
+    with pytest.raises(Malformed):
+        read(body, 4096)
+
+
+def test_more_rows_than_a_page_before_the_status_make_the_answer_malformed() -> None:
+    """Held rows are bounded: Goose writes its status first."""
+    rows = b",".join([GOOD] * 6000)
+    with pytest.raises(Malformed, match="before its status"):
+        read(b'{"result":{"total":6000,"data":[' + rows + b']},"status":"OK"}', 4096)

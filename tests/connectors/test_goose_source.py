@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import aclosing
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -19,13 +20,14 @@ from connectors.contract import (
     ConnectorError,
     FatalError,
     InFlightCall,
+    MalformedAnswer,
     RemoteError,
     RetriableError,
     SourceCall,
     SourcePage,
     registry,
 )
-from connectors.goose.emulator import GooseEmulator
+from connectors.goose.emulator import GooseEmulator, RawJSON
 from connectors.goose.settings import GooseConnection, GooseSourceSettings
 from connectors.goose.source import (
     GooseSource,
@@ -373,6 +375,46 @@ async def test_a_row_without_record_id_is_handed_back_and_the_rest_goes_on(
     assert rejected.stream == "CON_TRO"
     assert page.cursor["last_ok_started_at"], "the cursor moves past the bad row"
     assert keys(await read(src, page.cursor)) == [] and not (await read(src)).rejected
+
+
+async def test_a_server_that_says_ok_then_error_after_a_page_of_rows_sends_nothing(
+    emulator: GooseEmulator, make_source: Callable[..., GooseSource]
+) -> None:
+    """The reproduction: 5,000 rows read while the status said OK, then a second status
+    saying error. The answer is malformed, and its one page is never handed on."""
+    emulator.seed({CODE: [KEY]}, {"BIG": [{"RECORD_ID": f"b-{i}"} for i in range(5000)]})
+    emulator.delete("BIG", [f"b-{i}" for i in range(5000)])
+    emulator.answer_tail = ',"status":"error","error":{"code":120,"description":"x"}'
+    src = make_source(tables=["BIG"])
+    got: list[SourcePage] = []
+    with pytest.raises(MalformedAnswer, match="'status' given twice"):
+        async with aclosing(src.fetch_pages(src.plan("BIG", None, None, now()))) as pages:
+            async for page in pages:
+                got.append(page)
+    assert got == []
+
+
+async def test_hostile_rows_from_the_server_are_rejects_and_the_rest_goes_on(
+    emulator: GooseEmulator, make_source: Callable[..., GooseSource]
+) -> None:
+    emulator.delete("CON_TRO", ["0-1"])
+    for text in [
+        '{"TABLE":"CON_TRO","RECORD_ID":"0-2","\\udc00x":1}',
+        '{"TABLE":"CON_TRO","\\ud800":"0-3"}',
+        '{"TABLE":"CON_TRO","RECORD_ID":"0-4","N":1e999}',
+        '{"TABLE":"CON_TRO","RECORD_ID":"0-5","N":' + "9" * 5000 + "}",
+    ]:
+        emulator.add_raw_deletion("CON_TRO", RawJSON(text))
+    emulator.delete("CON_TRO", ["0-6"])
+    page = await read(make_source())
+    assert keys(page) == ["0-1", "0-6"]
+    assert [r.reason for r in page.rejected] == [
+        "a lone surrogate (\\udc00) in a string",
+        "a lone surrogate (\\ud800) in a string",
+        "a number beyond a float's range (1E+999)",
+        "a number written with more than 4300 characters",
+    ]
+    assert page.cursor["last_ok_started_at"], "the table goes on"
 
 
 @pytest.mark.parametrize(

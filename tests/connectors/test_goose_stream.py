@@ -11,10 +11,10 @@ from typing import Any
 import httpx
 import pytest
 
-from connectors.contract import CHUNK_RECORDS, AmbiguousError, SourcePage
+from connectors.contract import CHUNK_RECORDS, AmbiguousError, MalformedAnswer, SourcePage
 from connectors.goose.answer import AnswerParser, JSONError
 from connectors.goose.settings import GooseConnection, GooseSourceSettings
-from connectors.goose.source import GooseSource, classify
+from connectors.goose.source import PAGE_BYTES, GooseSource, classify
 from connectors.kit.http import HttpClient
 from connectors.kit.settings import RetrySettings
 from tests.connectors.test_goose_source import KEY, TINY_RETRY, connection, now
@@ -118,6 +118,24 @@ async def test_a_large_answer_comes_in_bounded_pages_and_only_the_last_is_whole(
     assert keys == [f"0-{i}" for i in range(count)]
 
 
+async def test_large_rows_come_in_pages_of_a_bounded_size_in_bytes() -> None:
+    """A page holds at most CHUNK_RECORDS rows and about PAGE_BYTES of the answer."""
+
+    def big_rows() -> Iterator[bytes]:
+        yield b'{"status":"OK","result":{"total":3000,"data":['
+        for i in range(3000):
+            row = {"RECORD_ID": f"0-{i}", "NOTE": "x" * 4000}
+            yield (b"," if i else b"") + json.dumps(row).encode()
+        yield b"]}}"
+
+    pages = await pages_of(source(lambda: Body(big_rows())))
+    sizes = [len(p.records) for p in pages]
+    assert sum(sizes) == 3000 and len(pages) >= 3, sizes
+    assert all(size * 4000 < 2 * PAGE_BYTES for size in sizes), sizes
+    assert [r.key for p in pages for r in p.records] == [f"0-{i}" for i in range(3000)]
+    assert [p.partial for p in pages] == [True] * (len(pages) - 1) + [False]
+
+
 async def test_malformed_rows_are_still_rejected_in_a_streamed_answer() -> None:
     rows = [{"RECORD_ID": "1"}, {"NO_ID": 1}, "text", {"RECORD_ID": "2", "TABLE": "OTHER"}]
     body = json.dumps({"status": "OK", "result": {"total": 4, "data": rows}}).encode()
@@ -162,6 +180,67 @@ async def test_an_error_answer_hands_out_no_page() -> None:
             async for page in pages:
                 got.append(page)
     assert got == []
+
+
+async def test_an_answer_that_says_ok_then_error_is_malformed_and_its_one_page_never_sent() -> None:
+    """The row reader and the envelope check read one status: a second one after the rows
+    makes the answer malformed, and a page whose answer ended with it is never handed on."""
+
+    def twice() -> Body:
+        parts = list(rows_json(CHUNK_RECORDS))
+        parts[-1] = b']},"status":"error","error":{"code":"120","description":"x"}}'
+        return Body(iter(parts))
+
+    src = source(twice)
+    call = src.plan("CON_TRO", None, None, now())
+    got: list[SourcePage] = []
+    with pytest.raises(MalformedAnswer, match="'status' given twice") as info:
+        async with aclosing(src.fetch_pages(call)) as pages:
+            async for page in pages:
+                got.append(page)
+    assert got == []
+    assert KEY not in str(info.value)
+
+
+async def test_the_last_full_page_waits_for_the_end_of_the_answer() -> None:
+    """An answer of one page is read whole, and its envelope checked, before it is sent."""
+    ended: list[bool] = []
+
+    def parts() -> Iterator[bytes]:
+        yield from rows_json(CHUNK_RECORDS)
+        ended.append(True)
+
+    src = source(lambda: Body(parts()))
+    call = src.plan("CON_TRO", None, None, now())
+    got: list[tuple[int, bool, bool]] = []
+    async with aclosing(src.fetch_pages(call)) as pages:
+        async for page in pages:
+            got.append((len(page.records), page.partial, bool(ended)))
+    assert got == [(CHUNK_RECORDS, True, True), (0, False, True)]
+
+
+async def test_hostile_rows_are_rejected_with_their_reason_and_the_table_goes_on() -> None:
+    rows = [
+        b'{"RECORD_ID":"1"}',
+        b'{"RECORD_ID":"2","\\udc00x":1}',
+        b'{"RECORD_ID":"3","\\ud800":"k"}',
+        b'{"RECORD_ID":"4","N":1e999}',
+        b'{"RECORD_ID":"5","N":' + b"9" * 5000 + b"}",
+        b'{"RECORD_ID":"6","N":' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+        b'{"RECORD_ID":"7","N":123456789012345678901234567890}',
+    ]
+    body = b'{"status":"OK","result":{"total":7,"data":[' + b",".join(rows) + b"]}}"
+    [page] = await pages_of(source(lambda: Body(iter([body[:30], body[30:5000], body[5000:]]))))
+    assert [r.key for r in page.records] == ["1", "7"]
+    assert page.records[1].fields["N"] == 123456789012345678901234567890
+    assert [(r.fields["RECORD_ID"], r.reason) for r in page.rejected] == [
+        ("2", "a lone surrogate (\\udc00) in a string"),
+        ("3", "a lone surrogate (\\ud800) in a string"),
+        ("4", "a number beyond a float's range (1E+999)"),
+        ("5", "a number written with more than 4300 characters"),
+        ("6", "values nested more than 64 levels deep"),
+    ]
+    assert page.cursor["last_ok_started_at"]  # the table's cursor moves on
 
 
 # --- memory -------------------------------------------------------------------------------

@@ -79,3 +79,12 @@ def test_the_client_would_collapse_what_is_refused() -> None:
     assert client.build_request("GET", "/entities/_byCrosswalk/..").url.path == "/api/t/entities"
     twin = client.build_request("GET", "/digitaltwins/./relationships").url.path
     assert twin == "/api/t/digitaltwins/relationships"
+
+
+def test_a_lone_surrogate_is_refused_not_a_crash_when_encoding() -> None:
+    """A key read from JSON (`"\\ud800"`) that no URL can carry: refused as unsafe, so its
+    record is dead, instead of UnicodeEncodeError stopping the whole stream."""
+    assert segment_problem("a\ud800") == "'a\\ud800' holds a lone surrogate, which no URL can carry"
+    with pytest.raises(UnsafeKey):
+        path_segment("x\udc00")
+    assert path_segment("é😀") == "%C3%A9%F0%9F%98%80"

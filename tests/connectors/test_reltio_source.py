@@ -15,6 +15,7 @@ from connectors.contract import (
     AmbiguousError,
     Delivery,
     InFlightCall,
+    MalformedAnswer,
     OutcomeKind,
     RemoteError,
     RetriableError,
@@ -468,6 +469,8 @@ def mocked_source(answer: Any, status: int = 200) -> ReltioTaskSource:
         if request.url.path == "/oauth/token":
             return httpx.Response(200, json={"access_token": "tok-5e1f", "expires_in": 3600})
         assert request.method == "GET" and request.url.path == "/reltio/api/T/tasks/t1"
+        if isinstance(answer, bytes):  # written as is: JSON the json module would not write
+            return httpx.Response(status, content=answer)
         return httpx.Response(status, json=answer)
 
     conn = connection("http://reltio.test", tenant_url="http://reltio.test/reltio/api/T")
@@ -575,3 +578,27 @@ async def test_operator_task_routes(emulator: ReltioEmulator, admin: httpx.Async
     assert failed.json()["error"] == "x"
     back = await admin.post("/_admin/task_status", json={"id": task["id"], "status": None})
     assert "error" not in back.json() and back.json()["status"] == "SCHEDULED"
+
+
+# --- hostile answers ----------------------------------------------------------------------
+
+
+async def test_a_task_answer_giving_a_key_twice_is_malformed() -> None:
+    """Two statuses (or two entity lists): which one counts is a guess, so none does."""
+    body = json.dumps(task_body(status="FAILED")).encode()
+    body = body[:-1] + b', "status": "COMPLETED"}'
+    with pytest.raises(MalformedAnswer, match="'status' given twice"):
+        await fetch_mocked(body)
+
+
+async def test_a_task_answer_nested_too_deep_is_a_remote_error_not_a_crash() -> None:
+    body = json.dumps(task_body()).encode()
+    body = body[:-1] + b', "x": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    with pytest.raises(RemoteError):
+        await fetch_mocked(body)
+
+
+async def test_a_task_with_json_in_a_string_nested_too_deep_is_read_not_a_crash() -> None:
+    deep = "[" * 50_000 + "]" * 50_000
+    page = await fetch_mocked(task_body(parameters={"entityUriList": deep}))
+    assert page.records == [] and page.cursor["finished"] is True

@@ -115,3 +115,36 @@ def test_a_record_without_record_id_is_a_dead_letter_and_the_table_goes_on(e2e: 
     assert len(dead(e2e)) == 1
     dropped = e2e.cli("dlq", "drop", "-c", str(e2e.config), "--error", "malformed")
     assert dropped.returncode == 0 and dead(e2e) == []
+
+
+def test_hostile_rows_are_dead_letters_with_their_reason_and_the_table_goes_on(e2e: Env) -> None:
+    """Rows no JSON reader should take as they are (issue 18 items 4 and 6): each one is a
+    malformed record, the good rows around them are delivered, the table never stalls."""
+    e2e.box.delete_in_goose("CON_TRO", ["0-1"])
+    for text in [
+        '{"TABLE":"CON_TRO","RECORD_ID":"h-1","\\udc00x":1}',
+        '{"TABLE":"CON_TRO","\\ud800":"0-3"}',
+        '{"TABLE":"CON_TRO","RECORD_ID":"h-3","N":1e999}',
+        '{"TABLE":"CON_TRO","RECORD_ID":"h-4","N":' + "9" * 5000 + "}",
+        '{"TABLE":"CON_TRO","RECORD_ID":"h-5","N":' + "[" * 100_000 + "]" * 100_000 + "}",
+    ]:
+        e2e.admin_post("goose", "/_admin/raw_deletion", {"table": "CON_TRO", "text": text})
+    e2e.box.delete_in_goose("CON_TRO", ["0-2"])
+    stdout = run(e2e)
+    assert {"jrossi", "mbianchi"}.isdisjoint(e2e.users()), "the good records are delivered"
+    assert "5 malformed record(s)" in stdout
+    reasons = sorted(letter["reason"] for letter in dead(e2e))
+    assert reasons == sorted(
+        f"malformed record: {why}; never sent: no retry can fix it, correct or remove it in "
+        "the source"
+        for why in [
+            "a lone surrogate (\\udc00) in a string",
+            "a lone surrogate (\\ud800) in a string",
+            "a number beyond a float's range (1E+999)",
+            "a number written with more than 4300 characters",
+            "values nested more than 64 levels deep",
+        ]
+    )
+    stream = e2e.status()["pipelines"][0]["streams"][0]
+    assert stream["in_flight_since"] is None and stream["consecutive_errors"] == 0
+    assert e2e.status()["pipelines"][0]["last_run"]["outcome"] == "ok"
