@@ -11,6 +11,16 @@ import sys
 import textwrap
 
 PEAK_RSS_BYTES = 300 * 1024 * 1024
+VM_HWM = (
+    "def vm_hwm():\n"
+    "    for line in open('/proc/self/status'):\n"
+    "        if line.startswith('VmHWM:'):\n"
+    "            return int(line.split()[1]) * 1024\n"
+    "    raise RuntimeError('no VmHWM')\n"
+)
+"""The child's own peak RSS. Not getrusage's ru_maxrss: Linux keeps across exec the
+high-water mark of the image it replaced, which for a child spawned (vfork) by a
+pytest worker is the worker's own peak, hundreds of MB after a long run."""
 ADDRESS_SPACE = 2 * 1024 * 1024 * 1024
 """Cap on the child's memory, so code that runs away fails fast instead of taking
 down the machine."""
@@ -19,6 +29,7 @@ GOOSE_CHILD = textwrap.dedent(
     """
     import json, resource, sys
     resource.setrlimit(resource.RLIMIT_AS, ({cap}, {cap}))
+    {vm_hwm}
     from connectors.goose.answer import AnswerParser, BadRow
 
     def good(n):
@@ -50,7 +61,7 @@ GOOSE_CHILD = textwrap.dedent(
         if isinstance(row, BadRow) else row
         for row in rows
     ]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = vm_hwm()
     print(json.dumps({{"rows": out, "peak": peak}}))
     """
 )
@@ -58,7 +69,7 @@ GOOSE_CHILD = textwrap.dedent(
 
 def run_child(code: str) -> dict[str, object]:
     done = subprocess.run(
-        [sys.executable, "-c", code.format(cap=ADDRESS_SPACE)],
+        [sys.executable, "-c", code.format(cap=ADDRESS_SPACE, vm_hwm=VM_HWM)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -96,6 +107,7 @@ DMM_CHILD = textwrap.dedent(
     """
     import json, resource
     resource.setrlimit(resource.RLIMIT_AS, ({cap}, {cap}))
+    {vm_hwm}
     from connectors.kit.spooled_json import Spooled, SpoolingParser
 
     mega = 1024 * 1024
@@ -119,7 +131,7 @@ DMM_CHILD = textwrap.dedent(
         "small": read([head + b'"Report":[', *[b"1," * (mega // 2)] * 60, b"1]}}"]),
         "logs": read([head + b'"Logs":"', *[b"QUJD" * (mega // 4)] * 150, b'"}}']),
     }}
-    out["peak"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    out["peak"] = vm_hwm()
     print(json.dumps(out))
     """
 )
