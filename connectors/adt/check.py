@@ -78,8 +78,9 @@ async def check(
                 "(e.g. Azure Digital Twins Data Owner)",
             )
             return
-        yield Probe(name, AUTH, True, "token accepted by the instance")
         found = response.is_success or (not jobs and code == "DigitalTwinNotFound")
+        accepted = "token accepted by the instance" if found else "token not refused"
+        yield Probe(name, AUTH, True, accepted)
         if found:
             read = "delete jobs listed" if jobs else "twin read answered"
             detail = f"instance {connection.host} answers ({read}, api-version "

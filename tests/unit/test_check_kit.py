@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from connectors import BUILTIN, load_registry
 from connectors.kit.check import Endpoint, endpoints, network, reach, tls
 
 
@@ -91,3 +92,10 @@ async def test_network_tries_tls_for_https_and_stops_at_the_first_failure(plain_
     assert [(p.step, p.ok) for p in probes] == [("reach", True), ("tls", False)]
     probes = await network("twins", list(reversed(urls)), 5)
     assert [(p.step, p.ok) for p in probes] == [("reach", False)]
+
+
+def test_every_builtin_connector_declares_a_check() -> None:
+    """`syncengine check` proves every connection: a new connector declares its checker
+    on its registry entry, or its connections would pass unchecked."""
+    registry = load_registry()
+    assert [name for name in BUILTIN if registry.get(name).check is None] == []
