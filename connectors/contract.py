@@ -13,7 +13,7 @@ from __future__ import annotations
 import builtins
 import enum
 import importlib
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from fnmatch import fnmatchcase
@@ -525,6 +525,28 @@ class MalformedAnswer(RemoteError):
     """
 
 
+# --- check: is each connection usable, read-only ---------------------------
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One step of `syncengine check` for one connection: `step` is reach, tls, auth or
+    object (the configured table, IDO, tenant, instance or connection); `detail` says
+    what was proven, or why it failed, in one line with no secret in it."""
+
+    connection: str
+    step: str
+    ok: bool
+    detail: str
+
+
+Checker = Callable[[str, Any, Sequence[Any]], AsyncIterator[Probe]]
+"""(connection name, connection settings, the source and target blocks of the config that
+use it) -> its probes, in order, each as soon as it is known (so a connection that stops
+answering still shows how far it got). Only read-only calls: a check never deletes,
+starts a job or moves a server-side cursor."""
+
+
 # --- registry ---------------------------------------------------------------
 
 
@@ -589,6 +611,8 @@ class ConnectorInfo:
     capabilities: Capabilities = field(default_factory=Capabilities)
     sandbox: SandboxSpec | None = None
     """Its emulator in the sandbox; None for a connector that has none."""
+    check: Checker | None = None
+    """How `syncengine check` proves a connection of this type usable; None: not checkable."""
 
     @property
     def countable(self) -> bool:
@@ -665,6 +689,7 @@ def register(
     sandbox_port: int | None = None,
     task_source: bool = False,
     capabilities: Capabilities = Capabilities(),
+    check: Checker | None = None,
 ) -> ConnectorInfo:
     """Register connector `name`, as its package's `__init__` does when imported.
 
@@ -686,6 +711,7 @@ def register(
         task_source=task_source,
         capabilities=capabilities,
         sandbox=sandbox,
+        check=check,
     )
     registry.register(info)
     return info

@@ -181,6 +181,29 @@ def validate(config: ConfigOption = Path("config.yaml")) -> None:
         )
 
 
+@app.command()
+def check(
+    config: ConfigOption = Path("config.yaml"),
+    connection: Annotated[
+        str | None, typer.Option("--connection", help="only this connection")
+    ] = None,
+    output: OutputOption = "text",
+) -> None:
+    """Prove each connection usable, read-only: reach, TLS, credentials and the
+    configured object (table, IDO, tenant, instance); exit 1 if any step fails."""
+    if output not in ("text", "json"):
+        raise fail(f"--output {output!r}: use text or json")
+    from syncengine.check import as_json, check_connections, exit_code, render
+
+    cfg = load(config)
+    if connection is not None and connection not in cfg.connections:
+        known = ", ".join(cfg.connections)
+        raise fail(f"{cfg.path}: no connection named {connection!r}; defined: {known}")
+    probes = asyncio.run(check_connections(cfg, connection))
+    emit(as_json(probes), output, lambda: render(probes, out))
+    raise typer.Exit(exit_code(probes))
+
+
 DEFAULT_JOB_WAIT = 120.0
 
 

@@ -7,6 +7,7 @@ only with `confirm_purge` repeating the instance host).
 
 from __future__ import annotations
 
+from connectors.adt.check import check
 from connectors.adt.purge import AdtPurgeTarget
 from connectors.adt.settings import (
     AdtConnection,
@@ -39,6 +40,7 @@ register(
     target=Side(AdtTargetSettings, build_target),
     sandbox_port=8704,
     capabilities=Capabilities(preview=True, no_cancel=NO_CANCEL),
+    check=check,
 )
 
 __all__ = [

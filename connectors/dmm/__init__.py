@@ -4,6 +4,7 @@ reading which records such executions deleted."""
 from __future__ import annotations
 
 from connectors.contract import Capabilities, Side, register
+from connectors.dmm.check import check
 from connectors.dmm.settings import (
     DmmConnection,
     DmmPaths,
@@ -36,6 +37,7 @@ register(
     sandbox_port=8705,
     task_source=True,
     capabilities=Capabilities(preview=True, cancel=True),
+    check=check,
 )
 
 __all__ = [

@@ -4,6 +4,7 @@ OPERATION service as a target deleting records by RECORD_ID."""
 from __future__ import annotations
 
 from connectors.contract import Capabilities, Side, register
+from connectors.goose.check import check
 from connectors.goose.settings import (
     GooseConnection,
     GooseSourceSettings,
@@ -20,6 +21,7 @@ register(
     target=Side(GooseTargetSettings, build_target),
     sandbox_port=8701,
     capabilities=Capabilities(preview=True),
+    check=check,
 )
 
 __all__ = [

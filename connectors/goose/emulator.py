@@ -1,4 +1,4 @@
-"""A stateful Goose emulator: the DELETED and OPERATION services, faithful to the docs.
+"""A stateful Goose emulator: the DELETED, OPERATION and STRUCTURE services, faithful to the docs.
 
 What it models (seed 003 and apis.md section 5): authentication by `code`
 and `key` in the JSON body; deletions attributed to the key that made them
@@ -80,6 +80,11 @@ class GooseError(Exception):
 def _missing_table(code: str, table: str) -> str:
     """Error 120's description as the docs print it, stray quote included."""
     return f"Table 'client_goose_{code}.{table}' doesn't exist'"
+
+
+def _field(name: str, kind: str, null: str, key: str) -> dict[str, str]:
+    """One row of a STRUCTURE answer, in the documented shape."""
+    return {"Field": name, "Type": kind, "Null": null, "Key": key, "Default": "", "Extra": ""}
 
 
 def _limit(value: Any) -> bool:
@@ -429,6 +434,24 @@ class GooseEmulator(Emulator):
             for d in chosen
         ]
 
+    async def structure_service(self, request: Request) -> Response:
+        """STRUCTURE: the fields of a table (read-only; `syncengine check` proves with it
+        that a key is accepted and a table exists). Goose keeps no schema of its own
+        here, so the fields are those its rows carry, RECORD_ID first as the key."""
+        try:
+            body = await self._body(request)
+            with self._lock:
+                code, _ = self._authenticate(body, self._client_ip(request))
+                table = self._table(code, body)
+                names = {name for row in self._tables[(code, table)].values() for name in row}
+        except GooseError as exc:
+            return self._error(exc)
+        fields = [_field("RECORD_ID", "varchar(25)", "NO", "PRI")]
+        fields += [
+            _field(name, "varchar(255)", "YES", "") for name in sorted(names - {"RECORD_ID"})
+        ]
+        return JSONResponse({"status": "OK", "result": {"total": len(fields), "data": fields}})
+
     async def operation_service(self, request: Request) -> Response:
         """Only DELETE is modelled; the deletion is attributed to the calling key.
 
@@ -497,6 +520,8 @@ class GooseEmulator(Emulator):
         return [
             Route("/deleted/", self.deleted_service, methods=["POST"]),
             Route("/deleted", self.deleted_service, methods=["POST"]),
+            Route("/structure/", self.structure_service, methods=["POST"]),
+            Route("/structure", self.structure_service, methods=["POST"]),
             Route("/operation/", self.operation_service, methods=["POST"]),
             Route("/operation", self.operation_service, methods=["POST"]),
             admin_post("delete", self._delete_json, 'send {"table": "..", "ids": [..]}'),

@@ -61,10 +61,16 @@ def parse_goose_time(text: str) -> datetime:
 def operation_url_for(deleted_url: str) -> str | None:
     """The OPERATION service next to a DELETED url, or None when the url does not
     end in a `deleted` segment and so gives no safe guess."""
+    return service_url_for(deleted_url, "operation")
+
+
+def service_url_for(deleted_url: str, service: str) -> str | None:
+    """Another Goose service (operation, structure) next to a DELETED url, or None when
+    the url does not end in a `deleted` segment and so gives no safe guess."""
     parts = urlsplit(deleted_url)
     if not _LAST_SEGMENT_DELETED.search(parts.path):
         return None
-    path = _LAST_SEGMENT_DELETED.sub(r"\1operation\2", parts.path)
+    path = _LAST_SEGMENT_DELETED.sub(rf"\1{service}\2", parts.path)
     return urlunsplit(parts._replace(path=path))
 
 

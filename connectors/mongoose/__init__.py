@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from connectors.contract import Capabilities, Side, register
+from connectors.mongoose.check import check
 from connectors.mongoose.settings import LookupSettings, MongooseConnection, MongooseTargetSettings
 from connectors.mongoose.target import MongooseTarget
 
@@ -19,6 +20,7 @@ register(
     target=Side(MongooseTargetSettings, build_target),
     sandbox_port=8702,
     capabilities=Capabilities(preview=True, count=True),
+    check=check,
 )
 
 __all__ = [

@@ -68,7 +68,7 @@ class Dialect(Protocol):
         """The form servers that predate the header form know, or None if the version has none."""
         ...
 
-    def load(self, ido: str, props: Sequence[str], where: str) -> Call: ...
+    def load(self, ido: str, props: Sequence[str], where: str, cap: str = ALL_ROWS) -> Call: ...
 
     def delete(self, ido: str, item_ids: Sequence[str], method: str) -> Call: ...
 
@@ -92,8 +92,8 @@ class _Shared:
         headers = {self.user_header: user, "password": password}
         return Call("GET", f"{self.token_path}/{segment(config)}", headers=headers)
 
-    def load(self, ido: str, props: Sequence[str], where: str) -> Call:
-        params = {self.props_param: ",".join(props), "filter": where, "recordcap": ALL_ROWS}
+    def load(self, ido: str, props: Sequence[str], where: str, cap: str = ALL_ROWS) -> Call:
+        params = {self.props_param: ",".join(props), "filter": where, "recordcap": cap}
         return Call("GET", self.load_path.format(ido=ido), params=params)
 
 

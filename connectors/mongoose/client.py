@@ -158,10 +158,20 @@ class MongooseApi:
         )
         self._delete_errors: ErrorTable = (*DEFAULT_RENEW, not_allowed)
 
-    async def load(self, ido: str, props: Sequence[str], where: str) -> list[list[Any]]:
-        """LoadCollection; rows as positional lists in `props` order, whichever shape
-        the server sent them in."""
-        call = self.dialect.load(ido, props, where)
+    async def authenticate(self) -> bool:
+        """Fetch a security token now, when the connection uses one (FatalError when the
+        credentials are refused); False for a bearer token, which only a call can prove."""
+        if isinstance(self._auth, StaticAuth):
+            return False
+        await self._auth.headers()
+        return True
+
+    async def load(
+        self, ido: str, props: Sequence[str], where: str, cap: str = api.ALL_ROWS
+    ) -> list[list[Any]]:
+        """LoadCollection (every row, or at most `cap`); rows as positional lists in
+        `props` order, whichever shape the server sent them in."""
+        call = self.dialect.load(ido, props, where, cap)
         response = await self._call(call, idempotent=True)
         body = json_object(response)
         if not response.is_success or body is None:

@@ -4,6 +4,7 @@ source reading which entities such tasks deleted."""
 from __future__ import annotations
 
 from connectors.contract import Capabilities, Side, register
+from connectors.reltio.check import check
 from connectors.reltio.settings import (
     CrosswalkSettings,
     ReltioConnection,
@@ -40,6 +41,7 @@ register(
     sandbox_port=8703,
     task_source=True,
     capabilities=Capabilities(preview=True, count=True, no_cancel=NO_CANCEL),
+    check=check,
 )
 
 __all__ = [
