@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The runtime package alone: what `make demo` and `make sandbox` need. The test extras
+# (pytest, mypy, ruff, ...) come with $(STAMP), for `make test` and the other targets.
+RUNTIME := $(VENV)/.runtime
 
 .PHONY: demo test lint typecheck unit crash-test bench sandbox clean bytecode
 
@@ -10,9 +13,13 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+$(RUNTIME): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
 	$(MAKE) --no-print-directory bytecode
+	touch $(RUNTIME)
+
+$(STAMP): $(RUNTIME)
+	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
 # pip compiles what it installs, but an editable install leaves the project's own
@@ -21,10 +28,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 bytecode: | $(BIN)/python
 	$(BIN)/python -m compileall -q syncengine connectors state > /dev/null
 
-demo: $(STAMP)
+demo: $(RUNTIME)
 	$(BIN)/syncengine demo -c config.yaml
 
-sandbox: $(STAMP)
+sandbox: $(RUNTIME)
 	$(BIN)/syncengine sandbox
 
 lint: $(STAMP)

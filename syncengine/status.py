@@ -11,6 +11,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from state import DeletionNode, DeliveryNode, Store
 from state.admin import StoreInfo
@@ -154,10 +155,12 @@ def render_deliveries(rows: list[dict[str, Any]], console: Console, title: str) 
             str(row["id"]),
             row["pipeline"],
             row["target"],
-            row["stream"],
-            row["key"],
+            # What a source or target wrote is text, never rich markup: a key or an id
+            # like `[abc]` would otherwise vanish from the table.
+            Text(row["stream"]),
+            Text(row["key"]),
             str(row["attempts"]),
-            row["reason"],
+            Text(row["reason"] or ""),
         )
     console.print(table)
     console.print(f"{len(rows)} deliveries")
@@ -348,7 +351,7 @@ def render_plans(plans: list[PipelinePlan], console: Console) -> None:
                 title=f"-> {target.target}: {counts or 'nothing'}",
             )
             for item in target.items:
-                table.add_row(item.stream, item.key, item.action, item.detail)
+                table.add_row(Text(item.stream), Text(item.key), item.action, Text(item.detail))
             if target.items:
                 console.print(table)
             else:

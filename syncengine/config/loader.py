@@ -6,6 +6,7 @@ do about it, so an integrator can fix a file without reading code.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -110,21 +111,63 @@ def _line_for(lines: Mapping[Path, int], path: Path) -> int | None:
 def _pydantic_issues(
     error: ValidationError, prefix: Path, model: type[BaseModel] | None = None
 ) -> list[ConfigIssue]:
+    items = [
+        (tuple(p for p in item["loc"] if not str(p).startswith("function-after")), item)
+        for item in error.errors(include_url=False)
+    ]
+    # A misspelt required key is two errors to pydantic (an unknown key, a missing one)
+    # but one mistake to the user: report it once, where it is written, with the near name.
+    meant = _misspelt_required(items)
+    absorbed = {(*where[:-1], wanted) for where, wanted in meant.items()}
     issues = []
-    for item in error.errors(include_url=False):
-        loc: Path = tuple(p for p in item["loc"] if not str(p).startswith("function-after"))
+    for loc, item in items:
         message = item["msg"]
         if item["type"] == "extra_forbidden":
             message = f"unknown key {loc[-1]!r}"
-            if model is not None and len(loc) == 1:
-                known = sorted((f.alias or name) for name, f in model.model_fields.items())
+            known = (
+                sorted((f.alias or name) for name, f in model.model_fields.items())
+                if model is not None and len(loc) == 1
+                else []
+            )
+            near = meant.pop(loc, None) or _near(str(loc[-1]), known)
+            if near is not None:
+                message += f"; did you mean {near!r}?"
+            elif known:
                 message += f"; valid keys here: {', '.join(known)}"
         elif item["type"] == "missing":
+            if loc in absorbed:
+                continue
             message = "required key is missing"
         elif message.startswith("Value error, "):
             message = message.removeprefix("Value error, ")
         issues.append(ConfigIssue((*prefix, *loc), _without_input(message, item["input"])))
+    # A model that takes extra keys (a target block, before its connector is known) does
+    # not call the misspelling unknown itself.
+    issues.extend(
+        ConfigIssue((*prefix, *where), f"unknown key {where[-1]!r}; did you mean {wanted!r}?")
+        for where, wanted in meant.items()
+    )
     return issues
+
+
+def _near(written: str, known: Sequence[str]) -> str | None:
+    close = difflib.get_close_matches(written, known, n=1, cutoff=0.8)
+    return close[0] if close else None
+
+
+def _misspelt_required(items: Sequence[tuple[Path, Any]]) -> dict[Path, str]:
+    """Each written key that is a near spelling of a required key reported missing beside
+    it (`conection` for `connection`): its location -> the key it was meant to be."""
+    meant: dict[Path, str] = {}
+    for loc, item in items:
+        given = item["input"]
+        if item["type"] != "missing" or not loc or not isinstance(given, Mapping):
+            continue
+        written = [str(k) for k in given if (*loc[:-1], str(k)) not in meant]
+        near = _near(str(loc[-1]), written)
+        if near is not None:
+            meant[(*loc[:-1], near)] = str(loc[-1])
+    return meant
 
 
 HIDDEN = "***"

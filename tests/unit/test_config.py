@@ -428,3 +428,39 @@ def test_a_name_ending_in_a_newline_is_refused() -> None:
     """`$` matches before a final newline; names are matched whole."""
     text = VALID.replace("  contacts:\n", '  "contacts\\n":\n', 1)
     assert any("pipeline name" in m for m in issues_of(text)), issues_of(text)
+
+
+@pytest.mark.parametrize(
+    ("written", "misspelt", "meant"),
+    [
+        # A target block takes its connector's keys too, so only the missing key showed.
+        (
+            "erp_users: {connection: erp,",
+            "pipelines.contacts.targets.erp_users.conection",
+            "connection",
+        ),
+        ("schedule: {every: 60s}", "pipelines.contacts.schedul", "schedule"),
+    ],
+)
+def test_misspelt_required_key_is_named_once_with_its_near_name(
+    written: str, misspelt: str, meant: str
+) -> None:
+    wrong = written.replace(meant, misspelt.rsplit(".", 1)[1], 1)
+    issues = issues_of(VALID.replace(written, wrong))
+    assert issues == [
+        f"my.yaml:{_line_of(VALID, written)}: {misspelt}: unknown key "
+        f"{misspelt.rsplit('.', 1)[1]!r}; did you mean {meant!r}?"
+    ]
+
+
+def test_misspelt_optional_key_suggests_the_near_name() -> None:
+    issues = issues_of(VALID.replace("batch_size: 100", "bach_size: 100"))
+    assert issues == [
+        f"my.yaml:{_line_of(VALID, 'batch_size: 100')}: "
+        "pipelines.contacts.targets.erp_users.bach_size: unknown key 'bach_size'; "
+        "did you mean 'batch_size'?"
+    ]
+
+
+def _line_of(text: str, part: str) -> int:
+    return next(n for n, line in enumerate(text.splitlines(), 1) if part in line)
