@@ -51,8 +51,9 @@ test: lint typecheck unit
 crash-test: $(STAMP)
 	SYNCENGINE_CRASH_CYCLES=150 $(BIN)/pytest -q -m slow tests/e2e/test_crash.py
 
-# The built wheel in a clean venv: --version, the demo on free ports, and a migration of
-# an old store, all from the installed copy (a minute or two, most of it pip).
+# The built wheel in a clean venv: --version, the demo on free ports, check against a
+# sandbox, and a migration of an old store, all from the installed copy (a minute or
+# two, most of it pip).
 wheel-check: $(STAMP)
 	$(BIN)/pytest -q -m install tests/e2e/test_wheel.py
 

@@ -3,13 +3,15 @@ build`), so package data can never go missing from a release unnoticed.
 
 The default run builds the wheel and checks it holds every module of the three rooms,
 the migrations and the shipped example. `make wheel-check` (marker `install`) goes on to
-install it in a clean venv and run `--version`, the demo on free ports and a migration
-of an old store from the installed copy, away from this source tree.
+install it in a clean venv and run `--version`, the demo on free ports, `check` against a
+sandbox the installed tool starts, and a migration of an old store from the installed
+copy, away from this source tree.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -104,11 +106,37 @@ def test_the_wheel_installs_in_a_clean_venv_and_runs(wheel: Path, tmp_path: Path
     version = run(tool, "--version")
     assert version.returncode == 0 and version.stdout.strip() == "syncengine 0.1.0"
 
-    moves = [f"--port={name}={free_port()}" for name in default_ports()]
+    ports = {name: free_port() for name in default_ports()}
+    moves = [f"--port={name}={port}" for name, port in ports.items()]
     demo = run(tool, "demo", *moves)
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert "Demo OK" in demo.stdout
     assert (home / "config.yaml").exists(), "the demo writes the shipped example out"
+
+    # `check` against a sandbox the installed tool starts, on the same free ports.
+    shipped = (home / "config.yaml").read_text(encoding="utf-8")
+    for name, port in ports.items():
+        shipped = shipped.replace(f"127.0.0.1:{default_ports()[name]}", f"127.0.0.1:{port}")
+    (home / "check.yaml").write_text(shipped, encoding="utf-8")
+    sandbox = subprocess.Popen(
+        [tool, "sandbox", *moves],
+        cwd=home,
+        env={**env, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert sandbox.stdout is not None
+        for line in sandbox.stdout:
+            if line.startswith("Ctrl-C to stop"):
+                break
+        check = run(tool, "check", "-c", "check.yaml")
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert "FAILED" not in check.stdout
+    finally:
+        sandbox.send_signal(signal.SIGINT)
+        sandbox.wait(timeout=30)
+        sandbox.stdout.close()  # type: ignore[union-attr]
 
     db = f"sqlite:///{home / 'old.db'}"
     old = run(str(venv / "bin" / "python"), "-c", OLD_STORE, db)
