@@ -12,7 +12,7 @@ from typing import Any
 from connectors.adt.auth import error_code, http_client, token_auth
 from connectors.adt.settings import AdtConnection, AdtPurgeSettings, AdtTargetSettings
 from connectors.contract import ConnectorError, Probe
-from connectors.kit.check import AUTH, OBJECT, failure, network
+from connectors.kit.check import AUTH, OBJECT, after_network, failure
 from connectors.kit.http import excerpt, json_object
 
 NO_SUCH_TWIN = "syncengine-check-no-such-twin"
@@ -26,14 +26,9 @@ def purges(blocks: Sequence[Any]) -> bool:
     )
 
 
-async def check(
+async def _steps(
     name: str, connection: AdtConnection, blocks: Sequence[Any]
 ) -> AsyncIterator[Probe]:
-    probes = await network(name, [connection.url, connection.token_url], connection.timeout)
-    for probe in probes:
-        yield probe
-    if not all(probe.ok for probe in probes):
-        return
     http = http_client(name, connection)
     try:
         auth = token_auth(name, connection, http)
@@ -96,3 +91,6 @@ async def check(
         )
     finally:
         await http.aclose()
+
+
+check = after_network(lambda connection: [connection.url, connection.token_url], _steps)

@@ -15,21 +15,16 @@ from typing import Any
 from connectors.contract import ConnectorError, Probe
 from connectors.dmm.client import TOKEN_HEADER, is_dmm_body
 from connectors.dmm.settings import RUNTIME_CONNECTION, DmmConnection, DmmTargetSettings
-from connectors.kit.check import AUTH, OBJECT, failure, network
+from connectors.kit.check import AUTH, OBJECT, after_network, failure
 from connectors.kit.http import excerpt, json_object
 
 NO_EXECUTION = -1
 """MainExecutionTrackerId is an OutSystems auto-number: never negative."""
 
 
-async def check(
+async def _steps(
     name: str, connection: DmmConnection, blocks: Sequence[Any]
 ) -> AsyncIterator[Probe]:
-    probes = await network(name, [connection.url], connection.timeout)
-    for probe in probes:
-        yield probe
-    if not all(probe.ok for probe in probes):
-        return
     http = connection.http_client(name, base_url=connection.url)
     path = connection.paths.status
     try:
@@ -82,3 +77,6 @@ def _not_checkable(name: str, connection: DmmConnection, blocks: Sequence[Any]) 
         f"not checkable: DestinationDBConnection ({where}) is read only by a delete "
         f"execution, which the documented API offers no read-only way to test{otp}"
     )
+
+
+check = after_network(lambda connection: [connection.url], _steps)

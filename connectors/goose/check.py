@@ -20,7 +20,7 @@ from connectors.goose.settings import (
     service_url_for,
 )
 from connectors.goose.source import classify, error_code
-from connectors.kit.check import AUTH, OBJECT, failure, network
+from connectors.kit.check import AUTH, OBJECT, after_network, failure
 from connectors.kit.http import excerpt, json_object
 
 NOT_AUTHORIZED = ("110", "111")
@@ -39,15 +39,9 @@ def tables(blocks: Sequence[Any]) -> list[str]:
     return list(found)
 
 
-async def check(
+async def _steps(
     name: str, connection: GooseConnection, blocks: Sequence[Any]
 ) -> AsyncIterator[Probe]:
-    urls = (connection.url, connection.operation_url)
-    probes = await network(name, urls, connection.timeout)
-    for probe in probes:
-        yield probe
-    if not all(probe.ok for probe in probes):
-        return
     url = service_url_for(connection.url, "structure")
     if url is None:
         yield Probe(
@@ -110,3 +104,6 @@ def _said(answer: dict[str, Any] | None, text: str, secrets: Sequence[str]) -> s
 
 def _path(url: str) -> str:
     return urlsplit(url).path
+
+
+check = after_network(lambda connection: (connection.url, connection.operation_url), _steps)

@@ -13,14 +13,16 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
 
 from connectors.contract import ConnectorError, Probe
+from connectors.kit.settings import ConnectionBase
 
 REACH = "reach"
 TLS = "tls"
@@ -145,10 +147,43 @@ async def network(connection: str, urls: Iterable[str | None], seconds: float) -
     return probes
 
 
+ConnectionT = TypeVar("ConnectionT", bound=ConnectionBase)
+Steps = Callable[[str, ConnectionT, Sequence[Any]], AsyncIterator[Probe]]
+
+
+def after_network(
+    urls: Callable[[ConnectionT], Iterable[str | None]], steps: Steps[ConnectionT]
+) -> Steps[ConnectionT]:
+    """A connector's checker: the network steps for every host `urls` names, then, only
+    if they all passed, the connector's own read-only `steps` (credentials, object)."""
+
+    async def check(
+        name: str, connection: ConnectionT, blocks: Sequence[Any]
+    ) -> AsyncIterator[Probe]:
+        probes = await network(name, urls(connection), connection.timeout)
+        for probe in probes:
+            yield probe
+        if all(probe.ok for probe in probes):
+            async for probe in steps(name, connection, blocks):
+                yield probe
+
+    return check
+
+
 def failure(connection: str, step: str, exc: ConnectorError) -> Probe:
     """A connector's error as a failed step: its message is already scrubbed of every
     secret the client knows, and names the setting to fix."""
     return Probe(connection, step, False, " ".join(str(exc).split()))
 
 
-__all__ = ["AUTH", "OBJECT", "REACH", "TLS", "Endpoint", "endpoints", "failure", "network"]
+__all__ = [
+    "AUTH",
+    "OBJECT",
+    "REACH",
+    "TLS",
+    "Endpoint",
+    "after_network",
+    "endpoints",
+    "failure",
+    "network",
+]

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from connectors.contract import ConnectorError, FatalError, Probe
-from connectors.kit.check import AUTH, OBJECT, failure, network
+from connectors.kit.check import AUTH, OBJECT, after_network, failure
 from connectors.mongoose.client import MongooseApi
 from connectors.mongoose.filters import in_filter, quote_literal
 from connectors.mongoose.settings import MongooseConnection, MongooseTargetSettings
@@ -31,14 +31,9 @@ def objects(blocks: Sequence[Any]) -> list[tuple[str, str]]:
     return list(found)
 
 
-async def check(
+async def _steps(
     name: str, connection: MongooseConnection, blocks: Sequence[Any]
 ) -> AsyncIterator[Probe]:
-    probes = await network(name, [connection.url], connection.timeout)
-    for probe in probes:
-        yield probe
-    if not all(probe.ok for probe in probes):
-        return
     http = connection.http_client(name, base_url=connection.url)
     try:
         mongoose = MongooseApi(name, connection, http)
@@ -73,3 +68,6 @@ async def check(
             yield Probe(name, OBJECT, True, f"IDO {ido} reads property {prop}")
     finally:
         await http.aclose()
+
+
+check = after_network(lambda connection: [connection.url], _steps)

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from connectors.contract import ConnectorError, Probe
-from connectors.kit.check import AUTH, OBJECT, failure, network
+from connectors.kit.check import AUTH, OBJECT, after_network, failure
 from connectors.kit.http import as_int
 from connectors.reltio.auth import ReltioClient, classify, json_body
 from connectors.reltio.settings import ReltioConnection
@@ -15,14 +15,9 @@ from connectors.reltio.settings import ReltioConnection
 TOTAL = "/entities/_total"
 
 
-async def check(
+async def _steps(
     name: str, connection: ReltioConnection, blocks: Sequence[Any]
 ) -> AsyncIterator[Probe]:
-    probes = await network(name, [connection.tenant_url, connection.auth_url], connection.timeout)
-    for probe in probes:
-        yield probe
-    if not all(probe.ok for probe in probes):
-        return
     http = connection.http_client(name, base_url=connection.tenant_url, classify=classify)
     try:
         reltio = ReltioClient(name, connection, http)
@@ -46,3 +41,6 @@ async def check(
         yield Probe(name, OBJECT, True, f"tenant {tenant} answers ({total} entities)")
     finally:
         await http.aclose()
+
+
+check = after_network(lambda connection: [connection.tenant_url, connection.auth_url], _steps)
