@@ -230,9 +230,7 @@ class Daemon:
             if name in self._running:
                 keep.append((name, pipe))
                 continue
-            await pipe.source.aclose()
-            for target in pipe.targets.values():
-                await target.target.aclose()
+            await pipe.aclose()
         self._retired = keep
 
     async def _serve(self) -> int:

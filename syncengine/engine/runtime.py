@@ -38,6 +38,12 @@ class PipelineRuntime:
     lease: float = 30.0
     """Seconds the pipeline's lease lasts unrenewed (`state.lease`)."""
 
+    async def aclose(self) -> None:
+        """Its source's and targets' clients (a reload closes a replaced pipeline alone)."""
+        await self.source.aclose()
+        for target in self.targets.values():
+            await target.target.aclose()
+
 
 @dataclass
 class Runtime:
@@ -47,9 +53,7 @@ class Runtime:
 
     async def aclose(self) -> None:
         for pipe in self.pipelines.values():
-            await pipe.source.aclose()
-            for target in pipe.targets.values():
-                await target.target.aclose()
+            await pipe.aclose()
         self.store.close()
 
 
