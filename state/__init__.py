@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from state.alerts import Condition, Notice, Transition
 from state.db import StoreError
 from state.lease import Lease, LeaseLost
 from state.lineage import DeletionNode, DeliveryNode, Handover, Lineage
@@ -29,6 +30,7 @@ __all__ = [
     "MALFORMED",
     "WITHDRAWN",
     "ClaimedDelivery",
+    "Condition",
     "CursorState",
     "DeletionNode",
     "DeliveryNode",
@@ -41,6 +43,7 @@ __all__ = [
     "LeaseLost",
     "Lineage",
     "NewRecord",
+    "Notice",
     "OutcomeCounts",
     "OutcomeRecord",
     "ReadWindow",
@@ -50,5 +53,6 @@ __all__ = [
     "Store",
     "StoreError",
     "TargetCounts",
+    "Transition",
     "Withdrawal",
 ]

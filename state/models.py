@@ -207,6 +207,9 @@ class Run(SQLModel, table=True):
     retried: int = 0
     dead: int = 0
     error: str = Field(default="", sa_type=ErrorText)
+    fatal: bool = False
+    """Ended on a FatalError (credentials or configuration rejected): the daemon stops
+    the pipeline until its configuration changes."""
 
 
 class PipelineLock(SQLModel, table=True):
@@ -279,3 +282,81 @@ class Job(SQLModel, table=True):
     updated_at: datetime = Field(sa_type=UTCDateTime)
     submitted_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class TargetHealth(SQLModel, table=True):
+    """Whether a target's sends get through, as the runs that pushed to it found.
+
+    Written once per run per target that had something to send, so a target
+    whose every send fails is seen as failing since its first failed run, and
+    stalled once that lasts longer than `health.stall_after`.
+    """
+
+    __tablename__ = "target_health"
+
+    pipeline: str = Field(primary_key=True)
+    target: str = Field(primary_key=True)
+    failing_since: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    """The first run of the current streak of runs that got nothing through; None
+    while sends get through."""
+    failed_runs: int = 0
+    last_ok_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_error: str = Field(default="", sa_type=ErrorText)
+    updated_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class ConditionState(enum.StrEnum):
+    OPEN = "open"
+    RESOLVED = "resolved"
+
+
+class AlertCondition(SQLModel, table=True):
+    """Something wrong that someone must be told about, once, until it resolves.
+
+    One row per condition key for ever (`target_stalled:pipe/target`): opening it
+    again is an UPDATE from resolved to open that only one process can win, so
+    several daemons and cron runs raise one alert per episode, not one each.
+    """
+
+    __tablename__ = "alert_condition"
+
+    key: str = Field(primary_key=True)
+    kind: str
+    pipeline: str | None = None
+    target: str | None = None
+    state: str = ConditionState.OPEN
+    episode: int = 1
+    since: datetime = Field(sa_type=UTCDateTime)
+    """When the condition began (its evidence), not when it was noticed."""
+    opened_at: datetime = Field(sa_type=UTCDateTime)
+    resolved_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    message: str = Field(default="", sa_type=ErrorText)
+    command: str = ""
+    """What unsticks it, when a command does."""
+    blocks_ready: bool = True
+    """Whether /readyz answers 503 while it is open."""
+
+
+class AlertNotice(SQLModel, table=True):
+    """One alert (a condition opened or resolved) for one sink: the outbox.
+
+    Written in the transaction that opens or resolves the condition, so no alert
+    is lost to a crash; sent and retried by whichever process claims it first.
+    """
+
+    __tablename__ = "alert_notice"
+    __table_args__ = (Index("ix_alert_notice_due", "sent_at", "next_attempt_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    condition_key: str
+    episode: int
+    event: str
+    """opened | resolved"""
+    sink: str
+    payload: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    attempts: int = 0
+    next_attempt_at: datetime = Field(sa_type=UTCDateTime)
+    sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    gave_up_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_error: str = Field(default="", sa_type=ErrorText)
+    created_at: datetime = Field(sa_type=UTCDateTime)

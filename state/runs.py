@@ -31,6 +31,7 @@ class Runs(StoreBase):
         retried: int = 0,
         dead: int = 0,
         error: str = "",
+        fatal: bool = False,
     ) -> None:
         with self._tx() as s:
             run = s.get(Run, run_id)
@@ -41,6 +42,7 @@ class Runs(StoreBase):
             run.pulled, run.duplicates = pulled, duplicates
             run.delivered, run.retried, run.dead = delivered, retried, dead
             run.error = error
+            run.fatal = fatal
 
     def close_abandoned_runs(self, pipeline: str) -> int:
         """Runs left `running` by a crashed process; called while holding the lock."""

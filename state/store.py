@@ -13,6 +13,7 @@ from __future__ import annotations
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
+from state.alerts import Alerts
 from state.db import StoreError, make_engine, refuse_old_schema, upgrade
 from state.deliveries import Deliveries
 from state.jobs import Jobs
@@ -24,7 +25,7 @@ from state.runs import Runs
 from state.schema import at_head
 
 
-class Store(Leases, Runs, Journal, Deliveries, Jobs):
+class Store(Leases, Runs, Journal, Deliveries, Jobs, Alerts):
     """The durable state behind one SQLAlchemy URL."""
 
     def __init__(

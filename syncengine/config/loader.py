@@ -437,12 +437,14 @@ def _second_pass(
                     guard=target.guard,
                     settings=built[1],
                     concurrency=target.concurrency,
+                    slo=target.slo,
                 )
         if source is not None and len(targets) == len(pipe.targets):
             pipelines[pipe_name] = PipelineConfig(
                 name=pipe_name,
                 schedule=pipe.schedule,
                 alerts=pipe.alerts,
+                slo=pipe.slo,
                 enabled=pipe.enabled,
                 source=source,
                 targets=targets,
@@ -457,9 +459,12 @@ def _second_pass(
         state=_anchored(raw.state, name),
         logging=raw.logging,
         metrics=raw.metrics,
+        health=raw.health,
+        alerts=raw.alerts,
         connections=connections,
         pipelines=pipelines,
-        secrets=collect_secrets(list(connections.values())),
+        # A Slack webhook's URL and a webhook's signing key are credentials too.
+        secrets=collect_secrets([*connections.values(), raw.alerts]),
     )
     return config, []
 

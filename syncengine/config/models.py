@@ -8,9 +8,9 @@ objects are built from these models afterwards, never from raw dicts.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from connectors.kit.settings import Seconds, StrictModel
 
@@ -143,8 +143,19 @@ class GuardSettings(StrictModel):
     legal_hold: LegalHold | None = None
 
 
+class SloSettings(StrictModel):
+    """How late a deletion may reach its target before someone must be told."""
+
+    max_lag: Seconds | None = Field(
+        None,
+        gt=0,
+        description="the oldest deletion still waiting for a target (journaled, not yet done) "
+        "may be this old; older is an SLO breach (/readyz 503, an alert)",
+    )
+
+
 MAX_CONCURRENCY = 32
-ENGINE_TARGET_KEYS = {"connection", "retry", "jobs", "guard", "concurrency"}
+ENGINE_TARGET_KEYS = {"connection", "retry", "jobs", "guard", "concurrency", "slo"}
 ENGINE_SOURCE_KEYS = {"connection", "pipeline", "target", "follow_jobs_of"}
 
 
@@ -172,6 +183,7 @@ class RawTarget(StrictModel):
         description="batches of a synchronous target in flight at once, all under the "
         "connection's calls_per_second",
     )
+    slo: SloSettings | None = Field(None, description="overrides the pipeline's slo")
 
 
 class RawSource(StrictModel):
@@ -202,6 +214,7 @@ class AlertSettings(StrictModel):
 class RawPipeline(StrictModel):
     schedule: Schedule
     alerts: AlertSettings = AlertSettings()
+    slo: SloSettings = SloSettings()
     source: RawSource
     targets: dict[str, RawTarget] = Field(min_length=1)
     enabled: bool = True
@@ -229,10 +242,83 @@ class MetricsSettings(StrictModel):
     )
 
 
+class HealthSettings(StrictModel):
+    """When /readyz and `status` call something unhealthy (each is also an alert)."""
+
+    stall_after: Seconds = Field(
+        900.0,
+        gt=0,
+        description="a target whose sends have all failed for this long is stalled",
+    )
+    failing_runs: int = Field(
+        3, ge=1, description="a pipeline whose last this many runs failed is failing"
+    )
+    held_after: Seconds = Field(
+        3600.0,
+        gt=0,
+        description="deliveries held by the guard for longer make /readyz fail (the alert "
+        "is sent at once)",
+    )
+
+
+class WebhookSink(StrictModel):
+    """A JSON POST of each alert; signed when `secret` is set (see the README)."""
+
+    type: Literal["webhook"]
+    name: str | None = None
+    url: str
+    secret: SecretStr | None = Field(
+        None,
+        description="HMAC-SHA256 key: each request carries X-Syncengine-Signature: "
+        "sha256=<hex of HMAC(secret, '<timestamp>.<body>')> and X-Syncengine-Timestamp",
+    )
+    headers: dict[str, SecretStr] = Field(default_factory=dict)
+
+
+class SlackSink(StrictModel):
+    """A Slack (or Mattermost, Teams-compatible) incoming webhook."""
+
+    type: Literal["slack"]
+    name: str | None = None
+    url: SecretStr = Field(description="the incoming webhook's URL: it is the credential")
+
+
+class CommandSink(StrictModel):
+    """A program run once per alert, the alert's JSON on its standard input."""
+
+    type: Literal["command"]
+    name: str | None = None
+    command: list[str] = Field(min_length=1, description="argv; no shell")
+
+
+AlertSink = Annotated[WebhookSink | SlackSink | CommandSink, Field(discriminator="type")]
+
+
+class AlertDelivery(StrictModel):
+    """How each alert is sent: retried with backoff, never holding a pipeline up."""
+
+    timeout: Seconds = Field(10.0, gt=0, description="one attempt to one sink")
+    max_attempts: int = Field(12, ge=1, le=1000)
+    backoff: Seconds = Field(15.0, ge=0, description="first wait; doubles per attempt")
+    max_backoff: Seconds = Field(1800.0, ge=0)
+
+
+class AlertsSettings(StrictModel):
+    """Where alerts go. Which conditions raise them is fixed (see the README)."""
+
+    sinks: list[AlertSink] = Field(default_factory=list)
+    delivery: AlertDelivery = AlertDelivery()
+    check_every: Seconds = Field(
+        30.0, gt=0, description="the daemon looks for new and resolved conditions this often"
+    )
+
+
 class RawConfig(StrictModel):
     state: StateSettings = StateSettings()
     logging: LoggingSettings = LoggingSettings()
     metrics: MetricsSettings | None = None
+    health: HealthSettings = HealthSettings()
+    alerts: AlertsSettings = AlertsSettings()
     connections: dict[str, dict[str, Any]] = Field(min_length=1)
     pipelines: dict[str, RawPipeline] = Field(min_length=1)
 
@@ -246,6 +332,7 @@ class TargetConfig(StrictModel):
     guard: GuardSettings = GuardSettings()
     settings: Any
     concurrency: int = 1
+    slo: SloSettings | None = None
 
 
 CHAIN = "pipeline"
@@ -274,6 +361,7 @@ class PipelineConfig(StrictModel):
     name: str
     schedule: Schedule
     alerts: AlertSettings = AlertSettings()
+    slo: SloSettings = SloSettings()
     enabled: bool
     source: SourceConfig
     targets: dict[str, TargetConfig]
@@ -286,6 +374,8 @@ class Config(StrictModel):
     state: StateSettings
     logging: LoggingSettings
     metrics: MetricsSettings | None = None
+    health: HealthSettings = HealthSettings()
+    alerts: AlertsSettings = AlertsSettings()
     connections: dict[str, Any]
     pipelines: dict[str, PipelineConfig]
     secrets: tuple[str, ...] = ()

@@ -271,4 +271,5 @@ def _finish(store: Store, report: RunReport, outcome: RunOutcome, error: str) ->
         retried=sum(t.retried for t in report.targets.values()),
         dead=sum(t.dead for t in report.targets.values()),
         error=error,
+        fatal=report.fatal,
     )
