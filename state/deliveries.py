@@ -8,7 +8,7 @@ The run's part (claim, outcomes, release) is Core statements per batch, see
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import and_, func, or_, update
@@ -26,6 +26,7 @@ from state.records import (
     HeldCountMismatch,
     OutcomeCounts,
     OutcomeRecord,
+    QueueAge,
     RetryRule,
     Screen,
     TargetCounts,
@@ -133,6 +134,31 @@ class Deliveries(StoreBase):
             for pipe, target, status, count in s.exec(query).all():
                 grouped.setdefault((pipe, target), {})[status] = int(count)
             return [TargetCounts(p, t, c) for (p, t), c in sorted(grouped.items())]
+
+    def queue_ages(self, pipeline: str | None = None) -> list[QueueAge]:
+        """Per target, the oldest delivery still waiting and the oldest held: the lag
+        an SLO, /readyz, `status` and the metrics speak of."""
+        waiting = [DeliveryStatus.PENDING, DeliveryStatus.FAILED, DeliveryStatus.IN_FLIGHT]
+        ages: dict[tuple[str, str], dict[str, datetime]] = {}
+        with Session(self.engine) as s:
+            for statuses, column, name in (
+                (waiting, col(Delivery.created_at), "waiting"),
+                ([DeliveryStatus.HELD], col(Delivery.updated_at), "held"),
+            ):
+                query = (
+                    select(col(Delivery.pipeline), col(Delivery.target), func.min(column))
+                    .where(col(Delivery.status).in_(statuses))
+                    .group_by(col(Delivery.pipeline), col(Delivery.target))
+                )
+                if pipeline is not None:
+                    query = query.where(col(Delivery.pipeline) == pipeline)
+                for pipe, target, oldest in s.exec(query).all():
+                    if oldest is not None:
+                        ages.setdefault((pipe, target), {})[name] = _aware(oldest)
+        return [
+            QueueAge(p, t, found.get("waiting"), found.get("held"))
+            for (p, t), found in sorted(ages.items())
+        ]
 
     def deliveries(
         self,
@@ -297,3 +323,8 @@ class Deliveries(StoreBase):
                 .values(updated_at=utcnow(), **values)
             )
             return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def _aware(value: datetime) -> datetime:
+    """MIN() comes back without the column's type on some drivers: naive UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)

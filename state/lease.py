@@ -16,6 +16,7 @@ from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col
+from sqlmodel import select as select_rows
 
 from state.base import PIPELINE_LOCK, StoreBase
 from state.models import PipelineLock, utcnow
@@ -103,10 +104,16 @@ class Leases(StoreBase):
                 s.execute(text(f"SET LOCAL lock_timeout = '{LOCK_WAIT_MS}ms'"))
             lock = s.get(PipelineLock, pipeline, with_for_update=self.locks_rows)
             if lock is None:
-                s.add(PipelineLock(pipeline=pipeline, owner=owner, expires_at=expires, epoch=1))
+                s.add(
+                    PipelineLock(
+                        pipeline=pipeline, owner=owner, expires_at=expires, epoch=1, acquired_at=now
+                    )
+                )
                 return Lease(pipeline, owner, 1)
             if lock.owner not in (owner, replace) and lock.expires_at > now:
                 return None
+            if lock.owner != owner or lock.expires_at <= now:
+                lock.acquired_at = now
             if lock.owner != owner:
                 lock.epoch += 1
             lock.owner = owner
@@ -140,6 +147,15 @@ class Leases(StoreBase):
             lock = s.get(PipelineLock, pipeline, with_for_update=self.locks_rows)
             if lock is not None and lock.owner == owner:
                 lock.expires_at = utcnow()
+
+    def leases(self, now: datetime | None = None) -> list[PipelineLock]:
+        """The leases held now (unexpired), one per pipeline under way somewhere."""
+        now = now or utcnow()
+        with Session(self.engine) as s:
+            held = select_rows(PipelineLock).where(
+                col(PipelineLock.expires_at) > now, col(PipelineLock.pipeline) != "__healthz__"
+            )
+            return list(s.exec(held.order_by(col(PipelineLock.pipeline))).all())
 
     def lock_holder(self, pipeline: str, now: datetime | None = None) -> str | None:
         now = now or utcnow()

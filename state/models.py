@@ -227,6 +227,8 @@ class PipelineLock(SQLModel, table=True):
     owner: str
     expires_at: datetime = Field(sa_type=UTCDateTime)
     epoch: int = 1
+    acquired_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    """When this owner took the lease (`status` shows it: held since)."""
 
 
 class JobPhase(enum.StrEnum):

@@ -195,6 +195,19 @@ class TargetCounts:
     counts: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class QueueAge:
+    """How long the oldest work of one target has waited (None: nothing waits)."""
+
+    pipeline: str
+    target: str
+    oldest_waiting: datetime | None
+    """The journaling time of the oldest delivery still to be done (pending, failed,
+    in flight): the lag a deletion has already accumulated on its way to the target."""
+    oldest_held: datetime | None
+    """Since when the oldest delivery held by the guard has waited for an operator."""
+
+
 class HeldCountMismatch(Exception):
     """An approval named a different number than the deliveries actually held."""
 

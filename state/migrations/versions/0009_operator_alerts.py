@@ -5,7 +5,8 @@ dead deliveries were known only to whoever read the log. `target_health` keeps
 each target's failing streak, `alert_condition` the conditions open now (one row
 per condition, so several daemons raise one alert per episode), `alert_notice`
 the alerts still to send to each sink (written with the condition, so a crash
-loses none), and `run.fatal` which runs ended on rejected credentials.
+loses none), `run.fatal` which runs ended on rejected credentials, and
+`pipeline_lock.acquired_at` since when a daemon holds a pipeline.
 
 Revision ID: 0009
 Revises: 0008
@@ -23,6 +24,8 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("pipeline_lock") as batch:
+        batch.add_column(sa.Column("acquired_at", sa.DateTime(), nullable=True))
     with op.batch_alter_table("run") as batch:
         batch.add_column(
             sa.Column("fatal", sa.Boolean(), nullable=False, server_default=sa.false())
@@ -77,3 +80,5 @@ def downgrade() -> None:
     op.drop_table("target_health")
     with op.batch_alter_table("run") as batch:
         batch.drop_column("fatal")
+    with op.batch_alter_table("pipeline_lock") as batch:
+        batch.drop_column("acquired_at")
