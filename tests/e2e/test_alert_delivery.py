@@ -29,9 +29,12 @@ from state import Store
 from state.alerts import Condition, backoff
 from state.models import AlertNotice, utcnow
 from syncengine.alerts import Notifier, sink_names
+from syncengine.api import run_pipelines
 from syncengine.config.loader import collect_secrets
 from syncengine.config.models import AlertsSettings, Config, LoggingSettings, StateSettings
+from syncengine.daemon import Daemon
 from syncengine.engine import StopToken
+from syncengine.engine.runtime import Runtime
 from tests.e2e.alert_receiver import Receiver, closed_port
 
 HOOK_SECRET = "whsec-3f9a1c2e7b5d4a60"
@@ -510,3 +513,36 @@ async def test_no_sinks_no_work(sqlite_store: Store, tmp_path: Path) -> None:
     await Notifier(sqlite_store, config).flush(30)
     (row,) = notice_rows(sqlite_store)
     assert row.attempts == 0 and row.sent_at is None
+
+
+async def test_run_once_sends_the_alerts_its_runs_queued(
+    sqlite_store: Store, tmp_path: Path, receivers: Callable[..., Receiver]
+) -> None:
+    hook = receivers()
+    config = make_config(tmp_path, [{"type": "webhook", "url": hook.url}])
+    runtime = Runtime(config=config, store=sqlite_store, pipelines={})
+    open_(sqlite_store, config, stalled())
+
+    stopped = StopToken()
+    stopped.request("SIGTERM received")
+    await run_pipelines(runtime, stopped, job_wait=0)
+    assert hook.requests == []  # a stopped run leaves them to the next
+
+    await run_pipelines(runtime, StopToken(), job_wait=0)
+    assert [b["event"] for b in hook.bodies()] == ["opened"]
+
+
+async def test_the_daemon_sends_alerts_and_stops_its_notifier_with_it(
+    sqlite_store: Store, tmp_path: Path, receivers: Callable[..., Receiver]
+) -> None:
+    hook = receivers()
+    config = make_config(tmp_path, [{"type": "webhook", "url": hook.url}])
+    daemon = Daemon(Runtime(config=config, store=sqlite_store, pipelines={}))
+    serving = asyncio.create_task(daemon.serve())
+    open_(sqlite_store, config, stalled())
+    daemon.notifier.wake()
+    await until(lambda: len(hook.requests) == 1, "the daemon sent the alert")
+    resolve_all(sqlite_store, config)
+    daemon.stop.request("test over")  # queued just before the stop: sent in the grace
+    assert await serving == 0
+    assert [b["event"] for b in hook.bodies()] == ["opened", "resolved"]
