@@ -89,15 +89,20 @@ def summary(payload: dict[str, Any], now: datetime) -> str:
     if payload.get("event") == "resolved":
         return f"syncengine RECOVERED: {head}, {since_text(payload, now)}. Was: {message}"
     return (
-        f"syncengine ALERT: {head}: {message} ({since_text(payload, now)}). "
+        f"syncengine ALERT: {head}: {message.rstrip('.')}, {since_text(payload, now)}. "
         f"To unstick: {payload.get('command', '')}"
     )
 
 
+SLACK_SECTION = 3000
+"""Slack refuses a section longer than this (a long error quoted in the message)."""
+
+
 def _mrkdwn(text: str) -> str:
     """Slack reads &, < and > as markup: escaped, a message cannot ping @channel or
-    hide a link."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    hide a link. Clipped to what a section takes."""
+    escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return escaped if len(escaped) <= SLACK_SECTION else escaped[: SLACK_SECTION - 1] + "…"
 
 
 def slack_message(payload: dict[str, Any], now: datetime) -> dict[str, Any]:
@@ -133,4 +138,4 @@ def slack_message(payload: dict[str, Any], now: datetime) -> dict[str, Any]:
             ],
         }
     )
-    return {"text": summary(payload, now), "blocks": blocks}
+    return {"text": _mrkdwn(summary(payload, now)), "blocks": blocks}
