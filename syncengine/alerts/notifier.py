@@ -90,7 +90,7 @@ class Notifier:
             while await self._claim(utcnow() + window) == BATCH:
                 pass
         except Exception as exc:  # a fault here must not end alerting for the daemon's life
-            self.log.error("alert_notifier_error", error=_scrub(f"{type(exc).__name__}: {exc}", []))
+            self.log.error("notifier_error", error=_scrub(f"{type(exc).__name__}: {exc}", []))
 
     async def flush(self, deadline_seconds: float) -> None:
         """Send what is due within `deadline_seconds` (`run --once`); what is left
@@ -103,7 +103,7 @@ class Notifier:
                 await self._settle(deadline_seconds)
         except Exception as exc:  # see the docstring: logged, never raised
             error = SECRETS.scrub(f"{type(exc).__name__}: {exc}")
-            self.log.error("alert_flush_failed", error=error)
+            self.log.error("notification_flush_failed", error=error)
 
     @contextlib.asynccontextmanager
     async def _open(self) -> AsyncIterator[None]:
@@ -140,7 +140,7 @@ class Notifier:
                 not lane.done() for lane in self._lanes.values()
             )
             self.log.info(
-                "alerts_left_in_outbox",
+                "notifications_left_in_outbox",
                 after_seconds=seconds,
                 left=left,
                 effect="the next run or the daemon sends them",
@@ -211,7 +211,7 @@ class Notifier:
         else:
             await self._store(self.store.notice_sent, notice.id)
             self.log.info(
-                "alert_sent", sink=notice.sink, condition=document["key"], alert=notice.event
+                "notification_sent", sink=notice.sink, condition=document["key"], alert=notice.event
             )
             return
         await self._failed(notice, _scrub(error, secrets))
@@ -236,7 +236,7 @@ class Notifier:
             return
         wait = backoff(attempts, delivery.backoff, delivery.max_backoff)
         await self._store(self.store.notice_failed, notice.id, error, utcnow() + wait)
-        self.log.warning("alert_send_failed", **fields, retry_in=wait.total_seconds())
+        self.log.warning("notification_failed", **fields, retry_in=wait.total_seconds())
 
     async def _store(self, call: Any, *args: Any) -> None:
         try:
@@ -246,7 +246,7 @@ class Notifier:
 
     def _outbox_unavailable(self, exc: Exception) -> None:
         self.log.warning(
-            "alert_outbox_unavailable",
+            "notification_outbox_unavailable",
             error=SECRETS.scrub(f"{type(exc).__name__}: {exc}"),
             effect="alerts wait in the store until it answers",
         )

@@ -211,7 +211,7 @@ async def test_a_failing_receiver_is_retried_with_backoff_and_sent_once_it_recov
     assert (row.sent_at, row.gave_up_at, row.attempts) == (None, None, 1)
     assert row.next_attempt_at >= before + backoff(1, 60, 600)
     assert ("500" if broken else "Connect") in row.last_error
-    assert [e["event"] for e in events] == ["alert_send_failed"]
+    assert [e["event"] for e in events] == ["notification_failed"]
     assert events[0]["retry_in"] == 60
 
     await notifier.flush(30)  # not due yet: no new attempt
