@@ -207,8 +207,9 @@ async def run_pipelines(
     job_wait: float,
     started: Callable[[str, asyncio.Task[RunReport]], None] | None = None,
 ) -> list[RunReport]:
-    """Each pipeline of `runtime` once, in run order, until `stop` is set. `started(task)`
-    sees each run's task as it starts (the CLI's second signal cancels it)."""
+    """Each pipeline of `runtime` once, in run order, until `stop` is set, then the
+    alerts they queued. `started(task)` sees each run's task as it starts (the CLI's
+    second signal cancels it)."""
     from syncengine.engine import run_pipeline
 
     reports: list[RunReport] = []
@@ -227,6 +228,12 @@ async def run_pipelines(
         if started is not None:
             started(pipe.name, task)
         reports.append(await task)
+    if runtime.config.alerts.sinks and not stop.is_set():
+        # The alerts these runs queued, within a bounded time; what is left stays in
+        # the store's outbox for the next run or a daemon. A stopped run skips this.
+        from syncengine.alerts import Notifier, once_deadline
+
+        await Notifier(runtime.store, runtime.config).flush(once_deadline(runtime.config))
     return reports
 
 

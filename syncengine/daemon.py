@@ -21,6 +21,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from connectors.contract import ConnectorError
 from state import StoreError
 from state.models import utcnow
+from syncengine.alerts import Notifier
 from syncengine.config import Config, ConfigError, Schedule
 from syncengine.engine import RunReport, Runtime, StopToken, run_pipeline
 from syncengine.engine.runtime import PipelineRuntime, build_pipeline
@@ -72,6 +73,8 @@ class Daemon:
         """Pipelines a reload replaced or removed, closed once no run of theirs is under way."""
         self._stopped_pipelines: dict[str, str] = {}
         self._store_error: StoreError | None = None
+        self.notifier = Notifier(runtime.store, runtime.config)
+        """Sends alerts in its own task, so a slow or dead sink never holds a run up."""
         self.log = get_logger("syncengine.daemon")
 
     async def _job(self, name: str) -> None:
@@ -119,6 +122,7 @@ class Daemon:
             self.shutdown.tasks.discard(task)
         if self.on_report is not None:
             self.on_report(report)
+        self.notifier.wake()
         if report.fatal:
             self._stopped_pipelines[name] = report.error
             self.log.error(
@@ -193,6 +197,7 @@ class Daemon:
             self._reload_failed([str(exc)])
             return False
         self.runtime.config = new
+        self.notifier.config = new
         for name in change.removed:
             if self._scheduler.get_job(name) is not None:
                 self._scheduler.remove_job(name)
@@ -246,6 +251,8 @@ class Daemon:
 
     async def _serve_until_stopped(self) -> int:
         self._scheduler.start()
+        alerts_stop = StopToken()
+        alerts = asyncio.create_task(self.notifier.run(alerts_stop))
         self.log.info("daemon_started", pipelines=len(self.runtime.pipelines))
         await self.stop.wait()
         # No new run starts; the runs under way end at their next stop point (or on
@@ -255,6 +262,9 @@ class Daemon:
         while self._jobs:
             await asyncio.wait(list(self._jobs))
         self._scheduler.shutdown(wait=False)
+        # After the runs: the alerts their ends queued get a short grace to go out.
+        alerts_stop.request("daemon stopping")
+        await alerts
         self.log.info("daemon_stopped", reason=self.stop.reason, forced=self.shutdown.forced)
         if self._store_error is not None:
             raise self._store_error
