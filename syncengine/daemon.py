@@ -12,6 +12,7 @@ nothing is lost). SIGHUP reloads the configuration between runs (see
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Callable
 
@@ -23,8 +24,10 @@ from state import StoreError
 from state.models import utcnow
 from syncengine.config import Config, ConfigError, Schedule
 from syncengine.engine import RunReport, Runtime, StopToken, run_pipeline
+from syncengine.engine.pull import one_line
 from syncengine.engine.runtime import PipelineRuntime, build_pipeline
 from syncengine.engine.stop import Shutdown
+from syncengine.health import check_conditions
 from syncengine.logs import get_logger
 from syncengine.reload import diff, refused
 
@@ -131,6 +134,28 @@ class Daemon:
                 self._scheduler.remove_job(name)
             if len(self._stopped_pipelines) == len(self.runtime.pipelines):
                 self.stop.request("every pipeline stopped on a fatal error")
+        await self._check_conditions([name])
+
+    async def _check_conditions(self, pipelines: list[str]) -> None:
+        """Record what is wrong now (and queue its alerts). Never fails a run nor the
+        daemon: a check that cannot be made is logged, and the next one tries again."""
+        try:
+            await asyncio.to_thread(
+                check_conditions, self.runtime.store, self.runtime.config, pipelines
+            )
+        except Exception as exc:
+            self.log.warning("conditions_check_failed", pipelines=pipelines, error=one_line(exc))
+
+    async def _watch_conditions(self) -> None:
+        """Every `alerts.check_every`, the conditions of the pipelines this daemon runs
+        (held deliveries age, a target stays stalled, an SLO passes between runs)."""
+        while not self.stop.is_set():
+            config = self.runtime.config
+            await self._check_conditions(
+                [self._only] if self._only is not None else list(config.pipelines)
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), config.alerts.check_every)
 
     async def serve(self) -> int:
         # The scheduler's package pulls in multiprocessing and thread pools: loaded here
@@ -247,6 +272,7 @@ class Daemon:
     async def _serve_until_stopped(self) -> int:
         self._scheduler.start()
         self.log.info("daemon_started", pipelines=len(self.runtime.pipelines))
+        watch = asyncio.create_task(self._watch_conditions())
         await self.stop.wait()
         # No new run starts; the runs under way end at their next stop point (or on
         # a second signal) before the scheduler's shutdown, which cancels its jobs.
@@ -254,6 +280,7 @@ class Daemon:
         await asyncio.sleep(0)  # a job submitted just before starts, sees the stop, ends
         while self._jobs:
             await asyncio.wait(list(self._jobs))
+        await watch  # ends after the check under way, before the store is closed
         self._scheduler.shutdown(wait=False)
         self.log.info("daemon_stopped", reason=self.stop.reason, forced=self.shutdown.forced)
         if self._store_error is not None:
