@@ -16,6 +16,7 @@ from sqlalchemy.exc import DBAPIError
 from state.alerts import Alerts
 from state.db import StoreError, make_engine, refuse_old_schema, upgrade
 from state.deliveries import Deliveries
+from state.health import HealthReads
 from state.jobs import Jobs
 from state.journal import Journal
 from state.lease import Leases
@@ -25,7 +26,7 @@ from state.runs import Runs
 from state.schema import at_head
 
 
-class Store(Leases, Runs, Journal, Deliveries, Jobs, Alerts):
+class Store(Leases, Runs, Journal, Deliveries, Jobs, Alerts, HealthReads):
     """The durable state behind one SQLAlchemy URL."""
 
     def __init__(

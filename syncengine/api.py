@@ -228,6 +228,7 @@ async def run_pipelines(
         if started is not None:
             started(pipe.name, task)
         reports.append(await task)
+    await check_after_runs(runtime, [r.pipeline for r in reports])
     if runtime.config.alerts.sinks and not stop.is_set():
         # The alerts these runs queued, within a bounded time; what is left stays in
         # the store's outbox for the next run or a daemon. A stopped run skips this.
@@ -235,6 +236,23 @@ async def run_pipelines(
 
         await Notifier(runtime.store, runtime.config).flush(once_deadline(runtime.config))
     return reports
+
+
+async def check_after_runs(runtime: Runtime, pipelines: list[str]) -> None:
+    """Record the conditions of the pipelines just run (and queue their alerts). It never
+    fails the run: a check that cannot be made is logged, the next run checks again."""
+    from syncengine.engine.pull import one_line
+    from syncengine.health import check_conditions
+    from syncengine.logs import get_logger
+
+    if not pipelines:
+        return
+    try:
+        await asyncio.to_thread(check_conditions, runtime.store, runtime.config, pipelines)
+    except Exception as exc:
+        get_logger("syncengine.health").warning(
+            "conditions_check_failed", pipelines=pipelines, error=one_line(exc)
+        )
 
 
 async def arun_once(

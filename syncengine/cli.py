@@ -413,7 +413,7 @@ def run(
     metrics_port: Annotated[
         int | None,
         typer.Option(
-            help="serve /metrics and /healthz on this port, whatever the file says (two "
+            help="serve /metrics, /healthz and /readyz on this port, whatever the file says (two "
             "daemons on one host each need their own)",
             envvar="SYNCENGINE_METRICS_PORT",
             callback=within(1, 65535, "a port from 1 to 65535"),
@@ -509,7 +509,7 @@ async def _daemon(
     from syncengine.observe import ObservabilityError, serve_observability
 
     try:
-        with serve_observability(store, cfg) as metrics:
+        with serve_observability(store, cfg, only) as metrics:
             on_report = metrics.record_run if metrics is not None else None
             daemon = Daemon(runtime, on_report=on_report, reload=reload, only=only)
             return await daemon.serve()

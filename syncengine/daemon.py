@@ -12,6 +12,7 @@ nothing is lost). SIGHUP reloads the configuration between runs (see
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Callable
 
@@ -24,8 +25,10 @@ from state.models import utcnow
 from syncengine.alerts import Notifier
 from syncengine.config import Config, ConfigError, Schedule
 from syncengine.engine import RunReport, Runtime, StopToken, run_pipeline
+from syncengine.engine.pull import one_line
 from syncengine.engine.runtime import PipelineRuntime, build_pipeline
 from syncengine.engine.stop import Shutdown
+from syncengine.health import check_conditions
 from syncengine.logs import get_logger
 from syncengine.reload import diff, refused
 
@@ -122,7 +125,6 @@ class Daemon:
             self.shutdown.tasks.discard(task)
         if self.on_report is not None:
             self.on_report(report)
-        self.notifier.wake()
         if report.fatal:
             self._stopped_pipelines[name] = report.error
             self.log.error(
@@ -135,6 +137,31 @@ class Daemon:
                 self._scheduler.remove_job(name)
             if len(self._stopped_pipelines) == len(self.runtime.pipelines):
                 self.stop.request("every pipeline stopped on a fatal error")
+        await self._check_conditions([name])
+
+    async def _check_conditions(self, pipelines: list[str]) -> None:
+        """Record what is wrong now (and queue its alerts). Never fails a run nor the
+        daemon: a check that cannot be made is logged, and the next one tries again."""
+        try:
+            changed = await asyncio.to_thread(
+                check_conditions, self.runtime.store, self.runtime.config, pipelines
+            )
+        except Exception as exc:
+            self.log.warning("conditions_check_failed", pipelines=pipelines, error=one_line(exc))
+            return
+        if changed:
+            self.notifier.wake()  # the alerts just queued go out now, not at the next poll
+
+    async def _watch_conditions(self) -> None:
+        """Every `alerts.check_every`, the conditions of the pipelines this daemon runs
+        (held deliveries age, a target stays stalled, an SLO passes between runs)."""
+        while not self.stop.is_set():
+            config = self.runtime.config
+            await self._check_conditions(
+                [self._only] if self._only is not None else list(config.pipelines)
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), config.alerts.check_every)
 
     async def serve(self) -> int:
         # The scheduler's package pulls in multiprocessing and thread pools: loaded here
@@ -254,6 +281,7 @@ class Daemon:
         alerts_stop = StopToken()
         alerts = asyncio.create_task(self.notifier.run(alerts_stop))
         self.log.info("daemon_started", pipelines=len(self.runtime.pipelines))
+        watch = asyncio.create_task(self._watch_conditions())
         await self.stop.wait()
         # No new run starts; the runs under way end at their next stop point (or on
         # a second signal) before the scheduler's shutdown, which cancels its jobs.
@@ -261,6 +289,7 @@ class Daemon:
         await asyncio.sleep(0)  # a job submitted just before starts, sees the stop, ends
         while self._jobs:
             await asyncio.wait(list(self._jobs))
+        await watch  # ends after the check under way, before the store is closed
         self._scheduler.shutdown(wait=False)
         # After the runs: the alerts their ends queued get a short grace to go out.
         alerts_stop.request("daemon stopping")

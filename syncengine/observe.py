@@ -1,15 +1,19 @@
-"""The daemon's /metrics (Prometheus) and /healthz, on a loopback port.
+"""The daemon's /metrics (Prometheus), /healthz and /readyz, on a loopback port.
 
-/healthz fails when the store cannot be written or a pipeline has gone too
-long without a good run. The web server and Prometheus are imported only
-when `metrics:` is configured, so no other command pays for loading them.
+/healthz is liveness: it answers 200 while the process serves, because a restart
+cures nothing else. /readyz (and its alias /health) is whether the daemon does its
+job: 503, with a JSON body naming each reason and the command that unsticks it,
+when the store cannot be written or a condition that blocks readiness is found
+(see `syncengine.health`); 200 with the same body when all is well. The web
+server and Prometheus are imported only when `metrics:` is configured, so no other
+command pays for loading them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -17,7 +21,7 @@ from connectors.kit.http import observers
 from state import Store
 from state.models import utcnow
 from syncengine.config import Config
-from syncengine.daemon import job_wait_for
+from syncengine.health import readiness
 from syncengine.logs import get_logger
 
 if TYPE_CHECKING:
@@ -27,38 +31,22 @@ if TYPE_CHECKING:
 
     from syncengine.metrics import Metrics
 
-CRON_PERIOD = 3600.0
+LIVE = {
+    "ok": True,
+    "live": True,
+    "note": "liveness only: this process serves; /readyz says whether it does its job",
+}
 
 
-def period_of(config: Config, pipeline: str) -> float:
-    schedule = config.pipelines[pipeline].schedule
-    return schedule.every if schedule.every is not None else CRON_PERIOD
-
-
-def health(store: Store, config: Config, started: datetime) -> tuple[bool, dict[str, object]]:
-    problems: list[str] = []
-    try:
-        store.check_writable()
-    except Exception as exc:
-        problems.append(f"store not writable: {type(exc).__name__}")
-    assert config.metrics is not None
-    now = utcnow()
-    for name, pipe in config.pipelines.items():
-        if not pipe.enabled:
-            continue
-        allowed = config.metrics.stale_after_periods * period_of(config, name) + job_wait_for(
-            pipe.schedule
-        )
-        last = store.last_good_run_at(name)
-        since = max(last, started) if last is not None else started
-        if (now - since).total_seconds() > allowed:
-            problems.append(
-                f"pipeline {name}: no good run for {int((now - since).total_seconds())}s"
-            )
-    return not problems, {"ok": not problems, "problems": problems}
-
-
-def build_app(store: Store, config: Config, metrics: Metrics, started: datetime) -> Starlette:
+def build_app(
+    store: Store,
+    config: Config,
+    metrics: Metrics,
+    started: datetime,
+    pipelines: Collection[str] | None = None,
+) -> Starlette:
+    """`pipelines`: those this daemon runs (None: every pipeline of `config`), the
+    ones its readiness answers for."""
     from prometheus_client import CONTENT_TYPE_LATEST
     from prometheus_client.exposition import generate_latest
     from starlette.applications import Starlette
@@ -70,13 +58,18 @@ def build_app(store: Store, config: Config, metrics: Metrics, started: datetime)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     async def healthz(request: Request) -> Response:
-        ok, body = await asyncio.to_thread(health, store, config, started)
+        return JSONResponse(LIVE | {"checked_at": utcnow().isoformat()})
+
+    async def readyz(request: Request) -> Response:
+        ok, body = await asyncio.to_thread(readiness, store, config, started, pipelines=pipelines)
         return JSONResponse(body, status_code=200 if ok else 503)
 
     return Starlette(
         routes=[
             Route("/metrics", metrics_endpoint, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/health", readyz, methods=["GET"]),
         ]
     )
 
@@ -86,8 +79,11 @@ class ObservabilityError(Exception):
 
 
 @contextlib.contextmanager
-def serve_observability(store: Store, config: Config) -> Iterator[Metrics | None]:
-    """Serve /metrics and /healthz while the daemon runs (nothing when not configured).
+def serve_observability(
+    store: Store, config: Config, only: str | None = None
+) -> Iterator[Metrics | None]:
+    """Serve /metrics, /healthz and /readyz while the daemon runs (nothing when not
+    configured); `only` is the one pipeline a `run -p` daemon runs.
 
     The server runs in its own thread so it never takes the daemon's signals.
     """
@@ -100,7 +96,7 @@ def serve_observability(store: Store, config: Config) -> Iterator[Metrics | None
 
     settings = config.metrics
     metrics = Metrics(store)
-    app = build_app(store, config, metrics, utcnow())
+    app = build_app(store, config, metrics, utcnow(), None if only is None else [only])
     try:
         server = RunningServer(app, settings.host, settings.port).start()
     except (RuntimeError, OSError):

@@ -231,14 +231,15 @@ class RawPipeline(StrictModel):
 
 
 class MetricsSettings(StrictModel):
-    """The daemon's /metrics and /healthz endpoint (off unless configured)."""
+    """The daemon's /metrics, /healthz and /readyz endpoints (off unless configured)."""
 
     host: str = Field("127.0.0.1", description="keep it on loopback unless a proxy guards it")
     port: int = Field(9108, ge=1, le=65535)
     stale_after_periods: float = Field(
         3.0,
         gt=0,
-        description="/healthz fails when a pipeline has no good run for this many periods",
+        description="/readyz fails (pipeline_overdue) when a pipeline has had no good run "
+        "for this many periods of its schedule (a cron schedule counts as hourly)",
     )
 
 

@@ -1,4 +1,5 @@
-"""/metrics and /healthz of the daemon answer, and change as runs succeed and fail."""
+"""/metrics, /healthz and /readyz of the daemon answer; readiness follows runs that
+succeed and fail, liveness only the process."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def stop(daemon: object) -> None:
 def test_metrics_and_health_follow_good_runs(e2e: Env) -> None:
     daemon, base = start_daemon_with_metrics(e2e)
     try:
-        wait_for(lambda: httpx.get(f"{base}/healthz", timeout=5).status_code == 200)
+        wait_for(lambda: httpx.get(f"{base}/readyz", timeout=5).status_code == 200)
         e2e.box.delete_in_goose("CON_TRO", ["0-1", "0-2"])
         wait_for(
             lambda: metric(base, 'syncengine_deletions_pulled_total{pipeline="contacts"}') == 2
@@ -65,21 +66,37 @@ def test_metrics_and_health_follow_good_runs(e2e: Env) -> None:
         assert (
             metric(base, 'syncengine_cursor_age_seconds{pipeline="contacts",stream="CON_TRO"}') >= 0
         )
-        assert httpx.get(f"{base}/healthz", timeout=5).json() == {"ok": True, "problems": []}
+        ready = httpx.get(f"{base}/readyz", timeout=5).json()
+        assert ready["ok"] is True and ready["reasons"] == [] and ready["warnings"] == []
+        live = httpx.get(f"{base}/healthz", timeout=5)
+        assert live.status_code == 200 and live.json()["live"] is True
     finally:
         stop(daemon)
 
 
-def test_health_fails_when_a_pipeline_keeps_failing(e2e: Env) -> None:
+def test_readiness_fails_when_a_pipeline_keeps_failing_and_liveness_does_not(
+    e2e: Env,
+) -> None:
     daemon, base = start_daemon_with_metrics(e2e)
     text = e2e.config.read_text().replace("tables: [CON_TRO]", "tables: [NOPE]")
     e2e.config.write_text(text)
     stop(daemon)
     daemon = e2e.popen("run", "-c", str(e2e.config))
+
+    def reasons() -> set[str]:
+        answer = httpx.get(f"{base}/readyz", timeout=5)
+        assert answer.status_code == (503 if answer.json()["reasons"] else 200)
+        return {reason["kind"] for reason in answer.json()["reasons"]}
+
     try:
-        wait_for(lambda: httpx.get(f"{base}/healthz", timeout=5).status_code == 503)
-        body = httpx.get(f"{base}/healthz", timeout=5).json()
-        assert "pipeline contacts: no good run" in body["problems"][0]
+        wait_for(lambda: {"pipeline_failing", "pipeline_overdue"} <= reasons())
+        body = httpx.get(f"{base}/health", timeout=5).json()
+        failing = next(r for r in body["reasons"] if r["kind"] == "pipeline_failing")
+        assert failing["message"].startswith("pipeline contacts: its last 3 runs failed")
+        assert failing["command"] == f"syncengine status -c {e2e.config} -p contacts"
+        overdue = next(r for r in body["reasons"] if r["kind"] == "pipeline_overdue")
+        assert overdue["message"].startswith("pipeline contacts: no good run for")
+        assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200
         assert metric(base, 'syncengine_runs_total{outcome="failed",pipeline="contacts"}') >= 1
     finally:
         stop(daemon)
@@ -99,7 +116,7 @@ def test_the_metrics_port_can_be_moved_from_the_command_line_and_the_environment
     try:
         for port in (by_option, by_env):
             url = f"http://127.0.0.1:{port}/healthz"
-            wait_for(lambda url=url: httpx.get(url, timeout=5).status_code in (200, 503))
+            wait_for(lambda url=url: httpx.get(url, timeout=5).status_code == 200)
         assert first.poll() is None and second.poll() is None, "neither lost its port"
     finally:
         stop(first)
