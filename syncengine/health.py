@@ -43,11 +43,6 @@ LONGEST_ERROR = 200
 BACKFILL_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
-def sink_names(config: Config) -> list[str]:
-    """Each alert sink's name: its own, or `type-index` (its place in the list)."""
-    return [sink.name or f"{sink.type}-{i}" for i, sink in enumerate(config.alerts.sinks)]
-
-
 def human(seconds: float) -> str:
     """A duration as an operator reads it: 45 s, 12 min, 3 h 5 min, 2 d 4 h."""
     whole = max(0, int(seconds))
@@ -459,7 +454,7 @@ def check_conditions(
     alerts. Each opening and resolution is also a log event, for log-based alerting."""
     scope = list(config.pipelines) if pipelines is None else list(pipelines)
     found = evaluate(store, config, pipelines=scope)
-    transitions = store.sync_conditions(found, pipelines=scope, sinks=sink_names(config))
+    transitions = store.sync_conditions(found, pipelines=scope, sinks=config.alerts.sink_names())
     commands = {c.key: c.command for c in found}
     log = get_logger("syncengine.health")
     for change in transitions:

@@ -44,11 +44,7 @@ class SendFailed(Exception):
 
 def sink_names(config: Config) -> list[str]:
     """Each sink's name as notices are addressed to it: its `name`, else type-index."""
-    return _names(config.alerts)
-
-
-def _names(alerts: AlertsSettings) -> list[str]:
-    return [sink.name or f"{sink.type}-{index}" for index, sink in enumerate(alerts.sinks)]
+    return config.alerts.sink_names()
 
 
 class Sender(Protocol):
@@ -184,7 +180,7 @@ class CommandSender:
 def build_senders(config: AlertsSettings, client: httpx.AsyncClient) -> dict[str, Sender]:
     timeout = config.delivery.timeout
     senders: dict[str, Sender] = {}
-    for name, sink in zip(_names(config), config.sinks, strict=True):
+    for name, sink in zip(config.sink_names(), config.sinks, strict=True):
         senders[name] = _sender(name, sink, client, timeout)
     return senders
 

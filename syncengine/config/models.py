@@ -313,6 +313,11 @@ class AlertsSettings(StrictModel):
         30.0, gt=0, description="the daemon looks for new and resolved conditions this often"
     )
 
+    def sink_names(self) -> list[str]:
+        """Each sink's name as its notices are addressed: its own, or `type-index` (its
+        place in the list), the one rule the outbox and the senders share."""
+        return [sink.name or f"{sink.type}-{i}" for i, sink in enumerate(self.sinks)]
+
 
 class RawConfig(StrictModel):
     state: StateSettings = StateSettings()

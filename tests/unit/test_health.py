@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 from state import NewRecord, Store
 from state.models import Delivery, RunOutcome, utcnow
 from syncengine.config import Config, parse_config
-from syncengine.health import check_conditions, evaluate, human, readiness, sink_names
+from syncengine.health import check_conditions, evaluate, human, readiness
 from tests.unit.test_config import ENV, VALID
 
 PIPE, TARGET = "contacts", "erp_users"
@@ -245,7 +245,7 @@ SINKS = (
 
 
 def test_sink_names_follow_the_shared_rule() -> None:
-    assert sink_names(config(SINKS)) == ["webhook-0", "pager"]
+    assert config(SINKS).alerts.sink_names() == ["webhook-0", "pager"]
 
 
 def test_a_condition_opens_once_across_checks_and_processes_and_resolves_when_fixed(
