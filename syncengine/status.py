@@ -340,7 +340,7 @@ def render_plans(plans: list[PipelinePlan], console: Console) -> None:
         for target in plan.targets:
             counts = ", ".join(
                 f"{target.count(a)} {a}"
-                for a in ("delete", "absent", "skip", "unmapped", "legal hold", "unknown")
+                for a in ("delete", "absent", "skip", "unmapped", "legal hold", "held", "unknown")
                 if target.count(a)
             )
             table = Table(
