@@ -6,6 +6,9 @@ markers hold call parameters, which connectors keep free of credentials).
 
 from __future__ import annotations
 
+import json
+import textwrap
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -131,21 +134,150 @@ def collect_deliveries(
 
 
 def delivery_rows(rows: list[tuple[Delivery, Deletion]]) -> list[dict[str, Any]]:
-    return [
-        {
-            "id": d.id,
-            "pipeline": d.pipeline,
-            "target": d.target,
-            "stream": e.stream,
-            "key": e.record_key,
-            "status": d.status,
-            "attempts": d.attempts,
-            "reason": d.last_error,
-            "updated_at": d.updated_at.isoformat(),
-            "fields": e.fields,
-        }
-        for d, e in rows
-    ]
+    now = utcnow()
+    return [delivery_row(d, e, now) for d, e in rows]
+
+
+def delivery_row(d: Delivery, e: Deletion, now: datetime) -> dict[str, Any]:
+    """One delivery as `dlq list`, `held` and `deliveries list` show it. `reason` is why it
+    is not done: the last failure, the guard's reason when held, why it died."""
+    return {
+        "id": d.id,
+        "pipeline": d.pipeline,
+        "target": d.target,
+        "stream": e.stream,
+        "key": e.record_key,
+        "status": d.status,
+        "attempts": d.attempts,
+        "next_attempt_at": d.next_attempt_at.isoformat() if d.next_attempt_at else None,
+        "reason": d.last_error,
+        "detail": d.detail,
+        "job_id": d.job_id,
+        "created_at": d.created_at.isoformat(),
+        "age": _age(d.created_at, now),
+        "updated_at": d.updated_at.isoformat(),
+        "fields": e.fields,
+    }
+
+
+class DeliveryPage:
+    """One page of `deliveries list`, read from the store while it is printed: the
+    rows are streamed (a chunk at a time), and one row past the page says whether
+    there is a next one, whose `--after` is `next_after` once the page is read."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        pipeline: str | None,
+        target: str | None,
+        status: str | None,
+        after: int,
+        limit: int,
+    ) -> None:
+        self.store = store
+        self.pipeline, self.target, self.status = pipeline, target, status
+        self.after = after
+        self.limit = limit
+        self.shown = 0
+        self.next_after: int | None = None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        now = utcnow()
+        last = None
+        rows = self.store.page(
+            pipeline=self.pipeline,
+            target=self.target,
+            status=self.status,
+            after=self.after,
+            limit=self.limit + 1,
+        )
+        for delivery, deletion in rows:
+            if self.shown == self.limit:
+                self.next_after = last
+                return
+            yield delivery_row(delivery, deletion, now)
+            self.shown += 1
+            last = delivery.id
+
+
+def write_delivery_page(page: DeliveryPage, write: Callable[[str], object]) -> None:
+    """The page as one JSON object, `{"deliveries": [...], "next_after": id or null}`,
+    written a row at a time."""
+    write('{\n  "deliveries": [')
+    for n, row in enumerate(page):
+        body = textwrap.indent(json.dumps(row, indent=2, default=str), "    ")
+        write(("," if n else "") + "\n" + body)
+    write(("\n  " if page.shown else "") + "],\n")
+    write(f'  "next_after": {json.dumps(page.next_after)}\n}}\n')
+
+
+TABLE_ROWS = 500
+"""Rows per table of a long text page: a table is laid out whole, so a page of a
+million rows is printed as tables of this many, each with its header."""
+
+
+def render_delivery_page(
+    page: DeliveryPage, console: Console, next_command: Callable[[int], str]
+) -> None:
+    rows: list[dict[str, Any]] = []
+    for row in page:
+        rows.append(row)
+        if len(rows) == TABLE_ROWS:
+            _delivery_table(rows, console)
+            rows = []
+    if rows or not page.shown:
+        _delivery_table(rows, console)
+    console.print(f"{page.shown} deliveries", highlight=False)
+    if page.next_after is not None:
+        console.print(
+            f"next page: {next_command(page.next_after)}", highlight=False, soft_wrap=True
+        )
+
+
+def _delivery_table(rows: list[dict[str, Any]], console: Console) -> None:
+    now = utcnow()
+    table = Table(
+        "id",
+        "pipeline",
+        "target",
+        "stream",
+        "key",
+        "status",
+        "attempts",
+        "next attempt",
+        "reason",
+        "job",
+        "age",
+    )
+    for row in rows:
+        due = row["next_attempt_at"]
+        waiting = row["status"] == "failed" and due is not None
+        table.add_row(
+            str(row["id"]),
+            row["pipeline"],
+            row["target"],
+            # Keys, streams and reasons are text, never rich markup (see render_deliveries).
+            Text(row["stream"]),
+            Text(row["key"]),
+            row["status"],
+            str(row["attempts"]),
+            _until(datetime.fromisoformat(due), now) if waiting else "-",
+            Text((row["detail"] if row["status"] == "done" else row["reason"]) or "-"),
+            f"#{row['job_id']}" if row["job_id"] is not None else "-",
+            row["age"],
+        )
+    console.print(table)
+
+
+def _until(when: datetime, now: datetime) -> str:
+    seconds = int((when - now).total_seconds())
+    if seconds <= 0:
+        return "due now"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"in {seconds // size}{unit}"
+    return f"in {seconds}s"
 
 
 def render_deliveries(rows: list[dict[str, Any]], console: Console, title: str) -> None:
