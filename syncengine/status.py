@@ -16,11 +16,19 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from state import DeletionNode, DeliveryNode, Store
+from state import DeletionNode, DeliveryNode, QueueAge, Store
 from state.admin import StoreInfo
-from state.models import Deletion, Delivery, DeliveryStatus, utcnow
+from state.models import (
+    Deletion,
+    Delivery,
+    DeliveryStatus,
+    PipelineLock,
+    TargetHealth,
+    utcnow,
+)
 from syncengine.config import Config
 from syncengine.engine import RunReport
+from syncengine.engine.lease import parse_owner
 from syncengine.engine.plan import PipelinePlan
 
 STATUSES = [s.value for s in DeliveryStatus]
@@ -36,9 +44,58 @@ def _age(when: datetime | None, now: datetime) -> str:
     return f"{seconds}s ago"
 
 
+def _when(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def collect_lease(lock: PipelineLock | None, now: datetime) -> dict[str, Any] | None:
+    """Who runs the pipeline now (None: nobody holds its lease)."""
+    if lock is None:
+        return None
+    holder = parse_owner(lock.owner)
+    return {
+        "owner": lock.owner,
+        "host": holder.host if holder else lock.owner,
+        "pid": holder.pid if holder else None,
+        "since": _when(lock.acquired_at),
+        "epoch": lock.epoch,
+        "expires_at": _when(lock.expires_at),
+    }
+
+
+def collect_target_health(
+    health: TargetHealth | None, ages: QueueAge | None, stall_after: float, now: datetime
+) -> dict[str, Any]:
+    """How the target's queue and sends stand: the oldest delivery still waiting and the
+    oldest held, and whether its sends get through (`failing` since a run got nothing
+    through; `stalled` once that lasts longer than `health.stall_after`)."""
+    failing_since = health.failing_since if health is not None else None
+    if failing_since is None:
+        state = "ok" if health is not None else "no runs yet"
+    elif (now - failing_since).total_seconds() > stall_after:
+        state = "stalled"
+    else:
+        state = "failing"
+    return {
+        "oldest_waiting_at": _when(ages.oldest_waiting if ages else None),
+        "oldest_waiting_age": _age(ages.oldest_waiting if ages else None, now),
+        "oldest_held_at": _when(ages.oldest_held if ages else None),
+        "oldest_held_age": _age(ages.oldest_held if ages else None, now),
+        "sends": state,
+        "failing_since": _when(failing_since),
+        "failed_runs": health.failed_runs if health is not None else 0,
+        "last_ok_at": _when(health.last_ok_at if health is not None else None),
+        "last_error": health.last_error if health is not None else "",
+    }
+
+
 def collect_status(store: Store, config: Config, pipeline: str | None = None) -> dict[str, Any]:
     now = utcnow()
     counts = {(c.pipeline, c.target): c.counts for c in store.delivery_counts(pipeline)}
+    leases = {lock.pipeline: lock for lock in store.leases(now)}
+    ages = {(a.pipeline, a.target): a for a in store.queue_ages(pipeline)}
+    health = {(h.pipeline, h.target): h for h in store.target_health(pipeline)}
+    stall_after = config.health.stall_after
     pipelines = []
     for name, pipe in config.pipelines.items():
         if pipeline is not None and name != pipeline:
@@ -61,7 +118,13 @@ def collect_status(store: Store, config: Config, pipeline: str | None = None) ->
             for c in store.cursors(name)
         ]
         targets = [
-            {"target": t, **{s: counts.get((name, t), {}).get(s, 0) for s in STATUSES}}
+            {
+                "target": t,
+                **{s: counts.get((name, t), {}).get(s, 0) for s in STATUSES},
+                **collect_target_health(
+                    health.get((name, t)), ages.get((name, t)), stall_after, now
+                ),
+            }
             for t in pipe.targets
         ]
         pipelines.append(
@@ -70,6 +133,7 @@ def collect_status(store: Store, config: Config, pipeline: str | None = None) ->
                 "source": pipe.source.describe(),
                 "enabled": pipe.enabled,
                 "schedule": pipe.schedule.describe(),
+                "lease": collect_lease(leases.get(name), now),
                 "deletions": store.deletion_count(name),
                 "streams": streams,
                 "targets": targets,
@@ -339,6 +403,23 @@ def render_store_info(info: StoreInfo, console: Console) -> None:
         )
 
 
+def _since(when: str | None, now: datetime) -> str:
+    """How long the oldest has waited: "12m" (or "-" when nothing waits)."""
+    return "-" if when is None else _age(datetime.fromisoformat(when), now).removesuffix(" ago")
+
+
+def _lease_line(lease: dict[str, Any] | None, now: datetime) -> str:
+    if lease is None:
+        return "not running (no process holds its lease)"
+    pid = f" pid {lease['pid']}" if lease["pid"] is not None else ""
+    since = lease["since"][:19].replace("T", " ") + " UTC" if lease["since"] else "-"
+    expires = datetime.fromisoformat(lease["expires_at"])
+    return (
+        f"running on {lease['host']}{pid} since {since} "
+        f"(lease epoch {lease['epoch']}, renewed until {expires:%H:%M:%S} UTC)"
+    )
+
+
 def render_status(data: dict[str, Any], console: Console) -> None:
     now = utcnow()
     for pipe in data["pipelines"]:
@@ -353,6 +434,7 @@ def render_status(data: dict[str, Any], console: Console) -> None:
             if last["error"]:
                 headline += f" ({last['error']})"
         console.print(headline)
+        console.print(f"  {_lease_line(pipe['lease'], now)}", highlight=False)
         streams = Table(
             "stream", "cursor", "in flight", "last success", "recoveries", "errors", "malformed"
         )
@@ -375,10 +457,25 @@ def render_status(data: dict[str, Any], console: Console) -> None:
             )
         if pipe["streams"]:
             console.print(streams)
-        targets = Table("target", *STATUSES)
+        targets = Table("target", *STATUSES, "oldest waiting", "oldest held", "sends")
         for t in pipe["targets"]:
-            targets.add_row(t["target"], *(str(t[s]) for s in STATUSES))
+            targets.add_row(
+                t["target"],
+                *(str(t[s]) for s in STATUSES),
+                _since(t["oldest_waiting_at"], now),
+                _since(t["oldest_held_at"], now),
+                t["sends"],
+            )
         console.print(targets)
+        for t in pipe["targets"]:
+            if t["failing_since"]:
+                failing = _age(datetime.fromisoformat(t["failing_since"]), now)
+                console.print(
+                    Text(
+                        f"  {t['target']}: {t['sends']}: nothing got through since {failing} "
+                        f"({t['failed_runs']} run(s)); last error: {t['last_error'] or '-'}"
+                    )
+                )
     if data["jobs"]:
         render_jobs(data["jobs"], console, "open jobs")
 
