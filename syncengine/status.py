@@ -49,11 +49,13 @@ def _when(value: datetime | None) -> str | None:
 
 
 def collect_lease(lock: PipelineLock | None, now: datetime) -> dict[str, Any] | None:
-    """Who runs the pipeline now (None: nobody holds its lease)."""
+    """Who runs the pipeline now (`held`), or who ran it last; None: it never ran.
+    A lease is held for the length of a run: between runs a daemon holds none."""
     if lock is None:
         return None
     holder = parse_owner(lock.owner)
     return {
+        "held": lock.expires_at > now,
         "owner": lock.owner,
         "host": holder.host if holder else lock.owner,
         "pid": holder.pid if holder else None,
@@ -70,8 +72,11 @@ def collect_target_health(
     oldest held, and whether its sends get through (`failing` since a run got nothing
     through; `stalled` once that lasts longer than `health.stall_after`)."""
     failing_since = health.failing_since if health is not None else None
-    if failing_since is None:
-        state = "ok" if health is not None else "no runs yet"
+    state: str | None
+    if health is None:
+        state = None  # no run has had work for it yet
+    elif failing_since is None:
+        state = "ok"
     elif (now - failing_since).total_seconds() > stall_after:
         state = "stalled"
     else:
@@ -92,7 +97,7 @@ def collect_target_health(
 def collect_status(store: Store, config: Config, pipeline: str | None = None) -> dict[str, Any]:
     now = utcnow()
     counts = {(c.pipeline, c.target): c.counts for c in store.delivery_counts(pipeline)}
-    leases = {lock.pipeline: lock for lock in store.leases(now)}
+    leases = {lock.pipeline: lock for lock in store.leases(now, released=True)}
     ages = {(a.pipeline, a.target): a for a in store.queue_ages(pipeline)}
     health = {(h.pipeline, h.target): h for h in store.target_health(pipeline)}
     stall_after = config.health.stall_after
@@ -404,19 +409,25 @@ def render_store_info(info: StoreInfo, console: Console) -> None:
 
 
 def _since(when: str | None, now: datetime) -> str:
-    """How long the oldest has waited: "12m" (or "-" when nothing waits)."""
+    """How long the oldest has waited: "12m" (or "-" when nothing waits). `lag` is the
+    oldest waiting delivery's age: how late the target is on its deletions."""
     return "-" if when is None else _age(datetime.fromisoformat(when), now).removesuffix(" ago")
 
 
-def _lease_line(lease: dict[str, Any] | None, now: datetime) -> str:
+def _lease_line(lease: dict[str, Any] | None) -> str:
     if lease is None:
-        return "not running (no process holds its lease)"
+        return "not running (never run)"
     pid = f" pid {lease['pid']}" if lease["pid"] is not None else ""
     since = lease["since"][:19].replace("T", " ") + " UTC" if lease["since"] else "-"
-    expires = datetime.fromisoformat(lease["expires_at"])
+    until = datetime.fromisoformat(lease["expires_at"])
+    if not lease["held"]:
+        return (
+            f"not running; last run by {lease['host']}{pid} (lease epoch {lease['epoch']}, "
+            f"released {until:%Y-%m-%d %H:%M:%S} UTC)"
+        )
     return (
         f"running on {lease['host']}{pid} since {since} "
-        f"(lease epoch {lease['epoch']}, renewed until {expires:%H:%M:%S} UTC)"
+        f"(lease epoch {lease['epoch']}, renewed until {until:%H:%M:%S} UTC)"
     )
 
 
@@ -434,7 +445,7 @@ def render_status(data: dict[str, Any], console: Console) -> None:
             if last["error"]:
                 headline += f" ({last['error']})"
         console.print(headline)
-        console.print(f"  {_lease_line(pipe['lease'], now)}", highlight=False)
+        console.print(f"  {_lease_line(pipe['lease'])}", highlight=False)
         streams = Table(
             "stream", "cursor", "in flight", "last success", "recoveries", "errors", "malformed"
         )
@@ -457,14 +468,14 @@ def render_status(data: dict[str, Any], console: Console) -> None:
             )
         if pipe["streams"]:
             console.print(streams)
-        targets = Table("target", *STATUSES, "oldest waiting", "oldest held", "sends")
+        targets = Table("target", *STATUSES, "lag", "held for", "sends")
         for t in pipe["targets"]:
             targets.add_row(
                 t["target"],
                 *(str(t[s]) for s in STATUSES),
                 _since(t["oldest_waiting_at"], now),
                 _since(t["oldest_held_at"], now),
-                t["sends"],
+                t["sends"] or "-",
             )
         console.print(targets)
         for t in pipe["targets"]:

@@ -30,7 +30,7 @@ def status(config: Path, *args: str) -> Any:
 def test_the_lease_holder_while_a_pipeline_runs(store: Store, tmp_path: Path) -> None:
     config = write_config(tmp_path / "c.yaml", store.url)
     assert status(config, "-o", "json")["pipelines"][0]["lease"] is None
-    assert "not running" in status(config)
+    assert "not running (never run)" in status(config)
 
     owner = owner_name(os.getpid())
     earlier = utcnow() - timedelta(minutes=5)  # another holder's lease, expired since
@@ -39,18 +39,20 @@ def test_the_lease_holder_while_a_pipeline_runs(store: Store, tmp_path: Path) ->
     assert lease is not None and lease.epoch == 2
     shown = status(config, "-o", "json")["pipelines"][0]["lease"]
     assert (shown["host"], shown["pid"], shown["epoch"]) == (HOST, os.getpid(), 2)
+    assert shown["held"]
     assert shown["since"] is not None and shown["expires_at"] > shown["since"]
     text = status(config)
     assert f"running on {HOST} pid {os.getpid()} since " in text and "lease epoch 2" in text
 
     store.release_lock("p", owner)
-    assert "not running" in status(config)
+    assert not status(config, "-o", "json")["pipelines"][0]["lease"]["held"]
+    assert f"not running; last run by {HOST} pid {os.getpid()} (lease epoch 2" in status(config)
 
 
 def test_oldest_waiting_held_and_stalled_targets(store: Store, tmp_path: Path) -> None:
     config = write_config(tmp_path / "c.yaml", store.url)
     fresh = status(config, "-o", "json")["pipelines"][0]["targets"]
-    assert [(t["sends"], t["oldest_waiting_at"]) for t in fresh] == [("no runs yet", None)] * 2
+    assert [(t["sends"], t["oldest_waiting_at"]) for t in fresh] == [(None, None)] * 2
 
     store.journal(
         "p", "T", [NewRecord(k, {"K": k}) for k in ("k1", "k2")], cursor=None,
