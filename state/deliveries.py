@@ -7,15 +7,15 @@ The run's part (claim, outcomes, release) is Core statements per batch, see
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, update
+from sqlalchemy import and_, func, update
 from sqlmodel import Session, col, select
 
 from state.base import DELIVERY, StoreBase
-from state.claims import claim_due, claimed_of, due_condition, with_deletions
+from state.claims import claim_due, claimed_of, due_condition, guard_counts, with_deletions
 from state.lease import Lease, check_lease
 from state.models import Deletion, Delivery, DeliveryStatus, Job, JobPhase, utcnow
 from state.outcomes import apply_outcomes
@@ -23,6 +23,7 @@ from state.records import (
     CHUNK,
     WITHDRAWN,
     ClaimedDelivery,
+    GuardCounts,
     HeldCountMismatch,
     OutcomeCounts,
     OutcomeRecord,
@@ -181,13 +182,51 @@ class Deliveries(StoreBase):
             rows = s.exec(query.order_by(col(Delivery.id)).limit(limit)).all()
             return [(d, e) for d, e in rows]
 
+    def page(
+        self,
+        *,
+        pipeline: str | None = None,
+        target: str | None = None,
+        status: str | None = None,
+        after: int = 0,
+        limit: int = 100,
+    ) -> Iterator[tuple[Delivery, Deletion]]:
+        """Up to `limit` deliveries with an id above `after`, in id order, read a chunk
+        at a time (each chunk its own short query, keyed on the last id seen): a listing
+        of millions holds a chunk in memory and never a transaction open for long."""
+        left = limit
+        while left > 0:
+            with Session(self.engine) as s:
+                query = select(Delivery, Deletion).join(
+                    Deletion, col(Deletion.id) == col(Delivery.deletion_id)
+                )
+                query = query.where(col(Delivery.id) > after)
+                if pipeline is not None:
+                    query = query.where(col(Delivery.pipeline) == pipeline)
+                if target is not None:
+                    query = query.where(col(Delivery.target) == target)
+                if status is not None:
+                    query = query.where(col(Delivery.status) == status)
+                size = min(left, CHUNK)
+                rows = s.exec(query.order_by(col(Delivery.id)).limit(size)).all()
+            yield from rows
+            if len(rows) < size:
+                return
+            left -= len(rows)
+            after = rows[-1][0].id or after
+
     def due_deliveries(
         self, pipeline: str, target: str, now: datetime | None = None
     ) -> list[ClaimedDelivery]:
-        """What the next run would send (for a plan): what its claims would take, and
-        the batches of jobs the target may not have yet (created, or whose submission's
+        """What the next run's claims would take (for a plan)."""
+        with self.engine.connect() as conn:
+            query = with_deletions(due_condition(pipeline, target, now or utcnow()))
+            return [claimed_of(row) for row in conn.execute(query)]
+
+    def unsent_job_deliveries(self, pipeline: str, target: str) -> list[ClaimedDelivery]:
+        """The batches of jobs the target may not have yet (created, or whose submission's
         answer was lost: sent again unless the target finds it), which are screened
-        again when they are submitted."""
+        again when they are submitted (for a plan)."""
         unsent = select(col(Job.id)).where(
             col(Job.pipeline) == pipeline,
             col(Job.target) == target,
@@ -195,8 +234,13 @@ class Deliveries(StoreBase):
         )
         waiting = and_(DELIVERY.c.status == DeliveryStatus.IN_FLIGHT, DELIVERY.c.job_id.in_(unsent))
         with self.engine.connect() as conn:
-            query = with_deletions(or_(due_condition(pipeline, target, now or utcnow()), waiting))
-            return [claimed_of(row) for row in conn.execute(query)]
+            return [claimed_of(row) for row in conn.execute(with_deletions(waiting))]
+
+    def guard_counts(self, pipeline: str, target: str, now: datetime | None = None) -> GuardCounts:
+        """What a claim's mass-delete guard would weigh now, counted by the claim's own
+        function, read-only: for `plan`, so it holds what a run would hold."""
+        with self.engine.connect() as conn:
+            return guard_counts(conn, pipeline, target, now or utcnow())
 
     def approve_held(self, pipeline: str, target: str, count: int) -> int:
         """Release exactly `count` held deliveries; refused (0) unless that is how many are held."""

@@ -148,14 +148,15 @@ class Leases(StoreBase):
             if lock is not None and lock.owner == owner:
                 lock.expires_at = utcnow()
 
-    def leases(self, now: datetime | None = None) -> list[PipelineLock]:
-        """The leases held now (unexpired), one per pipeline under way somewhere."""
+    def leases(self, now: datetime | None = None, *, released: bool = False) -> list[PipelineLock]:
+        """The leases held now (unexpired), one per pipeline under way somewhere;
+        `released` adds the expired ones, whose row names the last holder."""
         now = now or utcnow()
         with Session(self.engine) as s:
-            held = select_rows(PipelineLock).where(
-                col(PipelineLock.expires_at) > now, col(PipelineLock.pipeline) != "__healthz__"
-            )
-            return list(s.exec(held.order_by(col(PipelineLock.pipeline))).all())
+            rows = select_rows(PipelineLock).where(col(PipelineLock.pipeline) != "__healthz__")
+            if not released:
+                rows = rows.where(col(PipelineLock.expires_at) > now)
+            return list(s.exec(rows.order_by(col(PipelineLock.pipeline))).all())
 
     def lock_holder(self, pipeline: str, now: datetime | None = None) -> str | None:
         now = now or utcnow()

@@ -12,6 +12,7 @@ import asyncio
 import gc
 import json
 import math
+import shlex
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -763,6 +764,82 @@ def dlq_drop(
     with _dead_letters(config, pipeline, target, error) as (store, rows):
         count = store.drop_dead([row["id"] for row in rows])
     out.print(f"{count} dead deliveries dropped (kept for the record, never retried)")
+
+
+DEFAULT_PAGE = 50
+deliveries_app = FlowingTyper(
+    help="Every delivery (one deletion for one target) and where it stands."
+)
+app.add_typer(deliveries_app, name="deliveries")
+
+
+@deliveries_app.command("list")
+def deliveries_list(
+    config: ConfigOption = Path("config.yaml"),
+    pipeline: PipelineOption = None,
+    target: TargetFilter = None,
+    status: Annotated[
+        str | None,
+        typer.Option(
+            "--status", "-s", help="only this status: failed, pending, held, dead, in_flight, done"
+        ),
+    ] = None,
+    limit: Annotated[
+        int,
+        typer.Option(
+            "--limit",
+            "-n",
+            help="deliveries per page",
+            callback=within(1, LARGEST - 1, f"a count from 1 to {LARGEST - 1}"),
+        ),
+    ] = DEFAULT_PAGE,
+    after: Annotated[
+        int,
+        typer.Option(
+            "--after",
+            help="start after this delivery id (the last of the previous page)",
+            callback=within(0, LARGEST, f"a delivery id from 0 to {LARGEST}"),
+        ),
+    ] = 0,
+    output: OutputOption = "text",
+) -> None:
+    """Deliveries with their status, attempts, next attempt and reason (a failure, the
+    guard's reason when held, why it died), oldest first, a page at a time."""
+    from state import DeliveryStatus
+    from syncengine.status import DeliveryPage, render_delivery_page, write_delivery_page
+
+    if output not in ("text", "json"):
+        raise fail(f"--output {output!r}: use text or json")
+    known = [s.value for s in DeliveryStatus]
+    if status is not None and status not in known:
+        raise fail(f"--status {status!r}: use one of {', '.join(known)}")
+    with opened(config, pipeline, target) as (cfg, store):
+        if target is not None and pipeline is None:
+            check_some_target(cfg, target)
+        page = DeliveryPage(
+            store, pipeline=pipeline, target=target, status=status, after=after, limit=limit
+        )
+        if output == "json":
+            write_delivery_page(page, sys.stdout.write)
+            return
+
+        def next_command(last: int) -> str:
+            given = (("-c", str(config)), ("-p", pipeline), ("-t", target), ("--status", status))
+            words = ["syncengine", "deliveries", "list"]
+            words += [f"{flag} {shlex.quote(value)}" for flag, value in given if value is not None]
+            words += [f"--limit {limit}"] if limit != DEFAULT_PAGE else []
+            return " ".join([*words, f"--after {last}"])
+
+        render_delivery_page(page, out, next_command)
+
+
+def check_some_target(config: Config, target: str) -> None:
+    """A target named without its pipeline: some pipeline must have it."""
+    names = sorted({t for pipe in config.pipelines.values() for t in pipe.targets})
+    if target not in names:
+        raise fail(
+            f"{config.path}: no pipeline has a target {target!r}; targets: {', '.join(names)}"
+        )
 
 
 @app.command()

@@ -6,6 +6,9 @@ markers hold call parameters, which connectors keep free of credentials).
 
 from __future__ import annotations
 
+import json
+import textwrap
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -13,11 +16,19 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from state import DeletionNode, DeliveryNode, Store
+from state import DeletionNode, DeliveryNode, QueueAge, Store
 from state.admin import StoreInfo
-from state.models import Deletion, Delivery, DeliveryStatus, utcnow
+from state.models import (
+    Deletion,
+    Delivery,
+    DeliveryStatus,
+    PipelineLock,
+    TargetHealth,
+    utcnow,
+)
 from syncengine.config import Config
 from syncengine.engine import RunReport
+from syncengine.engine.lease import parse_owner
 from syncengine.engine.plan import PipelinePlan
 
 STATUSES = [s.value for s in DeliveryStatus]
@@ -33,9 +44,63 @@ def _age(when: datetime | None, now: datetime) -> str:
     return f"{seconds}s ago"
 
 
+def _when(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def collect_lease(lock: PipelineLock | None, now: datetime) -> dict[str, Any] | None:
+    """Who runs the pipeline now (`held`), or who ran it last; None: it never ran.
+    A lease is held for the length of a run: between runs a daemon holds none."""
+    if lock is None:
+        return None
+    holder = parse_owner(lock.owner)
+    return {
+        "held": lock.expires_at > now,
+        "owner": lock.owner,
+        "host": holder.host if holder else lock.owner,
+        "pid": holder.pid if holder else None,
+        "since": _when(lock.acquired_at),
+        "epoch": lock.epoch,
+        "expires_at": _when(lock.expires_at),
+    }
+
+
+def collect_target_health(
+    health: TargetHealth | None, ages: QueueAge | None, stall_after: float, now: datetime
+) -> dict[str, Any]:
+    """How the target's queue and sends stand: the oldest delivery still waiting and the
+    oldest held, and whether its sends get through (`failing` since a run got nothing
+    through; `stalled` once that lasts longer than `health.stall_after`)."""
+    failing_since = health.failing_since if health is not None else None
+    state: str | None
+    if health is None:
+        state = None  # no run has had work for it yet
+    elif failing_since is None:
+        state = "ok"
+    elif (now - failing_since).total_seconds() > stall_after:
+        state = "stalled"
+    else:
+        state = "failing"
+    return {
+        "oldest_waiting_at": _when(ages.oldest_waiting if ages else None),
+        "oldest_waiting_age": _age(ages.oldest_waiting if ages else None, now),
+        "oldest_held_at": _when(ages.oldest_held if ages else None),
+        "oldest_held_age": _age(ages.oldest_held if ages else None, now),
+        "sends": state,
+        "failing_since": _when(failing_since),
+        "failed_runs": health.failed_runs if health is not None else 0,
+        "last_ok_at": _when(health.last_ok_at if health is not None else None),
+        "last_error": health.last_error if health is not None else "",
+    }
+
+
 def collect_status(store: Store, config: Config, pipeline: str | None = None) -> dict[str, Any]:
     now = utcnow()
     counts = {(c.pipeline, c.target): c.counts for c in store.delivery_counts(pipeline)}
+    leases = {lock.pipeline: lock for lock in store.leases(now, released=True)}
+    ages = {(a.pipeline, a.target): a for a in store.queue_ages(pipeline)}
+    health = {(h.pipeline, h.target): h for h in store.target_health(pipeline)}
+    stall_after = config.health.stall_after
     pipelines = []
     for name, pipe in config.pipelines.items():
         if pipeline is not None and name != pipeline:
@@ -58,7 +123,13 @@ def collect_status(store: Store, config: Config, pipeline: str | None = None) ->
             for c in store.cursors(name)
         ]
         targets = [
-            {"target": t, **{s: counts.get((name, t), {}).get(s, 0) for s in STATUSES}}
+            {
+                "target": t,
+                **{s: counts.get((name, t), {}).get(s, 0) for s in STATUSES},
+                **collect_target_health(
+                    health.get((name, t)), ages.get((name, t)), stall_after, now
+                ),
+            }
             for t in pipe.targets
         ]
         pipelines.append(
@@ -67,6 +138,7 @@ def collect_status(store: Store, config: Config, pipeline: str | None = None) ->
                 "source": pipe.source.describe(),
                 "enabled": pipe.enabled,
                 "schedule": pipe.schedule.describe(),
+                "lease": collect_lease(leases.get(name), now),
                 "deletions": store.deletion_count(name),
                 "streams": streams,
                 "targets": targets,
@@ -131,21 +203,150 @@ def collect_deliveries(
 
 
 def delivery_rows(rows: list[tuple[Delivery, Deletion]]) -> list[dict[str, Any]]:
-    return [
-        {
-            "id": d.id,
-            "pipeline": d.pipeline,
-            "target": d.target,
-            "stream": e.stream,
-            "key": e.record_key,
-            "status": d.status,
-            "attempts": d.attempts,
-            "reason": d.last_error,
-            "updated_at": d.updated_at.isoformat(),
-            "fields": e.fields,
-        }
-        for d, e in rows
-    ]
+    now = utcnow()
+    return [delivery_row(d, e, now) for d, e in rows]
+
+
+def delivery_row(d: Delivery, e: Deletion, now: datetime) -> dict[str, Any]:
+    """One delivery as `dlq list`, `held` and `deliveries list` show it. `reason` is why it
+    is not done: the last failure, the guard's reason when held, why it died."""
+    return {
+        "id": d.id,
+        "pipeline": d.pipeline,
+        "target": d.target,
+        "stream": e.stream,
+        "key": e.record_key,
+        "status": d.status,
+        "attempts": d.attempts,
+        "next_attempt_at": d.next_attempt_at.isoformat() if d.next_attempt_at else None,
+        "reason": d.last_error,
+        "detail": d.detail,
+        "job_id": d.job_id,
+        "created_at": d.created_at.isoformat(),
+        "age": _age(d.created_at, now),
+        "updated_at": d.updated_at.isoformat(),
+        "fields": e.fields,
+    }
+
+
+class DeliveryPage:
+    """One page of `deliveries list`, read from the store while it is printed: the
+    rows are streamed (a chunk at a time), and one row past the page says whether
+    there is a next one, whose `--after` is `next_after` once the page is read."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        pipeline: str | None,
+        target: str | None,
+        status: str | None,
+        after: int,
+        limit: int,
+    ) -> None:
+        self.store = store
+        self.pipeline, self.target, self.status = pipeline, target, status
+        self.after = after
+        self.limit = limit
+        self.shown = 0
+        self.next_after: int | None = None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        now = utcnow()
+        last = None
+        rows = self.store.page(
+            pipeline=self.pipeline,
+            target=self.target,
+            status=self.status,
+            after=self.after,
+            limit=self.limit + 1,
+        )
+        for delivery, deletion in rows:
+            if self.shown == self.limit:
+                self.next_after = last
+                return
+            yield delivery_row(delivery, deletion, now)
+            self.shown += 1
+            last = delivery.id
+
+
+def write_delivery_page(page: DeliveryPage, write: Callable[[str], object]) -> None:
+    """The page as one JSON object, `{"deliveries": [...], "next_after": id or null}`,
+    written a row at a time."""
+    write('{\n  "deliveries": [')
+    for n, row in enumerate(page):
+        body = textwrap.indent(json.dumps(row, indent=2, default=str), "    ")
+        write(("," if n else "") + "\n" + body)
+    write(("\n  " if page.shown else "") + "],\n")
+    write(f'  "next_after": {json.dumps(page.next_after)}\n}}\n')
+
+
+TABLE_ROWS = 500
+"""Rows per table of a long text page: a table is laid out whole, so a page of a
+million rows is printed as tables of this many, each with its header."""
+
+
+def render_delivery_page(
+    page: DeliveryPage, console: Console, next_command: Callable[[int], str]
+) -> None:
+    rows: list[dict[str, Any]] = []
+    for row in page:
+        rows.append(row)
+        if len(rows) == TABLE_ROWS:
+            _delivery_table(rows, console)
+            rows = []
+    if rows or not page.shown:
+        _delivery_table(rows, console)
+    console.print(f"{page.shown} deliveries", highlight=False)
+    if page.next_after is not None:
+        console.print(
+            f"next page: {next_command(page.next_after)}", highlight=False, soft_wrap=True
+        )
+
+
+def _delivery_table(rows: list[dict[str, Any]], console: Console) -> None:
+    now = utcnow()
+    table = Table(
+        "id",
+        "pipeline",
+        "target",
+        "stream",
+        "key",
+        "status",
+        "attempts",
+        "next attempt",
+        "reason",
+        "job",
+        "age",
+    )
+    for row in rows:
+        due = row["next_attempt_at"]
+        waiting = row["status"] == "failed" and due is not None
+        table.add_row(
+            str(row["id"]),
+            row["pipeline"],
+            row["target"],
+            # Keys, streams and reasons are text, never rich markup (see render_deliveries).
+            Text(row["stream"]),
+            Text(row["key"]),
+            row["status"],
+            str(row["attempts"]),
+            _until(datetime.fromisoformat(due), now) if waiting else "-",
+            Text((row["detail"] if row["status"] == "done" else row["reason"]) or "-"),
+            f"#{row['job_id']}" if row["job_id"] is not None else "-",
+            row["age"],
+        )
+    console.print(table)
+
+
+def _until(when: datetime, now: datetime) -> str:
+    seconds = int((when - now).total_seconds())
+    if seconds <= 0:
+        return "due now"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"in {seconds // size}{unit}"
+    return f"in {seconds}s"
 
 
 def render_deliveries(rows: list[dict[str, Any]], console: Console, title: str) -> None:
@@ -207,6 +408,29 @@ def render_store_info(info: StoreInfo, console: Console) -> None:
         )
 
 
+def _since(when: str | None, now: datetime) -> str:
+    """How long the oldest has waited: "12m" (or "-" when nothing waits). `lag` is the
+    oldest waiting delivery's age: how late the target is on its deletions."""
+    return "-" if when is None else _age(datetime.fromisoformat(when), now).removesuffix(" ago")
+
+
+def _lease_line(lease: dict[str, Any] | None) -> str:
+    if lease is None:
+        return "not running (never run)"
+    pid = f" pid {lease['pid']}" if lease["pid"] is not None else ""
+    since = lease["since"][:19].replace("T", " ") + " UTC" if lease["since"] else "-"
+    until = datetime.fromisoformat(lease["expires_at"])
+    if not lease["held"]:
+        return (
+            f"not running; last run by {lease['host']}{pid} (lease epoch {lease['epoch']}, "
+            f"released {until:%Y-%m-%d %H:%M:%S} UTC)"
+        )
+    return (
+        f"running on {lease['host']}{pid} since {since} "
+        f"(lease epoch {lease['epoch']}, renewed until {until:%H:%M:%S} UTC)"
+    )
+
+
 def render_status(data: dict[str, Any], console: Console) -> None:
     now = utcnow()
     for pipe in data["pipelines"]:
@@ -221,6 +445,7 @@ def render_status(data: dict[str, Any], console: Console) -> None:
             if last["error"]:
                 headline += f" ({last['error']})"
         console.print(headline)
+        console.print(f"  {_lease_line(pipe['lease'])}", highlight=False)
         streams = Table(
             "stream", "cursor", "in flight", "last success", "recoveries", "errors", "malformed"
         )
@@ -243,10 +468,25 @@ def render_status(data: dict[str, Any], console: Console) -> None:
             )
         if pipe["streams"]:
             console.print(streams)
-        targets = Table("target", *STATUSES)
+        targets = Table("target", *STATUSES, "lag", "held for", "sends")
         for t in pipe["targets"]:
-            targets.add_row(t["target"], *(str(t[s]) for s in STATUSES))
+            targets.add_row(
+                t["target"],
+                *(str(t[s]) for s in STATUSES),
+                _since(t["oldest_waiting_at"], now),
+                _since(t["oldest_held_at"], now),
+                t["sends"] or "-",
+            )
         console.print(targets)
+        for t in pipe["targets"]:
+            if t["failing_since"]:
+                failing = _age(datetime.fromisoformat(t["failing_since"]), now)
+                console.print(
+                    Text(
+                        f"  {t['target']}: {t['sends']}: nothing got through since {failing} "
+                        f"({t['failed_runs']} run(s)); last error: {t['last_error'] or '-'}"
+                    )
+                )
     if data["jobs"]:
         render_jobs(data["jobs"], console, "open jobs")
 
@@ -340,7 +580,7 @@ def render_plans(plans: list[PipelinePlan], console: Console) -> None:
         for target in plan.targets:
             counts = ", ".join(
                 f"{target.count(a)} {a}"
-                for a in ("delete", "absent", "skip", "unmapped", "legal hold", "unknown")
+                for a in ("delete", "absent", "skip", "unmapped", "legal hold", "held", "unknown")
                 if target.count(a)
             )
             table = Table(

@@ -7,7 +7,7 @@ claim. The legal hold compares keys the way the target does: on a
 case-insensitive target, 'SA ' is the row 'sa'. Over a mass-delete limit,
 every due delivery no operator approved is held until `syncengine approve`
 or `reject`; a limit that cannot be weighed (the target's count failed)
-holds too. `plan` shows the same verdicts, from the same functions.
+holds too. `plan` shows the same verdicts, from the same functions and the same counts.
 """
 
 from __future__ import annotations
@@ -73,21 +73,37 @@ def mass_delete_reasons(
 ) -> list[str]:
     """Each limit the due deliveries would cross. `sent`: deliveries no operator
     approved that this run already claimed for sending."""
+    return [reason for _, reason in mass_delete_limits(guard, counts, sent, population)]
+
+
+def mass_delete_limits(
+    guard: GuardSettings, counts: GuardCounts, sent: int, population: Population | None
+) -> list[tuple[str, str]]:
+    """`mass_delete_reasons` with the name of the limit each reason is about, so
+    `plan` can say which limit would hold."""
     due = counts.due
-    reasons: list[str] = []
+    crossed: list[tuple[str, str]] = []
     if guard.max_per_run is not None and sent + due > guard.max_per_run:
         already = f"{sent} sent in this run + " if sent else ""
-        reasons.append(f"{already}{due} deletions due, max_per_run is {guard.max_per_run}")
+        crossed.append(
+            ("max_per_run", f"{already}{due} deletions due, max_per_run is {guard.max_per_run}")
+        )
     if guard.max_per_hour is not None:
         recent = counts.done_last_hour + counts.in_flight
         if recent + due > guard.max_per_hour:
-            reasons.append(
-                f"{recent} done in the last hour or in flight + {due} due exceeds "
-                f"max_per_hour {guard.max_per_hour}"
+            crossed.append(
+                (
+                    "max_per_hour",
+                    f"{recent} done in the last hour or in flight + {due} due exceeds "
+                    f"max_per_hour {guard.max_per_hour}",
+                )
             )
     if guard.max_fraction is not None:
-        reasons.extend(_fraction(guard.max_fraction, sent + due, population))
-    return reasons
+        crossed.extend(
+            ("max_fraction", reason)
+            for reason in _fraction(guard.max_fraction, sent + due, population)
+        )
+    return crossed
 
 
 def weighs_limits(guard: GuardSettings) -> bool:

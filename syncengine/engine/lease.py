@@ -20,6 +20,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from state import Lease, Store
@@ -56,24 +57,41 @@ def owner_name(pid: int, boot: str = BOOT, pid_namespace: str = PID_NAMESPACE) -
     return f"{HOST}:{pid}:{uuid.uuid4().hex[:8]}:{boot}:{pid_namespace}"
 
 
+@dataclass(frozen=True)
+class Holder:
+    """A lease holder's name read back (see `owner_name`): the one place it is parsed."""
+
+    host: str
+    pid: int
+    nonce: str
+    boot: str
+    pid_namespace: str
+
+
+def parse_owner(owner: str) -> Holder | None:
+    """The parts of a holder's name; None for a name of another form (an older version's)."""
+    parts = owner.split(":")
+    if len(parts) != 5 or not parts[1].isdigit():
+        return None
+    host, pid, nonce, boot, pid_namespace = parts
+    return Holder(host, int(pid), nonce, boot, pid_namespace)
+
+
 def holder_is_gone(holder: str | None) -> bool:
     """Proof that a lease's holder no longer exists (SIGKILL, OOM), so waiting for its
     expiry would only delay recovery: a process of this host, this boot and this PID
     namespace, whose pid is absent. Anything less (another namespace, an unreadable
     one, a name without them) is no proof, and the lease runs to its expiry."""
-    if holder is None:
+    found = None if holder is None else parse_owner(holder)
+    if found is None:
         return False
-    parts = holder.split(":")
-    if len(parts) != 5:
-        return False
-    host, pid_text, _, boot, pid_namespace = parts
     here = (HOST, BOOT, PID_NAMESPACE)
-    if UNKNOWN in here or (host, boot, pid_namespace) != here:
+    if UNKNOWN in here or (found.host, found.boot, found.pid_namespace) != here:
         return False
-    if not pid_text.isdigit() or int(pid_text) == os.getpid():
+    if found.pid == os.getpid():
         return False
     try:
-        os.kill(int(pid_text), 0)
+        os.kill(found.pid, 0)
     except ProcessLookupError:
         return True
     except (PermissionError, OverflowError):

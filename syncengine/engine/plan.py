@@ -5,11 +5,18 @@ Goose's `latest`, which would move the server's cursor), nothing is
 journaled, and each target answers read-only through `preview`. What the
 journal already holds is left out of "new" but its due deliveries are
 planned too: they are what the next run would send.
+
+The guards give the run's verdicts: the legal hold from the same check, and the
+mass-delete limits from the same function over the same counts the run's first
+claim weighs (read from the store, plus the new deletions it would journal,
+less those the legal hold protects), so a plan that says "delete" is not
+followed by a run that holds.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, cast
 
 from connectors.contract import (
@@ -20,9 +27,14 @@ from connectors.contract import (
     OutcomeKind,
     Previewable,
 )
-from state import Store
+from state import ClaimedDelivery, Store
 from state.models import utcnow
-from syncengine.engine.guard import legal_hold
+from syncengine.engine.guard import (
+    count_population,
+    legal_hold,
+    mass_delete_limits,
+    weighs_limits,
+)
 from syncengine.engine.pull import new_records, read_window, streams_to_read
 from syncengine.engine.runtime import PipelineRuntime, TargetRuntime
 
@@ -34,9 +46,23 @@ class PlannedItem:
     stream: str
     key: str
     action: str
-    """delete | absent | skip | unmapped | legal hold | unknown"""
+    """delete | absent | skip | unmapped | legal hold | held | unknown"""
     detail: str = ""
     journaled: bool = False
+    held_by: list[str] = field(default_factory=list)
+    """For `held`: the limits (max_per_run, max_per_hour, max_fraction) that would hold it."""
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Why a run would hold every due delivery no operator approved."""
+
+    limits: list[str]
+    reasons: list[str]
+
+    @property
+    def detail(self) -> str:
+        return f"held by {' and '.join(dict.fromkeys(self.limits))}: {'; '.join(self.reasons)}"
 
 
 @dataclass
@@ -61,13 +87,22 @@ class PipelinePlan:
         return asdict(self)
 
 
-async def _preview(target: TargetRuntime, batch: list[Delivery]) -> list[PlannedItem]:
+async def _preview(
+    target: TargetRuntime,
+    batch: list[Delivery],
+    hold: Hold | None = None,
+    approved: frozenset[int] = frozenset(),
+) -> list[PlannedItem]:
     items: list[PlannedItem] = []
     allowed: list[Delivery] = []
     for delivery in batch:
         held = legal_hold(target.config.guard.legal_hold, target.target.key_match, delivery.fields)
         if held is not None:
             items.append(PlannedItem(delivery.stream, delivery.key, "legal hold", held))
+        elif hold is not None and delivery.delivery_id not in approved:
+            item = PlannedItem(delivery.stream, delivery.key, "held", hold.detail)
+            item.held_by = list(hold.limits)
+            items.append(item)
         else:
             allowed.append(delivery)
     if not target.capabilities.preview:
@@ -128,16 +163,54 @@ async def plan_pipeline(
                 next_id -= 1
     plan.new = len(fresh)
     for name, target in pipe.targets.items():
-        due = [
-            Delivery(c.id, c.stream, c.key, c.fields) for c in store.due_deliveries(pipe.name, name)
-        ]
+        due = store.due_deliveries(pipe.name, name)
+        journaled = sorted(due + store.unsent_job_deliveries(pipe.name, name), key=lambda c: c.id)
         target_plan = TargetPlan(name)
         try:
-            planned_due = await _preview(target, due)
+            hold = await _hold(store, pipe.name, target, due, fresh)
+            approved = frozenset(c.id for c in journaled if c.approved)
+            planned_due = await _preview(
+                target,
+                [Delivery(c.id, c.stream, c.key, c.fields) for c in journaled],
+                hold,
+                approved,
+            )
             for item in planned_due:
                 item.journaled = True
-            target_plan.items = planned_due + await _preview(target, fresh)
+            target_plan.items = planned_due + await _preview(target, fresh, hold)
         except ConnectorError as exc:
             plan.errors.append(f"{name}: {exc}")
         plan.targets.append(target_plan)
     return plan
+
+
+async def _hold(
+    store: Store,
+    pipeline: str,
+    target: TargetRuntime,
+    due: list[ClaimedDelivery],
+    fresh: list[Delivery],
+) -> Hold | None:
+    """The mass-delete verdict of the run's first claim: the counts the claim weighs
+    (`store.guard_counts`), once the run has journaled the new deletions and the legal
+    hold has taken out what it protects, as the claim does before weighing again."""
+    guard = target.config.guard
+    if not weighs_limits(guard):
+        return None
+
+    def protected(fields: Mapping[str, Any]) -> bool:
+        return legal_hold(guard.legal_hold, target.target.key_match, fields) is not None
+
+    counts = store.guard_counts(pipeline, target.name)
+    weighed = (
+        counts.due
+        - sum(1 for c in due if not c.approved and protected(c.fields))
+        + sum(1 for d in fresh if not protected(d.fields))
+    )
+    if weighed <= 0:
+        return None
+    population = await count_population(target)
+    crossed = mass_delete_limits(guard, replace(counts, due=weighed), 0, population)
+    if not crossed:
+        return None
+    return Hold([limit for limit, _ in crossed], [reason for _, reason in crossed])
