@@ -85,6 +85,9 @@ class _Commands:
     def status(self, pipeline: str) -> str:
         return self.line("status", "-p", pipeline)
 
+    def waiting(self, pipeline: str, target: str) -> str:
+        return self.line("deliveries", "list", "-p", pipeline, "-t", target, "--status", "pending")
+
     def check(self, connection: str | None) -> str:
         return (
             self.line("check")
@@ -230,16 +233,26 @@ def _zone_of(config: Config, pipe: PipelineConfig) -> ZoneInfo:
     return zone if isinstance(zone, ZoneInfo) else ZoneInfo("UTC")
 
 
+def send_state(row: TargetHealth | None, stall_after: float, now: datetime) -> str | None:
+    """Whether a target's sends get through: `ok`; `failing` since a run got nothing
+    through; `stalled` once that lasts longer than `stall_after`; None before any run
+    had work for it. `status`, /readyz and the alerts all judge by this."""
+    if row is None:
+        return None
+    if row.failing_since is None:
+        return "ok"
+    return "stalled" if (now - row.failing_since).total_seconds() > stall_after else "failing"
+
+
 def _stalled(
     config: Config, commands: _Commands, health: Iterable[TargetHealth], now: datetime
 ) -> Iterable[Condition]:
     for row in health:
         target = config.pipelines[row.pipeline].targets.get(row.target)
-        if target is None or row.failing_since is None:
+        if target is None or send_state(row, config.health.stall_after, now) != "stalled":
             continue
+        assert row.failing_since is not None
         failing = (now - row.failing_since).total_seconds()
-        if failing <= config.health.stall_after:
-            continue
         error = f"; last error: {_short(row.last_error)}" if row.last_error else ""
         yield Condition(
             _key(TARGET_STALLED, row.pipeline, row.target),
@@ -288,7 +301,9 @@ def _slo(
             age.oldest_waiting + timedelta(seconds=allowed),
             f"target {age.pipeline}/{age.target}: the oldest deletion still waiting was "
             f"journaled {human(waited)} ago, over its SLO of {human(allowed)}{why}",
-            commands.check(target.connection) if failing else commands.status(age.pipeline),
+            commands.check(target.connection)
+            if failing
+            else commands.waiting(age.pipeline, age.target),
         )
 
 

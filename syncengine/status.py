@@ -30,6 +30,7 @@ from syncengine.config import Config
 from syncengine.engine import RunReport
 from syncengine.engine.lease import parse_owner
 from syncengine.engine.plan import PipelinePlan
+from syncengine.health import send_state
 
 STATUSES = [s.value for s in DeliveryStatus]
 
@@ -72,15 +73,7 @@ def collect_target_health(
     oldest held, and whether its sends get through (`failing` since a run got nothing
     through; `stalled` once that lasts longer than `health.stall_after`)."""
     failing_since = health.failing_since if health is not None else None
-    state: str | None
-    if health is None:
-        state = None  # no run has had work for it yet
-    elif failing_since is None:
-        state = "ok"
-    elif (now - failing_since).total_seconds() > stall_after:
-        state = "stalled"
-    else:
-        state = "failing"
+    state = send_state(health, stall_after, now)
     return {
         "oldest_waiting_at": _when(ages.oldest_waiting if ages else None),
         "oldest_waiting_age": _age(ages.oldest_waiting if ages else None, now),

@@ -157,7 +157,7 @@ def test_the_oldest_waiting_deletion_older_than_the_slo(store: Store) -> None:
     assert "journaled 25 min ago, over its SLO of 10 min" in breach.message
     assert evaluate(store, config(pipeline="    slo: {max_lag: 1h}\n"), now=later(25)) == []
     assert only_reason(not_ready(store, cfg, later(25)))["command"] == (
-        "syncengine status -c my.yaml -p contacts"
+        f"syncengine deliveries list -c my.yaml -p contacts -t {TARGET} --status pending"
     )
     store.note_target_result(PIPE, TARGET, got_through=False, error="timeout")
     [breach] = [c for c in evaluate(store, cfg, now=later(25)) if c.kind == "slo_breached"]
