@@ -86,7 +86,7 @@ class _Commands:
         return self.line("status", "-p", pipeline)
 
     def waiting(self, pipeline: str, target: str) -> str:
-        return self.line("deliveries", "list", "-p", pipeline, "-t", target, "--status", "pending")
+        return self.line("deliveries list", "-p", pipeline, "-t", target, "--status", "pending")
 
     def check(self, connection: str | None) -> str:
         return (
