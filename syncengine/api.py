@@ -66,10 +66,13 @@ class RunFailed(SyncEngineError):
     """Raised by `RunSummary.raise_for_failure` when a pipeline's run failed."""
 
     def __init__(self, summary: RunSummary) -> None:
-        failed = [p for p in summary.pipelines if not p.ok]
-        super().__init__(
-            "; ".join(f"{p.pipeline}: {p.outcome}: {p.error or 'failed'}" for p in failed)
-        )
+        failed = [
+            p
+            for p in summary.pipelines
+            if not p.ok and (p.error or p.outcome in ("failed", "partial"))
+        ]
+        lines = [f"{p.pipeline}: {p.outcome}: {p.error or 'failed'}" for p in failed]
+        super().__init__("; ".join([*lines, *summary.nothing_through()]))
         self.summary = summary
 
 
@@ -84,6 +87,27 @@ class TargetResult:
     waiting: int
     """Deliveries still due: pending, failed (retried later) or in flight."""
     jobs: list[str] = field(default_factory=list)
+    failed: int = 0
+    """Deliveries that did not get through in this run (retried later, or dead once their
+    attempts ran out); a dead verdict of the target is an answer, not counted here."""
+    failures: dict[str, int] = field(default_factory=dict)
+    """`failed` by the class of its reason (unreachable, timeout, throttled, ...)."""
+    first_error: str = ""
+    """The first reason, scrubbed of every secret."""
+    nothing_through: bool = False
+    """It had deliveries to send in this run and the target decided none of them (done
+    or dead): what makes `run --once` exit 1. Held deliveries are never sent, so a
+    target whose work the guard holds is not this."""
+
+    def nothing_through_line(self, pipeline: str) -> str:
+        """One line for stderr: where, how many wait, and why."""
+        from syncengine.engine.failures import classify
+
+        dead = f", {self.dead} dead" if self.dead else ""
+        return (
+            f"{pipeline}/{self.target}: nothing got through: {self.retry_later} retry later"
+            f"{dead}: {classify(self.first_error)}: {self.first_error}"
+        )
 
 
 @dataclass(frozen=True)
@@ -112,8 +136,18 @@ class RunSummary:
 
     @property
     def exit_code(self) -> int:
-        """What `run --once` exits with: 0, or 1 when a pipeline's run failed."""
+        """What `run --once` exits with: 0, or 1 when a pipeline's run failed or a target
+        that had work got none of it through."""
         return 0 if self.ok else 1
+
+    def nothing_through(self) -> list[str]:
+        """One line per target that had work and got none of it through."""
+        return [
+            t.nothing_through_line(p.pipeline)
+            for p in self.pipelines
+            for t in p.targets
+            if t.nothing_through
+        ]
 
     def as_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "exit_code": self.exit_code} | asdict(self)
@@ -144,13 +178,19 @@ def summarize(reports: Sequence[RunReport], store: Store) -> RunSummary:
                     held=waiting.get("held", 0),
                     waiting=sum(waiting.get(s, 0) for s in ("pending", "failed", "in_flight")),
                     jobs=list(push.jobs),
+                    failed=push.not_through,
+                    failures=dict(push.failures),
+                    first_error=push.first_error,
+                    nothing_through=push.nothing_through,
                 )
             )
         results.append(
             PipelineResult(
                 pipeline=report.pipeline,
                 outcome=report.outcome.value,
-                ok=not report.failed and not report.cancelled,
+                ok=not report.failed
+                and not report.cancelled
+                and not any(t.nothing_through for t in targets),
                 error=report.error,
                 pulled=report.pull.pulled,
                 duplicates=report.pull.duplicates,

@@ -1,9 +1,9 @@
 """The `syncengine` command.
 
 Exit codes: 0 success; 1 a pipeline run failed (or was stopped by a fatal
-error); 2 a problem the user can fix (configuration, store URL, ports).
-User errors end in one message naming the place and the fix, never a
-traceback.
+error), or a target that had work got none of it through; 2 a problem the
+user can fix (configuration, store URL, ports). User errors end in one
+message naming the place and the fix, never a traceback.
 """
 
 from __future__ import annotations
@@ -479,6 +479,8 @@ async def _once(runtime: Runtime, store: Store, job_wait: float, output: str) ->
         sys.stdout.write(summary.to_json() + "\n")
     else:
         render_summary(reports, store, out)
+    for line in summary.nothing_through():  # plain: a reason may hold rich markup
+        sys.stderr.write(f"syncengine: {line}\n")
     return summary.exit_code
 
 

@@ -30,6 +30,7 @@ from syncengine.config import Config
 from syncengine.engine import RunReport
 from syncengine.engine.lease import parse_owner
 from syncengine.engine.plan import PipelinePlan
+from syncengine.engine.push import PushReport
 from syncengine.health import send_state
 
 STATUSES = [s.value for s in DeliveryStatus]
@@ -484,6 +485,19 @@ def render_status(data: dict[str, Any], console: Console) -> None:
         render_jobs(data["jobs"], console, "open jobs")
 
 
+def failures_line(pipeline: str, target: str, push: PushReport) -> Text:
+    """Per target that failed sends: how many did not get through, by class, and the
+    first reason (plain text: a reason may hold brackets that are not markup)."""
+    classes = ", ".join(f"{cls} {n}" for cls, n in sorted(push.failures.items()))
+    line = Text(f"{pipeline} -> {target}: ")
+    if push.nothing_through:
+        line.append("nothing got through", style="red")
+        line.append(": ")
+    line.append(f"{push.not_through} failed", style="yellow")
+    line.append(f" ({classes}); first: {push.first_error}")
+    return line
+
+
 def render_summary(reports: list[RunReport], store: Store, console: Console) -> None:
     """The end-of-run table: what each pipeline pulled and each target received."""
     table = Table(title="syncengine run summary")
@@ -525,6 +539,10 @@ def render_summary(reports: list[RunReport], store: Store, console: Console) -> 
         if report.error:
             console.print(f"[red]{report.pipeline}[/red]: {report.error}")
         for target, push in report.targets.items():
+            if push.failures:
+                console.print(
+                    failures_line(report.pipeline, target, push), highlight=False, soft_wrap=True
+                )
             if push.jobs:
                 more = f"; and {push.more_jobs} more" if push.more_jobs else ""
                 console.print(f"{report.pipeline} -> {target}: jobs {'; '.join(push.jobs)}{more}")

@@ -22,6 +22,7 @@ from state import ClaimedDelivery, Lease, OutcomeRecord, Store
 from state.models import JobPhase, utcnow
 from state.records import JobRecord
 from syncengine import failpoints
+from syncengine.engine.failures import log_send_failed
 from syncengine.engine.guard import ClaimGuard, count_population
 from syncengine.engine.push import PushReport, complete_outcomes
 from syncengine.engine.runtime import PipelineRuntime, TargetRuntime
@@ -111,6 +112,9 @@ class JobRunner:
         self.guard = ClaimGuard(target)
         self.counted: dict[int, list[ClaimedDelivery]] = {}
         """Jobs whose items this run's guard counts as claimed for sending."""
+        self.failing: dict[int, tuple[int, str]] = {}
+        """Jobs whose last call in this run failed (items, reason): their items did not get
+        through unless a later call of the run succeeds; counted when the run ends."""
         self.log = get_logger(pipeline=pipe.name, run=run_id, target=target.name)
 
     async def run(self, run_started: datetime) -> PushReport:
@@ -123,6 +127,8 @@ class JobRunner:
             await self._claim_and_submit(run_started)
             await self._poll_until_settled()
         finally:
+            for items, reason in self.failing.values():
+                self.report.failed(reason, items)
             self.report.dead += self.guard.protected
             self.report.held += self.guard.held
             self.guard.report(self.pipe.name, self.log)
@@ -204,6 +210,7 @@ class JobRunner:
         try:
             handle = await self.api.find(_spec(job))
         except RetriableError as exc:
+            self._failed(job, str(exc))
             await asyncio.to_thread(
                 self.store.record_poll, job.id, job.state, _later(exc.retry_after)
             )
@@ -216,6 +223,7 @@ class JobRunner:
         await self._submit(job)
 
     async def _record_submitted(self, job: JobRecord, handle: JobHandle) -> None:
+        self.failing.pop(job.id, None)
         await asyncio.to_thread(
             self.store.record_submitted,
             job.id,
@@ -245,8 +253,10 @@ class JobRunner:
             raise
         except AmbiguousError as exc:
             self.log.warning("job_submit_answer_lost", job=job.id, error=str(exc))
+            self._failed(job, str(exc))
             return
         except RetriableError as exc:
+            self._failed(job, str(exc))
             await asyncio.to_thread(
                 self.store.record_not_submitted,
                 job.id,
@@ -351,6 +361,7 @@ class JobRunner:
                     _later(exc.retry_after, RETRY_SUBMIT_AFTER),
                     lease=self.lease,
                 )
+                self._failed(job, str(exc))
                 self.log.warning(
                     "job_lookups_retry_later",
                     job=job.id,
@@ -369,17 +380,20 @@ class JobRunner:
         try:
             progress = await self.api.poll(_spec(job), _handle(job))
         except RetriableError as exc:
+            self._failed(job, str(exc))
             await asyncio.to_thread(
                 self.store.record_poll, job.id, job.state, _later(exc.retry_after)
             )
             return
         except RemoteError as exc:
             self.log.warning("job_poll_error", job=job.id, error=str(exc))
+            self._failed(job, str(exc))
             await asyncio.to_thread(
                 self.store.record_poll, job.id, job.state, _later(None, RETRY_SUBMIT_AFTER)
             )
             return
         failpoints.hit("after_poll")
+        self.failing.pop(job.id, None)
         if not progress.state.terminal:
             await asyncio.to_thread(
                 self.store.record_poll,
@@ -404,6 +418,10 @@ class JobRunner:
         if job.cancel_requested:
             records = [_cancelled(r) for r in records]
             phase = JobPhase.CANCELLED
+        self.failing.pop(job.id, None)
+        retries = self.report.tally(records)
+        if retries:
+            self._log_failed(job, retries[0].reason, len(retries))
         counts = await asyncio.to_thread(
             self.store.finish_job,
             job.id,
@@ -428,6 +446,22 @@ class JobRunner:
             done=counts.done,
             retried=counts.retried,
             dead=counts.dead,
+        )
+
+    def _failed(self, job: JobRecord, reason: str) -> None:
+        """A call about `job` failed: none of its items got through, unless a later call
+        of this run gets them there."""
+        self.failing[job.id] = (len(job.items), reason)
+        self._log_failed(job, reason, len(job.items))
+
+    def _log_failed(self, job: JobRecord, reason: str, deliveries: int) -> None:
+        log_send_failed(
+            self.log,
+            self.pipe.name,
+            self.target.name,
+            reason=reason,
+            deliveries=deliveries,
+            request={"job": job.id, "client_id": job.client_id, "batch_size": len(job.items)},
         )
 
     def _save_artifacts(self, job: JobRecord, artifacts: Mapping[str, bytes]) -> list[str]:

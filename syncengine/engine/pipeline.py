@@ -273,3 +273,13 @@ def _finish(store: Store, report: RunReport, outcome: RunOutcome, error: str) ->
         error=error,
         fatal=report.fatal,
     )
+    for name, target in report.targets.items():
+        # Only a target that had work has news: one that was sent nothing says nothing
+        # about whether it is reachable, and keeps its failing_since as it was.
+        if target.had_work:
+            store.note_target_result(
+                report.pipeline,
+                name,
+                got_through=not target.nothing_through,
+                error=target.first_error,
+            )

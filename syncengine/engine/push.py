@@ -31,16 +31,18 @@ from connectors.contract import (
     Delivery,
     FatalError,
     Outcome,
+    OutcomeKind,
     RetriableError,
     Target,
 )
 from state import ClaimedDelivery, Lease, LeaseLost, OutcomeCounts, OutcomeRecord, Store
 from syncengine import failpoints
+from syncengine.engine.failures import classify, log_send_failed
 from syncengine.engine.feed import JournalFeed, Mark
 from syncengine.engine.guard import ClaimGuard, count_population
 from syncengine.engine.runtime import PipelineRuntime, TargetRuntime
 from syncengine.engine.stop import StopToken
-from syncengine.logs import get_logger
+from syncengine.logs import SECRETS, get_logger
 
 JOB_LINES = 20
 
@@ -58,12 +60,50 @@ class PushReport:
     JOB_LINES of them, the rest counted in `more_jobs`, so a run of ten thousand jobs
     keeps (and its summary prints) twenty lines."""
     more_jobs: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+    """Deliveries that did not get through in this run, by the class of their reason
+    (`failures.classify`): each retry, whether an error for the whole batch or job or
+    the target's answer for the one delivery, and whether the store then retries it
+    later or, its attempts spent, makes it dead. A dead verdict is an answer: the
+    target was reached and decided, so it is not counted here."""
+    first_error: str = ""
+    """The first of those reasons, scrubbed of every secret."""
+    answered: int = 0
+    """Deliveries the target decided on in this run (done or dead)."""
 
     def job_ended(self, line: str) -> None:
         if len(self.jobs) < JOB_LINES:
             self.jobs.append(line)
         else:
             self.more_jobs += 1
+
+    def failed(self, reason: str, count: int = 1) -> None:
+        cls = classify(reason)
+        self.failures[cls] = self.failures.get(cls, 0) + count
+        self.first_error = self.first_error or SECRETS.scrub(reason)
+
+    def tally(self, records: list[OutcomeRecord]) -> list[OutcomeRecord]:
+        """Count one answered batch or job; the records that did not get through."""
+        retries = [r for r in records if r.kind == OutcomeKind.RETRY.value]
+        self.answered += len(records) - len(retries)
+        for record in retries:
+            self.failed(record.reason)
+        return retries
+
+    @property
+    def not_through(self) -> int:
+        return sum(self.failures.values())
+
+    @property
+    def had_work(self) -> bool:
+        """Something was sent (or tried) to the target in this run, and settled."""
+        return self.answered + self.not_through > 0
+
+    @property
+    def nothing_through(self) -> bool:
+        """It had work and none of it reached a decision of the target. Held or
+        protected deliveries were never sent, so they are neither."""
+        return self.had_work and self.answered == 0
 
 
 def complete_outcomes(batch: list[Delivery], outcomes: list[Outcome]) -> list[OutcomeRecord]:
@@ -372,7 +412,25 @@ class _Flow:
             self.releases.append((batch, INTERRUPTED))
             raise
         failpoints.hit("after_send")
-        self.answered.append((batch, complete_outcomes(batch.deliveries, outcomes)))
+        records = complete_outcomes(batch.deliveries, outcomes)
+        self._failures(batch, records)
+        self.answered.append((batch, records))
+
+    def _failures(self, batch: _Batch, records: list[OutcomeRecord]) -> None:
+        """Counted as the answer arrives (the store records it next, or the run fails)."""
+        retries = self.report.tally(records)
+        if not retries:
+            return
+        first = retries[0]
+        key = next(d.key for d in batch.deliveries if d.delivery_id == first.delivery_id)
+        log_send_failed(
+            self.log,
+            self.pipeline,
+            self.target.name,
+            reason=first.reason,
+            deliveries=len(retries),
+            request={"batch_size": len(batch.deliveries), "first_key": key},
+        )
 
     async def _abort(self, exc: BaseException) -> None:
         """Cut the sends under way, then settle every batch in hand: answered ones are
