@@ -104,9 +104,12 @@ class Forwarder:
         except OSError:
             pass
         finally:
+            # The first direction to end closes the pair; the other then ends on its
+            # closed socket. Closing twice is harmless.
             for end in (source, sink):
                 with contextlib.suppress(OSError):
                     end.shutdown(socket.SHUT_RDWR)
+                end.close()
 
     def close(self) -> None:
         self.closed.set()
