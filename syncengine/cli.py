@@ -16,8 +16,9 @@ import shlex
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
 from rich.console import Console
@@ -882,6 +883,122 @@ def trace(
     if not trees:
         raise fail(f"no deletion with key or origin {key!r} in the journal", 1)
     emit([t.as_json() for t in trees], output, lambda: render_trace(trees, out))
+
+
+def _report_names(config: Config, pipeline: str | None, target: str | None) -> None:
+    """A pipeline or target no longer configured may still hold evidence in the store:
+    reported, with a note, rather than refused."""
+    if pipeline is not None and pipeline not in config.pipelines:
+        err.print(f"note: {config.path} defines no pipeline {pipeline!r}; reporting what the "
+                  "store holds for it", highlight=False, soft_wrap=True)  # fmt: skip
+    pipes = [config.pipelines[pipeline]] if pipeline in config.pipelines else []
+    if target is not None and not any(
+        target in p.targets for p in pipes or config.pipelines.values()
+    ):
+        err.print(f"note: no configured pipeline has a target {target!r}; reporting what the "
+                  "store holds for it", highlight=False, soft_wrap=True)  # fmt: skip
+
+
+@contextmanager
+def _report_stream(path: Path | None) -> Iterator[TextIO]:
+    """UTF-8 text without newline translation (the CSV writer ends rows itself), to
+    stdout or to `path`. A file is written beside it first and renamed when complete,
+    so a report cut short is never taken for a whole one; it is created readable by
+    its owner only (it holds personal identifiers)."""
+    import io
+    import os
+
+    if path is None:
+        stream = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="")
+        try:
+            yield stream
+        finally:
+            stream.flush()
+            stream.detach()
+        return
+    partial = path.with_name(path.name + ".partial")
+    try:
+        handle = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as exc:
+        raise fail(f"--file {path}: cannot write it ({exc.strerror}); name a file in a "
+                   "folder you can write to") from None  # fmt: skip
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
+            yield stream
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+@app.command()
+def report(
+    config: ConfigOption = Path("config.yaml"),
+    since: Annotated[
+        str | None,
+        typer.Option(help="from this time (ISO 8601, UTC unless it names a zone) or age (30d)"),
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="before this time or age; default: now")] = None,
+    pipeline: PipelineOption = None,
+    target: TargetFilter = None,
+    key: Annotated[
+        str | None,
+        typer.Option("--key", "-k", help="a record key or origin, or a pattern with * and ?"),
+    ] = None,
+    output: Annotated[
+        str,
+        typer.Option(
+            "--output",
+            "-o",
+            help="csv or jsonl: a row per deletion and target, streamed; text or json: a "
+            "summary per target",
+        ),
+    ] = "text",
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", "-f", help="write to this file (mode 600) instead of stdout"),
+    ] = None,
+) -> None:
+    """Evidence of erasure: every deletion a source reported in a period and, per
+    target, what became of it (deleted when and by which job, held, legal hold, dead,
+    pending) with the lag from the report. It names people: handle it as personal data."""
+    from state.evidence import Evidence, EvidenceFilter
+    from state.models import utcnow
+    from syncengine.report import parse_when, render_summary, summarize, write_csv, write_jsonl
+
+    if output not in ("csv", "jsonl", "text", "json"):
+        raise fail(f"--output {output!r}: use csv, jsonl, text or json")
+    now = utcnow()
+    bounds: list[datetime | None] = []
+    for name, value in (("--since", since), ("--until", until)):
+        try:
+            bounds.append(None if value is None else parse_when(value, now))
+        except ValueError as exc:
+            raise fail(f"{name} {exc}") from None
+    start, end = bounds
+    if start is not None and end is not None and start >= end:
+        raise fail(f"--since {since} is not before --until {until}: the period is empty; "
+                   "swap them or widen it")  # fmt: skip
+    cfg = load(config)
+    _report_names(cfg, pipeline, target)
+    store = open_store(cfg)
+    try:
+        rows = Evidence(store.engine).rows(EvidenceFilter(start, end, pipeline, target, key))
+        with _report_stream(file) as stream:
+            if output == "csv":
+                write_csv(rows, stream)
+            elif output == "jsonl":
+                write_jsonl(rows, stream)
+            else:
+                summary = summarize(rows, start, end, now)
+                if output == "json":
+                    stream.write(json.dumps(summary.as_json(), indent=2) + "\n")
+                else:
+                    console = Console(file=stream, width=None if stream.isatty() else PIPE_WIDTH)
+                    render_summary(summary, console)
+    finally:
+        store.close()
+    if file is not None:
+        err.print(f"report written to {file}", highlight=False)
 
 
 jobs_app = FlowingTyper(help="Asynchronous jobs on targets (Reltio tasks, ADT and DMM jobs).")

@@ -23,6 +23,10 @@ from state import ClaimedDelivery, GuardCounts
 from syncengine.config.models import GuardSettings, LegalHold
 from syncengine.engine.runtime import TargetRuntime
 
+LEGAL_HOLD = "legal hold: "
+"""How the reason of a delivery the legal hold protected begins (dead, never sent);
+`report` tells these apart from deliveries that died for another reason."""
+
 
 def legal_hold(hold: LegalHold | None, match: KeyMatch, fields: Mapping[str, Any]) -> str | None:
     """Why the legal hold protects a deletion with these fields, or None.
@@ -144,7 +148,7 @@ class ClaimGuard:
         if reason is None:
             return None
         self.protected += 1
-        return f"legal hold: {reason}"
+        return LEGAL_HOLD + reason
 
     def hold(self, counts: GuardCounts) -> str | None:
         reasons = mass_delete_reasons(self.target.config.guard, counts, self.sent, self.population)
