@@ -79,6 +79,7 @@ bench: $(STAMP) bytecode
 # with its peak RSS so far.
 bench-memory: $(STAMP) bytecode
 	$(BIN)/python -m bench.throughput --memory --import-repeats 0 --child-timeout 1200 --max-seconds 2700
+	SYNCENGINE_REPORT_ROWS=20000 $(BIN)/pytest -q -n 2 tests/unit/test_report_memory.py
 
 # 20 ms per emulator call; syncengine with `concurrency: 4` in its target as a third contender
 # ("n/a (setting not supported)" while the configuration refuses it).
