@@ -10,6 +10,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from syncengine.health import human
+
 TITLES = {
     "pipeline_failing": "pipeline failing",
     "pipeline_stopped": "pipeline stopped",
@@ -59,33 +61,23 @@ def _at(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _lasting(seconds: float) -> str:
-    minutes = max(0, int(seconds // 60))
-    if minutes < 1:
-        return "under a minute"
-    if minutes < 60:
-        return f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours} h {minutes} min"
-    return f"{hours // 24} days {hours % 24} h"
-
-
 def since_text(payload: dict[str, Any], now: datetime) -> str:
     since = _moment(payload.get("since"))
     if since is None:
         return "since an unknown time"
     resolved = _moment(payload.get("resolved_at"))
     if payload.get("event") == "resolved" and resolved is not None:
-        lasted = _lasting((resolved - since).total_seconds())
+        lasted = human((resolved - since).total_seconds())
         return f"since {_at(since)}, recovered at {_at(resolved)} (lasted {lasted})"
-    return f"since {_at(since)} ({_lasting((now - since).total_seconds())})"
+    return f"since {_at(since)} ({human((now - since).total_seconds())})"
 
 
 def summary(payload: dict[str, Any], now: datetime) -> str:
     """One paragraph: the alert as plain text."""
     head = f"{title(str(payload.get('kind', '')))} at {where(payload)}"
     message = str(payload.get("message") or "").strip()
+    for named in (f"target {where(payload)}: ", f"pipeline {where(payload)}: "):
+        message = message.removeprefix(named)  # the head names the place already
     if payload.get("event") == "resolved":
         return f"syncengine RECOVERED: {head}, {since_text(payload, now)}. Was: {message}"
     return (
