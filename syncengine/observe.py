@@ -99,7 +99,7 @@ def serve_observability(store: Store, config: Config) -> Iterator[Metrics | None
     from syncengine.metrics import Metrics
 
     settings = config.metrics
-    metrics = Metrics(store)
+    metrics = Metrics(store, config.health.stall_after)
     app = build_app(store, config, metrics, utcnow())
     try:
         server = RunningServer(app, settings.host, settings.port).start()

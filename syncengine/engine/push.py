@@ -34,7 +34,15 @@ from connectors.contract import (
     RetriableError,
     Target,
 )
-from state import ClaimedDelivery, Lease, LeaseLost, OutcomeCounts, OutcomeRecord, Store
+from state import (
+    ClaimedDelivery,
+    LagCounts,
+    Lease,
+    LeaseLost,
+    OutcomeCounts,
+    OutcomeRecord,
+    Store,
+)
 from syncengine import failpoints
 from syncengine.engine.feed import JournalFeed, Mark
 from syncengine.engine.guard import ClaimGuard, count_population
@@ -58,6 +66,9 @@ class PushReport:
     JOB_LINES of them, the rest counted in `more_jobs`, so a run of ten thousand jobs
     keeps (and its summary prints) twenty lines."""
     more_jobs: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+    lag: LagCounts = field(default_factory=LagCounts)
+    """The propagation lag of the deliveries made done, in fixed buckets."""
 
     def job_ended(self, line: str) -> None:
         if len(self.jobs) < JOB_LINES:
@@ -347,6 +358,7 @@ class _Flow:
         self.report.done += counts.done
         self.report.retried += counts.retried
         self.report.dead += counts.dead
+        self.report.lag.add(counts.lag)
         self.log.info(
             "batch_sent",
             size=len(batch.deliveries),
