@@ -13,7 +13,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, write_to_textfile
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    write_to_textfile,
+)
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
@@ -300,7 +307,9 @@ def write_run_file(
 ) -> None:
     """The metrics of `run --once` in the text format, for node_exporter's textfile
     collector: written whole to a temporary file then renamed, so the collector never
-    reads half a file. Counters carry on from the file the previous run left."""
+    reads half a file. Counters carry on from the file the previous run left, so
+    their `_created` samples (this process's start) would be false: left out."""
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus_client leaves it unannotated
     metrics = Metrics(store, stall_after)
     try:
         metrics.resume(path.read_text())
