@@ -8,6 +8,7 @@ from state.lease import Lease, LeaseLost
 from state.lineage import DeletionNode, DeliveryNode, Handover, Lineage
 from state.models import DeliveryStatus, RunOutcome
 from state.records import (
+    LAG_BOUNDS,
     MALFORMED,
     WITHDRAWN,
     ClaimedDelivery,
@@ -15,6 +16,7 @@ from state.records import (
     GuardCounts,
     HeldCountMismatch,
     JournalResult,
+    LagCounts,
     NewRecord,
     OutcomeCounts,
     OutcomeRecord,
@@ -28,6 +30,7 @@ from state.records import (
 from state.store import Store
 
 __all__ = [
+    "LAG_BOUNDS",
     "MALFORMED",
     "WITHDRAWN",
     "ClaimedDelivery",
@@ -40,6 +43,7 @@ __all__ = [
     "Handover",
     "HeldCountMismatch",
     "JournalResult",
+    "LagCounts",
     "Lease",
     "LeaseLost",
     "Lineage",

@@ -6,6 +6,7 @@ deliveries, jobs) and the engine read the same types in one place.
 
 from __future__ import annotations
 
+import bisect
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -181,11 +182,62 @@ class OutcomeRecord:
     effect: str = ""
 
 
+LAG_BOUNDS: tuple[float, ...] = (
+    1,
+    5,
+    15,
+    30,
+    60,
+    120,
+    300,
+    600,
+    1800,
+    3600,
+    7200,
+    14400,
+    43200,
+    86400,
+    172800,
+    604800,
+)
+"""Upper bounds, in seconds, of the propagation lag's buckets (from 1 s to 7 days): the
+store counts into them and the metrics export them, so both read them from here."""
+
+
+@dataclass
+class LagCounts:
+    """How long deliveries took from their journaling to their target's done, as bucket
+    counts: the same size for one delivery as for a backfill of a million."""
+
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(LAG_BOUNDS) + 1))
+    """Deliveries per bucket (not cumulative): `buckets[i]` took at most `LAG_BOUNDS[i]`
+    and more than the bound before; the last one, more than seven days."""
+    seconds: float = 0.0
+    """The lags' sum."""
+
+    @property
+    def count(self) -> int:
+        return sum(self.buckets)
+
+    def observe(self, seconds: float) -> None:
+        # A clock stepped back between journaling and done is no negative lag.
+        seconds = max(0.0, seconds)
+        self.buckets[bisect.bisect_left(LAG_BOUNDS, seconds)] += 1
+        self.seconds += seconds
+
+    def add(self, other: LagCounts) -> None:
+        for index, count in enumerate(other.buckets):
+            self.buckets[index] += count
+        self.seconds += other.seconds
+
+
 @dataclass
 class OutcomeCounts:
     done: int = 0
     retried: int = 0
     dead: int = 0
+    lag: LagCounts = field(default_factory=LagCounts)
+    """The propagation lag of the deliveries made done."""
 
 
 @dataclass(frozen=True)

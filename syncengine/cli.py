@@ -30,6 +30,7 @@ from syncengine.helptext import FlowingTyper
 # daemon's scheduler or metrics server (tests/unit/test_startup.py holds this).
 if TYPE_CHECKING:
     from state import Store
+    from syncengine.api import RunSummary
     from syncengine.config import Config
     from syncengine.engine import RunReport, Runtime, StopToken
     from syncengine.engine.runtime import PipelineRuntime
@@ -424,10 +425,28 @@ def run(
     output: Annotated[
         str, typer.Option("--output", "-o", help="with --once or --dry-run: text or json")
     ] = "text",
+    metrics_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="with --once: write the run's metrics and the store's gauges to this file, "
+            "in Prometheus text format, for node_exporter's textfile collector",
+            envvar="SYNCENGINE_METRICS_FILE",
+        ),
+    ] = None,
 ) -> None:
     """Run the daemon (every pipeline on its schedule), or one cycle with --once."""
     if output not in ("text", "json") or (output == "json" and not once and not dry_run):
         raise fail(f"--output {output!r}: use text, or json with --once or --dry-run")
+    if metrics_file is not None and not once:
+        raise fail(
+            "--metrics-file goes with --once; the daemon serves its metrics on "
+            "/metrics (set metrics.port)"
+        )
+    if metrics_file is not None and not metrics_file.parent.is_dir():
+        raise fail(
+            f"--metrics-file {metrics_file}: no directory {metrics_file.parent}; create it "
+            "or name a file in node_exporter's --collector.textfile.directory"
+        )
     if dry_run:
         _plan(config, pipeline, output)
         return
@@ -442,7 +461,7 @@ def run(
     store = open_store(cfg)
     runtime = build_runtime(cfg, store, only=pipeline)
     serve = (
-        _once(runtime, store, job_wait, output)
+        _once(runtime, store, job_wait, output, metrics_file, cfg.health.stall_after)
         if once
         else _daemon(runtime, store, cfg, _reloader(config, metrics_port), pipeline)
     )
@@ -466,8 +485,16 @@ def settle_start_up() -> None:
     gc.freeze()
 
 
-async def _once(runtime: Runtime, store: Store, job_wait: float, output: str) -> int:
-    """The summary as a table, or as the JSON `syncengine.api.run_once` returns."""
+async def _once(
+    runtime: Runtime,
+    store: Store,
+    job_wait: float,
+    output: str,
+    metrics_file: Path | None = None,
+    stall_after: float = 900.0,
+) -> int:
+    """The summary as a table, or as the JSON `syncengine.api.run_once` returns; with
+    `metrics_file`, the run's metrics written there too."""
     from syncengine.api import summarize
     from syncengine.status import render_summary
 
@@ -482,7 +509,26 @@ async def _once(runtime: Runtime, store: Store, job_wait: float, output: str) ->
         render_summary(reports, store, out)
     for line in summary.nothing_through():  # plain: a reason may hold rich markup
         sys.stderr.write(f"syncengine: {line}\n")
+    if metrics_file is not None:
+        _write_metrics(metrics_file, store, reports, summary, stall_after)
     return summary.exit_code
+
+
+def _write_metrics(
+    path: Path, store: Store, reports: list[RunReport], summary: RunSummary, stall_after: float
+) -> None:
+    """Prometheus is loaded only here, when a file is asked for. A file that cannot be
+    written is an error of its own (exit 2): the cron user's alerts read that file."""
+    from syncengine.metrics import write_run_file
+
+    ok = {result.pipeline: result.ok for result in summary.pipelines}
+    try:
+        write_run_file(path, store, reports, ok, stall_after)
+    except OSError as exc:
+        raise fail(
+            f"--metrics-file {path}: cannot write it ({exc.strerror or exc}); "
+            "check the directory's permissions"
+        ) from None
 
 
 def _reloader(path: Path, metrics_port: int | None) -> Callable[[], Config]:

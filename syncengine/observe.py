@@ -95,7 +95,7 @@ def serve_observability(
     from syncengine.metrics import Metrics
 
     settings = config.metrics
-    metrics = Metrics(store)
+    metrics = Metrics(store, config.health.stall_after)
     app = build_app(store, config, metrics, utcnow(), None if only is None else [only])
     try:
         server = RunningServer(app, settings.host, settings.port).start()

@@ -438,6 +438,7 @@ class JobRunner:
         self.report.done += counts.done
         self.report.retried += counts.retried
         self.report.dead += counts.dead
+        self.report.lag.add(counts.lag)
         self.log.info(
             "job_finished",
             job=job.id,

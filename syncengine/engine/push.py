@@ -35,7 +35,15 @@ from connectors.contract import (
     RetriableError,
     Target,
 )
-from state import ClaimedDelivery, Lease, LeaseLost, OutcomeCounts, OutcomeRecord, Store
+from state import (
+    ClaimedDelivery,
+    LagCounts,
+    Lease,
+    LeaseLost,
+    OutcomeCounts,
+    OutcomeRecord,
+    Store,
+)
 from syncengine import failpoints
 from syncengine.engine.failures import classify, log_send_failed
 from syncengine.engine.feed import JournalFeed, Mark
@@ -70,6 +78,8 @@ class PushReport:
     """The first of those reasons, scrubbed of every secret."""
     answered: int = 0
     """Deliveries the target decided on in this run (done or dead)."""
+    lag: LagCounts = field(default_factory=LagCounts)
+    """The propagation lag of the deliveries made done, in fixed buckets."""
 
     def job_ended(self, line: str) -> None:
         if len(self.jobs) < JOB_LINES:
@@ -387,6 +397,7 @@ class _Flow:
         self.report.done += counts.done
         self.report.retried += counts.retried
         self.report.dead += counts.dead
+        self.report.lag.add(counts.lag)
         self.log.info(
             "batch_sent",
             size=len(batch.deliveries),
