@@ -559,7 +559,7 @@ async def _daemon(
     from syncengine.observe import ObservabilityError, serve_observability
 
     try:
-        with serve_observability(store, cfg, only) as metrics:
+        with serve_observability(store, cfg, only, live=lambda: runtime.config) as metrics:
             on_report = metrics.record_run if metrics is not None else None
             daemon = Daemon(runtime, on_report=on_report, reload=reload, only=only)
             return await daemon.serve()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -40,13 +40,15 @@ LIVE = {
 
 def build_app(
     store: Store,
-    config: Config,
+    config: Config | Callable[[], Config],
     metrics: Metrics,
     started: datetime,
     pipelines: Collection[str] | None = None,
 ) -> Starlette:
     """`pipelines`: those this daemon runs (None: every pipeline of `config`), the
-    ones its readiness answers for."""
+    ones its readiness answers for. `config` may be a getter: the daemon's live
+    configuration, so readiness judges by what a SIGHUP reload applied."""
+    current = config if callable(config) else (lambda: config)
     from prometheus_client import CONTENT_TYPE_LATEST
     from prometheus_client.exposition import generate_latest
     from starlette.applications import Starlette
@@ -61,7 +63,9 @@ def build_app(
         return JSONResponse(LIVE | {"checked_at": utcnow().isoformat()})
 
     async def readyz(request: Request) -> Response:
-        ok, body = await asyncio.to_thread(readiness, store, config, started, pipelines=pipelines)
+        ok, body = await asyncio.to_thread(
+            readiness, store, current(), started, pipelines=pipelines
+        )
         return JSONResponse(body, status_code=200 if ok else 503)
 
     return Starlette(
@@ -80,10 +84,11 @@ class ObservabilityError(Exception):
 
 @contextlib.contextmanager
 def serve_observability(
-    store: Store, config: Config, only: str | None = None
+    store: Store, config: Config, only: str | None = None, live: Callable[[], Config] | None = None
 ) -> Iterator[Metrics | None]:
     """Serve /metrics, /healthz and /readyz while the daemon runs (nothing when not
-    configured); `only` is the one pipeline a `run -p` daemon runs.
+    configured); `only` is the one pipeline a `run -p` daemon runs, `live` gives the
+    configuration in force (a reload changes it; the metrics port is not reloaded).
 
     The server runs in its own thread so it never takes the daemon's signals.
     """
@@ -96,7 +101,7 @@ def serve_observability(
 
     settings = config.metrics
     metrics = Metrics(store, config.health.stall_after)
-    app = build_app(store, config, metrics, utcnow(), None if only is None else [only])
+    app = build_app(store, live or config, metrics, utcnow(), None if only is None else [only])
     try:
         server = RunningServer(app, settings.host, settings.port).start()
     except (RuntimeError, OSError):

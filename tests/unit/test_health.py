@@ -364,3 +364,19 @@ def test_healthz_is_liveness_and_readyz_names_each_reason(store: Store) -> None:
         live = client.get("/healthz")
         assert live.status_code == 200, "a failing pipeline is no reason to restart"
         assert live.json()["ok"] is True and live.json()["live"] is True
+
+
+def test_readiness_judges_by_the_configuration_a_reload_applied(store: Store) -> None:
+    """The daemon hands /readyz a getter of its live configuration: a SIGHUP that
+    lowers `failing_runs` changes readiness without a restart."""
+    from connectors.kit.serving import serve
+    from syncengine.metrics import Metrics
+    from syncengine.observe import build_app
+
+    live = {"config": config("health: {failing_runs: 2}\n", metrics=True)}
+    app = build_app(store, lambda: live["config"], Metrics(store), utcnow())
+    finish_runs(store, RunOutcome.FAILED, error="CON_TRO: HTTP 500")
+    with serve(app) as server, httpx.Client(base_url=server.url, timeout=10) as client:
+        assert client.get("/readyz").status_code == 200
+        live["config"] = config("health: {failing_runs: 1}\n", metrics=True)
+        assert client.get("/readyz").status_code == 503
