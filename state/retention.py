@@ -137,10 +137,9 @@ def _aware(value: datetime | None) -> datetime | None:
 
 
 def _in_flight(conn: Connection) -> set[tuple[str, str]]:
-    rows = conn.execute(
-        select(CURSOR.c.pipeline, CURSOR.c.stream).where(CURSOR.c.in_flight.is_not(None))
-    )
-    return {(p, s) for p, s in rows}
+    # Read as values: a cleared marker is JSON null, which SQL does not see as NULL.
+    rows = conn.execute(select(CURSOR.c.pipeline, CURSOR.c.stream, CURSOR.c.in_flight))
+    return {(p, s) for p, s, marker in rows if marker is not None}
 
 
 class _Family:
@@ -444,7 +443,11 @@ class Retention:
         )
 
     def _runs(self, cutoff: datetime, batch: int) -> Any:
-        newest = select(func.max(RUN.c.id)).group_by(RUN.c.pipeline, RUN.c.kind)
+        newest = (
+            select(func.max(RUN.c.id))
+            .where(RUN.c.outcome != RunOutcome.RUNNING)
+            .group_by(RUN.c.pipeline, RUN.c.kind)
+        )
         newest_ok = (
             select(func.max(RUN.c.id))
             .where(RUN.c.outcome == RunOutcome.OK)
@@ -496,19 +499,39 @@ class Retention:
 
     def give_back(self, pause: float, stop: Callable[[], bool] = lambda: False) -> None:
         """SQLite: return free pages to the file system a step at a time (a store made
-        with auto_vacuum=INCREMENTAL; a no-op otherwise), then truncate the WAL."""
+        with auto_vacuum=INCREMENTAL; a no-op otherwise), then truncate the WAL. Each
+        step is its own short write, outside any transaction."""
         while not stop():
-            with self.engine.connect() as conn:
-                free = int(conn.exec_driver_sql("PRAGMA freelist_count").scalar() or 0)
-                mode = int(conn.exec_driver_sql("PRAGMA auto_vacuum").scalar() or 0)
-                if not free or mode != 2:
-                    break
-                conn.exec_driver_sql(f"PRAGMA incremental_vacuum({VACUUM_STEP})").fetchall()
-                conn.commit()
+            free = self._pragma("PRAGMA freelist_count")
+            if not free or self._pragma("PRAGMA auto_vacuum") != 2:
+                break
+            self._script(f"PRAGMA incremental_vacuum({VACUUM_STEP});")
             if pause:
                 self.sleep(pause)
-        with self.engine.connect() as conn:
-            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        self._pragma("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _script(self, statement: str) -> None:
+        """As a script: Python's sqlite3 steps an `incremental_vacuum` pragma once through
+        `execute` (one page freed), through `executescript` to its end."""
+        raw = self.engine.raw_connection()
+        try:
+            driver = raw.driver_connection
+            assert driver is not None
+            driver.executescript(statement)
+        finally:
+            raw.close()
+
+    def _pragma(self, statement: str) -> int:
+        """A SQLite pragma on a connection of its own, in autocommit (the engine's own
+        connections begin every statement with BEGIN IMMEDIATE)."""
+        raw = self.engine.raw_connection()
+        try:
+            driver = raw.driver_connection
+            assert driver is not None
+            rows = driver.execute(statement).fetchall()
+            return int(rows[0][0]) if rows and rows[0] and rows[0][0] is not None else 0
+        finally:
+            raw.close()
 
     def vacuum(self) -> None:
         """Once, for a store made before auto_vacuum: rewrite the file with
