@@ -101,7 +101,13 @@ class _Row:
 
 class _Streams:
     """What each stream's later reads may still need, read once per prune: a stale
-    answer only keeps more (windows only move forward, markers are re-read per batch)."""
+    answer only keeps more (windows only move forward, markers are re-read per batch).
+
+    A later read of a stream starts no earlier than its last journaled call began,
+    minus the source's overlap; that call began no earlier than the newest window end
+    journaled, nor than a call's length before the cursor last moved. `reread_margin`
+    stands for the overlap plus a call's length.
+    """
 
     def __init__(self, conn: Connection, margin: timedelta) -> None:
         self.margin = margin
@@ -114,9 +120,19 @@ class _Streams:
             )
         }
         self.finished: set[tuple[str, str]] = set()
-        for p, s, value in conn.execute(select(CURSOR.c.pipeline, CURSOR.c.stream, CURSOR.c.value)):
+        cursors = select(
+            CURSOR.c.pipeline, CURSOR.c.stream, CURSOR.c.value, CURSOR.c.last_success_at
+        )
+        for p, s, value, journaled in conn.execute(cursors):
             if isinstance(value, dict) and value.get("finished") is True:
                 self.finished.add((p, s))
+            # A read that found nothing leaves no deletion, but its journal moved the
+            # cursor: its call began at most a call's length before that (the margin
+            # covers the overlap and the call).
+            newest = self.newest.get((p, s))
+            journaled = _aware(journaled)
+            if journaled is not None and (newest is None or journaled > newest):
+                self.newest[(p, s)] = journaled
 
     def reread_safe(self, row: _Row) -> bool:
         """True when no later read of its stream can take its key for a duplicate."""

@@ -700,7 +700,7 @@ def state_prune(
 
     from state import StoreError
     from state.retention import Retention
-    from syncengine.prune import policy, prune
+    from syncengine.prune import policy
 
     cfg = load(config)
     rules = policy(cfg)
@@ -712,7 +712,7 @@ def state_prune(
     store = open_store(cfg)
     try:
         retention = Retention(store.engine)
-        report = prune(retention, rules, dry_run=dry_run)
+        report = retention.prune(rules, dry_run=dry_run)
         if vacuum and not dry_run:
             retention.vacuum()
             report.size_after = retention.size()

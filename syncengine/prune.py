@@ -51,12 +51,12 @@ def prune(
     retention: Retention,
     rules: RetentionPolicy,
     *,
-    dry_run: bool = False,
     stop: Callable[[], bool] = lambda: False,
 ) -> PruneReport:
-    report = retention.prune(rules, dry_run=dry_run, stop=stop)
+    """One prune, logged (the daemon's; `state prune` prints its report instead)."""
+    report = retention.prune(rules, stop=stop)
     log.info(
-        "store_pruned" if not dry_run else "store_prune_planned",
+        "store_pruned",
         setting=rules.setting,
         deletions=report.deletions,
         deliveries=report.deliveries,

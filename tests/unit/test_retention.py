@@ -14,7 +14,8 @@ from state.models import Delivery, Job, Run, RunOutcome
 from state.retention import Retention, RetentionPolicy, prune_notes
 
 RULE = RetryRule(max_attempts=3, base_delay=0, max_delay=0)
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
+T0 = datetime.now(UTC) - timedelta(hours=1)
+"""Reads an hour ago; the newest (`newest_read`) ends just after the cursor last moved."""
 LATER = timedelta(hours=1)
 
 
