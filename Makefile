@@ -66,7 +66,7 @@ dagster-check: $(STAMP)
 	$(DAGSTER_VENV)/bin/python -m pip install --quiet "dagster>=1.8" -e .
 	$(DAGSTER_VENV)/bin/python -m tests.orchestrators.dagster_check
 
-.PHONY: bench-memory bench-concurrency bench-store bench-sigterm wheel-check dagster-check
+.PHONY: bench-memory bench-concurrency bench-store bench-prune bench-sigterm wheel-check dagster-check
 
 # syncengine against a bare httpx loop at 2,000, 20,000 and 100,000 deletions, 3 rounds each,
 # within 14 minutes: rounds that would overrun are skipped and the output says so.
@@ -90,6 +90,12 @@ bench-concurrency: $(STAMP) bytecode
 # rows in the same transactions; 20,000 records, median of 5 rounds (about a minute).
 bench-store: $(STAMP) bytecode
 	$(BIN)/python -m bench.store
+
+# The store's bytes per deletion on SQLite and PostgreSQL, its size after 1,000,000 done
+# deletions and after pruning them, and the prune's time while claims go on (their
+# median latency without and during it). PostgreSQL at 127.0.0.1:5432; about 10 minutes.
+bench-prune: $(STAMP) bytecode
+	$(BIN)/python -m bench.prune --deletions 1000000
 
 # SIGTERM to `run --once` once 20,000 of a 1,000,000-deletion answer are journaled:
 # the seconds until it exits (about a minute, most of it seeding the emulator).

@@ -63,7 +63,7 @@ def store_info(engine: Engine) -> StoreInfo:
         backend=engine.dialect.name,
         revision=current,
         head=HEAD_REVISION,
-        size_bytes=_size(engine),
+        size_bytes=store_size(engine),
     )
     if current is None:
         return info
@@ -106,7 +106,8 @@ def store_info(engine: Engine) -> StoreInfo:
     )
 
 
-def _size(engine: Engine) -> int | None:
+def store_size(engine: Engine) -> int | None:
+    """The store's bytes on disk: a SQLite file with its WAL, or a PostgreSQL database."""
     path = sqlite_path(engine.url)
     if path is not None:
         return sum(
@@ -147,4 +148,4 @@ def backup(engine: Engine, destination: Path) -> int:
     return destination.stat().st_size
 
 
-__all__ = ["LeaseInfo", "StoreInfo", "backup", "revision", "store_info"]
+__all__ = ["LeaseInfo", "StoreInfo", "backup", "revision", "store_info", "store_size"]

@@ -84,6 +84,13 @@ def _configure_sqlite(engine: Engine) -> None:
         # transaction handling defers it and cannot take the write lock early).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA busy_timeout=30000")
+        if not cursor.execute("PRAGMA page_count").fetchone()[0]:
+            # A new file, before WAL writes its header: the only moment SQLite takes it
+            # without a VACUUM. Pages freed by pruning can then be given back to the file
+            # system a few at a time (state/retention.py); an older store gets it from
+            # `state prune --vacuum`.
+            cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")

@@ -99,7 +99,11 @@ class Deletion(SQLModel, table=True):
     """
 
     __tablename__ = "deletion"
-    __table_args__ = (Index("ix_deletion_key", "pipeline", "stream", "record_key"),)
+    __table_args__ = (
+        Index("ix_deletion_key", "pipeline", "stream", "record_key"),
+        # Pruning and period reports select deletions by when they were seen.
+        Index("ix_deletion_seen_at", "seen_at"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     pipeline: str = Field(index=True)
@@ -362,3 +366,28 @@ class AlertNotice(SQLModel, table=True):
     gave_up_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     last_error: str = Field(default="", sa_type=ErrorText)
     created_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class PruneLog(SQLModel, table=True):
+    """What one prune removed of one pipeline: the evidence `trace` shows for a key
+    no longer in the store.
+
+    One row per prune and pipeline, not per key: a tombstone per key would keep
+    the store growing with every deletion, which is what pruning is for. So the
+    answer for a key is "deletions of this pipeline seen between these times were
+    pruned then, under this setting", never "this key was".
+    """
+
+    __tablename__ = "prune_log"
+
+    id: int | None = Field(default=None, primary_key=True)
+    pipeline: str = Field(index=True)
+    pruned_at: datetime = Field(sa_type=UTCDateTime)
+    setting: str
+    """The retention that decided it, as written (`keep_done: 400d`)."""
+    cutoff: datetime = Field(sa_type=UTCDateTime)
+    """Deliveries finished before this were old enough."""
+    deletions: int = 0
+    deliveries: int = 0
+    first_seen_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_seen_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

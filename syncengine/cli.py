@@ -651,7 +651,9 @@ def reject(
     out.print(f"rejected {rejected} held deliveries of {pipeline}/{target}: now dead ({reason})")
 
 
-state_app = FlowingTyper(help="The store itself: what it holds, its schema, a backup.")
+state_app = FlowingTyper(
+    help="The store itself: what it holds, its schema, a backup, pruning its history."
+)
 app.add_typer(state_app, name="state")
 
 
@@ -724,6 +726,66 @@ def state_backup(
     except StoreError as exc:
         raise fail(f"{cfg.path}: {exc}") from None
     out.print(f"backed up to {destination} ({size:,} bytes)", highlight=False)
+
+
+@state_app.command("prune")
+def state_prune(
+    config: ConfigOption = Path("config.yaml"),
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="count what would go; remove nothing")
+    ] = False,
+    vacuum: Annotated[
+        bool,
+        typer.Option(
+            "--vacuum",
+            help="then rewrite a SQLite file so it shrinks from now on (once, for a store "
+            "made before this version; stop the daemons first); PostgreSQL: VACUUM",
+        ),
+    ] = False,
+    output: OutputOption = "text",
+) -> None:
+    """Remove finished history by `state.retention` (what is still needed always stays),
+    in short batches, safe while a daemon runs; prints what went and the store's size."""
+    from dataclasses import asdict
+
+    from state import StoreError
+    from state.retention import Retention
+    from syncengine.prune import policy
+
+    cfg = load(config)
+    rules = policy(cfg)
+    if rules is None:
+        raise fail(
+            f"{cfg.path}: state.retention is not set, so nothing may be pruned; add e.g. "
+            "`retention: {keep_done: 400d, keep_runs: 90d}` under state:"
+        )
+    store = open_store(cfg)
+    try:
+        retention = Retention(store.engine)
+        report = retention.prune(rules, dry_run=dry_run)
+        if vacuum and not dry_run:
+            retention.vacuum()
+            report.size_after = retention.size()
+    except StoreError as exc:
+        raise fail(f"{cfg.path}: {exc}") from None
+    finally:
+        store.close()
+    data = asdict(report) | {"setting": rules.setting}
+    emit(data, output, lambda: _render_prune(data))
+
+
+def _render_prune(data: dict[str, Any]) -> None:
+    verb = "would prune" if data["dry_run"] else "pruned"
+    out.print(
+        f"{verb} under {data['setting']}: {data['deletions']:,} deletions, "
+        f"{data['deliveries']:,} deliveries, {data['jobs']:,} jobs, {data['runs']:,} runs, "
+        f"{data['notices']:,} alert notices ({data['batches']:,} batches, "
+        f"{data['seconds']:.1f} s)",
+        highlight=False,
+    )
+    before, after = data["size_before"], data["size_after"]
+    if before is not None and after is not None:
+        out.print(f"store size: {before:,} -> {after:,} bytes", highlight=False)
 
 
 dlq_app = FlowingTyper(help="Dead letters: deliveries that gave up, kept with their reason.")
@@ -922,13 +984,25 @@ def trace(
 ) -> None:
     """One record's whole path: where it was seen, what each target did with it, and
     the chained pipelines that carried it on."""
-    from syncengine.status import collect_trace, render_trace
+    from syncengine.status import collect_pruned, collect_trace, render_pruned, render_trace
 
     with opened(config, pipeline) as (_, store):
         trees = collect_trace(store, key, pipeline)
+        pruned = collect_pruned(store, pipeline, trees)
     if not trees:
+        if pruned and output == "json":
+            emit({"found": [], "pruned": pruned}, output, lambda: None)
+        elif pruned:
+            out.print(f"no deletion with key or origin {key!r} in the journal", highlight=False)
+            render_pruned(pruned, out, found=False)
         raise fail(f"no deletion with key or origin {key!r} in the journal", 1)
-    emit([t.as_json() for t in trees], output, lambda: render_trace(trees, out))
+
+    def render() -> None:
+        render_trace(trees, out)
+        if pruned:
+            render_pruned(pruned, out, found=True)
+
+    emit([t.as_json() for t in trees], output, render)
 
 
 def _report_names(config: Config, pipeline: str | None, target: str | None) -> None:

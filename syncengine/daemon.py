@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Callable
+from datetime import timedelta
 
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
@@ -22,6 +23,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from connectors.contract import ConnectorError
 from state import StoreError
 from state.models import utcnow
+from state.retention import Retention
 from syncengine.alerts import Notifier
 from syncengine.config import Config, ConfigError, Schedule
 from syncengine.engine import RunReport, Runtime, StopToken, run_pipeline
@@ -30,9 +32,14 @@ from syncengine.engine.runtime import PipelineRuntime, build_pipeline
 from syncengine.engine.stop import Shutdown
 from syncengine.health import check_conditions
 from syncengine.logs import get_logger
+from syncengine.prune import policy as prune_policy
+from syncengine.prune import prune
 from syncengine.reload import diff, refused
 
 CRON_JOB_WAIT = 60.0
+PRUNE_JOB = "__prune__"
+FIRST_PRUNE_AFTER = 60.0
+"""The first prune waits this long after start, so the pipelines' first runs go first."""
 MAX_JOB_WAIT = 300.0
 
 
@@ -265,9 +272,38 @@ class Daemon:
             await pipe.aclose()
         self._retired = keep
 
+    async def _prune(self) -> None:
+        """Prune the store by `state.retention`, off the event loop: short batches with
+        pauses between them, so a claim never waits long for the writer; it stops
+        between batches when the daemon stops."""
+        rules = prune_policy(self.runtime.config)
+        if rules is None or self.stop.is_set():
+            return
+        retention = Retention(self.runtime.store.engine)
+        try:
+            await asyncio.to_thread(prune, retention, rules, stop=self.stop.is_set)
+        except StoreError as exc:
+            self.log.error("store_prune_failed", error=str(exc))
+
+    def _schedule_pruning(self) -> None:
+        retention = self.runtime.config.state.retention
+        if retention is None:
+            return
+        self._scheduler.add_job(
+            self._prune,
+            IntervalTrigger(seconds=retention.every),
+            id=PRUNE_JOB,
+            name=PRUNE_JOB,
+            replace_existing=True,
+            max_instances=1,
+            coalesce=True,
+            next_run_time=utcnow() + timedelta(seconds=min(retention.every, FIRST_PRUNE_AFTER)),
+        )
+
     async def _serve(self) -> int:
         for name, pipe in self.runtime.pipelines.items():
             self._schedule(name, pipe)
+        self._schedule_pruning()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
         try:

@@ -617,6 +617,44 @@ def collect_trace(store: Store, key: str, pipeline: str | None = None) -> list[D
     return [t for t in trees if t is not None]
 
 
+def collect_pruned(
+    store: Store, pipeline: str | None, trees: list[DeletionNode]
+) -> list[dict[str, Any]]:
+    """What prunes removed of the pipelines a trace concerns (the one asked for, those its
+    paths pass through, or every pipeline when nothing was found): a key not found, or
+    found only in part, may have been among them."""
+    from state.retention import prune_notes
+
+    pipelines: set[str] | None = None
+    if pipeline is not None:
+        pipelines = {pipeline}
+    elif trees:
+        pipelines = set()
+        stack = list(trees)
+        while stack:
+            node = stack.pop()
+            pipelines.add(node.pipeline)
+            for delivery in node.deliveries:
+                stack.extend(delivery.continued)
+    return prune_notes(store.engine, pipelines)
+
+
+def render_pruned(notes: list[dict[str, Any]], console: Console, found: bool) -> None:
+    lead = "earlier deletions may have been pruned" if found else "it may have been pruned"
+    console.print(f"{lead}:", highlight=False)
+    for note in notes:
+        console.print(
+            f"  {note['pipeline']}: {note['deletions']:,} deletions seen "
+            f"{_day(note['first_seen_at'])} to {_day(note['last_seen_at'])} were pruned, "
+            f"last at {_day(note['pruned_at'])} under {note['setting']}",
+            highlight=False,
+        )
+
+
+def _day(iso: str | None) -> str:
+    return "-" if iso is None else iso[:19].replace("T", " ")
+
+
 def _delivery_label(d: DeliveryNode) -> str:
     what = d.detail if d.status == "done" else d.reason
     label = f"-> [bold]{d.target}[/bold]: {d.status}" + (f", {what}" if what else "")

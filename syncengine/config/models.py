@@ -23,6 +23,46 @@ STORE_DRIVERS = {"sqlite": ("pysqlite",), "postgresql": ("psycopg",), "postgres"
 STORE_URLS = "sqlite:///path/to/file.db or postgresql://user@host/db"
 
 
+class RetentionSettings(StrictModel):
+    """How long finished history stays in the store; what is still needed stays whatever
+    these say (DESIGN.md, Retention). Unset, nothing is ever pruned."""
+
+    keep_done: Seconds | None = Field(
+        None,
+        ge=0,
+        description="done (and dropped) deliveries, their deletions, finished jobs and sent "
+        "alerts are pruned this long after they finished (e.g. 400d); unset: never",
+    )
+    keep_runs: Seconds | None = Field(
+        None, ge=0, description="finished runs are pruned this long after they ended; unset: never"
+    )
+    batch: int = Field(
+        1000,
+        ge=1,
+        le=100_000,
+        description="rows per transaction: each batch holds the store's writer only briefly",
+    )
+    pause: Seconds = Field(
+        0.05, ge=0, le=60, description="wait between batches, so claims get the writer"
+    )
+    every: Seconds = Field(3600.0, gt=0, description="the daemon prunes this often")
+    reread_margin: Seconds = Field(
+        86400.0,
+        ge=0,
+        description="a deletion stays while its read window ends within this of its stream's "
+        "newest read: longer than any source's re-read overlap (Goose `overlap`)",
+    )
+
+    @model_validator(mode="after")
+    def _something_to_keep(self) -> RetentionSettings:
+        if self.keep_done is None and self.keep_runs is None:
+            raise ValueError(
+                "retention names nothing to prune; set keep_done (e.g. 400d) and/or keep_runs, "
+                "or remove state.retention"
+            )
+        return self
+
+
 class StateSettings(StrictModel):
     url: str = Field(
         "sqlite:///data/syncengine.db",
@@ -42,6 +82,9 @@ class StateSettings(StrictModel):
         description="how long a daemon's hold on a pipeline lasts unrenewed (renewed every "
         "third of it); another daemon takes a pipeline over within this time after its "
         "holder dies",
+    )
+    retention: RetentionSettings | None = Field(
+        None, description="prune finished history (unset: the store keeps everything)"
     )
 
     @field_validator("url")
