@@ -282,8 +282,8 @@ class Daemon:
         retention = Retention(self.runtime.store.engine)
         try:
             await asyncio.to_thread(prune, retention, rules, stop=self.stop.is_set)
-        except StoreError as exc:
-            self.log.error("store_prune_failed", error=str(exc))
+        except Exception as exc:  # the next prune tries again; the pipelines go on
+            self.log.error("store_prune_failed", error=one_line(exc))
 
     def _schedule_pruning(self) -> None:
         retention = self.runtime.config.state.retention
