@@ -88,3 +88,37 @@ def test_trace_of_a_pruned_key_says_when_and_under_which_setting(e2e: Env) -> No
     said = " ".join(gone.stdout.split())
     assert "contacts: 1 deletions seen" in said
     assert "under keep_done: 0s, keep_runs: 0s" in said
+
+
+def test_the_daemon_prunes_by_itself_between_runs(e2e: Env) -> None:
+    """With `retention.every`, the daemon prunes on its own schedule: what is done goes,
+    the prune is logged, and the runs go on (a deletion made afterwards still arrives)."""
+    e2e.write_config(every="0.5s", overlap="1s")
+    text = e2e.config.read_text()
+    end = text.index("}", text.index("state: {"))
+    settings = "retention: {keep_done: 0s, pause: 0, reread_margin: 1s, every: 1s}"
+    e2e.config.write_text(text[:end] + ", " + settings + text[end:])
+    e2e.box.delete_in_goose("CON_TRO", ["0-1", "0-2"])
+    daemon = e2e.popen("run", "-c", str(e2e.config))
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            traced = e2e.cli("trace", "0-1", "-c", str(e2e.config), "-o", "json").stdout
+            notes = json.loads(traced) if traced.strip() else {}
+            if notes.get("found") == [] and notes.get("pruned"):
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError("the daemon never pruned 0-1")
+        e2e.box.delete_in_goose("CON_TRO", ["0-3"])
+        deadline = time.monotonic() + 60
+        third = PEOPLE[2][0]
+        while third not in {r["properties"]["Username"] for r in e2e.mongoose_deleted()}:
+            assert time.monotonic() < deadline, "a deletion after the prune never arrived"
+            time.sleep(0.5)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        out, err = daemon.communicate(timeout=60)
+    assert "store_pruned" in out + err
+    deleted = sorted(row["properties"]["Username"] for row in e2e.mongoose_deleted())
+    assert deleted == sorted(PEOPLE[i][0] for i in range(3)), "each deleted once"
