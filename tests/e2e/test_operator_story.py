@@ -16,7 +16,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -26,6 +26,7 @@ import pytest
 
 from connectors.kit.serving import free_port
 from tests.e2e.conftest import Env
+from tests.e2e.test_observe import wait_for
 
 SIGNING_KEY = "whsec-operator-story-0123456789"
 
@@ -114,18 +115,6 @@ class Forwarder:
     def close(self) -> None:
         self.closed.set()
         self.listener.close()
-
-
-def wait_for(check: Callable[[], bool], seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("condition not reached")
 
 
 def readiness(base: str) -> tuple[int, dict[str, Any]]:
