@@ -104,8 +104,9 @@ def test_the_daemon_prunes_by_itself_between_runs(e2e: Env) -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             traced = e2e.cli("trace", "0-1", "-c", str(e2e.config), "-o", "json").stdout
-            notes = json.loads(traced) if traced.strip() else {}
-            if notes.get("found") == [] and notes.get("pruned"):
+            # Found, trace prints its trees (a list); pruned, the prune notes.
+            notes = json.loads(traced) if traced.strip() else []
+            if isinstance(notes, dict) and notes["found"] == [] and notes["pruned"]:
                 break
             time.sleep(0.5)
         else:

@@ -122,7 +122,12 @@ def configs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
     return found
 
 
-@pytest.mark.parametrize("output", ["csv", "jsonl", "json"])
+FORMATS = ["csv", "jsonl", "json"] if "SYNCENGINE_REPORT_ROWS" in os.environ else ["csv", "json"]
+"""CSV and JSON Lines share the reader and differ only in the row writer: the default
+run weighs one of them and the summary; `make bench-memory` weighs all three."""
+
+
+@pytest.mark.parametrize("output", FORMATS)
 def test_peak_memory_does_not_grow_with_the_rows(configs: dict[int, Path], output: str) -> None:
     small, large = peak_kib(configs[SMALL], output), peak_kib(configs[LARGE], output)
     assert large <= RATIO * small, f"{small:,} KiB for {SMALL:,} rows, {large:,} for {LARGE:,}"
