@@ -12,6 +12,33 @@ from state import Store
 
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
+LONG_FIRST = (
+    "tests/unit/test_report_memory.py",
+    "tests/e2e/test_retention.py",
+    "tests/e2e/test_screen_at_submit.py",
+    "tests/connectors/test_hostile_answers.py",
+    "tests/e2e/test_memory.py",
+    "tests/e2e/test_signals.py",
+    "tests/e2e/test_crash.py",
+    "tests/e2e/test_faults.py",
+    "tests/e2e/test_lease_takeover.py",
+    "tests/e2e/test_async_targets.py",
+    "tests/e2e/test_concurrency.py",
+    "tests/e2e/test_conditions.py",
+    "tests/e2e/test_alert_delivery.py",
+)
+"""The modules whose tests take tens of seconds each. Run first, so that `-n auto`'s
+workers share them out instead of one worker finishing them alone at the end: the
+default run was a few minutes of one busy core after the other had stopped."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::")[0]
+        return LONG_FIRST.index(path) if path in LONG_FIRST else len(LONG_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a module and among the rest stays
+
 
 def _pg_available() -> bool:
     try:
