@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select, update
 from sqlmodel import col
 
@@ -17,6 +18,15 @@ RULE = RetryRule(max_attempts=3, base_delay=0, max_delay=0)
 T0 = datetime.now(UTC) - timedelta(hours=1)
 """Reads an hour ago; the newest (`newest_read`) ends just after the cursor last moved."""
 LATER = timedelta(hours=1)
+
+
+@pytest.fixture(autouse=True)
+def _reads_an_hour_before_the_test() -> None:
+    """T0 taken when each test starts, not when the module was imported: the cursor's
+    last journal time (real now) counts as the stream's newest read, so a T0 minutes
+    older than the test would put every window behind the re-read margin."""
+    global T0
+    T0 = datetime.now(UTC) - timedelta(hours=1)
 
 
 def policy(**overrides: object) -> RetentionPolicy:
