@@ -8,7 +8,7 @@ The run's part (claim, outcomes, release) is Core statements per batch, see
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, func, update
@@ -17,7 +17,7 @@ from sqlmodel import Session, col, select
 from state.base import DELIVERY, StoreBase
 from state.claims import claim_due, claimed_of, due_condition, guard_counts, with_deletions
 from state.lease import Lease, check_lease
-from state.models import Deletion, Delivery, DeliveryStatus, Job, JobPhase, utcnow
+from state.models import Deletion, Delivery, DeliveryStatus, Job, JobPhase, aware, utcnow
 from state.outcomes import apply_outcomes
 from state.records import (
     CHUNK,
@@ -155,7 +155,7 @@ class Deliveries(StoreBase):
                     query = query.where(col(Delivery.pipeline) == pipeline)
                 for pipe, target, oldest in s.exec(query).all():
                     if oldest is not None:
-                        ages.setdefault((pipe, target), {})[name] = _aware(oldest)
+                        ages.setdefault((pipe, target), {})[name] = aware(oldest)
         return [
             QueueAge(p, t, found.get("waiting"), found.get("held"))
             for (p, t), found in sorted(ages.items())
@@ -367,8 +367,3 @@ class Deliveries(StoreBase):
                 .values(updated_at=utcnow(), **values)
             )
             return int(result.rowcount or 0)  # type: ignore[attr-defined]
-
-
-def _aware(value: datetime) -> datetime:
-    """MIN() comes back without the column's type on some drivers: naive UTC."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import func
 from sqlalchemy import select as select_columns
 from sqlmodel import Session, col, select
 
 from state.base import StoreBase
-from state.models import Delivery, DeliveryStatus, Run, RunOutcome
+from state.models import Delivery, DeliveryStatus, Run, RunOutcome, aware
 
 FINISHED = (RunOutcome.OK, RunOutcome.PARTIAL, RunOutcome.FAILED)
 """Outcomes that say how a run went; an interrupted run (a shutdown, a lost lease) says
@@ -71,7 +71,7 @@ class HealthReads(StoreBase):
             .group_by(col(Run.pipeline))
         )
         with Session(self.engine) as s:
-            return {p: _aware(at) for p, at in s.exec(query).all() if at is not None}
+            return {p: aware(at) for p, at in s.exec(query).all() if at is not None}
 
     def parked(self, pipeline: str | None = None) -> list[Parked]:
         """Per target, how many deliveries are held and dead (only targets with some)."""
@@ -96,7 +96,7 @@ class HealthReads(StoreBase):
             for pipe, target, status, count, oldest, reason in s.execute(query).all():
                 found.setdefault((pipe, target), {})[status] = (
                     int(count),
-                    None if oldest is None else _aware(oldest),
+                    None if oldest is None else aware(oldest),
                     reason or "",
                 )
         parked = []
@@ -105,8 +105,3 @@ class HealthReads(StoreBase):
             dead, oldest_dead, dead_reason = by.get(DeliveryStatus.DEAD, none)
             parked.append(Parked(pipe, target, held, dead, oldest_dead, held_reason, dead_reason))
         return parked
-
-
-def _aware(value: datetime) -> datetime:
-    """MIN() and MAX() come back without the column's type on some drivers: naive UTC."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 from weakref import WeakKeyDictionary
 
 from sqlalchemy import JSON, Column, DateTime, ForeignKey, Index, Integer, Text, UniqueConstraint
@@ -60,6 +60,18 @@ class ErrorText(TypeDecorator[str]):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+@overload
+def aware(value: datetime) -> datetime: ...
+@overload
+def aware(value: None) -> None: ...
+def aware(value: datetime | None) -> datetime | None:
+    """A time read past `UTCDateTime` (Core rows, MIN()/MAX(), which come back without
+    the column's type on some drivers) as aware UTC: the store keeps naive UTC."""
+    if value is None:
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 class DeliveryStatus(enum.StrEnum):

@@ -34,14 +34,14 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, insert, not_, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import SQLModel
 
-from state.models import OPEN_PHASES, DeliveryStatus, RunOutcome, utcnow
+from state.models import OPEN_PHASES, DeliveryStatus, RunOutcome, aware, utcnow
 
 _T = SQLModel.metadata.tables
 DELETION, DELIVERY, JOB, RUN = _T["deletion"], _T["delivery"], _T["job"], _T["run"]
@@ -112,7 +112,7 @@ class _Streams:
     def __init__(self, conn: Connection, margin: timedelta) -> None:
         self.margin = margin
         self.newest: dict[tuple[str, str], datetime | None] = {
-            (p, s): _aware(w)
+            (p, s): aware(w)
             for p, s, w in conn.execute(
                 select(
                     DELETION.c.pipeline, DELETION.c.stream, func.max(DELETION.c.window_end)
@@ -130,7 +130,7 @@ class _Streams:
             # cursor: its call began at most a call's length before that (the margin
             # covers the overlap and the call).
             newest = self.newest.get((p, s))
-            journaled = _aware(journaled)
+            journaled = aware(journaled)
             if journaled is not None and (newest is None or journaled > newest):
                 self.newest[(p, s)] = journaled
 
@@ -143,13 +143,6 @@ class _Streams:
             return stream in self.finished
         newest = self.newest.get(stream)
         return newest is not None and row.window_end <= newest - self.margin
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    """Times read with Core come back naive (UTC) on SQLite."""
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _in_flight(conn: Connection) -> set[tuple[str, str]]:
@@ -211,7 +204,7 @@ def _expand(
             root = family.root_of[deletion_id]
             owner[did] = root
             family.delivery_count[deletion_id] += 1
-            finished_at = _aware(finished)
+            finished_at = aware(finished)
             if status not in FINISHED or finished_at is None or finished_at > cutoff:
                 family.bad.add(root)
             wanted = readers.get((pipeline, target), ())
@@ -227,7 +220,7 @@ def _expand(
             if origin in needs:
                 needs[origin].discard(pipeline)
             linked = origin is not None
-            level.append(_Row(cid, pipeline, stream, _aware(seen) or seen, _aware(end), linked))
+            level.append(_Row(cid, pipeline, stream, aware(seen), aware(end), linked))
         for did, missing in needs.items():
             if missing:
                 family.bad.add(owner[did])
@@ -354,7 +347,7 @@ class Retention:
             .limit(batch)
         )
         return [
-            _Row(i, p, s, _aware(seen) or seen, _aware(end), False)
+            _Row(i, p, s, aware(seen), aware(end), False)
             for i, p, s, seen, end in conn.execute(query)
         ]
 
@@ -434,8 +427,8 @@ class Retention:
                 .values(
                     deletions=LOG.c.deletions + len(seen),
                     deliveries=LOG.c.deliveries + carried[pipeline],
-                    first_seen_at=min(first, _aware(row[0]) or first),
-                    last_seen_at=max(last, _aware(row[1]) or last),
+                    first_seen_at=min(first, aware(row[0]) or first),
+                    last_seen_at=max(last, aware(row[1]) or last),
                 )
             )
 
@@ -610,8 +603,8 @@ def prune_notes(engine: Engine, pipelines: Iterable[str] | None = None) -> list[
 
 
 def _iso(value: datetime | None) -> str | None:
-    aware = _aware(value)
-    return None if aware is None else aware.isoformat()
+    moment = aware(value)
+    return None if moment is None else moment.isoformat()
 
 
 __all__ = ["PruneReport", "Retention", "RetentionPolicy", "prune_notes"]
